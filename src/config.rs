@@ -1,0 +1,50 @@
+//! Raw serde types of the plugin configuration JSON, exactly as operators write it.
+//!
+//! Nothing here is trusted: `plan.rs` validates these values and compiles them into the
+//! immutable [`crate::plan::Plan`] the request path reads.
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub cluster_header: Option<String>,
+    #[serde(default)]
+    /// `"authority"`, `{"header": NAME}` or `{"query": PARAM}`. Kept as a JSON value so that
+    /// validation can say exactly what is wrong with it (serde's untagged enums cannot).
+    pub service_from: Option<serde_json::Value>,
+    #[serde(default)]
+    pub on_unknown_service: Option<RawOnUnknown>,
+    pub services: Vec<RawService>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawOnUnknown {
+    Pass,
+    Reject,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: String,
+    #[serde(default)]
+    pub hosts: Option<Vec<String>>,
+    #[serde(default)]
+    pub strategy: Option<String>,
+    pub upstreams: Vec<RawUpstream>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub name: String,
+    pub cluster: String,
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// Wider than the allowed range so that an out-of-range weight gets a precise message
+    /// from validation instead of a generic integer-overflow error from serde.
+    pub weight: u64,
+}

@@ -1,0 +1,341 @@
+//! Validates the raw configuration and compiles it into the immutable plan the request path reads.
+//!
+//! Every error names the JSON path of the offending field, e.g.
+//! `services[0].upstreams[1].weight: must be at most 1000000, got 5000000`.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::config::{RawConfig, RawOnUnknown, RawService, RawUpstream};
+use crate::request::host_key;
+use crate::select::WeightedPicker;
+
+pub const DEFAULT_CLUSTER_HEADER: &str = "x-meshsplit-cluster";
+pub const MAX_WEIGHT: u64 = 1_000_000;
+
+/// A configuration problem: where (JSON path) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { path: path.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where the service key of a request comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceFrom {
+    Authority,
+    Header(String),
+    Query(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnknownService {
+    /// Remove any client-sent cluster header and let Envoy route as without the filter.
+    Pass,
+    /// Answer 404 with a small JSON body.
+    Reject,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub cluster: String,
+    pub authority: Option<String>,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub name: String,
+    pub upstreams: Vec<Upstream>,
+    picker: WeightedPicker,
+}
+
+impl Service {
+    /// The upstream for one request, by weight.
+    pub fn pick<R: rand_core::Rng + ?Sized>(&self, rng: &mut R) -> Option<&Upstream> {
+        self.upstreams.get(self.picker.pick(rng))
+    }
+}
+
+/// The validated, immutable configuration. Built once per `on_configure`, read per request.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub cluster_header: String,
+    pub service_from: ServiceFrom,
+    pub on_unknown_service: OnUnknownService,
+    pub services: Vec<Service>,
+    /// Normalized host (see [`host_key`]) to index in `services`.
+    by_host: HashMap<String, usize>,
+}
+
+impl Plan {
+    /// Parses and validates plugin configuration bytes.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ConfigError::new(
+                "",
+                "configuration is empty; expected a JSON object with a \"services\" list",
+            ));
+        }
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            ConfigError::new(path, e.into_inner().to_string())
+        })?;
+        de.end().map_err(|e| ConfigError::new("", e.to_string()))?;
+        Self::compile(raw)
+    }
+
+    /// Validates raw configuration and builds the lookup structures.
+    pub fn compile(raw: RawConfig) -> Result<Self, ConfigError> {
+        let cluster_header = match raw.cluster_header {
+            None => DEFAULT_CLUSTER_HEADER.to_owned(),
+            Some(name) => {
+                check_header_name("cluster_header", &name)?;
+                if name == "host" {
+                    return Err(ConfigError::new(
+                        "cluster_header",
+                        "must not be \"host\": it is the request's authority",
+                    ));
+                }
+                name
+            }
+        };
+        let service_from = compile_service_from(raw.service_from.as_ref())?;
+        let on_unknown_service = match raw.on_unknown_service {
+            None | Some(RawOnUnknown::Pass) => OnUnknownService::Pass,
+            Some(RawOnUnknown::Reject) => OnUnknownService::Reject,
+        };
+        if raw.services.is_empty() {
+            return Err(ConfigError::new("services", "must list at least one service"));
+        }
+
+        let mut services = Vec::with_capacity(raw.services.len());
+        let mut by_host: HashMap<String, usize> = HashMap::new();
+        let mut by_name: HashMap<&str, usize> = HashMap::new();
+        for (index, raw_service) in raw.services.iter().enumerate() {
+            let path = format!("services[{index}]");
+            if let Some(first) = by_name.insert(raw_service.name.as_str(), index) {
+                return Err(ConfigError::new(
+                    format!("{path}.name"),
+                    format!("duplicate service name {:?} (first at services[{first}])", raw_service.name),
+                ));
+            }
+            let service = compile_service(&path, raw_service)?;
+            for (host_index, host) in host_keys(&path, raw_service)? {
+                if let Some(owner) = by_host.insert(host.clone(), index) {
+                    return Err(ConfigError::new(
+                        format!("{path}.hosts[{host_index}]"),
+                        format!(
+                            "host {host:?} is already matched by services[{owner}] ({:?})",
+                            raw.services.get(owner).map_or("", |s| s.name.as_str())
+                        ),
+                    ));
+                }
+            }
+            services.push(service);
+        }
+        Ok(Self { cluster_header, service_from, on_unknown_service, services, by_host })
+    }
+
+    /// The service whose hosts contain `key`, which must already be normalized by [`host_key`].
+    pub fn service_for(&self, key: &str) -> Option<&Service> {
+        self.by_host.get(key).and_then(|&i| self.services.get(i))
+    }
+}
+
+fn compile_service_from(value: Option<&Value>) -> Result<ServiceFrom, ConfigError> {
+    const EXPECTED: &str = "expected \"authority\", {\"header\": NAME} or {\"query\": PARAM}";
+    let path = "service_from";
+    let value = match value {
+        None => return Ok(ServiceFrom::Authority),
+        Some(v) => v,
+    };
+    match value {
+        Value::String(s) if s == "authority" => Ok(ServiceFrom::Authority),
+        Value::Object(map) if map.len() == 1 => {
+            let (kind, arg) = map.iter().next().ok_or_else(|| ConfigError::new(path, EXPECTED))?;
+            let arg_path = format!("{path}.{kind}");
+            let arg = arg
+                .as_str()
+                .ok_or_else(|| ConfigError::new(&arg_path, format!("must be a string, got {arg}")))?;
+            match kind.as_str() {
+                "header" => {
+                    check_header_name(&arg_path, arg)?;
+                    Ok(ServiceFrom::Header(arg.to_owned()))
+                }
+                "query" => {
+                    if arg.is_empty() {
+                        return Err(ConfigError::new(arg_path, "must not be empty"));
+                    }
+                    Ok(ServiceFrom::Query(arg.to_owned()))
+                }
+                _ => Err(ConfigError::new(path, format!("unknown source {kind:?}; {EXPECTED}"))),
+            }
+        }
+        other => Err(ConfigError::new(path, format!("{EXPECTED}, got {other}"))),
+    }
+}
+
+fn compile_service(path: &str, raw: &RawService) -> Result<Service, ConfigError> {
+    check_text(&format!("{path}.name"), &raw.name)?;
+    if let Some(strategy) = &raw.strategy {
+        if strategy != "weighted" {
+            return Err(ConfigError::new(
+                format!("{path}.strategy"),
+                format!("unsupported strategy {strategy:?}; supported: \"weighted\""),
+            ));
+        }
+    }
+    if raw.upstreams.is_empty() {
+        return Err(ConfigError::new(format!("{path}.upstreams"), "must list at least one upstream"));
+    }
+    let mut upstreams: Vec<Upstream> = Vec::with_capacity(raw.upstreams.len());
+    for (index, raw_upstream) in raw.upstreams.iter().enumerate() {
+        let upstream_path = format!("{path}.upstreams[{index}]");
+        if let Some(first) = upstreams.iter().position(|u| u.name == raw_upstream.name) {
+            return Err(ConfigError::new(
+                format!("{upstream_path}.name"),
+                format!(
+                    "duplicate upstream name {:?} (first at {path}.upstreams[{first}])",
+                    raw_upstream.name
+                ),
+            ));
+        }
+        upstreams.push(compile_upstream(&upstream_path, raw_upstream)?);
+    }
+    let weights: Vec<u32> = upstreams.iter().map(|u| u.weight).collect();
+    let picker = WeightedPicker::new(&weights).ok_or_else(|| {
+        ConfigError::new(
+            format!("{path}.upstreams"),
+            "weights sum to 0; at least one upstream needs a weight above 0",
+        )
+    })?;
+    Ok(Service { name: raw.name.clone(), upstreams, picker })
+}
+
+fn compile_upstream(path: &str, raw: &RawUpstream) -> Result<Upstream, ConfigError> {
+    check_text(&format!("{path}.name"), &raw.name)?;
+    check_header_value(&format!("{path}.cluster"), &raw.cluster)?;
+    if let Some(authority) = &raw.authority {
+        check_authority(&format!("{path}.authority"), authority)?;
+    }
+    let weight = u32::try_from(raw.weight)
+        .ok()
+        .filter(|&w| u64::from(w) <= MAX_WEIGHT)
+        .ok_or_else(|| {
+            ConfigError::new(
+                format!("{path}.weight"),
+                format!("must be at most {MAX_WEIGHT}, got {}", raw.weight),
+            )
+        })?;
+    Ok(Upstream {
+        name: raw.name.clone(),
+        cluster: raw.cluster.clone(),
+        authority: raw.authority.clone(),
+        weight,
+    })
+}
+
+/// The normalized hosts of a service (`hosts`, or its name when absent), with their indexes.
+fn host_keys(path: &str, raw: &RawService) -> Result<Vec<(usize, String)>, ConfigError> {
+    let hosts = raw.hosts.as_deref().unwrap_or(std::slice::from_ref(&raw.name));
+    if hosts.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.hosts"),
+            "must list at least one host (leave it out to match the service name)",
+        ));
+    }
+    let mut keys: Vec<(usize, String)> = Vec::with_capacity(hosts.len());
+    for (index, host) in hosts.iter().enumerate() {
+        let host_path = if raw.hosts.is_some() {
+            format!("{path}.hosts[{index}]")
+        } else {
+            format!("{path}.name")
+        };
+        let mut key = host.clone();
+        let key = host_key(&mut key).to_owned();
+        if key.is_empty() || key.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'/') {
+            return Err(ConfigError::new(host_path, format!("not a valid host: {host:?}")));
+        }
+        if let Some((first, _)) = keys.iter().find(|(_, k)| *k == key) {
+            return Err(ConfigError::new(
+                host_path,
+                format!("host {host:?} is listed twice (first at {path}.hosts[{first}])"),
+            ));
+        }
+        keys.push((index, key));
+    }
+    Ok(keys)
+}
+
+/// A lowercase HTTP header name (RFC 9110 token), not a pseudo-header.
+fn check_header_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() {
+        return Err(ConfigError::new(path, "must not be empty"));
+    }
+    if name.starts_with(':') {
+        return Err(ConfigError::new(path, format!("{name:?} is a pseudo-header; use a regular header name")));
+    }
+    let is_token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if let Some(bad) = name.chars().find(|&c| !is_token(c) || c.is_ascii_uppercase()) {
+        return Err(ConfigError::new(
+            path,
+            format!("{name:?} is not a valid lowercase header name (bad character {bad:?})"),
+        ));
+    }
+    Ok(())
+}
+
+/// Something Envoy accepts as a header value and that reads unambiguously in logs.
+fn check_header_value(path: &str, value: &str) -> Result<(), ConfigError> {
+    if value.is_empty() {
+        return Err(ConfigError::new(path, "must not be empty"));
+    }
+    if value.trim() != value {
+        return Err(ConfigError::new(path, format!("{value:?} has leading or trailing white space")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ConfigError::new(path, format!("{value:?} contains a control character")));
+    }
+    Ok(())
+}
+
+/// A non-empty name such as a service or upstream name.
+fn check_text(path: &str, value: &str) -> Result<(), ConfigError> {
+    check_header_value(path, value)
+}
+
+/// `host` or `host:port`, as it would appear in `:authority`.
+fn check_authority(path: &str, value: &str) -> Result<(), ConfigError> {
+    check_header_value(path, value)?;
+    if let Some(bad) = value.chars().find(|&c| c.is_whitespace() || "/?#@\\\"".contains(c)) {
+        return Err(ConfigError::new(
+            path,
+            format!("{value:?} is not a valid authority (bad character {bad:?})"),
+        ));
+    }
+    Ok(())
+}

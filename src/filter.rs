@@ -25,7 +25,9 @@ where
 {
     let mut raw_key = read_service_key(plan, host);
     let key = raw_key.as_deref_mut().map(host_key);
-    let upstream = key.and_then(|k| plan.service_for(k)).and_then(|s| s.pick(rng));
+    let upstream = key
+        .and_then(|k| plan.service_for(k))
+        .and_then(|s| s.pick(rng));
     if let Some(upstream) = upstream {
         // Always overwrite: a client-sent cluster header is never honoured.
         host.set_request_header(&plan.cluster_header, Some(&upstream.cluster));
@@ -41,7 +43,11 @@ where
         }
         OnUnknownService::Reject => {
             let body = serde_json::json!({"error": "unknown service", "service": key}).to_string();
-            host.send_local_reply(404, &[("content-type", "application/json")], body.as_bytes());
+            host.send_local_reply(
+                404,
+                &[("content-type", "application/json")],
+                body.as_bytes(),
+            );
             Verdict::Replied
         }
     }
@@ -86,7 +92,10 @@ mod glue {
 
     impl SplitRoot {
         pub fn new() -> Self {
-            Self { plan: None, rng: Rc::new(RefCell::new(seeded_rng())) }
+            Self {
+                plan: None,
+                rng: Rc::new(RefCell::new(seeded_rng())),
+            }
         }
     }
 
@@ -135,7 +144,10 @@ mod glue {
         }
 
         fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-            Some(Box::new(SplitStream { plan: self.plan.clone(), rng: Rc::clone(&self.rng) }))
+            Some(Box::new(SplitStream {
+                plan: self.plan.clone(),
+                rng: Rc::clone(&self.rng),
+            }))
         }
 
         fn get_type(&self) -> Option<ContextType> {
@@ -153,7 +165,8 @@ mod glue {
 
     impl HttpContext for SplitStream {
         fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-            let (Some(plan), Ok(mut rng)) = (self.plan.as_deref(), self.rng.try_borrow_mut()) else {
+            let (Some(plan), Ok(mut rng)) = (self.plan.as_deref(), self.rng.try_borrow_mut())
+            else {
                 return Action::Continue;
             };
             match on_request_headers(plan, &mut *rng, &EnvoyHost) {

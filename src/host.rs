@@ -30,7 +30,8 @@ mod wasm {
         }
 
         fn set_request_header(&self, name: &str, value: Option<&str>) {
-            if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value) {
+            if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value)
+            {
                 log::warn!("writing request header {name}: {status:?}");
             }
         }
@@ -50,24 +51,33 @@ pub use fake::FakeHost;
 mod fake {
     use std::cell::RefCell;
 
+    /// A local reply as the filter sent it: status, headers, body.
+    pub type Reply = (u32, Vec<(String, String)>, Vec<u8>);
+
     /// Request headers in a vector plus a record of every host call.
     #[derive(Default)]
     pub struct FakeHost {
         pub headers: RefCell<Vec<(String, String)>>,
         pub calls: RefCell<Vec<String>>,
-        pub reply: RefCell<Option<(u32, Vec<(String, String)>, Vec<u8>)>>,
+        pub reply: RefCell<Option<Reply>>,
     }
 
     impl FakeHost {
         pub fn with_headers(headers: &[(&str, &str)]) -> Self {
             let host = Self::default();
-            *host.headers.borrow_mut() =
-                headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+            *host.headers.borrow_mut() = headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
             host
         }
 
         pub fn header(&self, name: &str) -> Option<String> {
-            self.headers.borrow().iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+            self.headers
+                .borrow()
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
         }
 
         pub fn call_count(&self) -> usize {
@@ -94,7 +104,10 @@ mod fake {
             self.calls.borrow_mut().push(format!("reply {status}"));
             *self.reply.borrow_mut() = Some((
                 status,
-                headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+                headers
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
                 body.to_vec(),
             ));
         }

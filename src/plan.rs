@@ -24,7 +24,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { path: path.into(), message: message.into() }
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -129,7 +132,10 @@ impl Plan {
             Some(RawOnUnknown::Reject) => OnUnknownService::Reject,
         };
         if raw.services.is_empty() {
-            return Err(ConfigError::new("services", "must list at least one service"));
+            return Err(ConfigError::new(
+                "services",
+                "must list at least one service",
+            ));
         }
 
         let mut services = Vec::with_capacity(raw.services.len());
@@ -140,14 +146,17 @@ impl Plan {
             if let Some(first) = by_name.insert(raw_service.name.as_str(), index) {
                 return Err(ConfigError::new(
                     format!("{path}.name"),
-                    format!("duplicate service name {:?} (first at services[{first}])", raw_service.name),
+                    format!(
+                        "duplicate service name {:?} (first at services[{first}])",
+                        raw_service.name
+                    ),
                 ));
             }
             let service = compile_service(&path, raw_service)?;
-            for (host_index, host) in host_keys(&path, raw_service)? {
+            for (host_path, host) in host_keys(&path, raw_service)? {
                 if let Some(owner) = by_host.insert(host.clone(), index) {
                     return Err(ConfigError::new(
-                        format!("{path}.hosts[{host_index}]"),
+                        host_path,
                         format!(
                             "host {host:?} is already matched by services[{owner}] ({:?})",
                             raw.services.get(owner).map_or("", |s| s.name.as_str())
@@ -157,7 +166,13 @@ impl Plan {
             }
             services.push(service);
         }
-        Ok(Self { cluster_header, service_from, on_unknown_service, services, by_host })
+        Ok(Self {
+            cluster_header,
+            service_from,
+            on_unknown_service,
+            services,
+            by_host,
+        })
     }
 
     /// The service whose hosts contain `key`, which must already be normalized by [`host_key`].
@@ -176,11 +191,14 @@ fn compile_service_from(value: Option<&Value>) -> Result<ServiceFrom, ConfigErro
     match value {
         Value::String(s) if s == "authority" => Ok(ServiceFrom::Authority),
         Value::Object(map) if map.len() == 1 => {
-            let (kind, arg) = map.iter().next().ok_or_else(|| ConfigError::new(path, EXPECTED))?;
+            let (kind, arg) = map
+                .iter()
+                .next()
+                .ok_or_else(|| ConfigError::new(path, EXPECTED))?;
             let arg_path = format!("{path}.{kind}");
-            let arg = arg
-                .as_str()
-                .ok_or_else(|| ConfigError::new(&arg_path, format!("must be a string, got {arg}")))?;
+            let arg = arg.as_str().ok_or_else(|| {
+                ConfigError::new(&arg_path, format!("must be a string, got {arg}"))
+            })?;
             match kind.as_str() {
                 "header" => {
                     check_header_name(&arg_path, arg)?;
@@ -192,7 +210,10 @@ fn compile_service_from(value: Option<&Value>) -> Result<ServiceFrom, ConfigErro
                     }
                     Ok(ServiceFrom::Query(arg.to_owned()))
                 }
-                _ => Err(ConfigError::new(path, format!("unknown source {kind:?}; {EXPECTED}"))),
+                _ => Err(ConfigError::new(
+                    path,
+                    format!("unknown source {kind:?}; {EXPECTED}"),
+                )),
             }
         }
         other => Err(ConfigError::new(path, format!("{EXPECTED}, got {other}"))),
@@ -210,7 +231,10 @@ fn compile_service(path: &str, raw: &RawService) -> Result<Service, ConfigError>
         }
     }
     if raw.upstreams.is_empty() {
-        return Err(ConfigError::new(format!("{path}.upstreams"), "must list at least one upstream"));
+        return Err(ConfigError::new(
+            format!("{path}.upstreams"),
+            "must list at least one upstream",
+        ));
     }
     let mut upstreams: Vec<Upstream> = Vec::with_capacity(raw.upstreams.len());
     for (index, raw_upstream) in raw.upstreams.iter().enumerate() {
@@ -233,7 +257,11 @@ fn compile_service(path: &str, raw: &RawService) -> Result<Service, ConfigError>
             "weights sum to 0; at least one upstream needs a weight above 0",
         )
     })?;
-    Ok(Service { name: raw.name.clone(), upstreams, picker })
+    Ok(Service {
+        name: raw.name.clone(),
+        upstreams,
+        picker,
+    })
 }
 
 fn compile_upstream(path: &str, raw: &RawUpstream) -> Result<Upstream, ConfigError> {
@@ -259,16 +287,19 @@ fn compile_upstream(path: &str, raw: &RawUpstream) -> Result<Upstream, ConfigErr
     })
 }
 
-/// The normalized hosts of a service (`hosts`, or its name when absent), with their indexes.
-fn host_keys(path: &str, raw: &RawService) -> Result<Vec<(usize, String)>, ConfigError> {
-    let hosts = raw.hosts.as_deref().unwrap_or(std::slice::from_ref(&raw.name));
+/// The normalized hosts of a service (`hosts`, or its name when absent), with their JSON paths.
+fn host_keys(path: &str, raw: &RawService) -> Result<Vec<(String, String)>, ConfigError> {
+    let hosts = raw
+        .hosts
+        .as_deref()
+        .unwrap_or(std::slice::from_ref(&raw.name));
     if hosts.is_empty() {
         return Err(ConfigError::new(
             format!("{path}.hosts"),
             "must list at least one host (leave it out to match the service name)",
         ));
     }
-    let mut keys: Vec<(usize, String)> = Vec::with_capacity(hosts.len());
+    let mut keys: Vec<(String, String)> = Vec::with_capacity(hosts.len());
     for (index, host) in hosts.iter().enumerate() {
         let host_path = if raw.hosts.is_some() {
             format!("{path}.hosts[{index}]")
@@ -277,16 +308,23 @@ fn host_keys(path: &str, raw: &RawService) -> Result<Vec<(usize, String)>, Confi
         };
         let mut key = host.clone();
         let key = host_key(&mut key).to_owned();
-        if key.is_empty() || key.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'/') {
-            return Err(ConfigError::new(host_path, format!("not a valid host: {host:?}")));
+        if key.is_empty()
+            || key
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'/')
+        {
+            return Err(ConfigError::new(
+                host_path,
+                format!("not a valid host: {host:?}"),
+            ));
         }
         if let Some((first, _)) = keys.iter().find(|(_, k)| *k == key) {
             return Err(ConfigError::new(
                 host_path,
-                format!("host {host:?} is listed twice (first at {path}.hosts[{first}])"),
+                format!("host {host:?} is listed twice (first at {first})"),
             ));
         }
-        keys.push((index, key));
+        keys.push((host_path, key));
     }
     Ok(keys)
 }
@@ -297,10 +335,16 @@ fn check_header_name(path: &str, name: &str) -> Result<(), ConfigError> {
         return Err(ConfigError::new(path, "must not be empty"));
     }
     if name.starts_with(':') {
-        return Err(ConfigError::new(path, format!("{name:?} is a pseudo-header; use a regular header name")));
+        return Err(ConfigError::new(
+            path,
+            format!("{name:?} is a pseudo-header; use a regular header name"),
+        ));
     }
     let is_token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-    if let Some(bad) = name.chars().find(|&c| !is_token(c) || c.is_ascii_uppercase()) {
+    if let Some(bad) = name
+        .chars()
+        .find(|&c| !is_token(c) || c.is_ascii_uppercase())
+    {
         return Err(ConfigError::new(
             path,
             format!("{name:?} is not a valid lowercase header name (bad character {bad:?})"),
@@ -315,10 +359,16 @@ fn check_header_value(path: &str, value: &str) -> Result<(), ConfigError> {
         return Err(ConfigError::new(path, "must not be empty"));
     }
     if value.trim() != value {
-        return Err(ConfigError::new(path, format!("{value:?} has leading or trailing white space")));
+        return Err(ConfigError::new(
+            path,
+            format!("{value:?} has leading or trailing white space"),
+        ));
     }
     if value.chars().any(char::is_control) {
-        return Err(ConfigError::new(path, format!("{value:?} contains a control character")));
+        return Err(ConfigError::new(
+            path,
+            format!("{value:?} contains a control character"),
+        ));
     }
     Ok(())
 }
@@ -331,7 +381,10 @@ fn check_text(path: &str, value: &str) -> Result<(), ConfigError> {
 /// `host` or `host:port`, as it would appear in `:authority`.
 fn check_authority(path: &str, value: &str) -> Result<(), ConfigError> {
     check_header_value(path, value)?;
-    if let Some(bad) = value.chars().find(|&c| c.is_whitespace() || "/?#@\\\"".contains(c)) {
+    if let Some(bad) = value
+        .chars()
+        .find(|&c| c.is_whitespace() || "/?#@\\\"".contains(c))
+    {
         return Err(ConfigError::new(
             path,
             format!("{value:?} is not a valid authority (bad character {bad:?})"),
@@ -339,3 +392,7 @@ fn check_authority(path: &str, value: &str) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

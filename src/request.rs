@@ -10,7 +10,9 @@ pub fn host_key(raw: &mut str) -> &str {
     let host: &str = raw;
     let host = if let Some(bracketed) = host.strip_prefix('[') {
         // `[v6]` or `[v6]:port`
-        bracketed.split_once(']').map_or(bracketed, |(inside, _)| inside)
+        bracketed
+            .split_once(']')
+            .map_or(bracketed, |(inside, _)| inside)
     } else {
         match host.split_once(':') {
             // Exactly one colon: `name:port`. Several colons: a bare IPv6 literal, kept whole.
@@ -48,7 +50,10 @@ mod tests {
 
     #[test]
     fn host_key_drops_trailing_dot() {
-        assert_eq!(key("reviews.default.svc.cluster.local.:80"), "reviews.default.svc.cluster.local");
+        assert_eq!(
+            key("reviews.default.svc.cluster.local.:80"),
+            "reviews.default.svc.cluster.local"
+        );
     }
 
     #[test]
@@ -66,15 +71,30 @@ mod tests {
 
     #[test]
     fn query_param_finds_and_decodes() {
-        assert_eq!(query_param("/a?service=reviews", "service").as_deref(), Some("reviews"));
-        assert_eq!(query_param("/a?x=1&service=my%20svc+x", "service").as_deref(), Some("my svc x"));
-        assert_eq!(query_param("/a?service=a&service=b", "service").as_deref(), Some("a"));
-        assert_eq!(query_param("/a?ser%76ice=c", "service").as_deref(), Some("c"));
+        assert_eq!(
+            query_param("/a?service=reviews", "service").as_deref(),
+            Some("reviews")
+        );
+        assert_eq!(
+            query_param("/a?x=1&service=my%20svc+x", "service").as_deref(),
+            Some("my svc x")
+        );
+        assert_eq!(
+            query_param("/a?service=a&service=b", "service").as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            query_param("/a?ser%76ice=c", "service").as_deref(),
+            Some("c")
+        );
     }
 
     #[test]
     fn query_param_ignores_fragment_and_missing() {
-        assert_eq!(query_param("/a?service=r#frag", "service").as_deref(), Some("r"));
+        assert_eq!(
+            query_param("/a?service=r#frag", "service").as_deref(),
+            Some("r")
+        );
         assert_eq!(query_param("/a?other=1", "service"), None);
         assert_eq!(query_param("/a", "service"), None);
         assert_eq!(query_param("/a?service", "service").as_deref(), Some(""));

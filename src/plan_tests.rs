@@ -1,0 +1,479 @@
+use super::*;
+
+fn plan(json: &str) -> Plan {
+    Plan::from_json(json.as_bytes()).unwrap()
+}
+
+fn error(json: &str) -> String {
+    Plan::from_json(json.as_bytes()).unwrap_err().to_string()
+}
+
+/// A valid config with one service, with `patch` spliced into the service object.
+fn one_service(extra: &str) -> String {
+    format!(
+        r#"{{"services": [{{"name": "reviews", {extra} "upstreams": [
+            {{"name": "v1", "cluster": "reviews_v1", "weight": 90}},
+            {{"name": "v2", "cluster": "reviews_v2", "weight": 10}}]}}]}}"#
+    )
+}
+
+fn upstreams(list: &str) -> String {
+    format!(r#"{{"services": [{{"name": "reviews", "upstreams": [{list}]}}]}}"#)
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let p = plan(&one_service(""));
+    assert_eq!(p.cluster_header, "x-meshsplit-cluster");
+    assert_eq!(p.service_from, ServiceFrom::Authority);
+    assert_eq!(p.on_unknown_service, OnUnknownService::Pass);
+    assert_eq!(p.services.len(), 1);
+}
+
+#[test]
+fn sample_config_from_the_issue_parses() {
+    let p = plan(
+        r#"{
+          "cluster_header": "x-meshsplit-cluster",
+          "service_from": "authority",
+          "on_unknown_service": "pass",
+          "services": [{
+              "name": "reviews",
+              "hosts": ["reviews", "reviews.default.svc.cluster.local"],
+              "upstreams": [
+                {"name": "v1", "cluster": "reviews_v1", "authority": "reviews-v1.internal", "weight": 90},
+                {"name": "v2", "cluster": "reviews_v2", "weight": 10}
+              ]
+          }]
+        }"#,
+    );
+    let service = p.service_for("reviews.default.svc.cluster.local").unwrap();
+    assert_eq!(
+        service.upstreams[0].authority.as_deref(),
+        Some("reviews-v1.internal")
+    );
+    assert_eq!(service.upstreams[1].authority, None);
+    assert_eq!(service.upstreams[1].weight, 10);
+}
+
+#[test]
+fn hosts_default_to_the_service_name() {
+    let p = plan(&one_service(""));
+    assert_eq!(p.service_for("reviews").unwrap().name, "reviews");
+    assert!(p.service_for("ratings").is_none());
+}
+
+#[test]
+fn hosts_are_normalized_for_matching() {
+    let p = plan(&one_service(
+        r#""hosts": ["Reviews.Default:9080", "[::1]:80"],"#,
+    ));
+    assert!(p.service_for("reviews.default").is_some());
+    assert!(p.service_for("::1").is_some());
+    assert!(
+        p.service_for("reviews").is_none(),
+        "explicit hosts replace the default"
+    );
+}
+
+#[test]
+fn service_from_header_and_query() {
+    let p = plan(&format!(
+        r#"{{"service_from": {{"header": "x-service"}}, {}"#,
+        &one_service("")[1..]
+    ));
+    assert_eq!(p.service_from, ServiceFrom::Header("x-service".into()));
+    let p = plan(&format!(
+        r#"{{"service_from": {{"query": "service"}}, {}"#,
+        &one_service("")[1..]
+    ));
+    assert_eq!(p.service_from, ServiceFrom::Query("service".into()));
+}
+
+#[test]
+fn on_unknown_service_reject() {
+    let p = plan(&format!(
+        r#"{{"on_unknown_service": "reject", {}"#,
+        &one_service("")[1..]
+    ));
+    assert_eq!(p.on_unknown_service, OnUnknownService::Reject);
+}
+
+#[test]
+fn explicit_weighted_strategy_is_accepted() {
+    plan(&one_service(r#""strategy": "weighted","#));
+}
+
+#[test]
+fn zero_weight_upstream_is_allowed_when_another_is_positive() {
+    let p = plan(&upstreams(
+        r#"{"name": "v1", "cluster": "a", "weight": 0}, {"name": "v2", "cluster": "b", "weight": 1}"#,
+    ));
+    assert_eq!(p.services[0].upstreams[0].weight, 0);
+}
+
+#[test]
+fn maximum_weight_is_accepted() {
+    plan(&upstreams(
+        r#"{"name": "v1", "cluster": "a", "weight": 1000000}"#,
+    ));
+}
+
+// ---- one test per error kind ----
+
+#[test]
+fn empty_configuration_is_an_error() {
+    assert!(error("").contains("configuration is empty"));
+    assert!(error("  \n").contains("configuration is empty"));
+}
+
+#[test]
+fn malformed_json_is_an_error() {
+    let e = error(r#"{"services": ["#);
+    assert!(e.contains("EOF"), "{e}");
+}
+
+#[test]
+fn trailing_garbage_is_an_error() {
+    let e = error(&(one_service("") + " x"));
+    assert!(e.contains("trailing"), "{e}");
+}
+
+#[test]
+fn missing_services_is_an_error() {
+    assert_eq!(error("{}"), "missing field `services` at line 1 column 2");
+}
+
+#[test]
+fn unknown_top_level_field_is_an_error_naming_it() {
+    let e = error(r#"{"servics": []}"#);
+    assert!(e.starts_with("servics: unknown field `servics`"), "{e}");
+}
+
+#[test]
+fn unknown_upstream_field_is_an_error_with_its_path() {
+    let e = error(&upstreams(
+        r#"{"name": "v1", "cluster": "a", "weight": 1, "wieght": 2}"#,
+    ));
+    assert!(
+        e.starts_with("services[0].upstreams[0].wieght: unknown field `wieght`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_service_field_is_an_error_with_its_path() {
+    let e = error(&one_service(r#""host": ["x"],"#));
+    assert!(
+        e.starts_with("services[0].host: unknown field `host`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wrong_type_is_an_error_with_its_path() {
+    let e = error(&upstreams(
+        r#"{"name": "v1", "cluster": "a", "weight": "10"}"#,
+    ));
+    assert!(
+        e.starts_with("services[0].upstreams[0].weight: invalid type: string \"10\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn negative_weight_is_an_error() {
+    let e = error(&upstreams(
+        r#"{"name": "v1", "cluster": "a", "weight": -1}"#,
+    ));
+    assert!(
+        e.starts_with("services[0].upstreams[0].weight: invalid value: integer `-1`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn fractional_weight_is_an_error() {
+    let e = error(&upstreams(
+        r#"{"name": "v1", "cluster": "a", "weight": 1.5}"#,
+    ));
+    assert!(
+        e.starts_with("services[0].upstreams[0].weight: invalid type: floating point"),
+        "{e}"
+    );
+}
+
+#[test]
+fn weight_above_maximum_is_an_error() {
+    let e = error(&upstreams(
+        r#"{"name": "v1", "cluster": "a", "weight": 1}, {"name": "v2", "cluster": "b", "weight": 5000000}"#,
+    ));
+    assert_eq!(
+        e,
+        "services[0].upstreams[1].weight: must be at most 1000000, got 5000000"
+    );
+}
+
+#[test]
+fn huge_weight_is_an_error_not_a_wraparound() {
+    let e = error(&upstreams(
+        r#"{"name": "v1", "cluster": "a", "weight": 4294967297}"#,
+    ));
+    assert_eq!(
+        e,
+        "services[0].upstreams[0].weight: must be at most 1000000, got 4294967297"
+    );
+}
+
+#[test]
+fn all_zero_weights_is_an_error() {
+    let e = error(&upstreams(
+        r#"{"name": "v1", "cluster": "a", "weight": 0}, {"name": "v2", "cluster": "b", "weight": 0}"#,
+    ));
+    assert_eq!(
+        e,
+        "services[0].upstreams: weights sum to 0; at least one upstream needs a weight above 0"
+    );
+}
+
+#[test]
+fn no_upstreams_is_an_error() {
+    assert_eq!(
+        error(&upstreams("")),
+        "services[0].upstreams: must list at least one upstream"
+    );
+}
+
+#[test]
+fn no_services_is_an_error() {
+    assert_eq!(
+        error(r#"{"services": []}"#),
+        "services: must list at least one service"
+    );
+}
+
+#[test]
+fn duplicate_service_name_is_an_error() {
+    let e = error(
+        r#"{"services": [
+            {"name": "a", "hosts": ["a"], "upstreams": [{"name": "v1", "cluster": "c", "weight": 1}]},
+            {"name": "a", "hosts": ["b"], "upstreams": [{"name": "v1", "cluster": "c", "weight": 1}]}]}"#,
+    );
+    assert_eq!(
+        e,
+        r#"services[1].name: duplicate service name "a" (first at services[0])"#
+    );
+}
+
+#[test]
+fn host_shared_by_two_services_is_an_error() {
+    let e = error(
+        r#"{"services": [
+            {"name": "a", "hosts": ["shop", "a"], "upstreams": [{"name": "v1", "cluster": "c", "weight": 1}]},
+            {"name": "b", "hosts": ["b", "SHOP:8080"], "upstreams": [{"name": "v1", "cluster": "c", "weight": 1}]}]}"#,
+    );
+    assert_eq!(
+        e,
+        r#"services[1].hosts[1]: host "shop" is already matched by services[0] ("a")"#
+    );
+}
+
+#[test]
+fn default_host_colliding_with_explicit_host_is_an_error() {
+    let e = error(
+        r#"{"services": [
+            {"name": "a", "hosts": ["b"], "upstreams": [{"name": "v1", "cluster": "c", "weight": 1}]},
+            {"name": "b", "upstreams": [{"name": "v1", "cluster": "c", "weight": 1}]}]}"#,
+    );
+    assert_eq!(
+        e,
+        r#"services[1].name: host "b" is already matched by services[0] ("a")"#
+    );
+}
+
+#[test]
+fn host_listed_twice_in_one_service_is_an_error() {
+    let e = error(&one_service(r#""hosts": ["a", "A:80"],"#));
+    assert_eq!(
+        e,
+        r#"services[0].hosts[1]: host "A:80" is listed twice (first at services[0].hosts[0])"#
+    );
+}
+
+#[test]
+fn empty_hosts_list_is_an_error() {
+    let e = error(&one_service(r#""hosts": [],"#));
+    assert!(
+        e.starts_with("services[0].hosts: must list at least one host"),
+        "{e}"
+    );
+}
+
+#[test]
+fn invalid_host_is_an_error() {
+    let e = error(&one_service(r#""hosts": ["a b"],"#));
+    assert_eq!(e, r#"services[0].hosts[0]: not a valid host: "a b""#);
+    let e = error(&one_service(r#""hosts": [":80"],"#));
+    assert_eq!(e, r#"services[0].hosts[0]: not a valid host: ":80""#);
+}
+
+#[test]
+fn empty_service_name_is_an_error() {
+    let e = error(
+        r#"{"services": [{"name": "", "upstreams": [{"name": "v1", "cluster": "c", "weight": 1}]}]}"#,
+    );
+    assert_eq!(e, "services[0].name: must not be empty");
+}
+
+#[test]
+fn duplicate_upstream_name_is_an_error() {
+    let e = error(&upstreams(
+        r#"{"name": "v1", "cluster": "a", "weight": 1}, {"name": "v1", "cluster": "b", "weight": 1}"#,
+    ));
+    assert_eq!(
+        e,
+        r#"services[0].upstreams[1].name: duplicate upstream name "v1" (first at services[0].upstreams[0])"#
+    );
+}
+
+#[test]
+fn empty_cluster_is_an_error() {
+    let e = error(&upstreams(r#"{"name": "v1", "cluster": "", "weight": 1}"#));
+    assert_eq!(e, "services[0].upstreams[0].cluster: must not be empty");
+}
+
+#[test]
+fn cluster_with_control_character_is_an_error() {
+    let e = error(&upstreams(
+        r#"{"name": "v1", "cluster": "a\r\nx-evil: 1", "weight": 1}"#,
+    ));
+    assert!(
+        e.starts_with("services[0].upstreams[0].cluster:") && e.contains("control character"),
+        "{e}"
+    );
+}
+
+#[test]
+fn cluster_with_surrounding_space_is_an_error() {
+    let e = error(&upstreams(
+        r#"{"name": "v1", "cluster": " a", "weight": 1}"#,
+    ));
+    assert!(e.contains("leading or trailing white space"), "{e}");
+}
+
+#[test]
+fn invalid_authority_is_an_error() {
+    let e = error(&upstreams(
+        r#"{"name": "v1", "cluster": "a", "authority": "a/b", "weight": 1}"#,
+    ));
+    assert_eq!(
+        e,
+        r#"services[0].upstreams[0].authority: "a/b" is not a valid authority (bad character '/')"#
+    );
+}
+
+#[test]
+fn unsupported_strategy_is_an_error() {
+    let e = error(&one_service(r#""strategy": "random","#));
+    assert_eq!(
+        e,
+        r#"services[0].strategy: unsupported strategy "random"; supported: "weighted""#
+    );
+}
+
+#[test]
+fn uppercase_cluster_header_is_an_error() {
+    let e = error(&format!(
+        r#"{{"cluster_header": "X-Cluster", {}"#,
+        &one_service("")[1..]
+    ));
+    assert_eq!(
+        e,
+        r#"cluster_header: "X-Cluster" is not a valid lowercase header name (bad character 'X')"#
+    );
+}
+
+#[test]
+fn pseudo_header_as_cluster_header_is_an_error() {
+    let e = error(&format!(
+        r#"{{"cluster_header": ":authority", {}"#,
+        &one_service("")[1..]
+    ));
+    assert!(
+        e.starts_with("cluster_header: \":authority\" is a pseudo-header"),
+        "{e}"
+    );
+}
+
+#[test]
+fn host_as_cluster_header_is_an_error() {
+    let e = error(&format!(
+        r#"{{"cluster_header": "host", {}"#,
+        &one_service("")[1..]
+    ));
+    assert!(e.starts_with("cluster_header: must not be \"host\""), "{e}");
+}
+
+#[test]
+fn empty_cluster_header_is_an_error() {
+    let e = error(&format!(
+        r#"{{"cluster_header": "", {}"#,
+        &one_service("")[1..]
+    ));
+    assert_eq!(e, "cluster_header: must not be empty");
+}
+
+#[test]
+fn unknown_service_from_is_an_error() {
+    let e = error(&format!(
+        r#"{{"service_from": "path", {}"#,
+        &one_service("")[1..]
+    ));
+    assert!(e.starts_with("service_from: expected \"authority\""), "{e}");
+    let e = error(&format!(
+        r#"{{"service_from": {{"cookie": "x"}}, {}"#,
+        &one_service("")[1..]
+    ));
+    assert!(
+        e.starts_with("service_from: unknown source \"cookie\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn service_from_header_must_be_valid() {
+    let e = error(&format!(
+        r#"{{"service_from": {{"header": "X Svc"}}, {}"#,
+        &one_service("")[1..]
+    ));
+    assert!(
+        e.starts_with("service_from.header: \"X Svc\" is not a valid lowercase header name"),
+        "{e}"
+    );
+    let e = error(&format!(
+        r#"{{"service_from": {{"header": 7}}, {}"#,
+        &one_service("")[1..]
+    ));
+    assert_eq!(e, "service_from.header: must be a string, got 7");
+}
+
+#[test]
+fn empty_service_from_query_is_an_error() {
+    let e = error(&format!(
+        r#"{{"service_from": {{"query": ""}}, {}"#,
+        &one_service("")[1..]
+    ));
+    assert_eq!(e, "service_from.query: must not be empty");
+}
+
+#[test]
+fn unknown_on_unknown_service_is_an_error() {
+    let e = error(&format!(
+        r#"{{"on_unknown_service": "drop", {}"#,
+        &one_service("")[1..]
+    ));
+    assert!(
+        e.starts_with("on_unknown_service: unknown variant `drop`, expected `pass` or `reject`"),
+        "{e}"
+    );
+}

@@ -1,0 +1,212 @@
+"""Test harness: builds the module, starts real Envoy processes and upstreams on loopback ports.
+
+Every Envoy started here is stopped (SIGTERM, then SIGKILL) when its context exits, whether the
+test passed or not; when a test fails its Envoy log is printed."""
+import contextlib
+import copy
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+ENVOY_DIR = ROOT / "envoy"
+WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "meshsplit.wasm"
+READY_TIMEOUT = 30.0
+
+sys.path.insert(0, str(ENVOY_DIR))
+import upstream  # noqa: E402  (envoy/upstream.py, shared with the demo and docker-compose)
+
+
+def envoy_bin():
+    return os.environ.get("ENVOY_BIN") or str(ROOT / ".venv" / "bin" / "envoy")
+
+
+def build_wasm():
+    """Builds the release module (a no-op when it is up to date)."""
+    subprocess.run(
+        ["cargo", "build", "--release", "--target", "wasm32-wasip1", "--quiet"],
+        cwd=ROOT, check=True,
+    )
+    return WASM
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_yaml(path):
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def wasm_filter(config):
+    """The meshsplit wasm filter entry of a bootstrap's first listener."""
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    return next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")
+
+
+def plugin_config(config):
+    """The plugin configuration JSON embedded in a bootstrap, parsed."""
+    return json.loads(wasm_filter(config)["typed_config"]["config"]["configuration"]["value"])
+
+
+def static_cluster(name, port):
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}],
+        },
+    }
+
+
+def bootstrap(plugin, clusters, listener_port, admin_port, template=ENVOY_DIR / "envoy.yaml"):
+    """envoy/envoy.yaml with the given plugin config (dict or raw string), clusters
+    ({name: port}) and ports, and the module path made absolute."""
+    config = copy.deepcopy(load_yaml(template))
+    config["admin"]["address"]["socket_address"]["port_value"] = admin_port
+    listener = config["static_resources"]["listeners"][0]
+    listener["address"]["socket_address"]["port_value"] = listener_port
+    wasm = wasm_filter(config)["typed_config"]["config"]
+    wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
+    wasm["configuration"]["value"] = plugin if isinstance(plugin, str) else json.dumps(plugin)
+    config["static_resources"]["clusters"] = [static_cluster(n, p) for n, p in clusters.items()]
+    return config
+
+
+def write_yaml(config, directory):
+    fd, path = tempfile.mkstemp(suffix=".yaml", dir=directory)
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(config, f)
+    return path
+
+
+def validate(config_path):
+    """`envoy --mode validate`; returns the CompletedProcess (output in .stdout)."""
+    return subprocess.run(
+        [envoy_bin(), "--mode", "validate", "-c", str(config_path), "--use-dynamic-base-id"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120,
+    )
+
+
+class Envoy:
+    """A running Envoy on loopback. Use as a context manager."""
+
+    def __init__(self, config, workdir, concurrency=2):
+        self.config = config
+        self.admin_port = config["admin"]["address"]["socket_address"]["port_value"]
+        self.port = config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
+        self.config_path = write_yaml(config, workdir)
+        self.log_path = self.config_path + ".log"
+        self.concurrency = concurrency
+        self.proc = None
+
+    def start(self, wait=True):
+        self.proc = subprocess.Popen(
+            [envoy_bin(), "-c", self.config_path, "--concurrency", str(self.concurrency),
+             "--use-dynamic-base-id", "--log-path", self.log_path, "--log-level", "info"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self):
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"envoy exited with {self.proc.returncode}\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"envoy not ready after {READY_TIMEOUT}s\n{self.log()}")
+
+    def wait_exit(self, timeout=READY_TIMEOUT):
+        return self.proc.wait(timeout=timeout)
+
+    def log(self):
+        try:
+            return Path(self.log_path).read_text(errors="replace")
+        except OSError:
+            return "(no envoy log)"
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def stats(self, prefix=""):
+        with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.admin_port}/stats?format=json&filter={prefix}", timeout=5) as r:
+            return {s["name"]: s.get("value") for s in json.load(r)["stats"] if "name" in s}
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, exc_type, exc, tb):
+        self.stop()
+        if exc_type is not None:
+            print(f"--- envoy log ({self.log_path}) ---\n{self.log()[-20000:]}", file=sys.stderr)
+        return False
+
+
+class Client:
+    """Keep-alive HTTP/1.1 client to one Envoy listener."""
+
+    def __init__(self, port):
+        self.port = port
+        self.conn = None
+
+    def get(self, path="/", headers=None):
+        """Returns (status, headers dict, body bytes). Reconnects once if the connection dropped."""
+        for attempt in (0, 1):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            try:
+                self.conn.request("GET", path, headers=headers or {})
+                resp = self.conn.getresponse()
+                body = resp.read()
+                return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+            except (ConnectionError, http.client.HTTPException):
+                self.conn.close()
+                self.conn = None
+                if attempt:
+                    raise
+
+    def close(self):
+        if self.conn:
+            self.conn.close()
+
+
+@contextlib.contextmanager
+def upstreams(*names, delay=0.0):
+    """Starts one upstream per name on a free loopback port; yields {name: port}."""
+    servers = {name: upstream.serve(name, 0, delay=delay) for name in names}
+    try:
+        yield {name: s.server_port for name, s in servers.items()}
+    finally:
+        for s in servers.values():
+            s.shutdown()
+            s.server_close()

@@ -2,6 +2,8 @@
 
 Every Envoy started here is stopped (SIGTERM, then SIGKILL) when its context exits, whether the
 test passed or not; when a test fails its Envoy log is printed."""
+import collections
+import concurrent.futures
 import contextlib
 import copy
 import http.client
@@ -21,6 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ENVOY_DIR = ROOT / "envoy"
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "meshsplit.wasm"
 READY_TIMEOUT = 30.0
+# Envoys started and not yet stopped, so a failing test can show their logs.
+RUNNING = []
 
 sys.path.insert(0, str(ENVOY_DIR))
 import upstream  # noqa: E402  (envoy/upstream.py, shared with the demo and docker-compose)
@@ -37,6 +41,38 @@ def build_wasm():
         cwd=ROOT, check=True,
     )
     return WASM
+
+
+def send(port, count, headers=None, path="/", connections=4):
+    """Sends `count` GET requests over `connections` keep-alive connections in parallel and
+    returns a Counter keyed by the upstream that answered, or by (status, body) for answers
+    that did not come from an upstream."""
+    def worker(n):
+        client = Client(port)
+        seen = collections.Counter()
+        try:
+            for _ in range(n):
+                status, _, body = client.get(path, headers)
+                seen[answer_key(status, body)] += 1
+        finally:
+            client.close()
+        return seen
+
+    shares = [count // connections + (1 if i < count % connections else 0) for i in range(connections)]
+    total = collections.Counter()
+    with concurrent.futures.ThreadPoolExecutor(connections) as pool:
+        for seen in pool.map(worker, shares):
+            total.update(seen)
+    return total
+
+
+def answer_key(status, body):
+    if status == 200:
+        try:
+            return json.loads(body)["upstream"]
+        except (ValueError, KeyError):
+            pass
+    return (status, body.decode(errors="replace"))
 
 
 def free_port():
@@ -121,8 +157,13 @@ class Envoy:
              "--use-dynamic-base-id", "--log-path", self.log_path, "--log-level", "info"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
+        RUNNING.append(self)
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def wait_ready(self):
@@ -149,6 +190,8 @@ class Envoy:
             return "(no envoy log)"
 
     def stop(self):
+        if self in RUNNING:
+            RUNNING.remove(self)
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:

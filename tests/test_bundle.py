@@ -1,0 +1,285 @@
+"""The deployment bundle under envoy/: the Envoy configs, the docker-compose file and the Istio
+manifests. Nothing here starts a proxy: `envoy --mode validate` loads the module and runs the plugin's
+on_configure, so it checks the Envoy schema and the embedded plugin configuration together."""
+import copy
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import harness
+
+ROOT = harness.ROOT
+ENVOY_DIR = harness.ENVOY_DIR
+COMPOSE_FILE = ENVOY_DIR / "docker-compose.yaml"
+ISTIO_DIR = ENVOY_DIR / "istio"
+# The shared tools live beside the repository root (../shared).
+ISTIO_VALIDATE = ROOT.parent / "shared" / "tools" / "istio-validate"
+
+ISTIO_CLUSTER = re.compile(r"^outbound\|(\d+)\|([^|]*)\|([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+)$")
+
+
+@pytest.fixture(scope="module")
+def wasm():
+    if not harness.WASM.exists():
+        harness.build_wasm()
+    return harness.WASM
+
+
+def assert_validates(config, directory):
+    path = harness.write_yaml(config, directory)
+    proc = harness.validate(path)
+    assert proc.returncode == 0, f"envoy --mode validate failed on {path}:\n{proc.stdout[-8000:]}"
+    assert "OK" in proc.stdout.splitlines()[-1]
+
+
+def module_path(config):
+    return harness.wasm_filter(config)["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"]
+
+
+def set_module_path(config, path):
+    harness.wasm_filter(config)["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(path)
+
+
+# --- plain Envoy ---------------------------------------------------------------------------------
+
+def test_envoy_yaml_validates(tmp_path, wasm):
+    config = harness.load_yaml(ENVOY_DIR / "envoy.yaml")
+    # The module path is relative to the repository root, where envoy.yaml is meant to be run from.
+    assert (ROOT / module_path(config)).resolve() == wasm.resolve()
+    set_module_path(config, wasm)
+    assert_validates(config, tmp_path)
+
+
+def test_envoy_compose_yaml_validates(tmp_path, wasm):
+    config = harness.load_yaml(ENVOY_DIR / "envoy-compose.yaml")
+    clusters = config["static_resources"]["clusters"]
+    assert clusters and all(c["type"] == "STRICT_DNS" for c in clusters)
+    # Validate mode does not resolve DNS, so the compose service names stay as they are.
+    set_module_path(config, wasm)
+    assert_validates(config, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["envoy.yaml", "envoy-compose.yaml"])
+def test_embedded_plugin_config_is_meshsplit_json(name):
+    with open(ENVOY_DIR / "meshsplit.json") as f:
+        expected = json.load(f)
+    assert harness.plugin_config(harness.load_yaml(ENVOY_DIR / name)) == expected
+
+
+# --- docker-compose ------------------------------------------------------------------------------
+
+def compose():
+    return harness.load_yaml(COMPOSE_FILE)
+
+
+def mounts(service):
+    """Short-syntax volumes of a compose service as {target: source resolved against the file's dir}."""
+    out = {}
+    for volume in service.get("volumes", []):
+        source, target, *_ = volume.split(":")
+        assert source.startswith("."), f"{volume!r}: expected a bind mount of a path in the repository"
+        out[target] = (COMPOSE_FILE.parent / source).resolve()
+    return out
+
+
+def test_docker_compose_config():
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose is not installed")
+    proc = subprocess.run([binary, "-f", str(COMPOSE_FILE), "config", "-q"], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_docker_compose_mounts_and_wiring():
+    services = compose()["services"]
+    envoy_config = harness.load_yaml(ENVOY_DIR / "envoy-compose.yaml")
+
+    envoy = services["envoy"]
+    assert envoy["image"].startswith("envoyproxy/envoy:")
+    envoy_mounts = mounts(envoy)
+    assert envoy_mounts["/etc/envoy/envoy.yaml"] == (ENVOY_DIR / "envoy-compose.yaml").resolve()
+    # The module is mounted where envoy-compose.yaml loads it from.
+    assert envoy_mounts[module_path(envoy_config)] == harness.WASM.resolve()
+    for target, source in envoy_mounts.items():
+        if source != harness.WASM.resolve():  # the module exists only after a build
+            assert source.is_file(), f"{target} is mounted from missing {source}"
+
+    # The listener and admin ports are published.
+    published = {str(p).split(":")[-1] for p in envoy["ports"]}
+    listener = envoy_config["static_resources"]["listeners"][0]["address"]["socket_address"]
+    admin = envoy_config["admin"]["address"]["socket_address"]
+    assert {str(listener["port_value"]), str(admin["port_value"])} <= published
+    assert listener["address"] == admin["address"] == "0.0.0.0"
+
+    # Every cluster's endpoint is a compose service running upstream.py on that port.
+    for cluster in envoy_config["static_resources"]["clusters"]:
+        for lb in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]:
+            address = lb["endpoint"]["address"]["socket_address"]
+            host, port = address["address"], address["port_value"]
+            assert host in services, f"cluster {cluster['name']} points at {host}, not a compose service"
+            command = services[host]["command"]
+            script = next(arg for arg in command if arg.endswith("upstream.py"))
+            assert mounts(services[host])[script] == (ENVOY_DIR / "upstream.py").resolve()
+            assert f"{host}={port}" in command
+            assert command[command.index("--bind") + 1] == "0.0.0.0"
+            assert host in envoy.get("depends_on", [])
+
+
+# --- Istio ---------------------------------------------------------------------------------------
+
+def istio_docs(name):
+    with open(ISTIO_DIR / name) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def envoy_filter_patch(name, apply_to):
+    (doc,) = istio_docs(name)
+    assert doc["kind"] == "EnvoyFilter"
+    (patch,) = doc["spec"]["configPatches"]
+    assert patch["applyTo"] == apply_to
+    assert patch["match"]["context"] == "SIDECAR_OUTBOUND"
+    return patch
+
+
+def test_istio_manifests_validate():
+    if not ISTIO_VALIDATE.exists():
+        pytest.skip(f"{ISTIO_VALIDATE} is missing")
+    files = sorted(str(p) for p in ISTIO_DIR.glob("*.yaml"))
+    assert files
+    proc = subprocess.run([sys.executable, str(ISTIO_VALIDATE), *files], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout
+
+
+def istio_plugin_config():
+    patch = envoy_filter_patch("meshsplit-filter.yaml", "HTTP_FILTER")
+    return json.loads(patch["patch"]["value"]["typed_config"]["config"]["configuration"]["value"])
+
+
+def test_istio_plugin_config_names_istio_clusters():
+    plugin = istio_plugin_config()
+    (destination_rule,) = istio_docs("reviews-destinationrule.yaml")
+    route_match = envoy_filter_patch("meshsplit-route.yaml", "HTTP_ROUTE")["match"]["routeConfiguration"]
+    subsets = {s["name"] for s in destination_rule["spec"]["subsets"]}
+    (service,) = plugin["services"]
+    assert destination_rule["spec"]["host"] in service["hosts"]
+    for upstream in service["upstreams"]:
+        m = ISTIO_CLUSTER.match(upstream["cluster"])
+        assert m, f"{upstream['cluster']!r} is not outbound|PORT|SUBSET|FQDN"
+        port, subset, fqdn = int(m.group(1)), m.group(2), m.group(3)
+        assert port == route_match["portNumber"]
+        assert fqdn == destination_rule["spec"]["host"]
+        assert subset in subsets, f"no DestinationRule subset {subset!r}"
+        # A new :authority would make the sidecar pick another virtual host.
+        assert "authority" not in upstream
+
+
+def merge_route(route, value):
+    """EnvoyFilter MERGE of an HTTP_ROUTE patch: a protobuf merge, so setting one member of the
+    route action's cluster oneof clears the others."""
+    merged = copy.deepcopy(route)
+    for key, val in value.items():
+        if isinstance(val, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_route(merged[key], val)
+        else:
+            merged[key] = copy.deepcopy(val)
+    action = merged.get("route", {})
+    specifiers = ["cluster", "cluster_header", "weighted_clusters", "cluster_specifier_plugin"]
+    chosen = [k for k in specifiers if k in value.get("route", {})]
+    for k in specifiers:
+        if chosen and k in action and k not in chosen:
+            del action[k]
+    return merged
+
+
+def sidecar_bootstrap(wasm):
+    """A small stand-in for an Istio sidecar's outbound side for reviews: the 9080 route
+    configuration and clusters as Istio names them, with both EnvoyFilter patches applied."""
+    filter_patch = envoy_filter_patch("meshsplit-filter.yaml", "HTTP_FILTER")
+    route_patch = envoy_filter_patch("meshsplit-route.yaml", "HTTP_ROUTE")
+    (destination_rule,) = istio_docs("reviews-destinationrule.yaml")
+    fqdn = destination_rule["spec"]["host"]
+    port = route_patch["match"]["routeConfiguration"]["portNumber"]
+    short = fqdn.split(".")
+
+    wasm_filter = copy.deepcopy(filter_patch["patch"]["value"])
+    wasm_filter["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(wasm)
+    router = {"name": "envoy.filters.http.router",
+              "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+    assert filter_patch["patch"]["operation"] == "INSERT_BEFORE"
+    assert filter_patch["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == router["name"]
+    http_filters = [wasm_filter, router]
+
+    domains = []
+    for i in (1, 2, 3, len(short)):
+        host = ".".join(short[:i])
+        domains += [host, f"{host}:{port}"]
+    route_config = {
+        "name": str(port),
+        "virtual_hosts": [{
+            "name": f"{fqdn}:{port}",
+            "domains": sorted(set(domains)),
+            "routes": [{
+                "name": "default",
+                "match": {"prefix": "/"},
+                "route": {"cluster": f"outbound|{port}||{fqdn}", "timeout": "0s"},
+            }],
+        }],
+    }
+    vhost_match = route_patch["match"]["routeConfiguration"]["vhost"]
+    assert route_patch["patch"]["operation"] == "MERGE"
+    (vhost,) = [v for v in route_config["virtual_hosts"] if v["name"] == vhost_match["name"]]
+    (i,) = [i for i, r in enumerate(vhost["routes"]) if r["name"] == vhost_match["route"]["name"]]
+    vhost["routes"][i] = merge_route(vhost["routes"][i], route_patch["patch"]["value"])
+    assert vhost["routes"][i]["route"] == {"cluster_header": "x-meshsplit-cluster", "timeout": "0s"}
+
+    clusters = [f"outbound|{port}||{fqdn}"] + [
+        f"outbound|{port}|{s['name']}|{fqdn}" for s in destination_rule["spec"]["subsets"]]
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": harness.free_port()}}},
+        "static_resources": {
+            "listeners": [{
+                "name": f"0.0.0.0_{port}",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": harness.free_port()}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                                 "http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": f"outbound_0.0.0.0_{port}",
+                        "route_config": route_config,
+                        "http_filters": http_filters,
+                    },
+                }]}],
+            }],
+            "clusters": [harness.static_cluster(name, 9080) for name in clusters],
+        },
+    }
+
+
+def test_istio_filter_validates_in_envoy(tmp_path, wasm):
+    config = sidecar_bootstrap(wasm)
+    names = {c["name"] for c in config["static_resources"]["clusters"]}
+    for service in harness.plugin_config(config)["services"]:
+        for upstream in service["upstreams"]:
+            assert upstream["cluster"] in names
+    assert_validates(config, tmp_path)
+
+
+def test_istio_bootstrap_rejects_bad_plugin_config(tmp_path, wasm):
+    """Validate mode really runs the plugin's on_configure: a broken plugin config fails it."""
+    config = sidecar_bootstrap(wasm)
+    configuration = harness.wasm_filter(config)["typed_config"]["config"]["configuration"]
+    plugin = json.loads(configuration["value"])
+    plugin["no_such_field"] = True
+    configuration["value"] = json.dumps(plugin)
+    proc = harness.validate(harness.write_yaml(config, tmp_path))
+    assert proc.returncode != 0, proc.stdout[-4000:]
+    assert "no_such_field" in proc.stdout

@@ -1,0 +1,150 @@
+"""Weighted splitting through real Envoy (--concurrency 2) and real loopback upstreams."""
+import json
+
+import pytest
+
+import harness
+from stats import chi_square
+
+SAMPLES = 4000
+P_MIN = 0.001
+FALLBACK = (404, "fallback route: no meshsplit service matched\n")
+
+
+def service(name, upstreams, **extra):
+    return {"name": name, "upstreams": [
+        dict({"name": u, "cluster": f"{name}_{u}", "weight": w}, **a) for u, w, a in upstreams
+    ], **extra}
+
+
+WEIGHTS = {
+    "services": [
+        service("split", [("v1", 90, {}), ("v2", 10, {}), ("v3", 0, {})]),
+        service("three", [("a", 50, {}), ("b", 30, {}), ("c", 20, {})]),
+        service("rewrite", [("v1", 1, {"authority": "rewritten.internal:8443"})]),
+        service("keep", [("v1", 1, {})]),
+    ]
+}
+WEIGHTS_UPSTREAMS = ["split_v1", "split_v2", "split_v3", "three_a", "three_b", "three_c",
+                     "rewrite_v1", "keep_v1"]
+
+
+@pytest.fixture(scope="module")
+def envoy(deploy):
+    return deploy(WEIGHTS, WEIGHTS_UPSTREAMS)
+
+
+def assert_split(seen, expected):
+    """All answers come from `expected` ({upstream: weight}) and the counts fit the weights."""
+    assert set(seen) <= set(expected), f"unexpected answers: {seen}"
+    observed = [seen.get(u, 0) for u in expected]
+    stat, p = chi_square(observed, list(expected.values()))
+    assert p > P_MIN, f"chi-square {stat:.2f} (p={p:.2g}) for {dict(zip(expected, observed))}"
+    for u, w in expected.items():
+        if w == 0:
+            assert seen.get(u, 0) == 0, f"drained upstream {u} got {seen[u]} requests"
+
+
+def test_ninety_ten_split_follows_weights_and_drained_upstream_gets_nothing(envoy):
+    seen = harness.send(envoy.port, SAMPLES, {"Host": "split"})
+    assert sum(seen.values()) == SAMPLES
+    assert_split(seen, {"split_v1": 90, "split_v2": 10, "split_v3": 0})
+
+
+def test_three_way_split_follows_weights(envoy):
+    seen = harness.send(envoy.port, SAMPLES, {"Host": "three"})
+    assert_split(seen, {"three_a": 50, "three_b": 30, "three_c": 20})
+
+
+def test_host_matching_ignores_case_and_port(envoy):
+    seen = harness.send(envoy.port, 50, {"Host": "SPLIT:9080"})
+    assert set(seen) <= {"split_v1", "split_v2"} and sum(seen.values()) == 50
+
+
+def test_upstream_sees_rewritten_authority(envoy):
+    status, _, body = harness.Client(envoy.port).get("/", {"Host": "rewrite:9080"})
+    assert status == 200
+    assert json.loads(body)["host"] == "rewritten.internal:8443"
+
+
+def test_upstream_without_authority_sees_original_authority(envoy):
+    status, _, body = harness.Client(envoy.port).get("/", {"Host": "Keep:9080"})
+    assert status == 200
+    answer = json.loads(body)
+    assert (answer["upstream"], answer["host"]) == ("keep_v1", "Keep:9080")
+
+
+def test_client_cluster_header_is_overwritten_for_known_service(envoy):
+    # If the client's header were honoured every request would reach the drained split_v3.
+    seen = harness.send(envoy.port, SAMPLES, {"Host": "split", "x-meshsplit-cluster": "split_v3"})
+    assert_split(seen, {"split_v1": 90, "split_v2": 10, "split_v3": 0})
+
+
+def test_upstream_receives_the_chosen_cluster_header(envoy):
+    _, _, body = harness.Client(envoy.port).get("/", {"Host": "keep", "x-meshsplit-cluster": "split_v1"})
+    assert json.loads(body)["cluster_header"] == "keep_v1"
+
+
+def test_client_cluster_header_is_removed_for_unknown_service(envoy):
+    seen = harness.send(envoy.port, 200, {"Host": "unknown", "x-meshsplit-cluster": "split_v1"})
+    assert seen == {FALLBACK: 200}
+
+
+def test_unknown_service_with_pass_reaches_fallback_route(envoy):
+    status, _, body = harness.Client(envoy.port).get("/", {"Host": "nope.example"})
+    assert (status, body.decode()) == FALLBACK
+
+
+def test_unknown_service_with_reject_gets_404_json(deploy):
+    envoy = deploy(dict(WEIGHTS, on_unknown_service="reject"), WEIGHTS_UPSTREAMS)
+    client = harness.Client(envoy.port)
+    status, headers, body = client.get("/", {"Host": "Nope:80", "x-meshsplit-cluster": "keep_v1"})
+    assert status == 404
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body) == {"error": "unknown service", "service": "nope"}
+    # Known services are unaffected.
+    status, _, body = client.get("/", {"Host": "keep"})
+    assert (status, json.loads(body)["upstream"]) == (200, "keep_v1")
+
+
+def test_service_from_header_selects_the_service(deploy):
+    envoy = deploy(dict(WEIGHTS, service_from={"header": "x-service"}), WEIGHTS_UPSTREAMS)
+    seen = harness.send(envoy.port, 400, {"Host": "keep", "x-service": "three"})
+    assert set(seen) == {"three_a", "three_b", "three_c"}
+    # The authority no longer selects anything.
+    assert harness.send(envoy.port, 10, {"Host": "keep"}) == {FALLBACK: 10}
+
+
+def test_service_from_query_selects_the_service(deploy):
+    envoy = deploy(dict(WEIGHTS, service_from={"query": "service"}), WEIGHTS_UPSTREAMS)
+    assert harness.send(envoy.port, 20, {"Host": "split"}, path="/api?service=keep") == {"keep_v1": 20}
+    # URL-decoded, and other parameters are ignored.
+    assert harness.send(envoy.port, 20, path="/api?x=1&service=%6Beep&y=2") == {"keep_v1": 20}
+    assert harness.send(envoy.port, 10, {"Host": "keep"}, path="/api") == {FALLBACK: 10}
+
+
+def test_envoy_refuses_to_start_with_invalid_config(wasm, tmp_path):
+    bad = {"services": [service("split", [("v1", 1, {}), ("v2", 5000000, {})])]}
+    config = harness.bootstrap(bad, {"split_v1": harness.free_port()}, harness.free_port(),
+                               harness.free_port())
+    envoy = harness.Envoy(config, tmp_path).start(wait=False)
+    try:
+        code = envoy.wait_exit()
+    finally:
+        envoy.stop()
+    assert code != 0
+    log = envoy.log()
+    assert "services[0].upstreams[1].weight: must be at most 1000000, got 5000000" in log, log[-5000:]
+
+
+def test_envoy_refuses_to_start_with_unknown_field(wasm, tmp_path):
+    bad = {"services": [service("split", [("v1", 1, {"wieght": 3})])]}
+    config = harness.bootstrap(bad, {"split_v1": harness.free_port()}, harness.free_port(),
+                               harness.free_port())
+    envoy = harness.Envoy(config, tmp_path).start(wait=False)
+    try:
+        code = envoy.wait_exit()
+    finally:
+        envoy.stop()
+    assert code != 0
+    assert "services[0].upstreams[0].wieght: unknown field `wieght`" in envoy.log()

@@ -9,6 +9,7 @@ import copy
 import http.client
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -32,6 +33,12 @@ import upstream  # noqa: E402  (envoy/upstream.py, shared with the demo and dock
 
 def envoy_bin():
     return os.environ.get("ENVOY_BIN") or str(ROOT / ".venv" / "bin" / "envoy")
+
+
+def envoy_version():
+    out = subprocess.run([envoy_bin(), "--version"], capture_output=True, text=True).stdout
+    match = re.search(r"/(\d+\.\d+\.\d+)/", out)
+    return match.group(1) if match else out.strip()
 
 
 def build_wasm():

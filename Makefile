@@ -5,7 +5,7 @@ VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 CARGO   ?= cargo
 
-.PHONY: all build target venv test unit lint integration demo ci clean
+.PHONY: all build target venv test unit lint integration demo bench ci clean
 
 all: build
 
@@ -42,6 +42,13 @@ integration: build venv
 ## demo: start Envoy and sample upstreams on loopback, send traffic, print the split
 demo: build venv
 	$(PYTHON) envoy/demo.py
+
+## bench: benchmark against a direct route, native weighted_clusters and Lua (bench/README.md)
+bench: build venv
+	$(CARGO) build --release --target $(TARGET) --example sdk_floor
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	$(PYTHON) bench/run.py $(BENCH_ARGS)
 
 ci: test
 

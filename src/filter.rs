@@ -129,9 +129,17 @@ mod glue {
                 .ok()
                 .flatten()
                 .unwrap_or_default();
+            let started = std::time::Instant::now();
             match Plan::from_json(&bytes) {
                 Ok(plan) => {
-                    log::debug!("configured {} services", plan.services.len());
+                    // Read by the benchmark (configure time, VM memory); debug level keeps
+                    // the several on_configure calls per plugin out of normal logs.
+                    log::debug!(
+                        "configured {} services in {} us; VM memory {} KiB",
+                        plan.services.len(),
+                        started.elapsed().as_micros(),
+                        core::arch::wasm32::memory_size::<0>() * 64
+                    );
                     self.plan = Some(Rc::new(plan));
                     true
                 }

@@ -1,0 +1,472 @@
+#!/usr/bin/env python3
+"""meshsplit benchmark: Envoy CPU per request and throughput of each scenario against a direct
+route (A), measured side by side in one run; plus latency at a fixed rate, module size,
+configure time and VM memory. Writes bench/results.md and bench/results.png.
+
+    run.py [--rounds N] [--seconds S] [--connections C] [--quick]
+
+Method: every Envoy under test runs with --concurrency 1 pinned to CPU 0; wrk and the upstream
+(an Envoy answering with direct_response) share CPU 1. Scenarios are measured in interleaved
+rounds, the order rotated each round, so drift hits all of them alike. Per round and scenario:
+Envoy process CPU time (utime + stime from /proc/PID/stat) over the round divided by the
+requests Envoy counted (http.bench.downstream_rq_total). Figures are medians and interquartile
+ranges over the rounds of the difference to A measured in the same round.
+
+Adding a scenario: write a function returning (http_filters, routes) and decorate it with
+@scenario("KEY", "title")."""
+import argparse
+import datetime
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+import harness  # noqa: E402
+from stats import chi_square  # noqa: E402
+
+BENCH = ROOT / "bench"
+FLOOR_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "examples" / "sdk_floor.wasm"
+HOST = "reviews"
+CLUSTER_HEADER = "x-meshsplit-cluster"
+WEIGHTS = {"reviews_v1": 90, "reviews_v2": 10}
+TEST_CPU, LOAD_CPU = "0", "1"
+
+SCENARIOS = {}
+# Scenarios that send everything to one cluster on purpose: no split to check.
+NO_SPLIT = {"A", "W"}
+
+
+def scenario(key, title):
+    def register(build):
+        SCENARIOS[key] = (title, build)
+        return build
+    return register
+
+
+# ---- building blocks -------------------------------------------------------------------------
+
+def cluster_header_routes():
+    """What meshsplit's envoy/envoy.yaml does: route by the cluster header, else 404."""
+    return [
+        {"match": {"prefix": "/", "headers": [{"name": CLUSTER_HEADER, "present_match": True}]},
+         "route": {"cluster_header": CLUSTER_HEADER}},
+        {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
+    ]
+
+
+def wasm_filter(module, configuration):
+    return {
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "meshsplit", "root_id": "meshsplit",
+                "vm_config": {"vm_id": "bench", "runtime": "envoy.wasm.runtime.v8",
+                              "code": {"local": {"filename": str(module)}}},
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                  "value": configuration},
+            },
+        },
+    }
+
+
+def meshsplit_config(services):
+    return json.dumps({"cluster_header": CLUSTER_HEADER, "services": services})
+
+
+REVIEWS = {"name": "reviews", "upstreams": [
+    {"name": "v1", "cluster": "reviews_v1", "authority": "reviews-v1.internal", "weight": 90},
+    {"name": "v2", "cluster": "reviews_v2", "weight": 10},
+]}
+
+LUA = """
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  if headers:get(":authority") == "reviews" then
+    if math.random(100) <= 90 then
+      headers:replace("x-meshsplit-cluster", "reviews_v1")
+      headers:replace(":authority", "reviews-v1.internal")
+    else
+      headers:replace("x-meshsplit-cluster", "reviews_v2")
+    end
+  else
+    headers:remove("x-meshsplit-cluster")
+  end
+  handle:clearRouteCache()
+end
+"""
+
+
+# ---- scenarios --------------------------------------------------------------------------------
+
+@scenario("A", "direct route, no filter (baseline)")
+def direct():
+    return [], [{"match": {"prefix": "/"}, "route": {"cluster": "reviews_v1"}}]
+
+
+@scenario("B", "native weighted_clusters 90/10 + host_rewrite_literal")
+def native():
+    return [], [{"match": {"prefix": "/"}, "route": {"weighted_clusters": {"clusters": [
+        {"name": "reviews_v1", "weight": 90, "host_rewrite_literal": "reviews-v1.internal"},
+        {"name": "reviews_v2", "weight": 10}]}}}]
+
+
+@scenario("C", "Lua filter, same pick and rewrites")
+def lua():
+    return [{"name": "envoy.filters.http.lua", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+        "default_source_code": {"inline_string": LUA}}}], cluster_header_routes()
+
+
+@scenario("W", "SDK floor: read :authority, set 2 headers")
+def sdk_floor():
+    return [wasm_filter(FLOOR_WASM, "")], cluster_header_routes()
+
+
+@scenario("D", "meshsplit weighted 90/10 + authority rewrite")
+def meshsplit():
+    return [wasm_filter(harness.WASM, meshsplit_config([REVIEWS]))], cluster_header_routes()
+
+
+@scenario("F", "meshsplit, 10 000 services (request to one)")
+def meshsplit_10k():
+    services = [{"name": f"svc-{i:05d}", "upstreams": [
+        {"name": "a", "cluster": "reviews_v1", "weight": 1},
+        {"name": "b", "cluster": "reviews_v2", "weight": 1}]} for i in range(9999)]
+    services.insert(5000, REVIEWS)
+    return [wasm_filter(harness.WASM, meshsplit_config(services))], cluster_header_routes()
+
+
+# ---- processes --------------------------------------------------------------------------------
+
+def pinned(cpu, argv):
+    return ["taskset", "-c", cpu, *argv] if shutil.which("taskset") and os.cpu_count() >= 2 else argv
+
+
+def bootstrap(port, admin, http_filters, routes, upstream_port):
+    cluster = lambda name: harness.static_cluster(name, upstream_port)  # noqa: E731
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "bench",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                                 "http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "bench",
+                        "route_config": {"name": "bench", "virtual_hosts": [
+                            {"name": "all", "domains": ["*"], "routes": routes}]},
+                        "http_filters": http_filters + [{
+                            "name": "envoy.filters.http.router",
+                            "typed_config": {"@type": "type.googleapis.com/"
+                                             "envoy.extensions.filters.http.router.v3.Router"}}],
+                    }}]}],
+            }],
+            "clusters": [cluster("reviews_v1"), cluster("reviews_v2")],
+        },
+    }
+
+
+def upstream_bootstrap(port, admin):
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {"listeners": [{
+            "name": "upstream",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                             "http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "upstream",
+                    "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                        {"match": {"prefix": "/"},
+                         "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}]}]},
+                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+                }}]}],
+        }]},
+    }
+
+
+class Proc:
+    """An Envoy started pinned to one CPU; stopped by close()."""
+
+    def __init__(self, config, workdir, cpu, debug_wasm=False):
+        self.admin = config["admin"]["address"]["socket_address"]["port_value"]
+        self.port = config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
+        self.config_path = harness.write_yaml(config, workdir)
+        self.log_path = self.config_path + ".log"
+        argv = [harness.envoy_bin(), "-c", self.config_path, "--concurrency", "1",
+                "--use-dynamic-base-id", "--log-path", self.log_path]
+        if debug_wasm:
+            argv += ["--component-log-level", "wasm:debug"]
+        self.proc = subprocess.Popen(pinned(cpu, argv), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"envoy exited:\n{Path(self.log_path).read_text()[-5000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/ready", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.close()
+        raise RuntimeError("envoy not ready")
+
+    def cpu_seconds(self):
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_kib(self):
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def stat(self, name):
+        url = f"http://127.0.0.1:{self.admin}/stats?format=json&filter=^{name}$"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            values = [s.get("value", 0) for s in json.load(r)["stats"] if s.get("name") == name]
+        return values[0] if values else 0
+
+    def log(self):
+        return Path(self.log_path).read_text(errors="replace")
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# ---- load -------------------------------------------------------------------------------------
+
+def wrk(port, seconds, connections, script=None, latency=False):
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-H", f"Host: {HOST}",
+            "--timeout", "5s"]
+    if script:
+        argv += ["-s", script]
+    if latency:
+        argv.append("--latency")
+    out = subprocess.run(pinned(LOAD_CPU, argv + [f"http://127.0.0.1:{port}/"]), capture_output=True,
+                         text=True, timeout=seconds + 30, check=True).stdout
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+              "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+              "bad": 0}
+    for pattern in (r"Non-2xx or 3xx responses: (\d+)", r"Socket errors: connect (\d+), read (\d+), "
+                    r"write (\d+), timeout (\d+)"):
+        m = re.search(pattern, out)
+        if m:
+            result["bad"] += sum(int(g) for g in m.groups())
+    if latency:
+        for pct in ("50", "99"):
+            m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)", out, re.M)
+            value, unit = float(m.group(1)), m.group(2)
+            result[f"p{pct}_us"] = value * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
+    return result
+
+
+def measure(proc, seconds, connections):
+    rq0, cpu0 = proc.stat("http.bench.downstream_rq_total"), proc.cpu_seconds()
+    load = wrk(proc.port, seconds, connections)
+    cpu1, rq1 = proc.cpu_seconds(), proc.stat("http.bench.downstream_rq_total")
+    requests = max(rq1 - rq0, 1)
+    return {"cpu_us": (cpu1 - cpu0) * 1e6 / requests, "rps": load["rps"], "bad": load["bad"],
+            "requests": requests}
+
+
+def quartiles(values):
+    if len(values) < 2:
+        return values[0], values[0], values[0]
+    q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, q2, q3
+
+
+# ---- main -------------------------------------------------------------------------------------
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--seconds", type=float, default=4.0, help="load per scenario and round")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rate-delay-ms", type=int, default=2,
+                        help="latency pass: each of 8 connections waits this long between requests")
+    parser.add_argument("--only", default="", help="comma-separated scenario keys (A is always run)")
+    parser.add_argument("--quick", action="store_true", help="3 rounds of 1 s: checks the script works")
+    parser.add_argument("--out", default=str(BENCH / "results"), help="output path without extension")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.seconds = 3, 1.0
+    keys = list(SCENARIOS) if not args.only else ["A"] + [k for k in args.only.split(",") if k != "A"]
+    seconds = max(1, round(args.seconds))
+
+    procs = {}
+    with tempfile.TemporaryDirectory(prefix="meshsplit-bench-") as workdir:
+        try:
+            upstream = Proc(upstream_bootstrap(harness.free_port(), harness.free_port()), workdir, LOAD_CPU)
+            procs["upstream"] = upstream
+            for key in keys:
+                filters, routes = SCENARIOS[key][1]()
+                config = bootstrap(harness.free_port(), harness.free_port(), filters, routes, upstream.port)
+                procs[key] = Proc(config, workdir, TEST_CPU, debug_wasm=True)
+            for key in keys:  # warm up: JIT, connection pools
+                wrk(procs[key].port, 1, args.connections)
+
+            runs = {key: [] for key in keys}
+            for r in range(args.rounds):
+                order = keys[r % len(keys):] + keys[:r % len(keys)]
+                for key in order:
+                    runs[key].append(measure(procs[key], seconds, args.connections))
+                print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+                    f"{k} {runs[k][-1]['cpu_us']:.1f}us" for k in keys), flush=True)
+
+            latency = {}
+            script = Path(workdir) / "rate.lua"
+            script.write_text(f"function delay() return {args.rate_delay_ms} end\n")
+            for key in keys:
+                latency[key] = wrk(procs[key].port, 5, 8, script=str(script), latency=True)
+
+            extra = collect_extras(procs, keys)
+            report = build_report(args, keys, runs, latency, extra)
+        finally:
+            for proc in procs.values():
+                proc.close()
+    Path(args.out + ".md").write_text(report["markdown"])
+    plot(report, args.out + ".png")
+    print(report["markdown"])
+    failures = report["failures"]
+    for failure in failures:
+        print(f"SANITY CHECK FAILED: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def collect_extras(procs, keys):
+    extra = {"rss_kib": {k: procs[k].rss_kib() for k in keys}, "configure": {}, "split": {}}
+    for key in keys:
+        lines = re.findall(r"configured (\d+) services in (\d+) us; VM memory (\d+) KiB", procs[key].log())
+        if lines:
+            # The last lines come from the worker VM; take the slowest as the figure.
+            extra["configure"][key] = {"services": int(lines[-1][0]),
+                                       "us": max(int(us) for _, us, _ in lines),
+                                       "vm_kib": max(int(kib) for _, _, kib in lines)}
+        counts = {c: procs[key].stat(f"cluster.{c}.upstream_rq_total") for c in WEIGHTS}
+        extra["split"][key] = counts
+    return extra
+
+
+def build_report(args, keys, runs, latency, extra):
+    failures = []
+    rows = []
+    for key in keys:
+        over_a = [run["cpu_us"] - base["cpu_us"] for run, base in zip(runs[key], runs["A"])]
+        rel = [run["rps"] / base["rps"] for run, base in zip(runs[key], runs["A"])]
+        bad = sum(run["bad"] for run in runs[key]) + latency[key]["bad"]
+        if bad:
+            failures.append(f"scenario {key}: {bad} non-2xx responses or socket errors")
+        rows.append({"key": key, "title": SCENARIOS[key][0],
+                     "cpu": quartiles([run["cpu_us"] for run in runs[key]]),
+                     "over_a": quartiles(over_a), "rel": quartiles(rel),
+                     "p50": latency[key]["p50_us"], "p99": latency[key]["p99_us"], "bad": bad})
+    for key in keys:
+        counts = extra["split"][key]
+        if key in NO_SPLIT or sum(counts.values()) == 0:
+            continue
+        stat, p = chi_square([counts[c] for c in WEIGHTS], list(WEIGHTS.values()))
+        extra["split"][key] = dict(counts, p=p)
+        if key == "D" and p <= 0.001:
+            failures.append(f"scenario D split {counts} does not match 90/10 (p={p:.2g})")
+
+    envoy_version = harness.envoy_version()
+    cpu_model = next((line.split(":", 1)[1].strip() for line in
+                      Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "?")
+    md = [f"# meshsplit benchmark results\n",
+          f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+          f"- Envoy {envoy_version}, `--concurrency 1` pinned to CPU {TEST_CPU}; wrk and the upstream "
+          f"(Envoy `direct_response`) on CPU {LOAD_CPU}",
+          f"- CPU: {cpu_model} ({os.cpu_count()} cores)",
+          f"- {args.rounds} interleaved rounds of {round(args.seconds)} s per scenario, "
+          f"{args.connections} keep-alive connections, order rotated each round",
+          "- CPU/request = Envoy process CPU time over the round / `http.bench.downstream_rq_total` "
+          "delta; figures are median [interquartile range] over rounds, differences taken within a round",
+          f"- latency: 8 connections each pausing {args.rate_delay_ms} ms between requests "
+          "(a fixed rate well below saturation)\n",
+          "| scenario | | CPU µs/request | over A (µs) | throughput vs A | p50 latency (µs) | p99 latency (µs) |",
+          "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        c, o, t = row["cpu"], row["over_a"], row["rel"]
+        md.append(f"| {row['key']} | {row['title']} | {c[1]:.1f} [{c[0]:.1f}–{c[2]:.1f}] | "
+                  f"{o[1]:+.1f} [{o[0]:+.1f}…{o[2]:+.1f}] | {t[1]:.3f} [{t[0]:.3f}–{t[2]:.3f}] | "
+                  f"{row['p50']:.0f} | {row['p99']:.0f} |")
+    by_key = {row["key"]: row for row in rows}
+    md.append("")
+    if "D" in by_key and "W" in by_key:
+        d_w = [d["cpu_us"] - w["cpu_us"] for d, w in zip(runs["D"], runs["W"])]
+        q = quartiles(d_w)
+        md.append(f"- **D − W** (meshsplit's own code over the SDK floor): {q[1]:+.2f} µs "
+                  f"[{q[0]:+.2f}…{q[2]:+.2f}] (target ≤ 1 µs)")
+    if "D" in by_key and "F" in by_key:
+        f_d = [f["cpu_us"] / d["cpu_us"] for f, d in zip(runs["F"], runs["D"])]
+        q = quartiles(f_d)
+        md.append(f"- **F / D** (10 000 services vs 1): {q[1]:.3f} [{q[0]:.3f}–{q[2]:.3f}] "
+                  f"(target ≤ 1.05)")
+    sizes = {"meshsplit.wasm": harness.WASM, "sdk_floor.wasm": FLOOR_WASM}
+    md.append("- module size: " + ", ".join(
+        f"{name} {path.stat().st_size / 1024:.1f} KiB" for name, path in sizes.items() if path.exists()))
+    for key, conf in extra["configure"].items():
+        md.append(f"- scenario {key}: configure {conf['services']} services in "
+                  f"{conf['us'] / 1000:.1f} ms (slowest on_configure), VM linear memory "
+                  f"{conf['vm_kib'] / 1024:.1f} MiB, Envoy RSS {extra['rss_kib'][key] / 1024:.1f} MiB")
+    md.append("- observed split (cluster upstream_rq_total, chi-square p against 90/10): " + "; ".join(
+        f"{k} {v['reviews_v1']}/{v['reviews_v2']} p={v['p']:.3f}"
+        for k, v in extra["split"].items() if "p" in v))
+    md.append(f"- sanity: non-2xx responses and socket errors in every scenario: "
+              f"{sum(row['bad'] for row in rows)}")
+    if failures:
+        md.append("\n**Sanity checks failed:** " + "; ".join(failures))
+    return {"markdown": "\n".join(md) + "\n", "rows": rows, "failures": failures}
+
+
+def plot(report, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot written", file=sys.stderr)
+        return
+    rows = [r for r in report["rows"] if r["key"] != "A"]
+    labels = [f"{r['key']}\n{r['title'][:28]}" for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, field, title in ((ax1, "over_a", "Envoy CPU µs/request over A (median, IQR)"),
+                             (ax2, "rel", "throughput relative to A (median, IQR)")):
+        med = [r[field][1] for r in rows]
+        err = [[r[field][1] - r[field][0] for r in rows], [r[field][2] - r[field][1] for r in rows]]
+        ax.bar(range(len(rows)), med, yerr=err, capsize=4, color="#4c72b0")
+        ax.set_xticks(range(len(rows)), labels, fontsize=7)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    ax2.axhline(1.0, color="grey", linewidth=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

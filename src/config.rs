@@ -11,12 +11,19 @@ pub struct RawConfig {
     #[serde(default)]
     pub cluster_header: Option<String>,
     #[serde(default)]
-    /// `"authority"`, `{"header": NAME}` or `{"query": PARAM}`. Kept as a JSON value so that
-    /// validation can say exactly what is wrong with it (serde's untagged enums cannot).
-    pub service_from: Option<serde_json::Value>,
+    pub service_from: Option<RawServiceFrom>,
     #[serde(default)]
     pub on_unknown_service: Option<RawOnUnknown>,
     pub services: Vec<RawService>,
+}
+
+/// `"authority"`, `{"header": NAME}` or `{"query": PARAM}`: serde's externally tagged form.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawServiceFrom {
+    Authority,
+    Header(String),
+    Query(String),
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

@@ -42,7 +42,7 @@ where
             Verdict::Continue
         }
         OnUnknownService::Reject => {
-            let body = serde_json::json!({"error": "unknown service", "service": key}).to_string();
+            let body = unknown_service_body(key);
             host.send_local_reply(
                 404,
                 &[("content-type", "application/json")],
@@ -51,6 +51,31 @@ where
             Verdict::Replied
         }
     }
+}
+
+/// `{"error":"unknown service","service":KEY}` (`null` without a key), written by hand: the
+/// reject path is the only place the module would otherwise need a JSON serializer.
+fn unknown_service_body(key: Option<&str>) -> String {
+    let mut body = String::from(r#"{"error":"unknown service","service":"#);
+    match key {
+        None => body.push_str("null"),
+        Some(key) => {
+            body.push('"');
+            for c in key.chars() {
+                match c {
+                    '"' => body.push_str("\\\""),
+                    '\\' => body.push_str("\\\\"),
+                    c if u32::from(c) < 0x20 => {
+                        body.push_str(&format!("\\u{:04x}", u32::from(c)));
+                    }
+                    c => body.push(c),
+                }
+            }
+            body.push('"');
+        }
+    }
+    body.push('}');
+    body
 }
 
 fn read_service_key<H: Host + ?Sized>(plan: &Plan, host: &H) -> Option<String> {

@@ -6,9 +6,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use serde_json::Value;
-
-use crate::config::{RawConfig, RawOnUnknown, RawService, RawUpstream};
+use crate::config::{RawConfig, RawOnUnknown, RawService, RawServiceFrom, RawUpstream};
 use crate::request::host_key;
 use crate::select::WeightedPicker;
 
@@ -126,7 +124,7 @@ impl Plan {
                 name
             }
         };
-        let service_from = compile_service_from(raw.service_from.as_ref())?;
+        let service_from = compile_service_from(raw.service_from)?;
         let on_unknown_service = match raw.on_unknown_service {
             None | Some(RawOnUnknown::Pass) => OnUnknownService::Pass,
             Some(RawOnUnknown::Reject) => OnUnknownService::Reject,
@@ -181,42 +179,19 @@ impl Plan {
     }
 }
 
-fn compile_service_from(value: Option<&Value>) -> Result<ServiceFrom, ConfigError> {
-    const EXPECTED: &str = "expected \"authority\", {\"header\": NAME} or {\"query\": PARAM}";
-    let path = "service_from";
-    let value = match value {
-        None => return Ok(ServiceFrom::Authority),
-        Some(v) => v,
-    };
-    match value {
-        Value::String(s) if s == "authority" => Ok(ServiceFrom::Authority),
-        Value::Object(map) if map.len() == 1 => {
-            let (kind, arg) = map
-                .iter()
-                .next()
-                .ok_or_else(|| ConfigError::new(path, EXPECTED))?;
-            let arg_path = format!("{path}.{kind}");
-            let arg = arg.as_str().ok_or_else(|| {
-                ConfigError::new(&arg_path, format!("must be a string, got {arg}"))
-            })?;
-            match kind.as_str() {
-                "header" => {
-                    check_header_name(&arg_path, arg)?;
-                    Ok(ServiceFrom::Header(arg.to_owned()))
-                }
-                "query" => {
-                    if arg.is_empty() {
-                        return Err(ConfigError::new(arg_path, "must not be empty"));
-                    }
-                    Ok(ServiceFrom::Query(arg.to_owned()))
-                }
-                _ => Err(ConfigError::new(
-                    path,
-                    format!("unknown source {kind:?}; {EXPECTED}"),
-                )),
-            }
+fn compile_service_from(raw: Option<RawServiceFrom>) -> Result<ServiceFrom, ConfigError> {
+    match raw {
+        None | Some(RawServiceFrom::Authority) => Ok(ServiceFrom::Authority),
+        Some(RawServiceFrom::Header(name)) => {
+            check_header_name("service_from.header", &name)?;
+            Ok(ServiceFrom::Header(name))
         }
-        other => Err(ConfigError::new(path, format!("{EXPECTED}, got {other}"))),
+        Some(RawServiceFrom::Query(param)) => {
+            if param.is_empty() {
+                return Err(ConfigError::new("service_from.query", "must not be empty"));
+            }
+            Ok(ServiceFrom::Query(param))
+        }
     }
 }
 

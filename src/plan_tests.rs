@@ -429,7 +429,12 @@ fn unknown_service_from_is_an_error() {
         r#"{{"service_from": "path", {}"#,
         &one_service("")[1..]
     ));
-    assert!(e.starts_with("service_from: expected \"authority\""), "{e}");
+    assert!(
+        e.starts_with(
+            "service_from: unknown variant `path`, expected one of `authority`, `header`, `query`"
+        ),
+        "{e}"
+    );
     let e = error(&format!(
         r#"{{"service_from": {{"cookie": "x"}}, {}"#,
         &one_service("")[1..]
@@ -454,7 +459,10 @@ fn service_from_header_must_be_valid() {
         r#"{{"service_from": {{"header": 7}}, {}"#,
         &one_service("")[1..]
     ));
-    assert_eq!(e, "service_from.header: must be a string, got 7");
+    assert!(
+        e.starts_with("service_from.header: invalid type: integer `7`, expected a string"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -440,7 +440,7 @@ fn unknown_service_from_is_an_error() {
         &one_service("")[1..]
     ));
     assert!(
-        e.starts_with("service_from: unknown source \"cookie\""),
+        e.starts_with("service_from: unknown variant `cookie`"),
         "{e}"
     );
 }

@@ -36,6 +36,7 @@ from stats import chi_square  # noqa: E402
 
 BENCH = ROOT / "bench"
 FLOOR_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "examples" / "sdk_floor.wasm"
+RAW_FLOOR_WASM = FLOOR_WASM.with_name("raw_floor.wasm")
 HOST = "reviews"
 CLUSTER_HEADER = "x-meshsplit-cluster"
 WEIGHTS = {"reviews_v1": 90, "reviews_v2": 10}
@@ -43,7 +44,7 @@ TEST_CPU, LOAD_CPU = "0", "1"
 
 SCENARIOS = {}
 # Scenarios that send everything to one cluster on purpose: no split to check.
-NO_SPLIT = {"A", "W"}
+NO_SPLIT = {"A", "W", "R"}
 
 
 def scenario(key, title):
@@ -131,6 +132,11 @@ def lua():
 @scenario("W", "SDK floor: read :authority, set 2 headers")
 def sdk_floor():
     return [wasm_filter(FLOOR_WASM, "")], cluster_header_routes()
+
+
+@scenario("R", "raw-ABI floor: same calls, no SDK exports")
+def raw_floor():
+    return [wasm_filter(RAW_FLOOR_WASM, "")], cluster_header_routes()
 
 
 @scenario("D", "meshsplit weighted 90/10 + authority rewrite")

@@ -1,10 +1,14 @@
-//! The HTTP filter: what happens to one request's headers, written against the [`Host`] trait,
-//! plus the thin proxy-wasm root/stream context glue that feeds it (wasm32 only).
+//! The HTTP filter: what happens to one request's headers, written against the [`Host`] trait;
+//! the per-VM state (plans by root context, random generator); and the thin glue the exported
+//! ABI callbacks in `abi.rs` call (wasm32 only).
 
-use rand_core::Rng;
+use std::rc::Rc;
+
+use rand_core::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::host::Host;
-use crate::plan::{OnUnknownService, Plan, ServiceFrom};
+use crate::plan::{ConfigError, OnUnknownService, Plan, ServiceFrom};
 use crate::request::{host_key, query_param};
 
 /// What the stream should do after its request headers were handled.
@@ -89,124 +93,211 @@ fn read_service_key<H: Host + ?Sized>(plan: &Plan, host: &H) -> Option<String> {
     }
 }
 
-#[cfg(target_arch = "wasm32")]
-pub use glue::SplitRoot;
+/// How many differently configured root contexts (filter instances sharing this VM, or the
+/// configs before and after a live update) keep their own plan. Beyond that, the least recently
+/// used is dropped; its streams then use the most recently configured plan.
+pub const MAX_ROOTS: usize = 8;
 
+/// The state of one VM (one per Envoy worker and per main thread): a plan per root context and
+/// the VM's random generator.
+pub struct Vm {
+    roots: Vec<RootPlan>,
+    /// Root context id of the plan configured last.
+    latest: Option<u32>,
+    /// The stream created last and its root. Envoy creates a stream's context immediately before
+    /// calling its request-headers callback, so this names the root of that request.
+    last_stream: Option<(u32, u32)>,
+    tick: u64,
+    rng: Xoshiro256PlusPlus,
+}
+
+struct RootPlan {
+    id: u32,
+    plan: Rc<Plan>,
+    last_used: u64,
+}
+
+impl Vm {
+    pub fn new(seed: [u8; 32]) -> Self {
+        Self {
+            roots: Vec::new(),
+            latest: None,
+            last_stream: None,
+            tick: 0,
+            rng: Xoshiro256PlusPlus::from_seed(seed),
+        }
+    }
+
+    /// Parses and installs a plugin configuration for `root`. On error nothing changes: the
+    /// previous plan, if any, keeps serving.
+    pub fn configure(&mut self, root: u32, bytes: &[u8]) -> Result<&Plan, ConfigError> {
+        let plan = Rc::new(Plan::from_json(bytes)?);
+        self.tick += 1;
+        let tick = self.tick;
+        let index = match self.roots.iter().position(|r| r.id == root) {
+            Some(i) => i,
+            None => {
+                if self.roots.len() >= MAX_ROOTS {
+                    if let Some(lru) = (0..self.roots.len())
+                        .min_by_key(|&i| self.roots.get(i).map(|r| r.last_used))
+                    {
+                        self.roots.swap_remove(lru);
+                    }
+                }
+                self.roots.push(RootPlan {
+                    id: root,
+                    plan: Rc::clone(&plan),
+                    last_used: tick,
+                });
+                self.roots.len() - 1
+            }
+        };
+        self.latest = Some(root);
+        match self.roots.get_mut(index) {
+            Some(entry) => {
+                entry.plan = plan;
+                entry.last_used = tick;
+                Ok(&entry.plan)
+            }
+            None => Err(ConfigError {
+                path: String::new(),
+                message: "internal: lost root".into(),
+            }),
+        }
+    }
+
+    /// A stream context was created under root context `parent`.
+    pub fn stream_created(&mut self, context: u32, parent: u32) {
+        self.tick += 1;
+        let tick = self.tick;
+        if let Some(entry) = self.roots.iter_mut().find(|r| r.id == parent) {
+            entry.last_used = tick;
+        }
+        self.last_stream = Some((context, parent));
+    }
+
+    /// The plan a stream's request uses: its root's, else the latest configured.
+    fn plan_for(&self, context: u32) -> Option<Rc<Plan>> {
+        let root = match self.last_stream {
+            Some((ctx, root)) if ctx == context => Some(root),
+            _ => None,
+        };
+        let find = |id: u32| {
+            self.roots
+                .iter()
+                .find(|r| r.id == id)
+                .map(|r| Rc::clone(&r.plan))
+        };
+        root.and_then(find).or_else(|| self.latest.and_then(find))
+    }
+
+    /// Handles a stream's request headers. Without any plan (not configured yet) the request
+    /// passes untouched.
+    pub fn request_headers<H: Host + ?Sized>(&mut self, context: u32, host: &H) -> Verdict {
+        match self.plan_for(context) {
+            Some(plan) => on_request_headers(&plan, &mut self.rng, host),
+            None => Verdict::Continue,
+        }
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+pub use glue::{on_configure, on_context_create, on_stream_request_headers, on_vm_start};
+
+/// The VM-global state behind the exported callbacks (a wasm VM is single-threaded).
 #[cfg(target_arch = "wasm32")]
 mod glue {
     use std::cell::RefCell;
-    use std::rc::Rc;
 
-    use proxy_wasm::hostcalls;
-    use proxy_wasm::traits::{Context, HttpContext, RootContext};
-    use proxy_wasm::types::{Action, BufferType, ContextType};
-    use rand_core::SeedableRng;
-    use rand_xoshiro::Xoshiro256PlusPlus;
-
-    use super::{on_request_headers, Verdict};
+    use super::{Verdict, Vm};
+    use crate::abi;
     use crate::host::EnvoyHost;
-    use crate::plan::Plan;
 
-    type SharedRng = Rc<RefCell<Xoshiro256PlusPlus>>;
-
-    /// Owns the plan of this VM and the VM's random generator; hands both to each stream.
-    pub struct SplitRoot {
-        plan: Option<Rc<Plan>>,
-        rng: SharedRng,
+    thread_local! {
+        static VM: RefCell<Option<Vm>> = const { RefCell::new(None) };
     }
 
-    impl SplitRoot {
-        pub fn new() -> Self {
-            Self {
-                plan: None,
-                rng: Rc::new(RefCell::new(seeded_rng())),
+    struct HostLogger;
+
+    impl log::Log for HostLogger {
+        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record<'_>) {
+            match record.args().as_str() {
+                Some(message) => abi::log(record.level(), message),
+                None => abi::log(record.level(), &record.args().to_string()),
             }
         }
+        fn flush(&self) {}
     }
 
-    impl Default for SplitRoot {
-        fn default() -> Self {
-            Self::new()
-        }
+    static LOGGER: HostLogger = HostLogger;
+
+    fn with_vm<T>(f: impl FnOnce(&mut Vm) -> T) -> Option<T> {
+        VM.with(|cell| {
+            let mut slot = cell.try_borrow_mut().ok()?;
+            if slot.is_none() {
+                *slot = Some(Vm::new(seed()));
+            }
+            slot.as_mut().map(f)
+        })
     }
 
     /// Seeded once per VM, so the request path never asks the host for randomness.
-    fn seeded_rng() -> Xoshiro256PlusPlus {
+    fn seed() -> [u8; 32] {
         let mut seed = [0u8; 32];
-        match getrandom::fill(&mut seed) {
-            Ok(()) => Xoshiro256PlusPlus::from_seed(seed),
+        if let Err(err) = getrandom::fill(&mut seed) {
+            log::warn!("no random seed from the host ({err}); seeding from the clock");
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            seed[..16].copy_from_slice(&nanos.to_le_bytes());
+        }
+        seed
+    }
+
+    pub fn on_vm_start() {
+        // The host filters by its own log level; the request path does not log.
+        if log::set_logger(&LOGGER).is_ok() {
+            log::set_max_level(log::LevelFilter::Trace);
+        }
+        std::panic::set_hook(Box::new(|info| {
+            abi::log(log::Level::Error, &format!("panic: {info}"))
+        }));
+    }
+
+    pub fn on_configure(root: u32, bytes: &[u8]) -> bool {
+        let started = std::time::Instant::now();
+        let result = with_vm(|vm| match vm.configure(root, bytes) {
+            Ok(plan) => {
+                // Read by the benchmark (configure time, VM memory); debug level keeps the
+                // several on_configure calls per plugin out of normal logs.
+                log::debug!(
+                    "configured {} services in {} us; VM memory {} KiB",
+                    plan.services.len(),
+                    started.elapsed().as_micros(),
+                    core::arch::wasm32::memory_size::<0>() * 64
+                );
+                true
+            }
             Err(err) => {
-                log::warn!("no random seed from the host ({err}); seeding from the clock");
-                let nanos = hostcalls::get_current_time()
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_nanos() as u64);
-                Xoshiro256PlusPlus::seed_from_u64(nanos)
+                // On a live update Envoy keeps serving with the previous plan.
+                log::error!("invalid configuration: {err}");
+                false
             }
+        });
+        result.unwrap_or(false)
+    }
+
+    pub fn on_context_create(context: u32, parent: u32) {
+        if parent != 0 {
+            with_vm(|vm| vm.stream_created(context, parent));
         }
     }
 
-    impl Context for SplitRoot {}
-
-    impl RootContext for SplitRoot {
-        fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-            let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
-                .ok()
-                .flatten()
-                .unwrap_or_default();
-            let started = std::time::Instant::now();
-            match Plan::from_json(&bytes) {
-                Ok(plan) => {
-                    // Read by the benchmark (configure time, VM memory); debug level keeps
-                    // the several on_configure calls per plugin out of normal logs.
-                    log::debug!(
-                        "configured {} services in {} us; VM memory {} KiB",
-                        plan.services.len(),
-                        started.elapsed().as_micros(),
-                        core::arch::wasm32::memory_size::<0>() * 64
-                    );
-                    self.plan = Some(Rc::new(plan));
-                    true
-                }
-                Err(err) => {
-                    // On a live update Envoy keeps serving with the previous plan.
-                    log::error!("invalid configuration: {err}");
-                    false
-                }
-            }
-        }
-
-        fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-            Some(Box::new(SplitStream {
-                plan: self.plan.clone(),
-                rng: Rc::clone(&self.rng),
-            }))
-        }
-
-        fn get_type(&self) -> Option<ContextType> {
-            Some(ContextType::HttpContext)
-        }
-    }
-
-    /// One HTTP stream; holds the plan that was current when the stream started.
-    struct SplitStream {
-        plan: Option<Rc<Plan>>,
-        rng: SharedRng,
-    }
-
-    impl Context for SplitStream {}
-
-    impl HttpContext for SplitStream {
-        fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-            let (Some(plan), Ok(mut rng)) = (self.plan.as_deref(), self.rng.try_borrow_mut())
-            else {
-                return Action::Continue;
-            };
-            match on_request_headers(plan, &mut *rng, &EnvoyHost) {
-                Verdict::Continue => Action::Continue,
-                Verdict::Replied => Action::Pause,
-            }
-        }
+    pub fn on_stream_request_headers(context: u32) -> Verdict {
+        with_vm(|vm| vm.request_headers(context, &EnvoyHost)).unwrap_or(Verdict::Continue)
     }
 }
 

@@ -170,3 +170,84 @@ fn custom_cluster_header_is_written_and_removed() {
     run(&plan, &host);
     assert_eq!(host.header("x-route-to"), None);
 }
+
+// ---- per-VM state: plans by root context ----
+
+fn single(cluster: &str) -> String {
+    format!(
+        r#"{{"services": [{{"name": "svc", "upstreams": [{{"name": "u", "cluster": "{cluster}", "weight": 1}}]}}]}}"#
+    )
+}
+
+fn routed(vm: &mut Vm, context: u32, root: u32) -> Option<String> {
+    vm.stream_created(context, root);
+    let host = FakeHost::with_headers(&[(":authority", "svc")]);
+    vm.request_headers(context, &host);
+    host.header("x-meshsplit-cluster")
+}
+
+#[test]
+fn unconfigured_vm_passes_requests_untouched() {
+    let mut vm = Vm::new([0; 32]);
+    let host = FakeHost::with_headers(&[(":authority", "svc"), ("x-meshsplit-cluster", "x")]);
+    assert_eq!(vm.request_headers(5, &host), Verdict::Continue);
+    assert_eq!(host.call_count(), 0);
+}
+
+#[test]
+fn each_root_context_routes_with_its_own_plan() {
+    let mut vm = Vm::new([0; 32]);
+    vm.configure(1, single("one").as_bytes()).unwrap();
+    vm.configure(2, single("two").as_bytes()).unwrap();
+    assert_eq!(routed(&mut vm, 10, 1).as_deref(), Some("one"));
+    assert_eq!(routed(&mut vm, 11, 2).as_deref(), Some("two"));
+    assert_eq!(routed(&mut vm, 12, 1).as_deref(), Some("one"));
+}
+
+#[test]
+fn stream_of_unknown_root_uses_latest_plan() {
+    let mut vm = Vm::new([0; 32]);
+    vm.configure(1, single("one").as_bytes()).unwrap();
+    vm.configure(2, single("two").as_bytes()).unwrap();
+    assert_eq!(routed(&mut vm, 10, 99).as_deref(), Some("two"));
+    // A request whose context was not the last one created also falls back to the latest.
+    vm.stream_created(20, 1);
+    let host = FakeHost::with_headers(&[(":authority", "svc")]);
+    vm.request_headers(21, &host);
+    assert_eq!(host.header("x-meshsplit-cluster").as_deref(), Some("two"));
+}
+
+#[test]
+fn reconfiguring_a_root_replaces_its_plan() {
+    let mut vm = Vm::new([0; 32]);
+    vm.configure(1, single("old").as_bytes()).unwrap();
+    vm.configure(1, single("new").as_bytes()).unwrap();
+    assert_eq!(routed(&mut vm, 10, 1).as_deref(), Some("new"));
+}
+
+#[test]
+fn invalid_reconfiguration_keeps_the_previous_plan() {
+    let mut vm = Vm::new([0; 32]);
+    vm.configure(1, single("good").as_bytes()).unwrap();
+    let err = vm.configure(1, br#"{"services": []}"#).unwrap_err();
+    assert_eq!(err.to_string(), "services: must list at least one service");
+    assert!(vm.configure(2, b"{").is_err());
+    assert_eq!(routed(&mut vm, 10, 1).as_deref(), Some("good"));
+    assert_eq!(routed(&mut vm, 11, 2).as_deref(), Some("good"));
+}
+
+#[test]
+fn least_recently_used_root_is_dropped_beyond_the_limit() {
+    let mut vm = Vm::new([0; 32]);
+    for root in 1..=MAX_ROOTS as u32 {
+        vm.configure(root, single(&format!("c{root}")).as_bytes())
+            .unwrap();
+    }
+    // Root 1 keeps serving streams; root 2 does not.
+    assert_eq!(routed(&mut vm, 100, 1).as_deref(), Some("c1"));
+    vm.configure(50, single("c50").as_bytes()).unwrap();
+    assert_eq!(routed(&mut vm, 101, 1).as_deref(), Some("c1"));
+    assert_eq!(routed(&mut vm, 102, 50).as_deref(), Some("c50"));
+    // Root 2's plan is gone: its streams use the latest plan.
+    assert_eq!(routed(&mut vm, 103, 2).as_deref(), Some("c50"));
+}

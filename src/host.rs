@@ -15,30 +15,25 @@ pub use wasm::EnvoyHost;
 
 #[cfg(target_arch = "wasm32")]
 mod wasm {
-    use proxy_wasm::hostcalls;
-    use proxy_wasm::types::MapType;
+    use crate::abi;
 
-    /// Host calls of the current HTTP stream (proxy-wasm sets the context before each callback).
+    /// Host calls of the stream whose callback is running.
     pub struct EnvoyHost;
 
     impl super::Host for EnvoyHost {
         fn request_header(&self, name: &str) -> Option<String> {
-            hostcalls::get_map_value(MapType::HttpRequestHeaders, name).unwrap_or_else(|status| {
-                log::warn!("reading request header {name}: {status:?}");
-                None
-            })
+            abi::request_header(name)
         }
 
         fn set_request_header(&self, name: &str, value: Option<&str>) {
-            if let Err(status) = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value)
-            {
-                log::warn!("writing request header {name}: {status:?}");
+            if let Err(status) = abi::set_request_header(name, value) {
+                log::warn!("writing request header {name}: status {status}");
             }
         }
 
         fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
-            if let Err(err) = hostcalls::send_http_response(status, headers.to_vec(), Some(body)) {
-                log::warn!("sending local reply {status}: {err:?}");
+            if let Err(err) = abi::send_local_response(status, headers, body) {
+                log::warn!("sending local reply {status}: status {err}");
             }
         }
     }

@@ -148,3 +148,27 @@ def test_envoy_refuses_to_start_with_unknown_field(wasm, tmp_path):
         envoy.stop()
     assert code != 0
     assert "services[0].upstreams[0].wieght: unknown field `wieght`" in envoy.log()
+
+
+def test_two_filters_sharing_a_vm_keep_their_own_configs(wasm, tmp_path):
+    """Two listeners, each with a meshsplit filter of the same vm_id (so one VM per worker) but
+    different plugin configs: each listener routes with its own config."""
+    with harness.upstreams("one", "two") as ports:
+        config = harness.bootstrap(
+            {"services": [service("svc", [("u", 1, {})])]}, {}, harness.free_port(), harness.free_port())
+        plugin = lambda cluster: {"services": [  # noqa: E731
+            {"name": "svc", "upstreams": [{"name": "u", "cluster": cluster, "weight": 1}]}]}
+        first = config["static_resources"]["listeners"][0]
+        second = json.loads(json.dumps(first))
+        second["name"] = "second"
+        second["address"]["socket_address"]["port_value"] = harness.free_port()
+        config["static_resources"]["listeners"].append(second)
+        for listener, cluster in ((first, "one"), (second, "two")):
+            harness.wasm_filter({"static_resources": {"listeners": [listener]}})[
+                "typed_config"]["config"]["configuration"]["value"] = json.dumps(plugin(cluster))
+        config["static_resources"]["clusters"] = [harness.static_cluster(n, p) for n, p in ports.items()]
+        with harness.Envoy(config, tmp_path) as envoy:
+            second_port = second["address"]["socket_address"]["port_value"]
+            for _ in range(3):  # interleaved, over fresh and reused connections
+                assert harness.send(envoy.port, 50, {"Host": "svc"}) == {"one": 50}
+                assert harness.send(second_port, 50, {"Host": "svc"}) == {"two": 50}

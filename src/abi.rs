@@ -1,0 +1,254 @@
+//! The proxy-wasm ABI (0.2.1), by hand: the host functions meshsplit imports and the callbacks
+//! it exports. All `unsafe` code of the crate is here, behind small safe functions.
+//!
+//! Why not the SDK's dispatcher: the host only calls the callbacks a module exports, and each
+//! call crosses the VM boundary. The SDK exports every callback (context create, request and
+//! response headers/body/trailers, log, done, delete, ...), so each request pays for crossings
+//! this filter has no use for. This module exports only what the filter needs; `bench/README.md`
+//! has the measurements.
+#![allow(unsafe_code)]
+
+use std::alloc::{alloc, Layout};
+use std::ptr::{null, null_mut};
+
+use crate::filter;
+
+/// proxy-wasm status codes used here.
+const STATUS_OK: u32 = 0;
+/// `MapType::HttpRequestHeaders`.
+const REQUEST_HEADERS: u32 = 0;
+/// `BufferType::PluginConfiguration`.
+const PLUGIN_CONFIGURATION: u32 = 7;
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_log(level: u32, message: *const u8, message_size: usize) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        max_size: usize,
+        return_data: *mut *mut u8,
+        return_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_header_map_value(
+        map_type: u32,
+        key: *const u8,
+        key_size: usize,
+        return_value: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_replace_header_map_value(
+        map_type: u32,
+        key: *const u8,
+        key_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_remove_header_map_value(map_type: u32, key: *const u8, key_size: usize) -> u32;
+    #[allow(clippy::too_many_arguments)]
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details: *const u8,
+        status_code_details_size: usize,
+        body: *const u8,
+        body_size: usize,
+        headers: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+}
+
+// ---- safe wrappers over the imports ------------------------------------------------------------
+
+/// Takes ownership of a buffer the host filled through [`proxy_on_memory_allocate`].
+fn take_host_buffer(data: *mut u8, size: usize) -> Vec<u8> {
+    if data.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: the host got `data` from proxy_on_memory_allocate(size), which allocated exactly
+    // `size` bytes as a boxed slice, and hands its ownership back to us here.
+    let boxed: Box<[u8]> = unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(data, size)) };
+    boxed.into_vec()
+}
+
+pub fn log(level: log::Level, message: &str) {
+    // proxy-wasm levels: trace 0, debug 1, info 2, warn 3, error 4, critical 5.
+    let level = match level {
+        log::Level::Trace => 0,
+        log::Level::Debug => 1,
+        log::Level::Info => 2,
+        log::Level::Warn => 3,
+        log::Level::Error => 4,
+    };
+    // SAFETY: the pointer and length describe a live string for the duration of the call.
+    unsafe { proxy_log(level, message.as_ptr(), message.len()) };
+}
+
+pub fn plugin_configuration() -> Vec<u8> {
+    let (mut data, mut size) = (null_mut(), 0);
+    // SAFETY: out-pointers to locals; the returned buffer is taken over by take_host_buffer.
+    let status = unsafe {
+        proxy_get_buffer_bytes(PLUGIN_CONFIGURATION, 0, usize::MAX, &mut data, &mut size)
+    };
+    if status == STATUS_OK {
+        take_host_buffer(data, size)
+    } else {
+        Vec::new()
+    }
+}
+
+/// A request header's value; `None` when absent (or not valid UTF-8, which no service key is).
+pub fn request_header(name: &str) -> Option<String> {
+    let (mut data, mut size) = (null_mut(), 0);
+    // SAFETY: as in plugin_configuration.
+    let status = unsafe {
+        proxy_get_header_map_value(
+            REQUEST_HEADERS,
+            name.as_ptr(),
+            name.len(),
+            &mut data,
+            &mut size,
+        )
+    };
+    if status != STATUS_OK {
+        return None;
+    }
+    String::from_utf8(take_host_buffer(data, size)).ok()
+}
+
+/// Replaces every copy of a request header (`Some`) or removes them all (`None`).
+pub fn set_request_header(name: &str, value: Option<&str>) -> Result<(), u32> {
+    // SAFETY: pointers and lengths describe live strings for the duration of the call.
+    let status = unsafe {
+        match value {
+            Some(v) => proxy_replace_header_map_value(
+                REQUEST_HEADERS,
+                name.as_ptr(),
+                name.len(),
+                v.as_ptr(),
+                v.len(),
+            ),
+            None => proxy_remove_header_map_value(REQUEST_HEADERS, name.as_ptr(), name.len()),
+        }
+    };
+    if status == STATUS_OK {
+        Ok(())
+    } else {
+        Err(status)
+    }
+}
+
+pub fn send_local_response(
+    status_code: u32,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(), u32> {
+    let headers = serialize_headers(headers);
+    // SAFETY: pointers and lengths describe live buffers for the duration of the call.
+    let status = unsafe {
+        proxy_send_local_response(
+            status_code,
+            null(),
+            0,
+            body.as_ptr(),
+            body.len(),
+            headers.as_ptr(),
+            headers.len(),
+            -1,
+        )
+    };
+    if status == STATUS_OK {
+        Ok(())
+    } else {
+        Err(status)
+    }
+}
+
+/// The ABI's header map encoding: count, then (name size, value size) pairs, then each name and
+/// value followed by a NUL byte; integers are little-endian u32.
+fn serialize_headers(headers: &[(&str, &str)]) -> Vec<u8> {
+    let size = 4 + headers
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 10)
+        .sum::<usize>();
+    let mut bytes = Vec::with_capacity(size);
+    let len32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    bytes.extend_from_slice(&len32(headers.len()));
+    for (name, value) in headers {
+        bytes.extend_from_slice(&len32(name.len()));
+        bytes.extend_from_slice(&len32(value.len()));
+    }
+    for (name, value) in headers {
+        bytes.extend_from_slice(name.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(value.as_bytes());
+        bytes.push(0);
+    }
+    bytes
+}
+
+// ---- exported callbacks ------------------------------------------------------------------------
+
+extern "C" {
+    fn __wasm_call_ctors();
+}
+
+/// WASI reactor initialization, called by the host once after instantiation.
+#[no_mangle]
+pub extern "C" fn _initialize() {
+    // SAFETY: the linker-generated constructor function, called once as WASI reactors require.
+    unsafe { __wasm_call_ctors() };
+}
+
+/// Marks the ABI version this module speaks.
+#[no_mangle]
+pub extern "C" fn proxy_abi_version_0_2_1() {}
+
+/// The host allocates every buffer it returns to us through this.
+#[no_mangle]
+pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
+    if size == 0 {
+        return std::ptr::NonNull::<u8>::dangling().as_ptr();
+    }
+    match Layout::array::<u8>(size) {
+        // SAFETY: non-zero size; ownership goes to the host and comes back in take_host_buffer,
+        // which frees it as a Box<[u8]> of the same length (same layout).
+        Ok(layout) => unsafe { alloc(layout) },
+        Err(_) => null_mut(),
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_vm_start(_root_context_id: u32, _vm_configuration_size: usize) -> u32 {
+    filter::on_vm_start();
+    1
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_configure(
+    root_context_id: u32,
+    _plugin_configuration_size: usize,
+) -> u32 {
+    u32::from(filter::on_configure(
+        root_context_id,
+        &plugin_configuration(),
+    ))
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_context_create(context_id: u32, parent_context_id: u32) {
+    filter::on_context_create(context_id, parent_context_id);
+}
+
+/// Returns 0 (Continue) or 1 (StopIteration, after a local reply).
+#[no_mangle]
+pub extern "C" fn proxy_on_request_headers(
+    context_id: u32,
+    _num_headers: usize,
+    _end_of_stream: u32,
+) -> u32 {
+    match filter::on_stream_request_headers(context_id) {
+        filter::Verdict::Continue => 0,
+        filter::Verdict::Replied => 1,
+    }
+}

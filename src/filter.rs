@@ -276,7 +276,7 @@ mod glue {
                 log::debug!(
                     "configured {} services in {} us; VM memory {} KiB",
                     plan.services.len(),
-                    started.elapsed().as_micros(),
+                    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
                     core::arch::wasm32::memory_size::<0>() * 64
                 );
                 true

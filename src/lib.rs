@@ -8,6 +8,7 @@ mod abi;
 pub mod config;
 pub mod filter;
 pub mod host;
+pub mod json_path;
 pub mod plan;
 pub mod request;
 pub mod select;

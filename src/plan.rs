@@ -3,10 +3,10 @@
 //! Every error names the JSON path of the offending field, e.g.
 //! `services[0].upstreams[1].weight: must be at most 1000000, got 5000000`.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use crate::config::{RawConfig, RawOnUnknown, RawService, RawServiceFrom, RawUpstream};
+use crate::json_path::{offset_of, path_at};
 use crate::request::host_key;
 use crate::select::WeightedPicker;
 
@@ -86,8 +86,8 @@ pub struct Plan {
     pub service_from: ServiceFrom,
     pub on_unknown_service: OnUnknownService,
     pub services: Vec<Service>,
-    /// Normalized host (see [`host_key`]) to index in `services`.
-    by_host: HashMap<String, usize>,
+    /// (normalized host (see [`host_key`]), index in `services`), sorted by host.
+    by_host: Vec<(String, usize)>,
 }
 
 impl Plan {
@@ -99,13 +99,10 @@ impl Plan {
                 "configuration is empty; expected a JSON object with a \"services\" list",
             ));
         }
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            ConfigError::new(path, e.into_inner().to_string())
+        let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| {
+            let offset = offset_of(bytes, e.line(), e.column());
+            ConfigError::new(path_at(bytes, offset), e.to_string())
         })?;
-        de.end().map_err(|e| ConfigError::new("", e.to_string()))?;
         Self::compile(raw)
     }
 
@@ -136,34 +133,45 @@ impl Plan {
             ));
         }
 
+        // Each service on its own first, then what must be unique across services.
         let mut services = Vec::with_capacity(raw.services.len());
-        let mut by_host: HashMap<String, usize> = HashMap::new();
-        let mut by_name: HashMap<&str, usize> = HashMap::new();
+        let mut hosts: Vec<(String, usize, String)> = Vec::new(); // (key, service, JSON path)
         for (index, raw_service) in raw.services.iter().enumerate() {
             let path = format!("services[{index}]");
-            if let Some(first) = by_name.insert(raw_service.name.as_str(), index) {
-                return Err(ConfigError::new(
-                    format!("{path}.name"),
-                    format!(
-                        "duplicate service name {:?} (first at services[{first}])",
-                        raw_service.name
-                    ),
-                ));
+            services.push(compile_service(&path, raw_service)?);
+            for (host_path, key) in host_keys(&path, raw_service)? {
+                hosts.push((key, index, host_path));
             }
-            let service = compile_service(&path, raw_service)?;
-            for (host_path, host) in host_keys(&path, raw_service)? {
-                if let Some(owner) = by_host.insert(host.clone(), index) {
-                    return Err(ConfigError::new(
-                        host_path,
-                        format!(
-                            "host {host:?} is already matched by services[{owner}] ({:?})",
-                            raw.services.get(owner).map_or("", |s| s.name.as_str())
-                        ),
-                    ));
-                }
-            }
-            services.push(service);
         }
+        let names: Vec<&str> = raw.services.iter().map(|s| s.name.as_str()).collect();
+        if let Some((first, repeat)) = first_duplicate(&names) {
+            return Err(ConfigError::new(
+                format!("services[{repeat}].name"),
+                format!(
+                    "duplicate service name {:?} (first at services[{first}])",
+                    names.get(repeat).copied().unwrap_or_default()
+                ),
+            ));
+        }
+        let keys: Vec<&str> = hosts.iter().map(|(key, _, _)| key.as_str()).collect();
+        if let Some((first, repeat)) = first_duplicate(&keys) {
+            let owner = hosts.get(first).map_or(0, |(_, service, _)| *service);
+            let (key, _, path) = hosts.get(repeat).cloned().unwrap_or_default();
+            return Err(ConfigError::new(
+                path,
+                format!(
+                    "host {key:?} is already matched by services[{owner}] ({:?})",
+                    names.get(owner).copied().unwrap_or_default()
+                ),
+            ));
+        }
+        // A sorted table with binary search: as fast as hashing for this use (measured in the
+        // benchmark's 10 000-service scenario) and smaller in the module than a HashMap.
+        let mut by_host: Vec<(String, usize)> = hosts
+            .into_iter()
+            .map(|(key, service, _)| (key, service))
+            .collect();
+        by_host.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(Self {
             cluster_header,
             service_from,
@@ -175,8 +183,28 @@ impl Plan {
 
     /// The service whose hosts contain `key`, which must already be normalized by [`host_key`].
     pub fn service_for(&self, key: &str) -> Option<&Service> {
-        self.by_host.get(key).and_then(|&i| self.services.get(i))
+        let index = self
+            .by_host
+            .binary_search_by(|(host, _)| host.as_str().cmp(key))
+            .ok()?;
+        self.by_host
+            .get(index)
+            .and_then(|&(_, service)| self.services.get(service))
     }
+}
+
+/// Of all pairs of equal items, the one whose second occurrence comes first:
+/// `(index of the first occurrence, index of the repeat)`.
+fn first_duplicate(items: &[&str]) -> Option<(usize, usize)> {
+    let mut order: Vec<(&str, usize)> = items.iter().copied().zip(0..).collect();
+    order.sort_unstable();
+    order
+        .windows(2)
+        .filter_map(|pair| match pair {
+            [(a, first), (b, repeat)] if a == b => Some((*first, *repeat)),
+            _ => None,
+        })
+        .min_by_key(|&(_, repeat)| repeat)
 }
 
 fn compile_service_from(raw: Option<RawServiceFrom>) -> Result<ServiceFrom, ConfigError> {

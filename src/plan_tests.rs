@@ -440,7 +440,7 @@ fn unknown_service_from_is_an_error() {
         &one_service("")[1..]
     ));
     assert!(
-        e.starts_with("service_from: unknown variant `cookie`"),
+        e.starts_with("service_from.cookie: unknown variant `cookie`"),
         "{e}"
     );
 }
@@ -484,4 +484,38 @@ fn unknown_on_unknown_service_is_an_error() {
         e.starts_with("on_unknown_service: unknown variant `drop`, expected `pass` or `reject`"),
         "{e}"
     );
+}
+
+#[test]
+fn earliest_repeated_service_name_is_reported() {
+    let svc = |name: &str, host: &str| {
+        format!(
+            r#"{{"name": "{name}", "hosts": ["{host}"], "upstreams": [{{"name": "v1", "cluster": "c", "weight": 1}}]}}"#
+        )
+    };
+    let e = error(&format!(
+        r#"{{"services": [{}, {}, {}, {}]}}"#,
+        svc("a", "h1"),
+        svc("b", "h2"),
+        svc("b", "h3"),
+        svc("a", "h4")
+    ));
+    assert_eq!(
+        e,
+        r#"services[2].name: duplicate service name "b" (first at services[1])"#
+    );
+}
+
+#[test]
+fn many_services_are_all_found() {
+    let services: Vec<String> = (0..500)
+        .map(|i| format!(r#"{{"name": "s{i}", "upstreams": [{{"name": "v", "cluster": "c{i}", "weight": 1}}]}}"#))
+        .collect();
+    let p = plan(&format!(r#"{{"services": [{}]}}"#, services.join(",")));
+    for i in 0..500 {
+        let service = p.service_for(&format!("s{i}")).unwrap();
+        assert_eq!(service.upstreams[0].cluster, format!("c{i}"));
+    }
+    assert!(p.service_for("s500").is_none());
+    assert!(p.service_for("").is_none());
 }

@@ -42,11 +42,9 @@ def envoy_version():
 
 
 def build_wasm():
-    """Builds the release module (a no-op when it is up to date)."""
-    subprocess.run(
-        ["cargo", "build", "--release", "--target", "wasm32-wasip1", "--quiet"],
-        cwd=ROOT, check=True,
-    )
+    """Builds the release module exactly as `make build` ships it (cargo, then wasm-opt)."""
+    subprocess.run(["make", "--no-print-directory", "-s", "build"], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
     return WASM
 
 

@@ -13,7 +13,7 @@ requests Envoy counted (http.bench.downstream_rq_total). Figures are medians and
 ranges over the rounds of the difference to A measured in the same round.
 
 Adding a scenario: write a function returning (http_filters, routes) and decorate it with
-@scenario("KEY", "title")."""
+@scenario("KEY", "short label", "title")."""
 import argparse
 import datetime
 import json
@@ -47,9 +47,10 @@ SCENARIOS = {}
 NO_SPLIT = {"A", "W", "R"}
 
 
-def scenario(key, title):
+def scenario(key, label, title):
+    """Registers a scenario: `label` is the plot's short name, `title` the table's."""
     def register(build):
-        SCENARIOS[key] = (title, build)
+        SCENARIOS[key] = (title, build, label)
         return build
     return register
 
@@ -110,41 +111,41 @@ end
 
 # ---- scenarios --------------------------------------------------------------------------------
 
-@scenario("A", "direct route, no filter (baseline)")
+@scenario("A", "direct", "direct route, no filter (baseline)")
 def direct():
     return [], [{"match": {"prefix": "/"}, "route": {"cluster": "reviews_v1"}}]
 
 
-@scenario("B", "native weighted_clusters 90/10 + host_rewrite_literal")
+@scenario("B", "native", "native weighted_clusters 90/10 + host_rewrite_literal")
 def native():
     return [], [{"match": {"prefix": "/"}, "route": {"weighted_clusters": {"clusters": [
         {"name": "reviews_v1", "weight": 90, "host_rewrite_literal": "reviews-v1.internal"},
         {"name": "reviews_v2", "weight": 10}]}}}]
 
 
-@scenario("C", "Lua filter, same pick and rewrites")
+@scenario("C", "Lua", "Lua filter, same pick and rewrites")
 def lua():
     return [{"name": "envoy.filters.http.lua", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
         "default_source_code": {"inline_string": LUA}}}], cluster_header_routes()
 
 
-@scenario("W", "SDK floor: read :authority, set 2 headers")
+@scenario("W", "SDK floor", "SDK floor: read :authority, set 2 headers")
 def sdk_floor():
     return [wasm_filter(FLOOR_WASM, "")], cluster_header_routes()
 
 
-@scenario("R", "raw-ABI floor: same calls, no SDK exports")
+@scenario("R", "raw floor", "raw-ABI floor: same calls, no SDK exports")
 def raw_floor():
     return [wasm_filter(RAW_FLOOR_WASM, "")], cluster_header_routes()
 
 
-@scenario("D", "meshsplit weighted 90/10 + authority rewrite")
+@scenario("D", "meshsplit", "meshsplit weighted 90/10 + authority rewrite")
 def meshsplit():
     return [wasm_filter(harness.WASM, meshsplit_config([REVIEWS]))], cluster_header_routes()
 
 
-@scenario("F", "meshsplit, 10 000 services (request to one)")
+@scenario("F", "10k services", "meshsplit, 10 000 services (request to one)")
 def meshsplit_10k():
     services = [{"name": f"svc-{i:05d}", "upstreams": [
         {"name": "a", "cluster": "reviews_v1", "weight": 1},
@@ -387,7 +388,7 @@ def build_report(args, keys, runs, latency, extra):
         bad = sum(run["bad"] for run in runs[key]) + latency[key]["bad"]
         if bad:
             failures.append(f"scenario {key}: {bad} non-2xx responses or socket errors")
-        rows.append({"key": key, "title": SCENARIOS[key][0],
+        rows.append({"key": key, "title": SCENARIOS[key][0], "label": SCENARIOS[key][2],
                      "cpu": quartiles([run["cpu_us"] for run in runs[key]]),
                      "over_a": quartiles(over_a), "rel": quartiles(rel),
                      "p50": latency[key]["p50_us"], "p99": latency[key]["p99_us"], "bad": bad})
@@ -459,14 +460,14 @@ def plot(report, path):
         print("matplotlib not installed: no plot written", file=sys.stderr)
         return
     rows = [r for r in report["rows"] if r["key"] != "A"]
-    labels = [f"{r['key']}\n{r['title'][:28]}" for r in rows]
+    labels = [f"{r['key']}\n{r['label']}" for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
     for ax, field, title in ((ax1, "over_a", "Envoy CPU µs/request over A (median, IQR)"),
                              (ax2, "rel", "throughput relative to A (median, IQR)")):
         med = [r[field][1] for r in rows]
         err = [[r[field][1] - r[field][0] for r in rows], [r[field][2] - r[field][1] for r in rows]]
         ax.bar(range(len(rows)), med, yerr=err, capsize=4, color="#4c72b0")
-        ax.set_xticks(range(len(rows)), labels, fontsize=7)
+        ax.set_xticks(range(len(rows)), labels, fontsize=9)
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     ax2.axhline(1.0, color="grey", linewidth=0.8)

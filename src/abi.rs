@@ -4,17 +4,22 @@
 //! Why not the SDK's dispatcher: the host only calls the callbacks a module exports, and each
 //! call crosses the VM boundary. The SDK exports every callback (context create, request and
 //! response headers/body/trailers, log, done, delete, ...), so each request pays for crossings
-//! this filter has no use for. This module exports only what the filter needs; `bench/README.md`
-//! has the measurements.
+//! this filter has no use for. This module exports only what the filter needs (context create,
+//! request headers, and delete for least-request bookkeeping); `bench/README.md` has the
+//! measurements.
 #![allow(unsafe_code)]
 
 use std::alloc::{alloc, Layout};
 use std::ptr::{null, null_mut};
 
 use crate::filter;
+use crate::host::SharedWrite;
 
 /// proxy-wasm status codes used here.
 const STATUS_OK: u32 = 0;
+const STATUS_CAS_MISMATCH: u32 = 8;
+/// `MetricType::Gauge`.
+const GAUGE: u32 = 1;
 /// `MapType::HttpRequestHeaders`.
 const REQUEST_HEADERS: u32 = 0;
 /// `BufferType::PluginConfiguration`.
@@ -45,6 +50,33 @@ extern "C" {
         value_size: usize,
     ) -> u32;
     fn proxy_remove_header_map_value(map_type: u32, key: *const u8, key_size: usize) -> u32;
+    fn proxy_get_property(
+        path: *const u8,
+        path_size: usize,
+        return_value: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_shared_data(
+        key: *const u8,
+        key_size: usize,
+        return_value: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key: *const u8,
+        key_size: usize,
+        value: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
+    fn proxy_define_metric(
+        metric_type: u32,
+        name: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     #[allow(clippy::too_many_arguments)]
     fn proxy_send_local_response(
         status_code: u32,
@@ -95,6 +127,51 @@ pub fn plugin_configuration() -> Vec<u8> {
     } else {
         Vec::new()
     }
+}
+
+/// The Envoy plugin (filter config) name, from the `plugin_name` property.
+pub fn plugin_name() -> Option<String> {
+    let path = b"plugin_name";
+    let (mut data, mut size) = (null_mut(), 0);
+    // SAFETY: as in plugin_configuration.
+    let status = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
+    if status != STATUS_OK {
+        return None;
+    }
+    String::from_utf8(take_host_buffer(data, size))
+        .ok()
+        .filter(|name| !name.is_empty())
+}
+
+pub fn shared_data(key: &str) -> Option<(Vec<u8>, u32)> {
+    let (mut data, mut size, mut cas) = (null_mut(), 0, 0);
+    // SAFETY: as in plugin_configuration; `cas` is a local out-parameter.
+    let status =
+        unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
+    (status == STATUS_OK).then(|| (take_host_buffer(data, size), cas))
+}
+
+pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> SharedWrite {
+    // SAFETY: pointers and lengths describe live buffers for the duration of the call.
+    match unsafe {
+        proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
+    } {
+        STATUS_OK => SharedWrite::Written,
+        STATUS_CAS_MISMATCH => SharedWrite::CasMismatch,
+        _ => SharedWrite::Failed,
+    }
+}
+
+pub fn define_gauge(name: &str) -> Option<u32> {
+    let mut id = 0;
+    // SAFETY: the name is live for the call; `id` is a local out-parameter.
+    let status = unsafe { proxy_define_metric(GAUGE, name.as_ptr(), name.len(), &mut id) };
+    (status == STATUS_OK).then_some(id)
+}
+
+pub fn add_to_metric(id: u32, delta: i64) {
+    // SAFETY: plain values only.
+    unsafe { proxy_increment_metric(id, delta) };
 }
 
 /// A request header's value; `None` when absent (or not valid UTF-8, which no service key is).
@@ -238,6 +315,12 @@ pub extern "C" fn proxy_on_configure(
 #[no_mangle]
 pub extern "C" fn proxy_on_context_create(context_id: u32, parent_context_id: u32) {
     filter::on_context_create(context_id, parent_context_id);
+}
+
+/// Called when a stream ends, however it ends: gives back in-flight counts.
+#[no_mangle]
+pub extern "C" fn proxy_on_delete(context_id: u32) {
+    filter::on_context_delete(context_id);
 }
 
 /// Returns 0 (Continue) or 1 (StopIteration, after a local reply).

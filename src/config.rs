@@ -40,8 +40,71 @@ pub struct RawService {
     #[serde(default)]
     pub hosts: Option<Vec<String>>,
     #[serde(default)]
-    pub strategy: Option<String>,
+    pub strategy: Option<RawStrategy>,
+    #[serde(default)]
+    pub hash_on: Option<RawHashOn>,
     pub upstreams: Vec<RawUpstream>,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawStrategy {
+    Weighted,
+    RoundRobin,
+    LeastRequest,
+    Sticky,
+}
+
+/// Where a sticky service finds the key it hashes: `{"header": NAME}`, `{"cookie": NAME}` or
+/// `{"query": PARAM}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawHashOn {
+    Header(String),
+    Cookie(String),
+    Query(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    #[serde(rename = "match")]
+    pub matcher: RawMatch,
+    pub upstream: String,
+}
+
+/// Every condition listed must hold.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    #[serde(default)]
+    pub headers: Vec<RawHeaderMatch>,
+    #[serde(default)]
+    pub cookies: Vec<RawValueMatch>,
+    #[serde(default)]
+    pub query: Vec<RawValueMatch>,
+}
+
+/// Exactly one of `exact`, `prefix` or `present: true`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderMatch {
+    pub name: String,
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub present: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawValueMatch {
+    pub name: String,
+    pub exact: String,
 }
 
 #[derive(Debug, Deserialize)]

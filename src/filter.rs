@@ -2,14 +2,21 @@
 //! the per-VM state (plans by root context, random generator); and the thin glue the exported
 //! ABI callbacks in `abi.rs` call (wasm32 only).
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::host::Host;
-use crate::plan::{ConfigError, OnUnknownService, Plan, ServiceFrom};
-use crate::request::{host_key, query_param};
+use crate::in_flight;
+use crate::plan::{
+    Condition, ConfigError, HashOn, HeaderTest, OnUnknownService, Plan, Service, ServiceFrom,
+    Strategy,
+};
+use crate::request::{cookie_value, host_key, query_param, RequestView};
+use crate::select::{least_request, rendezvous, smooth_round_robin};
 
 /// What the stream should do after its request headers were handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,26 +27,140 @@ pub enum Verdict {
     Replied,
 }
 
-/// Routes one request: pick an upstream of the requested service and write the cluster header
-/// (and `:authority` when the upstream sets one). Host calls: one read, then one or two writes.
-pub fn on_request_headers<H, R>(plan: &Plan, rng: &mut R, host: &H) -> Verdict
+/// The outcome of routing one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routed {
+    pub verdict: Verdict,
+    /// `(service, upstream)` indexes when the request now holds one in-flight count of a
+    /// least-request upstream, to give back when the stream ends.
+    pub lease: Option<(usize, usize)>,
+}
+
+impl Routed {
+    fn done(verdict: Verdict) -> Self {
+        Self {
+            verdict,
+            lease: None,
+        }
+    }
+}
+
+/// Routes one request: pick an upstream of the requested service (first matching rule, else
+/// the service's strategy) and write the cluster header (and `:authority` when the upstream
+/// sets one). Weighted and round-robin services: one header read, then one or two writes.
+pub fn on_request_headers<H, R>(plan: &Plan, rng: &mut R, host: &H) -> Routed
 where
     H: Host + ?Sized,
     R: Rng + ?Sized,
 {
     let mut raw_key = read_service_key(plan, host);
     let key = raw_key.as_deref_mut().map(host_key);
-    let upstream = key
-        .and_then(|k| plan.service_for(k))
-        .and_then(|s| s.pick(rng));
-    if let Some(upstream) = upstream {
-        // Always overwrite: a client-sent cluster header is never honoured.
-        host.set_request_header(&plan.cluster_header, Some(&upstream.cluster));
-        if let Some(authority) = &upstream.authority {
-            host.set_request_header(":authority", Some(authority));
-        }
-        return Verdict::Continue;
+    let Some((service_index, service)) = key.and_then(|k| plan.lookup(k)) else {
+        return Routed::done(unknown_service(plan, key, host));
+    };
+    let (upstream_index, leased) = choose_upstream(service, rng, host);
+    let Some(upstream) = service.upstreams.get(upstream_index) else {
+        return Routed::done(unknown_service(plan, key, host));
+    };
+    // Always overwrite: a client-sent cluster header is never honoured.
+    host.set_request_header(&plan.cluster_header, Some(&upstream.cluster));
+    if let Some(authority) = &upstream.authority {
+        host.set_request_header(":authority", Some(authority));
     }
+    Routed {
+        verdict: Verdict::Continue,
+        lease: leased.then_some((service_index, upstream_index)),
+    }
+}
+
+/// The upstream index for a request of `service`, and whether it took an in-flight count.
+fn choose_upstream<H, R>(service: &Service, rng: &mut R, host: &H) -> (usize, bool)
+where
+    H: Host + ?Sized,
+    R: Rng + ?Sized,
+{
+    let mut request = RequestView::new(host);
+    let ruled = service
+        .rules
+        .iter()
+        .find(|rule| rule.conditions.iter().all(|c| holds(c, &mut request)))
+        .map(|rule| rule.upstream);
+    let weights = service.weights();
+    match &service.strategy {
+        Strategy::Weighted => (ruled.unwrap_or_else(|| service.pick_weighted(rng)), false),
+        Strategy::RoundRobin(state) => {
+            let index = ruled.or_else(|| smooth_round_robin(weights, state));
+            (index.unwrap_or_else(|| service.pick_weighted(rng)), false)
+        }
+        Strategy::Sticky { hash_on, ids } => {
+            let index = ruled.or_else(|| {
+                let key = sticky_key(hash_on, &mut request)?;
+                rendezvous(
+                    key.as_bytes(),
+                    ids.iter().copied().zip(weights.iter().copied()),
+                )
+            });
+            // Requests without the key fall back to weighted random.
+            (index.unwrap_or_else(|| service.pick_weighted(rng)), false)
+        }
+        Strategy::LeastRequest(slots) => {
+            let (index, seen) = match ruled {
+                Some(index) => (index, None),
+                None => {
+                    let counts: Vec<(u64, u32)> =
+                        slots.iter().map(|s| in_flight::read(host, s)).collect();
+                    let loads: Vec<u64> = counts.iter().map(|&(n, _)| n).collect();
+                    let index = least_request(weights, &loads, rng)
+                        .unwrap_or_else(|| service.pick_weighted(rng));
+                    (index, counts.get(index).copied())
+                }
+            };
+            let leased = slots
+                .get(index)
+                .is_some_and(|slot| in_flight::add(host, slot, 1, seen));
+            (index, leased)
+        }
+    }
+}
+
+fn holds<'a, H: Host + ?Sized>(condition: &'a Condition, request: &mut RequestView<'a, H>) -> bool {
+    match condition {
+        Condition::Header { name, test } => match (request.header(name), test) {
+            (Some(value), HeaderTest::Exact(expected)) => value == expected,
+            (Some(value), HeaderTest::Prefix(prefix)) => value.starts_with(prefix.as_str()),
+            (Some(_), HeaderTest::Present) => true,
+            (None, _) => false,
+        },
+        Condition::Cookie { name, value } => {
+            request.header("cookie").and_then(|c| cookie_value(c, name)) == Some(value.as_str())
+        }
+        Condition::Query { name, value } => {
+            request
+                .header(":path")
+                .and_then(|p| query_param(p, name))
+                .as_deref()
+                == Some(value.as_str())
+        }
+    }
+}
+
+/// The key a sticky service hashes; `None` when the request has none (or an empty one).
+fn sticky_key<'a, 'v, H: Host + ?Sized>(
+    hash_on: &'a HashOn,
+    request: &'v mut RequestView<'a, H>,
+) -> Option<Cow<'v, str>> {
+    let key = match hash_on {
+        HashOn::Header(name) => request.header(name).map(Cow::Borrowed),
+        HashOn::Cookie(name) => request
+            .header("cookie")
+            .and_then(|c| cookie_value(c, name))
+            .map(Cow::Borrowed),
+        HashOn::Query(name) => request.header(":path").and_then(|p| query_param(p, name)),
+    };
+    key.filter(|k| !k.is_empty())
+}
+
+fn unknown_service<H: Host + ?Sized>(plan: &Plan, key: Option<&str>, host: &H) -> Verdict {
     match plan.on_unknown_service {
         OnUnknownService::Pass => {
             host.set_request_header(&plan.cluster_header, None);
@@ -109,6 +230,14 @@ pub struct Vm {
     last_stream: Option<(u32, u32)>,
     tick: u64,
     rng: Xoshiro256PlusPlus,
+    /// Streams holding an in-flight count of a least-request upstream, until they end.
+    leases: BTreeMap<u32, Lease>,
+}
+
+struct Lease {
+    plan: Rc<Plan>,
+    service: usize,
+    upstream: usize,
 }
 
 struct RootPlan {
@@ -125,13 +254,29 @@ impl Vm {
             last_stream: None,
             tick: 0,
             rng: Xoshiro256PlusPlus::from_seed(seed),
+            leases: BTreeMap::new(),
         }
     }
 
-    /// Parses and installs a plugin configuration for `root`. On error nothing changes: the
-    /// previous plan, if any, keeps serving.
-    pub fn configure(&mut self, root: u32, bytes: &[u8]) -> Result<&Plan, ConfigError> {
-        let plan = Rc::new(Plan::from_json(bytes)?);
+    /// Parses and installs a plugin configuration for `root` of the filter instance (Envoy
+    /// plugin) named `plugin`. On error nothing changes: the previous plan, if any, keeps serving.
+    pub fn configure<H: Host + ?Sized>(
+        &mut self,
+        root: u32,
+        bytes: &[u8],
+        plugin: &str,
+        host: &H,
+    ) -> Result<&Plan, ConfigError> {
+        let plan = Plan::from_json_named(bytes, plugin)?;
+        for service in &plan.services {
+            if let Strategy::LeastRequest(slots) = &service.strategy {
+                for slot in slots.iter() {
+                    slot.gauge_id.set(host.define_gauge(&slot.gauge));
+                    in_flight::ensure(host, slot);
+                }
+            }
+        }
+        let plan = Rc::new(plan);
         self.tick += 1;
         let tick = self.tick;
         let index = match self.roots.iter().position(|r| r.id == root) {
@@ -194,15 +339,54 @@ impl Vm {
     /// Handles a stream's request headers. Without any plan (not configured yet) the request
     /// passes untouched.
     pub fn request_headers<H: Host + ?Sized>(&mut self, context: u32, host: &H) -> Verdict {
-        match self.plan_for(context) {
-            Some(plan) => on_request_headers(&plan, &mut self.rng, host),
-            None => Verdict::Continue,
+        let Some(plan) = self.plan_for(context) else {
+            return Verdict::Continue;
+        };
+        let routed = on_request_headers(&plan, &mut self.rng, host);
+        if let Some((service, upstream)) = routed.lease {
+            self.leases.insert(
+                context,
+                Lease {
+                    plan,
+                    service,
+                    upstream,
+                },
+            );
+        }
+        routed.verdict
+    }
+
+    /// A context was deleted. A stream's ends however it ended (finished, reset, aborted,
+    /// answered locally): give back its in-flight count, if it holds one. A root context's means
+    /// its filter instance is gone: drop its plan.
+    pub fn context_deleted<H: Host + ?Sized>(&mut self, context: u32, host: &H) {
+        if let Some(index) = self.roots.iter().position(|r| r.id == context) {
+            self.roots.swap_remove(index);
+            if self.latest == Some(context) {
+                self.latest = self.roots.iter().max_by_key(|r| r.last_used).map(|r| r.id);
+            }
+            return;
+        }
+        if self.leases.is_empty() {
+            return;
+        }
+        let Some(lease) = self.leases.remove(&context) else {
+            return;
+        };
+        if let Some(Strategy::LeastRequest(slots)) =
+            lease.plan.services.get(lease.service).map(|s| &s.strategy)
+        {
+            if let Some(slot) = slots.get(lease.upstream) {
+                in_flight::add(host, slot, -1, None);
+            }
         }
     }
 }
 
 #[cfg(target_arch = "wasm32")]
-pub use glue::{on_configure, on_context_create, on_stream_request_headers, on_vm_start};
+pub use glue::{
+    on_configure, on_context_create, on_context_delete, on_stream_request_headers, on_vm_start,
+};
 
 /// The VM-global state behind the exported callbacks (a wasm VM is single-threaded).
 #[cfg(target_arch = "wasm32")]
@@ -269,7 +453,8 @@ mod glue {
 
     pub fn on_configure(root: u32, bytes: &[u8]) -> bool {
         let started = std::time::Instant::now();
-        let result = with_vm(|vm| match vm.configure(root, bytes) {
+        let plugin = abi::plugin_name().unwrap_or_else(|| "meshsplit".to_owned());
+        let result = with_vm(|vm| match vm.configure(root, bytes, &plugin, &EnvoyHost) {
             Ok(plan) => {
                 // Read by the benchmark (configure time, VM memory); debug level keeps the
                 // several on_configure calls per plugin out of normal logs.
@@ -294,6 +479,10 @@ mod glue {
         if parent != 0 {
             with_vm(|vm| vm.stream_created(context, parent));
         }
+    }
+
+    pub fn on_context_delete(context: u32) {
+        with_vm(|vm| vm.context_deleted(context, &EnvoyHost));
     }
 
     pub fn on_stream_request_headers(context: u32) -> Verdict {

@@ -21,7 +21,7 @@ fn plan_with(prefix: &str) -> Plan {
 
 fn run(plan: &Plan, host: &FakeHost) -> Verdict {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
-    on_request_headers(plan, &mut rng, host)
+    on_request_headers(plan, &mut rng, host).verdict
 }
 
 #[test]
@@ -173,6 +173,10 @@ fn custom_cluster_header_is_written_and_removed() {
 
 // ---- per-VM state: plans by root context ----
 
+fn configure<'v>(vm: &'v mut Vm, root: u32, bytes: &[u8]) -> Result<&'v Plan, ConfigError> {
+    vm.configure(root, bytes, "meshsplit", &FakeHost::default())
+}
+
 fn single(cluster: &str) -> String {
     format!(
         r#"{{"services": [{{"name": "svc", "upstreams": [{{"name": "u", "cluster": "{cluster}", "weight": 1}}]}}]}}"#
@@ -197,8 +201,8 @@ fn unconfigured_vm_passes_requests_untouched() {
 #[test]
 fn each_root_context_routes_with_its_own_plan() {
     let mut vm = Vm::new([0; 32]);
-    vm.configure(1, single("one").as_bytes()).unwrap();
-    vm.configure(2, single("two").as_bytes()).unwrap();
+    configure(&mut vm, 1, single("one").as_bytes()).unwrap();
+    configure(&mut vm, 2, single("two").as_bytes()).unwrap();
     assert_eq!(routed(&mut vm, 10, 1).as_deref(), Some("one"));
     assert_eq!(routed(&mut vm, 11, 2).as_deref(), Some("two"));
     assert_eq!(routed(&mut vm, 12, 1).as_deref(), Some("one"));
@@ -207,8 +211,8 @@ fn each_root_context_routes_with_its_own_plan() {
 #[test]
 fn stream_of_unknown_root_uses_latest_plan() {
     let mut vm = Vm::new([0; 32]);
-    vm.configure(1, single("one").as_bytes()).unwrap();
-    vm.configure(2, single("two").as_bytes()).unwrap();
+    configure(&mut vm, 1, single("one").as_bytes()).unwrap();
+    configure(&mut vm, 2, single("two").as_bytes()).unwrap();
     assert_eq!(routed(&mut vm, 10, 99).as_deref(), Some("two"));
     // A request whose context was not the last one created also falls back to the latest.
     vm.stream_created(20, 1);
@@ -220,18 +224,18 @@ fn stream_of_unknown_root_uses_latest_plan() {
 #[test]
 fn reconfiguring_a_root_replaces_its_plan() {
     let mut vm = Vm::new([0; 32]);
-    vm.configure(1, single("old").as_bytes()).unwrap();
-    vm.configure(1, single("new").as_bytes()).unwrap();
+    configure(&mut vm, 1, single("old").as_bytes()).unwrap();
+    configure(&mut vm, 1, single("new").as_bytes()).unwrap();
     assert_eq!(routed(&mut vm, 10, 1).as_deref(), Some("new"));
 }
 
 #[test]
 fn invalid_reconfiguration_keeps_the_previous_plan() {
     let mut vm = Vm::new([0; 32]);
-    vm.configure(1, single("good").as_bytes()).unwrap();
-    let err = vm.configure(1, br#"{"services": []}"#).unwrap_err();
+    configure(&mut vm, 1, single("good").as_bytes()).unwrap();
+    let err = configure(&mut vm, 1, br#"{"services": []}"#).unwrap_err();
     assert_eq!(err.to_string(), "services: must list at least one service");
-    assert!(vm.configure(2, b"{").is_err());
+    assert!(configure(&mut vm, 2, b"{").is_err());
     assert_eq!(routed(&mut vm, 10, 1).as_deref(), Some("good"));
     assert_eq!(routed(&mut vm, 11, 2).as_deref(), Some("good"));
 }
@@ -240,12 +244,11 @@ fn invalid_reconfiguration_keeps_the_previous_plan() {
 fn least_recently_used_root_is_dropped_beyond_the_limit() {
     let mut vm = Vm::new([0; 32]);
     for root in 1..=MAX_ROOTS as u32 {
-        vm.configure(root, single(&format!("c{root}")).as_bytes())
-            .unwrap();
+        configure(&mut vm, root, single(&format!("c{root}")).as_bytes()).unwrap();
     }
     // Root 1 keeps serving streams; root 2 does not.
     assert_eq!(routed(&mut vm, 100, 1).as_deref(), Some("c1"));
-    vm.configure(50, single("c50").as_bytes()).unwrap();
+    configure(&mut vm, 50, single("c50").as_bytes()).unwrap();
     assert_eq!(routed(&mut vm, 101, 1).as_deref(), Some("c1"));
     assert_eq!(routed(&mut vm, 102, 50).as_deref(), Some("c50"));
     // Root 2's plan is gone: its streams use the latest plan.

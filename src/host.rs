@@ -8,6 +8,22 @@ pub trait Host {
     /// `Some` replaces every copy of the header, `None` removes them all.
     fn set_request_header(&self, name: &str, value: Option<&str>);
     fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]);
+
+    /// A shared-data value (shared by all workers of the VM's `vm_id`) with its CAS token.
+    fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)>;
+    /// Sets a shared-data value if its CAS token is still `cas` (`0`: unconditionally).
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> SharedWrite;
+    /// Defines (or finds) a gauge; its stat is `wasmcustom.<name>`.
+    fn define_gauge(&self, name: &str) -> Option<u32>;
+    fn add_to_gauge(&self, id: u32, delta: i64);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedWrite {
+    Written,
+    /// Another worker wrote in between: read again and retry.
+    CasMismatch,
+    Failed,
 }
 
 #[cfg(target_arch = "wasm32")]
@@ -36,6 +52,22 @@ mod wasm {
                 log::warn!("sending local reply {status}: status {err}");
             }
         }
+
+        fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            abi::shared_data(key)
+        }
+
+        fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> super::SharedWrite {
+            abi::set_shared_data(key, value, cas)
+        }
+
+        fn define_gauge(&self, name: &str) -> Option<u32> {
+            abi::define_gauge(name)
+        }
+
+        fn add_to_gauge(&self, id: u32, delta: i64) {
+            abi::add_to_metric(id, delta);
+        }
     }
 }
 
@@ -44,17 +76,29 @@ pub use fake::FakeHost;
 
 #[cfg(test)]
 mod fake {
-    use std::cell::RefCell;
+    use std::cell::{Cell, RefCell};
+    use std::collections::BTreeMap;
+    use std::rc::Rc;
+
+    use super::SharedWrite;
+
+    /// Shared data: key to (value, CAS token).
+    pub type SharedData = BTreeMap<String, (Vec<u8>, u32)>;
 
     /// A local reply as the filter sent it: status, headers, body.
     pub type Reply = (u32, Vec<(String, String)>, Vec<u8>);
 
-    /// Request headers in a vector plus a record of every host call.
+    /// Request headers in a vector plus a record of every host call; shared data and gauges in
+    /// maps (shared between fakes through `Rc` to model several workers).
     #[derive(Default)]
     pub struct FakeHost {
         pub headers: RefCell<Vec<(String, String)>>,
         pub calls: RefCell<Vec<String>>,
         pub reply: RefCell<Option<Reply>>,
+        pub shared: Rc<RefCell<SharedData>>,
+        pub gauges: Rc<RefCell<Vec<(String, i64)>>>,
+        /// Makes the next N shared-data writes fail with a CAS mismatch, as a racing worker would.
+        pub cas_conflicts: Cell<u32>,
     }
 
     impl FakeHost {
@@ -77,6 +121,30 @@ mod fake {
 
         pub fn call_count(&self) -> usize {
             self.calls.borrow().len()
+        }
+
+        /// Another "worker": the same shared data and gauges, its own request headers.
+        pub fn sibling(&self, headers: &[(&str, &str)]) -> Self {
+            let host = Self::with_headers(headers);
+            FakeHost {
+                shared: Rc::clone(&self.shared),
+                gauges: Rc::clone(&self.gauges),
+                ..host
+            }
+        }
+
+        pub fn gauge(&self, name: &str) -> i64 {
+            self.gauges
+                .borrow()
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(0, |(_, v)| *v)
+        }
+
+        pub fn shared_u64(&self, key: &str) -> Option<u64> {
+            let shared = self.shared.borrow();
+            let (bytes, _) = shared.get(key)?;
+            Some(u64::from_le_bytes(bytes.as_slice().try_into().ok()?))
         }
     }
 
@@ -105,6 +173,53 @@ mod fake {
                     .collect(),
                 body.to_vec(),
             ));
+        }
+
+        fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.calls.borrow_mut().push(format!("shared get {key}"));
+            self.shared.borrow().get(key).cloned()
+        }
+
+        fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> SharedWrite {
+            self.calls.borrow_mut().push(format!("shared set {key}"));
+            if self.cas_conflicts.get() > 0 {
+                self.cas_conflicts.set(self.cas_conflicts.get() - 1);
+                return SharedWrite::CasMismatch;
+            }
+            let mut shared = self.shared.borrow_mut();
+            let next = shared.values().map(|(_, c)| *c).max().unwrap_or(0) + 1;
+            match shared.get_mut(key) {
+                Some(entry) if cas != 0 && cas != entry.1 => SharedWrite::CasMismatch,
+                Some(entry) => {
+                    *entry = (value.to_vec(), next);
+                    SharedWrite::Written
+                }
+                None => {
+                    shared.insert(key.to_owned(), (value.to_vec(), next));
+                    SharedWrite::Written
+                }
+            }
+        }
+
+        fn define_gauge(&self, name: &str) -> Option<u32> {
+            let mut gauges = self.gauges.borrow_mut();
+            let index = match gauges.iter().position(|(n, _)| n == name) {
+                Some(index) => index,
+                None => {
+                    gauges.push((name.to_owned(), 0));
+                    gauges.len() - 1
+                }
+            };
+            u32::try_from(index).ok()
+        }
+
+        fn add_to_gauge(&self, id: u32, delta: i64) {
+            self.calls
+                .borrow_mut()
+                .push(format!("gauge {id} {delta:+}"));
+            if let Some((_, value)) = self.gauges.borrow_mut().get_mut(id as usize) {
+                *value += delta;
+            }
         }
     }
 }

@@ -8,6 +8,7 @@ mod abi;
 pub mod config;
 pub mod filter;
 pub mod host;
+pub mod in_flight;
 pub mod json_path;
 pub mod plan;
 pub mod request;

@@ -3,12 +3,16 @@
 //! Every error names the JSON path of the offending field, e.g.
 //! `services[0].upstreams[1].weight: must be at most 1000000, got 5000000`.
 
+use std::cell::Cell;
 use std::fmt;
 
-use crate::config::{RawConfig, RawOnUnknown, RawService, RawServiceFrom, RawUpstream};
+use crate::config::{
+    RawConfig, RawHashOn, RawOnUnknown, RawRule, RawService, RawServiceFrom, RawStrategy,
+    RawUpstream,
+};
 use crate::json_path::{offset_of, path_at};
 use crate::request::host_key;
-use crate::select::WeightedPicker;
+use crate::select::{sticky_hash, WeightedPicker};
 
 pub const DEFAULT_CLUSTER_HEADER: &str = "x-meshsplit-cluster";
 pub const MAX_WEIGHT: u64 = 1_000_000;
@@ -69,14 +73,74 @@ pub struct Upstream {
 pub struct Service {
     pub name: String,
     pub upstreams: Vec<Upstream>,
+    pub strategy: Strategy,
+    pub rules: Vec<Rule>,
     picker: WeightedPicker,
+    weights: Box<[u32]>,
 }
 
 impl Service {
-    /// The upstream for one request, by weight.
-    pub fn pick<R: rand_core::Rng + ?Sized>(&self, rng: &mut R) -> Option<&Upstream> {
-        self.upstreams.get(self.picker.pick(rng))
+    /// An upstream index by weight, at random.
+    pub fn pick_weighted<R: rand_core::Rng + ?Sized>(&self, rng: &mut R) -> usize {
+        self.picker.pick(rng)
     }
+
+    pub fn weights(&self) -> &[u32] {
+        &self.weights
+    }
+}
+
+/// How a service picks an upstream for requests that no rule claims.
+#[derive(Debug, Clone)]
+pub enum Strategy {
+    /// At random, by weight.
+    Weighted,
+    /// Smooth weighted round robin; the cells are this VM's scheduling state (one per upstream).
+    RoundRobin(Box<[Cell<i64>]>),
+    /// Fewest in-flight requests relative to weight, counted across all workers.
+    LeastRequest(Box<[InFlight]>),
+    /// Rendezvous hashing of a request key; `ids` are the hashes of the upstream names.
+    Sticky { hash_on: HashOn, ids: Box<[u64]> },
+}
+
+/// Where the in-flight count of one least-request upstream lives.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    /// proxy-wasm shared data key (shared by all workers of this Envoy and `vm_id`).
+    pub key: String,
+    /// Gauge mirroring the count, for operators (`wasmcustom.<name>` in Envoy's stats).
+    pub gauge: String,
+    /// This VM's id of the gauge, once defined.
+    pub gauge_id: Cell<Option<u32>>,
+}
+
+/// Where a sticky service finds its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    Header(String),
+    Cookie(String),
+    Query(String),
+}
+
+/// Routes requests matching every condition to one upstream, before the strategy runs.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub conditions: Vec<Condition>,
+    pub upstream: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    Header { name: String, test: HeaderTest },
+    Cookie { name: String, value: String },
+    Query { name: String, value: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderTest {
+    Exact(String),
+    Prefix(String),
+    Present,
 }
 
 /// The validated, immutable configuration. Built once per `on_configure`, read per request.
@@ -93,6 +157,12 @@ pub struct Plan {
 impl Plan {
     /// Parses and validates plugin configuration bytes.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        Self::from_json_named(bytes, "meshsplit")
+    }
+
+    /// Like [`Plan::from_json`], for the filter instance (Envoy plugin) called `plugin`: the
+    /// name keeps least-request counters of different filter instances apart.
+    pub fn from_json_named(bytes: &[u8], plugin: &str) -> Result<Self, ConfigError> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ConfigError::new(
                 "",
@@ -103,11 +173,11 @@ impl Plan {
             let offset = offset_of(bytes, e.line(), e.column());
             ConfigError::new(path_at(bytes, offset), e.to_string())
         })?;
-        Self::compile(raw)
+        Self::compile(raw, plugin)
     }
 
     /// Validates raw configuration and builds the lookup structures.
-    pub fn compile(raw: RawConfig) -> Result<Self, ConfigError> {
+    pub fn compile(raw: RawConfig, plugin: &str) -> Result<Self, ConfigError> {
         let cluster_header = match raw.cluster_header {
             None => DEFAULT_CLUSTER_HEADER.to_owned(),
             Some(name) => {
@@ -138,7 +208,7 @@ impl Plan {
         let mut hosts: Vec<(String, usize, String)> = Vec::new(); // (key, service, JSON path)
         for (index, raw_service) in raw.services.iter().enumerate() {
             let path = format!("services[{index}]");
-            services.push(compile_service(&path, raw_service)?);
+            services.push(compile_service(&path, raw_service, plugin)?);
             for (host_path, key) in host_keys(&path, raw_service)? {
                 hosts.push((key, index, host_path));
             }
@@ -183,13 +253,17 @@ impl Plan {
 
     /// The service whose hosts contain `key`, which must already be normalized by [`host_key`].
     pub fn service_for(&self, key: &str) -> Option<&Service> {
+        self.lookup(key).map(|(_, service)| service)
+    }
+
+    /// Like [`Plan::service_for`], with the service's index in `services`.
+    pub fn lookup(&self, key: &str) -> Option<(usize, &Service)> {
         let index = self
             .by_host
             .binary_search_by(|(host, _)| host.as_str().cmp(key))
             .ok()?;
-        self.by_host
-            .get(index)
-            .and_then(|&(_, service)| self.services.get(service))
+        let &(_, service) = self.by_host.get(index)?;
+        Some((service, self.services.get(service)?))
     }
 }
 
@@ -223,16 +297,8 @@ fn compile_service_from(raw: Option<RawServiceFrom>) -> Result<ServiceFrom, Conf
     }
 }
 
-fn compile_service(path: &str, raw: &RawService) -> Result<Service, ConfigError> {
+fn compile_service(path: &str, raw: &RawService, plugin: &str) -> Result<Service, ConfigError> {
     check_text(&format!("{path}.name"), &raw.name)?;
-    if let Some(strategy) = &raw.strategy {
-        if strategy != "weighted" {
-            return Err(ConfigError::new(
-                format!("{path}.strategy"),
-                format!("unsupported strategy {strategy:?}; supported: \"weighted\""),
-            ));
-        }
-    }
     if raw.upstreams.is_empty() {
         return Err(ConfigError::new(
             format!("{path}.upstreams"),
@@ -253,18 +319,185 @@ fn compile_service(path: &str, raw: &RawService) -> Result<Service, ConfigError>
         }
         upstreams.push(compile_upstream(&upstream_path, raw_upstream)?);
     }
-    let weights: Vec<u32> = upstreams.iter().map(|u| u.weight).collect();
+    let weights: Box<[u32]> = upstreams.iter().map(|u| u.weight).collect();
     let picker = WeightedPicker::new(&weights).ok_or_else(|| {
         ConfigError::new(
             format!("{path}.upstreams"),
             "weights sum to 0; at least one upstream needs a weight above 0",
         )
     })?;
+    let strategy = compile_strategy(path, raw, &upstreams, plugin)?;
+    let rules = raw
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(index, rule)| compile_rule(&format!("{path}.rules[{index}]"), rule, &upstreams))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Service {
         name: raw.name.clone(),
         upstreams,
+        strategy,
+        rules,
         picker,
+        weights,
     })
+}
+
+fn compile_strategy(
+    path: &str,
+    raw: &RawService,
+    upstreams: &[Upstream],
+    plugin: &str,
+) -> Result<Strategy, ConfigError> {
+    let strategy = raw.strategy.unwrap_or(RawStrategy::Weighted);
+    match (&raw.hash_on, strategy) {
+        (None, RawStrategy::Sticky) => {
+            return Err(ConfigError::new(
+                format!("{path}.hash_on"),
+                "required with strategy \"sticky\": {\"header\": NAME}, {\"cookie\": NAME} or {\"query\": PARAM}",
+            ))
+        }
+        (Some(_), RawStrategy::Weighted | RawStrategy::RoundRobin | RawStrategy::LeastRequest) => {
+            return Err(ConfigError::new(
+                format!("{path}.hash_on"),
+                "only allowed with strategy \"sticky\"",
+            ))
+        }
+        _ => {}
+    }
+    Ok(match strategy {
+        RawStrategy::Weighted => Strategy::Weighted,
+        RawStrategy::RoundRobin => {
+            Strategy::RoundRobin(upstreams.iter().map(|_| Cell::new(0)).collect())
+        }
+        RawStrategy::LeastRequest => Strategy::LeastRequest(
+            upstreams
+                .iter()
+                .map(|u| InFlight {
+                    key: format!("meshsplit/{plugin}/in_flight/{}/{}", raw.name, u.name),
+                    gauge: format!(
+                        "meshsplit.{}.{}.{}.in_flight",
+                        stat_segment(plugin),
+                        stat_segment(&raw.name),
+                        stat_segment(&u.name)
+                    ),
+                    gauge_id: Cell::new(None),
+                })
+                .collect(),
+        ),
+        RawStrategy::Sticky => {
+            let hash_on = match &raw.hash_on {
+                Some(RawHashOn::Header(name)) => {
+                    check_header_name(&format!("{path}.hash_on.header"), name)?;
+                    HashOn::Header(name.clone())
+                }
+                Some(RawHashOn::Cookie(name)) => {
+                    check_text(&format!("{path}.hash_on.cookie"), name)?;
+                    HashOn::Cookie(name.clone())
+                }
+                Some(RawHashOn::Query(name)) => {
+                    check_text(&format!("{path}.hash_on.query"), name)?;
+                    HashOn::Query(name.clone())
+                }
+                None => return Err(ConfigError::new(format!("{path}.hash_on"), "required")),
+            };
+            Strategy::Sticky {
+                hash_on,
+                ids: upstreams
+                    .iter()
+                    .map(|u| sticky_hash(u.name.as_bytes()))
+                    .collect(),
+            }
+        }
+    })
+}
+
+/// A name made safe as one segment of an Envoy stat name (no dots or colons).
+fn stat_segment(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn compile_rule(path: &str, raw: &RawRule, upstreams: &[Upstream]) -> Result<Rule, ConfigError> {
+    let upstream = upstreams
+        .iter()
+        .position(|u| u.name == raw.upstream)
+        .ok_or_else(|| {
+            let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+            ConfigError::new(
+                format!("{path}.upstream"),
+                format!(
+                    "no upstream named {:?} in this service (upstreams: {})",
+                    raw.upstream,
+                    names.join(", ")
+                ),
+            )
+        })?;
+    let m = &raw.matcher;
+    if m.headers.is_empty() && m.cookies.is_empty() && m.query.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.match"),
+            "must list at least one condition (headers, cookies or query)",
+        ));
+    }
+    let mut conditions = Vec::with_capacity(m.headers.len() + m.cookies.len() + m.query.len());
+    for (index, h) in m.headers.iter().enumerate() {
+        let at = format!("{path}.match.headers[{index}]");
+        check_rule_header_name(&format!("{at}.name"), &h.name)?;
+        let test =
+            match (&h.exact, &h.prefix, h.present) {
+                (Some(v), None, None) => HeaderTest::Exact(v.clone()),
+                (None, Some(v), None) => HeaderTest::Prefix(v.clone()),
+                (None, None, Some(true)) => HeaderTest::Present,
+                (None, None, Some(false)) => return Err(ConfigError::new(
+                    format!("{at}.present"),
+                    "only `true` is supported (a header that must be absent is not a condition)",
+                )),
+                _ => {
+                    return Err(ConfigError::new(
+                        at,
+                        "needs exactly one of \"exact\", \"prefix\" or \"present\": true",
+                    ))
+                }
+            };
+        conditions.push(Condition::Header {
+            name: h.name.clone(),
+            test,
+        });
+    }
+    for (index, c) in m.cookies.iter().enumerate() {
+        check_text(&format!("{path}.match.cookies[{index}].name"), &c.name)?;
+        conditions.push(Condition::Cookie {
+            name: c.name.clone(),
+            value: c.exact.clone(),
+        });
+    }
+    for (index, q) in m.query.iter().enumerate() {
+        check_text(&format!("{path}.match.query[{index}].name"), &q.name)?;
+        conditions.push(Condition::Query {
+            name: q.name.clone(),
+            value: q.exact.clone(),
+        });
+    }
+    Ok(Rule {
+        conditions,
+        upstream,
+    })
+}
+
+/// A header name a rule may test: a lowercase header name or a pseudo-header such as `:path`.
+fn check_rule_header_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    match name.strip_prefix(':') {
+        Some(pseudo) if !pseudo.is_empty() => check_header_name(path, pseudo),
+        _ => check_header_name(path, name),
+    }
 }
 
 fn compile_upstream(path: &str, raw: &RawUpstream) -> Result<Upstream, ConfigError> {

@@ -2,6 +2,50 @@
 
 use std::borrow::Cow;
 
+use crate::host::Host;
+
+/// The request headers one request's routing reads, each fetched from the host at most once.
+pub struct RequestView<'a, H: Host + ?Sized> {
+    host: &'a H,
+    read: Vec<(&'a str, Option<String>)>,
+}
+
+impl<'a, H: Host + ?Sized> RequestView<'a, H> {
+    /// Reads nothing (and allocates nothing) until a header is asked for.
+    pub fn new(host: &'a H) -> Self {
+        Self {
+            host,
+            read: Vec::new(),
+        }
+    }
+
+    pub fn header(&mut self, name: &'a str) -> Option<&str> {
+        let index = match self.read.iter().position(|(n, _)| *n == name) {
+            Some(index) => index,
+            None => {
+                self.read.push((name, self.host.request_header(name)));
+                self.read.len() - 1
+            }
+        };
+        self.read.get(index).and_then(|(_, value)| value.as_deref())
+    }
+}
+
+/// The value of cookie `name` in a `cookie` header (`a=1; b=2`), without surrounding quotes.
+pub fn cookie_value<'h>(header: &'h str, name: &str) -> Option<&'h str> {
+    header
+        .split(';')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| key.trim() == name)
+        .map(|(_, value)| {
+            let value = value.trim();
+            value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value)
+        })
+}
+
 /// Turns an authority (or any service key) into the form hosts are matched in: lowercase,
 /// without a port and without a trailing dot. IPv6 literals lose their brackets:
 /// `[::1]:8080` becomes `::1`. Lowercases in place so that the request path does not allocate.
@@ -67,6 +111,16 @@ mod tests {
     fn host_key_of_empty_is_empty() {
         assert_eq!(key(""), "");
         assert_eq!(key(":80"), "");
+    }
+
+    #[test]
+    fn cookie_value_finds_the_named_cookie() {
+        assert_eq!(cookie_value("a=1; beta=yes; c=3", "beta"), Some("yes"));
+        assert_eq!(cookie_value("beta=\"quoted\"", "beta"), Some("quoted"));
+        assert_eq!(cookie_value("alphabeta=1; beta=2", "beta"), Some("2"));
+        assert_eq!(cookie_value("a=1", "beta"), None);
+        assert_eq!(cookie_value("beta", "beta"), None);
+        assert_eq!(cookie_value("beta=", "beta"), Some(""));
     }
 
     #[test]

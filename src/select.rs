@@ -52,6 +52,108 @@ impl WeightedPicker {
     }
 }
 
+/// Smooth weighted round robin (the nginx algorithm): each pick adds every weight to its
+/// entry's running score, takes the highest score and subtracts the total from it. Weights
+/// 5/1/1 give a a b a c a a: interleaved, not in bursts. `current` is the per-VM state, one
+/// cell per entry; zero-weight entries are never picked.
+pub fn smooth_round_robin(weights: &[u32], current: &[std::cell::Cell<i64>]) -> Option<usize> {
+    let mut total = 0i64;
+    let mut best: Option<(usize, i64)> = None;
+    for (index, (&weight, cell)) in weights.iter().zip(current).enumerate() {
+        if weight == 0 {
+            continue;
+        }
+        let score = cell.get() + i64::from(weight);
+        cell.set(score);
+        total += i64::from(weight);
+        if best.is_none_or(|(_, top)| score > top) {
+            best = Some((index, score));
+        }
+    }
+    let (index, score) = best?;
+    if let Some(cell) = current.get(index) {
+        cell.set(score - total);
+    }
+    Some(index)
+}
+
+/// Least request relative to weight: the entry minimizing `(in_flight + 1) / weight`; ties go
+/// to the higher weight, then at random. Zero-weight entries are never picked.
+pub fn least_request<R: Rng + ?Sized>(
+    weights: &[u32],
+    in_flight: &[u64],
+    rng: &mut R,
+) -> Option<usize> {
+    // Compare (a + 1) / wa with (b + 1) / wb as (a + 1) * wb with (b + 1) * wa: exact, no floats.
+    let load = |i: usize| -> Option<(u128, u128)> {
+        let w = u128::from(*weights.get(i)?);
+        let n = u128::from(*in_flight.get(i)?) + 1;
+        (w > 0).then_some((n, w))
+    };
+    let mut best: Option<usize> = None;
+    let mut ties = 0u64;
+    for i in 0..weights.len() {
+        let Some((n, w)) = load(i) else { continue };
+        let Some((bn, bw)) = best.and_then(load) else {
+            best = Some(i);
+            ties = 1;
+            continue;
+        };
+        let ordering = (n * bw).cmp(&(bn * w)).then(bw.cmp(&w));
+        match ordering {
+            std::cmp::Ordering::Less => {
+                best = Some(i);
+                ties = 1;
+            }
+            std::cmp::Ordering::Equal => {
+                // Reservoir sampling: each of the tied entries ends up chosen with equal chance.
+                ties += 1;
+                if rng.next_u64() % ties == 0 {
+                    best = Some(i);
+                }
+            }
+            std::cmp::Ordering::Greater => {}
+        }
+    }
+    best
+}
+
+/// The fixed hash of sticky routing: 64-bit FNV-1a, then the splitmix64 finalizer to spread
+/// the bits. Documented and seedless, so every worker, every Envoy and every restart agrees.
+pub fn sticky_hash(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let mut z = hash.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Weighted rendezvous hashing: every entry scores `weight / -ln(u)`, with `u` in (0, 1) from
+/// the hash of (key, entry id), and the highest score wins. The share of keys follows the
+/// weights, and changing one entry's weight only moves keys to or from that entry.
+/// `entries` yields (precomputed hash of the entry's id, weight).
+pub fn rendezvous(key: &[u8], entries: impl Iterator<Item = (u64, u32)>) -> Option<usize> {
+    let key_hash = sticky_hash(key);
+    let mut best: Option<(usize, f64)> = None;
+    for (index, (id_hash, weight)) in entries.enumerate() {
+        if weight == 0 {
+            continue;
+        }
+        let mixed = sticky_hash(&(key_hash ^ id_hash).to_le_bytes());
+        // 53 random bits to a float strictly inside (0, 1).
+        let unit = ((mixed >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        let score = f64::from(weight) / -unit.ln();
+        if best.is_none_or(|(_, top)| score > top) {
+            best = Some((index, score));
+        }
+    }
+    best.map(|(index, _)| index)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +222,115 @@ mod tests {
     fn extreme_weights_still_reach_the_small_entry() {
         let c = counts(&[1_000_000, 1], 4_000_000);
         assert!(c[1] > 0 && c[1] < 20, "{c:?}");
+    }
+
+    fn round_robin_sequence(weights: &[u32], n: usize) -> Vec<usize> {
+        let state: Vec<std::cell::Cell<i64>> = weights.iter().map(|_| Default::default()).collect();
+        (0..n)
+            .map(|_| smooth_round_robin(weights, &state).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn smooth_round_robin_interleaves_5_1_1() {
+        assert_eq!(
+            round_robin_sequence(&[5, 1, 1], 14),
+            vec![0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0]
+        );
+    }
+
+    #[test]
+    fn smooth_round_robin_with_equal_weights_is_plain_round_robin() {
+        assert_eq!(round_robin_sequence(&[1, 1, 1], 6), vec![0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn smooth_round_robin_skips_zero_weights_and_keeps_exact_counts() {
+        let seq = round_robin_sequence(&[0, 3, 0, 2], 500);
+        assert_eq!(seq.iter().filter(|&&i| i == 1).count(), 300);
+        assert_eq!(seq.iter().filter(|&&i| i == 3).count(), 200);
+        assert_eq!(
+            smooth_round_robin(&[0, 0], &[Default::default(), Default::default()]),
+            None
+        );
+    }
+
+    #[test]
+    fn least_request_prefers_fewest_in_flight_relative_to_weight() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+        assert_eq!(least_request(&[1, 1], &[3, 1], &mut rng), Some(1));
+        // (4 + 1) / 2 = 2.5 beats (2 + 1) / 1 = 3.
+        assert_eq!(least_request(&[1, 2], &[2, 4], &mut rng), Some(1));
+        assert_eq!(least_request(&[0, 1], &[0, 100], &mut rng), Some(1));
+        assert_eq!(least_request(&[0, 0], &[0, 0], &mut rng), None);
+    }
+
+    #[test]
+    fn least_request_ties_go_to_higher_weight_then_random() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+        // (1 + 1) / 2 = (0 + 1) / 1: tie on load, weight 2 wins.
+        assert_eq!(least_request(&[1, 2], &[0, 1], &mut rng), Some(1));
+        let mut seen = [0usize; 3];
+        for _ in 0..3000 {
+            seen[least_request(&[1, 1, 1], &[0, 0, 0], &mut rng).unwrap()] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 850), "{seen:?}");
+    }
+
+    fn owner(key: &str, weights: &[u32]) -> usize {
+        let ids: Vec<u64> = (0..weights.len())
+            .map(|i| sticky_hash(format!("v{i}").as_bytes()))
+            .collect();
+        rendezvous(
+            key.as_bytes(),
+            ids.iter().copied().zip(weights.iter().copied()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn sticky_hash_is_fixed() {
+        // Pinned values: routing must not change between versions, processes or restarts.
+        assert_eq!(sticky_hash(b""), 0xc381_7c01_6ba4_ff30);
+        assert_eq!(sticky_hash(b"user-42"), sticky_hash(b"user-42"));
+        assert_ne!(sticky_hash(b"user-42"), sticky_hash(b"user-43"));
+    }
+
+    #[test]
+    fn rendezvous_share_follows_weights() {
+        let weights = [60, 30, 10];
+        let mut counts = vec![0usize; 3];
+        for k in 0..30_000 {
+            counts[owner(&format!("user-{k}"), &weights)] += 1;
+        }
+        assert!(chi_square(&counts, &weights) < 13.82, "{counts:?}");
+    }
+
+    #[test]
+    fn rendezvous_never_picks_zero_weight() {
+        for k in 0..2000 {
+            assert_ne!(owner(&format!("k{k}"), &[5, 0, 5]), 1);
+        }
+    }
+
+    #[test]
+    fn raising_one_weight_moves_keys_only_to_it() {
+        for k in 0..5000 {
+            let key = format!("user-{k}");
+            let before = owner(&key, &[90, 10, 50]);
+            let after = owner(&key, &[90, 30, 50]);
+            assert!(after == before || after == 1, "{key}: {before} -> {after}");
+        }
+    }
+
+    #[test]
+    fn lowering_one_weight_moves_only_its_keys() {
+        for k in 0..5000 {
+            let key = format!("user-{k}");
+            let before = owner(&key, &[90, 30, 50]);
+            let after = owner(&key, &[90, 10, 50]);
+            assert!(after == before || before == 1, "{key}: {before} -> {after}");
+        }
     }
 
     #[test]

@@ -254,3 +254,265 @@ fn least_recently_used_root_is_dropped_beyond_the_limit() {
     // Root 2's plan is gone: its streams use the latest plan.
     assert_eq!(routed(&mut vm, 103, 2).as_deref(), Some("c50"));
 }
+
+// ---- strategies and rules through the request path ----
+
+fn service_plan(fields: &str, upstreams: &[(&str, u32)]) -> Plan {
+    let ups: Vec<String> = upstreams
+        .iter()
+        .map(|(n, w)| format!(r#"{{"name": "{n}", "cluster": "c_{n}", "weight": {w}}}"#))
+        .collect();
+    let json = format!(
+        r#"{{"services": [{{"name": "svc", {fields} "upstreams": [{}]}}]}}"#,
+        ups.join(",")
+    );
+    Plan::from_json(json.as_bytes()).unwrap()
+}
+
+fn route_with(plan: &Plan, rng: &mut Xoshiro256PlusPlus, headers: &[(&str, &str)]) -> String {
+    let mut all = vec![(":authority", "svc")];
+    all.extend_from_slice(headers);
+    let host = FakeHost::with_headers(&all);
+    on_request_headers(plan, rng, &host);
+    host.header("x-meshsplit-cluster").unwrap()
+}
+
+#[test]
+fn round_robin_interleaves_through_the_request_path() {
+    let plan = service_plan(
+        r#""strategy": "round_robin","#,
+        &[("a", 5), ("b", 1), ("c", 1)],
+    );
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+    let seq: Vec<String> = (0..7).map(|_| route_with(&plan, &mut rng, &[])).collect();
+    assert_eq!(seq, ["c_a", "c_a", "c_b", "c_a", "c_c", "c_a", "c_a"]);
+}
+
+#[test]
+fn sticky_sends_a_key_to_the_same_upstream_and_spreads_keys() {
+    let plan = service_plan(
+        r#""strategy": "sticky", "hash_on": {"header": "x-user"},"#,
+        &[("a", 1), ("b", 1), ("c", 1)],
+    );
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+    let mut seen = std::collections::BTreeSet::new();
+    for user in 0..50 {
+        let id = format!("user-{user}");
+        let first = route_with(&plan, &mut rng, &[("x-user", &id)]);
+        for _ in 0..5 {
+            assert_eq!(route_with(&plan, &mut rng, &[("x-user", &id)]), first);
+        }
+        seen.insert(first);
+    }
+    assert_eq!(seen.len(), 3);
+}
+
+#[test]
+fn sticky_on_cookie_and_query() {
+    let by_cookie = service_plan(
+        r#""strategy": "sticky", "hash_on": {"cookie": "sid"},"#,
+        &[("a", 1), ("b", 1)],
+    );
+    let by_query = service_plan(
+        r#""strategy": "sticky", "hash_on": {"query": "user"},"#,
+        &[("a", 1), ("b", 1)],
+    );
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+    for user in 0..20 {
+        let cookie = format!("x=1; sid=u{user}");
+        let path = format!("/p?user=u{user}");
+        let a = route_with(&by_cookie, &mut rng, &[("cookie", &cookie)]);
+        let b = route_with(&by_query, &mut rng, &[(":path", &path)]);
+        // The same key hashes the same wherever it came from.
+        assert_eq!(a, b);
+    }
+}
+
+#[test]
+fn sticky_without_key_falls_back_to_weighted() {
+    let plan = service_plan(
+        r#""strategy": "sticky", "hash_on": {"header": "x-user"},"#,
+        &[("a", 1), ("b", 1)],
+    );
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+    let picks: std::collections::BTreeSet<String> = (0..50)
+        .map(|_| route_with(&plan, &mut rng, &[("x-user", "")]))
+        .collect();
+    assert_eq!(picks.len(), 2, "empty or missing keys are spread by weight");
+}
+
+#[test]
+fn rules_come_first_and_first_match_wins() {
+    let plan = service_plan(
+        r#""rules": [
+            {"match": {"headers": [{"name": "x-canary", "exact": "true"}]}, "upstream": "dark"},
+            {"match": {"headers": [{"name": "x-canary", "present": true}]}, "upstream": "b"},
+            {"match": {"cookies": [{"name": "beta", "exact": "1"}], "query": [{"name": "version", "exact": "v1"}]}, "upstream": "a"},
+            {"match": {"headers": [{"name": ":path", "prefix": "/b/"}]}, "upstream": "b"}
+        ],"#,
+        &[("a", 1), ("b", 1), ("dark", 0)],
+    );
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+    for _ in 0..20 {
+        assert_eq!(
+            route_with(&plan, &mut rng, &[("x-canary", "true")]),
+            "c_dark"
+        );
+        assert_eq!(route_with(&plan, &mut rng, &[("x-canary", "no")]), "c_b");
+        assert_eq!(
+            route_with(
+                &plan,
+                &mut rng,
+                &[("cookie", "beta=1"), (":path", "/x?version=v1")]
+            ),
+            "c_a"
+        );
+        assert_eq!(route_with(&plan, &mut rng, &[(":path", "/b/x")]), "c_b");
+    }
+    // All conditions of a rule must hold; otherwise the strategy decides (never the dark one).
+    let picks: std::collections::BTreeSet<String> = (0..50)
+        .map(|_| route_with(&plan, &mut rng, &[("cookie", "beta=1"), (":path", "/x")]))
+        .collect();
+    assert_eq!(picks, ["c_a".to_owned(), "c_b".to_owned()].into());
+}
+
+#[test]
+fn rules_read_each_header_once() {
+    let plan = service_plan(
+        r#""rules": [
+            {"match": {"cookies": [{"name": "a", "exact": "1"}]}, "upstream": "a"},
+            {"match": {"cookies": [{"name": "b", "exact": "1"}]}, "upstream": "b"}
+        ],"#,
+        &[("a", 1), ("b", 1)],
+    );
+    let host = FakeHost::with_headers(&[(":authority", "svc"), ("cookie", "b=1")]);
+    on_request_headers(&plan, &mut Xoshiro256PlusPlus::seed_from_u64(1), &host);
+    assert_eq!(
+        *host.calls.borrow(),
+        vec!["get :authority", "get cookie", "set x-meshsplit-cluster"]
+    );
+}
+
+// ---- least request: counts shared by workers, given back when streams end ----
+
+const LR: &str = r#"{"services": [{"name": "svc", "strategy": "least_request", "upstreams": [
+    {"name": "a", "cluster": "c_a", "weight": 1}, {"name": "b", "cluster": "c_b", "weight": 1}]}]}"#;
+const KEY_A: &str = "meshsplit/meshsplit/in_flight/svc/a";
+const KEY_B: &str = "meshsplit/meshsplit/in_flight/svc/b";
+
+fn lr_vm(host: &FakeHost) -> Vm {
+    let mut vm = Vm::new([7; 32]);
+    vm.configure(1, LR.as_bytes(), "meshsplit", host).unwrap();
+    vm
+}
+
+fn lr_request(vm: &mut Vm, context: u32, host: &FakeHost) -> String {
+    vm.stream_created(context, 1);
+    vm.request_headers(context, host);
+    host.header("x-meshsplit-cluster").unwrap()
+}
+
+fn svc_host(worker: &FakeHost) -> FakeHost {
+    worker.sibling(&[(":authority", "svc")])
+}
+
+#[test]
+fn least_request_counts_start_at_zero_with_gauges() {
+    let host = FakeHost::default();
+    lr_vm(&host);
+    assert_eq!(host.shared_u64(KEY_A), Some(0));
+    assert_eq!(host.gauge("meshsplit.meshsplit.svc.a.in_flight"), 0);
+}
+
+#[test]
+fn least_request_picks_the_idle_upstream_and_counts_until_the_stream_ends() {
+    let worker = FakeHost::default();
+    let mut vm = lr_vm(&worker);
+    let first = lr_request(&mut vm, 10, &svc_host(&worker));
+    let second = lr_request(&mut vm, 11, &svc_host(&worker));
+    assert_ne!(
+        first, second,
+        "the second request goes to the idle upstream"
+    );
+    assert_eq!(
+        (worker.shared_u64(KEY_A), worker.shared_u64(KEY_B)),
+        (Some(1), Some(1))
+    );
+    assert_eq!(worker.gauge("meshsplit.meshsplit.svc.a.in_flight"), 1);
+    vm.context_deleted(10, &worker);
+    vm.context_deleted(11, &worker);
+    vm.context_deleted(11, &worker); // a second delete of the same stream changes nothing
+    assert_eq!(
+        (worker.shared_u64(KEY_A), worker.shared_u64(KEY_B)),
+        (Some(0), Some(0))
+    );
+    assert_eq!(worker.gauge("meshsplit.meshsplit.svc.a.in_flight"), 0);
+    assert_eq!(worker.gauge("meshsplit.meshsplit.svc.b.in_flight"), 0);
+}
+
+#[test]
+fn least_request_sees_other_workers_load() {
+    let first = FakeHost::default();
+    let second = first.sibling(&[]);
+    let (mut vm1, mut vm2) = (lr_vm(&first), lr_vm(&second));
+    // Worker 1 holds a request on whichever it picked; worker 2 must pick the other one.
+    let busy = lr_request(&mut vm1, 10, &svc_host(&first));
+    let other = lr_request(&mut vm2, 20, &svc_host(&second));
+    assert_ne!(busy, other);
+    vm1.context_deleted(10, &first);
+    vm2.context_deleted(20, &second);
+    assert_eq!(
+        (first.shared_u64(KEY_A), first.shared_u64(KEY_B)),
+        (Some(0), Some(0))
+    );
+}
+
+#[test]
+fn least_request_retries_on_cas_conflict_without_losing_updates() {
+    let worker = FakeHost::default();
+    let mut vm = lr_vm(&worker);
+    let host = svc_host(&worker);
+    host.cas_conflicts.set(3);
+    lr_request(&mut vm, 10, &host);
+    let total = worker.shared_u64(KEY_A).unwrap() + worker.shared_u64(KEY_B).unwrap();
+    assert_eq!(total, 1);
+}
+
+#[test]
+fn least_request_counts_never_go_negative() {
+    let worker = FakeHost::default();
+    let mut vm = lr_vm(&worker);
+    lr_request(&mut vm, 10, &svc_host(&worker));
+    // Someone reset the counters (e.g. an operator restarting another worker's view).
+    worker.set_shared_data(KEY_A, &0u64.to_le_bytes(), 0);
+    worker.set_shared_data(KEY_B, &0u64.to_le_bytes(), 0);
+    vm.context_deleted(10, &worker);
+    assert_eq!(
+        (worker.shared_u64(KEY_A), worker.shared_u64(KEY_B)),
+        (Some(0), Some(0))
+    );
+}
+
+#[test]
+fn weighted_streams_leave_no_lease_and_cost_no_extra_calls() {
+    let mut vm = Vm::new([0; 32]);
+    configure(&mut vm, 1, single("one").as_bytes()).unwrap();
+    let host = FakeHost::with_headers(&[(":authority", "svc")]);
+    vm.stream_created(10, 1);
+    vm.request_headers(10, &host);
+    let before = host.call_count();
+    vm.context_deleted(10, &host);
+    assert_eq!(host.call_count(), before);
+}
+
+#[test]
+fn deleting_a_root_context_drops_its_plan() {
+    let mut vm = Vm::new([0; 32]);
+    configure(&mut vm, 1, single("one").as_bytes()).unwrap();
+    configure(&mut vm, 2, single("two").as_bytes()).unwrap();
+    vm.context_deleted(2, &FakeHost::default());
+    // Root 2's streams (if any were left) fall back to the remaining plan.
+    assert_eq!(routed(&mut vm, 10, 2).as_deref(), Some("one"));
+    vm.context_deleted(1, &FakeHost::default());
+    assert_eq!(routed(&mut vm, 11, 1), None);
+}

@@ -521,3 +521,226 @@ fn many_services_are_all_found() {
     assert!(p.service_for("s500").is_none());
     assert!(p.service_for("").is_none());
 }
+
+// ---- strategies and rules ----
+
+fn with_service_fields(fields: &str) -> String {
+    format!(
+        r#"{{"services": [{{"name": "reviews", {fields} "upstreams": [
+            {{"name": "v1", "cluster": "reviews_v1", "weight": 90}},
+            {{"name": "v2", "cluster": "reviews_v2", "weight": 0}}]}}]}}"#
+    )
+}
+
+#[test]
+fn issue_example_with_sticky_and_rules_parses() {
+    let p = plan(&with_service_fields(
+        r#""strategy": "sticky", "hash_on": {"header": "x-user-id"},
+           "rules": [
+             {"match": {"headers": [{"name": "x-canary", "exact": "true"}]}, "upstream": "v2"},
+             {"match": {"cookies": [{"name": "beta", "exact": "1"}], "query": [{"name": "version", "exact": "v1"}]}, "upstream": "v1"}
+           ],"#,
+    ));
+    let s = &p.services[0];
+    assert!(
+        matches!(&s.strategy, Strategy::Sticky { hash_on: HashOn::Header(h), .. } if h == "x-user-id")
+    );
+    assert_eq!(s.rules.len(), 2);
+    assert_eq!(
+        s.rules[0].upstream, 1,
+        "a rule may target a weight-0 upstream"
+    );
+    assert_eq!(
+        s.rules[1].conditions,
+        vec![
+            Condition::Cookie {
+                name: "beta".into(),
+                value: "1".into()
+            },
+            Condition::Query {
+                name: "version".into(),
+                value: "v1".into()
+            },
+        ]
+    );
+}
+
+#[test]
+fn each_strategy_parses() {
+    for (strategy, extra) in [
+        ("weighted", ""),
+        ("round_robin", ""),
+        ("least_request", ""),
+        ("sticky", r#""hash_on": {"cookie": "session"},"#),
+        ("sticky", r#""hash_on": {"query": "user"},"#),
+    ] {
+        plan(&with_service_fields(&format!(
+            r#""strategy": "{strategy}", {extra}"#
+        )));
+    }
+}
+
+#[test]
+fn least_request_counters_are_namespaced_by_plugin_service_and_upstream() {
+    let p = Plan::from_json_named(
+        with_service_fields(r#""strategy": "least_request","#).as_bytes(),
+        "edge",
+    )
+    .unwrap();
+    let Strategy::LeastRequest(slots) = &p.services[0].strategy else {
+        panic!()
+    };
+    assert_eq!(slots[1].key, "meshsplit/edge/in_flight/reviews/v2");
+    assert_eq!(slots[1].gauge, "meshsplit.edge.reviews.v2.in_flight");
+}
+
+#[test]
+fn sticky_without_hash_on_is_an_error() {
+    let e = error(&with_service_fields(r#""strategy": "sticky","#));
+    assert!(
+        e.starts_with(r#"services[0].hash_on: required with strategy "sticky""#),
+        "{e}"
+    );
+}
+
+#[test]
+fn hash_on_without_sticky_is_an_error() {
+    for fields in [
+        r#""hash_on": {"header": "x-user"},"#,
+        r#""strategy": "round_robin", "hash_on": {"header": "x-user"},"#,
+    ] {
+        let e = error(&with_service_fields(fields));
+        assert_eq!(
+            e,
+            r#"services[0].hash_on: only allowed with strategy "sticky""#
+        );
+    }
+}
+
+#[test]
+fn hash_on_with_bad_header_name_is_an_error() {
+    let e = error(&with_service_fields(
+        r#""strategy": "sticky", "hash_on": {"header": "X-User"},"#,
+    ));
+    assert!(
+        e.starts_with(
+            r#"services[0].hash_on.header: "X-User" is not a valid lowercase header name"#
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn hash_on_with_unknown_source_is_an_error() {
+    let e = error(&with_service_fields(
+        r#""strategy": "sticky", "hash_on": {"path": "x"},"#,
+    ));
+    assert!(
+        e.starts_with("services[0].hash_on.path: unknown variant `path`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn rule_naming_unknown_upstream_is_an_error() {
+    let e = error(&with_service_fields(
+        r#""rules": [{"match": {"headers": [{"name": "x", "present": true}]}, "upstream": "v9"}],"#,
+    ));
+    assert_eq!(
+        e,
+        r#"services[0].rules[0].upstream: no upstream named "v9" in this service (upstreams: v1, v2)"#
+    );
+}
+
+#[test]
+fn rule_with_empty_match_is_an_error() {
+    let e = error(&with_service_fields(
+        r#""rules": [{"match": {}, "upstream": "v1"}],"#,
+    ));
+    assert_eq!(
+        e,
+        "services[0].rules[0].match: must list at least one condition (headers, cookies or query)"
+    );
+}
+
+#[test]
+fn rule_with_bad_header_name_is_an_error() {
+    let e = error(&with_service_fields(
+        r#""rules": [{"match": {"headers": [{"name": "X Canary", "exact": "1"}]}, "upstream": "v1"}],"#,
+    ));
+    assert!(
+        e.starts_with(r#"services[0].rules[0].match.headers[0].name: "X Canary" is not a valid"#),
+        "{e}"
+    );
+}
+
+#[test]
+fn rule_header_needs_exactly_one_test() {
+    for test in [
+        r#""exact": "1", "prefix": "1""#,
+        r#""exact": "1", "present": true"#,
+        r#""ignored_case": true"#,
+    ] {
+        let e = error(&with_service_fields(&format!(
+            r#""rules": [{{"match": {{"headers": [{{"name": "x", {test}}}]}}, "upstream": "v1"}}],"#
+        )));
+        assert!(
+            e.starts_with("services[0].rules[0].match.headers[0]"),
+            "{e}"
+        );
+    }
+    let e = error(&with_service_fields(
+        r#""rules": [{"match": {"headers": [{"name": "x"}]}, "upstream": "v1"}],"#,
+    ));
+    assert_eq!(
+        e,
+        r#"services[0].rules[0].match.headers[0]: needs exactly one of "exact", "prefix" or "present": true"#
+    );
+}
+
+#[test]
+fn rule_header_present_false_is_an_error() {
+    let e = error(&with_service_fields(
+        r#""rules": [{"match": {"headers": [{"name": "x", "present": false}]}, "upstream": "v1"}],"#,
+    ));
+    assert!(
+        e.starts_with("services[0].rules[0].match.headers[0].present: only `true` is supported"),
+        "{e}"
+    );
+}
+
+#[test]
+fn rule_with_unknown_match_field_is_an_error() {
+    let e = error(&with_service_fields(
+        r#""rules": [{"match": {"cookie": [{"name": "b", "exact": "1"}]}, "upstream": "v1"}],"#,
+    ));
+    assert!(
+        e.starts_with("services[0].rules[0].match.cookie: unknown field `cookie`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn rule_without_upstream_is_an_error() {
+    let e = error(&with_service_fields(
+        r#""rules": [{"match": {"query": [{"name": "v", "exact": "1"}]}}],"#,
+    ));
+    assert!(
+        e.starts_with("services[0].rules[0]: missing field `upstream`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn rule_may_match_pseudo_headers() {
+    let p = plan(&with_service_fields(
+        r#""rules": [{"match": {"headers": [{"name": ":path", "prefix": "/beta/"}]}, "upstream": "v2"}],"#,
+    ));
+    assert_eq!(
+        p.services[0].rules[0].conditions,
+        vec![Condition::Header {
+            name: ":path".into(),
+            test: HeaderTest::Prefix("/beta/".into())
+        }]
+    );
+}

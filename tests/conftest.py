@@ -20,8 +20,8 @@ def deploy(wasm, tmp_path_factory):
     """deploy(plugin_config, upstream_names) -> running harness.Envoy with one loopback upstream
     per name, each also the name of its Envoy cluster. Everything stops when the module ends."""
     with contextlib.ExitStack() as stack:
-        def start(plugin, upstream_names, delay=0.0):
-            ports = stack.enter_context(harness.upstreams(*upstream_names, delay=delay))
+        def start(plugin, upstream_names, delay=0.0, delays=None):
+            ports = stack.enter_context(harness.upstreams(*upstream_names, delay=delay, delays=delays))
             config = harness.bootstrap(plugin, ports, harness.free_port(), harness.free_port())
             return stack.enter_context(harness.Envoy(config, tmp_path_factory.mktemp("envoy")))
         yield start

@@ -249,9 +249,11 @@ class Client:
 
 
 @contextlib.contextmanager
-def upstreams(*names, delay=0.0):
-    """Starts one upstream per name on a free loopback port; yields {name: port}."""
-    servers = {name: upstream.serve(name, 0, delay=delay) for name in names}
+def upstreams(*names, delay=0.0, delays=None):
+    """Starts one upstream per name on a free loopback port; yields {name: port}. Each answers
+    after `delays[name]` (default `delay`) seconds."""
+    delays = delays or {}
+    servers = {name: upstream.serve(name, 0, delay=delays.get(name, delay)) for name in names}
     try:
         yield {name: s.server_port for name, s in servers.items()}
     finally:

@@ -44,13 +44,14 @@ TEST_CPU, LOAD_CPU = "0", "1"
 
 SCENARIOS = {}
 # Scenarios that send everything to one cluster on purpose: no split to check.
-NO_SPLIT = {"A", "W", "R"}
+NO_SPLIT = {"A", "W", "R", "L", "S", "U"}
 
 
-def scenario(key, label, title):
-    """Registers a scenario: `label` is the plot's short name, `title` the table's."""
+def scenario(key, label, title, headers=()):
+    """Registers a scenario: `label` is the plot's short name, `title` the table's, `headers`
+    extra request headers its load sends (besides Host)."""
     def register(build):
-        SCENARIOS[key] = (title, build, label)
+        SCENARIOS[key] = (title, build, label, list(headers))
         return build
     return register
 
@@ -143,6 +144,38 @@ def raw_floor():
 @scenario("D", "meshsplit", "meshsplit weighted 90/10 + authority rewrite")
 def meshsplit():
     return [wasm_filter(harness.WASM, meshsplit_config([REVIEWS]))], cluster_header_routes()
+
+
+def reviews_with(**fields):
+    return dict(REVIEWS, **fields)
+
+
+@scenario("G", "round robin", "meshsplit round_robin 90/10 + authority rewrite")
+def meshsplit_round_robin():
+    service = reviews_with(strategy="round_robin")
+    return [wasm_filter(harness.WASM, meshsplit_config([service]))], cluster_header_routes()
+
+
+@scenario("L", "least request", "meshsplit least_request (shared-data counts, end-of-stream)")
+def meshsplit_least_request():
+    service = reviews_with(strategy="least_request")
+    return [wasm_filter(harness.WASM, meshsplit_config([service]))], cluster_header_routes()
+
+
+@scenario("S", "sticky", "meshsplit sticky on a header", headers=["x-user-id: user-42"])
+def meshsplit_sticky():
+    service = reviews_with(strategy="sticky", hash_on={"header": "x-user-id"})
+    return [wasm_filter(harness.WASM, meshsplit_config([service]))], cluster_header_routes()
+
+
+@scenario("U", "rules", "meshsplit weighted + 3 rules (header, cookie, query), none matching")
+def meshsplit_rules():
+    service = reviews_with(rules=[
+        {"match": {"headers": [{"name": "x-canary", "exact": "true"}]}, "upstream": "v2"},
+        {"match": {"cookies": [{"name": "beta", "exact": "1"}]}, "upstream": "v2"},
+        {"match": {"query": [{"name": "version", "exact": "v2"}]}, "upstream": "v2"},
+    ])
+    return [wasm_filter(harness.WASM, meshsplit_config([service]))], cluster_header_routes()
 
 
 @scenario("F", "10k services", "meshsplit, 10 000 services (request to one)")
@@ -266,9 +299,11 @@ class Proc:
 
 # ---- load -------------------------------------------------------------------------------------
 
-def wrk(port, seconds, connections, script=None, latency=False):
+def wrk(port, seconds, connections, script=None, latency=False, headers=()):
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-H", f"Host: {HOST}",
             "--timeout", "5s"]
+    for header in headers:
+        argv += ["-H", header]
     if script:
         argv += ["-s", script]
     if latency:
@@ -291,9 +326,9 @@ def wrk(port, seconds, connections, script=None, latency=False):
     return result
 
 
-def measure(proc, seconds, connections):
+def measure(proc, seconds, connections, headers=()):
     rq0, cpu0 = proc.stat("http.bench.downstream_rq_total"), proc.cpu_seconds()
-    load = wrk(proc.port, seconds, connections)
+    load = wrk(proc.port, seconds, connections, headers=headers)
     cpu1, rq1 = proc.cpu_seconds(), proc.stat("http.bench.downstream_rq_total")
     requests = max(rq1 - rq0, 1)
     return {"cpu_us": (cpu1 - cpu0) * 1e6 / requests, "rps": load["rps"], "bad": load["bad"],
@@ -311,7 +346,7 @@ def quartiles(values):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=4.0, help="load per scenario and round")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rate-delay-ms", type=int, default=2,
@@ -335,13 +370,13 @@ def main():
                 config = bootstrap(harness.free_port(), harness.free_port(), filters, routes, upstream.port)
                 procs[key] = Proc(config, workdir, TEST_CPU, debug_wasm=True)
             for key in keys:  # warm up: JIT, connection pools
-                wrk(procs[key].port, 1, args.connections)
+                wrk(procs[key].port, 1, args.connections, headers=SCENARIOS[key][3])
 
             runs = {key: [] for key in keys}
             for r in range(args.rounds):
                 order = keys[r % len(keys):] + keys[:r % len(keys)]
                 for key in order:
-                    runs[key].append(measure(procs[key], seconds, args.connections))
+                    runs[key].append(measure(procs[key], seconds, args.connections, SCENARIOS[key][3]))
                 print(f"round {r + 1}/{args.rounds}: " + ", ".join(
                     f"{k} {runs[k][-1]['cpu_us']:.1f}us" for k in keys), flush=True)
 
@@ -349,7 +384,8 @@ def main():
             script = Path(workdir) / "rate.lua"
             script.write_text(f"function delay() return {args.rate_delay_ms} end\n")
             for key in keys:
-                latency[key] = wrk(procs[key].port, 5, 8, script=str(script), latency=True)
+                latency[key] = wrk(procs[key].port, 5, 8, script=str(script), latency=True,
+                                   headers=SCENARIOS[key][3])
 
             extra = collect_extras(procs, keys)
             report = build_report(args, keys, runs, latency, extra)

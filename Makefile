@@ -55,7 +55,7 @@ demo: build venv
 
 ## bench: benchmark against a direct route, native weighted_clusters and Lua (bench/README.md)
 bench: build venv
-	$(CARGO) build --release --target $(TARGET) --example sdk_floor
+	$(CARGO) build --release --target $(TARGET) --examples
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(PYTHON) bench/run.py $(BENCH_ARGS)

@@ -136,7 +136,7 @@ def sdk_floor():
     return [wasm_filter(FLOOR_WASM, "")], cluster_header_routes()
 
 
-@scenario("R", "raw floor", "raw-ABI floor: same calls, no SDK exports")
+@scenario("R", "raw floor", "raw-ABI floor: same calls and exports as meshsplit")
 def raw_floor():
     return [wasm_filter(RAW_FLOOR_WASM, "")], cluster_header_routes()
 

@@ -1,5 +1,7 @@
-//! Benchmark floor without the SDK (scenario R): the same host calls as `sdk_floor`, exporting
-//! only the callbacks it needs, to measure what the SDK's other exports cost per request.
+//! Benchmark floor without the SDK (scenario R): the same host calls as `sdk_floor`, and the same
+//! per-stream exports as meshsplit (context create, request headers, delete), doing nothing else.
+//! meshsplit minus R is meshsplit's own logic; the SDK floor minus R is what the SDK's other
+//! exports cost per request.
 #![allow(unsafe_code)]
 
 #[cfg(target_arch = "wasm32")]
@@ -50,6 +52,12 @@ mod floor {
             proxy_replace_header_map_value(0, key.as_ptr(), key.len(), value.as_ptr(), value.len());
         }
     }
+
+    #[no_mangle]
+    pub extern "C" fn proxy_on_context_create(_context: u32, _parent: u32) {}
+
+    #[no_mangle]
+    pub extern "C" fn proxy_on_delete(_context: u32) {}
 
     #[no_mangle]
     pub extern "C" fn proxy_on_request_headers(_context: u32, _n: usize, _eos: u32) -> u32 {

@@ -86,41 +86,37 @@ where
         .find(|rule| rule.conditions.iter().all(|c| holds(c, &mut request)))
         .map(|rule| rule.upstream);
     let weights = service.weights();
-    match &service.strategy {
-        Strategy::Weighted => (ruled.unwrap_or_else(|| service.pick_weighted(rng)), false),
-        Strategy::RoundRobin(state) => {
-            let index = ruled.or_else(|| smooth_round_robin(weights, state));
-            (index.unwrap_or_else(|| service.pick_weighted(rng)), false)
-        }
-        Strategy::Sticky { hash_on, ids } => {
-            let index = ruled.or_else(|| {
+    // The least-request count and CAS token read for the chosen upstream, reused to update it.
+    let mut seen = None;
+    let index = ruled
+        .or_else(|| match &service.strategy {
+            Strategy::Weighted => None,
+            Strategy::RoundRobin(state) => smooth_round_robin(weights, state),
+            Strategy::Sticky { hash_on, ids } => {
                 let key = sticky_key(hash_on, &mut request)?;
                 rendezvous(
                     key.as_bytes(),
                     ids.iter().copied().zip(weights.iter().copied()),
                 )
-            });
-            // Requests without the key fall back to weighted random.
-            (index.unwrap_or_else(|| service.pick_weighted(rng)), false)
-        }
-        Strategy::LeastRequest(slots) => {
-            let (index, seen) = match ruled {
-                Some(index) => (index, None),
-                None => {
-                    let counts: Vec<(u64, u32)> =
-                        slots.iter().map(|s| in_flight::read(host, s)).collect();
-                    let loads: Vec<u64> = counts.iter().map(|&(n, _)| n).collect();
-                    let index = least_request(weights, &loads, rng)
-                        .unwrap_or_else(|| service.pick_weighted(rng));
-                    (index, counts.get(index).copied())
-                }
-            };
-            let leased = slots
-                .get(index)
-                .is_some_and(|slot| in_flight::add(host, slot, 1, seen));
-            (index, leased)
-        }
-    }
+            }
+            Strategy::LeastRequest(slots) => {
+                let counts: Vec<(u64, u32)> =
+                    slots.iter().map(|s| in_flight::read(host, s)).collect();
+                let loads: Vec<u64> = counts.iter().map(|&(n, _)| n).collect();
+                let index = least_request(weights, &loads, rng)?;
+                seen = counts.get(index).copied();
+                Some(index)
+            }
+        })
+        // Weighted services, and sticky requests without a key: at random by weight.
+        .unwrap_or_else(|| service.pick_weighted(rng));
+    let leased = match &service.strategy {
+        Strategy::LeastRequest(slots) => slots
+            .get(index)
+            .is_some_and(|slot| in_flight::add(host, slot, 1, seen)),
+        _ => false,
+    };
+    (index, leased)
 }
 
 fn holds<'a, H: Host + ?Sized>(condition: &'a Condition, request: &mut RequestView<'a, H>) -> bool {

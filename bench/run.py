@@ -193,21 +193,23 @@ def pinned(cpu, argv):
     return ["taskset", "-c", cpu, *argv] if shutil.which("taskset") and os.cpu_count() >= 2 else argv
 
 
-def bootstrap(port, admin, http_filters, routes, upstream_port):
-    cluster = lambda name: harness.static_cluster(name, upstream_port)  # noqa: E731
+def bootstrap(port, admin, http_filters, routes, upstream_port=None, name="bench"):
+    """An Envoy with one HTTP listener; clusters reviews_v1/v2 point at `upstream_port`."""
+    clusters = [] if upstream_port is None else [
+        harness.static_cluster(c, upstream_port) for c in ("reviews_v1", "reviews_v2")]
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {
             "listeners": [{
-                "name": "bench",
+                "name": name,
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
                 "filter_chains": [{"filters": [{
                     "name": "envoy.filters.network.http_connection_manager",
                     "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.network."
                                  "http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "bench",
-                        "route_config": {"name": "bench", "virtual_hosts": [
+                        "stat_prefix": name,
+                        "route_config": {"name": name, "virtual_hosts": [
                             {"name": "all", "domains": ["*"], "routes": routes}]},
                         "http_filters": http_filters + [{
                             "name": "envoy.filters.http.router",
@@ -215,31 +217,15 @@ def bootstrap(port, admin, http_filters, routes, upstream_port):
                                              "envoy.extensions.filters.http.router.v3.Router"}}],
                     }}]}],
             }],
-            "clusters": [cluster("reviews_v1"), cluster("reviews_v2")],
+            "clusters": clusters,
         },
     }
 
 
 def upstream_bootstrap(port, admin):
-    return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "static_resources": {"listeners": [{
-            "name": "upstream",
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-            "filter_chains": [{"filters": [{
-                "name": "envoy.filters.network.http_connection_manager",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.network."
-                             "http_connection_manager.v3.HttpConnectionManager",
-                    "stat_prefix": "upstream",
-                    "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-                        {"match": {"prefix": "/"},
-                         "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}]}]},
-                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
-                }}]}],
-        }]},
-    }
+    """The upstream every scenario forwards to: an Envoy answering 200 itself."""
+    return bootstrap(port, admin, [], [{"match": {"prefix": "/"}, "direct_response": {
+        "status": 200, "body": {"inline_string": "ok\n"}}}], name="upstream")
 
 
 class Proc:

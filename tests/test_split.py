@@ -123,31 +123,30 @@ def test_service_from_query_selects_the_service(deploy):
     assert harness.send(envoy.port, 10, {"Host": "keep"}, path="/api") == {FALLBACK: 10}
 
 
-def test_envoy_refuses_to_start_with_invalid_config(wasm, tmp_path):
-    bad = {"services": [service("split", [("v1", 1, {}), ("v2", 5000000, {})])]}
-    config = harness.bootstrap(bad, {"split_v1": harness.free_port()}, harness.free_port(),
+def start_refused(plugin, tmp_path):
+    """Starts Envoy with an invalid plugin config; returns (exit code, log)."""
+    config = harness.bootstrap(plugin, {"split_v1": harness.free_port()}, harness.free_port(),
                                harness.free_port())
     envoy = harness.Envoy(config, tmp_path).start(wait=False)
     try:
         code = envoy.wait_exit()
     finally:
         envoy.stop()
+    return code, envoy.log()
+
+
+def test_envoy_refuses_to_start_with_invalid_config(wasm, tmp_path):
+    bad = {"services": [service("split", [("v1", 1, {}), ("v2", 5000000, {})])]}
+    code, log = start_refused(bad, tmp_path)
     assert code != 0
-    log = envoy.log()
     assert "services[0].upstreams[1].weight: must be at most 1000000, got 5000000" in log, log[-5000:]
 
 
 def test_envoy_refuses_to_start_with_unknown_field(wasm, tmp_path):
     bad = {"services": [service("split", [("v1", 1, {"wieght": 3})])]}
-    config = harness.bootstrap(bad, {"split_v1": harness.free_port()}, harness.free_port(),
-                               harness.free_port())
-    envoy = harness.Envoy(config, tmp_path).start(wait=False)
-    try:
-        code = envoy.wait_exit()
-    finally:
-        envoy.stop()
+    code, log = start_refused(bad, tmp_path)
     assert code != 0
-    assert "services[0].upstreams[0].wieght: unknown field `wieght`" in envoy.log()
+    assert "services[0].upstreams[0].wieght: unknown field `wieght`" in log, log[-5000:]
 
 
 def test_two_filters_sharing_a_vm_keep_their_own_configs(wasm, tmp_path):

@@ -174,7 +174,8 @@ pub fn add_to_metric(id: u32, delta: i64) {
     unsafe { proxy_increment_metric(id, delta) };
 }
 
-/// A request header's value; `None` when absent (or not valid UTF-8, which no service key is).
+/// A request header's value; `None` when absent. Bytes that are not UTF-8 (Envoy allows
+/// obs-text) become U+FFFD, so the header still counts as present.
 pub fn request_header(name: &str) -> Option<String> {
     let (mut data, mut size) = (null_mut(), 0);
     // SAFETY: as in plugin_configuration.
@@ -190,7 +191,11 @@ pub fn request_header(name: &str) -> Option<String> {
     if status != STATUS_OK {
         return None;
     }
-    String::from_utf8(take_host_buffer(data, size)).ok()
+    let bytes = take_host_buffer(data, size);
+    Some(
+        String::from_utf8(bytes)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    )
 }
 
 /// Replaces every copy of a request header (`Some`) or removes them all (`None`).

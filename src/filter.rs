@@ -113,7 +113,7 @@ where
     let leased = match &service.strategy {
         Strategy::LeastRequest(slots) => slots
             .get(index)
-            .is_some_and(|slot| in_flight::add(host, slot, 1, seen)),
+            .is_some_and(|slot| in_flight::acquire(host, slot, seen)),
         _ => false,
     };
     (index, leased)
@@ -157,21 +157,19 @@ fn sticky_key<'a, 'v, H: Host + ?Sized>(
 }
 
 fn unknown_service<H: Host + ?Sized>(plan: &Plan, key: Option<&str>, host: &H) -> Verdict {
-    match plan.on_unknown_service {
-        OnUnknownService::Pass => {
-            host.set_request_header(&plan.cluster_header, None);
-            Verdict::Continue
+    if plan.on_unknown_service == OnUnknownService::Reject {
+        let body = unknown_service_body(key);
+        if host.send_local_reply(
+            404,
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        ) {
+            return Verdict::Replied;
         }
-        OnUnknownService::Reject => {
-            let body = unknown_service_body(key);
-            host.send_local_reply(
-                404,
-                &[("content-type", "application/json")],
-                body.as_bytes(),
-            );
-            Verdict::Replied
-        }
+        // The host refused the reply: let the request go on rather than hang it.
     }
+    host.set_request_header(&plan.cluster_header, None);
+    Verdict::Continue
 }
 
 /// `{"error":"unknown service","service":KEY}` (`null` without a key), written by hand: the
@@ -373,7 +371,7 @@ impl Vm {
             lease.plan.services.get(lease.service).map(|s| &s.strategy)
         {
             if let Some(slot) = slots.get(lease.upstream) {
-                in_flight::add(host, slot, -1, None);
+                in_flight::release(host, slot);
             }
         }
     }

@@ -110,6 +110,15 @@ fn unknown_service_with_reject_answers_404_json() {
 }
 
 #[test]
+fn failed_reject_reply_lets_the_request_pass_without_cluster_header() {
+    let host = FakeHost::with_headers(&[(":authority", "other"), ("x-meshsplit-cluster", "x")]);
+    host.refuse_replies.set(true);
+    let plan = plan_with(r#""on_unknown_service": "reject","#);
+    assert_eq!(run(&plan, &host), Verdict::Continue);
+    assert_eq!(host.header("x-meshsplit-cluster"), None);
+}
+
+#[test]
 fn reject_without_any_service_key_names_null() {
     let host = FakeHost::default();
     let plan = plan_with(r#""on_unknown_service": "reject","#);
@@ -397,8 +406,8 @@ fn rules_read_each_header_once() {
 
 const LR: &str = r#"{"services": [{"name": "svc", "strategy": "least_request", "upstreams": [
     {"name": "a", "cluster": "c_a", "weight": 1}, {"name": "b", "cluster": "c_b", "weight": 1}]}]}"#;
-const KEY_A: &str = "meshsplit/meshsplit/in_flight/svc/a";
-const KEY_B: &str = "meshsplit/meshsplit/in_flight/svc/b";
+const KEY_A: &str = "meshsplit/in_flight/9:meshsplit/3:svc/1:a";
+const KEY_B: &str = "meshsplit/in_flight/9:meshsplit/3:svc/1:b";
 
 fn lr_vm(host: &FakeHost) -> Vm {
     let mut vm = Vm::new([7; 32]);

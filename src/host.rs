@@ -7,7 +7,8 @@ pub trait Host {
     fn request_header(&self, name: &str) -> Option<String>;
     /// `Some` replaces every copy of the header, `None` removes them all.
     fn set_request_header(&self, name: &str, value: Option<&str>);
-    fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]);
+    /// Returns whether the reply was accepted (the stream must then stop).
+    fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool;
 
     /// A shared-data value (shared by all workers of the VM's `vm_id`) with its CAS token.
     fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)>;
@@ -47,9 +48,13 @@ mod wasm {
             }
         }
 
-        fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
-            if let Err(err) = abi::send_local_response(status, headers, body) {
-                log::warn!("sending local reply {status}: status {err}");
+        fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
+            match abi::send_local_response(status, headers, body) {
+                Ok(()) => true,
+                Err(err) => {
+                    log::warn!("sending local reply {status}: status {err}");
+                    false
+                }
             }
         }
 
@@ -99,6 +104,8 @@ mod fake {
         pub gauges: Rc<RefCell<Vec<(String, i64)>>>,
         /// Makes the next N shared-data writes fail with a CAS mismatch, as a racing worker would.
         pub cas_conflicts: Cell<u32>,
+        /// Makes local replies fail.
+        pub refuse_replies: Cell<bool>,
     }
 
     impl FakeHost {
@@ -163,8 +170,11 @@ mod fake {
             }
         }
 
-        fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
             self.calls.borrow_mut().push(format!("reply {status}"));
+            if self.refuse_replies.get() {
+                return false;
+            }
             *self.reply.borrow_mut() = Some((
                 status,
                 headers
@@ -173,6 +183,7 @@ mod fake {
                     .collect(),
                 body.to_vec(),
             ));
+            true
         }
 
         fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {

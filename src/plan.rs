@@ -235,6 +235,35 @@ impl Plan {
                 ),
             ));
         }
+        let gauges: Vec<(String, String)> = services
+            .iter()
+            .enumerate()
+            .flat_map(|(i, service)| match &service.strategy {
+                Strategy::LeastRequest(slots) => slots
+                    .iter()
+                    .enumerate()
+                    .map(|(j, slot)| {
+                        (
+                            slot.gauge.clone(),
+                            format!("services[{i}].upstreams[{j}].name"),
+                        )
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let gauge_names: Vec<&str> = gauges.iter().map(|(g, _)| g.as_str()).collect();
+        if let Some((first, repeat)) = first_duplicate(&gauge_names) {
+            let (gauge, path) = gauges.get(repeat).cloned().unwrap_or_default();
+            let first_path = gauges.get(first).map_or("", |(_, p)| p.as_str());
+            return Err(ConfigError::new(
+                path,
+                format!(
+                    "its in-flight gauge would be {gauge:?}, the same as {first_path}'s \
+                     (stat names keep only letters, digits, '-' and '_'); rename one"
+                ),
+            ));
+        }
         // A sorted table with binary search: as fast as hashing for this use (measured in the
         // benchmark's 10 000-service scenario) and smaller in the module than a HashMap.
         let mut by_host: Vec<(String, usize)> = hosts
@@ -374,7 +403,7 @@ fn compile_strategy(
             upstreams
                 .iter()
                 .map(|u| InFlight {
-                    key: format!("meshsplit/{plugin}/in_flight/{}/{}", raw.name, u.name),
+                    key: counter_key(plugin, &raw.name, &u.name),
                     gauge: format!(
                         "meshsplit.{}.{}.{}.in_flight",
                         stat_segment(plugin),
@@ -410,6 +439,17 @@ fn compile_strategy(
             }
         }
     })
+}
+
+/// The shared-data key of one least-request counter. Each name is length-prefixed, so no choice
+/// of names (they may contain `/`) makes two counters share a key.
+fn counter_key(plugin: &str, service: &str, upstream: &str) -> String {
+    format!(
+        "meshsplit/in_flight/{}:{plugin}/{}:{service}/{}:{upstream}",
+        plugin.len(),
+        service.len(),
+        upstream.len()
+    )
 }
 
 /// A name made safe as one segment of an Envoy stat name (no dots or colons).

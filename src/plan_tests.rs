@@ -590,7 +590,7 @@ fn least_request_counters_are_namespaced_by_plugin_service_and_upstream() {
     let Strategy::LeastRequest(slots) = &p.services[0].strategy else {
         panic!()
     };
-    assert_eq!(slots[1].key, "meshsplit/edge/in_flight/reviews/v2");
+    assert_eq!(slots[1].key, "meshsplit/in_flight/4:edge/7:reviews/2:v2");
     assert_eq!(slots[1].gauge, "meshsplit.edge.reviews.v2.in_flight");
 }
 
@@ -742,5 +742,33 @@ fn rule_may_match_pseudo_headers() {
             name: ":path".into(),
             test: HeaderTest::Prefix("/beta/".into())
         }]
+    );
+}
+
+#[test]
+fn least_request_counter_keys_cannot_collide() {
+    let p = plan(
+        r#"{"services": [
+        {"name": "a/b", "hosts": ["h1"], "strategy": "least_request", "upstreams": [{"name": "c", "cluster": "x", "weight": 1}]},
+        {"name": "a", "hosts": ["h2"], "strategy": "least_request", "upstreams": [{"name": "b/c", "cluster": "x", "weight": 1}]}]}"#,
+    );
+    let key = |i: usize| match &p.services[i].strategy {
+        Strategy::LeastRequest(slots) => slots[0].key.clone(),
+        _ => unreachable!(),
+    };
+    assert_ne!(key(0), key(1));
+}
+
+#[test]
+fn least_request_gauge_name_collision_is_an_error() {
+    let e = error(
+        r#"{"services": [{"name": "svc", "strategy": "least_request", "upstreams": [
+        {"name": "v1.0", "cluster": "a", "weight": 1}, {"name": "v1_0", "cluster": "b", "weight": 1}]}]}"#,
+    );
+    assert!(
+        e.starts_with(
+            r#"services[0].upstreams[1].name: its in-flight gauge would be "meshsplit.meshsplit.svc.v1_0.in_flight", the same as services[0].upstreams[0].name's"#
+        ),
+        "{e}"
     );
 }

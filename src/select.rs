@@ -144,8 +144,9 @@ pub fn rendezvous(key: &[u8], entries: impl Iterator<Item = (u64, u32)>) -> Opti
             continue;
         }
         let mixed = sticky_hash(&(key_hash ^ id_hash).to_le_bytes());
-        // 53 random bits to a float strictly inside (0, 1).
-        let unit = ((mixed >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        // 52 random bits to a float strictly inside (0, 1): (n + 0.5) / 2^52 is exact for every
+        // n < 2^52, so it can be neither 0 nor 1 (with 53 bits the largest n would round to 1).
+        let unit = ((mixed >> 12) as f64 + 0.5) / (1u64 << 52) as f64;
         let score = f64::from(weight) / -unit.ln();
         if best.is_none_or(|(_, top)| score > top) {
             best = Some((index, score));

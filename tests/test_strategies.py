@@ -173,7 +173,7 @@ def predicted_owner(key, upstreams):
         if u["weight"] == 0:
             continue
         mixed = sticky_hash(((key_hash ^ sticky_hash(u["name"].encode())) & M64).to_bytes(8, "little"))
-        unit = ((mixed >> 11) + 0.5) / float(1 << 53)
+        unit = ((mixed >> 12) + 0.5) / float(1 << 52)
         score = u["weight"] / -math.log(unit)
         if score > best_score:
             best, best_score = u["cluster"], score

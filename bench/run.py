@@ -340,7 +340,11 @@ def main():
     parser.add_argument("--only", default="", help="comma-separated scenario keys (A is always run)")
     parser.add_argument("--quick", action="store_true", help="3 rounds of 1 s: checks the script works")
     parser.add_argument("--out", default=str(BENCH / "results"), help="output path without extension")
+    parser.add_argument("--replot", action="store_true", help="redraw OUT.png from OUT.json, measure nothing")
     args = parser.parse_args()
+    if args.replot:
+        plot(json.loads(Path(args.out + ".json").read_text()), args.out + ".png")
+        return 0
     if args.quick:
         args.rounds, args.seconds = 3, 1.0
     keys = list(SCENARIOS) if not args.only else ["A"] + [k for k in args.only.split(",") if k != "A"]
@@ -379,6 +383,7 @@ def main():
             for proc in procs.values():
                 proc.close()
     Path(args.out + ".md").write_text(report["markdown"])
+    Path(args.out + ".json").write_text(json.dumps({"rows": report["rows"]}, indent=1) + "\n")
     plot(report, args.out + ".png")
     print(report["markdown"])
     failures = report["failures"]
@@ -484,13 +489,13 @@ def plot(report, path):
         return
     rows = [r for r in report["rows"] if r["key"] != "A"]
     labels = [f"{r['key']}\n{r['label']}" for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(16, 5.5))
     for ax, field, title in ((ax1, "over_a", "Envoy CPU µs/request over A (median, IQR)"),
                              (ax2, "rel", "throughput relative to A (median, IQR)")):
         med = [r[field][1] for r in rows]
         err = [[r[field][1] - r[field][0] for r in rows], [r[field][2] - r[field][1] for r in rows]]
         ax.bar(range(len(rows)), med, yerr=err, capsize=4, color="#4c72b0")
-        ax.set_xticks(range(len(rows)), labels, fontsize=9)
+        ax.set_xticks(range(len(rows)), labels, fontsize=8, rotation=35, ha="right")
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     ax2.axhline(1.0, color="grey", linewidth=0.8)

@@ -80,6 +80,16 @@ def answer_key(status, body):
     return (status, body.decode(errors="replace"))
 
 
+def wait_for(predicate, timeout=10.0):
+    """Polls `predicate` until it holds or `timeout` seconds pass; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

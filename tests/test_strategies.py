@@ -27,15 +27,6 @@ def gauges(envoy, suffix):
     return {k: v for k, v in envoy.stats("wasmcustom").items() if k.endswith(suffix)}
 
 
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
-
-
 # ---- round robin ----------------------------------------------------------------------------
 
 RR = {"name": "rr", "strategy": "round_robin", "upstreams": ups("rr", [("a", 5), ("b", 1), ("c", 1)])}
@@ -91,7 +82,7 @@ def test_least_request_favours_the_fast_upstream_and_counts_return_to_zero(lr_en
     assert set(total) == {"lr_slow", "lr_fast"}, total
     share = total["lr_fast"] / sum(total.values())
     assert share >= 0.8, total
-    assert wait_for(lambda: set(gauges(lr_envoy, ".lr.slow.in_flight").values()) == {0}
+    assert harness.wait_for(lambda: set(gauges(lr_envoy, ".lr.slow.in_flight").values()) == {0}
                     and set(gauges(lr_envoy, ".lr.fast.in_flight").values()) == {0}), \
         gauges(lr_envoy, "in_flight")
 
@@ -104,20 +95,20 @@ def test_least_request_counts_are_given_back_when_clients_abort(lr_envoy):
             s.sendall(b"GET / HTTP/1.1\r\nHost: hang\r\n\r\n")
             sockets.append(s)
         # Counted while in flight, across both workers ...
-        assert wait_for(lambda: list(gauges(lr_envoy, ".hang.only.in_flight").values()) == [8]), \
+        assert harness.wait_for(lambda: list(gauges(lr_envoy, ".hang.only.in_flight").values()) == [8]), \
             gauges(lr_envoy, "in_flight")
     finally:
         for s in sockets:
             s.close()
     # ... and given back on abort, long before the upstream would have answered.
-    assert wait_for(lambda: list(gauges(lr_envoy, ".hang.only.in_flight").values()) == [0], timeout=3), \
+    assert harness.wait_for(lambda: list(gauges(lr_envoy, ".hang.only.in_flight").values()) == [0], timeout=3), \
         gauges(lr_envoy, "in_flight")
 
 
 def test_least_request_rule_routed_requests_are_counted_too(lr_envoy):
     seen = harness.send(lr_envoy.port, 20, {"Host": "lr", "x-force": "slow"}, connections=4)
     assert seen == {"lr_slow": 20}
-    assert wait_for(lambda: set(gauges(lr_envoy, ".lr.slow.in_flight").values()) == {0})
+    assert harness.wait_for(lambda: set(gauges(lr_envoy, ".lr.slow.in_flight").values()) == {0})
 
 
 # ---- sticky ---------------------------------------------------------------------------------

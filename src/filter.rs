@@ -260,7 +260,7 @@ impl Vm {
         bytes: &[u8],
         plugin: &str,
         host: &H,
-    ) -> Result<&Plan, ConfigError> {
+    ) -> Result<Rc<Plan>, ConfigError> {
         let plan = Plan::from_json_named(bytes, plugin)?;
         for service in &plan.services {
             if let Strategy::LeastRequest(slots) = &service.strategy {
@@ -272,37 +272,34 @@ impl Vm {
         }
         let plan = Rc::new(plan);
         self.tick += 1;
-        let tick = self.tick;
-        let index = match self.roots.iter().position(|r| r.id == root) {
-            Some(i) => i,
+        let last_used = self.tick;
+        match self.roots.iter_mut().find(|r| r.id == root) {
+            Some(entry) => {
+                entry.plan = Rc::clone(&plan);
+                entry.last_used = last_used;
+            }
             None => {
                 if self.roots.len() >= MAX_ROOTS {
-                    if let Some(lru) = (0..self.roots.len())
-                        .min_by_key(|&i| self.roots.get(i).map(|r| r.last_used))
-                    {
+                    let lru = self
+                        .roots
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, r)| r.last_used)
+                        .map(|(i, _)| i);
+                    if let Some(lru) = lru {
                         self.roots.swap_remove(lru);
                     }
                 }
+                let plan = Rc::clone(&plan);
                 self.roots.push(RootPlan {
                     id: root,
-                    plan: Rc::clone(&plan),
-                    last_used: tick,
+                    plan,
+                    last_used,
                 });
-                self.roots.len() - 1
             }
-        };
-        self.latest = Some(root);
-        match self.roots.get_mut(index) {
-            Some(entry) => {
-                entry.plan = plan;
-                entry.last_used = tick;
-                Ok(&entry.plan)
-            }
-            None => Err(ConfigError {
-                path: String::new(),
-                message: "internal: lost root".into(),
-            }),
         }
+        self.latest = Some(root);
+        Ok(plan)
     }
 
     /// A stream context was created under root context `parent`.

@@ -1,6 +1,8 @@
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
+use std::rc::Rc;
+
 use super::*;
 use crate::host::FakeHost;
 
@@ -182,7 +184,7 @@ fn custom_cluster_header_is_written_and_removed() {
 
 // ---- per-VM state: plans by root context ----
 
-fn configure<'v>(vm: &'v mut Vm, root: u32, bytes: &[u8]) -> Result<&'v Plan, ConfigError> {
+fn configure(vm: &mut Vm, root: u32, bytes: &[u8]) -> Result<Rc<Plan>, ConfigError> {
     vm.configure(root, bytes, "meshsplit", &FakeHost::default())
 }
 

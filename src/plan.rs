@@ -108,7 +108,8 @@ pub enum Strategy {
 pub struct InFlight {
     /// proxy-wasm shared data key (shared by all workers of this Envoy and `vm_id`).
     pub key: String,
-    /// Gauge mirroring the count, for operators (`wasmcustom.<name>` in Envoy's stats).
+    /// Gauge of this upstream's requests in flight, for operators (`wasmcustom.<name>` in
+    /// Envoy's stats): +1 when a request takes a count, -1 when its stream ends.
     pub gauge: String,
     /// This VM's id of the gauge, once defined.
     pub gauge_id: Cell<Option<u32>>,
@@ -143,7 +144,8 @@ pub enum HeaderTest {
     Present,
 }
 
-/// The validated, immutable configuration. Built once per `on_configure`, read per request.
+/// The validated configuration. Built once per `on_configure`, read per request; the only
+/// state that changes afterwards is per VM: round-robin positions and gauge ids (in `Cell`s).
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub cluster_header: String,

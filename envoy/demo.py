@@ -92,7 +92,24 @@ def report(envoy, service, requests):
         print(f"  unexpected answer {other!r}: {count}")
     stat, p = chi_square(observed, [u["weight"] for u in service["upstreams"]])
     verdict = "consistent with the weights" if p > 0.001 else "NOT consistent with the weights"
-    print(f"  chi-square {stat:.2f}, p = {p:.3f}: {verdict}\n")
+    print(f"  chi-square {stat:.2f}, p = {p:.3f}: {verdict}")
+    report_rules(envoy, service, host)
+    print()
+
+
+def report_rules(envoy, service, host, requests=100):
+    """Sends requests matching each header-only rule and shows where they went."""
+    clusters = {u["name"]: u["cluster"] for u in service["upstreams"]}
+    for index, rule in enumerate(service.get("rules", [])):
+        conditions = rule["match"]
+        if set(conditions) != {"headers"} or any("exact" not in h for h in conditions["headers"]):
+            continue
+        headers = {h["name"]: h["exact"] for h in conditions["headers"]}
+        seen = harness.send(envoy.port, requests, {"Host": host, **headers})
+        shown = ", ".join(f"{k}: {v}" for k, v in headers.items())
+        print(f"  rule {index} ({shown} -> {rule['upstream']}): {requests} requests reached "
+              + ", ".join(f"{name} {count}" for name, count in seen.items())
+              + f" (expected all on {clusters[rule['upstream']]})")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ use crate::plan::{
     Condition, ConfigError, HashOn, HeaderTest, OnUnknownService, Plan, Service, ServiceFrom,
     Strategy,
 };
-use crate::request::{cookie_value, host_key, query_param, RequestView};
+use crate::request::{host_key, query_param, RequestView};
 use crate::select::{least_request, rendezvous, smooth_round_robin};
 
 /// What the stream should do after its request headers were handled.
@@ -127,16 +127,8 @@ fn holds<'a, H: Host + ?Sized>(condition: &'a Condition, request: &mut RequestVi
             (Some(_), HeaderTest::Present) => true,
             (None, _) => false,
         },
-        Condition::Cookie { name, value } => {
-            request.header("cookie").and_then(|c| cookie_value(c, name)) == Some(value.as_str())
-        }
-        Condition::Query { name, value } => {
-            request
-                .header(":path")
-                .and_then(|p| query_param(p, name))
-                .as_deref()
-                == Some(value.as_str())
-        }
+        Condition::Cookie { name, value } => request.cookie(name) == Some(value.as_str()),
+        Condition::Query { name, value } => request.query(name).as_deref() == Some(value.as_str()),
     }
 }
 
@@ -147,11 +139,8 @@ fn sticky_key<'a, 'v, H: Host + ?Sized>(
 ) -> Option<Cow<'v, str>> {
     let key = match hash_on {
         HashOn::Header(name) => request.header(name).map(Cow::Borrowed),
-        HashOn::Cookie(name) => request
-            .header("cookie")
-            .and_then(|c| cookie_value(c, name))
-            .map(Cow::Borrowed),
-        HashOn::Query(name) => request.header(":path").and_then(|p| query_param(p, name)),
+        HashOn::Cookie(name) => request.cookie(name).map(Cow::Borrowed),
+        HashOn::Query(name) => request.query(name),
     };
     key.filter(|k| !k.is_empty())
 }

@@ -29,6 +29,18 @@ impl<'a, H: Host + ?Sized> RequestView<'a, H> {
         };
         self.read.get(index).and_then(|(_, value)| value.as_deref())
     }
+
+    /// The value of cookie `name`, from the `cookie` header.
+    pub fn cookie(&mut self, name: &str) -> Option<&str> {
+        self.header("cookie")
+            .and_then(|header| cookie_value(header, name))
+    }
+
+    /// The URL-decoded value of query parameter `name`, from `:path`.
+    pub fn query(&mut self, name: &str) -> Option<Cow<'_, str>> {
+        self.header(":path")
+            .and_then(|path| query_param(path, name))
+    }
 }
 
 /// The value of cookie `name` in a `cookie` header (`a=1; b=2`), without surrounding quotes.

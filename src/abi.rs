@@ -92,6 +92,20 @@ extern "C" {
 
 // ---- safe wrappers over the imports ------------------------------------------------------------
 
+/// The buffer a host call returned through out-pointers (`None` when the call failed).
+fn returned_buffer(status: u32, data: *mut u8, size: usize) -> Option<Vec<u8>> {
+    (status == STATUS_OK).then(|| take_host_buffer(data, size))
+}
+
+/// A status as a result; the error carries the status code.
+fn checked(status: u32) -> Result<(), u32> {
+    if status == STATUS_OK {
+        Ok(())
+    } else {
+        Err(status)
+    }
+}
+
 /// Takes ownership of a buffer the host filled through [`proxy_on_memory_allocate`].
 fn take_host_buffer(data: *mut u8, size: usize) -> Vec<u8> {
     if data.is_null() {
@@ -122,11 +136,7 @@ pub fn plugin_configuration() -> Vec<u8> {
     let status = unsafe {
         proxy_get_buffer_bytes(PLUGIN_CONFIGURATION, 0, usize::MAX, &mut data, &mut size)
     };
-    if status == STATUS_OK {
-        take_host_buffer(data, size)
-    } else {
-        Vec::new()
-    }
+    returned_buffer(status, data, size).unwrap_or_default()
 }
 
 /// The Envoy plugin (filter config) name, from the `plugin_name` property.
@@ -135,10 +145,7 @@ pub fn plugin_name() -> Option<String> {
     let (mut data, mut size) = (null_mut(), 0);
     // SAFETY: as in plugin_configuration.
     let status = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
-    if status != STATUS_OK {
-        return None;
-    }
-    String::from_utf8(take_host_buffer(data, size))
+    String::from_utf8(returned_buffer(status, data, size)?)
         .ok()
         .filter(|name| !name.is_empty())
 }
@@ -148,7 +155,7 @@ pub fn shared_data(key: &str) -> Option<(Vec<u8>, u32)> {
     // SAFETY: as in plugin_configuration; `cas` is a local out-parameter.
     let status =
         unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
-    (status == STATUS_OK).then(|| (take_host_buffer(data, size), cas))
+    returned_buffer(status, data, size).map(|value| (value, cas))
 }
 
 pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> SharedWrite {
@@ -188,10 +195,7 @@ pub fn request_header(name: &str) -> Option<String> {
             &mut size,
         )
     };
-    if status != STATUS_OK {
-        return None;
-    }
-    let bytes = take_host_buffer(data, size);
+    let bytes = returned_buffer(status, data, size)?;
     Some(
         String::from_utf8(bytes)
             .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
@@ -213,11 +217,7 @@ pub fn set_request_header(name: &str, value: Option<&str>) -> Result<(), u32> {
             None => proxy_remove_header_map_value(REQUEST_HEADERS, name.as_ptr(), name.len()),
         }
     };
-    if status == STATUS_OK {
-        Ok(())
-    } else {
-        Err(status)
-    }
+    checked(status)
 }
 
 pub fn send_local_response(
@@ -239,11 +239,7 @@ pub fn send_local_response(
             -1,
         )
     };
-    if status == STATUS_OK {
-        Ok(())
-    } else {
-        Err(status)
-    }
+    checked(status)
 }
 
 /// The ABI's header map encoding: count, then (name size, value size) pairs, then each name and

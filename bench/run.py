@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -228,31 +227,14 @@ def upstream_bootstrap(port, admin):
         "status": 200, "body": {"inline_string": "ok\n"}}}], name="upstream")
 
 
-class Proc:
-    """An Envoy started pinned to one CPU; stopped by close()."""
+class Proc(harness.Envoy):
+    """An Envoy under test or the upstream: one worker pinned to one CPU, started at once."""
 
     def __init__(self, config, workdir, cpu, debug_wasm=False):
-        self.admin = config["admin"]["address"]["socket_address"]["port_value"]
-        self.port = config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
-        self.config_path = harness.write_yaml(config, workdir)
-        self.log_path = self.config_path + ".log"
-        argv = [harness.envoy_bin(), "-c", self.config_path, "--concurrency", "1",
-                "--use-dynamic-base-id", "--log-path", self.log_path]
-        if debug_wasm:
-            argv += ["--component-log-level", "wasm:debug"]
-        self.proc = subprocess.Popen(pinned(cpu, argv), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"envoy exited:\n{Path(self.log_path).read_text()[-5000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/ready", timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        self.close()
-        raise RuntimeError("envoy not ready")
+        prefix = pinned(cpu, [])
+        extra = ["--component-log-level", "wasm:debug"] if debug_wasm else []
+        super().__init__(config, workdir, concurrency=1, prefix=prefix, extra_args=extra)
+        self.start()
 
     def cpu_seconds(self):
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -265,22 +247,7 @@ class Proc:
         return 0
 
     def stat(self, name):
-        url = f"http://127.0.0.1:{self.admin}/stats?format=json&filter=^{name}$"
-        with urllib.request.urlopen(url, timeout=5) as r:
-            values = [s.get("value", 0) for s in json.load(r)["stats"] if s.get("name") == name]
-        return values[0] if values else 0
-
-    def log(self):
-        return Path(self.log_path).read_text(errors="replace")
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        return self.stats(f"^{name}$").get(name) or 0
 
 
 # ---- load -------------------------------------------------------------------------------------
@@ -381,7 +348,7 @@ def main():
             report = build_report(args, keys, runs, latency, extra)
         finally:
             for proc in procs.values():
-                proc.close()
+                proc.stop()
     Path(args.out + ".md").write_text(report["markdown"])
     Path(args.out + ".json").write_text(json.dumps({"rows": report["rows"]}, indent=1) + "\n")
     plot(report, args.out + ".png")

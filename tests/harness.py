@@ -157,8 +157,10 @@ def validate(config_path):
 class Envoy:
     """A running Envoy on loopback. Use as a context manager."""
 
-    def __init__(self, config, workdir, concurrency=2):
+    def __init__(self, config, workdir, concurrency=2, prefix=(), extra_args=()):
+        """`prefix` goes before the Envoy command (e.g. `taskset -c 0`), `extra_args` after it."""
         self.config = config
+        self.prefix, self.extra_args = list(prefix), list(extra_args)
         self.admin_port = config["admin"]["address"]["socket_address"]["port_value"]
         self.port = config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
         self.config_path = write_yaml(config, workdir)
@@ -168,8 +170,9 @@ class Envoy:
 
     def start(self, wait=True):
         self.proc = subprocess.Popen(
-            [envoy_bin(), "-c", self.config_path, "--concurrency", str(self.concurrency),
-             "--use-dynamic-base-id", "--log-path", self.log_path, "--log-level", "info"],
+            [*self.prefix, envoy_bin(), "-c", self.config_path, "--concurrency", str(self.concurrency),
+             "--use-dynamic-base-id", "--log-path", self.log_path, "--log-level", "info",
+             *self.extra_args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )
         RUNNING.append(self)

@@ -67,19 +67,8 @@ def cluster_header_routes():
 
 
 def wasm_filter(module, configuration):
-    return {
-        "name": "envoy.filters.http.wasm",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
-                "name": "meshsplit", "root_id": "meshsplit",
-                "vm_config": {"vm_id": "bench", "runtime": "envoy.wasm.runtime.v8",
-                              "code": {"local": {"filename": str(module)}}},
-                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
-                                  "value": configuration},
-            },
-        },
-    }
+    return {"name": "envoy.filters.http.wasm",
+            "typed_config": harness.wasm_typed_config(module, configuration, vm_id="bench")}
 
 
 def meshsplit_config(services):

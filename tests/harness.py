@@ -107,6 +107,20 @@ def wasm_filter(config):
     return next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")
 
 
+WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+
+
+def wasm_typed_config(module, configuration, vm_id="meshsplit"):
+    """The typed config of a wasm HTTP filter running `module` with plugin `configuration`
+    (a string)."""
+    return {"@type": WASM_TYPE, "config": {
+        "name": "meshsplit", "root_id": "meshsplit",
+        "vm_config": {"vm_id": vm_id, "runtime": "envoy.wasm.runtime.v8",
+                      "code": {"local": {"filename": str(module)}}},
+        "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                          "value": configuration}}}
+
+
 def plugin_config(config):
     """The plugin configuration JSON embedded in a bootstrap, parsed."""
     return json.loads(wasm_filter(config)["typed_config"]["config"]["configuration"]["value"])

@@ -6,21 +6,13 @@ import time
 
 import harness
 
-WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
-
-
 def plugin(weights):
     return {"services": [{"name": "svc", "upstreams": [
         {"name": name, "cluster": name, "weight": weight} for name, weight in weights.items()]}]}
 
 
 def wasm_config(plugin_config):
-    return {"@type": WASM_TYPE, "config": {
-        "name": "meshsplit", "root_id": "meshsplit",
-        "vm_config": {"vm_id": "meshsplit", "runtime": "envoy.wasm.runtime.v8",
-                      "code": {"local": {"filename": str(harness.WASM)}}},
-        "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
-                          "value": json.dumps(plugin_config)}}}
+    return harness.wasm_typed_config(harness.WASM, json.dumps(plugin_config))
 
 
 def publish(directory, version, plugin_config):
@@ -43,7 +35,7 @@ def ecds_bootstrap(directory, ports, first):
                           "resource_api_version": "V3"},
         "default_config": wasm_config(first),
         "apply_default_config_without_warming": True,
-        "type_urls": [WASM_TYPE]}}
+        "type_urls": [harness.WASM_TYPE]}}
     return config
 
 

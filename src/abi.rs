@@ -18,7 +18,8 @@ use crate::host::SharedWrite;
 /// proxy-wasm status codes used here.
 const STATUS_OK: u32 = 0;
 const STATUS_CAS_MISMATCH: u32 = 8;
-/// `MetricType::Gauge`.
+/// `MetricType::Counter` and `MetricType::Gauge`.
+const COUNTER: u32 = 0;
 const GAUGE: u32 = 1;
 /// `MapType::HttpRequestHeaders`.
 const REQUEST_HEADERS: u32 = 0;
@@ -170,9 +171,17 @@ pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> SharedWrite {
 }
 
 pub fn define_gauge(name: &str) -> Option<u32> {
+    define_metric(GAUGE, name)
+}
+
+pub fn define_counter(name: &str) -> Option<u32> {
+    define_metric(COUNTER, name)
+}
+
+fn define_metric(kind: u32, name: &str) -> Option<u32> {
     let mut id = 0;
     // SAFETY: the name is live for the call; `id` is a local out-parameter.
-    let status = unsafe { proxy_define_metric(GAUGE, name.as_ptr(), name.len(), &mut id) };
+    let status = unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) };
     (status == STATUS_OK).then_some(id)
 }
 
@@ -181,9 +190,9 @@ pub fn add_to_metric(id: u32, delta: i64) {
     unsafe { proxy_increment_metric(id, delta) };
 }
 
-/// A request header's value; `None` when absent. Bytes that are not UTF-8 (Envoy allows
-/// obs-text) become U+FFFD, so the header still counts as present.
-pub fn request_header(name: &str) -> Option<String> {
+/// A request header's value as raw bytes; `None` when absent. The bytes need not be UTF-8
+/// (Envoy passes obs-text through), and are kept exactly: sticky keys and rules compare bytes.
+pub fn request_header(name: &str) -> Option<Vec<u8>> {
     let (mut data, mut size) = (null_mut(), 0);
     // SAFETY: as in plugin_configuration.
     let status = unsafe {
@@ -195,11 +204,7 @@ pub fn request_header(name: &str) -> Option<String> {
             &mut size,
         )
     };
-    let bytes = returned_buffer(status, data, size)?;
-    Some(
-        String::from_utf8(bytes)
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-    )
+    returned_buffer(status, data, size)
 }
 
 /// Replaces every copy of a request header (`Some`) or removes them all (`None`).

@@ -9,14 +9,14 @@ use std::rc::Rc;
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-use crate::host::Host;
+use crate::host::{Host, SharedWrite};
 use crate::in_flight;
 use crate::plan::{
     Condition, ConfigError, HashOn, HeaderTest, OnUnknownService, Plan, Service, ServiceFrom,
     Strategy,
 };
 use crate::request::{host_key, query_param, RequestView};
-use crate::select::{least_request, rendezvous, smooth_round_robin};
+use crate::select::{least_request, rendezvous, smooth_round_robin, sticky_hash};
 
 /// What the stream should do after its request headers were handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,10 +94,7 @@ where
             Strategy::RoundRobin(state) => smooth_round_robin(weights, state),
             Strategy::Sticky { hash_on, ids } => {
                 let key = sticky_key(hash_on, &mut request)?;
-                rendezvous(
-                    key.as_bytes(),
-                    ids.iter().copied().zip(weights.iter().copied()),
-                )
+                rendezvous(&key, ids.iter().copied().zip(weights.iter().copied()))
             }
             Strategy::LeastRequest(slots) => {
                 let counts: Vec<(u64, u32)> =
@@ -119,24 +116,29 @@ where
     (index, leased)
 }
 
+/// Conditions compare bytes: a configured value (UTF-8 text) matches exactly the request bytes
+/// that spell it, and bytes that are not UTF-8 match no configured value.
 fn holds<'a, H: Host + ?Sized>(condition: &'a Condition, request: &mut RequestView<'a, H>) -> bool {
     match condition {
         Condition::Header { name, test } => match (request.header(name), test) {
-            (Some(value), HeaderTest::Exact(expected)) => value == expected,
-            (Some(value), HeaderTest::Prefix(prefix)) => value.starts_with(prefix.as_str()),
+            (Some(value), HeaderTest::Exact(expected)) => value == expected.as_bytes(),
+            (Some(value), HeaderTest::Prefix(prefix)) => value.starts_with(prefix.as_bytes()),
             (Some(_), HeaderTest::Present) => true,
             (None, _) => false,
         },
-        Condition::Cookie { name, value } => request.cookie(name) == Some(value.as_str()),
-        Condition::Query { name, value } => request.query(name).as_deref() == Some(value.as_str()),
+        Condition::Cookie { name, value } => request.cookie(name) == Some(value.as_bytes()),
+        Condition::Query { name, value } => {
+            request.query(name).as_deref() == Some(value.as_bytes())
+        }
     }
 }
 
-/// The key a sticky service hashes; `None` when the request has none (or an empty one).
+/// The key a sticky service hashes, as raw bytes; `None` when the request has none (or an
+/// empty one).
 fn sticky_key<'a, 'v, H: Host + ?Sized>(
     hash_on: &'a HashOn,
     request: &'v mut RequestView<'a, H>,
-) -> Option<Cow<'v, str>> {
+) -> Option<Cow<'v, [u8]>> {
     let key = match hash_on {
         HashOn::Header(name) => request.header(name).map(Cow::Borrowed),
         HashOn::Cookie(name) => request.cookie(name).map(Cow::Borrowed),
@@ -145,7 +147,7 @@ fn sticky_key<'a, 'v, H: Host + ?Sized>(
     key.filter(|k| !k.is_empty())
 }
 
-fn unknown_service<H: Host + ?Sized>(plan: &Plan, key: Option<&str>, host: &H) -> Verdict {
+fn unknown_service<H: Host + ?Sized>(plan: &Plan, key: Option<&[u8]>, host: &H) -> Verdict {
     if plan.on_unknown_service == OnUnknownService::Reject {
         let body = unknown_service_body(key);
         if host.send_local_reply(
@@ -162,14 +164,15 @@ fn unknown_service<H: Host + ?Sized>(plan: &Plan, key: Option<&str>, host: &H) -
 }
 
 /// `{"error":"unknown service","service":KEY}` (`null` without a key), written by hand: the
-/// reject path is the only place the module would otherwise need a JSON serializer.
-fn unknown_service_body(key: Option<&str>) -> String {
+/// reject path is the only place the module would otherwise need a JSON serializer. Bytes of
+/// the key that are not UTF-8 are shown as U+FFFD (the body is JSON, so it must be text).
+fn unknown_service_body(key: Option<&[u8]>) -> String {
     let mut body = String::from(r#"{"error":"unknown service","service":"#);
     match key {
         None => body.push_str("null"),
         Some(key) => {
             body.push('"');
-            for c in key.chars() {
+            for c in String::from_utf8_lossy(key).chars() {
                 match c {
                     '"' => body.push_str("\\\""),
                     '\\' => body.push_str("\\\\"),
@@ -186,35 +189,106 @@ fn unknown_service_body(key: Option<&str>) -> String {
     body
 }
 
-fn read_service_key<H: Host + ?Sized>(plan: &Plan, host: &H) -> Option<String> {
+fn read_service_key<H: Host + ?Sized>(plan: &Plan, host: &H) -> Option<Vec<u8>> {
     match &plan.service_from {
         ServiceFrom::Authority => host.request_header(":authority"),
         ServiceFrom::Header(name) => host.request_header(name),
         ServiceFrom::Query(param) => {
             let path = host.request_header(":path")?;
-            query_param(&path, param).map(std::borrow::Cow::into_owned)
+            query_param(&path, param.as_bytes()).map(Cow::into_owned)
         }
     }
 }
 
-/// How many differently configured root contexts (filter instances sharing this VM, or the
-/// configs before and after a live update) keep their own plan. Beyond that, the least recently
-/// used is dropped; its streams then use the most recently configured plan.
-pub const MAX_ROOTS: usize = 8;
+/// A short fingerprint of a configuration's bytes (hex), so operators can tell from the log
+/// and from `meshsplit check` which configuration is live.
+pub fn config_fingerprint(bytes: &[u8]) -> String {
+    format!("{:08x}", sticky_hash(bytes) >> 32)
+}
+
+/// How many services the accepted-configuration line names before it only counts the rest.
+const SUMMARY_SERVICES: usize = 8;
+
+/// One line describing an accepted plan: services, upstreams (cluster and weight), strategies.
+pub fn config_summary(plan: &Plan, fingerprint: &str, plugin: &str) -> String {
+    let upstreams: usize = plan.services.iter().map(|s| s.upstreams.len()).sum();
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let mut line = format!(
+        "configuration {fingerprint} accepted for {plugin}: {}, {}",
+        plural(plan.services.len(), "service", "services"),
+        plural(upstreams, "upstream", "upstreams"),
+    );
+    for (index, service) in plan.services.iter().enumerate() {
+        if index == SUMMARY_SERVICES {
+            let rest = plan.services.len() - index;
+            let noun = if rest == 1 { "service" } else { "services" };
+            line.push_str(&format!("; and {rest} more {noun}"));
+            break;
+        }
+        line.push_str(if index == 0 { ": " } else { "; " });
+        line.push_str(&format!("{} ({}", service.name, service.strategy.name()));
+        for upstream in &service.upstreams {
+            line.push_str(&format!(
+                ", {}={} {}",
+                upstream.name, upstream.cluster, upstream.weight
+            ));
+        }
+        if !service.rules.is_empty() {
+            line.push_str(&format!(
+                ", {}",
+                plural(service.rules.len(), "rule", "rules")
+            ));
+        }
+        line.push(')');
+    }
+    line
+}
+
+/// Whether this VM is the first of its Envoy (same `vm_id`) to accept configuration
+/// `fingerprint` for `plugin` since another one was accepted: Envoy configures each plugin on
+/// the main thread and on every worker, and the accepted-configuration line is logged once.
+pub fn first_to_accept<H: Host + ?Sized>(host: &H, plugin: &str, fingerprint: &str) -> bool {
+    let key = format!("meshsplit/accepted/{}:{plugin}", plugin.len());
+    for _ in 0..8 {
+        let cas = match host.shared_data(&key) {
+            Some((value, _)) if value == fingerprint.as_bytes() => return false,
+            Some((_, cas)) => cas,
+            None => 0,
+        };
+        match host.set_shared_data(&key, fingerprint.as_bytes(), cas) {
+            SharedWrite::Written => return true,
+            SharedWrite::CasMismatch => continue,
+            // No shared data: log on every VM rather than never.
+            SharedWrite::Failed => return true,
+        }
+    }
+    false
+}
+
+/// Counter of requests that passed untouched because their filter instance had no plan.
+pub const UNPLANNED_COUNTER: &str = "meshsplit.requests_without_plan";
 
 /// The state of one VM (one per Envoy worker and per main thread): a plan per root context and
 /// the VM's random generator.
+///
+/// Every filter instance sharing the VM (listeners with the same `vm_id` and module, or the
+/// configs before and after a live update) has its own root context, and a stream is routed
+/// only with the plan of the root it was created under. Plans are never evicted while their
+/// root lives: Envoy deletes the root contexts it no longer needs, and their plans go with them,
+/// so memory is bounded by the live roots.
 pub struct Vm {
     roots: Vec<RootPlan>,
-    /// Root context id of the plan configured last.
-    latest: Option<u32>,
     /// The stream created last and its root. Envoy creates a stream's context immediately before
     /// calling its request-headers callback, so this names the root of that request.
     last_stream: Option<(u32, u32)>,
-    tick: u64,
     rng: Xoshiro256PlusPlus,
     /// Streams holding an in-flight count of a least-request upstream, until they end.
     leases: BTreeMap<u32, Lease>,
+    /// The counter of requests without a plan, once defined (on the first such request).
+    unplanned: Option<u32>,
+    /// Whether the first request without a plan was logged (once per VM).
+    unplanned_logged: bool,
 }
 
 struct Lease {
@@ -226,18 +300,17 @@ struct Lease {
 struct RootPlan {
     id: u32,
     plan: Rc<Plan>,
-    last_used: u64,
 }
 
 impl Vm {
     pub fn new(seed: [u8; 32]) -> Self {
         Self {
             roots: Vec::new(),
-            latest: None,
             last_stream: None,
-            tick: 0,
             rng: Xoshiro256PlusPlus::from_seed(seed),
             leases: BTreeMap::new(),
+            unplanned: None,
+            unplanned_logged: false,
         }
     }
 
@@ -260,66 +333,43 @@ impl Vm {
             }
         }
         let plan = Rc::new(plan);
-        self.tick += 1;
-        let last_used = self.tick;
         match self.roots.iter_mut().find(|r| r.id == root) {
-            Some(entry) => {
-                entry.plan = Rc::clone(&plan);
-                entry.last_used = last_used;
-            }
-            None => {
-                if self.roots.len() >= MAX_ROOTS {
-                    let lru = self
-                        .roots
-                        .iter()
-                        .enumerate()
-                        .min_by_key(|(_, r)| r.last_used)
-                        .map(|(i, _)| i);
-                    if let Some(lru) = lru {
-                        self.roots.swap_remove(lru);
-                    }
-                }
-                let plan = Rc::clone(&plan);
-                self.roots.push(RootPlan {
-                    id: root,
-                    plan,
-                    last_used,
-                });
-            }
+            Some(entry) => entry.plan = Rc::clone(&plan),
+            None => self.roots.push(RootPlan {
+                id: root,
+                plan: Rc::clone(&plan),
+            }),
         }
-        self.latest = Some(root);
         Ok(plan)
+    }
+
+    /// How many root contexts (filter instances) hold a plan in this VM.
+    pub fn plans(&self) -> usize {
+        self.roots.len()
     }
 
     /// A stream context was created under root context `parent`.
     pub fn stream_created(&mut self, context: u32, parent: u32) {
-        self.tick += 1;
-        let tick = self.tick;
-        if let Some(entry) = self.roots.iter_mut().find(|r| r.id == parent) {
-            entry.last_used = tick;
-        }
         self.last_stream = Some((context, parent));
     }
 
-    /// The plan a stream's request uses: its root's, else the latest configured.
+    /// The plan of the root a stream was created under; never another root's.
     fn plan_for(&self, context: u32) -> Option<Rc<Plan>> {
         let root = match self.last_stream {
-            Some((ctx, root)) if ctx == context => Some(root),
-            _ => None,
+            Some((ctx, root)) if ctx == context => root,
+            _ => return None,
         };
-        let find = |id: u32| {
-            self.roots
-                .iter()
-                .find(|r| r.id == id)
-                .map(|r| Rc::clone(&r.plan))
-        };
-        root.and_then(find).or_else(|| self.latest.and_then(find))
+        self.roots
+            .iter()
+            .find(|r| r.id == root)
+            .map(|r| Rc::clone(&r.plan))
     }
 
-    /// Handles a stream's request headers. Without any plan (not configured yet) the request
-    /// passes untouched.
+    /// Handles a stream's request headers. A stream whose root has no plan (not configured, or
+    /// not known) passes untouched: counted, and logged once per VM.
     pub fn request_headers<H: Host + ?Sized>(&mut self, context: u32, host: &H) -> Verdict {
         let Some(plan) = self.plan_for(context) else {
+            self.count_unplanned(context, host);
             return Verdict::Continue;
         };
         let routed = on_request_headers(&plan, &mut self.rng, host);
@@ -336,22 +386,39 @@ impl Vm {
         routed.verdict
     }
 
+    fn count_unplanned<H: Host + ?Sized>(&mut self, context: u32, host: &H) {
+        if self.unplanned.is_none() {
+            self.unplanned = host.define_counter(UNPLANNED_COUNTER);
+        }
+        if let Some(id) = self.unplanned {
+            host.increment_counter(id, 1);
+        }
+        if !self.unplanned_logged {
+            self.unplanned_logged = true;
+            let root = match self.last_stream {
+                Some((ctx, root)) if ctx == context => format!("root context {root}"),
+                _ => "an unknown root context".to_owned(),
+            };
+            log::warn!(
+                "a request of {root} passed without routing: its filter instance has no \
+                 configuration in this VM (counted in wasmcustom.{UNPLANNED_COUNTER}; logged once)"
+            );
+        }
+    }
+
     /// A context was deleted. A stream's ends however it ended (finished, reset, aborted,
     /// answered locally): give back its in-flight count, if it holds one. A root context's means
-    /// its filter instance is gone: drop its plan.
-    pub fn context_deleted<H: Host + ?Sized>(&mut self, context: u32, host: &H) {
+    /// its filter instance is gone: drop its plan. Returns whether a plan was dropped.
+    pub fn context_deleted<H: Host + ?Sized>(&mut self, context: u32, host: &H) -> bool {
         if let Some(index) = self.roots.iter().position(|r| r.id == context) {
             self.roots.swap_remove(index);
-            if self.latest == Some(context) {
-                self.latest = self.roots.iter().max_by_key(|r| r.last_used).map(|r| r.id);
-            }
-            return;
+            return true;
         }
         if self.leases.is_empty() {
-            return;
+            return false;
         }
         let Some(lease) = self.leases.remove(&context) else {
-            return;
+            return false;
         };
         if let Some(Strategy::LeastRequest(slots)) =
             lease.plan.services.get(lease.service).map(|s| &s.strategy)
@@ -360,6 +427,7 @@ impl Vm {
                 in_flight::release(host, slot);
             }
         }
+        false
     }
 }
 
@@ -436,13 +504,18 @@ mod glue {
         let plugin = abi::plugin_name().unwrap_or_else(|| "meshsplit".to_owned());
         let result = with_vm(|vm| match vm.configure(root, bytes, &plugin, &EnvoyHost) {
             Ok(plan) => {
+                let fingerprint = super::config_fingerprint(bytes);
+                if super::first_to_accept(&EnvoyHost, &plugin, &fingerprint) {
+                    log::info!("{}", super::config_summary(&plan, &fingerprint, &plugin));
+                }
                 // Read by the benchmark (configure time, VM memory); debug level keeps the
                 // several on_configure calls per plugin out of normal logs.
                 log::debug!(
-                    "configured {} services in {} us; VM memory {} KiB",
+                    "configured {} services in {} us; VM memory {} KiB; {} plans in this VM",
                     plan.services.len(),
                     u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-                    core::arch::wasm32::memory_size::<0>() * 64
+                    core::arch::wasm32::memory_size::<0>() * 64,
+                    vm.plans()
                 );
                 true
             }
@@ -462,7 +535,14 @@ mod glue {
     }
 
     pub fn on_context_delete(context: u32) {
-        with_vm(|vm| vm.context_deleted(context, &EnvoyHost));
+        with_vm(|vm| {
+            if vm.context_deleted(context, &EnvoyHost) {
+                log::debug!(
+                    "root context {context} deleted: its plan is dropped; {} plans in this VM",
+                    vm.plans()
+                );
+            }
+        });
     }
 
     pub fn on_stream_request_headers(context: u32) -> Verdict {

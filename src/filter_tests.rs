@@ -5,6 +5,7 @@ use std::rc::Rc;
 
 use super::*;
 use crate::host::FakeHost;
+use crate::select::{rendezvous, sticky_hash};
 
 const CONFIG: &str = r#"{
   "services": [
@@ -202,11 +203,19 @@ fn routed(vm: &mut Vm, context: u32, root: u32) -> Option<String> {
 }
 
 #[test]
-fn unconfigured_vm_passes_requests_untouched() {
+fn unconfigured_vm_passes_requests_untouched_and_counts_them() {
     let mut vm = Vm::new([0; 32]);
     let host = FakeHost::with_headers(&[(":authority", "svc"), ("x-meshsplit-cluster", "x")]);
     assert_eq!(vm.request_headers(5, &host), Verdict::Continue);
-    assert_eq!(host.call_count(), 0);
+    assert_eq!(
+        *host.calls.borrow(),
+        [
+            format!("define counter {UNPLANNED_COUNTER}"),
+            "counter 0 +1".to_owned()
+        ]
+    );
+    assert_eq!(host.header("x-meshsplit-cluster").as_deref(), Some("x"));
+    assert_eq!(host.counter(UNPLANNED_COUNTER), 1);
 }
 
 #[test]
@@ -220,16 +229,21 @@ fn each_root_context_routes_with_its_own_plan() {
 }
 
 #[test]
-fn stream_of_unknown_root_uses_latest_plan() {
+fn stream_of_a_root_without_plan_is_never_routed_with_another_roots_plan() {
     let mut vm = Vm::new([0; 32]);
     configure(&mut vm, 1, single("one").as_bytes()).unwrap();
     configure(&mut vm, 2, single("two").as_bytes()).unwrap();
-    assert_eq!(routed(&mut vm, 10, 99).as_deref(), Some("two"));
-    // A request whose context was not the last one created also falls back to the latest.
+    let host = FakeHost::with_headers(&[(":authority", "svc"), ("x-meshsplit-cluster", "x")]);
+    vm.stream_created(10, 99);
+    assert_eq!(vm.request_headers(10, &host), Verdict::Continue);
+    // Untouched: not even the client's cluster header is removed, as without the filter.
+    assert_eq!(host.header("x-meshsplit-cluster").as_deref(), Some("x"));
+    assert_eq!(host.counter(UNPLANNED_COUNTER), 1);
+    // A request whose context was not the last one created has no known root either.
     vm.stream_created(20, 1);
     let host = FakeHost::with_headers(&[(":authority", "svc")]);
     vm.request_headers(21, &host);
-    assert_eq!(host.header("x-meshsplit-cluster").as_deref(), Some("two"));
+    assert_eq!(host.header("x-meshsplit-cluster"), None);
 }
 
 #[test]
@@ -238,6 +252,7 @@ fn reconfiguring_a_root_replaces_its_plan() {
     configure(&mut vm, 1, single("old").as_bytes()).unwrap();
     configure(&mut vm, 1, single("new").as_bytes()).unwrap();
     assert_eq!(routed(&mut vm, 10, 1).as_deref(), Some("new"));
+    assert_eq!(vm.plans(), 1);
 }
 
 #[test]
@@ -248,22 +263,113 @@ fn invalid_reconfiguration_keeps_the_previous_plan() {
     assert_eq!(err.to_string(), "services: must list at least one service");
     assert!(configure(&mut vm, 2, b"{").is_err());
     assert_eq!(routed(&mut vm, 10, 1).as_deref(), Some("good"));
-    assert_eq!(routed(&mut vm, 11, 2).as_deref(), Some("good"));
+    // Root 2 was never configured: its streams are not routed with root 1's plan.
+    assert_eq!(routed(&mut vm, 11, 2), None);
 }
 
 #[test]
-fn least_recently_used_root_is_dropped_beyond_the_limit() {
+fn many_roots_each_keep_their_plan_however_many_there_are() {
     let mut vm = Vm::new([0; 32]);
-    for root in 1..=MAX_ROOTS as u32 {
+    for root in 1..=40u32 {
         configure(&mut vm, root, single(&format!("c{root}")).as_bytes()).unwrap();
     }
-    // Root 1 keeps serving streams; root 2 does not.
-    assert_eq!(routed(&mut vm, 100, 1).as_deref(), Some("c1"));
-    configure(&mut vm, 50, single("c50").as_bytes()).unwrap();
-    assert_eq!(routed(&mut vm, 101, 1).as_deref(), Some("c1"));
-    assert_eq!(routed(&mut vm, 102, 50).as_deref(), Some("c50"));
-    // Root 2's plan is gone: its streams use the latest plan.
-    assert_eq!(routed(&mut vm, 103, 2).as_deref(), Some("c50"));
+    // Interleaved traffic and reconfigurations of other roots never disturb a root's plan.
+    for round in 0..3u32 {
+        for root in 1..=40u32 {
+            let context = 1000 + round * 100 + root;
+            assert_eq!(
+                routed(&mut vm, context, root).as_deref(),
+                Some(format!("c{root}").as_str())
+            );
+        }
+        configure(&mut vm, 40, single("c40").as_bytes()).unwrap();
+    }
+    assert_eq!(vm.plans(), 40);
+}
+
+#[test]
+fn deleting_a_root_drops_only_its_plan() {
+    let mut vm = Vm::new([0; 32]);
+    configure(&mut vm, 1, single("one").as_bytes()).unwrap();
+    configure(&mut vm, 2, single("two").as_bytes()).unwrap();
+    assert!(vm.context_deleted(2, &FakeHost::default()));
+    assert!(!vm.context_deleted(77, &FakeHost::default()));
+    assert_eq!(vm.plans(), 1);
+    assert_eq!(routed(&mut vm, 10, 1).as_deref(), Some("one"));
+    assert_eq!(routed(&mut vm, 11, 2), None);
+}
+
+#[test]
+fn a_live_update_routes_old_and_new_streams_with_their_own_roots() {
+    // Envoy configures the new root before it deletes the old one; streams created under the
+    // old root keep its plan until they end, and a static root beside it is never touched.
+    let mut vm = Vm::new([0; 32]);
+    configure(&mut vm, 1, single("static").as_bytes()).unwrap();
+    for version in 2..=12u32 {
+        configure(&mut vm, version, single(&format!("v{version}")).as_bytes()).unwrap();
+        assert_eq!(routed(&mut vm, 100 + version, 1).as_deref(), Some("static"));
+        assert_eq!(
+            routed(&mut vm, 200 + version, version).as_deref(),
+            Some(format!("v{version}").as_str())
+        );
+    }
+    assert_eq!(vm.plans(), 12);
+    for version in 2..12u32 {
+        vm.context_deleted(version, &FakeHost::default());
+    }
+    assert_eq!(vm.plans(), 2);
+    assert_eq!(routed(&mut vm, 500, 1).as_deref(), Some("static"));
+}
+
+// ---- the accepted-configuration log line ----
+
+#[test]
+fn accepted_configuration_is_announced_once_per_envoy_until_it_changes() {
+    let main = FakeHost::default();
+    let worker = main.sibling(&[]);
+    let a = config_fingerprint(single("a").as_bytes());
+    let b = config_fingerprint(single("b").as_bytes());
+    assert_ne!(a, b);
+    assert_eq!(a.len(), 8);
+    assert!(first_to_accept(&main, "meshsplit", &a));
+    assert!(!first_to_accept(&worker, "meshsplit", &a));
+    assert!(!first_to_accept(&main, "meshsplit", &a));
+    // Another plugin name is announced on its own.
+    assert!(first_to_accept(&worker, "other", &a));
+    assert!(first_to_accept(&worker, "meshsplit", &b));
+    assert!(!first_to_accept(&main, "meshsplit", &b));
+    // Going back to a is a change too.
+    assert!(first_to_accept(&main, "meshsplit", &a));
+}
+
+#[test]
+fn accepted_configuration_line_names_services_upstreams_and_fingerprint() {
+    let plan = Plan::from_json(CONFIG.as_bytes()).unwrap();
+    assert_eq!(
+        config_summary(&plan, "0badc0de", "meshsplit"),
+        "configuration 0badc0de accepted for meshsplit: 2 services, 4 upstreams: \
+         reviews (weighted, v1=reviews_v1 1, v2=reviews_v2 0); \
+         ratings (weighted, v1=ratings_v1 0, v2=ratings_v2 5)"
+    );
+    let many: Vec<String> = (0..10)
+        .map(|i| {
+            format!(
+                r#"{{"name": "s{i}", "upstreams": [{{"name": "u", "cluster": "c", "weight": 1}}]}}"#
+            )
+        })
+        .collect();
+    let json = format!(r#"{{"services": [{}]}}"#, many.join(","));
+    let line = config_summary(&Plan::from_json(json.as_bytes()).unwrap(), "x", "p");
+    assert!(
+        line.starts_with(
+            "configuration x accepted for p: 10 services, 10 upstreams: s0 (weighted, u=c 1); "
+        ),
+        "{line}"
+    );
+    assert!(
+        line.ends_with("s7 (weighted, u=c 1); and 2 more services"),
+        "{line}"
+    );
 }
 
 // ---- strategies and rules through the request path ----
@@ -516,14 +622,111 @@ fn weighted_streams_leave_no_lease_and_cost_no_extra_calls() {
     assert_eq!(host.call_count(), before);
 }
 
+// ---- keys and match values are bytes ----
+
+fn route_raw(plan: &Plan, headers: &[(&str, &[u8])]) -> String {
+    let mut all: Vec<(&str, &[u8])> = vec![(":authority", b"svc")];
+    all.extend_from_slice(headers);
+    let host = FakeHost::with_raw_headers(&all);
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+    on_request_headers(plan, &mut rng, &host);
+    host.header("x-meshsplit-cluster").unwrap()
+}
+
+fn expected_owner(key: &[u8], names: &[&str], weights: &[u32]) -> String {
+    let ids: Vec<u64> = names.iter().map(|n| sticky_hash(n.as_bytes())).collect();
+    let index = rendezvous(key, ids.iter().copied().zip(weights.iter().copied())).unwrap();
+    format!("c_{}", names[index])
+}
+
 #[test]
-fn deleting_a_root_context_drops_its_plan() {
-    let mut vm = Vm::new([0; 32]);
-    configure(&mut vm, 1, single("one").as_bytes()).unwrap();
-    configure(&mut vm, 2, single("two").as_bytes()).unwrap();
-    vm.context_deleted(2, &FakeHost::default());
-    // Root 2's streams (if any were left) fall back to the remaining plan.
-    assert_eq!(routed(&mut vm, 10, 2).as_deref(), Some("one"));
-    vm.context_deleted(1, &FakeHost::default());
-    assert_eq!(routed(&mut vm, 11, 1), None);
+fn sticky_header_keys_that_are_not_utf8_hash_their_raw_bytes() {
+    let names = ["a", "b", "c", "d"];
+    let plan = service_plan(
+        r#""strategy": "sticky", "hash_on": {"header": "x-user"},"#,
+        &[("a", 1), ("b", 1), ("c", 1), ("d", 1)],
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for n in 0..40u8 {
+        let key = [0xff, n, 0xfe];
+        let got = route_raw(&plan, &[("x-user", &key)]);
+        assert_eq!(
+            got,
+            expected_owner(&key, &names, &[1, 1, 1, 1]),
+            "key {key:?}"
+        );
+        seen.insert(got);
+    }
+    // 40 distinct keys over 4 equal upstreams: all four are used (a lossy conversion would
+    // have sent every one of them to the same upstream).
+    assert_eq!(seen.len(), 4, "{seen:?}");
+}
+
+#[test]
+fn sticky_query_keys_hash_their_percent_decoded_bytes() {
+    let names = ["a", "b", "c", "d"];
+    let plan = service_plan(
+        r#""strategy": "sticky", "hash_on": {"query": "user"},"#,
+        &[("a", 1), ("b", 1), ("c", 1), ("d", 1)],
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for n in 0..40u8 {
+        let path = format!("/p?user=%FF%{n:02X}");
+        let got = route_raw(&plan, &[(":path", path.as_bytes())]);
+        assert_eq!(
+            got,
+            expected_owner(&[0xff, n], &names, &[1, 1, 1, 1]),
+            "{path}"
+        );
+        seen.insert(got);
+    }
+    assert_eq!(seen.len(), 4, "{seen:?}");
+}
+
+#[test]
+fn sticky_ascii_keys_hash_as_documented() {
+    let names = ["a", "b"];
+    let plan = service_plan(
+        r#""strategy": "sticky", "hash_on": {"cookie": "session"},"#,
+        &[("a", 9), ("b", 1)],
+    );
+    for k in 0..200 {
+        let key = format!("user-{k}");
+        let cookie = format!("x=1; session={key}");
+        assert_eq!(
+            route_raw(&plan, &[("cookie", cookie.as_bytes())]),
+            expected_owner(key.as_bytes(), &names, &[9, 1])
+        );
+    }
+}
+
+#[test]
+fn rules_compare_bytes_not_lossy_text() {
+    let json = r#"{"services": [{"name": "svc", "upstreams": [
+        {"name": "main", "cluster": "c_main", "weight": 1},
+        {"name": "beta", "cluster": "c_beta", "weight": 0}],
+      "rules": [{"match": {"headers": [{"name": "x-tag", "exact": "\ufffd"}]}, "upstream": "beta"},
+                {"match": {"headers": [{"name": "x-pre", "prefix": "\u00ff"}]}, "upstream": "beta"},
+                {"match": {"query": [{"name": "q", "exact": "\u00ff"}]}, "upstream": "beta"},
+                {"match": {"cookies": [{"name": "k", "exact": "\u00ff"}]}, "upstream": "beta"}]}]}"#;
+    let plan = Plan::from_json(json.as_bytes()).unwrap();
+    // A raw 0xff byte is not U+FFFD, nor the UTF-8 spelling of ÿ.
+    assert_eq!(route_raw(&plan, &[("x-tag", b"\xff")]), "c_main");
+    assert_eq!(route_raw(&plan, &[("x-pre", b"\xffz")]), "c_main");
+    assert_eq!(route_raw(&plan, &[(":path", b"/?q=%FF")]), "c_main");
+    assert_eq!(route_raw(&plan, &[("cookie", b"k=\xff")]), "c_main");
+    // The exact bytes of the configured text match.
+    assert_eq!(
+        route_raw(&plan, &[("x-tag", "\u{fffd}".as_bytes())]),
+        "c_beta"
+    );
+    assert_eq!(
+        route_raw(&plan, &[("x-pre", "\u{ff}z".as_bytes())]),
+        "c_beta"
+    );
+    assert_eq!(route_raw(&plan, &[(":path", b"/?q=%C3%BF")]), "c_beta");
+    assert_eq!(
+        route_raw(&plan, &[("cookie", "k=\u{ff}".as_bytes())]),
+        "c_beta"
+    );
 }

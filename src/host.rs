@@ -4,7 +4,9 @@
 /// Request-path host calls. Implementations never panic; failures are logged and ignored
 /// (a failed header write leaves the request as Envoy would route it without the filter).
 pub trait Host {
-    fn request_header(&self, name: &str) -> Option<String>;
+    /// A request header's value as the client sent it: bytes, which need not be UTF-8 (Envoy
+    /// passes obs-text through).
+    fn request_header(&self, name: &str) -> Option<Vec<u8>>;
     /// `Some` replaces every copy of the header, `None` removes them all.
     fn set_request_header(&self, name: &str, value: Option<&str>);
     /// Returns whether the reply was accepted (the stream must then stop).
@@ -17,6 +19,9 @@ pub trait Host {
     /// Defines (or finds) a gauge; its stat is `wasmcustom.<name>`.
     fn define_gauge(&self, name: &str) -> Option<u32>;
     fn add_to_gauge(&self, id: u32, delta: i64);
+    /// Defines (or finds) a counter; its stat is `wasmcustom.<name>`.
+    fn define_counter(&self, name: &str) -> Option<u32>;
+    fn increment_counter(&self, id: u32, delta: u64);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +43,7 @@ mod wasm {
     pub struct EnvoyHost;
 
     impl super::Host for EnvoyHost {
-        fn request_header(&self, name: &str) -> Option<String> {
+        fn request_header(&self, name: &str) -> Option<Vec<u8>> {
             abi::request_header(name)
         }
 
@@ -73,6 +78,14 @@ mod wasm {
         fn add_to_gauge(&self, id: u32, delta: i64) {
             abi::add_to_metric(id, delta);
         }
+
+        fn define_counter(&self, name: &str) -> Option<u32> {
+            abi::define_counter(name)
+        }
+
+        fn increment_counter(&self, id: u32, delta: u64) {
+            abi::add_to_metric(id, i64::try_from(delta).unwrap_or(i64::MAX));
+        }
     }
 }
 
@@ -97,11 +110,12 @@ mod fake {
     /// maps (shared between fakes through `Rc` to model several workers).
     #[derive(Default)]
     pub struct FakeHost {
-        pub headers: RefCell<Vec<(String, String)>>,
+        pub headers: RefCell<Vec<(String, Vec<u8>)>>,
         pub calls: RefCell<Vec<String>>,
         pub reply: RefCell<Option<Reply>>,
         pub shared: Rc<RefCell<SharedData>>,
         pub gauges: Rc<RefCell<Vec<(String, i64)>>>,
+        pub counters: Rc<RefCell<Vec<(String, u64)>>>,
         /// Makes the next N shared-data writes fail with a CAS mismatch, as a racing worker would.
         pub cas_conflicts: Cell<u32>,
         /// Makes local replies fail.
@@ -110,10 +124,16 @@ mod fake {
 
     impl FakeHost {
         pub fn with_headers(headers: &[(&str, &str)]) -> Self {
+            let raw: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+            Self::with_raw_headers(&raw)
+        }
+
+        /// Header values as raw bytes, which need not be UTF-8.
+        pub fn with_raw_headers(headers: &[(&str, &[u8])]) -> Self {
             let host = Self::default();
             *host.headers.borrow_mut() = headers
                 .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .map(|(k, v)| ((*k).to_owned(), v.to_vec()))
                 .collect();
             host
         }
@@ -123,7 +143,15 @@ mod fake {
                 .borrow()
                 .iter()
                 .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        }
+
+        pub fn counter(&self, name: &str) -> u64 {
+            self.counters
+                .borrow()
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(0, |(_, v)| *v)
         }
 
         pub fn call_count(&self) -> usize {
@@ -136,6 +164,7 @@ mod fake {
             FakeHost {
                 shared: Rc::clone(&self.shared),
                 gauges: Rc::clone(&self.gauges),
+                counters: Rc::clone(&self.counters),
                 ..host
             }
         }
@@ -156,9 +185,13 @@ mod fake {
     }
 
     impl super::Host for FakeHost {
-        fn request_header(&self, name: &str) -> Option<String> {
+        fn request_header(&self, name: &str) -> Option<Vec<u8>> {
             self.calls.borrow_mut().push(format!("get {name}"));
-            self.header(name)
+            self.headers
+                .borrow()
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
         }
 
         fn set_request_header(&self, name: &str, value: Option<&str>) {
@@ -166,7 +199,7 @@ mod fake {
             let mut headers = self.headers.borrow_mut();
             headers.retain(|(k, _)| k != name);
             if let Some(v) = value {
-                headers.push((name.to_owned(), v.to_owned()));
+                headers.push((name.to_owned(), v.as_bytes().to_vec()));
             }
         }
 
@@ -229,6 +262,30 @@ mod fake {
                 .borrow_mut()
                 .push(format!("gauge {id} {delta:+}"));
             if let Some((_, value)) = self.gauges.borrow_mut().get_mut(id as usize) {
+                *value += delta;
+            }
+        }
+
+        fn define_counter(&self, name: &str) -> Option<u32> {
+            self.calls
+                .borrow_mut()
+                .push(format!("define counter {name}"));
+            let mut counters = self.counters.borrow_mut();
+            let index = match counters.iter().position(|(n, _)| n == name) {
+                Some(index) => index,
+                None => {
+                    counters.push((name.to_owned(), 0));
+                    counters.len() - 1
+                }
+            };
+            u32::try_from(index).ok()
+        }
+
+        fn increment_counter(&self, id: u32, delta: u64) {
+            self.calls
+                .borrow_mut()
+                .push(format!("counter {id} +{delta}"));
+            if let Some((_, value)) = self.counters.borrow_mut().get_mut(id as usize) {
                 *value += delta;
             }
         }

@@ -245,18 +245,33 @@ pub fn config_summary(plan: &Plan, fingerprint: &str, plugin: &str) -> String {
     line
 }
 
+/// Seconds within which the same configuration accepted again counts as the same acceptance.
+pub const ANNOUNCE_WINDOW_S: u64 = 10;
+
 /// Whether this VM is the first of its Envoy (same `vm_id`) to accept configuration
-/// `fingerprint` for `plugin` since another one was accepted: Envoy configures each plugin on
-/// the main thread and on every worker, and the accepted-configuration line is logged once.
-pub fn first_to_accept<H: Host + ?Sized>(host: &H, plugin: &str, fingerprint: &str) -> bool {
-    let key = format!("meshsplit/accepted/{}:{plugin}", plugin.len());
+/// `fingerprint` for `plugin`. Envoy configures each plugin on the main thread and then on every
+/// worker within moments, so the accepted-configuration line is logged once: by the first VM,
+/// unless the same configuration was already announced less than [`ANNOUNCE_WINDOW_S`] ago.
+/// Keyed by fingerprint, so listeners with different configurations are each announced.
+pub fn first_to_accept<H: Host + ?Sized>(
+    host: &H,
+    plugin: &str,
+    fingerprint: &str,
+    now_s: u64,
+) -> bool {
+    let key = format!("meshsplit/accepted/{}:{plugin}/{fingerprint}", plugin.len());
     for _ in 0..8 {
         let cas = match host.shared_data(&key) {
-            Some((value, _)) if value == fingerprint.as_bytes() => return false,
-            Some((_, cas)) => cas,
+            Some((value, cas)) => {
+                let then = value.as_slice().try_into().map_or(0, u64::from_le_bytes);
+                if now_s.saturating_sub(then) < ANNOUNCE_WINDOW_S {
+                    return false;
+                }
+                cas
+            }
             None => 0,
         };
-        match host.set_shared_data(&key, fingerprint.as_bytes(), cas) {
+        match host.set_shared_data(&key, &now_s.to_le_bytes(), cas) {
             SharedWrite::Written => return true,
             SharedWrite::CasMismatch => continue,
             // No shared data: log on every VM rather than never.
@@ -505,7 +520,10 @@ mod glue {
         let result = with_vm(|vm| match vm.configure(root, bytes, &plugin, &EnvoyHost) {
             Ok(plan) => {
                 let fingerprint = super::config_fingerprint(bytes);
-                if super::first_to_accept(&EnvoyHost, &plugin, &fingerprint) {
+                let now_s = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                if super::first_to_accept(&EnvoyHost, &plugin, &fingerprint, now_s) {
                     log::info!("{}", super::config_summary(&plan, &fingerprint, &plugin));
                 }
                 // Read by the benchmark (configure time, VM memory); debug level keeps the

@@ -324,22 +324,26 @@ fn a_live_update_routes_old_and_new_streams_with_their_own_roots() {
 // ---- the accepted-configuration log line ----
 
 #[test]
-fn accepted_configuration_is_announced_once_per_envoy_until_it_changes() {
+fn accepted_configuration_is_announced_once_per_envoy() {
     let main = FakeHost::default();
     let worker = main.sibling(&[]);
     let a = config_fingerprint(single("a").as_bytes());
     let b = config_fingerprint(single("b").as_bytes());
     assert_ne!(a, b);
     assert_eq!(a.len(), 8);
-    assert!(first_to_accept(&main, "meshsplit", &a));
-    assert!(!first_to_accept(&worker, "meshsplit", &a));
-    assert!(!first_to_accept(&main, "meshsplit", &a));
+    // The main thread, then the workers, configure the same plugin moments apart.
+    assert!(first_to_accept(&main, "meshsplit", &a, 1000));
+    assert!(!first_to_accept(&worker, "meshsplit", &a, 1000));
+    assert!(!first_to_accept(&main, "meshsplit", &a, 1001));
+    // Two listeners with different configurations are each announced, even interleaved.
+    assert!(first_to_accept(&main, "meshsplit", &b, 1001));
+    assert!(!first_to_accept(&worker, "meshsplit", &a, 1002));
+    assert!(!first_to_accept(&worker, "meshsplit", &b, 1002));
     // Another plugin name is announced on its own.
-    assert!(first_to_accept(&worker, "other", &a));
-    assert!(first_to_accept(&worker, "meshsplit", &b));
-    assert!(!first_to_accept(&main, "meshsplit", &b));
-    // Going back to a is a change too.
-    assert!(first_to_accept(&main, "meshsplit", &a));
+    assert!(first_to_accept(&worker, "other", &a, 1002));
+    // The same configuration accepted again later (an update back to it) is a new acceptance.
+    assert!(first_to_accept(&worker, "meshsplit", &a, 1000 + ANNOUNCE_WINDOW_S));
+    assert!(!first_to_accept(&main, "meshsplit", &a, 1000 + ANNOUNCE_WINDOW_S));
 }
 
 #[test]

@@ -1,0 +1,403 @@
+//! `meshsplit check FILE...`: validates every plugin config found in the files with the
+//! filter's own code and prints one line per config.
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+
+use meshsplit::plan::{HashOn, Plan, Service, Strategy};
+
+use crate::extract::{extract, Clusters, Found};
+use crate::source::parse;
+use crate::Status;
+
+/// Services named in a summary line; more are counted.
+const LISTED_SERVICES: usize = 5;
+
+/// Validate meshsplit plugin configs, alone or embedded in Envoy and Istio files.
+///
+/// Each FILE may be a plugin config (JSON or YAML), an ECDS resource file, an Envoy bootstrap,
+/// or Istio manifests (EnvoyFilter, WasmPlugin, TrafficExtension), in JSON or YAML with any
+/// number of documents. Every wasm HTTP filter whose configuration is a StringValue is checked
+/// as a meshsplit config, and so is every WasmPlugin's and wasm TrafficExtension's pluginConfig.
+///
+/// Prints `FILE[: where]: ok: SUMMARY` for a valid config and
+/// `FILE[: where]: invalid configuration: PATH: MESSAGE`, the filter's own error, for an
+/// invalid one. In an Envoy bootstrap, an upstream cluster missing from
+/// static_resources.clusters draws a warning.
+///
+/// Exit status: 0 all valid; 1 a config is invalid (or a warning, with --strict); 2 usage or
+/// input error: unreadable file, not JSON or YAML, no meshsplit config in it.
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// Files to check; `-` reads standard input.
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Exit 1 when there are warnings, as for an invalid config.
+    #[arg(long)]
+    strict: bool,
+    /// Skip files that hold no meshsplit config instead of failing with exit status 2 (still 2
+    /// when no file holds one), e.g. to check a whole directory of manifests.
+    #[arg(long)]
+    skip_unrelated: bool,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Line {
+    Valid(String),
+    Invalid(String),
+    Warning(String),
+    Note(String),
+}
+
+impl Line {
+    fn status(&self, strict: bool) -> Status {
+        match self {
+            Line::Valid(_) | Line::Note(_) => Status::Ok,
+            Line::Warning(_) if !strict => Status::Ok,
+            Line::Warning(_) | Line::Invalid(_) => Status::Invalid,
+        }
+    }
+}
+
+impl std::fmt::Display for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Line::Valid(text) | Line::Invalid(text) => f.write_str(text),
+            Line::Warning(text) => write!(f, "warning: {text}"),
+            Line::Note(text) => write!(f, "note: {text}"),
+        }
+    }
+}
+
+/// Why a file could not be checked (exit status 2).
+#[derive(Debug, PartialEq, Eq)]
+enum FileError {
+    Unusable(String),
+    NoConfig,
+}
+
+pub fn run(args: &Args) -> Status {
+    let mut status = Status::Ok;
+    let mut found_any = false;
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    for path in &args.files {
+        let name = path.display().to_string();
+        let result = read(path)
+            .map_err(FileError::Unusable)
+            .and_then(|t| check_text(&name, &t));
+        // Write errors (a closed pipe) cannot be reported anywhere better; the status stands.
+        match result {
+            Ok(lines) => {
+                found_any = true;
+                for line in lines {
+                    status = status.max(line.status(args.strict));
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+            Err(FileError::NoConfig) if args.skip_unrelated => {
+                let _ = writeln!(out, "{name}: skipped: no meshsplit config found");
+            }
+            Err(FileError::NoConfig) => {
+                status = Status::Error;
+                let _ = out.flush();
+                eprintln!("error: {name}: no meshsplit config found (a plugin config has a \"services\" list; embedded ones are the StringValue configuration of a wasm HTTP filter, or a WasmPlugin's or TrafficExtension's pluginConfig)");
+            }
+            Err(FileError::Unusable(message)) => {
+                status = Status::Error;
+                let _ = out.flush();
+                eprintln!("error: {name}: {message}");
+            }
+        }
+    }
+    if !found_any && status == Status::Ok {
+        // Every file was skipped.
+        eprintln!("error: no meshsplit config found in any file");
+        status = Status::Error;
+    }
+    status
+}
+
+fn read(path: &PathBuf) -> Result<String, String> {
+    let mut bytes = Vec::new();
+    let result = if path.as_os_str() == "-" {
+        io::stdin().read_to_end(&mut bytes).map(|_| ())
+    } else {
+        std::fs::read(path).map(|b| bytes = b)
+    };
+    result.map_err(|e| format!("cannot read: {e}"))?;
+    String::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))
+}
+
+/// The report for one file's text.
+fn check_text(name: &str, text: &str) -> Result<Vec<Line>, FileError> {
+    let documents = parse(text).map_err(FileError::Unusable)?;
+    let found = extract(&documents);
+    if found.is_empty() {
+        return Err(FileError::NoConfig);
+    }
+    Ok(found.iter().flat_map(|f| check_one(name, f)).collect())
+}
+
+fn check_one(name: &str, found: &Found) -> Vec<Line> {
+    let at = if found.place.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}: {}", found.place)
+    };
+    match Plan::from_json_named(found.config.as_bytes(), &found.plugin) {
+        // The same words the filter logs: "invalid configuration: {err}".
+        Err(err) => vec![Line::Invalid(format!("{at}: invalid configuration: {err}"))],
+        Ok(plan) => {
+            let mut lines = vec![Line::Valid(format!("{at}: ok: {}", summary(&plan)))];
+            if let Some(clusters) = &found.clusters {
+                lines.extend(cluster_lines(&at, &plan, clusters));
+            }
+            lines
+        }
+    }
+}
+
+/// A warning for every upstream cluster the bootstrap does not define; only notes when the
+/// bootstrap also takes clusters from CDS, which a file cannot show.
+fn cluster_lines(at: &str, plan: &Plan, clusters: &Clusters) -> Vec<Line> {
+    let mut lines = Vec::new();
+    for (s, service) in plan.services.iter().enumerate() {
+        for (u, upstream) in service.upstreams.iter().enumerate() {
+            let cluster = &upstream.cluster;
+            if clusters.names.contains(cluster) {
+                continue;
+            }
+            let field = format!("{at}: services[{s}].upstreams[{u}].cluster");
+            lines.push(if clusters.cds {
+                Line::Note(format!(
+                    "{field}: cluster \"{cluster}\" is not in this bootstrap's \
+                     static_resources.clusters; it may come from CDS \
+                     (dynamic_resources.cds_config), which this check cannot see"
+                ))
+            } else {
+                Line::Warning(format!(
+                    "{field}: cluster \"{cluster}\" is not defined in this bootstrap's \
+                     static_resources.clusters (requests routed there get 503 NC)"
+                ))
+            });
+        }
+    }
+    lines
+}
+
+/// `2 services (reviews: weighted, 3 upstreams, 1 rule; ratings: round_robin, 2 upstreams)`.
+fn summary(plan: &Plan) -> String {
+    let services = &plan.services;
+    let mut listed: Vec<String> = services
+        .iter()
+        .take(LISTED_SERVICES)
+        .map(describe)
+        .collect();
+    if services.len() > LISTED_SERVICES {
+        listed.push(format!("{} more", services.len() - LISTED_SERVICES));
+    }
+    format!(
+        "{} ({})",
+        count(services.len(), "service"),
+        listed.join("; ")
+    )
+}
+
+fn describe(service: &Service) -> String {
+    let strategy = match &service.strategy {
+        Strategy::Weighted => "weighted".to_owned(),
+        Strategy::RoundRobin(_) => "round_robin".to_owned(),
+        Strategy::LeastRequest(_) => "least_request".to_owned(),
+        Strategy::Sticky { hash_on, .. } => match hash_on {
+            HashOn::Header(name) => format!("sticky on header {name}"),
+            HashOn::Cookie(name) => format!("sticky on cookie {name}"),
+            HashOn::Query(name) => format!("sticky on query {name}"),
+        },
+    };
+    let mut parts = vec![strategy, count(service.upstreams.len(), "upstream")];
+    let drained = service.upstreams.iter().filter(|u| u.weight == 0).count();
+    if drained > 0 {
+        parts.push(format!("{drained} drained"));
+    }
+    if !service.rules.is_empty() {
+        parts.push(count(service.rules.len(), "rule"));
+    }
+    format!("{}: {}", service.name, parts.join(", "))
+}
+
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn report(text: &str) -> Vec<String> {
+        check_text("f", text)
+            .unwrap()
+            .iter()
+            .map(Line::to_string)
+            .collect()
+    }
+
+    fn bootstrap(plugin: &Value, clusters: &[&str], cds: bool) -> String {
+        let mut b = json!({"static_resources": {
+            "listeners": [{"filter_chains": [{"filters": [{"typed_config": {"http_filters": [{
+                "name": "envoy.filters.http.wasm",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                    "config": {"name": "meshsplit", "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": plugin.to_string()}}}}]}}]}]}],
+            "clusters": clusters.iter().map(|c| json!({"name": c})).collect::<Vec<_>>(),
+        }});
+        if cds {
+            b["dynamic_resources"] = json!({"cds_config": {"ads": {}}});
+        }
+        b.to_string()
+    }
+
+    fn two_upstreams() -> Value {
+        json!({"services": [{"name": "reviews", "upstreams": [
+            {"name": "v1", "cluster": "reviews_v1", "weight": 1},
+            {"name": "v2", "cluster": "reviews_v9", "weight": 1}]}]})
+    }
+
+    #[test]
+    fn valid_config_gets_a_summary_of_its_services() {
+        let config = json!({"services": [
+            {"name": "reviews", "upstreams": [
+                {"name": "v1", "cluster": "a", "weight": 9}, {"name": "v2", "cluster": "b", "weight": 0}],
+             "rules": [{"match": {"headers": [{"name": "x", "present": true}]}, "upstream": "v2"}]},
+            {"name": "ratings", "strategy": "sticky", "hash_on": {"cookie": "user"},
+             "upstreams": [{"name": "v1", "cluster": "c", "weight": 1}]},
+        ]});
+        assert_eq!(
+            report(&config.to_string()),
+            [
+                "f: ok: 2 services (reviews: weighted, 2 upstreams, 1 drained, 1 rule; \
+             ratings: sticky on cookie user, 1 upstream)"
+            ]
+        );
+    }
+
+    #[test]
+    fn long_service_lists_are_counted() {
+        let services: Vec<_> = (0..7)
+            .map(|i| {
+                json!({"name": format!("s{i}"), "strategy": "round_robin",
+                            "upstreams": [{"name": "u", "cluster": "c", "weight": 1}]})
+            })
+            .collect();
+        let line = &report(&json!({"services": services}).to_string())[0];
+        assert!(
+            line.starts_with("f: ok: 7 services (s0: round_robin, 1 upstream; "),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("s4: round_robin, 1 upstream; 2 more)"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn invalid_config_prints_the_filters_error() {
+        let config = r#"{"services": [{"name": "a", "upstreams": [{"name": "v1", "cluster": "c", "weight": 5000000}]}]}"#;
+        let expected = Plan::from_json(config.as_bytes()).unwrap_err();
+        assert_eq!(
+            report(config),
+            [format!("f: invalid configuration: {expected}")]
+        );
+        assert_eq!(
+            report(config),
+            ["f: invalid configuration: services[0].upstreams[0].weight: must be at most 1000000, got 5000000"]
+        );
+    }
+
+    #[test]
+    fn syntax_errors_keep_the_filters_positions() {
+        // The file's own text is compiled, so line and column match what Envoy would log.
+        let config = "{\"services\": [\n  {\"name\": \"a\", \"wieght\": 1}]}";
+        let expected = Plan::from_json(config.as_bytes()).unwrap_err();
+        assert!(expected.to_string().contains("line 2"), "{expected}");
+        assert_eq!(
+            report(config),
+            [format!("f: invalid configuration: {expected}")]
+        );
+    }
+
+    #[test]
+    fn plugin_config_that_only_yaml_accepts_is_rejected_as_the_filter_would() {
+        let config = r#"{"services": [{"name": "a", "upstreams": [{"name": "v1", "cluster": "c", "weight": 1}]}],}"#;
+        let expected = Plan::from_json(config.as_bytes()).unwrap_err();
+        assert_eq!(
+            report(config),
+            [format!("f: invalid configuration: {expected}")]
+        );
+    }
+
+    #[test]
+    fn embedded_configs_are_placed() {
+        let lines = report(&bootstrap(
+            &two_upstreams(),
+            &["reviews_v1", "reviews_v9"],
+            false,
+        ));
+        assert_eq!(
+            lines,
+            ["f: listeners[0] meshsplit: ok: 1 service (reviews: weighted, 2 upstreams)"]
+        );
+    }
+
+    #[test]
+    fn cluster_missing_from_the_bootstrap_is_a_warning_with_its_path() {
+        let lines = check_text("f", &bootstrap(&two_upstreams(), &["reviews_v1"], false)).unwrap();
+        assert_eq!(lines[1].to_string(),
+            "warning: f: listeners[0] meshsplit: services[0].upstreams[1].cluster: cluster \"reviews_v9\" \
+             is not defined in this bootstrap's static_resources.clusters (requests routed there get 503 NC)");
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1].status(false), Status::Ok);
+        assert_eq!(lines[1].status(true), Status::Invalid);
+    }
+
+    #[test]
+    fn with_cds_a_missing_cluster_is_only_a_note() {
+        let lines = check_text("f", &bootstrap(&two_upstreams(), &["reviews_v1"], true)).unwrap();
+        assert_eq!(lines.len(), 2);
+        let note = lines[1].to_string();
+        assert!(
+            note.starts_with("note: f: listeners[0] meshsplit: services[0].upstreams[1].cluster: "),
+            "{note}"
+        );
+        assert!(note.contains("cannot see"), "{note}");
+        assert_eq!(lines[1].status(true), Status::Ok);
+    }
+
+    #[test]
+    fn invalid_embedded_config_gets_no_cluster_check() {
+        let bad = json!({"services": []});
+        let lines = report(&bootstrap(&bad, &[], false));
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].starts_with("f: listeners[0] meshsplit: invalid configuration: "),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn files_without_configs_and_unparsable_files_are_file_errors() {
+        assert_eq!(check_text("f", "kind: Service\n"), Err(FileError::NoConfig));
+        assert!(
+            matches!(check_text("f", "{\"a\": [}"), Err(FileError::Unusable(m)) if m.starts_with("not valid JSON"))
+        );
+    }
+}

@@ -1,0 +1,615 @@
+//! Finding meshsplit plugin configs in a file's documents.
+//!
+//! A plugin config is found as
+//! - a document that is one: an object with a `services` list, or with any of the plugin
+//!   config's other top-level fields (`cluster_header`, `service_from`, `on_unknown_service`);
+//!   a `services` map is not one (docker-compose files have that);
+//! - the `configuration` of a wasm HTTP filter: an object whose `@type` ends in
+//!   `envoy.extensions.filters.http.wasm.v3.Wasm` (also inside a `TypedStruct` with that
+//!   `type_url`) and whose `config.configuration` is a `google.protobuf.StringValue`. Every such
+//!   filter is taken to be meshsplit: the filter's own config does not say which module it runs.
+//!   They are looked for in an Envoy bootstrap's `static_resources.listeners` (including ECDS
+//!   `config_discovery.default_config`), in a discovery response's `resources` (an ECDS file),
+//!   in an Istio `EnvoyFilter`'s `configPatches`, and anywhere in other documents;
+//! - the `pluginConfig` of every Istio `WasmPlugin` (`spec.pluginConfig`) and wasm
+//!   `TrafficExtension` (`spec.wasm.pluginConfig`), turned into JSON text.
+
+use std::collections::BTreeSet;
+use std::rc::Rc;
+
+use serde_json::{Map, Value};
+
+use crate::source::Document;
+
+const WASM_TYPE: &str = "envoy.extensions.filters.http.wasm.v3.Wasm";
+const STRING_VALUE_TYPE: &str = "google.protobuf.StringValue";
+/// Top-level fields of the plugin config (`meshsplit::config::RawConfig`) besides `services`.
+const PLUGIN_FIELDS: [&str; 3] = ["cluster_header", "service_from", "on_unknown_service"];
+
+/// One plugin config found in a file.
+#[derive(Debug)]
+pub struct Found {
+    /// Where it sits in the file, for people (`listeners[0] meshsplit`); empty when the file is
+    /// the plugin config itself.
+    pub place: String,
+    /// The Envoy plugin (filter instance) name it is configured for.
+    pub plugin: String,
+    /// The configuration text, as the filter receives it.
+    pub config: String,
+    /// The clusters of the Envoy bootstrap it came from, if it came from one.
+    pub clusters: Option<Rc<Clusters>>,
+}
+
+/// The clusters an Envoy bootstrap defines.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Clusters {
+    /// `static_resources.clusters[].name`.
+    pub names: BTreeSet<String>,
+    /// The bootstrap also has `dynamic_resources.cds_config`: more clusters may come from CDS.
+    pub cds: bool,
+}
+
+/// Every plugin config in `documents`, in file order.
+pub fn extract(documents: &[Document]) -> Vec<Found> {
+    let mut out = Vec::new();
+    let many = documents.len() > 1;
+    for (i, document) in documents.iter().enumerate() {
+        let place = if many && !is_manifest(&document.value) {
+            format!("document {}", i + 1)
+        } else {
+            String::new()
+        };
+        from_document(document, &place, &mut out);
+    }
+    out
+}
+
+fn from_document(document: &Document, place: &str, out: &mut Vec<Found>) {
+    let value = &document.value;
+    if is_manifest(value) {
+        from_manifest(value, out);
+    } else if value.get("static_resources").is_some() || value.get("dynamic_resources").is_some() {
+        from_bootstrap(value, place, out);
+    } else if let Some(resources) = value.get("resources").and_then(Value::as_array) {
+        for (i, resource) in resources.iter().enumerate() {
+            from_container(
+                resource,
+                &join(place, &format!("resources[{i}]")),
+                false,
+                None,
+                out,
+            );
+        }
+    } else if is_plugin_config(value) {
+        out.push(Found {
+            place: place.to_owned(),
+            plugin: "meshsplit".to_owned(),
+            config: document.text.clone().unwrap_or_else(|| value.to_string()),
+            clusters: None,
+        });
+    } else {
+        from_container(value, place, true, None, out);
+    }
+}
+
+fn is_plugin_config(value: &Value) -> bool {
+    value.get("services").is_some_and(Value::is_array)
+        || PLUGIN_FIELDS.iter().any(|f| value.get(f).is_some())
+}
+
+fn is_manifest(value: &Value) -> bool {
+    value.get("apiVersion").is_some_and(Value::is_string)
+        && value.get("kind").is_some_and(Value::is_string)
+}
+
+fn from_manifest(value: &Value, out: &mut Vec<Found>) {
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let metadata = value.get("metadata");
+    let field = |name| {
+        metadata
+            .and_then(|m| m.get(name))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    };
+    let (namespace, name) = (field("namespace"), field("name"));
+    let place = if namespace.is_empty() {
+        format!("{kind} {name}")
+    } else {
+        format!("{kind} {namespace}/{name}")
+    };
+    // Istio names the Envoy plugin of a WasmPlugin or TrafficExtension `namespace.name`.
+    let plugin = if namespace.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{namespace}.{name}")
+    };
+    let spec = value.get("spec");
+    match kind {
+        "List" => {
+            for item in value
+                .get("items")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if is_manifest(item) {
+                    from_manifest(item, out);
+                }
+            }
+        }
+        "EnvoyFilter" => {
+            let patches = spec.and_then(|s| s.get("configPatches"));
+            for (i, patch) in patches
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let place = format!("{place} configPatches[{i}]");
+                from_container(patch, &place, false, None, out);
+            }
+        }
+        "WasmPlugin" => out.push(plugin_config_object(spec, place, plugin)),
+        "TrafficExtension" => {
+            // Exactly one of `wasm` and `lua`; only wasm extensions have a plugin config.
+            if let Some(wasm) = spec.and_then(|s| s.get("wasm")) {
+                out.push(plugin_config_object(Some(wasm), place, plugin));
+            }
+        }
+        _ => from_container(value, &place, true, None, out),
+    }
+}
+
+/// The `pluginConfig` object of an Istio wasm extension as JSON text; absent, the filter gets
+/// an empty configuration.
+fn plugin_config_object(holder: Option<&Value>, place: String, plugin: String) -> Found {
+    let config = holder
+        .and_then(|h| h.get("pluginConfig"))
+        .map(Value::to_string)
+        .unwrap_or_default();
+    Found {
+        place,
+        plugin,
+        config,
+        clusters: None,
+    }
+}
+
+fn from_bootstrap(value: &Value, place: &str, out: &mut Vec<Found>) {
+    let statics = value.get("static_resources");
+    let names = statics
+        .and_then(|s| s.get("clusters"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("name").and_then(Value::as_str))
+        .map(str::to_owned)
+        .collect();
+    let cds = value
+        .get("dynamic_resources")
+        .and_then(|d| d.get("cds_config"))
+        .is_some();
+    let clusters = Rc::new(Clusters { names, cds });
+    let listeners = statics.and_then(|s| s.get("listeners"));
+    for (i, listener) in listeners
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let place = join(place, &format!("listeners[{i}]"));
+        from_container(listener, &place, false, Some(&clusters), out);
+    }
+}
+
+/// Adds the plugin config of every wasm filter under `container`. Each is placed by `place`,
+/// followed by its path inside the container when `always_path` is set or the container holds
+/// several, then by its plugin name.
+fn from_container(
+    container: &Value,
+    place: &str,
+    always_path: bool,
+    clusters: Option<&Rc<Clusters>>,
+    out: &mut Vec<Found>,
+) {
+    let mut filters = Vec::new();
+    find_wasm_filters(container, String::new(), &mut filters);
+    let configs: Vec<_> = filters
+        .into_iter()
+        .filter_map(|(path, wasm)| string_configuration(wasm).map(|c| (path, c)))
+        .collect();
+    let with_path = always_path || configs.len() > 1;
+    for (path, (plugin, config)) in configs {
+        let mut words = vec![place.to_owned()];
+        if with_path && !path.is_empty() {
+            words.push(path.clone());
+        } else if path.contains("config_discovery.default_config") {
+            words.push("default_config".to_owned());
+        }
+        words.push(plugin.to_owned());
+        words.retain(|w| !w.is_empty());
+        out.push(Found {
+            place: words.join(" "),
+            plugin: plugin.to_owned(),
+            config: config.to_owned(),
+            clusters: clusters.cloned(),
+        });
+    }
+}
+
+/// Collects (path, `PluginConfig`) for every wasm HTTP filter typed config under `value`. The
+/// path leads to the object holding the typed config (`http_filters[0]`).
+fn find_wasm_filters<'a>(value: &'a Value, path: String, out: &mut Vec<(String, &'a Value)>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(config) = plugin_config_of(map) {
+                let holder = path
+                    .strip_suffix(".typed_config")
+                    .or_else(|| path.strip_suffix("typed_config"))
+                    .unwrap_or(&path);
+                out.push((holder.to_owned(), config));
+                return;
+            }
+            for (key, child) in map {
+                find_wasm_filters(child, join_path(&path, key), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                find_wasm_filters(child, format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The `config` (a `PluginConfig`) of the `envoy.extensions.filters.http.wasm.v3.Wasm` message
+/// `map` is, directly or as a `TypedStruct`.
+fn plugin_config_of(map: &Map<String, Value>) -> Option<&Value> {
+    let type_url = |key| map.get(key).and_then(Value::as_str).unwrap_or_default();
+    if type_url("@type").ends_with(WASM_TYPE) {
+        return map.get("config");
+    }
+    if type_url("@type").ends_with("TypedStruct") && type_url("type_url").ends_with(WASM_TYPE) {
+        return map.get("value").and_then(|v| v.get("config"));
+    }
+    None
+}
+
+/// (plugin name, configuration text) of a wasm filter's `PluginConfig`, if its configuration
+/// is a `StringValue`.
+fn string_configuration(config: &Value) -> Option<(&str, &str)> {
+    let configuration = config.get("configuration")?;
+    let type_url = configuration.get("@type")?.as_str()?;
+    if !type_url.ends_with(STRING_VALUE_TYPE) {
+        return None;
+    }
+    // A StringValue without `value` is the empty string.
+    let text = match configuration.get("value") {
+        None => "",
+        Some(v) => v.as_str()?,
+    };
+    let plugin = config
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    Some((plugin, text))
+}
+
+fn join(place: &str, more: &str) -> String {
+    if place.is_empty() {
+        more.to_owned()
+    } else {
+        format!("{place} {more}")
+    }
+}
+
+fn join_path(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::parse;
+    use serde_json::json;
+
+    fn found(text: &str) -> Vec<Found> {
+        extract(&parse(text).unwrap())
+    }
+
+    fn places(text: &str) -> Vec<String> {
+        found(text).into_iter().map(|f| f.place).collect()
+    }
+
+    fn wasm(plugin: &str, configuration: &str) -> Value {
+        json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": plugin,
+                "root_id": "meshsplit",
+                "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": "m.wasm"}}},
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": configuration,
+                },
+            },
+        })
+    }
+
+    fn listener(http_filters: Value) -> Value {
+        json!({"name": "l", "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "http_filters": http_filters,
+            },
+        }]}]})
+    }
+
+    fn wasm_entry(plugin: &str, configuration: &str) -> Value {
+        json!({"name": "envoy.filters.http.wasm", "typed_config": wasm(plugin, configuration)})
+    }
+
+    #[test]
+    fn plugin_config_file_is_checked_with_its_exact_text() {
+        let text = "{\"services\": [],\n \"x\": 1}";
+        let f = found(text);
+        assert_eq!(f.len(), 1);
+        assert_eq!((f[0].place.as_str(), f[0].config.as_str()), ("", text));
+        assert!(f[0].clusters.is_none());
+    }
+
+    #[test]
+    fn plugin_config_in_yaml_becomes_json_text() {
+        let f = found("services:\n- name: a\n");
+        assert_eq!(f[0].config, r#"{"services":[{"name":"a"}]}"#);
+    }
+
+    #[test]
+    fn bootstrap_gives_each_listeners_config_and_the_static_clusters() {
+        let bootstrap = json!({
+            "static_resources": {
+                "listeners": [
+                    listener(json!([wasm_entry("one", "A"), {"name": "envoy.filters.http.router"}])),
+                    listener(json!([wasm_entry("two", "B")])),
+                ],
+                "clusters": [{"name": "c1"}, {"name": "c2"}],
+            },
+        });
+        let f = found(&bootstrap.to_string());
+        let got: Vec<_> = f
+            .iter()
+            .map(|f| (f.place.as_str(), f.plugin.as_str(), f.config.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("listeners[0] one", "one", "A"),
+                ("listeners[1] two", "two", "B")
+            ]
+        );
+        let clusters = f[0].clusters.as_deref().unwrap();
+        assert_eq!(
+            clusters.names,
+            BTreeSet::from(["c1".to_owned(), "c2".to_owned()])
+        );
+        assert!(!clusters.cds);
+    }
+
+    #[test]
+    fn bootstrap_with_cds_says_so() {
+        let bootstrap = json!({
+            "static_resources": {"listeners": [listener(json!([wasm_entry("m", "A")]))]},
+            "dynamic_resources": {"cds_config": {"ads": {}}},
+        });
+        let f = found(&bootstrap.to_string());
+        assert!(f[0].clusters.as_deref().unwrap().cds);
+    }
+
+    #[test]
+    fn several_configs_in_one_listener_are_told_apart_by_path() {
+        let bootstrap = json!({"static_resources": {"listeners": [
+            listener(json!([wasm_entry("m", "A"), wasm_entry("m", "B")])),
+        ]}});
+        assert_eq!(
+            places(&bootstrap.to_string()),
+            [
+                "listeners[0] filter_chains[0].filters[0].typed_config.http_filters[0] m",
+                "listeners[0] filter_chains[0].filters[0].typed_config.http_filters[1] m",
+            ]
+        );
+    }
+
+    #[test]
+    fn ecds_default_config_in_a_bootstrap_is_found() {
+        let bootstrap = json!({"static_resources": {"listeners": [listener(json!([{
+            "name": "meshsplit",
+            "config_discovery": {
+                "config_source": {"path_config_source": {"path": "/x/meshsplit.json"}},
+                "default_config": wasm("meshsplit", "A"),
+                "type_urls": ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"],
+            },
+        }]))]}});
+        let f = found(&bootstrap.to_string());
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            (f[0].place.as_str(), f[0].config.as_str()),
+            ("listeners[0] default_config meshsplit", "A")
+        );
+    }
+
+    #[test]
+    fn ecds_resource_file_is_found() {
+        let response = json!({"version_info": "2", "resources": [{
+            "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+            "name": "meshsplit",
+            "typed_config": wasm("meshsplit", "A"),
+        }]});
+        let f = found(&response.to_string());
+        assert_eq!(
+            (f[0].place.as_str(), f[0].config.as_str()),
+            ("resources[0] meshsplit", "A")
+        );
+        assert!(f[0].clusters.is_none());
+    }
+
+    #[test]
+    fn envoy_filter_patches_are_found() {
+        let manifest = json!({
+            "apiVersion": "networking.istio.io/v1alpha3",
+            "kind": "EnvoyFilter",
+            "metadata": {"name": "meshsplit", "namespace": "default"},
+            "spec": {"configPatches": [
+                {"applyTo": "HTTP_ROUTE", "patch": {"operation": "MERGE", "value": {"route": {}}}},
+                {"applyTo": "HTTP_FILTER", "patch": {"operation": "INSERT_BEFORE",
+                    "value": wasm_entry("meshsplit", "A")}},
+            ]},
+        });
+        let f = found(&serde_norway::to_string(&manifest).unwrap());
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            f[0].place,
+            "EnvoyFilter default/meshsplit configPatches[1] meshsplit"
+        );
+        assert_eq!(f[0].config, "A");
+    }
+
+    #[test]
+    fn wasm_filter_inside_a_typed_struct_is_found() {
+        let manifest = json!({
+            "apiVersion": "networking.istio.io/v1alpha3",
+            "kind": "EnvoyFilter",
+            "metadata": {"name": "ts"},
+            "spec": {"configPatches": [{"patch": {"value": {"name": "w", "typed_config": {
+                "@type": "type.googleapis.com/udpa.type.v1.TypedStruct",
+                "type_url": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "value": {"config": wasm("m", "A")["config"].clone()},
+            }}}}]},
+        });
+        let f = found(&manifest.to_string());
+        assert_eq!(
+            (f[0].place.as_str(), f[0].config.as_str()),
+            ("EnvoyFilter ts configPatches[0] m", "A")
+        );
+    }
+
+    #[test]
+    fn wasm_plugin_config_object_becomes_json_text() {
+        let f = found(
+            "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\n\
+             metadata: {name: split, namespace: shop}\n\
+             spec:\n  url: oci://example/meshsplit:1\n  pluginConfig:\n    services:\n    - name: a\n",
+        );
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].place, "WasmPlugin shop/split");
+        assert_eq!(f[0].plugin, "shop.split");
+        assert_eq!(f[0].config, r#"{"services":[{"name":"a"}]}"#);
+    }
+
+    #[test]
+    fn wasm_plugin_without_plugin_config_is_an_empty_config() {
+        let f = found("apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: p}\nspec: {url: file:///m.wasm}\n");
+        assert_eq!(
+            (f[0].place.as_str(), f[0].config.as_str()),
+            ("WasmPlugin p", "")
+        );
+    }
+
+    #[test]
+    fn traffic_extension_wasm_plugin_config_is_found_and_lua_ignored() {
+        let text = "apiVersion: extensions.istio.io/v1alpha1\nkind: TrafficExtension\n\
+                    metadata: {name: w}\nspec:\n  wasm:\n    url: oci://x\n    pluginConfig: {services: []}\n\
+                    ---\n\
+                    apiVersion: extensions.istio.io/v1alpha1\nkind: TrafficExtension\n\
+                    metadata: {name: l}\nspec:\n  lua: {inlineCode: x}\n";
+        let f = found(text);
+        assert_eq!(f.len(), 1);
+        assert_eq!(
+            (f[0].place.as_str(), f[0].config.as_str()),
+            ("TrafficExtension w", r#"{"services":[]}"#)
+        );
+    }
+
+    #[test]
+    fn multi_document_yaml_numbers_documents_without_a_name() {
+        let text = "services: []\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n---\n\
+                    apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {name: p}\n\
+                    spec: {pluginConfig: {services: []}}\n---\ncluster_header: x\n";
+        assert_eq!(places(text), ["document 1", "WasmPlugin p", "document 4"]);
+    }
+
+    #[test]
+    fn kubernetes_list_items_are_searched() {
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+             "metadata": {"name": "p"}, "spec": {"pluginConfig": {"services": []}}},
+        ]});
+        assert_eq!(places(&list.to_string()), ["WasmPlugin p"]);
+    }
+
+    #[test]
+    fn wasm_filters_without_a_string_configuration_are_not_meshsplit() {
+        let mut structured = wasm("other", "");
+        structured["config"]["configuration"] =
+            json!({"@type": "type.googleapis.com/google.protobuf.Struct", "value": {"a": 1}});
+        let mut absent = wasm("other", "");
+        absent["config"]
+            .as_object_mut()
+            .unwrap()
+            .remove("configuration");
+        let bootstrap = json!({"static_resources": {"listeners": [listener(json!([
+            {"name": "a", "typed_config": structured},
+            {"name": "b", "typed_config": absent},
+            {"name": "lua", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"}},
+        ]))]}});
+        assert!(found(&bootstrap.to_string()).is_empty());
+    }
+
+    #[test]
+    fn string_value_without_value_is_the_empty_string() {
+        let mut filter = wasm("m", "");
+        filter["config"]["configuration"]
+            .as_object_mut()
+            .unwrap()
+            .remove("value");
+        let bootstrap = json!({"static_resources": {"listeners": [listener(json!([{"name": "w", "typed_config": filter}]))]}});
+        assert_eq!(found(&bootstrap.to_string())[0].config, "");
+    }
+
+    #[test]
+    fn other_documents_are_searched_everywhere_and_placed_by_path() {
+        // An LDS-style Listener resource on its own.
+        let text = listener(json!([wasm_entry("m", "A")])).to_string();
+        assert_eq!(
+            places(&text),
+            ["filter_chains[0].filters[0].typed_config.http_filters[0] m"]
+        );
+    }
+
+    #[test]
+    fn plugin_config_without_a_services_list_is_still_one() {
+        assert_eq!(
+            found("{\"servics\": [], \"cluster_header\": \"x\"}").len(),
+            1
+        );
+    }
+
+    #[test]
+    fn docker_compose_services_are_not_a_plugin_config() {
+        assert!(found("services:\n  web: {image: envoyproxy/envoy}\n").is_empty());
+    }
+
+    #[test]
+    fn documents_without_configs_give_nothing() {
+        assert!(found("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {host: r}\n").is_empty());
+        assert!(found("{\"admin\": {}}").is_empty());
+    }
+}

@@ -1,0 +1,45 @@
+//! `meshsplit`: the operator's command for meshsplit plugin configurations.
+//!
+//! It compiles configs with the filter's own code (`meshsplit::plan`), so what it accepts and
+//! the errors it prints are exactly the filter's.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod check;
+mod extract;
+mod source;
+
+/// Check meshsplit plugin configurations before Envoy or Istio gets them.
+#[derive(Debug, Parser)]
+#[command(name = "meshsplit", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Check(check::Args),
+}
+
+/// How a command ended; the process exit code. A run that meets several outcomes ends with the
+/// highest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Status {
+    /// Everything checked is valid.
+    Ok = 0,
+    /// A configuration is invalid (or, with `--strict`, drew a warning).
+    Invalid = 1,
+    /// Usage or input problem: unreadable file, not JSON or YAML, no configuration in it.
+    Error = 2,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let status = match &cli.command {
+        Command::Check(args) => check::run(args),
+    };
+    ExitCode::from(status as u8)
+}

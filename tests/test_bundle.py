@@ -72,6 +72,28 @@ def test_embedded_plugin_config_is_meshsplit_json(name):
     assert harness.plugin_config(harness.load_yaml(ENVOY_DIR / name)) == expected
 
 
+def test_envoy_and_compose_configs_route_and_log_alike():
+    """envoy-compose.yaml differs from envoy.yaml only in addresses, module path and clusters."""
+    def hcm(name):
+        config = harness.load_yaml(ENVOY_DIR / name)
+        set_module_path(config, "module.wasm")
+        return config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+
+    assert hcm("envoy-compose.yaml") == hcm("envoy.yaml")
+
+
+def test_cluster_header_route_makes_unknown_clusters_visible():
+    """A cluster name Envoy does not have gets an explicit status and shows in the access log."""
+    config = harness.load_yaml(ENVOY_DIR / "envoy.yaml")
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    (route,) = [r["route"] for r in hcm["route_config"]["virtual_hosts"][0]["routes"]
+                if "cluster_header" in r.get("route", {})]
+    assert route["cluster_not_found_response_code"] == "SERVICE_UNAVAILABLE"
+    (log,) = hcm["access_log"]
+    assert log["typed_config"]["@type"].endswith("StdoutAccessLog")
+    assert "%RESPONSE_FLAGS%" in log["typed_config"]["log_format"]["text_format_source"]["inline_string"]
+
+
 # --- docker-compose ------------------------------------------------------------------------------
 
 def compose():
@@ -238,7 +260,8 @@ def sidecar_bootstrap(wasm):
     (vhost,) = [v for v in route_config["virtual_hosts"] if v["name"] == vhost_match["name"]]
     (i,) = [i for i, r in enumerate(vhost["routes"]) if r["name"] == vhost_match["route"]["name"]]
     vhost["routes"][i] = merge_route(vhost["routes"][i], route_patch["patch"]["value"])
-    assert vhost["routes"][i]["route"] == {"cluster_header": "x-meshsplit-cluster", "timeout": "0s"}
+    assert vhost["routes"][i]["route"] == {"cluster_header": "x-meshsplit-cluster", "timeout": "0s",
+                                           "cluster_not_found_response_code": "SERVICE_UNAVAILABLE"}
 
     clusters = [f"outbound|{port}||{fqdn}"] + [
         f"outbound|{port}|{s['name']}|{fqdn}" for s in destination_rule["spec"]["subsets"]]

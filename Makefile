@@ -5,7 +5,7 @@ VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 CARGO   ?= cargo
 
-.PHONY: all build target venv test unit lint integration demo bench ci clean
+.PHONY: all build target venv configs test unit lint integration demo bench ci clean
 
 all: build
 
@@ -34,6 +34,11 @@ $(VENV)/.installed: requirements-dev.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@touch $@
+
+## configs: copy the sample plugin config envoy/meshsplit.json into the Envoy and Istio configs
+##          that embed it (envoy/sync_configs.py; tests/test_bundle.py fails when a copy drifts)
+configs: venv
+	$(PYTHON) envoy/sync_configs.py
 
 ## test: lint, native unit tests, then integration tests against real Envoy
 test: lint unit integration

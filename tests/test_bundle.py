@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 import harness
+import sync_configs  # envoy/sync_configs.py (harness puts envoy/ on the path)
 
 ROOT = harness.ROOT
 ENVOY_DIR = harness.ENVOY_DIR
@@ -92,6 +93,64 @@ def test_cluster_header_route_makes_unknown_clusters_visible():
     (log,) = hcm["access_log"]
     assert log["typed_config"]["@type"].endswith("StdoutAccessLog")
     assert "%RESPONSE_FLAGS%" in log["typed_config"]["log_format"]["text_format_source"]["inline_string"]
+
+
+# --- the sample plugin config: envoy/meshsplit.json is the source of every copy ------------------
+
+def test_embedded_plugin_configs_are_generated_from_meshsplit_json():
+    proc = subprocess.run([sys.executable, str(ENVOY_DIR / "sync_configs.py"), "--check"], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+    assert proc.returncode == 0, f"run `make configs`:\n{proc.stdout}"
+
+
+@pytest.fixture
+def envoy_copy(tmp_path):
+    """A copy of the files sync_configs.py reads and writes."""
+    directory = tmp_path / "envoy"
+    shutil.copytree(ENVOY_DIR, directory, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    return directory
+
+
+def test_sync_configs_check_reports_drift_and_a_sync_fixes_it(envoy_copy):
+    plugin = json.loads((envoy_copy / "meshsplit.json").read_text())
+    plugin["services"][0]["upstreams"][0]["weight"] = 70
+    (envoy_copy / "meshsplit.json").write_text(json.dumps(plugin, indent=2) + "\n")
+    before = {p: (envoy_copy / p).read_text() for p in sync_configs.expected_files(envoy_copy)}
+
+    assert sync_configs.main(["--check", "--dir", str(envoy_copy)]) == 1
+    assert {p: (envoy_copy / p).read_text() for p in before} == before  # --check writes nothing
+
+    assert sync_configs.main(["--dir", str(envoy_copy)]) == 0
+    assert sync_configs.main(["--check", "--dir", str(envoy_copy)]) == 0
+    for name, old in before.items():
+        new = (envoy_copy / name).read_text()
+        # Only the JSON block changed: every comment line is kept.
+        assert [l for l in new.splitlines() if l.lstrip().startswith("#")] == \
+            [l for l in old.splitlines() if l.lstrip().startswith("#")]
+        weight = sync_configs.embedded_plugin(new)["services"][0]["upstreams"][0]["weight"]
+        assert weight == 70, name
+
+
+def test_sync_configs_refuses_an_upstream_without_a_destination_rule_subset(envoy_copy, capsys):
+    plugin = json.loads((envoy_copy / "meshsplit.json").read_text())
+    plugin["services"][0]["upstreams"].append({"name": "v9", "cluster": "reviews_v9", "weight": 1})
+    (envoy_copy / "meshsplit.json").write_text(json.dumps(plugin))
+    before = (envoy_copy / "istio" / "meshsplit-filter.yaml").read_text()
+
+    assert sync_configs.main(["--dir", str(envoy_copy)]) == 2
+    assert "services[0].upstreams[3]: no subset 'v9'" in capsys.readouterr().err
+    assert (envoy_copy / "istio" / "meshsplit-filter.yaml").read_text() == before
+
+
+def test_istio_copy_maps_hosts_and_clusters_and_drops_authority():
+    plugin = json.loads((ENVOY_DIR / "meshsplit.json").read_text())
+    (service,) = sync_configs.istio_plugin(plugin, ENVOY_DIR)["services"]
+    assert service["hosts"] == ["reviews", "reviews.default", "reviews.default.svc",
+                                "reviews.default.svc.cluster.local"]
+    assert [(u["name"], u["cluster"], u["weight"], "authority" in u) for u in service["upstreams"]] == [
+        (u["name"], f"outbound|9080|{u['name']}|reviews.default.svc.cluster.local", u["weight"], False)
+        for u in plugin["services"][0]["upstreams"]]
+    assert service["rules"] == plugin["services"][0]["rules"]
 
 
 # --- docker-compose ------------------------------------------------------------------------------

@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Writes the sample plugin configuration, envoy/meshsplit.json, into every config that embeds it.
+
+    sync_configs.py [--check] [--dir DIR]      (`make configs` runs it; needs PyYAML)
+
+envoy/meshsplit.json is the only source. Its copies are the `value: |` block scalar of the wasm
+filter's `configuration` in:
+
+- envoy.yaml and envoy-compose.yaml: meshsplit.json verbatim.
+- istio/meshsplit-filter.yaml: meshsplit.json mapped to what a sidecar sees (below).
+
+Only that block is rewritten, as text: comments and layout around it stay as they are.
+With --check nothing is written; a copy that differs is shown as a diff and the exit status is 1.
+
+The Istio mapping, for each service:
+- FQDN is the `spec.host` of the DestinationRule in istio/ that is one of the service's hosts
+  (exactly one must be).
+- hosts become the names a sidecar's virtual host answers to, without the port: for a Kubernetes
+  service `NAME.NAMESPACE.svc.DOMAIN`, `NAME`, `NAME.NAMESPACE`, `NAME.NAMESPACE.svc` and the FQDN;
+  for any other host, the FQDN alone.
+- each upstream's cluster becomes Istio's cluster for the DestinationRule subset named like the
+  upstream: `outbound|PORT|UPSTREAM-NAME|FQDN`, where PORT is the listener port the EnvoyFilter
+  in meshsplit-filter.yaml matches. Every upstream name must be a subset of that DestinationRule,
+  otherwise the sidecar would have no such cluster and answer 503 (NC).
+- `authority` is dropped: a new :authority inside a sidecar picks another virtual host.
+- everything else (weights, strategy, rules, ...) is copied unchanged."""
+import argparse
+import difflib
+import json
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+ENVOY_DIR = Path(__file__).resolve().parent
+SOURCE = "meshsplit.json"
+ENVOY_COPIES = ["envoy.yaml", "envoy-compose.yaml"]
+ISTIO_FILTER = "istio/meshsplit-filter.yaml"
+ISTIO_DIR = "istio"
+
+BLOCK_START = re.compile(r"^(?P<indent> *)value: \|\n$")
+
+
+class SyncError(Exception):
+    pass
+
+
+def replace_block(text, json_text, name):
+    """`text` with the body of its one `value: |` block scalar replaced by `json_text`."""
+    lines = text.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if BLOCK_START.match(line)]
+    if len(starts) != 1:
+        raise SyncError(f"{name}: expected one `value: |` block, found {len(starts)}")
+    start = starts[0]
+    key_indent = len(BLOCK_START.match(lines[start]).group("indent"))
+    end = start + 1
+    # The block runs while lines are blank or indented deeper than its key.
+    while end < len(lines) and (not lines[end].strip()
+                                or len(lines[end]) - len(lines[end].lstrip(" ")) > key_indent):
+        end += 1
+    # Blank lines that end the block belong to the layout after it.
+    while end > start + 1 and not lines[end - 1].strip():
+        end -= 1
+    pad = " " * (key_indent + 2)
+    body = [pad + line + "\n" if line else "\n" for line in json_text.rstrip("\n").split("\n")]
+    return "".join(lines[:start + 1] + body + lines[end:])
+
+
+def embedded_plugin(text):
+    """The plugin configuration in the first wasm filter of a bootstrap or an EnvoyFilter, parsed."""
+    def find(node):
+        if isinstance(node, dict):
+            configuration = node.get("configuration")
+            if isinstance(configuration, dict) and "value" in configuration:
+                return configuration["value"]
+            nodes = node.values()
+        elif isinstance(node, list):
+            nodes = node
+        else:
+            return None
+        for child in nodes:
+            found = find(child)
+            if found is not None:
+                return found
+        return None
+
+    for doc in yaml.safe_load_all(text):
+        value = find(doc)
+        if value is not None:
+            return json.loads(value)
+    return None
+
+
+def format_plugin(plugin):
+    """JSON laid out like meshsplit.json: objects down to a service on their own lines, lists of
+    objects one item per line, everything deeper on one line."""
+    def render(value, level, indent):
+        inner = indent + "  "
+        if isinstance(value, dict) and value and level <= 2:
+            items = [f"{inner}{json.dumps(k)}: {render(v, level + 1, inner)}" for k, v in value.items()]
+            return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+        if isinstance(value, list) and value and level <= 3 and any(isinstance(v, dict) for v in value):
+            items = [f"{inner}{render(v, level + 1, inner)}" for v in value]
+            return "[\n" + ",\n".join(items) + "\n" + indent + "]"
+        return json.dumps(value, separators=(", ", ": "))
+
+    return render(plugin, 0, "") + "\n"
+
+
+def istio_docs(directory):
+    for path in sorted((directory / ISTIO_DIR).glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                yield path.name, doc
+
+
+def istio_plugin(plugin, directory):
+    """`plugin` as the sidecars in istio/ need it (the mapping in this file's docstring)."""
+    rules = {}
+    for name, doc in istio_docs(directory):
+        if doc.get("kind") == "DestinationRule":
+            spec = doc["spec"]
+            rules[spec["host"]] = (name, {s["name"] for s in spec.get("subsets", [])})
+    (envoy_filter,) = [d for n, d in istio_docs(directory) if n == Path(ISTIO_FILTER).name]
+    ports = {p["match"]["listener"]["portNumber"] for p in envoy_filter["spec"]["configPatches"]}
+    if len(ports) != 1:
+        raise SyncError(f"{ISTIO_FILTER}: expected one listener portNumber, found {sorted(ports)}")
+    (port,) = ports
+
+    mapped = json.loads(json.dumps(plugin))
+    for i, service in enumerate(mapped["services"]):
+        hosts = service.get("hosts") or [service["name"]]
+        fqdns = [h for h in hosts if h in rules]
+        if len(fqdns) != 1:
+            raise SyncError(f"services[{i}] ({service['name']}): expected one host that is a "
+                            f"DestinationRule host in {ISTIO_DIR}/ ({', '.join(sorted(rules))}), "
+                            f"found {fqdns}")
+        (fqdn,) = fqdns
+        rule_file, subsets = rules[fqdn]
+        labels = fqdn.split(".")
+        if len(labels) > 3 and labels[2] == "svc":  # NAME.NAMESPACE.svc.DOMAIN: a Kubernetes service
+            service["hosts"] = [".".join(labels[:n]) for n in (1, 2, 3)] + [fqdn]
+        else:
+            service["hosts"] = [fqdn]
+        for j, upstream in enumerate(service["upstreams"]):
+            if upstream["name"] not in subsets:
+                raise SyncError(f"services[{i}].upstreams[{j}]: no subset {upstream['name']!r} in "
+                                f"{ISTIO_DIR}/{rule_file} (subsets: {', '.join(sorted(subsets))})")
+            upstream["cluster"] = f"outbound|{port}|{upstream['name']}|{fqdn}"
+            upstream.pop("authority", None)
+    return mapped
+
+
+def expected_files(directory):
+    """{relative path: expected text} for every file that embeds the plugin configuration."""
+    source_text = (directory / SOURCE).read_text()
+    plugin = json.loads(source_text)
+    wanted = {name: (source_text, plugin) for name in ENVOY_COPIES}
+    mapped = istio_plugin(plugin, directory)
+    wanted[ISTIO_FILTER] = (format_plugin(mapped), mapped)
+    out = {}
+    for name, (json_text, parsed) in wanted.items():
+        text = replace_block((directory / name).read_text(), json_text, name)
+        if embedded_plugin(text) != parsed:  # the YAML around the block must still read it back
+            raise SyncError(f"{name}: the rewritten block does not parse back to the plugin config")
+        out[name] = text
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 and show a diff if a copy is out of date")
+    parser.add_argument("--dir", type=Path, default=ENVOY_DIR,
+                        help="the directory holding meshsplit.json and the configs (default: envoy/)")
+    args = parser.parse_args(argv)
+    try:
+        wanted = expected_files(args.dir)
+    except (SyncError, OSError, ValueError, KeyError) as e:
+        print(f"sync_configs: {e}", file=sys.stderr)
+        return 2
+    stale = []
+    for name, text in wanted.items():
+        path = args.dir / name
+        current = path.read_text()
+        if current == text:
+            continue
+        stale.append(name)
+        if args.check:
+            sys.stdout.writelines(difflib.unified_diff(
+                current.splitlines(keepends=True), text.splitlines(keepends=True),
+                f"{name} (current)", f"{name} (from {SOURCE})"))
+        else:
+            path.write_text(text)
+            print(f"updated {name}")
+    if args.check and stale:
+        print(f"sync_configs: out of date with {SOURCE}: {', '.join(stale)} (run `make configs`)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -51,8 +51,10 @@ lint: target
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) clippy --locked --release --target $(TARGET) -- -D warnings
 
+# -rs lists every skipped test with its reason; tests/conftest.py ends with a banner of the checks
+# that did not run (with CI=true a missing tool fails the run instead).
 integration: build venv
-	$(PYTHON) -m pytest tests -q
+	$(PYTHON) -m pytest tests -q -rs
 
 ## demo: start Envoy and sample upstreams on loopback, send traffic, print the split
 demo: build venv

@@ -35,3 +35,36 @@ def pytest_runtest_makereport(item, call):
     if report.failed:
         for envoy in harness.RUNNING:
             report.sections.append((f"envoy log {envoy.log_path}", envoy.log()[-20000:]))
+
+
+# Skip reasons that start with this mean a check could not run because a tool is not installed
+# (test_bundle.require_tool); with CI=true those checks fail instead of skipping.
+TOOL_MISSING = "tool missing: "
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter):
+    """End the report (after pytest's short summary) with a banner naming every check that was
+    skipped, so a green run that left checks out says so."""
+    result = yield
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return result
+    lines = []
+    for report in skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        lines.append((report.nodeid, reason))
+    missing = [(n, r) for n, r in lines if r.startswith(TOOL_MISSING)]
+    other = [(n, r) for n, r in lines if not r.startswith(TOOL_MISSING)]
+    write = terminalreporter.write_sep
+    if missing:
+        write("!", f"SKIPPED CHECKS (tool missing): {len(missing)}", red=True, bold=True)
+        for nodeid, reason in missing:
+            terminalreporter.write_line(f"  {nodeid}: {reason.removeprefix(TOOL_MISSING)}", red=True)
+    if other:
+        write("!", f"SKIPPED CHECKS: {len(other)}", yellow=True, bold=True)
+        for nodeid, reason in other:
+            terminalreporter.write_line(f"  {nodeid}: {reason}", yellow=True)
+    write("!", f"{len(lines)} skipped: the result below does not cover them", bold=True)
+    return result

@@ -5,7 +5,7 @@ VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 CARGO   ?= cargo
 
-.PHONY: all build target venv configs test unit lint integration demo bench ci clean
+.PHONY: all build target venv configs test unit lint integration demo bench cli check-configs ci clean
 
 all: build
 
@@ -40,15 +40,24 @@ $(VENV)/.installed: requirements-dev.txt
 configs: venv
 	$(PYTHON) envoy/sync_configs.py
 
+## cli: the `meshsplit` command (`meshsplit check FILE...`) at target/release/meshsplit
+cli:
+	$(CARGO) build --release --locked --features cli --bin meshsplit
+
+## check-configs: `meshsplit check` every plugin config, Envoy config and Istio manifest shipped
+check-configs: cli
+	target/release/meshsplit check --skip-unrelated envoy/*.json envoy/*.yaml envoy/istio/*.yaml
+
 ## test: lint, native unit tests, then integration tests against real Envoy
-test: lint unit integration
+test: lint unit check-configs integration
 
 unit:
 	$(CARGO) test --locked
+	$(CARGO) test --locked --features cli --bin meshsplit
 
 lint: target
 	$(CARGO) fmt --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --all-targets --features cli -- -D warnings
 	$(CARGO) clippy --locked --release --target $(TARGET) -- -D warnings
 
 # -rs lists every skipped test with its reason; tests/conftest.py ends with a banner of the checks

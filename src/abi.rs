@@ -78,6 +78,7 @@ extern "C" {
         return_id: *mut u32,
     ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     #[allow(clippy::too_many_arguments)]
     fn proxy_send_local_response(
         status_code: u32,
@@ -183,6 +184,12 @@ fn define_metric(kind: u32, name: &str) -> Option<u32> {
     // SAFETY: the name is live for the call; `id` is a local out-parameter.
     let status = unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) };
     (status == STATUS_OK).then_some(id)
+}
+
+/// Asks for `proxy_on_tick` on the current root context every `period` milliseconds.
+pub fn set_tick_period_milliseconds(period: u32) -> Result<(), u32> {
+    // SAFETY: plain values only.
+    checked(unsafe { proxy_set_tick_period_milliseconds(period) })
 }
 
 pub fn add_to_metric(id: u32, delta: i64) {
@@ -321,6 +328,12 @@ pub extern "C" fn proxy_on_configure(
 #[no_mangle]
 pub extern "C" fn proxy_on_context_create(context_id: u32, parent_context_id: u32) {
     filter::on_context_create(context_id, parent_context_id);
+}
+
+/// The housekeeping tick of a root context (root contexts only: no per-request cost).
+#[no_mangle]
+pub extern "C" fn proxy_on_tick(root_context_id: u32) {
+    filter::on_tick(root_context_id);
 }
 
 /// Called when a stream ends, however it ends: gives back in-flight counts.

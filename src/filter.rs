@@ -11,6 +11,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::host::{Host, SharedWrite};
 use crate::in_flight;
+use crate::metrics::{Counted, PlanCounters};
 use crate::plan::{
     Condition, ConfigError, HashOn, HeaderTest, OnUnknownService, Plan, Service, ServiceFrom,
     Strategy,
@@ -34,13 +35,18 @@ pub struct Routed {
     /// `(service, upstream)` indexes when the request now holds one in-flight count of a
     /// least-request upstream, to give back when the stream ends.
     pub lease: Option<(usize, usize)>,
+    /// What the request adds to the plan's counters.
+    pub counted: Counted,
 }
 
 impl Routed {
-    fn done(verdict: Verdict) -> Self {
+    fn unknown(verdict: Verdict) -> Self {
         Self {
             verdict,
             lease: None,
+            counted: Counted::Unknown {
+                rejected: verdict == Verdict::Replied,
+            },
         }
     }
 }
@@ -56,11 +62,13 @@ where
     let mut raw_key = read_service_key(plan, host);
     let key = raw_key.as_deref_mut().map(host_key);
     let Some((service_index, service)) = key.and_then(|k| plan.lookup(k)) else {
-        return Routed::done(unknown_service(plan, key, host));
+        return Routed::unknown(unknown_service(plan, key, host));
     };
-    let (upstream_index, leased) = choose_upstream(service, rng, host);
+    let (upstream_index, leased, rule) = choose_upstream(service, rng, host);
     let Some(upstream) = service.upstreams.get(upstream_index) else {
-        return Routed::done(unknown_service(plan, key, host));
+        let mut routed = Routed::unknown(unknown_service(plan, key, host));
+        routed.counted = Counted::Nothing;
+        return routed;
     };
     // Always overwrite: a client-sent cluster header is never honoured.
     host.set_request_header(&plan.cluster_header, Some(&upstream.cluster));
@@ -70,21 +78,27 @@ where
     Routed {
         verdict: Verdict::Continue,
         lease: leased.then_some((service_index, upstream_index)),
+        counted: Counted::Upstream {
+            service: service_index,
+            upstream: upstream_index,
+            rule,
+        },
     }
 }
 
-/// The upstream index for a request of `service`, and whether it took an in-flight count.
-fn choose_upstream<H, R>(service: &Service, rng: &mut R, host: &H) -> (usize, bool)
+/// The upstream index for a request of `service`, whether it took an in-flight count, and the
+/// index of the rule that chose it (`None`: the strategy did).
+fn choose_upstream<H, R>(service: &Service, rng: &mut R, host: &H) -> (usize, bool, Option<usize>)
 where
     H: Host + ?Sized,
     R: Rng + ?Sized,
 {
     let mut request = RequestView::new(host);
-    let ruled = service
+    let rule = service
         .rules
         .iter()
-        .find(|rule| rule.conditions.iter().all(|c| holds(c, &mut request)))
-        .map(|rule| rule.upstream);
+        .position(|rule| rule.conditions.iter().all(|c| holds(c, &mut request)));
+    let ruled = rule.and_then(|r| service.rules.get(r)).map(|r| r.upstream);
     let weights = service.weights();
     // The least-request count and CAS token read for the chosen upstream, reused to update it.
     let mut seen = None;
@@ -113,7 +127,7 @@ where
             .is_some_and(|slot| in_flight::acquire(host, slot, seen)),
         _ => false,
     };
-    (index, leased)
+    (index, leased, rule)
 }
 
 /// Conditions compare bytes: a configured value (UTF-8 text) matches exactly the request bytes
@@ -259,7 +273,27 @@ pub fn first_to_accept<H: Host + ?Sized>(
     fingerprint: &str,
     now_s: u64,
 ) -> bool {
-    let key = format!("meshsplit/accepted/{}:{plugin}/{fingerprint}", plugin.len());
+    first_to_report(host, "accepted", plugin, fingerprint, now_s)
+}
+
+/// Like [`first_to_accept`], for a refused configuration (counted once per Envoy).
+pub fn first_to_refuse<H: Host + ?Sized>(
+    host: &H,
+    plugin: &str,
+    fingerprint: &str,
+    now_s: u64,
+) -> bool {
+    first_to_report(host, "refused", plugin, fingerprint, now_s)
+}
+
+fn first_to_report<H: Host + ?Sized>(
+    host: &H,
+    event: &str,
+    plugin: &str,
+    fingerprint: &str,
+    now_s: u64,
+) -> bool {
+    let key = format!("meshsplit/{event}/{}:{plugin}/{fingerprint}", plugin.len());
     for _ in 0..8 {
         let cas = match host.shared_data(&key) {
             Some((value, cas)) => {
@@ -315,6 +349,7 @@ struct Lease {
 struct RootPlan {
     id: u32,
     plan: Rc<Plan>,
+    counters: PlanCounters,
 }
 
 impl Vm {
@@ -347,15 +382,30 @@ impl Vm {
                 }
             }
         }
+        let counters = PlanCounters::new(&plan, plugin);
         let plan = Rc::new(plan);
         match self.roots.iter_mut().find(|r| r.id == root) {
-            Some(entry) => entry.plan = Rc::clone(&plan),
+            Some(entry) => {
+                // What the old plan counted is not lost.
+                entry.counters.flush(&entry.plan, host);
+                entry.plan = Rc::clone(&plan);
+                entry.counters = counters;
+            }
             None => self.roots.push(RootPlan {
                 id: root,
                 plan: Rc::clone(&plan),
+                counters,
             }),
         }
         Ok(plan)
+    }
+
+    /// The housekeeping tick of root context `root` (about once a second): adds what its plan
+    /// counted since the last tick to Envoy's counters.
+    pub fn tick<H: Host + ?Sized>(&mut self, root: u32, host: &H) {
+        if let Some(entry) = self.roots.iter_mut().find(|r| r.id == root) {
+            entry.counters.flush(&entry.plan, host);
+        }
     }
 
     /// How many root contexts (filter instances) hold a plan in this VM.
@@ -368,31 +418,29 @@ impl Vm {
         self.last_stream = Some((context, parent));
     }
 
-    /// The plan of the root a stream was created under; never another root's.
-    fn plan_for(&self, context: u32) -> Option<Rc<Plan>> {
+    /// The index in `roots` of the root a stream was created under; never another root's.
+    fn root_of(&self, context: u32) -> Option<usize> {
         let root = match self.last_stream {
             Some((ctx, root)) if ctx == context => root,
             _ => return None,
         };
-        self.roots
-            .iter()
-            .find(|r| r.id == root)
-            .map(|r| Rc::clone(&r.plan))
+        self.roots.iter().position(|r| r.id == root)
     }
 
     /// Handles a stream's request headers. A stream whose root has no plan (not configured, or
     /// not known) passes untouched: counted, and logged once per VM.
     pub fn request_headers<H: Host + ?Sized>(&mut self, context: u32, host: &H) -> Verdict {
-        let Some(plan) = self.plan_for(context) else {
+        let Some(entry) = self.root_of(context).and_then(|i| self.roots.get_mut(i)) else {
             self.count_unplanned(context, host);
             return Verdict::Continue;
         };
-        let routed = on_request_headers(&plan, &mut self.rng, host);
+        let routed = on_request_headers(&entry.plan, &mut self.rng, host);
+        entry.counters.count(routed.counted);
         if let Some((service, upstream)) = routed.lease {
             self.leases.insert(
                 context,
                 Lease {
-                    plan,
+                    plan: Rc::clone(&entry.plan),
                     service,
                     upstream,
                 },
@@ -426,7 +474,8 @@ impl Vm {
     /// its filter instance is gone: drop its plan. Returns whether a plan was dropped.
     pub fn context_deleted<H: Host + ?Sized>(&mut self, context: u32, host: &H) -> bool {
         if let Some(index) = self.roots.iter().position(|r| r.id == context) {
-            self.roots.swap_remove(index);
+            let mut entry = self.roots.swap_remove(index);
+            entry.counters.flush(&entry.plan, host);
             return true;
         }
         if self.leases.is_empty() {
@@ -448,7 +497,8 @@ impl Vm {
 
 #[cfg(target_arch = "wasm32")]
 pub use glue::{
-    on_configure, on_context_create, on_context_delete, on_stream_request_headers, on_vm_start,
+    on_configure, on_context_create, on_context_delete, on_stream_request_headers, on_tick,
+    on_vm_start,
 };
 
 /// The VM-global state behind the exported callbacks (a wasm VM is single-threaded).
@@ -458,7 +508,7 @@ mod glue {
 
     use super::{Verdict, Vm};
     use crate::abi;
-    use crate::host::EnvoyHost;
+    use crate::host::{EnvoyHost, Host};
 
     thread_local! {
         static VM: RefCell<Option<Vm>> = const { RefCell::new(None) };
@@ -517,12 +567,16 @@ mod glue {
     pub fn on_configure(root: u32, bytes: &[u8]) -> bool {
         let started = std::time::Instant::now();
         let plugin = abi::plugin_name().unwrap_or_else(|| "meshsplit".to_owned());
+        let fingerprint = super::config_fingerprint(bytes);
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let result = with_vm(|vm| match vm.configure(root, bytes, &plugin, &EnvoyHost) {
             Ok(plan) => {
-                let fingerprint = super::config_fingerprint(bytes);
-                let now_s = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs());
+                // The housekeeping tick of this root context: counters are flushed on it.
+                if let Err(status) = abi::set_tick_period_milliseconds(TICK_MS) {
+                    log::warn!("no housekeeping tick (status {status}): counters stay at 0");
+                }
                 if super::first_to_accept(&EnvoyHost, &plugin, &fingerprint, now_s) {
                     log::info!("{}", super::config_summary(&plan, &fingerprint, &plugin));
                 }
@@ -540,10 +594,23 @@ mod glue {
             Err(err) => {
                 // On a live update Envoy keeps serving with the previous plan.
                 log::error!("invalid configuration: {err}");
+                if super::first_to_refuse(&EnvoyHost, &plugin, &fingerprint, now_s) {
+                    let name = crate::metrics::config_failures_name(&plugin);
+                    if let Some(id) = EnvoyHost.define_counter(&name) {
+                        EnvoyHost.increment_counter(id, 1);
+                    }
+                }
                 false
             }
         });
         result.unwrap_or(false)
+    }
+
+    /// Period of the housekeeping tick of every root context.
+    const TICK_MS: u32 = 1000;
+
+    pub fn on_tick(root: u32) {
+        with_vm(|vm| vm.tick(root, &EnvoyHost));
     }
 
     pub fn on_context_create(context: u32, parent: u32) {

@@ -342,8 +342,18 @@ fn accepted_configuration_is_announced_once_per_envoy() {
     // Another plugin name is announced on its own.
     assert!(first_to_accept(&worker, "other", &a, 1002));
     // The same configuration accepted again later (an update back to it) is a new acceptance.
-    assert!(first_to_accept(&worker, "meshsplit", &a, 1000 + ANNOUNCE_WINDOW_S));
-    assert!(!first_to_accept(&main, "meshsplit", &a, 1000 + ANNOUNCE_WINDOW_S));
+    assert!(first_to_accept(
+        &worker,
+        "meshsplit",
+        &a,
+        1000 + ANNOUNCE_WINDOW_S
+    ));
+    assert!(!first_to_accept(
+        &main,
+        "meshsplit",
+        &a,
+        1000 + ANNOUNCE_WINDOW_S
+    ));
 }
 
 #[test]
@@ -733,4 +743,91 @@ fn rules_compare_bytes_not_lossy_text() {
         route_raw(&plan, &[("cookie", "k=\u{ff}".as_bytes())]),
         "c_beta"
     );
+}
+
+// ---- counters: counted in VM memory, flushed on the housekeeping tick ----
+
+const COUNTED: &str = r#"{"on_unknown_service": "reject", "services": [
+  {"name": "svc", "upstreams": [
+    {"name": "v1", "cluster": "c1", "weight": 1},
+    {"name": "v2", "cluster": "c2", "weight": 0}],
+   "rules": [{"match": {"headers": [{"name": "x-beta", "present": true}]}, "upstream": "v2"}]}]}"#;
+
+fn send_counted(vm: &mut Vm, context: u32, headers: &[(&str, &str)]) -> FakeHost {
+    vm.stream_created(context, 1);
+    let host = FakeHost::with_headers(headers);
+    vm.request_headers(context, &host);
+    host
+}
+
+#[test]
+fn requests_make_no_metric_calls_and_the_tick_flushes_exact_counts() {
+    let mut vm = Vm::new([0; 32]);
+    configure(&mut vm, 1, COUNTED.as_bytes()).unwrap();
+    for i in 0..5 {
+        let host = send_counted(&mut vm, 10 + i, &[(":authority", "svc")]);
+        assert_eq!(
+            *host.calls.borrow(),
+            ["get :authority", "get x-beta", "set x-meshsplit-cluster"]
+        );
+    }
+    for i in 0..2 {
+        send_counted(&mut vm, 20 + i, &[(":authority", "svc"), ("x-beta", "1")]);
+    }
+    for i in 0..3 {
+        send_counted(&mut vm, 30 + i, &[(":authority", "nope")]);
+    }
+    let host = FakeHost::default();
+    vm.tick(1, &host);
+    assert_eq!(
+        *host.calls.borrow(),
+        [
+            "define counter meshsplit.meshsplit.svc.v1.requests_total",
+            "counter 0 +5",
+            "define counter meshsplit.meshsplit.svc.v2.requests_total",
+            "counter 1 +2",
+            "define counter meshsplit.meshsplit.svc.rules.0.hits_total",
+            "counter 2 +2",
+            "define counter meshsplit.meshsplit.unknown_service_total",
+            "counter 3 +3",
+            "define counter meshsplit.meshsplit.rejected_total",
+            "counter 4 +3",
+        ]
+    );
+    // Nothing new: the next tick makes no host call; then only what changed, without defining.
+    host.calls.borrow_mut().clear();
+    vm.tick(1, &host);
+    assert!(host.calls.borrow().is_empty());
+    send_counted(&mut vm, 40, &[(":authority", "svc")]);
+    vm.tick(1, &host);
+    assert_eq!(*host.calls.borrow(), ["counter 0 +1"]);
+    assert_eq!(host.counter("meshsplit.meshsplit.svc.v1.requests_total"), 6);
+}
+
+#[test]
+fn a_deleted_or_reconfigured_root_flushes_what_it_counted() {
+    let mut vm = Vm::new([0; 32]);
+    configure(&mut vm, 1, COUNTED.as_bytes()).unwrap();
+    send_counted(&mut vm, 10, &[(":authority", "svc")]);
+    let host = FakeHost::default();
+    vm.configure(1, COUNTED.as_bytes(), "meshsplit", &host)
+        .unwrap();
+    assert_eq!(host.counter("meshsplit.meshsplit.svc.v1.requests_total"), 1);
+    send_counted(&mut vm, 11, &[(":authority", "svc")]);
+    vm.context_deleted(1, &host);
+    assert_eq!(host.counter("meshsplit.meshsplit.svc.v1.requests_total"), 2);
+}
+
+#[test]
+fn a_tick_of_another_root_flushes_only_that_root() {
+    let mut vm = Vm::new([0; 32]);
+    configure(&mut vm, 1, COUNTED.as_bytes()).unwrap();
+    configure(&mut vm, 2, COUNTED.as_bytes()).unwrap();
+    send_counted(&mut vm, 10, &[(":authority", "svc")]);
+    let host = FakeHost::default();
+    vm.tick(2, &host);
+    vm.tick(99, &host);
+    assert!(host.calls.borrow().is_empty());
+    vm.tick(1, &host);
+    assert_eq!(host.counter("meshsplit.meshsplit.svc.v1.requests_total"), 1);
 }

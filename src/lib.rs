@@ -9,7 +9,7 @@ pub mod config;
 pub mod filter;
 pub mod host;
 pub mod in_flight;
-pub mod json_path;
+pub mod metrics;
 pub mod plan;
 pub mod request;
 pub mod select;

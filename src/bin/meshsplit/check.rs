@@ -309,14 +309,20 @@ mod tests {
         );
     }
 
-    #[test]
-    fn invalid_config_prints_the_filters_error() {
-        let config = r#"{"services": [{"name": "a", "upstreams": [{"name": "v1", "cluster": "c", "weight": 5000000}]}]}"#;
-        let expected = Plan::from_json(config.as_bytes()).unwrap_err();
+    /// `config` is reported with the error the filter gives for it.
+    fn assert_rejected_as_by_the_filter(config: &str) -> String {
+        let expected = Plan::from_json(config.as_bytes()).unwrap_err().to_string();
         assert_eq!(
             report(config),
             [format!("f: invalid configuration: {expected}")]
         );
+        expected
+    }
+
+    #[test]
+    fn invalid_config_prints_the_filters_error() {
+        let config = r#"{"services": [{"name": "a", "upstreams": [{"name": "v1", "cluster": "c", "weight": 5000000}]}]}"#;
+        assert_rejected_as_by_the_filter(config);
         assert_eq!(
             report(config),
             ["f: invalid configuration: services[0].upstreams[0].weight: must be at most 1000000, got 5000000"]
@@ -327,22 +333,14 @@ mod tests {
     fn syntax_errors_keep_the_filters_positions() {
         // The file's own text is compiled, so line and column match what Envoy would log.
         let config = "{\"services\": [\n  {\"name\": \"a\", \"wieght\": 1}]}";
-        let expected = Plan::from_json(config.as_bytes()).unwrap_err();
-        assert!(expected.to_string().contains("line 2"), "{expected}");
-        assert_eq!(
-            report(config),
-            [format!("f: invalid configuration: {expected}")]
-        );
+        let expected = assert_rejected_as_by_the_filter(config);
+        assert!(expected.contains("line 2"), "{expected}");
     }
 
     #[test]
     fn plugin_config_that_only_yaml_accepts_is_rejected_as_the_filter_would() {
         let config = r#"{"services": [{"name": "a", "upstreams": [{"name": "v1", "cluster": "c", "weight": 1}]}],}"#;
-        let expected = Plan::from_json(config.as_bytes()).unwrap_err();
-        assert_eq!(
-            report(config),
-            [format!("f: invalid configuration: {expected}")]
-        );
+        assert_rejected_as_by_the_filter(config);
     }
 
     #[test]

@@ -129,12 +129,7 @@ fn from_manifest(value: &Value, out: &mut Vec<Found>) {
     let spec = value.get("spec");
     match kind {
         "List" => {
-            for item in value
-                .get("items")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
+            for item in items(value.get("items")) {
                 if is_manifest(item) {
                     from_manifest(item, out);
                 }
@@ -142,12 +137,7 @@ fn from_manifest(value: &Value, out: &mut Vec<Found>) {
         }
         "EnvoyFilter" => {
             let patches = spec.and_then(|s| s.get("configPatches"));
-            for (i, patch) in patches
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .enumerate()
-            {
+            for (i, patch) in items(patches).enumerate() {
                 let place = format!("{place} configPatches[{i}]");
                 from_container(patch, &place, false, None, out);
             }
@@ -180,11 +170,7 @@ fn plugin_config_object(holder: Option<&Value>, place: String, plugin: String) -
 
 fn from_bootstrap(value: &Value, place: &str, out: &mut Vec<Found>) {
     let statics = value.get("static_resources");
-    let names = statics
-        .and_then(|s| s.get("clusters"))
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+    let names = items(statics.and_then(|s| s.get("clusters")))
         .filter_map(|c| c.get("name").and_then(Value::as_str))
         .map(str::to_owned)
         .collect();
@@ -194,12 +180,7 @@ fn from_bootstrap(value: &Value, place: &str, out: &mut Vec<Found>) {
         .is_some();
     let clusters = Rc::new(Clusters { names, cds });
     let listeners = statics.and_then(|s| s.get("listeners"));
-    for (i, listener) in listeners
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
+    for (i, listener) in items(listeners).enumerate() {
         let place = join(place, &format!("listeners[{i}]"));
         from_container(listener, &place, false, Some(&clusters), out);
     }
@@ -297,6 +278,11 @@ fn string_configuration(config: &Value) -> Option<(&str, &str)> {
         .and_then(Value::as_str)
         .unwrap_or_default();
     Some((plugin, text))
+}
+
+/// The elements of `value` if it is a list.
+fn items(value: Option<&Value>) -> impl Iterator<Item = &Value> {
+    value.and_then(Value::as_array).into_iter().flatten()
 }
 
 fn join(place: &str, more: &str) -> String {

@@ -33,3 +33,39 @@ def test_counters_equal_the_requests_sent(deploy):
     }
     harness.wait_for(lambda: counters(envoy) == expected, timeout=FLUSH_S)
     assert counters(envoy) == expected
+
+
+def prometheus_series(envoy, name):
+    """{frozenset of (label, value)}: value} of one metric in /stats/prometheus."""
+    import re
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{envoy.admin_port}/stats/prometheus", timeout=5) as r:
+        text = r.read().decode()
+    series = {}
+    for labels, value in re.findall(rf"^{name}\{{([^}}]*)\}} (\S+)$", text, re.M):
+        key = frozenset(tuple(pair.split("=", 1)) for pair in labels.split(","))
+        series[frozenset((k, v.strip('"')) for k, v in key)] = float(value)
+    return series
+
+
+def test_prometheus_shows_labelled_series_whose_totals_equal_the_requests_sent(deploy):
+    envoy = deploy(PLUGIN, ["m_v1", "m_v2"])
+    seen = harness.send(envoy.port, 500, {"Host": "svc"})
+    harness.send(envoy.port, 40, {"Host": "svc", "x-beta": "1"})
+    harness.send(envoy.port, 20, {"Host": "nope"})
+
+    def labels(**kv):
+        return frozenset(dict(plugin="meshsplit", **kv).items())
+
+    expected = {
+        labels(service="svc", upstream="v1"): seen["m_v1"],
+        labels(service="svc", upstream="v2"): seen["m_v2"] + 40,
+    }
+    harness.wait_for(lambda: prometheus_series(envoy, "meshsplit_requests_total") == expected,
+                     timeout=FLUSH_S)
+    assert prometheus_series(envoy, "meshsplit_requests_total") == expected
+    assert sum(expected.values()) == 540
+    assert prometheus_series(envoy, "meshsplit_rules_hits_total") == {
+        labels(service="svc", rule="0"): 40}
+    assert prometheus_series(envoy, "meshsplit_unknown_service_total") == {labels(): 20}
+    assert prometheus_series(envoy, "meshsplit_rejected_total") == {labels(): 20}

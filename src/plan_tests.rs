@@ -312,9 +312,15 @@ fn empty_hosts_list_is_an_error() {
 #[test]
 fn invalid_host_is_an_error() {
     let e = error(&one_service(r#""hosts": ["a b"],"#));
-    assert_eq!(e, r#"services[0].hosts[0]: not a valid host: "a b""#);
+    assert_eq!(
+        e,
+        r#"services[0].hosts[0]: not a valid host: "a b" (bad character ' ')"#
+    );
     let e = error(&one_service(r#""hosts": [":80"],"#));
-    assert_eq!(e, r#"services[0].hosts[0]: not a valid host: ":80""#);
+    assert_eq!(
+        e,
+        r#"services[0].hosts[0]: not a valid host: ":80" (empty name)"#
+    );
 }
 
 #[test]
@@ -442,7 +448,7 @@ fn unknown_service_from_is_an_error() {
         &one_service("")[1..]
     ));
     assert!(
-        e.starts_with("service_from.cookie: unknown variant `cookie`"),
+        e.starts_with("service_from: unknown variant `cookie`"),
         "{e}"
     );
 }
@@ -636,7 +642,7 @@ fn hash_on_with_unknown_source_is_an_error() {
         r#""strategy": "sticky", "hash_on": {"path": "x"},"#,
     ));
     assert!(
-        e.starts_with("services[0].hash_on.path: unknown variant `path`"),
+        e.starts_with("services[0].hash_on: unknown variant `path`"),
         "{e}"
     );
 }
@@ -771,4 +777,184 @@ fn least_request_gauge_name_collision_is_an_error() {
         ),
         "{e}"
     );
+}
+
+// ---- what a host and the cluster header may be ----
+
+fn with_hosts(hosts: &str) -> Result<Plan, ConfigError> {
+    Plan::from_json(one_service(&format!(r#""hosts": [{hosts}],"#)).as_bytes())
+}
+
+#[test]
+fn host_names_and_ip_literals_are_accepted_in_every_documented_form() {
+    for host in [
+        "reviews",
+        "reviews.default.svc.cluster.local",
+        "reviews.default.svc.cluster.local.",
+        "Reviews.Default:9080",
+        "_grpc._tcp.reviews",
+        "reviews-v1",
+        "10.0.0.1",
+        "10.0.0.1:80",
+        "[::1]",
+        "[::1]:80",
+        "::1",
+        "2001:db8::8:1",
+        "[2001:db8::8:1]:443",
+    ] {
+        assert!(
+            with_hosts(&format!("{host:?}")).is_ok(),
+            "{host:?} was refused"
+        );
+    }
+}
+
+#[test]
+fn malformed_hosts_are_an_error_saying_why() {
+    for (host, why) in [
+        ("[::1", "'[' without a closing ']'"),
+        ("[::1]x", "only a :port may follow ']'"),
+        ("[reviews]", "\"reviews\" is not a valid IPv6 address"),
+        ("a:b:c", "more than one ':' and not a valid IPv6 address"),
+        (
+            "reviews:80:1",
+            "more than one ':' and not a valid IPv6 address",
+        ),
+        ("reviews:", "port \"\" is not a number from 0 to 65535"),
+        (
+            "reviews:http",
+            "port \"http\" is not a number from 0 to 65535",
+        ),
+        (
+            "reviews:65536",
+            "port \"65536\" is not a number from 0 to 65535",
+        ),
+        (
+            "reviews:+80",
+            "port \"+80\" is not a number from 0 to 65535",
+        ),
+        ("a..b", "empty label"),
+        (".reviews", "empty label"),
+        ("reviews..", "empty label"),
+        ("a b", "bad character ' '"),
+        ("a/b", "bad character '/'"),
+        ("revi\u{e9}ws", "bad character '\u{e9}'"),
+        ("-reviews", "label \"-reviews\" starts or ends with '-'"),
+        ("10.0.0.256", "not a valid IPv4 address"),
+        ("10.1", "not a valid IPv4 address"),
+    ] {
+        let e = with_hosts(&format!("\"a\", {host:?}")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("services[0].hosts[1]: not a valid host: {host:?} ({why})")
+        );
+    }
+}
+
+#[test]
+fn overlong_host_labels_and_names_are_an_error() {
+    let label = "a".repeat(64);
+    let e = with_hosts(&format!("{label:?}")).unwrap_err();
+    assert!(e.message.contains("is longer than 63 characters"), "{e}");
+    let name = vec!["a".repeat(60); 5].join(".");
+    let e = with_hosts(&format!("{name:?}")).unwrap_err();
+    assert!(e.message.ends_with("(longer than 253 characters)"), "{e}");
+}
+
+#[test]
+fn wildcard_hosts_are_an_error_asking_for_explicit_hosts() {
+    for host in ["*", "*.example.com", "reviews.*"] {
+        let e = with_hosts(&format!("{host:?}")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "services[0].hosts[0]: {host:?}: wildcards are not supported; list each host explicitly"
+            )
+        );
+    }
+}
+
+#[test]
+fn service_name_must_be_a_valid_host_when_hosts_is_absent() {
+    let e = error(
+        r#"{"services": [{"name": "reviews:80:1", "upstreams": [{"name": "v1", "cluster": "c", "weight": 1}]}]}"#,
+    );
+    assert!(
+        e.starts_with(r#"services[0].name: not a valid host: "reviews:80:1""#),
+        "{e}"
+    );
+}
+
+#[test]
+fn service_name_need_not_be_a_host_when_hosts_are_listed() {
+    let p = plan(
+        r#"{"services": [{"name": "reviews/v2 canary", "hosts": ["reviews"], "upstreams": [{"name": "v1", "cluster": "c", "weight": 1}]}]}"#,
+    );
+    assert_eq!(p.services[0].name, "reviews/v2 canary");
+}
+
+fn with_cluster_header(name: &str) -> Result<Plan, ConfigError> {
+    Plan::from_json(
+        format!(r#"{{"cluster_header": {name:?}, {}"#, &one_service("")[1..]).as_bytes(),
+    )
+}
+
+#[test]
+fn headers_with_request_semantics_cannot_be_the_cluster_header() {
+    for name in [
+        "host",
+        "content-length",
+        "content-type",
+        "content-encoding",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "proxy-connection",
+        "expect",
+        "http2-settings",
+        "cookie",
+        "authorization",
+        "proxy-authorization",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "forwarded",
+        "via",
+        "x-request-id",
+    ] {
+        let e = with_cluster_header(name).unwrap_err();
+        assert_eq!(e.path, "cluster_header");
+        assert!(
+            e.message.starts_with(&format!("must not be {name:?}: it "))
+                && e.message.ends_with(
+                    "and the filter overwrites the cluster header on every request; \
+                     use a header of its own, such as \"x-meshsplit-cluster\""
+                ),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn envoy_headers_cannot_be_the_cluster_header() {
+    for name in ["x-envoy-original-dst-host", "x-envoy-cluster"] {
+        let e = with_cluster_header(name).unwrap_err();
+        assert!(
+            e.to_string().starts_with(&format!(
+                r#"cluster_header: must not be {name:?}: headers starting with "x-envoy-" are Envoy's own"#
+            )),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn a_header_of_its_own_can_be_the_cluster_header() {
+    for name in ["x-route-to", "x-envoyish", "x-cluster"] {
+        assert_eq!(with_cluster_header(name).unwrap().cluster_header, name);
+    }
 }

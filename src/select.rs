@@ -56,6 +56,19 @@ impl WeightedPicker {
 /// entry's running score, takes the highest score and subtracts the total from it. Weights
 /// 5/1/1 give a a b a c a a: interleaved, not in bursts. `current` is the per-VM state, one
 /// cell per entry; zero-weight entries are never picked.
+///
+/// How far the counts stray from the exact shares, with `k` entries of positive weight, total
+/// weight `W`, and `count_i` picks of entry `i` among the first `n`:
+///
+/// `-(k-1)²/k <= count_i - n·w_i/W <= (k-1)/k`
+///
+/// An entry is never a whole pick ahead of its share, and for two entries it is within half a
+/// pick either way; but with more entries it can fall more than one pick behind (weights
+/// 12/3/1/1/12 leave an entry 30/29 of a pick behind). Proof: every pick adds `W` to the
+/// scores and subtracts `W`, so the scores `s_i` always sum to 0, and `s_i = n·w_i - W·count_i`.
+/// The picked entry held the highest of `k` scores summing to `W` before the subtraction, at
+/// least `W/k`, so afterwards it holds at least `W/k - W`; entries not picked only grow. So
+/// every `s_i >= -(k-1)·W/k`, and as the others sum to `-s_i`, `s_i <= (k-1)²·W/k`.
 pub fn smooth_round_robin(weights: &[u32], current: &[std::cell::Cell<i64>]) -> Option<usize> {
     let mut total = 0i64;
     let mut best: Option<(usize, i64)> = None;
@@ -254,6 +267,64 @@ mod tests {
             smooth_round_robin(&[0, 0], &[Default::default(), Default::default()]),
             None
         );
+    }
+
+    /// For every entry after every pick: `k·(count_i·W - n·w_i)`, which the documented bound
+    /// puts within `[-(k-1)²·W, (k-1)·W]`. Returns (lowest, highest) over the whole run.
+    fn round_robin_scaled_deviations(weights: &[u32], picks: u64) -> (i64, i64) {
+        let state: Vec<std::cell::Cell<i64>> = weights.iter().map(|_| Default::default()).collect();
+        let k = weights.iter().filter(|&&w| w > 0).count() as i64;
+        let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+        let mut counts = vec![0i64; weights.len()];
+        let (mut low, mut high) = (0, 0);
+        for n in 1..=picks as i64 {
+            let picked = smooth_round_robin(weights, &state).unwrap();
+            assert_ne!(weights[picked], 0, "picked a drained entry");
+            counts[picked] += 1;
+            for (count, &w) in counts.iter().zip(weights) {
+                let scaled = k * (count * total - n * i64::from(w));
+                low = low.min(scaled);
+                high = high.max(scaled);
+            }
+        }
+        (low, high)
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        #[test]
+        fn smooth_round_robin_stays_within_its_documented_bound(
+            weights in proptest::collection::vec(0u32..=1000, 1..=8)
+                .prop_filter("some weight above 0", |w| w.iter().any(|&w| w > 0)),
+            picks in 1u64..=3000,
+        ) {
+            let k = weights.iter().filter(|&&w| w > 0).count() as i64;
+            let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+            let (low, high) = round_robin_scaled_deviations(&weights, picks);
+            proptest::prop_assert!(high <= (k - 1) * total, "ahead: {high} > {}", (k - 1) * total);
+            proptest::prop_assert!(
+                low >= -(k - 1) * (k - 1) * total,
+                "behind: {low} < {}",
+                -(k - 1) * (k - 1) * total
+            );
+        }
+    }
+
+    #[test]
+    fn smooth_round_robin_keeps_two_entries_within_half_a_pick() {
+        for weights in [[1, 1], [90, 10], [999, 1], [3, 2], [1000, 999]] {
+            let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+            let (low, high) = round_robin_scaled_deviations(&weights, 5000);
+            assert!(low >= -total && high <= total, "{weights:?}: {low}..{high}");
+        }
+    }
+
+    #[test]
+    fn smooth_round_robin_can_fall_more_than_one_pick_behind() {
+        // Scaled by k = 5: an entry falls 30/29 of a pick behind its share.
+        let (low, _) = round_robin_scaled_deviations(&[12, 3, 1, 1, 12], 29);
+        assert_eq!(low, -5 * 30);
     }
 
     #[test]

@@ -1,5 +1,7 @@
-"""What an operator sees when the configuration is wrong, through real Envoy."""
+"""What an operator sees when the configuration is wrong, through real Envoy: a cluster name Envoy
+does not have, and an invalid ECDS file at startup."""
 import harness
+from test_reload import ecds_bootstrap, plugin, publish
 
 FILE_ACCESS_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
@@ -37,3 +39,22 @@ def test_a_cluster_envoy_does_not_have_is_answered_503_and_logged_with_flag_nc(w
             assert " 503 NC " in line and "cluster=reveiws_v2" in line, line
             assert envoy.stats("http.meshsplit.no_cluster")["http.meshsplit.no_cluster"] == 1
 
+
+def test_envoy_restarted_with_an_invalid_ecds_file_starts_on_default_config(wasm, tmp_path):
+    ecds = tmp_path / "ecds"
+    ecds.mkdir()
+    default = plugin({"a": 1, "b": 0})
+    with harness.upstreams("a", "b") as ports:
+        config = ecds_bootstrap(ecds, ports, default)
+        publish(ecds, 2, plugin({"a": 0, "b": 1}))
+        with harness.Envoy(config, tmp_path) as envoy:
+            assert harness.send(envoy.port, 20, {"Host": "svc"}) == {"b": 20}
+
+        # Version 3 is invalid. After a restart Envoy does not remember version 2: it serves
+        # default_config and rejects the file.
+        publish(ecds, 3, plugin({"a": 5000000, "b": 1}))
+        with harness.Envoy(config, tmp_path) as envoy:
+            assert harness.send(envoy.port, 20, {"Host": "svc"}) == {"a": 20}
+            stats = envoy.stats("extension_config_discovery.http_filter.meshsplit.")
+            assert stats["extension_config_discovery.http_filter.meshsplit.update_rejected"] == 1
+            assert "must be at most 1000000, got 5000000" in envoy.log()

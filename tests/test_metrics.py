@@ -69,3 +69,12 @@ def test_prometheus_shows_labelled_series_whose_totals_equal_the_requests_sent(d
         labels(service="svc", rule="0"): 40}
     assert prometheus_series(envoy, "meshsplit_unknown_service_total") == {labels(): 20}
     assert prometheus_series(envoy, "meshsplit_rejected_total") == {labels(): 20}
+
+
+def test_every_shipped_config_tags_meshsplit_stats_the_same_way():
+    expected = harness.load_yaml(harness.ENVOY_DIR / "envoy.yaml")["stats_config"]
+    assert harness.load_yaml(harness.ENVOY_DIR / "envoy-compose.yaml")["stats_config"] == expected
+    istio = harness.load_yaml(harness.ENVOY_DIR / "istio" / "meshsplit-stats.yaml")
+    (patch,) = istio["spec"]["configPatches"]
+    assert patch["applyTo"] == "BOOTSTRAP"
+    assert patch["patch"]["value"]["stats_config"] == expected

@@ -11,6 +11,8 @@ all: build
 
 # wasm-opt (Debian/Homebrew package `binaryen`) shrinks the module by about a sixth when present.
 WASM_OPT ?= $(shell command -v wasm-opt 2>/dev/null)
+# $(call optimize,MODULE): shrink MODULE in place.
+optimize = $(WASM_OPT) -Oz $(WASM_FEATURES) --strip-producers $(1) -o $(1).opt && mv $(1).opt $(1)
 WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
                  --enable-mutable-globals --enable-multivalue --enable-reference-types
 
@@ -18,7 +20,7 @@ WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-nontrapping-flo
 build: target
 	$(CARGO) build --release --target $(TARGET)
 ifneq ($(WASM_OPT),)
-	$(WASM_OPT) -Oz $(WASM_FEATURES) --strip-producers $(WASM) -o $(WASM).opt && mv $(WASM).opt $(WASM)
+	$(call optimize,$(WASM))
 else
 	@echo "note: wasm-opt not found (package binaryen); the module is left unoptimized"
 endif
@@ -70,8 +72,13 @@ demo: build venv
 	$(PYTHON) envoy/demo.py
 
 ## bench: benchmark against a direct route, native weighted_clusters and Lua (bench/README.md)
+UNCOUNTED_DIR := target/uncounted
 bench: build venv
 	$(CARGO) build --release --target $(TARGET) --examples
+	CARGO_TARGET_DIR=$(UNCOUNTED_DIR) $(CARGO) build --release --target $(TARGET) --features bench-uncounted
+ifneq ($(WASM_OPT),)
+	$(call optimize,$(UNCOUNTED_DIR)/$(TARGET)/release/meshsplit.wasm)
+endif
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(PYTHON) bench/run.py $(BENCH_ARGS)

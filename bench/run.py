@@ -36,6 +36,8 @@ from stats import chi_square  # noqa: E402
 BENCH = ROOT / "bench"
 FLOOR_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "examples" / "sdk_floor.wasm"
 RAW_FLOOR_WASM = FLOOR_WASM.with_name("raw_floor.wasm")
+# meshsplit built without request counters (cargo feature bench-uncounted): D − M is their cost.
+UNCOUNTED_WASM = ROOT / "target" / "uncounted" / "wasm32-wasip1" / "release" / "meshsplit.wasm"
 HOST = "reviews"
 CLUSTER_HEADER = "x-meshsplit-cluster"
 WEIGHTS = {"reviews_v1": 90, "reviews_v2": 10}
@@ -132,6 +134,11 @@ def raw_floor():
 @scenario("D", "meshsplit", "meshsplit weighted 90/10 + authority rewrite")
 def meshsplit():
     return [wasm_filter(harness.WASM, meshsplit_config([REVIEWS]))], cluster_header_routes()
+
+
+@scenario("M", "no counters", "meshsplit weighted 90/10 built without request counters")
+def meshsplit_uncounted():
+    return [wasm_filter(UNCOUNTED_WASM, meshsplit_config([REVIEWS]))], cluster_header_routes()
 
 
 def reviews_with(**fields):
@@ -409,6 +416,7 @@ def build_report(args, keys, runs, latency, extra):
     md.append("")
     for a, b, what in (("D", "W", "meshsplit over the SDK floor; target ≤ 1 µs"),
                        ("D", "R", "meshsplit's own logic over the raw-ABI floor"),
+                       ("D", "M", "what the request counters cost; target ≤ 0.2 µs"),
                        ("W", "R", "what the SDK's extra exports cost")):
         if a in by_key and b in by_key:
             q = quartiles([x["cpu_us"] - y["cpu_us"] for x, y in zip(runs[a], runs[b])])

@@ -435,7 +435,10 @@ impl Vm {
             return Verdict::Continue;
         };
         let routed = on_request_headers(&entry.plan, &mut self.rng, host);
-        entry.counters.count(routed.counted);
+        // Compiled out only in the benchmark's comparison module (feature `bench-uncounted`).
+        if cfg!(not(feature = "bench-uncounted")) {
+            entry.counters.count(routed.counted);
+        }
         if let Some((service, upstream)) = routed.lease {
             self.leases.insert(
                 context,

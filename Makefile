@@ -5,7 +5,7 @@ VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 CARGO   ?= cargo
 
-.PHONY: all build target venv configs test unit lint integration demo bench cli check-configs ci clean
+.PHONY: all build target venv configs test unit lint integration demo live bench cli check-configs ci clean
 
 all: build
 
@@ -70,6 +70,11 @@ integration: build venv
 ## demo: start Envoy and sample upstreams on loopback, send traffic, print the split
 demo: build venv
 	$(PYTHON) envoy/demo.py
+
+## live: Envoy with live config (envoy/envoy-live.yaml) and `meshsplit apply --watch` on
+## envoy/meshsplit.json, steady traffic and a live table of the split; edit the file and save
+live: build cli venv
+	$(PYTHON) envoy/live.py $(LIVE_ARGS)
 
 ## bench: benchmark against a direct route, native weighted_clusters and Lua (bench/README.md)
 UNCOUNTED_DIR := target/uncounted

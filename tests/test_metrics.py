@@ -78,3 +78,20 @@ def test_every_shipped_config_tags_meshsplit_stats_the_same_way():
     (patch,) = istio["spec"]["configPatches"]
     assert patch["applyTo"] == "BOOTSTRAP"
     assert patch["patch"]["value"]["stats_config"] == expected
+
+
+def test_a_refused_live_update_is_counted_once(wasm, tmp_path):
+    import test_reload
+    ecds = tmp_path / "ecds"
+    ecds.mkdir()
+    good = test_reload.plugin({"a": 1, "b": 0})
+    test_reload.publish(ecds, 1, good)
+    name = PREFIX + "config_failures_total"
+    with harness.upstreams("a", "b") as ports, \
+            harness.Envoy(test_reload.ecds_bootstrap(ecds, ports, good), tmp_path) as envoy:
+        assert harness.send(envoy.port, 10, {"Host": "svc"}) == {"a": 10}
+        test_reload.publish(ecds, 2, test_reload.plugin({"a": 5000000, "b": 1}))
+        assert harness.wait_for(lambda: envoy.stats(name).get(name) == 1, timeout=FLUSH_S)
+        # Still the last good split, and counted exactly once across the VMs.
+        assert harness.send(envoy.port, 10, {"Host": "svc"}) == {"a": 10}
+        assert envoy.stats(name).get(name) == 1

@@ -1,15 +1,18 @@
-//! meshsplit: a proxy-wasm HTTP filter that splits traffic between upstream clusters.
+//! meshsplit: an HTTP filter for Envoy that splits traffic between upstream clusters.
 //!
-//! Pure logic (`config`, `plan`, `select`, `request`) and the filter's per-request and per-VM
-//! logic build and test natively; the proxy-wasm ABI (`abi`) is compiled for `wasm32` only.
+//! The core knows no ABI: configuration (`config`, `plan`), selection (`select`), what a request
+//! offers (`request`), the per-request decision (`route`), per-instance state (`instance`,
+//! `metrics`, `in_flight`), all behind the `host::Host` trait and tested natively. Adapters
+//! depend on the core, never the other way: `wasm` (proxy-wasm ABI, wasm32 only).
 
-#[cfg(target_arch = "wasm32")]
-mod abi;
 pub mod config;
-pub mod filter;
 pub mod host;
 pub mod in_flight;
+pub mod instance;
 pub mod metrics;
 pub mod plan;
 pub mod request;
+pub mod route;
 pub mod select;
+#[cfg(target_arch = "wasm32")]
+mod wasm;

@@ -12,8 +12,9 @@
 use std::alloc::{alloc, Layout};
 use std::ptr::{null, null_mut};
 
-use crate::filter;
+use super::glue;
 use crate::host::SharedWrite;
+use crate::route::Verdict;
 
 /// proxy-wasm status codes used here.
 const STATUS_OK: u32 = 0;
@@ -310,7 +311,7 @@ pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
 
 #[no_mangle]
 pub extern "C" fn proxy_on_vm_start(_root_context_id: u32, _vm_configuration_size: usize) -> u32 {
-    filter::on_vm_start();
+    glue::on_vm_start();
     1
 }
 
@@ -319,27 +320,24 @@ pub extern "C" fn proxy_on_configure(
     root_context_id: u32,
     _plugin_configuration_size: usize,
 ) -> u32 {
-    u32::from(filter::on_configure(
-        root_context_id,
-        &plugin_configuration(),
-    ))
+    u32::from(glue::on_configure(root_context_id, &plugin_configuration()))
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_context_create(context_id: u32, parent_context_id: u32) {
-    filter::on_context_create(context_id, parent_context_id);
+    glue::on_context_create(context_id, parent_context_id);
 }
 
 /// The housekeeping tick of a root context (root contexts only: no per-request cost).
 #[no_mangle]
 pub extern "C" fn proxy_on_tick(root_context_id: u32) {
-    filter::on_tick(root_context_id);
+    glue::on_tick(root_context_id);
 }
 
 /// Called when a stream ends, however it ends: gives back in-flight counts.
 #[no_mangle]
 pub extern "C" fn proxy_on_delete(context_id: u32) {
-    filter::on_context_delete(context_id);
+    glue::on_context_delete(context_id);
 }
 
 /// Returns 0 (Continue) or 1 (StopIteration, after a local reply).
@@ -349,8 +347,8 @@ pub extern "C" fn proxy_on_request_headers(
     _num_headers: usize,
     _end_of_stream: u32,
 ) -> u32 {
-    match filter::on_stream_request_headers(context_id) {
-        filter::Verdict::Continue => 0,
-        filter::Verdict::Replied => 1,
+    match glue::on_stream_request_headers(context_id) {
+        Verdict::Continue => 0,
+        Verdict::Replied => 1,
     }
 }

@@ -1,0 +1,305 @@
+//! Per-instance state: one per wasm VM (each Envoy worker and the main thread). It holds a plan
+//! per filter instance (root context), the random generator, least-request leases and the
+//! request counters flushed on the housekeeping tick; and tells, once per Envoy, which
+//! configuration was accepted.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use rand_core::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+use crate::host::{Host, SharedWrite};
+use crate::in_flight;
+use crate::metrics::PlanCounters;
+use crate::plan::{ConfigError, Plan, Strategy};
+use crate::route::{on_request_headers, Verdict};
+use crate::select::sticky_hash;
+
+/// A short fingerprint of a configuration's bytes (hex), so operators can tell from the log
+/// and from `meshsplit check` which configuration is live.
+pub fn config_fingerprint(bytes: &[u8]) -> String {
+    format!("{:08x}", sticky_hash(bytes) >> 32)
+}
+
+/// How many services the accepted-configuration line names before it only counts the rest.
+const SUMMARY_SERVICES: usize = 8;
+
+/// One line describing an accepted plan: services, upstreams (cluster and weight), strategies.
+pub fn config_summary(plan: &Plan, fingerprint: &str, plugin: &str) -> String {
+    let upstreams: usize = plan.services.iter().map(|s| s.upstreams.len()).sum();
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    let mut line = format!(
+        "configuration {fingerprint} accepted for {plugin}: {}, {}",
+        plural(plan.services.len(), "service", "services"),
+        plural(upstreams, "upstream", "upstreams"),
+    );
+    for (index, service) in plan.services.iter().enumerate() {
+        if index == SUMMARY_SERVICES {
+            let rest = plan.services.len() - index;
+            let noun = if rest == 1 { "service" } else { "services" };
+            line.push_str(&format!("; and {rest} more {noun}"));
+            break;
+        }
+        line.push_str(if index == 0 { ": " } else { "; " });
+        line.push_str(&format!("{} ({}", service.name, service.strategy.name()));
+        for upstream in &service.upstreams {
+            line.push_str(&format!(
+                ", {}={} {}",
+                upstream.name, upstream.cluster, upstream.weight
+            ));
+        }
+        if !service.rules.is_empty() {
+            line.push_str(&format!(
+                ", {}",
+                plural(service.rules.len(), "rule", "rules")
+            ));
+        }
+        line.push(')');
+    }
+    line
+}
+
+/// Seconds within which the same configuration accepted again counts as the same acceptance.
+pub const ANNOUNCE_WINDOW_S: u64 = 10;
+
+/// Whether this VM is the first of its Envoy (same `vm_id`) to accept configuration
+/// `fingerprint` for `plugin`. Envoy configures each plugin on the main thread and then on every
+/// worker within moments, so the accepted-configuration line is logged once: by the first VM,
+/// unless the same configuration was already announced less than [`ANNOUNCE_WINDOW_S`] ago.
+/// Keyed by fingerprint, so listeners with different configurations are each announced.
+pub fn first_to_accept<H: Host + ?Sized>(
+    host: &H,
+    plugin: &str,
+    fingerprint: &str,
+    now_s: u64,
+) -> bool {
+    first_to_report(host, "accepted", plugin, fingerprint, now_s)
+}
+
+/// Like [`first_to_accept`], for a refused configuration (counted once per Envoy).
+pub fn first_to_refuse<H: Host + ?Sized>(
+    host: &H,
+    plugin: &str,
+    fingerprint: &str,
+    now_s: u64,
+) -> bool {
+    first_to_report(host, "refused", plugin, fingerprint, now_s)
+}
+
+fn first_to_report<H: Host + ?Sized>(
+    host: &H,
+    event: &str,
+    plugin: &str,
+    fingerprint: &str,
+    now_s: u64,
+) -> bool {
+    let key = format!("meshsplit/{event}/{}:{plugin}/{fingerprint}", plugin.len());
+    for _ in 0..8 {
+        let cas = match host.shared_data(&key) {
+            Some((value, cas)) => {
+                let then = value.as_slice().try_into().map_or(0, u64::from_le_bytes);
+                if now_s.saturating_sub(then) < ANNOUNCE_WINDOW_S {
+                    return false;
+                }
+                cas
+            }
+            None => 0,
+        };
+        match host.set_shared_data(&key, &now_s.to_le_bytes(), cas) {
+            SharedWrite::Written => return true,
+            SharedWrite::CasMismatch => continue,
+            // No shared data: log on every VM rather than never.
+            SharedWrite::Failed => return true,
+        }
+    }
+    false
+}
+
+/// Counter of requests that passed untouched because their filter instance had no plan.
+pub const UNPLANNED_COUNTER: &str = "meshsplit.requests_without_plan";
+
+/// The state of one VM (one per Envoy worker and per main thread): a plan per root context and
+/// the VM's random generator.
+///
+/// Every filter instance sharing the VM (listeners with the same `vm_id` and module, or the
+/// configs before and after a live update) has its own root context, and a stream is routed
+/// only with the plan of the root it was created under. Plans are never evicted while their
+/// root lives: Envoy deletes the root contexts it no longer needs, and their plans go with them,
+/// so memory is bounded by the live roots.
+pub struct Instance {
+    roots: Vec<RootPlan>,
+    /// The stream created last and its root. Envoy creates a stream's context immediately before
+    /// calling its request-headers callback, so this names the root of that request.
+    last_stream: Option<(u32, u32)>,
+    rng: Xoshiro256PlusPlus,
+    /// Streams holding an in-flight count of a least-request upstream, until they end.
+    leases: BTreeMap<u32, Lease>,
+    /// The counter of requests without a plan, once defined (on the first such request).
+    unplanned: Option<u32>,
+    /// Whether the first request without a plan was logged (once per VM).
+    unplanned_logged: bool,
+}
+
+struct Lease {
+    plan: Rc<Plan>,
+    service: usize,
+    upstream: usize,
+}
+
+struct RootPlan {
+    id: u32,
+    plan: Rc<Plan>,
+    counters: PlanCounters,
+}
+
+impl Instance {
+    pub fn new(seed: [u8; 32]) -> Self {
+        Self {
+            roots: Vec::new(),
+            last_stream: None,
+            rng: Xoshiro256PlusPlus::from_seed(seed),
+            leases: BTreeMap::new(),
+            unplanned: None,
+            unplanned_logged: false,
+        }
+    }
+
+    /// Parses and installs a plugin configuration for `root` of the filter instance (Envoy
+    /// plugin) named `plugin`. On error nothing changes: the previous plan, if any, keeps serving.
+    pub fn configure<H: Host + ?Sized>(
+        &mut self,
+        root: u32,
+        bytes: &[u8],
+        plugin: &str,
+        host: &H,
+    ) -> Result<Rc<Plan>, ConfigError> {
+        let plan = Plan::from_json_named(bytes, plugin)?;
+        for service in &plan.services {
+            if let Strategy::LeastRequest(slots) = &service.strategy {
+                for slot in slots.iter() {
+                    slot.gauge_id.set(host.define_gauge(&slot.gauge));
+                    in_flight::ensure(host, slot);
+                }
+            }
+        }
+        let counters = PlanCounters::new(&plan, plugin);
+        let plan = Rc::new(plan);
+        match self.roots.iter_mut().find(|r| r.id == root) {
+            Some(entry) => {
+                // What the old plan counted is not lost.
+                entry.counters.flush(&entry.plan, host);
+                entry.plan = Rc::clone(&plan);
+                entry.counters = counters;
+            }
+            None => self.roots.push(RootPlan {
+                id: root,
+                plan: Rc::clone(&plan),
+                counters,
+            }),
+        }
+        Ok(plan)
+    }
+
+    /// The housekeeping tick of root context `root` (about once a second): adds what its plan
+    /// counted since the last tick to Envoy's counters.
+    pub fn tick<H: Host + ?Sized>(&mut self, root: u32, host: &H) {
+        if let Some(entry) = self.roots.iter_mut().find(|r| r.id == root) {
+            entry.counters.flush(&entry.plan, host);
+        }
+    }
+
+    /// How many root contexts (filter instances) hold a plan in this VM.
+    pub fn plans(&self) -> usize {
+        self.roots.len()
+    }
+
+    /// A stream context was created under root context `parent`.
+    pub fn stream_created(&mut self, context: u32, parent: u32) {
+        self.last_stream = Some((context, parent));
+    }
+
+    /// The index in `roots` of the root a stream was created under; never another root's.
+    fn root_of(&self, context: u32) -> Option<usize> {
+        let root = match self.last_stream {
+            Some((ctx, root)) if ctx == context => root,
+            _ => return None,
+        };
+        self.roots.iter().position(|r| r.id == root)
+    }
+
+    /// Handles a stream's request headers. A stream whose root has no plan (not configured, or
+    /// not known) passes untouched: counted, and logged once per VM.
+    pub fn request_headers<H: Host + ?Sized>(&mut self, context: u32, host: &H) -> Verdict {
+        let Some(entry) = self.root_of(context).and_then(|i| self.roots.get_mut(i)) else {
+            self.count_unplanned(context, host);
+            return Verdict::Continue;
+        };
+        let routed = on_request_headers(&entry.plan, &mut self.rng, host);
+        // Compiled out only in the benchmark's comparison module (feature `bench-uncounted`).
+        if cfg!(not(feature = "bench-uncounted")) {
+            entry.counters.count(routed.counted);
+        }
+        if let Some((service, upstream)) = routed.lease {
+            self.leases.insert(
+                context,
+                Lease {
+                    plan: Rc::clone(&entry.plan),
+                    service,
+                    upstream,
+                },
+            );
+        }
+        routed.verdict
+    }
+
+    fn count_unplanned<H: Host + ?Sized>(&mut self, context: u32, host: &H) {
+        if self.unplanned.is_none() {
+            self.unplanned = host.define_counter(UNPLANNED_COUNTER);
+        }
+        if let Some(id) = self.unplanned {
+            host.increment_counter(id, 1);
+        }
+        if !self.unplanned_logged {
+            self.unplanned_logged = true;
+            let root = match self.last_stream {
+                Some((ctx, root)) if ctx == context => format!("root context {root}"),
+                _ => "an unknown root context".to_owned(),
+            };
+            log::warn!(
+                "a request of {root} passed without routing: its filter instance has no \
+                 configuration in this VM (counted in wasmcustom.{UNPLANNED_COUNTER}; logged once)"
+            );
+        }
+    }
+
+    /// A context was deleted. A stream's ends however it ended (finished, reset, aborted,
+    /// answered locally): give back its in-flight count, if it holds one. A root context's means
+    /// its filter instance is gone: drop its plan. Returns whether a plan was dropped.
+    pub fn context_deleted<H: Host + ?Sized>(&mut self, context: u32, host: &H) -> bool {
+        if let Some(index) = self.roots.iter().position(|r| r.id == context) {
+            let mut entry = self.roots.swap_remove(index);
+            entry.counters.flush(&entry.plan, host);
+            return true;
+        }
+        if self.leases.is_empty() {
+            return false;
+        }
+        let Some(lease) = self.leases.remove(&context) else {
+            return false;
+        };
+        if let Some(Strategy::LeastRequest(slots)) =
+            lease.plan.services.get(lease.service).map(|s| &s.strategy)
+        {
+            if let Some(slot) = slots.get(lease.upstream) {
+                in_flight::release(host, slot);
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+#[path = "instance_tests.rs"]
+mod tests;

@@ -1,0 +1,215 @@
+//! The per-request decision: what happens to one request's headers, given the plan and a
+//! view of the request through the [`Host`] trait. This file is how a request picks an
+//! upstream: the service key, the lookup, rules, the strategy, and the headers written.
+
+use std::borrow::Cow;
+
+use rand_core::Rng;
+
+use crate::host::Host;
+use crate::in_flight;
+use crate::metrics::Counted;
+use crate::plan::{
+    Condition, HashOn, HeaderTest, OnUnknownService, Plan, Service, ServiceFrom, Strategy,
+};
+use crate::request::{host_key, query_param, RequestView};
+use crate::select::{least_request, rendezvous, smooth_round_robin};
+
+/// What the stream should do after its request headers were handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Let the request go on to the router.
+    Continue,
+    /// A local reply was sent; stop processing.
+    Replied,
+}
+
+/// The outcome of routing one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routed {
+    pub verdict: Verdict,
+    /// `(service, upstream)` indexes when the request now holds one in-flight count of a
+    /// least-request upstream, to give back when the stream ends.
+    pub lease: Option<(usize, usize)>,
+    /// What the request adds to the plan's counters.
+    pub counted: Counted,
+}
+
+impl Routed {
+    fn unknown(verdict: Verdict) -> Self {
+        Self {
+            verdict,
+            lease: None,
+            counted: Counted::Unknown {
+                rejected: verdict == Verdict::Replied,
+            },
+        }
+    }
+}
+
+/// Routes one request: pick an upstream of the requested service (first matching rule, else
+/// the service's strategy) and write the cluster header (and `:authority` when the upstream
+/// sets one). Weighted and round-robin services: one header read, then one or two writes.
+pub fn on_request_headers<H, R>(plan: &Plan, rng: &mut R, host: &H) -> Routed
+where
+    H: Host + ?Sized,
+    R: Rng + ?Sized,
+{
+    let mut raw_key = read_service_key(plan, host);
+    let key = raw_key.as_deref_mut().map(host_key);
+    let Some((service_index, service)) = key.and_then(|k| plan.lookup(k)) else {
+        return Routed::unknown(unknown_service(plan, key, host));
+    };
+    let (upstream_index, leased, rule) = choose_upstream(service, rng, host);
+    let Some(upstream) = service.upstreams.get(upstream_index) else {
+        let mut routed = Routed::unknown(unknown_service(plan, key, host));
+        routed.counted = Counted::Nothing;
+        return routed;
+    };
+    // Always overwrite: a client-sent cluster header is never honoured.
+    host.set_request_header(&plan.cluster_header, Some(&upstream.cluster));
+    if let Some(authority) = &upstream.authority {
+        host.set_request_header(":authority", Some(authority));
+    }
+    Routed {
+        verdict: Verdict::Continue,
+        lease: leased.then_some((service_index, upstream_index)),
+        counted: Counted::Upstream {
+            service: service_index,
+            upstream: upstream_index,
+            rule,
+        },
+    }
+}
+
+/// The upstream index for a request of `service`, whether it took an in-flight count, and the
+/// index of the rule that chose it (`None`: the strategy did).
+fn choose_upstream<H, R>(service: &Service, rng: &mut R, host: &H) -> (usize, bool, Option<usize>)
+where
+    H: Host + ?Sized,
+    R: Rng + ?Sized,
+{
+    let mut request = RequestView::new(host);
+    let rule = service
+        .rules
+        .iter()
+        .position(|rule| rule.conditions.iter().all(|c| holds(c, &mut request)));
+    let ruled = rule.and_then(|r| service.rules.get(r)).map(|r| r.upstream);
+    let weights = service.weights();
+    // The least-request count and CAS token read for the chosen upstream, reused to update it.
+    let mut seen = None;
+    let index = ruled
+        .or_else(|| match &service.strategy {
+            Strategy::Weighted => None,
+            Strategy::RoundRobin(state) => smooth_round_robin(weights, state),
+            Strategy::Sticky { hash_on, ids } => {
+                let key = sticky_key(hash_on, &mut request)?;
+                rendezvous(&key, ids.iter().copied().zip(weights.iter().copied()))
+            }
+            Strategy::LeastRequest(slots) => {
+                let counts: Vec<(u64, u32)> =
+                    slots.iter().map(|s| in_flight::read(host, s)).collect();
+                let loads: Vec<u64> = counts.iter().map(|&(n, _)| n).collect();
+                let index = least_request(weights, &loads, rng)?;
+                seen = counts.get(index).copied();
+                Some(index)
+            }
+        })
+        // Weighted services, and sticky requests without a key: at random by weight.
+        .unwrap_or_else(|| service.pick_weighted(rng));
+    let leased = match &service.strategy {
+        Strategy::LeastRequest(slots) => slots
+            .get(index)
+            .is_some_and(|slot| in_flight::acquire(host, slot, seen)),
+        _ => false,
+    };
+    (index, leased, rule)
+}
+
+/// Conditions compare bytes: a configured value (UTF-8 text) matches exactly the request bytes
+/// that spell it, and bytes that are not UTF-8 match no configured value.
+fn holds<'a, H: Host + ?Sized>(condition: &'a Condition, request: &mut RequestView<'a, H>) -> bool {
+    match condition {
+        Condition::Header { name, test } => match (request.header(name), test) {
+            (Some(value), HeaderTest::Exact(expected)) => value == expected.as_bytes(),
+            (Some(value), HeaderTest::Prefix(prefix)) => value.starts_with(prefix.as_bytes()),
+            (Some(_), HeaderTest::Present) => true,
+            (None, _) => false,
+        },
+        Condition::Cookie { name, value } => request.cookie(name) == Some(value.as_bytes()),
+        Condition::Query { name, value } => {
+            request.query(name).as_deref() == Some(value.as_bytes())
+        }
+    }
+}
+
+/// The key a sticky service hashes, as raw bytes; `None` when the request has none (or an
+/// empty one).
+fn sticky_key<'a, 'v, H: Host + ?Sized>(
+    hash_on: &'a HashOn,
+    request: &'v mut RequestView<'a, H>,
+) -> Option<Cow<'v, [u8]>> {
+    let key = match hash_on {
+        HashOn::Header(name) => request.header(name).map(Cow::Borrowed),
+        HashOn::Cookie(name) => request.cookie(name).map(Cow::Borrowed),
+        HashOn::Query(name) => request.query(name),
+    };
+    key.filter(|k| !k.is_empty())
+}
+
+fn unknown_service<H: Host + ?Sized>(plan: &Plan, key: Option<&[u8]>, host: &H) -> Verdict {
+    if plan.on_unknown_service == OnUnknownService::Reject {
+        let body = unknown_service_body(key);
+        if host.send_local_reply(
+            404,
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        ) {
+            return Verdict::Replied;
+        }
+        // The host refused the reply: let the request go on rather than hang it.
+    }
+    host.set_request_header(&plan.cluster_header, None);
+    Verdict::Continue
+}
+
+/// `{"error":"unknown service","service":KEY}` (`null` without a key), written by hand: the
+/// reject path is the only place the module would otherwise need a JSON serializer. Bytes of
+/// the key that are not UTF-8 are shown as U+FFFD (the body is JSON, so it must be text).
+fn unknown_service_body(key: Option<&[u8]>) -> String {
+    let mut body = String::from(r#"{"error":"unknown service","service":"#);
+    match key {
+        None => body.push_str("null"),
+        Some(key) => {
+            body.push('"');
+            for c in String::from_utf8_lossy(key).chars() {
+                match c {
+                    '"' => body.push_str("\\\""),
+                    '\\' => body.push_str("\\\\"),
+                    c if u32::from(c) < 0x20 => {
+                        body.push_str(&format!("\\u{:04x}", u32::from(c)));
+                    }
+                    c => body.push(c),
+                }
+            }
+            body.push('"');
+        }
+    }
+    body.push('}');
+    body
+}
+
+fn read_service_key<H: Host + ?Sized>(plan: &Plan, host: &H) -> Option<Vec<u8>> {
+    match &plan.service_from {
+        ServiceFrom::Authority => host.request_header(":authority"),
+        ServiceFrom::Header(name) => host.request_header(name),
+        ServiceFrom::Query(param) => {
+            let path = host.request_header(":path")?;
+            query_param(&path, param.as_bytes()).map(Cow::into_owned)
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "route_tests.rs"]
+pub(crate) mod tests;

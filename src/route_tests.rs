@@ -1,0 +1,429 @@
+use rand_core::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+use super::*;
+use crate::host::FakeHost;
+use crate::select::{rendezvous, sticky_hash};
+
+pub(crate) const CONFIG: &str = r#"{
+  "services": [
+    {"name": "reviews", "hosts": ["reviews", "reviews.default.svc.cluster.local"], "upstreams": [
+      {"name": "v1", "cluster": "reviews_v1", "authority": "reviews-v1.internal", "weight": 1},
+      {"name": "v2", "cluster": "reviews_v2", "weight": 0}]},
+    {"name": "ratings", "upstreams": [
+      {"name": "v1", "cluster": "ratings_v1", "weight": 0},
+      {"name": "v2", "cluster": "ratings_v2", "weight": 5}]}
+  ]}"#;
+
+fn plan_with(prefix: &str) -> Plan {
+    let json = format!("{{{prefix}{}", &CONFIG[1..]);
+    Plan::from_json(json.as_bytes()).unwrap()
+}
+
+fn run(plan: &Plan, host: &FakeHost) -> Verdict {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+    on_request_headers(plan, &mut rng, host).verdict
+}
+
+#[test]
+fn known_service_gets_cluster_and_authority() {
+    let host = FakeHost::with_headers(&[(":authority", "Reviews:9080")]);
+    assert_eq!(run(&plan_with(""), &host), Verdict::Continue);
+    assert_eq!(
+        host.header("x-meshsplit-cluster").as_deref(),
+        Some("reviews_v1")
+    );
+    assert_eq!(
+        host.header(":authority").as_deref(),
+        Some("reviews-v1.internal")
+    );
+}
+
+#[test]
+fn weighted_path_makes_at_most_three_host_calls() {
+    let host = FakeHost::with_headers(&[(":authority", "reviews")]);
+    run(&plan_with(""), &host);
+    assert_eq!(
+        *host.calls.borrow(),
+        vec![
+            "get :authority",
+            "set x-meshsplit-cluster",
+            "set :authority"
+        ]
+    );
+}
+
+#[test]
+fn upstream_without_authority_leaves_authority_alone() {
+    let host = FakeHost::with_headers(&[(":authority", "ratings")]);
+    run(&plan_with(""), &host);
+    assert_eq!(
+        host.header("x-meshsplit-cluster").as_deref(),
+        Some("ratings_v2")
+    );
+    assert_eq!(host.header(":authority").as_deref(), Some("ratings"));
+    assert_eq!(host.call_count(), 2);
+}
+
+#[test]
+fn client_sent_cluster_header_is_overwritten_for_known_service() {
+    let host =
+        FakeHost::with_headers(&[(":authority", "ratings"), ("x-meshsplit-cluster", "secret")]);
+    run(&plan_with(""), &host);
+    assert_eq!(
+        host.header("x-meshsplit-cluster").as_deref(),
+        Some("ratings_v2")
+    );
+}
+
+#[test]
+fn unknown_service_with_pass_removes_cluster_header() {
+    let host =
+        FakeHost::with_headers(&[(":authority", "other"), ("x-meshsplit-cluster", "secret")]);
+    assert_eq!(run(&plan_with(""), &host), Verdict::Continue);
+    assert_eq!(host.header("x-meshsplit-cluster"), None);
+    assert_eq!(host.header(":authority").as_deref(), Some("other"));
+}
+
+#[test]
+fn missing_service_key_is_treated_as_unknown() {
+    let host = FakeHost::with_headers(&[("x-meshsplit-cluster", "secret")]);
+    assert_eq!(run(&plan_with(""), &host), Verdict::Continue);
+    assert_eq!(host.header("x-meshsplit-cluster"), None);
+}
+
+#[test]
+fn unknown_service_with_reject_answers_404_json() {
+    let host = FakeHost::with_headers(&[(":authority", "Other:80")]);
+    let plan = plan_with(r#""on_unknown_service": "reject","#);
+    assert_eq!(run(&plan, &host), Verdict::Replied);
+    let (status, headers, body) = host.reply.borrow().clone().unwrap();
+    assert_eq!(status, 404);
+    assert_eq!(
+        headers,
+        vec![("content-type".to_owned(), "application/json".to_owned())]
+    );
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"error": "unknown service", "service": "other"})
+    );
+}
+
+#[test]
+fn failed_reject_reply_lets_the_request_pass_without_cluster_header() {
+    let host = FakeHost::with_headers(&[(":authority", "other"), ("x-meshsplit-cluster", "x")]);
+    host.refuse_replies.set(true);
+    let plan = plan_with(r#""on_unknown_service": "reject","#);
+    assert_eq!(run(&plan, &host), Verdict::Continue);
+    assert_eq!(host.header("x-meshsplit-cluster"), None);
+}
+
+#[test]
+fn reject_without_any_service_key_names_null() {
+    let host = FakeHost::default();
+    let plan = plan_with(r#""on_unknown_service": "reject","#);
+    assert_eq!(run(&plan, &host), Verdict::Replied);
+    let body = host.reply.borrow().clone().unwrap().2;
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        r#"{"error":"unknown service","service":null}"#
+    );
+}
+
+#[test]
+fn service_from_header_reads_only_that_header() {
+    let host = FakeHost::with_headers(&[(":authority", "reviews"), ("x-service", "ratings")]);
+    run(
+        &plan_with(r#""service_from": {"header": "x-service"},"#),
+        &host,
+    );
+    assert_eq!(
+        host.header("x-meshsplit-cluster").as_deref(),
+        Some("ratings_v2")
+    );
+    assert_eq!(host.calls.borrow()[0], "get x-service");
+}
+
+#[test]
+fn service_from_query_decodes_the_parameter() {
+    let host =
+        FakeHost::with_headers(&[(":authority", "x"), (":path", "/p?a=1&service=R%61tings")]);
+    run(
+        &plan_with(r#""service_from": {"query": "service"},"#),
+        &host,
+    );
+    assert_eq!(
+        host.header("x-meshsplit-cluster").as_deref(),
+        Some("ratings_v2")
+    );
+    assert_eq!(host.calls.borrow()[0], "get :path");
+}
+
+#[test]
+fn service_from_query_without_parameter_is_unknown() {
+    let host = FakeHost::with_headers(&[(":path", "/p"), ("x-meshsplit-cluster", "x")]);
+    run(
+        &plan_with(r#""service_from": {"query": "service"},"#),
+        &host,
+    );
+    assert_eq!(host.header("x-meshsplit-cluster"), None);
+}
+
+#[test]
+fn custom_cluster_header_is_written_and_removed() {
+    let plan = plan_with(r#""cluster_header": "x-route-to","#);
+    let host = FakeHost::with_headers(&[(":authority", "ratings")]);
+    run(&plan, &host);
+    assert_eq!(host.header("x-route-to").as_deref(), Some("ratings_v2"));
+    let host = FakeHost::with_headers(&[(":authority", "nope"), ("x-route-to", "x")]);
+    run(&plan, &host);
+    assert_eq!(host.header("x-route-to"), None);
+}
+
+// ---- strategies and rules through the request path ----
+
+fn service_plan(fields: &str, upstreams: &[(&str, u32)]) -> Plan {
+    let ups: Vec<String> = upstreams
+        .iter()
+        .map(|(n, w)| format!(r#"{{"name": "{n}", "cluster": "c_{n}", "weight": {w}}}"#))
+        .collect();
+    let json = format!(
+        r#"{{"services": [{{"name": "svc", {fields} "upstreams": [{}]}}]}}"#,
+        ups.join(",")
+    );
+    Plan::from_json(json.as_bytes()).unwrap()
+}
+
+fn route_with(plan: &Plan, rng: &mut Xoshiro256PlusPlus, headers: &[(&str, &str)]) -> String {
+    let mut all = vec![(":authority", "svc")];
+    all.extend_from_slice(headers);
+    let host = FakeHost::with_headers(&all);
+    on_request_headers(plan, rng, &host);
+    host.header("x-meshsplit-cluster").unwrap()
+}
+
+#[test]
+fn round_robin_interleaves_through_the_request_path() {
+    let plan = service_plan(
+        r#""strategy": "round_robin","#,
+        &[("a", 5), ("b", 1), ("c", 1)],
+    );
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+    let seq: Vec<String> = (0..7).map(|_| route_with(&plan, &mut rng, &[])).collect();
+    assert_eq!(seq, ["c_a", "c_a", "c_b", "c_a", "c_c", "c_a", "c_a"]);
+}
+
+#[test]
+fn sticky_sends_a_key_to_the_same_upstream_and_spreads_keys() {
+    let plan = service_plan(
+        r#""strategy": "sticky", "hash_on": {"header": "x-user"},"#,
+        &[("a", 1), ("b", 1), ("c", 1)],
+    );
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+    let mut seen = std::collections::BTreeSet::new();
+    for user in 0..50 {
+        let id = format!("user-{user}");
+        let first = route_with(&plan, &mut rng, &[("x-user", &id)]);
+        for _ in 0..5 {
+            assert_eq!(route_with(&plan, &mut rng, &[("x-user", &id)]), first);
+        }
+        seen.insert(first);
+    }
+    assert_eq!(seen.len(), 3);
+}
+
+#[test]
+fn sticky_on_cookie_and_query() {
+    let by_cookie = service_plan(
+        r#""strategy": "sticky", "hash_on": {"cookie": "sid"},"#,
+        &[("a", 1), ("b", 1)],
+    );
+    let by_query = service_plan(
+        r#""strategy": "sticky", "hash_on": {"query": "user"},"#,
+        &[("a", 1), ("b", 1)],
+    );
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+    for user in 0..20 {
+        let cookie = format!("x=1; sid=u{user}");
+        let path = format!("/p?user=u{user}");
+        let a = route_with(&by_cookie, &mut rng, &[("cookie", &cookie)]);
+        let b = route_with(&by_query, &mut rng, &[(":path", &path)]);
+        // The same key hashes the same wherever it came from.
+        assert_eq!(a, b);
+    }
+}
+
+#[test]
+fn sticky_without_key_falls_back_to_weighted() {
+    let plan = service_plan(
+        r#""strategy": "sticky", "hash_on": {"header": "x-user"},"#,
+        &[("a", 1), ("b", 1)],
+    );
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+    let picks: std::collections::BTreeSet<String> = (0..50)
+        .map(|_| route_with(&plan, &mut rng, &[("x-user", "")]))
+        .collect();
+    assert_eq!(picks.len(), 2, "empty or missing keys are spread by weight");
+}
+
+#[test]
+fn rules_come_first_and_first_match_wins() {
+    let plan = service_plan(
+        r#""rules": [
+            {"match": {"headers": [{"name": "x-canary", "exact": "true"}]}, "upstream": "dark"},
+            {"match": {"headers": [{"name": "x-canary", "present": true}]}, "upstream": "b"},
+            {"match": {"cookies": [{"name": "beta", "exact": "1"}], "query": [{"name": "version", "exact": "v1"}]}, "upstream": "a"},
+            {"match": {"headers": [{"name": ":path", "prefix": "/b/"}]}, "upstream": "b"}
+        ],"#,
+        &[("a", 1), ("b", 1), ("dark", 0)],
+    );
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+    for _ in 0..20 {
+        assert_eq!(
+            route_with(&plan, &mut rng, &[("x-canary", "true")]),
+            "c_dark"
+        );
+        assert_eq!(route_with(&plan, &mut rng, &[("x-canary", "no")]), "c_b");
+        assert_eq!(
+            route_with(
+                &plan,
+                &mut rng,
+                &[("cookie", "beta=1"), (":path", "/x?version=v1")]
+            ),
+            "c_a"
+        );
+        assert_eq!(route_with(&plan, &mut rng, &[(":path", "/b/x")]), "c_b");
+    }
+    // All conditions of a rule must hold; otherwise the strategy decides (never the dark one).
+    let picks: std::collections::BTreeSet<String> = (0..50)
+        .map(|_| route_with(&plan, &mut rng, &[("cookie", "beta=1"), (":path", "/x")]))
+        .collect();
+    assert_eq!(picks, ["c_a".to_owned(), "c_b".to_owned()].into());
+}
+
+#[test]
+fn rules_read_each_header_once() {
+    let plan = service_plan(
+        r#""rules": [
+            {"match": {"cookies": [{"name": "a", "exact": "1"}]}, "upstream": "a"},
+            {"match": {"cookies": [{"name": "b", "exact": "1"}]}, "upstream": "b"}
+        ],"#,
+        &[("a", 1), ("b", 1)],
+    );
+    let host = FakeHost::with_headers(&[(":authority", "svc"), ("cookie", "b=1")]);
+    on_request_headers(&plan, &mut Xoshiro256PlusPlus::seed_from_u64(1), &host);
+    assert_eq!(
+        *host.calls.borrow(),
+        vec!["get :authority", "get cookie", "set x-meshsplit-cluster"]
+    );
+}
+
+// ---- keys and match values are bytes ----
+
+fn route_raw(plan: &Plan, headers: &[(&str, &[u8])]) -> String {
+    let mut all: Vec<(&str, &[u8])> = vec![(":authority", b"svc")];
+    all.extend_from_slice(headers);
+    let host = FakeHost::with_raw_headers(&all);
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+    on_request_headers(plan, &mut rng, &host);
+    host.header("x-meshsplit-cluster").unwrap()
+}
+
+fn expected_owner(key: &[u8], names: &[&str], weights: &[u32]) -> String {
+    let ids: Vec<u64> = names.iter().map(|n| sticky_hash(n.as_bytes())).collect();
+    let index = rendezvous(key, ids.iter().copied().zip(weights.iter().copied())).unwrap();
+    format!("c_{}", names[index])
+}
+
+#[test]
+fn sticky_header_keys_that_are_not_utf8_hash_their_raw_bytes() {
+    let names = ["a", "b", "c", "d"];
+    let plan = service_plan(
+        r#""strategy": "sticky", "hash_on": {"header": "x-user"},"#,
+        &[("a", 1), ("b", 1), ("c", 1), ("d", 1)],
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for n in 0..40u8 {
+        let key = [0xff, n, 0xfe];
+        let got = route_raw(&plan, &[("x-user", &key)]);
+        assert_eq!(
+            got,
+            expected_owner(&key, &names, &[1, 1, 1, 1]),
+            "key {key:?}"
+        );
+        seen.insert(got);
+    }
+    // 40 distinct keys over 4 equal upstreams: all four are used (a lossy conversion would
+    // have sent every one of them to the same upstream).
+    assert_eq!(seen.len(), 4, "{seen:?}");
+}
+
+#[test]
+fn sticky_query_keys_hash_their_percent_decoded_bytes() {
+    let names = ["a", "b", "c", "d"];
+    let plan = service_plan(
+        r#""strategy": "sticky", "hash_on": {"query": "user"},"#,
+        &[("a", 1), ("b", 1), ("c", 1), ("d", 1)],
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for n in 0..40u8 {
+        let path = format!("/p?user=%FF%{n:02X}");
+        let got = route_raw(&plan, &[(":path", path.as_bytes())]);
+        assert_eq!(
+            got,
+            expected_owner(&[0xff, n], &names, &[1, 1, 1, 1]),
+            "{path}"
+        );
+        seen.insert(got);
+    }
+    assert_eq!(seen.len(), 4, "{seen:?}");
+}
+
+#[test]
+fn sticky_ascii_keys_hash_as_documented() {
+    let names = ["a", "b"];
+    let plan = service_plan(
+        r#""strategy": "sticky", "hash_on": {"cookie": "session"},"#,
+        &[("a", 9), ("b", 1)],
+    );
+    for k in 0..200 {
+        let key = format!("user-{k}");
+        let cookie = format!("x=1; session={key}");
+        assert_eq!(
+            route_raw(&plan, &[("cookie", cookie.as_bytes())]),
+            expected_owner(key.as_bytes(), &names, &[9, 1])
+        );
+    }
+}
+
+#[test]
+fn rules_compare_bytes_not_lossy_text() {
+    let json = r#"{"services": [{"name": "svc", "upstreams": [
+        {"name": "main", "cluster": "c_main", "weight": 1},
+        {"name": "beta", "cluster": "c_beta", "weight": 0}],
+      "rules": [{"match": {"headers": [{"name": "x-tag", "exact": "\ufffd"}]}, "upstream": "beta"},
+                {"match": {"headers": [{"name": "x-pre", "prefix": "\u00ff"}]}, "upstream": "beta"},
+                {"match": {"query": [{"name": "q", "exact": "\u00ff"}]}, "upstream": "beta"},
+                {"match": {"cookies": [{"name": "k", "exact": "\u00ff"}]}, "upstream": "beta"}]}]}"#;
+    let plan = Plan::from_json(json.as_bytes()).unwrap();
+    // A raw 0xff byte is not U+FFFD, nor the UTF-8 spelling of ÿ.
+    assert_eq!(route_raw(&plan, &[("x-tag", b"\xff")]), "c_main");
+    assert_eq!(route_raw(&plan, &[("x-pre", b"\xffz")]), "c_main");
+    assert_eq!(route_raw(&plan, &[(":path", b"/?q=%FF")]), "c_main");
+    assert_eq!(route_raw(&plan, &[("cookie", b"k=\xff")]), "c_main");
+    // The exact bytes of the configured text match.
+    assert_eq!(
+        route_raw(&plan, &[("x-tag", "\u{fffd}".as_bytes())]),
+        "c_beta"
+    );
+    assert_eq!(
+        route_raw(&plan, &[("x-pre", "\u{ff}z".as_bytes())]),
+        "c_beta"
+    );
+    assert_eq!(route_raw(&plan, &[(":path", b"/?q=%C3%BF")]), "c_beta");
+    assert_eq!(
+        route_raw(&plan, &[("cookie", "k=\u{ff}".as_bytes())]),
+        "c_beta"
+    );
+}

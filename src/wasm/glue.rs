@@ -1,0 +1,135 @@
+//! The wasm build's glue: the instance behind the exported callbacks (a wasm VM is
+//! single-threaded) and the host logger. `abi.rs` calls these functions.
+use std::cell::RefCell;
+
+use super::abi;
+use super::host::EnvoyHost;
+use crate::host::Host;
+use crate::instance::{
+    config_fingerprint, config_summary, first_to_accept, first_to_refuse, Instance,
+};
+use crate::route::Verdict;
+
+thread_local! {
+    static VM: RefCell<Option<Instance>> = const { RefCell::new(None) };
+}
+
+struct HostLogger;
+
+impl log::Log for HostLogger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        match record.args().as_str() {
+            Some(message) => abi::log(record.level(), message),
+            None => abi::log(record.level(), &record.args().to_string()),
+        }
+    }
+    fn flush(&self) {}
+}
+
+static LOGGER: HostLogger = HostLogger;
+
+fn with_vm<T>(f: impl FnOnce(&mut Instance) -> T) -> Option<T> {
+    VM.with(|cell| {
+        let mut slot = cell.try_borrow_mut().ok()?;
+        if slot.is_none() {
+            *slot = Some(Instance::new(seed()));
+        }
+        slot.as_mut().map(f)
+    })
+}
+
+/// Seeded once per VM, so the request path never asks the host for randomness.
+fn seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    if let Err(err) = getrandom::fill(&mut seed) {
+        log::warn!("no random seed from the host ({err}); seeding from the clock");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        seed[..16].copy_from_slice(&nanos.to_le_bytes());
+    }
+    seed
+}
+
+pub fn on_vm_start() {
+    // The host filters by its own log level; the request path does not log.
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Trace);
+    }
+    std::panic::set_hook(Box::new(|info| {
+        abi::log(log::Level::Error, &format!("panic: {info}"))
+    }));
+}
+
+pub fn on_configure(root: u32, bytes: &[u8]) -> bool {
+    let started = std::time::Instant::now();
+    let plugin = abi::plugin_name().unwrap_or_else(|| "meshsplit".to_owned());
+    let fingerprint = config_fingerprint(bytes);
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let result = with_vm(|vm| match vm.configure(root, bytes, &plugin, &EnvoyHost) {
+        Ok(plan) => {
+            // The housekeeping tick of this root context: counters are flushed on it.
+            if let Err(status) = abi::set_tick_period_milliseconds(TICK_MS) {
+                log::warn!("no housekeeping tick (status {status}): counters stay at 0");
+            }
+            if first_to_accept(&EnvoyHost, &plugin, &fingerprint, now_s) {
+                log::info!("{}", config_summary(&plan, &fingerprint, &plugin));
+            }
+            // Read by the benchmark (configure time, VM memory); debug level keeps the
+            // several on_configure calls per plugin out of normal logs.
+            log::debug!(
+                "configured {} services in {} us; VM memory {} KiB; {} plans in this VM",
+                plan.services.len(),
+                u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                core::arch::wasm32::memory_size::<0>() * 64,
+                vm.plans()
+            );
+            true
+        }
+        Err(err) => {
+            // On a live update Envoy keeps serving with the previous plan.
+            log::error!("invalid configuration: {err}");
+            if first_to_refuse(&EnvoyHost, &plugin, &fingerprint, now_s) {
+                let name = crate::metrics::config_failures_name(&plugin);
+                if let Some(id) = EnvoyHost.define_counter(&name) {
+                    EnvoyHost.increment_counter(id, 1);
+                }
+            }
+            false
+        }
+    });
+    result.unwrap_or(false)
+}
+
+/// Period of the housekeeping tick of every root context.
+const TICK_MS: u32 = 1000;
+
+pub fn on_tick(root: u32) {
+    with_vm(|vm| vm.tick(root, &EnvoyHost));
+}
+
+pub fn on_context_create(context: u32, parent: u32) {
+    if parent != 0 {
+        with_vm(|vm| vm.stream_created(context, parent));
+    }
+}
+
+pub fn on_context_delete(context: u32) {
+    with_vm(|vm| {
+        if vm.context_deleted(context, &EnvoyHost) {
+            log::debug!(
+                "root context {context} deleted: its plan is dropped; {} plans in this VM",
+                vm.plans()
+            );
+        }
+    });
+}
+
+pub fn on_stream_request_headers(context: u32) -> Verdict {
+    with_vm(|vm| vm.request_headers(context, &EnvoyHost)).unwrap_or(Verdict::Continue)
+}

@@ -1,0 +1,53 @@
+//! [`Host`] over the proxy-wasm ABI: the host calls of the stream (or root context) whose
+//! callback is running.
+use super::abi;
+use crate::host::{Host, SharedWrite};
+
+/// Host calls of the stream whose callback is running.
+pub struct EnvoyHost;
+
+impl Host for EnvoyHost {
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        abi::request_header(name)
+    }
+
+    fn set_request_header(&self, name: &str, value: Option<&str>) {
+        if let Err(status) = abi::set_request_header(name, value) {
+            log::warn!("writing request header {name}: status {status}");
+        }
+    }
+
+    fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
+        match abi::send_local_response(status, headers, body) {
+            Ok(()) => true,
+            Err(err) => {
+                log::warn!("sending local reply {status}: status {err}");
+                false
+            }
+        }
+    }
+
+    fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        abi::shared_data(key)
+    }
+
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> SharedWrite {
+        abi::set_shared_data(key, value, cas)
+    }
+
+    fn define_gauge(&self, name: &str) -> Option<u32> {
+        abi::define_gauge(name)
+    }
+
+    fn add_to_gauge(&self, id: u32, delta: i64) {
+        abi::add_to_metric(id, delta);
+    }
+
+    fn define_counter(&self, name: &str) -> Option<u32> {
+        abi::define_counter(name)
+    }
+
+    fn increment_counter(&self, id: u32, delta: u64) {
+        abi::add_to_metric(id, i64::try_from(delta).unwrap_or(i64::MAX));
+    }
+}

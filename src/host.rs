@@ -127,6 +127,18 @@ mod fake {
         }
     }
 
+    /// The id of metric `name`: its index in `metrics`, where it is added at 0 when new.
+    fn define<T: Default>(metrics: &mut Vec<(String, T)>, name: &str) -> Option<u32> {
+        let index = match metrics.iter().position(|(n, _)| n == name) {
+            Some(index) => index,
+            None => {
+                metrics.push((name.to_owned(), T::default()));
+                metrics.len() - 1
+            }
+        };
+        u32::try_from(index).ok()
+    }
+
     impl super::Host for FakeHost {
         fn request_header(&self, name: &str) -> Option<Vec<u8>> {
             self.calls.borrow_mut().push(format!("get {name}"));
@@ -189,15 +201,7 @@ mod fake {
         }
 
         fn define_gauge(&self, name: &str) -> Option<u32> {
-            let mut gauges = self.gauges.borrow_mut();
-            let index = match gauges.iter().position(|(n, _)| n == name) {
-                Some(index) => index,
-                None => {
-                    gauges.push((name.to_owned(), 0));
-                    gauges.len() - 1
-                }
-            };
-            u32::try_from(index).ok()
+            define(&mut self.gauges.borrow_mut(), name)
         }
 
         fn add_to_gauge(&self, id: u32, delta: i64) {
@@ -213,15 +217,7 @@ mod fake {
             self.calls
                 .borrow_mut()
                 .push(format!("define counter {name}"));
-            let mut counters = self.counters.borrow_mut();
-            let index = match counters.iter().position(|(n, _)| n == name) {
-                Some(index) => index,
-                None => {
-                    counters.push((name.to_owned(), 0));
-                    counters.len() - 1
-                }
-            };
-            u32::try_from(index).ok()
+            define(&mut self.counters.borrow_mut(), name)
         }
 
         fn increment_counter(&self, id: u32, delta: u64) {

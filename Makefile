@@ -5,7 +5,7 @@ VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 CARGO   ?= cargo
 
-.PHONY: all build target venv configs test unit lint integration demo live bench cli check-configs ci clean
+.PHONY: all build target venv configs test unit lint integration demo live bench cli check-configs native ci clean
 
 all: build
 
@@ -25,6 +25,17 @@ else
 	@echo "note: wasm-opt not found (package binaryen); the module is left unoptimized"
 endif
 	@ls -l $(WASM)
+
+## native: the Envoy dynamic module at target/release/libmeshsplit.so (HTTP filter and cluster
+##         specifier in one library; envoy/envoy-native.yaml). Built with the `native` profile
+##         (panics unwind to the hooks' catch_unwind), then renamed into place, so a running
+##         Envoy keeps the file it loaded.
+NATIVE := target/release/libmeshsplit.so
+native:
+	$(CARGO) build --locked --profile native --features native --lib
+	@mkdir -p $(dir $(NATIVE))
+	cp target/native/libmeshsplit.so $(NATIVE).tmp && mv $(NATIVE).tmp $(NATIVE)
+	@ls -l $(NATIVE)
 
 target:
 	@rustup target list --installed | grep -qx $(TARGET) || rustup target add $(TARGET)
@@ -61,6 +72,7 @@ lint: target
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets --features cli -- -D warnings
 	$(CARGO) clippy --locked --release --target $(TARGET) -- -D warnings
+	$(CARGO) clippy --locked --lib --features native -- -D warnings
 
 # -rs lists every skipped test with its reason; tests/conftest.py ends with a banner of the checks
 # that did not run (with CI=true a missing tool fails the run instead).

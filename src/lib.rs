@@ -3,13 +3,16 @@
 //! The core knows no ABI: configuration (`config`, `plan`), selection (`select`), what a request
 //! offers (`request`), the per-request decision (`route`), per-instance state (`instance`,
 //! `metrics`, `in_flight`), all behind the `host::Host` trait and tested natively. Adapters
-//! depend on the core, never the other way: `wasm` (proxy-wasm ABI, wasm32 only).
+//! depend on the core, never the other way: `wasm` (proxy-wasm ABI, wasm32 only) and `native`
+//! (Envoy dynamic module; its ABI code only with the `native` feature).
 
 pub mod config;
 pub mod host;
 pub mod in_flight;
 pub mod instance;
 pub mod metrics;
+#[cfg(not(target_arch = "wasm32"))]
+mod native;
 pub mod plan;
 pub mod request;
 pub mod route;

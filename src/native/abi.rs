@@ -1,0 +1,789 @@
+//! Envoy's dynamic-module ABI (Envoy 1.40, ABI `v0.2.0`), by hand: the callbacks meshsplit calls
+//! and the event hooks it exports. All `unsafe` code of the native build is here, behind small
+//! safe functions; `filter.rs` and `specifier.rs` only see slices, strings and opaque handles.
+//!
+//! Every declaration below follows `source/extensions/dynamic_modules/abi/abi.h` of the 1.40
+//! release; every callback is one that `nm -D` lists in the 1.40.0 binary. C enums are `int`
+//! (here `u32`); Envoy's buffers are `{const char* ptr; size_t length}` passed by value.
+//! Every exported hook catches panics: none may unwind into Envoy.
+#![allow(unsafe_code)]
+
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::{null, null_mut};
+
+use super::{filter, specifier};
+use crate::route::Verdict;
+
+/// The ABI version this module was written against; Envoy 1.40.0 logs
+/// "Dynamic module ABI version v0.2.0 matched." when it agrees.
+const ABI_VERSION: &[u8] = b"v0.2.0\0";
+
+/// `envoy_dynamic_module_type_envoy_buffer`: bytes owned by Envoy.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EnvoyBuffer {
+    ptr: *const u8,
+    length: usize,
+}
+
+/// `envoy_dynamic_module_type_module_buffer`: bytes owned by the module.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ModuleBuffer {
+    ptr: *const u8,
+    length: usize,
+}
+
+impl ModuleBuffer {
+    fn of(bytes: &[u8]) -> Self {
+        Self {
+            ptr: bytes.as_ptr(),
+            length: bytes.len(),
+        }
+    }
+}
+
+/// `envoy_dynamic_module_type_module_http_header`.
+#[repr(C)]
+struct ModuleHttpHeader {
+    key_ptr: *const u8,
+    key_length: usize,
+    value_ptr: *const u8,
+    value_length: usize,
+}
+
+/// `envoy_dynamic_module_type_http_header_type_RequestHeader`.
+const REQUEST_HEADER: u32 = 0;
+/// `envoy_dynamic_module_type_metrics_result_Success`.
+const METRICS_SUCCESS: u32 = 0;
+/// `envoy_dynamic_module_type_on_http_filter_request_headers_status_{Continue,StopIteration}`;
+/// `Continue` (0) is also the continue status of the body and trailer hooks.
+const CONTINUE: u32 = 0;
+const STOP_ITERATION: u32 = 1;
+
+extern "C" {
+    fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
+    fn envoy_dynamic_module_callback_log_enabled(level: u32) -> bool;
+
+    fn envoy_dynamic_module_callback_http_get_header(
+        filter_envoy_ptr: *mut c_void,
+        header_type: u32,
+        key: ModuleBuffer,
+        result: *mut EnvoyBuffer,
+        index: usize,
+        optional_size: *mut usize,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_set_header(
+        filter_envoy_ptr: *mut c_void,
+        header_type: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_clear_route_cache(filter_envoy_ptr: *mut c_void);
+    fn envoy_dynamic_module_callback_http_send_response(
+        filter_envoy_ptr: *mut c_void,
+        status_code: u32,
+        headers: *const ModuleHttpHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        details: ModuleBuffer,
+    );
+    fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        config_envoy_ptr: *mut c_void,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_names_length: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        config_envoy_ptr: *mut c_void,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_names_length: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        filter_envoy_ptr: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_increment_gauge(
+        filter_envoy_ptr: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_decrement_gauge(
+        filter_envoy_ptr: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+
+    fn envoy_dynamic_module_callback_cluster_specifier_get_request_header_value(
+        context_envoy_ptr: *mut c_void,
+        key: ModuleBuffer,
+        result: *mut EnvoyBuffer,
+        index: usize,
+        total_count: *mut usize,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_cluster_specifier_set_cluster_name(
+        context_envoy_ptr: *mut c_void,
+        cluster_name: ModuleBuffer,
+    );
+    fn envoy_dynamic_module_callback_cluster_specifier_set_cluster_not_found_response_code(
+        context_envoy_ptr: *mut c_void,
+        status_code: u32,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_cluster_specifier_config_define_counter(
+        config_envoy_ptr: *mut c_void,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_names_length: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_cluster_specifier_config_increment_counter(
+        config_envoy_ptr: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+}
+
+// ---- handles ----------------------------------------------------------------------------------
+
+/// Envoy's HTTP filter (one stream), valid for the duration of the hook it was passed to.
+#[derive(Clone, Copy)]
+pub struct Filter(*mut c_void);
+
+/// Envoy's HTTP filter config, valid during `envoy_dynamic_module_on_http_filter_config_new`.
+#[derive(Clone, Copy)]
+pub struct FilterConfig(*mut c_void);
+
+/// One cluster selection, valid for the duration of `envoy_dynamic_module_on_cluster_specifier_select`.
+#[derive(Clone, Copy)]
+pub struct Selection(*mut c_void);
+
+/// Envoy's cluster specifier config: it outlives the module's config object, which Envoy
+/// destroys first.
+#[derive(Clone, Copy)]
+pub struct SpecifierConfig(*mut c_void);
+
+// SAFETY: Envoy creates the cluster specifier config on the main thread and keeps it alive until
+// after `envoy_dynamic_module_on_cluster_specifier_config_destroy`; the only call made through it
+// after creation is `config_increment_counter`, which Envoy allows from any worker (counters are
+// atomic and the id table is frozen once the config is created).
+unsafe impl Send for SpecifierConfig {}
+// SAFETY: as above; the handle is never written through, only passed back to Envoy.
+unsafe impl Sync for SpecifierConfig {}
+
+// ---- safe wrappers over the callbacks -----------------------------------------------------------
+
+/// Log levels of `envoy_dynamic_module_type_log_level`.
+fn level_number(level: log::Level) -> u32 {
+    match level {
+        log::Level::Trace => 0,
+        log::Level::Debug => 1,
+        log::Level::Info => 2,
+        log::Level::Warn => 3,
+        log::Level::Error => 4,
+    }
+}
+
+/// Logs through Envoy's `dynamic_modules` logger.
+pub fn log(level: log::Level, message: &str) {
+    // SAFETY: the buffer describes a live string for the duration of the call; Envoy copies it.
+    unsafe {
+        envoy_dynamic_module_callback_log(level_number(level), ModuleBuffer::of(message.as_bytes()))
+    }
+}
+
+pub fn log_enabled(level: log::Level) -> bool {
+    // SAFETY: plain value only.
+    unsafe { envoy_dynamic_module_callback_log_enabled(level_number(level)) }
+}
+
+/// Copies an Envoy buffer that a callback returned; `None` when it is null.
+fn copied(buffer: EnvoyBuffer) -> Option<Vec<u8>> {
+    if buffer.ptr.is_null() {
+        return None;
+    }
+    // SAFETY: Envoy returned a pointer to `length` bytes of a header value that stays valid
+    // until the header map changes; it is copied here before any other call.
+    Some(unsafe { std::slice::from_raw_parts(buffer.ptr, buffer.length) }.to_vec())
+}
+
+impl Filter {
+    /// The first value of a request header, as bytes.
+    pub fn request_header(self, name: &str) -> Option<Vec<u8>> {
+        let mut result = EnvoyBuffer {
+            ptr: null(),
+            length: 0,
+        };
+        // SAFETY: the filter pointer is the one Envoy passed to the running hook; the key lives
+        // for the call; `result` is a local out-parameter; the count is optional (null).
+        let found = unsafe {
+            envoy_dynamic_module_callback_http_get_header(
+                self.0,
+                REQUEST_HEADER,
+                ModuleBuffer::of(name.as_bytes()),
+                &mut result,
+                0,
+                null_mut(),
+            )
+        };
+        if found {
+            copied(result)
+        } else {
+            None
+        }
+    }
+
+    /// Replaces every copy of a request header (`Some`) or removes them all (`None`).
+    pub fn set_request_header(self, name: &str, value: Option<&str>) -> bool {
+        let value = match value {
+            Some(v) => ModuleBuffer::of(v.as_bytes()),
+            // A null value removes the header.
+            None => ModuleBuffer {
+                ptr: null(),
+                length: 0,
+            },
+        };
+        // SAFETY: as in request_header; Envoy copies key and value.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_header(
+                self.0,
+                REQUEST_HEADER,
+                ModuleBuffer::of(name.as_bytes()),
+                value,
+            )
+        }
+    }
+
+    /// Makes the router pick the route again, so it sees the headers just written.
+    pub fn clear_route_cache(self) {
+        // SAFETY: the filter pointer of the running hook.
+        unsafe { envoy_dynamic_module_callback_http_clear_route_cache(self.0) }
+    }
+
+    pub fn send_response(self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        let headers: Vec<ModuleHttpHeader> = headers
+            .iter()
+            .map(|(k, v)| ModuleHttpHeader {
+                key_ptr: k.as_ptr(),
+                key_length: k.len(),
+                value_ptr: v.as_ptr(),
+                value_length: v.len(),
+            })
+            .collect();
+        let details = b"meshsplit_unknown_service";
+        // SAFETY: the filter pointer of the running hook; the header array, body and details
+        // live for the call, and Envoy copies them.
+        unsafe {
+            envoy_dynamic_module_callback_http_send_response(
+                self.0,
+                status,
+                headers.as_ptr(),
+                headers.len(),
+                ModuleBuffer::of(body),
+                ModuleBuffer::of(details),
+            )
+        }
+    }
+
+    pub fn increment_counter(self, id: usize, value: u64) -> bool {
+        // SAFETY: the filter pointer of the running hook; no labels (null, 0).
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_increment_counter(
+                self.0,
+                id,
+                null(),
+                0,
+                value,
+            )
+        };
+        result == METRICS_SUCCESS
+    }
+
+    pub fn add_to_gauge(self, id: usize, delta: i64) -> bool {
+        let value = delta.unsigned_abs();
+        // SAFETY: as in increment_counter.
+        let result = unsafe {
+            if delta >= 0 {
+                envoy_dynamic_module_callback_http_filter_increment_gauge(
+                    self.0,
+                    id,
+                    null(),
+                    0,
+                    value,
+                )
+            } else {
+                envoy_dynamic_module_callback_http_filter_decrement_gauge(
+                    self.0,
+                    id,
+                    null(),
+                    0,
+                    value,
+                )
+            }
+        };
+        result == METRICS_SUCCESS
+    }
+}
+
+impl FilterConfig {
+    pub fn define_counter(self, name: &str) -> Option<usize> {
+        let mut id = 0;
+        // SAFETY: the config pointer Envoy passed to config_new, which is running; the name lives
+        // for the call; `id` is a local out-parameter.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_define_counter(
+                self.0,
+                ModuleBuffer::of(name.as_bytes()),
+                null(),
+                0,
+                &mut id,
+            )
+        };
+        (result == METRICS_SUCCESS).then_some(id)
+    }
+
+    pub fn define_gauge(self, name: &str) -> Option<usize> {
+        let mut id = 0;
+        // SAFETY: as in define_counter.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_define_gauge(
+                self.0,
+                ModuleBuffer::of(name.as_bytes()),
+                null(),
+                0,
+                &mut id,
+            )
+        };
+        (result == METRICS_SUCCESS).then_some(id)
+    }
+}
+
+impl Selection {
+    pub fn request_header(self, name: &str) -> Option<Vec<u8>> {
+        let mut result = EnvoyBuffer {
+            ptr: null(),
+            length: 0,
+        };
+        // SAFETY: the context pointer of the running select hook; the key lives for the call;
+        // `result` is a local out-parameter; the count is optional (null).
+        let found = unsafe {
+            envoy_dynamic_module_callback_cluster_specifier_get_request_header_value(
+                self.0,
+                ModuleBuffer::of(name.as_bytes()),
+                &mut result,
+                0,
+                null_mut(),
+            )
+        };
+        if found {
+            copied(result)
+        } else {
+            None
+        }
+    }
+
+    pub fn set_cluster(self, cluster: &str) {
+        // SAFETY: the context pointer of the running select hook; Envoy copies the name.
+        unsafe {
+            envoy_dynamic_module_callback_cluster_specifier_set_cluster_name(
+                self.0,
+                ModuleBuffer::of(cluster.as_bytes()),
+            )
+        }
+    }
+
+    pub fn set_cluster_not_found_response_code(self, status: u32) -> bool {
+        // SAFETY: the context pointer of the running select hook; a plain value.
+        unsafe {
+            envoy_dynamic_module_callback_cluster_specifier_set_cluster_not_found_response_code(
+                self.0, status,
+            )
+        }
+    }
+}
+
+impl SpecifierConfig {
+    pub fn define_counter(self, name: &str) -> Option<usize> {
+        let mut id = 0;
+        // SAFETY: the config pointer Envoy passed to config_new, which is running; the name lives
+        // for the call; `id` is a local out-parameter.
+        let result = unsafe {
+            envoy_dynamic_module_callback_cluster_specifier_config_define_counter(
+                self.0,
+                ModuleBuffer::of(name.as_bytes()),
+                null(),
+                0,
+                &mut id,
+            )
+        };
+        (result == METRICS_SUCCESS).then_some(id)
+    }
+
+    pub fn increment_counter(self, id: usize, value: u64) -> bool {
+        // SAFETY: Envoy's config outlives the module's (see the Send/Sync impls); no labels.
+        let result = unsafe {
+            envoy_dynamic_module_callback_cluster_specifier_config_increment_counter(
+                self.0,
+                id,
+                null(),
+                0,
+                value,
+            )
+        };
+        result == METRICS_SUCCESS
+    }
+}
+
+// ---- exported event hooks ------------------------------------------------------------------------
+
+/// Runs `f`, turning a panic into `fallback` and an error line: no panic may unwind into Envoy.
+fn guarded<T>(hook: &str, fallback: T, f: impl FnOnce() -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(value) => value,
+        Err(_) => {
+            log(
+                log::Level::Error,
+                &format!("{hook}: panicked; failing closed"),
+            );
+            fallback
+        }
+    }
+}
+
+/// Bytes of an Envoy buffer passed to a hook, valid for the duration of the hook.
+///
+/// # Safety
+/// `buffer` must describe `length` readable bytes (or have a null pointer) that outlive `'a`.
+unsafe fn envoy_bytes<'a>(buffer: EnvoyBuffer) -> &'a [u8] {
+    if buffer.ptr.is_null() {
+        return &[];
+    }
+    // SAFETY: guaranteed by the caller.
+    unsafe { std::slice::from_raw_parts(buffer.ptr, buffer.length) }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
+    guarded("envoy_dynamic_module_on_program_init", null(), || {
+        super::on_program_init();
+        ABI_VERSION.as_ptr()
+    })
+}
+
+/// Returns the module's config (an `Arc<filter::Config>` boxed), or null to refuse the config.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    config_envoy_ptr: *mut c_void,
+    name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> *const c_void {
+    guarded(
+        "envoy_dynamic_module_on_http_filter_config_new",
+        null(),
+        || {
+            // SAFETY: Envoy's name and config buffers live for the duration of this hook.
+            let (name, config) = unsafe { (envoy_bytes(name), envoy_bytes(config)) };
+            match filter::config_new(FilterConfig(config_envoy_ptr), name, config) {
+                Some(config) => Box::into_raw(Box::new(config)) as *const c_void,
+                None => null(),
+            }
+        },
+    )
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
+    config_module_ptr: *const c_void,
+) {
+    guarded(
+        "envoy_dynamic_module_on_http_filter_config_destroy",
+        (),
+        || {
+            if !config_module_ptr.is_null() {
+                // SAFETY: the pointer came from Box::into_raw in config_new and Envoy destroys it once.
+                drop(unsafe { Box::from_raw(config_module_ptr as *mut filter::SharedConfig) });
+            }
+        },
+    )
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
+    config_module_ptr: *const c_void,
+    _filter_envoy_ptr: *mut c_void,
+) -> *const c_void {
+    guarded("envoy_dynamic_module_on_http_filter_new", null(), || {
+        if config_module_ptr.is_null() {
+            return null();
+        }
+        // SAFETY: the config pointer came from config_new and Envoy keeps it alive while any of
+        // its filters exist; it is only read.
+        let config = unsafe { &*(config_module_ptr as *const filter::SharedConfig) };
+        Box::into_raw(Box::new(filter::stream_new(config))) as *const c_void
+    })
+}
+
+/// The stream object of a hook.
+///
+/// # Safety
+/// `filter_module_ptr` must be a pointer returned by `envoy_dynamic_module_on_http_filter_new`
+/// that Envoy has not destroyed; Envoy calls one stream's hooks on one thread, one at a time.
+unsafe fn stream<'a>(filter_module_ptr: *const c_void) -> Option<&'a mut filter::Stream> {
+    // SAFETY: guaranteed by the caller.
+    unsafe { (filter_module_ptr as *mut filter::Stream).as_mut() }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+    filter_envoy_ptr: *mut c_void,
+    filter_module_ptr: *const c_void,
+    _end_of_stream: bool,
+) -> u32 {
+    // A panic answers nothing and lets the request continue without the cluster header: Envoy's
+    // route then falls through (as with `on_unknown_service: pass`).
+    guarded(
+        "envoy_dynamic_module_on_http_filter_request_headers",
+        CONTINUE,
+        || {
+            // SAFETY: Envoy passes the pointer it got from on_http_filter_new.
+            let Some(stream) = (unsafe { stream(filter_module_ptr) }) else {
+                return CONTINUE;
+            };
+            match filter::request_headers(stream, Filter(filter_envoy_ptr)) {
+                Verdict::Continue => CONTINUE,
+                Verdict::Replied => STOP_ITERATION,
+            }
+        },
+    )
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+    filter_envoy_ptr: *mut c_void,
+    filter_module_ptr: *const c_void,
+) {
+    guarded(
+        "envoy_dynamic_module_on_http_filter_stream_complete",
+        (),
+        || {
+            // SAFETY: as in request_headers.
+            if let Some(stream) = unsafe { stream(filter_module_ptr) } {
+                filter::stream_complete(stream, Filter(filter_envoy_ptr));
+            }
+        },
+    )
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter_module_ptr: *const c_void) {
+    guarded("envoy_dynamic_module_on_http_filter_destroy", (), || {
+        if !filter_module_ptr.is_null() {
+            // SAFETY: the pointer came from Box::into_raw in on_http_filter_new; Envoy destroys
+            // each filter once, after its last hook.
+            let stream = unsafe { Box::from_raw(filter_module_ptr as *mut filter::Stream) };
+            filter::stream_destroy(*stream);
+        }
+    })
+}
+
+// Hooks Envoy requires of every HTTP filter module, which meshsplit does not use: each lets the
+// stream go on untouched. Their arguments are not read.
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _end_of_stream: bool,
+) -> u32 {
+    CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+) -> u32 {
+    CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _end_of_stream: bool,
+) -> u32 {
+    CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _end_of_stream: bool,
+) -> u32 {
+    CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+) -> u32 {
+    CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _event_id: u64,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _callout_id: u64,
+    _result: u32,
+    _headers: *const c_void,
+    _headers_size: usize,
+    _body_chunks: *const c_void,
+    _body_chunks_size: usize,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _stream_id: u64,
+    _headers: *const c_void,
+    _headers_size: usize,
+    _end_stream: bool,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _stream_id: u64,
+    _data: *const c_void,
+    _data_size: usize,
+    _end_stream: bool,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _stream_id: u64,
+    _trailers: *const c_void,
+    _trailers_size: usize,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _stream_id: u64,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+    _stream_id: u64,
+    _reason: u32,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+    _filter_envoy_ptr: *mut c_void,
+    _filter_module_ptr: *const c_void,
+) {
+}
+
+// ---- cluster specifier -------------------------------------------------------------------------
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_cluster_specifier_config_new(
+    config_envoy_ptr: *mut c_void,
+    name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> *const c_void {
+    guarded(
+        "envoy_dynamic_module_on_cluster_specifier_config_new",
+        null(),
+        || {
+            // SAFETY: Envoy's name and config buffers live for the duration of this hook.
+            let (name, config) = unsafe { (envoy_bytes(name), envoy_bytes(config)) };
+            match specifier::config_new(SpecifierConfig(config_envoy_ptr), name, config) {
+                Some(config) => Box::into_raw(Box::new(config)) as *const c_void,
+                None => null(),
+            }
+        },
+    )
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_cluster_specifier_config_destroy(
+    config_module_ptr: *const c_void,
+) {
+    guarded(
+        "envoy_dynamic_module_on_cluster_specifier_config_destroy",
+        (),
+        || {
+            if !config_module_ptr.is_null() {
+                // SAFETY: the pointer came from Box::into_raw in config_new; Envoy destroys it once.
+                drop(unsafe { Box::from_raw(config_module_ptr as *mut specifier::SharedConfig) });
+            }
+        },
+    )
+}
+
+/// Returns whether a decision was made (a cluster, or a not-found status for the route).
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_cluster_specifier_select(
+    config_module_ptr: *const c_void,
+    context_envoy_ptr: *mut c_void,
+) -> bool {
+    // A panic makes no decision: the route's own cluster (none) and not-found code apply.
+    guarded(
+        "envoy_dynamic_module_on_cluster_specifier_select",
+        false,
+        || {
+            if config_module_ptr.is_null() {
+                return false;
+            }
+            // SAFETY: the config pointer came from config_new and outlives every route entry Envoy
+            // creates with it; it is only read (shared across workers: the config is Sync).
+            let config = unsafe { &*(config_module_ptr as *const specifier::SharedConfig) };
+            specifier::select(config, Selection(context_envoy_ptr))
+        },
+    )
+}

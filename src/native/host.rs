@@ -1,0 +1,125 @@
+//! [`Host`] over the dynamic-module ABI: the HTTP filter's host calls for one stream, and the
+//! cluster specifier's for one selection. Shared data (least-request counts) is process-wide
+//! (`store`), so it is exact across workers as in the wasm build.
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+use super::abi::{Filter, Selection};
+use super::store;
+use crate::host::{Host, SharedWrite};
+
+/// Host calls of the stream whose hook is running.
+pub struct FilterHost<'a> {
+    pub filter: Filter,
+    /// Gauge ids by name, defined with the config.
+    pub gauges: &'a HashMap<String, usize>,
+    /// Whether a request header was written (the route cache must then be cleared).
+    pub wrote: Cell<bool>,
+}
+
+impl Host for FilterHost<'_> {
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.filter.request_header(name)
+    }
+
+    fn set_request_header(&self, name: &str, value: Option<&str>) {
+        self.wrote.set(true);
+        if !self.filter.set_request_header(name, value) {
+            log::warn!("writing request header {name} failed");
+        }
+    }
+
+    fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
+        self.filter.send_response(status, headers, body);
+        true
+    }
+
+    fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        store::get(key)
+    }
+
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> SharedWrite {
+        store::set(key, value, cas)
+    }
+
+    fn define_gauge(&self, name: &str) -> Option<u32> {
+        self.gauges.get(name).and_then(|&id| u32::try_from(id).ok())
+    }
+
+    fn add_to_gauge(&self, id: u32, delta: i64) {
+        self.filter.add_to_gauge(id as usize, delta);
+    }
+
+    /// Counters are defined with the config and counted by the glue; the core's own counting
+    /// (`PlanCounters`) is not used by this build.
+    fn define_counter(&self, _name: &str) -> Option<u32> {
+        None
+    }
+
+    fn increment_counter(&self, id: u32, delta: u64) {
+        self.filter.increment_counter(id as usize, delta);
+    }
+}
+
+/// What the core asked a selection to do, since a cluster specifier cannot write headers.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub enum Decision {
+    /// No decision yet (or the cluster header was removed: an unknown service with `pass`).
+    #[default]
+    Pass,
+    Cluster(String),
+    /// An unknown service with `reject`.
+    Reject,
+}
+
+/// Host calls of one cluster selection. Writing the cluster header records the cluster; a local
+/// reply records a rejection. (A config that rewrites `:authority` is refused in this mode.)
+pub struct SelectionHost<'a> {
+    pub selection: Selection,
+    pub cluster_header: &'a str,
+    pub decision: RefCell<Decision>,
+}
+
+impl Host for SelectionHost<'_> {
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.selection.request_header(name)
+    }
+
+    fn set_request_header(&self, name: &str, value: Option<&str>) {
+        if name != self.cluster_header {
+            log::warn!("the cluster specifier cannot write request header {name}");
+            return;
+        }
+        let mut decision = self.decision.borrow_mut();
+        match value {
+            Some(cluster) => *decision = Decision::Cluster(cluster.to_owned()),
+            None if *decision == Decision::Reject => {}
+            None => *decision = Decision::Pass,
+        }
+    }
+
+    fn send_local_reply(&self, _status: u32, _headers: &[(&str, &str)], _body: &[u8]) -> bool {
+        *self.decision.borrow_mut() = Decision::Reject;
+        true
+    }
+
+    fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        store::get(key)
+    }
+
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> SharedWrite {
+        store::set(key, value, cas)
+    }
+
+    fn define_gauge(&self, _name: &str) -> Option<u32> {
+        None
+    }
+
+    fn add_to_gauge(&self, _id: u32, _delta: i64) {}
+
+    fn define_counter(&self, _name: &str) -> Option<u32> {
+        None
+    }
+
+    fn increment_counter(&self, _id: u32, _delta: u64) {}
+}

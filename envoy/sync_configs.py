@@ -3,11 +3,15 @@
 
     sync_configs.py [--check] [--dir DIR]      (`make configs` runs it; needs PyYAML)
 
-envoy/meshsplit.json is the only source. Its copies are the `value: |` block scalar of the wasm
-filter's `configuration` in:
+envoy/meshsplit.json is the only source. Its copies are:
 
-- envoy.yaml and envoy-compose.yaml: meshsplit.json verbatim.
-- istio/meshsplit-filter.yaml: meshsplit.json mapped to what a sidecar sees (below).
+- envoy.yaml and envoy-compose.yaml: meshsplit.json verbatim, as the `value: |` block scalar of the
+  wasm filter's `configuration`.
+- istio/meshsplit-filter.yaml: meshsplit.json mapped to what a sidecar sees (below), in the same
+  kind of block.
+- istio/wasmplugin.yaml (`spec.pluginConfig`) and istio/trafficextension.yaml
+  (`spec.wasm.pluginConfig`): the same mapped config, written as JSON on the lines after the
+  `pluginConfig:` key. JSON is YAML, so the object stays a YAML mapping, as these APIs require.
 
 Only that block is rewritten, as text: comments and layout around it stay as they are.
 With --check nothing is written; a copy that differs is shown as a diff and the exit status is 1.
@@ -20,8 +24,9 @@ The Istio mapping, for each service:
   for any other host, the FQDN alone.
 - each upstream's cluster becomes Istio's cluster for the DestinationRule subset named like the
   upstream: `outbound|PORT|UPSTREAM-NAME|FQDN`, where PORT is the listener port the EnvoyFilter
-  in meshsplit-filter.yaml matches. Every upstream name must be a subset of that DestinationRule,
-  otherwise the sidecar would have no such cluster and answer 503 (NC).
+  in meshsplit-filter.yaml matches (the WasmPlugin and TrafficExtension must match that port
+  too). Every upstream name must be a subset of that DestinationRule, otherwise the sidecar would
+  have no such cluster and answer 503 (NC).
 - `authority` is dropped: a new :authority inside a sidecar picks another virtual host.
 - everything else (weights, strategy, rules, ...) is copied unchanged."""
 import argparse
@@ -37,9 +42,13 @@ ENVOY_DIR = Path(__file__).resolve().parent
 SOURCE = "meshsplit.json"
 ENVOY_COPIES = ["envoy.yaml", "envoy-compose.yaml"]
 ISTIO_FILTER = "istio/meshsplit-filter.yaml"
+# Istio's own APIs for Wasm filters: a WasmPlugin and a TrafficExtension.
+ISTIO_NATIVE = ["istio/wasmplugin.yaml", "istio/trafficextension.yaml"]
 ISTIO_DIR = "istio"
 
-BLOCK_START = re.compile(r"^(?P<indent> *)value: \|\n$")
+# The key whose block holds the plugin config: a `value: |` block scalar, or `pluginConfig:` with
+# the JSON object on the lines below it.
+BLOCK_START = re.compile(r"^(?P<indent> *)(value: \||pluginConfig:)\n$")
 
 
 class SyncError(Exception):
@@ -47,11 +56,11 @@ class SyncError(Exception):
 
 
 def replace_block(text, json_text, name):
-    """`text` with the body of its one `value: |` block scalar replaced by `json_text`."""
+    """`text` with the body of its one `value: |` or `pluginConfig:` block replaced by `json_text`."""
     lines = text.splitlines(keepends=True)
     starts = [i for i, line in enumerate(lines) if BLOCK_START.match(line)]
     if len(starts) != 1:
-        raise SyncError(f"{name}: expected one `value: |` block, found {len(starts)}")
+        raise SyncError(f"{name}: expected one `value: |` or `pluginConfig:` block, found {len(starts)}")
     start = starts[0]
     key_indent = len(BLOCK_START.match(lines[start]).group("indent"))
     end = start + 1
@@ -68,7 +77,8 @@ def replace_block(text, json_text, name):
 
 
 def embedded_plugin(text):
-    """The plugin configuration in the first wasm filter of a bootstrap or an EnvoyFilter, parsed."""
+    """The plugin configuration in the first wasm filter of a bootstrap or an EnvoyFilter, or in a
+    WasmPlugin or TrafficExtension, parsed."""
     def find(node):
         if isinstance(node, dict):
             configuration = node.get("configuration")
@@ -86,6 +96,9 @@ def embedded_plugin(text):
         return None
 
     for doc in yaml.safe_load_all(text):
+        if isinstance(doc, dict) and doc.get("kind") in ("WasmPlugin", "TrafficExtension"):
+            spec = doc.get("spec") or {}
+            return (spec if doc["kind"] == "WasmPlugin" else spec.get("wasm") or {}).get("pluginConfig")
         value = find(doc)
         if value is not None:
             return json.loads(value)
@@ -115,6 +128,26 @@ def istio_docs(directory):
                 yield path.name, doc
 
 
+def istio_port(directory):
+    """The listener port the EnvoyFilter in meshsplit-filter.yaml matches."""
+    (envoy_filter,) = [d for n, d in istio_docs(directory) if n == Path(ISTIO_FILTER).name]
+    ports = {p["match"]["listener"]["portNumber"] for p in envoy_filter["spec"]["configPatches"]}
+    if len(ports) != 1:
+        raise SyncError(f"{ISTIO_FILTER}: expected one listener portNumber, found {sorted(ports)}")
+    (port,) = ports
+    return port
+
+
+def check_native_ports(directory, port):
+    """Every WasmPlugin and TrafficExtension matches the port the cluster names are built with."""
+    for name in ISTIO_NATIVE:
+        (doc,) = [d for n, d in istio_docs(directory) if n == Path(name).name]
+        ports = {p.get("number") for m in doc["spec"].get("match", []) for p in m.get("ports", [])}
+        if ports != {port}:
+            raise SyncError(f"{name}: spec.match ports {sorted(ports)} differ from the port "
+                            f"{ISTIO_FILTER} matches ({port}), which the cluster names use")
+
+
 def istio_plugin(plugin, directory):
     """`plugin` as the sidecars in istio/ need it (the mapping in this file's docstring)."""
     rules = {}
@@ -122,11 +155,7 @@ def istio_plugin(plugin, directory):
         if doc.get("kind") == "DestinationRule":
             spec = doc["spec"]
             rules[spec["host"]] = (name, {s["name"] for s in spec.get("subsets", [])})
-    (envoy_filter,) = [d for n, d in istio_docs(directory) if n == Path(ISTIO_FILTER).name]
-    ports = {p["match"]["listener"]["portNumber"] for p in envoy_filter["spec"]["configPatches"]}
-    if len(ports) != 1:
-        raise SyncError(f"{ISTIO_FILTER}: expected one listener portNumber, found {sorted(ports)}")
-    (port,) = ports
+    port = istio_port(directory)
 
     mapped = json.loads(json.dumps(plugin))
     for i, service in enumerate(mapped["services"]):
@@ -158,7 +187,9 @@ def expected_files(directory):
     plugin = json.loads(source_text)
     wanted = {name: (source_text, plugin) for name in ENVOY_COPIES}
     mapped = istio_plugin(plugin, directory)
-    wanted[ISTIO_FILTER] = (format_plugin(mapped), mapped)
+    check_native_ports(directory, istio_port(directory))
+    for name in [ISTIO_FILTER, *ISTIO_NATIVE]:
+        wanted[name] = (format_plugin(mapped), mapped)
     out = {}
     for name, (json_text, parsed) in wanted.items():
         text = replace_block((directory / name).read_text(), json_text, name)

@@ -95,6 +95,24 @@ def test_envoy_and_compose_configs_route_and_log_alike():
     assert hcm("envoy-compose.yaml") == hcm("envoy.yaml")
 
 
+def wasm_plugin_config(config):
+    return harness.wasm_filter(config)["typed_config"]["config"]
+
+
+@pytest.mark.parametrize("config", [
+    pytest.param(lambda: wasm_plugin_config(harness.load_yaml(ENVOY_DIR / "envoy.yaml")), id="envoy.yaml"),
+    pytest.param(lambda: wasm_plugin_config(harness.load_yaml(ENVOY_DIR / "envoy-compose.yaml")),
+                 id="envoy-compose.yaml"),
+    pytest.param(lambda: envoy_filter_patch("meshsplit-filter.yaml", "HTTP_FILTER")["patch"]["value"]
+                 ["typed_config"]["config"], id="istio/meshsplit-filter.yaml"),
+])
+def test_shipped_wasm_filters_reload_a_failed_vm(config):
+    """FAIL_RELOAD with a short first backoff: a trap costs one request, not the worker's VM."""
+    config = config()
+    assert config["failure_policy"] == "FAIL_RELOAD"
+    assert config["reload_config"]["backoff"]["base_interval"] == "0.2s"
+
+
 def test_cluster_header_route_makes_unknown_clusters_visible():
     """A cluster name Envoy does not have gets an explicit status and shows in the access log."""
     config = harness.load_yaml(ENVOY_DIR / "envoy.yaml")
@@ -154,6 +172,16 @@ def test_sync_configs_refuses_an_upstream_without_a_destination_rule_subset(envo
     assert (envoy_copy / "istio" / "meshsplit-filter.yaml").read_text() == before
 
 
+def test_sync_configs_refuses_a_wasmplugin_on_another_port(envoy_copy, capsys):
+    """The cluster names carry the EnvoyFilter's port: a WasmPlugin matching another would split
+    into clusters its listener does not route to."""
+    path = envoy_copy / "istio" / "wasmplugin.yaml"
+    path.write_text(path.read_text().replace("- number: 9080", "- number: 9081"))
+
+    assert sync_configs.main(["--check", "--dir", str(envoy_copy)]) == 2
+    assert "istio/wasmplugin.yaml: spec.match ports [9081] differ" in capsys.readouterr().err
+
+
 def test_istio_copy_maps_hosts_and_clusters_and_drops_authority():
     plugin = json.loads((ENVOY_DIR / "meshsplit.json").read_text())
     (service,) = sync_configs.istio_plugin(plugin, ENVOY_DIR)["services"]
@@ -203,25 +231,36 @@ def test_docker_compose_mounts_and_wiring():
         if source != harness.WASM.resolve():  # the module exists only after a build
             assert source.is_file(), f"{target} is mounted from missing {source}"
 
-    # The listener and admin ports are published.
+    # The listener and admin ports are published, on the host's loopback only.
+    assert all(str(p).startswith("127.0.0.1:") for p in envoy["ports"])
     published = {str(p).split(":")[-1] for p in envoy["ports"]}
     listener = envoy_config["static_resources"]["listeners"][0]["address"]["socket_address"]
     admin = envoy_config["admin"]["address"]["socket_address"]
     assert {str(listener["port_value"]), str(admin["port_value"])} <= published
     assert listener["address"] == admin["address"] == "0.0.0.0"
 
-    # Every cluster's endpoint is a compose service running upstream.py on that port.
+    # Every cluster's endpoint is a compose service running Envoy with upstream-compose.yaml,
+    # from the same image, listening on that port and answering with the cluster's name.
+    upstream_config = harness.load_yaml(ENVOY_DIR / "upstream-compose.yaml")
+    upstream_address = upstream_config["static_resources"]["listeners"][0]["address"]["socket_address"]
     for cluster in envoy_config["static_resources"]["clusters"]:
         for lb in cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]:
             address = lb["endpoint"]["address"]["socket_address"]
             host, port = address["address"], address["port_value"]
             assert host in services, f"cluster {cluster['name']} points at {host}, not a compose service"
-            command = services[host]["command"]
-            script = next(arg for arg in command if arg.endswith("upstream.py"))
-            assert mounts(services[host])[script] == (ENVOY_DIR / "upstream.py").resolve()
-            assert f"{host}={port}" in command
-            assert command[command.index("--bind") + 1] == "0.0.0.0"
+            upstream = services[host]
+            assert upstream["image"] == envoy["image"]
+            command = upstream["command"]
+            config = command[command.index("-c") + 1]
+            assert mounts(upstream)[config] == (ENVOY_DIR / "upstream-compose.yaml").resolve()
+            assert upstream_address == {"address": "0.0.0.0", "port_value": port}
+            assert upstream["environment"]["UPSTREAM"] == cluster["name"]
             assert host in envoy.get("depends_on", [])
+
+
+def test_compose_upstream_config_validates():
+    proc = harness.validate(ENVOY_DIR / "upstream-compose.yaml")
+    assert proc.returncode == 0, proc.stdout[-8000:]
 
 
 # --- Istio ---------------------------------------------------------------------------------------
@@ -291,9 +330,10 @@ def merge_route(route, value):
     return merged
 
 
-def sidecar_bootstrap(wasm):
+def sidecar_bootstrap(wasm, wasm_filter=None):
     """A small stand-in for an Istio sidecar's outbound side for reviews: the 9080 route
-    configuration and clusters as Istio names them, with both EnvoyFilter patches applied."""
+    configuration and clusters as Istio names them, with both EnvoyFilter patches applied, or with
+    the route patch and `wasm_filter` (what Istio makes of a WasmPlugin or TrafficExtension)."""
     filter_patch = envoy_filter_patch("meshsplit-filter.yaml", "HTTP_FILTER")
     route_patch = envoy_filter_patch("meshsplit-route.yaml", "HTTP_ROUTE")
     (destination_rule,) = istio_docs("reviews-destinationrule.yaml")
@@ -301,8 +341,9 @@ def sidecar_bootstrap(wasm):
     port = route_patch["match"]["routeConfiguration"]["portNumber"]
     short = fqdn.split(".")
 
-    wasm_filter = copy.deepcopy(filter_patch["patch"]["value"])
-    wasm_filter["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(wasm)
+    if wasm_filter is None:
+        wasm_filter = copy.deepcopy(filter_patch["patch"]["value"])
+        wasm_filter["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(wasm)
     router = {"name": "envoy.filters.http.router",
               "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
     assert filter_patch["patch"]["operation"] == "INSERT_BEFORE"
@@ -376,3 +417,72 @@ def test_istio_bootstrap_rejects_bad_plugin_config(tmp_path, wasm):
     proc = harness.validate(harness.write_yaml(config, tmp_path))
     assert proc.returncode != 0, proc.stdout[-4000:]
     assert "no_such_field" in proc.stdout
+
+
+# --- Istio's own APIs: WasmPlugin and TrafficExtension ------------------------------------------
+
+NATIVE_MANIFESTS = ["wasmplugin.yaml", "trafficextension.yaml"]
+# failStrategy -> the failure_policy istiod writes into the filter (unset means FAIL_CLOSE).
+FAILURE_POLICY = {None: "FAIL_CLOSED", "FAIL_CLOSE": "FAIL_CLOSED", "FAIL_OPEN": "FAIL_OPEN",
+                  "FAIL_RELOAD": "FAIL_RELOAD"}
+
+
+def native_manifest(name):
+    """(metadata, spec, the part of spec that describes the Wasm module) of a WasmPlugin or a
+    TrafficExtension."""
+    (doc,) = istio_docs(name)
+    assert doc["kind"] in ("WasmPlugin", "TrafficExtension")
+    spec = doc["spec"]
+    return doc["metadata"], spec, spec if doc["kind"] == "WasmPlugin" else spec["wasm"]
+
+
+def istio_wasm_filter(name, module):
+    """The HTTP filter Istio builds from a WasmPlugin or TrafficExtension: named NAMESPACE.NAME,
+    pluginName as root_id, no vm_id, the V8 runtime, pluginConfig as a JSON StringValue and the
+    failure policy of failStrategy. The sidecar's agent fetches the module and points the filter at
+    the local copy, here `module`."""
+    metadata, _, wasm = native_manifest(name)
+    env = {"ISTIO_META_WASM_PLUGIN_RESOURCE_VERSION": "1"}
+    if wasm.get("imagePullPolicy"):
+        env["ISTIO_META_WASM_IMAGE_PULL_POLICY"] = wasm["imagePullPolicy"]
+    config = {
+        "name": f"{metadata['namespace']}.{metadata['name']}",
+        "root_id": wasm.get("pluginName", ""),
+        "vm_config": {"runtime": "envoy.wasm.runtime.v8",
+                      "code": {"local": {"filename": str(module)}},
+                      "environment_variables": {"key_values": env}},
+        "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                          "value": json.dumps(wasm["pluginConfig"])},
+        "failure_policy": FAILURE_POLICY[wasm.get("failStrategy")],
+    }
+    return {"name": config["name"], "typed_config": {"@type": harness.WASM_TYPE, "config": config}}
+
+
+@pytest.mark.parametrize("name", NATIVE_MANIFESTS)
+def test_istio_native_manifest_validates_in_envoy(name, tmp_path, wasm):
+    config = sidecar_bootstrap(wasm, istio_wasm_filter(name, wasm))
+    clusters = {c["name"] for c in config["static_resources"]["clusters"]}
+    for service in native_manifest(name)[2]["pluginConfig"]["services"]:
+        for upstream in service["upstreams"]:
+            assert upstream["cluster"] in clusters
+    assert_validates(config, tmp_path)
+
+
+@pytest.mark.parametrize("name", NATIVE_MANIFESTS)
+def test_istio_native_manifest_deploys_what_the_envoy_filter_does(name):
+    """Same pods, same port, same plugin config and root id: the manifests are interchangeable."""
+    filter_doc, = istio_docs("meshsplit-filter.yaml")
+    patch = envoy_filter_patch("meshsplit-filter.yaml", "HTTP_FILTER")
+    _, spec, wasm = native_manifest(name)
+    assert spec["selector"]["matchLabels"] == filter_doc["spec"]["workloadSelector"]["labels"]
+    assert spec["match"] == [{"mode": "CLIENT", "ports": [{"number": patch["match"]["listener"]["portNumber"]}]}]
+    # Unspecified phase: the end of the chain, just before the router, as the EnvoyFilter inserts it.
+    assert spec.get("phase", "UNSPECIFIED") in ("UNSPECIFIED", "UNSPECIFIED_PHASE")
+    assert wasm["type"] == "HTTP"
+    assert wasm["pluginName"] == patch["patch"]["value"]["typed_config"]["config"]["root_id"]
+    assert wasm["pluginConfig"] == istio_plugin_config()
+    assert wasm["failStrategy"] == "FAIL_RELOAD"
+    assert wasm["url"].startswith("oci://")
+    # A placeholder until an image is pushed (`make oci` prints the digest); Istio's schema
+    # accepts any 64 hex digits.
+    assert re.fullmatch(r"[0-9a-f]{64}", wasm["sha256"])

@@ -5,7 +5,7 @@ VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 CARGO   ?= cargo
 
-.PHONY: all build target venv configs test unit lint integration demo live bench cli check-configs native ci clean
+.PHONY: all build target venv configs test unit lint integration demo live bench cli check-configs oci native ci clean
 
 all: build
 
@@ -60,6 +60,11 @@ cli:
 ## check-configs: `meshsplit check` every plugin config, Envoy config and Istio manifest shipped
 check-configs: cli
 	target/release/meshsplit check --skip-unrelated envoy/*.json envoy/*.yaml envoy/istio/*.yaml
+
+## oci: target/meshsplit-oci.tar, the module as a Wasm OCI image for Istio (envoy/oci.py); prints
+##      the image digest and the module's sha256 (a WasmPlugin's `sha256`, see README "Istio")
+oci: build
+	python3 envoy/oci.py
 
 ## test: lint, native unit tests, then integration tests against real Envoy
 test: lint unit check-configs integration

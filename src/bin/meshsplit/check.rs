@@ -44,7 +44,7 @@ pub struct Args {
 
 /// One line of the report.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Line {
+pub(crate) enum Line {
     Valid(String),
     Invalid(String),
     Warning(String),
@@ -120,7 +120,7 @@ pub fn run(args: &Args) -> Status {
     status
 }
 
-fn read(path: &PathBuf) -> Result<String, String> {
+pub(crate) fn read(path: &PathBuf) -> Result<String, String> {
     let mut bytes = Vec::new();
     let result = if path.as_os_str() == "-" {
         io::stdin().read_to_end(&mut bytes).map(|_| ())
@@ -141,7 +141,7 @@ fn check_text(name: &str, text: &str) -> Result<Vec<Line>, FileError> {
     Ok(found.iter().flat_map(|f| check_one(name, f)).collect())
 }
 
-fn check_one(name: &str, found: &Found) -> Vec<Line> {
+pub(crate) fn check_one(name: &str, found: &Found) -> Vec<Line> {
     let at = if found.place.is_empty() {
         name.to_owned()
     } else {

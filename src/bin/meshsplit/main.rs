@@ -7,11 +7,15 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod apply;
 mod check;
 mod extract;
+mod load;
+mod preview;
+mod simulate;
 mod source;
 
-/// Check meshsplit plugin configurations before Envoy or Istio gets them.
+/// Check, preview and apply meshsplit plugin configurations before Envoy or Istio gets them.
 #[derive(Debug, Parser)]
 #[command(name = "meshsplit", version)]
 struct Cli {
@@ -22,6 +26,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Check(check::Args),
+    Preview(preview::Args),
+    Apply(apply::Args),
 }
 
 /// How a command ended; the process exit code. A run that meets several outcomes ends with the
@@ -40,6 +46,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let status = match &cli.command {
         Command::Check(args) => check::run(args),
+        Command::Preview(args) => preview::run(args),
+        Command::Apply(args) => apply::run(args),
     };
     ExitCode::from(status as u8)
 }

@@ -1,0 +1,1031 @@
+//! `meshsplit preview CONFIG`: what a config does with traffic, from simulated requests routed
+//! by the filter's own code; with `--against OLD`, what an edit changes.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use meshsplit::metrics::Counted;
+use meshsplit::plan::{Condition, HashOn, HeaderTest, Plan, Service, ServiceFrom, Strategy};
+use meshsplit::request::{cookie_value, query_param};
+use serde_json::{json, Value};
+
+use crate::load::{compile, find, pick, Failure, Loaded};
+use crate::simulate::{
+    cycle_length, expected_shares, generator, key, movement, simulate, Movement, Request, SimHost,
+};
+use crate::Status;
+
+/// Round-robin picks shown at most; longer cycles are cut.
+const CYCLE_SHOWN: usize = 64;
+
+/// Show what a config does with traffic, simulated with the filter's own code.
+///
+/// Routes simulated requests through the same decision code the filter runs in Envoy (a
+/// seeded generator, so every run prints the same) and prints per service: strategy, each
+/// upstream's cluster, weight, expected and simulated share; the rules and where each sends
+/// requests; the first cycle of a round_robin service. Sticky services get a new key per
+/// request (user-0, user-1, ...); least_request services keep every request in flight.
+///
+/// With --header, --cookie or --path: where that one request goes for each service, and why
+/// (which rule, or the strategy).
+///
+/// With --against OLD: what the edit from OLD to CONFIG changes, per service: each upstream's
+/// share before and after and, for sticky services, the fraction of sample keys that move and
+/// between which upstreams.
+///
+/// CONFIG (and OLD) is any file `meshsplit check` takes. A file holding several configs is
+/// previewed config by config; --against and a single request need one, chosen with
+/// --config-index.
+///
+/// Exit status: 0 previewed; 1 a config is invalid (the line `check` prints); 2 usage or input
+/// error.
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// The plugin config, or a file holding it; `-` reads standard input.
+    #[arg(value_name = "CONFIG")]
+    config: PathBuf,
+    /// Compare with this earlier version of the config.
+    #[arg(long, value_name = "OLD")]
+    against: Option<PathBuf>,
+    /// Only this service.
+    #[arg(long, value_name = "NAME")]
+    service: Option<String>,
+    /// Simulated requests per service.
+    #[arg(long, value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    requests: u64,
+    /// Sample keys per sticky service for --against (user-0, user-1, ...).
+    #[arg(long, value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    keys: u64,
+    /// Seed of the random generator.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// A header of the one request to route (repeatable; `host` means `:authority`).
+    #[arg(long = "header", value_name = "NAME:VALUE")]
+    headers: Vec<String>,
+    /// A cookie of the one request to route (repeatable).
+    #[arg(long = "cookie", value_name = "NAME=VALUE")]
+    cookies: Vec<String>,
+    /// The path (with query) of the one request to route.
+    #[arg(long, value_name = "/p?q=v")]
+    path: Option<String>,
+    /// Which config of a file that holds several (from 1, in the order `check` lists them).
+    #[arg(long, value_name = "N")]
+    config_index: Option<usize>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: &Args) -> Status {
+    match preview(args) {
+        Ok(output) => {
+            print!("{output}");
+            Status::Ok
+        }
+        Err(failure) => failure.report(),
+    }
+}
+
+fn preview(args: &Args) -> Result<String, Failure> {
+    let request = RequestOptions::parse(args)?;
+    if let Some(old) = &args.against {
+        let new = load_one(&args.config, args.config_index)?;
+        let old = load_one(old, args.config_index)?;
+        let only = args.service.as_deref();
+        check_service(&new, only, Some(&old))?;
+        let diff = diff(Some(&old), &new, only, args.keys);
+        return Ok(if args.json {
+            format!("{:#}\n", diff.json())
+        } else {
+            diff.text()
+        });
+    }
+    let configs = load_all(&args.config, args.config_index)?;
+    for config in &configs {
+        check_service(config, args.service.as_deref(), None)?;
+    }
+    let mut text = String::new();
+    let mut json = Vec::new();
+    for config in &configs {
+        let services = selected(config, args.service.as_deref());
+        if let Some(request) = &request {
+            let routes: Vec<Route> = services
+                .iter()
+                .map(|&s| route_one(config, s, request, args.seed))
+                .collect();
+            if args.json {
+                json.push(json!({
+                    "config": config.at,
+                    "routes": routes.iter().map(Route::json).collect::<Vec<_>>(),
+                }));
+            } else {
+                let _ = writeln!(text, "{}: {}", config.at, request.describe());
+                for route in &routes {
+                    let _ = writeln!(text, "{}", route.text());
+                }
+            }
+            continue;
+        }
+        let previews: Vec<ServicePreview> = services
+            .iter()
+            .filter_map(|&s| ServicePreview::simulate(config, s, args.requests, args.seed))
+            .collect();
+        if args.json {
+            json.push(json!({
+                "config": config.at,
+                "requests": args.requests,
+                "seed": args.seed,
+                "services": previews.iter().map(ServicePreview::json).collect::<Vec<_>>(),
+            }));
+        } else {
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            let _ = writeln!(
+                text,
+                "{}: {} simulated requests per service (seed {})",
+                config.at, args.requests, args.seed
+            );
+            for preview in &previews {
+                text.push_str(&preview.text());
+            }
+        }
+    }
+    Ok(if args.json {
+        format!("{:#}\n", json!({ "configs": json }))
+    } else {
+        text
+    })
+}
+
+fn load_all(path: &PathBuf, index: Option<usize>) -> Result<Vec<Loaded>, Failure> {
+    let name = path.display().to_string();
+    let found = find(path)?;
+    let found = match index {
+        Some(_) => vec![pick(&name, found, index)?],
+        None => found,
+    };
+    found.iter().map(|f| compile(&name, f)).collect()
+}
+
+/// The one config of a file (or the `index`-th).
+pub fn load_one(path: &PathBuf, index: Option<usize>) -> Result<Loaded, Failure> {
+    let name = path.display().to_string();
+    let found = pick(&name, find(path)?, index)?;
+    compile(&name, &found)
+}
+
+fn check_service(config: &Loaded, only: Option<&str>, old: Option<&Loaded>) -> Result<(), Failure> {
+    let Some(name) = only else { return Ok(()) };
+    let known = |c: &Loaded| c.service(name).is_some();
+    if known(config) || old.is_some_and(known) {
+        return Ok(());
+    }
+    let names: Vec<&str> = config
+        .plan
+        .services
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    Err(Failure::usage(format!(
+        "{}: no service named {name:?} (services: {})",
+        config.at,
+        names.join(", ")
+    )))
+}
+
+fn selected(config: &Loaded, only: Option<&str>) -> Vec<usize> {
+    (0..config.plan.services.len())
+        .filter(|&s| {
+            only.is_none_or(|name| config.plan.services.get(s).is_some_and(|x| x.name == name))
+        })
+        .collect()
+}
+
+/// `weighted`, `sticky on header x-user-id`, ...
+pub fn strategy(service: &Service) -> String {
+    match &service.strategy {
+        Strategy::Sticky { hash_on, .. } => format!("sticky on {}", hash_on_text(hash_on)),
+        other => other.name().to_owned(),
+    }
+}
+
+fn hash_on_text(hash_on: &HashOn) -> String {
+    match hash_on {
+        HashOn::Header(name) => format!("header {name}"),
+        HashOn::Cookie(name) => format!("cookie {name}"),
+        HashOn::Query(name) => format!("query {name}"),
+    }
+}
+
+/// `header x-canary = "true" and cookie beta = "1"`.
+fn conditions(conditions: &[Condition]) -> String {
+    conditions
+        .iter()
+        .map(|c| match c {
+            Condition::Header { name, test } => match test {
+                HeaderTest::Exact(v) => format!("header {name} = {v:?}"),
+                HeaderTest::Prefix(p) => format!("header {name} starts with {p:?}"),
+                HeaderTest::Present => format!("header {name} present"),
+            },
+            Condition::Cookie { name, value } => format!("cookie {name} = {value:?}"),
+            Condition::Query { name, value } => format!("query {name} = {value:?}"),
+        })
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+pub fn percent(share: f64) -> String {
+    format!("{:.1} %", share * 100.0)
+}
+
+/// One service's simulation.
+struct ServicePreview<'a> {
+    service: &'a Service,
+    requests: u64,
+    counts: Vec<u64>,
+    rule_hits: Vec<u64>,
+    /// Round robin: the first cycle (upstream indexes) and its full length.
+    cycle: Option<(Vec<usize>, u64)>,
+}
+
+impl<'a> ServicePreview<'a> {
+    fn simulate(config: &'a Loaded, index: usize, requests: u64, seed: u64) -> Option<Self> {
+        let plan: &Plan = &config.plan;
+        let service = plan.services.get(index)?;
+        let round_robin = matches!(service.strategy, Strategy::RoundRobin(_));
+        let length = cycle_length(service.weights());
+        let keep = if round_robin {
+            usize::try_from(length)
+                .unwrap_or(usize::MAX)
+                .min(CYCLE_SHOWN)
+        } else {
+            0
+        };
+        // The plan's round-robin positions start fresh: each service is simulated once.
+        let sim = simulate(plan, index, config.key(index), requests, keep, seed);
+        Some(Self {
+            service,
+            requests,
+            counts: sim.counts,
+            rule_hits: sim.rule_hits,
+            cycle: round_robin.then_some((sim.order, length)),
+        })
+    }
+
+    fn upstream_name(&self, index: usize) -> &str {
+        self.service
+            .upstreams
+            .get(index)
+            .map_or("?", |u| u.name.as_str())
+    }
+
+    fn text(&self) -> String {
+        let service = self.service;
+        let mut out = format!("\n{}: {}", service.name, strategy(service));
+        match &service.strategy {
+            Strategy::Sticky { .. } => {
+                let _ = write!(out, " (keys {} to {})", key(0), key(self.requests - 1));
+            }
+            Strategy::LeastRequest(_) => out.push_str(" (every simulated request stays in flight)"),
+            _ => {}
+        }
+        out.push('\n');
+        let expected = expected_shares(service.weights());
+        let name_width = service
+            .upstreams
+            .iter()
+            .map(|u| u.name.len())
+            .max()
+            .unwrap_or(0)
+            .max(8);
+        let cluster_width = service
+            .upstreams
+            .iter()
+            .map(|u| u.cluster.len())
+            .max()
+            .unwrap_or(0)
+            .max(7);
+        let _ = writeln!(
+            out,
+            "  {:<name_width$}  {:<cluster_width$}  {:>7}  {:>8}  {:>9}",
+            "upstream", "cluster", "weight", "expected", "simulated"
+        );
+        for (i, upstream) in service.upstreams.iter().enumerate() {
+            let count = self.counts.get(i).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "  {:<name_width$}  {:<cluster_width$}  {:>7}  {:>8}  {:>9}",
+                upstream.name,
+                upstream.cluster,
+                upstream.weight,
+                percent(expected.get(i).copied().unwrap_or(0.0)),
+                percent(count as f64 / self.requests as f64),
+            );
+        }
+        for (i, rule) in service.rules.iter().enumerate() {
+            let target = service.upstreams.get(rule.upstream);
+            let _ = write!(
+                out,
+                "  rule {i}: {} -> {} ({})",
+                conditions(&rule.conditions),
+                target.map_or("?", |u| u.name.as_str()),
+                target.map_or("?", |u| u.cluster.as_str()),
+            );
+            match self.rule_hits.get(i).copied().unwrap_or(0) {
+                0 => out.push('\n'),
+                n => {
+                    let _ = writeln!(out, "; claimed {n} simulated requests");
+                }
+            }
+        }
+        if let Some((cycle, length)) = &self.cycle {
+            let names: Vec<&str> = cycle.iter().map(|&u| self.upstream_name(u)).collect();
+            let more = if *length > cycle.len() as u64 {
+                " ..."
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "  first cycle ({length} requests): {}{more}",
+                names.join(" ")
+            );
+        }
+        out
+    }
+
+    fn json(&self) -> Value {
+        let service = self.service;
+        let expected = expected_shares(service.weights());
+        let upstreams: Vec<Value> = service
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                let count = self.counts.get(i).copied().unwrap_or(0);
+                json!({
+                    "name": u.name, "cluster": u.cluster, "weight": u.weight,
+                    "expected": expected.get(i).copied().unwrap_or(0.0),
+                    "simulated": count as f64 / self.requests as f64,
+                    "count": count,
+                })
+            })
+            .collect();
+        let rules: Vec<Value> = service
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| {
+                let target = service.upstreams.get(rule.upstream);
+                json!({
+                    "index": i, "match": conditions(&rule.conditions),
+                    "upstream": target.map(|u| &u.name), "cluster": target.map(|u| &u.cluster),
+                    "hits": self.rule_hits.get(i).copied().unwrap_or(0),
+                })
+            })
+            .collect();
+        let cycle = self.cycle.as_ref().map(|(cycle, length)| {
+            json!({
+                "length": length,
+                "first": cycle.iter().map(|&u| self.upstream_name(u)).collect::<Vec<_>>(),
+            })
+        });
+        json!({
+            "name": service.name, "strategy": strategy(service), "upstreams": upstreams,
+            "rules": rules, "round_robin_cycle": cycle,
+        })
+    }
+}
+
+/// The request given with --header, --cookie and --path.
+struct RequestOptions {
+    headers: Vec<(String, String)>,
+    cookies: Vec<(String, String)>,
+    path: Option<String>,
+}
+
+impl RequestOptions {
+    /// `None` when no option describes a request.
+    fn parse(args: &Args) -> Result<Option<Self>, Failure> {
+        if args.headers.is_empty() && args.cookies.is_empty() && args.path.is_none() {
+            return Ok(None);
+        }
+        let mut headers = Vec::new();
+        for header in &args.headers {
+            // A pseudo-header's name starts with its own colon.
+            let start = usize::from(header.starts_with(':'));
+            let split = header
+                .get(start..)
+                .and_then(|rest| rest.find(':'))
+                .map(|i| i + start);
+            let Some((name, value)) =
+                split.and_then(|i| Some((header.get(..i)?, header.get(i + 1..)?)))
+            else {
+                return Err(Failure::usage(format!(
+                    "--header {header:?}: expected NAME:VALUE"
+                )));
+            };
+            let name = match name.trim().to_ascii_lowercase() {
+                host if host == "host" => ":authority".to_owned(),
+                other => other,
+            };
+            if name.is_empty() || name == ":" {
+                return Err(Failure::usage(format!(
+                    "--header {header:?}: expected NAME:VALUE"
+                )));
+            }
+            headers.push((name, value.trim_start().to_owned()));
+        }
+        let mut cookies = Vec::new();
+        for cookie in &args.cookies {
+            match cookie.split_once('=') {
+                Some((name, value)) if !name.trim().is_empty() => {
+                    cookies.push((name.trim().to_owned(), value.to_owned()));
+                }
+                _ => {
+                    return Err(Failure::usage(format!(
+                        "--cookie {cookie:?}: expected NAME=VALUE"
+                    )))
+                }
+            }
+        }
+        Ok(Some(Self {
+            headers,
+            cookies,
+            path: args.path.clone(),
+        }))
+    }
+
+    /// The request for one service: its service key, then the options.
+    fn request(&self, config: &Loaded, service: usize) -> Request {
+        let plan = &config.plan;
+        let key = config.key(service);
+        let mut request = Request::for_service(plan, key);
+        if let Some(path) = &self.path {
+            request.set(":path", path);
+            if let ServiceFrom::Query(param) = &plan.service_from {
+                if query_param(path.as_bytes(), param.as_bytes()).is_none() {
+                    request.add_query(param, key);
+                }
+            }
+        }
+        for (name, value) in &self.headers {
+            request.set(name, value);
+        }
+        for (name, value) in &self.cookies {
+            request.add_cookie(name, value);
+        }
+        request
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(path) = &self.path {
+            parts.push(format!("path {path}"));
+        }
+        for (name, value) in &self.headers {
+            parts.push(format!("{name}: {value}"));
+        }
+        for (name, value) in &self.cookies {
+            parts.push(format!("cookie {name}={value}"));
+        }
+        format!("a request with {}", parts.join(", "))
+    }
+}
+
+/// Where one request went and why.
+struct Route {
+    service: String,
+    upstream: Option<(String, String)>,
+    authority: Option<String>,
+    rule: Option<usize>,
+    why: String,
+}
+
+fn route_one(config: &Loaded, index: usize, options: &RequestOptions, seed: u64) -> Route {
+    let plan = &config.plan;
+    let request = options.request(config, index);
+    let outcome = SimHost::default().route(plan, &mut generator(seed), &request);
+    let name = plan.services.get(index).map_or("", |s| s.name.as_str());
+    let mut route = Route {
+        service: name.to_owned(),
+        upstream: None,
+        authority: None,
+        rule: None,
+        why: String::new(),
+    };
+    match outcome.counted {
+        Counted::Upstream {
+            service,
+            upstream,
+            rule,
+        } => {
+            let Some(svc) = plan.services.get(service) else {
+                return route;
+            };
+            route.service = svc.name.clone();
+            let chosen = svc.upstreams.get(upstream);
+            route.upstream = chosen.map(|u| (u.name.clone(), u.cluster.clone()));
+            route.authority = chosen.and_then(|u| u.authority.clone());
+            route.rule = rule;
+            route.why = match rule.and_then(|r| svc.rules.get(r).map(|x| (r, x))) {
+                Some((r, matched)) => format!("rule {r}: {}", conditions(&matched.conditions)),
+                None => strategy_reason(svc, &request, seed),
+            };
+        }
+        Counted::Unknown { rejected } => {
+            route.why = format!(
+                "its service key matches no service: {}",
+                if rejected {
+                    "answered 404 (on_unknown_service: reject)"
+                } else {
+                    "passes without a cluster header (on_unknown_service: pass)"
+                }
+            );
+        }
+        Counted::Nothing => route.why = "not routed".to_owned(),
+    }
+    route
+}
+
+fn strategy_reason(service: &Service, request: &Request, seed: u64) -> String {
+    match &service.strategy {
+        Strategy::Weighted => format!("strategy weighted: one random draw by weight (seed {seed})"),
+        Strategy::RoundRobin(_) => "strategy round_robin: the first request of a cycle".to_owned(),
+        Strategy::LeastRequest(_) => {
+            "strategy least_request: nothing in flight, so the highest weight".to_owned()
+        }
+        Strategy::Sticky { hash_on, .. } => {
+            let key = match hash_on {
+                HashOn::Header(name) => request.header(name).map(<[u8]>::to_vec),
+                HashOn::Cookie(name) => request
+                    .header("cookie")
+                    .and_then(|c| cookie_value(c, name.as_bytes()))
+                    .map(<[u8]>::to_vec),
+                HashOn::Query(name) => request
+                    .header(":path")
+                    .and_then(|p| query_param(p, name.as_bytes()))
+                    .map(|v| v.into_owned()),
+            };
+            match key.filter(|k| !k.is_empty()) {
+                Some(key) => format!(
+                    "strategy sticky: the hash of {} {:?}",
+                    hash_on_text(hash_on),
+                    String::from_utf8_lossy(&key)
+                ),
+                None => format!(
+                    "strategy sticky: the request has no {}, so one random draw by weight (seed {seed})",
+                    hash_on_text(hash_on)
+                ),
+            }
+        }
+    }
+}
+
+impl Route {
+    fn text(&self) -> String {
+        match &self.upstream {
+            Some((name, cluster)) => {
+                let authority = self
+                    .authority
+                    .as_ref()
+                    .map(|a| format!(", :authority {a}"))
+                    .unwrap_or_default();
+                format!(
+                    "{}: {name} (cluster {cluster}{authority}) by {}",
+                    self.service, self.why
+                )
+            }
+            None => format!("{}: {}", self.service, self.why),
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "service": self.service,
+            "upstream": self.upstream.as_ref().map(|(n, _)| n),
+            "cluster": self.upstream.as_ref().map(|(_, c)| c),
+            "authority": self.authority,
+            "rule": self.rule,
+            "by": if self.rule.is_some() { "rule" } else if self.upstream.is_some() { "strategy" } else { "unknown service" },
+            "why": self.why,
+        })
+    }
+}
+
+/// What an edit changes, service by service.
+pub struct Diff {
+    old: Option<String>,
+    new: String,
+    /// Top-level fields that changed (`cluster_header`, ...).
+    settings: Vec<String>,
+    services: Vec<ServiceDiff>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Added,
+    Removed,
+    Changed,
+    Unchanged,
+}
+
+impl Change {
+    fn word(self) -> &'static str {
+        match self {
+            Change::Added => "added",
+            Change::Removed => "removed",
+            Change::Changed => "changed",
+            Change::Unchanged => "unchanged",
+        }
+    }
+}
+
+struct ServiceDiff {
+    name: String,
+    change: Change,
+    strategy: (Option<String>, Option<String>),
+    /// (upstream, share before, share after); `None`: not there.
+    upstreams: Vec<(String, Option<f64>, Option<f64>)>,
+    movement: Option<Movement>,
+}
+
+/// Compares `new` with `old` (`None`: nothing before), optionally one service only. Sticky
+/// services (sticky before and after) get `keys` sample keys routed through both.
+pub fn diff(old: Option<&Loaded>, new: &Loaded, only: Option<&str>, keys: u64) -> Diff {
+    let mut settings = Vec::new();
+    if let Some(old) = old {
+        let (a, b) = (&old.plan, &new.plan);
+        if a.cluster_header != b.cluster_header {
+            settings.push(format!(
+                "cluster_header {} → {}",
+                a.cluster_header, b.cluster_header
+            ));
+        }
+        if a.service_from != b.service_from {
+            settings.push(format!(
+                "service_from {:?} → {:?}",
+                a.service_from, b.service_from
+            ));
+        }
+        if a.on_unknown_service != b.on_unknown_service {
+            settings.push(format!(
+                "on_unknown_service {:?} → {:?}",
+                a.on_unknown_service, b.on_unknown_service
+            ));
+        }
+    }
+    let wanted = |name: &str| only.is_none_or(|o| o == name);
+    let mut services = Vec::new();
+    for (n, service) in new.plan.services.iter().enumerate() {
+        if !wanted(&service.name) {
+            continue;
+        }
+        let before = old.and_then(|o| o.service(&service.name).map(|i| (o, i)));
+        services.push(service_diff(before, Some((new, n)), keys));
+    }
+    if let Some(old) = old {
+        for (o, service) in old.plan.services.iter().enumerate() {
+            if wanted(&service.name) && new.service(&service.name).is_none() {
+                services.push(service_diff(Some((old, o)), None, keys));
+            }
+        }
+    }
+    Diff {
+        old: old.map(|o| o.at.clone()),
+        new: new.at.clone(),
+        settings,
+        services,
+    }
+}
+
+fn service_diff(
+    old: Option<(&Loaded, usize)>,
+    new: Option<(&Loaded, usize)>,
+    keys: u64,
+) -> ServiceDiff {
+    fn get(side: Option<(&Loaded, usize)>) -> Option<&Service> {
+        side.and_then(|(c, i)| c.plan.services.get(i))
+    }
+    let (before, after) = (get(old), get(new));
+    let name = after.or(before).map_or(String::new(), |s| s.name.clone());
+    let change = match (old, new) {
+        (None, _) => Change::Added,
+        (_, None) => Change::Removed,
+        (Some((o, i)), Some((n, j))) if o.json(i) == n.json(j) => Change::Unchanged,
+        _ => Change::Changed,
+    };
+    let shares = |s: Option<&Service>| -> Vec<(String, f64)> {
+        s.map(|s| {
+            let shares = expected_shares(s.weights());
+            s.upstreams
+                .iter()
+                .zip(shares)
+                .map(|(u, x)| (u.name.clone(), x))
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    let (was, now) = (shares(before), shares(after));
+    let mut upstreams: Vec<(String, Option<f64>, Option<f64>)> = now
+        .iter()
+        .map(|(name, share)| {
+            let earlier = was.iter().find(|(n, _)| n == name).map(|(_, x)| *x);
+            (name.clone(), earlier, Some(*share))
+        })
+        .collect();
+    for (name, share) in &was {
+        if !now.iter().any(|(n, _)| n == name) {
+            upstreams.push((name.clone(), Some(*share), None));
+        }
+    }
+    let sticky =
+        |s: Option<&Service>| s.is_some_and(|s| matches!(s.strategy, Strategy::Sticky { .. }));
+    let movement = match (old, new) {
+        (Some((o, i)), Some((n, j)))
+            if change == Change::Changed && sticky(before) && sticky(after) =>
+        {
+            Some(movement(
+                (&o.plan, i, o.key(i)),
+                (&n.plan, j, n.key(j)),
+                keys,
+            ))
+        }
+        _ => None,
+    };
+    ServiceDiff {
+        name,
+        change,
+        strategy: (before.map(strategy), after.map(strategy)),
+        upstreams,
+        movement,
+    }
+}
+
+impl ServiceDiff {
+    fn strategy_text(&self) -> String {
+        match &self.strategy {
+            (Some(a), Some(b)) if a != b => format!("{a} → {b}"),
+            (a, b) => b.clone().or_else(|| a.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// `v1 90.0 % → 70.0 %, v2 10.0 % → 30.0 %`; one share per upstream when nothing moved.
+    fn shares_text(&self) -> String {
+        self.upstreams
+            .iter()
+            .map(|(name, before, after)| match (before, after) {
+                (Some(a), Some(b)) if self.change == Change::Added || a == b => {
+                    format!("{name} {}", percent(*b))
+                }
+                (Some(a), Some(b)) => format!("{name} {} → {}", percent(*a), percent(*b)),
+                (None, Some(b)) if self.change == Change::Added => {
+                    format!("{name} {}", percent(*b))
+                }
+                (None, Some(b)) => format!("{name} (new) {}", percent(*b)),
+                (Some(a), None) if self.change == Change::Removed => {
+                    format!("{name} {}", percent(*a))
+                }
+                (Some(a), None) => format!("{name} {} (removed)", percent(*a)),
+                (None, None) => name.clone(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn shares_changed(&self) -> bool {
+        self.upstreams.iter().any(|(_, a, b)| a != b)
+    }
+
+    fn lines(&self) -> Vec<String> {
+        let head = format!("{} ({})", self.name, self.strategy_text());
+        let mut lines = vec![match self.change {
+            Change::Added => format!("{head}: added: {}", self.shares_text()),
+            Change::Removed => format!("{head}: removed (was {})", self.shares_text()),
+            Change::Unchanged => format!("{head}: unchanged: {}", self.shares_text()),
+            Change::Changed if self.shares_changed() => format!("{head}: {}", self.shares_text()),
+            Change::Changed => format!(
+                "{head}: {} (shares unchanged; other fields edited)",
+                self.shares_text()
+            ),
+        }];
+        if let Some(m) = &self.movement {
+            lines.push(format!("{}: {}", self.name, movement_text(m)));
+        }
+        lines
+    }
+
+    fn json(&self) -> Value {
+        let movement = self.movement.as_ref().map(|m| {
+            let fraction = |n: u64| n as f64 / m.keys.max(1) as f64;
+            json!({
+                "sampled": m.keys, "moved": m.moved, "fraction": fraction(m.moved),
+                "moves": m.flows.iter().map(|(from, to, n)| json!({
+                    "from": from, "to": to, "keys": n, "fraction": fraction(*n)})).collect::<Vec<_>>(),
+            })
+        });
+        json!({
+            "name": self.name,
+            "change": self.change.word(),
+            "strategy": {"before": self.strategy.0, "after": self.strategy.1},
+            "upstreams": self.upstreams.iter().map(|(name, before, after)| json!({
+                "name": name, "before": before, "after": after})).collect::<Vec<_>>(),
+            "keys": movement,
+        })
+    }
+}
+
+/// `12.0 % of keys move: v1 → v2 11.9 %, v3 → v2 0.1 % (10000 sample keys)`.
+fn movement_text(m: &Movement) -> String {
+    let share = |n: u64| percent(n as f64 / m.keys.max(1) as f64);
+    if m.moved == 0 {
+        return format!("no key moves ({} sample keys)", m.keys);
+    }
+    let flows: Vec<String> = m
+        .flows
+        .iter()
+        .map(|(from, to, n)| format!("{from} → {to} {}", share(*n)))
+        .collect();
+    format!(
+        "{} of keys move: {} ({} sample keys)",
+        share(m.moved),
+        flows.join(", "),
+        m.keys
+    )
+}
+
+impl Diff {
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for setting in &self.settings {
+            let _ = writeln!(out, "{setting}");
+        }
+        for service in &self.services {
+            for line in service.lines() {
+                let _ = writeln!(out, "{line}");
+            }
+        }
+        out
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "old": self.old, "new": self.new, "settings": self.settings,
+            "services": self.services.iter().map(ServiceDiff::json).collect::<Vec<_>>(),
+        })
+    }
+
+    /// The changes on one line, for `apply --watch`: changed services only.
+    pub fn one_line(&self) -> String {
+        let mut parts: Vec<String> = self.settings.clone();
+        for service in self
+            .services
+            .iter()
+            .filter(|s| s.change != Change::Unchanged)
+        {
+            let mut part = match service.change {
+                Change::Added => format!("{} added: {}", service.name, service.shares_text()),
+                Change::Removed => format!("{} removed", service.name),
+                _ => format!("{}: {}", service.name, service.shares_text()),
+            };
+            if let Some(m) = service.movement.as_ref().filter(|m| m.moved > 0) {
+                let _ = write!(
+                    part,
+                    ", {} of keys move",
+                    percent(m.moved as f64 / m.keys.max(1) as f64)
+                );
+            }
+            parts.push(part);
+        }
+        if parts.is_empty() {
+            "no service changed".to_owned()
+        } else {
+            parts.join("; ")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::compile_text;
+    use serde_json::json;
+
+    fn config(services: Value) -> Loaded {
+        compile_text("c", &json!({ "services": services }).to_string()).unwrap()
+    }
+
+    fn sticky(weights: &[(&str, u32)]) -> Value {
+        json!({"name": "reviews", "strategy": "sticky", "hash_on": {"header": "x-user-id"},
+               "upstreams": weights.iter().map(|(n, w)| json!({"name": n, "cluster": n, "weight": w})).collect::<Vec<_>>()})
+    }
+
+    fn weighted(name: &str, weights: &[(&str, u32)]) -> Value {
+        json!({"name": name,
+               "upstreams": weights.iter().map(|(n, w)| json!({"name": n, "cluster": n, "weight": w})).collect::<Vec<_>>()})
+    }
+
+    #[test]
+    fn diff_gives_shares_before_and_after_and_the_keys_that_move() {
+        let old = config(json!([sticky(&[("v1", 90), ("v2", 10)])]));
+        let new = config(json!([sticky(&[("v1", 70), ("v2", 30)])]));
+        let text = diff(Some(&old), &new, None, 2_000).text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "reviews (sticky on header x-user-id): v1 90.0 % → 70.0 %, v2 10.0 % → 30.0 %"
+        );
+        assert!(lines[1].starts_with("reviews: "), "{text}");
+        assert!(lines[1].contains(" of keys move: v1 → v2 "), "{text}");
+        assert!(lines[1].ends_with("(2000 sample keys)"), "{text}");
+        assert_eq!(lines.len(), 2);
+    }
+
+    #[test]
+    fn diff_json_has_the_moved_fraction() {
+        let old = config(json!([sticky(&[("v1", 90), ("v2", 10)])]));
+        let new = config(json!([sticky(&[("v1", 70), ("v2", 30)])]));
+        let json = diff(Some(&old), &new, None, 4_000).json();
+        let keys = &json["services"][0]["keys"];
+        let fraction = keys["fraction"].as_f64().unwrap();
+        // P(v2) goes from 10 % to 30 %: a fifth of the keys move.
+        assert!((0.17..0.23).contains(&fraction), "{json}");
+        assert_eq!(keys["moves"][0]["from"], "v1");
+        assert_eq!(
+            json["services"][0]["upstreams"][1],
+            json!({"name": "v2", "before": 0.1, "after": 0.3})
+        );
+    }
+
+    #[test]
+    fn added_removed_and_unchanged_services_are_told_apart() {
+        let old = config(json!([
+            weighted("a", &[("v1", 1)]),
+            weighted("gone", &[("v1", 1)])
+        ]));
+        let new = config(json!([
+            weighted("a", &[("v1", 1)]),
+            weighted("b", &[("v1", 3), ("v2", 1)])
+        ]));
+        let d = diff(Some(&old), &new, None, 10);
+        assert_eq!(
+            d.text(),
+            "a (weighted): unchanged: v1 100.0 %\n\
+             b (weighted): added: v1 75.0 %, v2 25.0 %\n\
+             gone (weighted): removed (was v1 100.0 %)\n"
+        );
+        assert_eq!(d.one_line(), "b added: v1 75.0 %, v2 25.0 %; gone removed");
+    }
+
+    #[test]
+    fn edits_that_keep_the_shares_say_so() {
+        let old = config(json!([weighted("a", &[("v1", 1), ("v2", 1)])]));
+        let new = config(json!([weighted("a", &[("v1", 2), ("v2", 2)])]));
+        assert_eq!(
+            diff(Some(&old), &new, None, 10).text(),
+            "a (weighted): v1 50.0 %, v2 50.0 % (shares unchanged; other fields edited)\n"
+        );
+    }
+
+    #[test]
+    fn upstreams_added_and_removed_are_marked() {
+        let old = config(json!([weighted("a", &[("v1", 1), ("v2", 1)])]));
+        let new = config(json!([weighted("a", &[("v1", 1), ("v3", 3)])]));
+        assert_eq!(
+            diff(Some(&old), &new, None, 10).text(),
+            "a (weighted): v1 50.0 % → 25.0 %, v3 (new) 75.0 %, v2 50.0 % (removed)\n"
+        );
+    }
+
+    #[test]
+    fn nothing_before_is_all_added() {
+        let new = config(json!([weighted("a", &[("v1", 1)])]));
+        assert_eq!(diff(None, &new, None, 10).one_line(), "a added: v1 100.0 %");
+    }
+
+    #[test]
+    fn preview_lists_rules_and_the_round_robin_cycle() {
+        let c = config(json!([{"name": "rr", "strategy": "round_robin",
+            "upstreams": [{"name": "a", "cluster": "ca", "weight": 5},
+                          {"name": "b", "cluster": "cb", "weight": 1},
+                          {"name": "c", "cluster": "cc", "weight": 1}],
+            "rules": [{"match": {"headers": [{"name": "x-canary", "exact": "true"}]}, "upstream": "c"}]}]));
+        let text = ServicePreview::simulate(&c, 0, 700, 1).unwrap().text();
+        assert!(
+            text.contains("  rule 0: header x-canary = \"true\" -> c (cc)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  first cycle (7 requests): a a b a c a a\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  a         ca             5    71.4 %     71.4 %\n"),
+            "{text}"
+        );
+    }
+}

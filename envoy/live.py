@@ -9,6 +9,7 @@ last seconds, read from Envoy's own counters. Ctrl-C stops everything it started
     live.py [--config envoy/meshsplit.json] [--rate 200] [--window 3] [--seconds 3600]"""
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -106,7 +107,8 @@ def table(config_path, history, window):
             share = f"{100 * deltas[u['name']] / total:.1f}%" if total else "-"
             lines.append(f"{service['name']:<12} {u['name']:<10} {u['cluster']:<22} {u['weight']:>7} "
                          f"{100 * u['weight'] / total_weight:>8.1f}% {share:>10} {deltas[u['name']]:>9}")
-    lines.append(f"({span:.0f} s of traffic; edit and save {config_path} to change the weights)")
+    shown = os.path.relpath(config_path)
+    lines.append(f"({span:.0f} s of traffic; edit and save {shown} to change the weights)")
     return "\n".join(lines)
 
 

@@ -67,3 +67,40 @@ def test_default_config_is_the_sample_config():
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     default = hcm["http_filters"][0]["config_discovery"]["default_config"]["config"]
     assert json.loads(default["configuration"]["value"]) == PLUGIN
+
+
+def test_make_live_shows_the_split_move_after_an_edit(wasm, tmp_path):
+    """envoy/live.py (what `make live` runs) on a copy of the sample config: saving new weights
+    moves the shares in its table."""
+    import subprocess
+    import time
+    subprocess.run(["make", "--no-print-directory", "-s", "cli"], cwd=harness.ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
+    config = tmp_path / "meshsplit.json"
+    config.write_text(json.dumps(PLUGIN))
+    proc = subprocess.Popen([sys.executable, str(harness.ENVOY_DIR / "live.py"), "--config", str(config),
+                             "--seconds", "9", "--rate", "150", "--window", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(4)
+        moved = json.loads(json.dumps(PLUGIN))
+        for u in moved["services"][0]["upstreams"]:
+            u["weight"] = 1 if u["name"] == "v2" else 0
+        config.write_text(json.dumps(moved))
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    assert "applied" in out, out[-3000:]
+    last = out[out.rindex("service      upstream"):]
+    assert re_share(last, "v2") == "100.0%", last
+    assert re_share(last, "v1") == "0.0%", last
+
+
+def re_share(table, upstream):
+    """The `last N s` share of `upstream` in a table printed by live.py."""
+    for line in table.splitlines():
+        fields = line.split()
+        if len(fields) >= 7 and fields[1] == upstream:
+            return fields[5]
+    return None

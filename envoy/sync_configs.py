@@ -5,8 +5,8 @@
 
 envoy/meshsplit.json is the only source. Its copies are:
 
-- envoy.yaml and envoy-compose.yaml: meshsplit.json verbatim, as the `value: |` block scalar of the
-  wasm filter's `configuration`.
+- envoy.yaml, envoy-compose.yaml and envoy-live.yaml (its `default_config`): meshsplit.json
+  verbatim, as the `value: |` block scalar of the wasm filter's `configuration`.
 - istio/meshsplit-filter.yaml: meshsplit.json mapped to what a sidecar sees (below), in the same
   kind of block.
 - istio/wasmplugin.yaml (`spec.pluginConfig`) and istio/trafficextension.yaml
@@ -40,7 +40,7 @@ import yaml
 
 ENVOY_DIR = Path(__file__).resolve().parent
 SOURCE = "meshsplit.json"
-ENVOY_COPIES = ["envoy.yaml", "envoy-compose.yaml"]
+ENVOY_COPIES = ["envoy.yaml", "envoy-compose.yaml", "envoy-live.yaml"]
 ISTIO_FILTER = "istio/meshsplit-filter.yaml"
 # Istio's own APIs for Wasm filters: a WasmPlugin and a TrafficExtension.
 ISTIO_NATIVE = ["istio/wasmplugin.yaml", "istio/trafficextension.yaml"]

@@ -105,6 +105,9 @@ def wasm_plugin_config(config):
                  id="envoy-compose.yaml"),
     pytest.param(lambda: envoy_filter_patch("meshsplit-filter.yaml", "HTTP_FILTER")["patch"]["value"]
                  ["typed_config"]["config"], id="istio/meshsplit-filter.yaml"),
+    pytest.param(lambda: harness.load_yaml(ENVOY_DIR / "envoy-live.yaml")["static_resources"]["listeners"][0]
+                 ["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]
+                 ["config_discovery"]["default_config"]["config"], id="envoy-live.yaml"),
 ])
 def test_shipped_wasm_filters_reload_a_failed_vm(config):
     """FAIL_RELOAD with a short first backoff: a trap costs one request, not the worker's VM."""

@@ -80,8 +80,10 @@ lint: target
 	$(CARGO) clippy --locked --lib --features native -- -D warnings
 
 # -rs lists every skipped test with its reason; tests/conftest.py ends with a banner of the checks
-# that did not run (with CI=true a missing tool fails the run instead).
-integration: build venv
+# that did not run (with CI=true a missing tool fails the run instead). Integration tests run
+# against every build: the wasm filter, the native filter and the native cluster specifier
+# (tests/conftest.py, `--build` to pick some).
+integration: build native venv
 	$(PYTHON) -m pytest tests -q -rs
 
 ## demo: start Envoy and sample upstreams on loopback, send traffic, print the split

@@ -15,14 +15,60 @@ def wasm():
     return harness.build_wasm()
 
 
+def pytest_addoption(parser):
+    parser.addoption("--build", default=",".join(harness.BUILDS),
+                     help="comma-separated builds to test: wasm, native, specifier (default: all)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "builds(*names): the builds a test applies to (default: wasm only); tests that "
+        "use the `build` fixture (or `deploy`) run once per build")
+
+
+def pytest_generate_tests(metafunc):
+    """Runs every test that deploys Envoy once per build its `builds` marker names (the closest
+    marker wins: a test's own over its module's), restricted to --build."""
+    if "build" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("builds")
+    wanted = metafunc.config.getoption("--build").split(",")
+    builds = [b for b in (marker.args if marker else ("wasm",)) if b in wanted]
+    metafunc.parametrize("build", builds, indirect=True, scope="module")
+
+
+_BUILT = {}
+
+
 @pytest.fixture(scope="module")
-def deploy(wasm, tmp_path_factory):
+def build(request):
+    """The build under test ("wasm", "native" or "specifier"), built once per session."""
+    name = request.param
+    artifact = "wasm" if name == "wasm" else "native"
+    if artifact not in _BUILT:
+        _BUILT[artifact] = harness.build_wasm() if artifact == "wasm" else harness.build_native()
+    return name
+
+
+@pytest.fixture(autouse=True)
+def _use_build(request):
+    """harness.bootstrap deploys the build of the running test."""
+    if "build" in request.fixturenames:
+        harness.BUILD = request.getfixturevalue("build")
+    yield
+    harness.BUILD = "wasm"
+
+
+@pytest.fixture(scope="module")
+def deploy(build, tmp_path_factory):
     """deploy(plugin_config, upstream_names) -> running harness.Envoy with one loopback upstream
-    per name, each also the name of its Envoy cluster. Everything stops when the module ends."""
+    per name, each also the name of its Envoy cluster, running `build`. Everything stops when
+    the module ends."""
     with contextlib.ExitStack() as stack:
         def start(plugin, upstream_names, delay=0.0, delays=None):
             ports = stack.enter_context(harness.upstreams(*upstream_names, delay=delay, delays=delays))
-            config = harness.bootstrap(plugin, ports, harness.free_port(), harness.free_port())
+            config = harness.bootstrap(plugin, ports, harness.free_port(), harness.free_port(),
+                                       build=build)
             return stack.enter_context(harness.Envoy(config, tmp_path_factory.mktemp("envoy")))
         yield start
 

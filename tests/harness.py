@@ -1,5 +1,9 @@
 """Test harness: builds the module, starts real Envoy processes and upstreams on loopback ports.
 
+Every build runs the same tests: `BUILD` names the one a test deploys ("wasm": the proxy-wasm
+filter; "native": the dynamic-module HTTP filter; "specifier": the dynamic module as the route's
+cluster specifier). tests/conftest.py sets it per test from the `build` fixture.
+
 Every Envoy started here is stopped (SIGTERM, then SIGKILL) when its context exits, whether the
 test passed or not; when a test fails its Envoy log is printed."""
 import collections
@@ -23,6 +27,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 ENVOY_DIR = ROOT / "envoy"
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "meshsplit.wasm"
+NATIVE = ROOT / "target" / "release" / "libmeshsplit.so"
+BUILDS = ("wasm", "native", "specifier")
+# The build harness.bootstrap deploys; set per test by tests/conftest.py.
+BUILD = "wasm"
 READY_TIMEOUT = 30.0
 # Envoys started and not yet stopped, so a failing test can show their logs.
 RUNNING = []
@@ -46,6 +54,23 @@ def build_wasm():
     subprocess.run(["make", "--no-print-directory", "-s", "build"], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL)
     return WASM
+
+
+def build_native():
+    """Builds the dynamic module exactly as `make native` ships it."""
+    subprocess.run(["make", "--no-print-directory", "-s", "native"], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
+    return NATIVE
+
+
+def envoy_env():
+    """Envoy's environment: it finds libmeshsplit.so (dynamic module `meshsplit`) here."""
+    return dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(NATIVE.parent))
+
+
+def stats_prefix(build=None):
+    """Where meshsplit's stats live: proxy-wasm's namespace, or the dynamic modules' default."""
+    return "wasmcustom" if (build or BUILD) == "wasm" else "dynamicmodulescustom"
 
 
 def send(port, count, headers=None, path="/", connections=4):
@@ -139,9 +164,11 @@ def static_cluster(name, port):
     }
 
 
-def bootstrap(plugin, clusters, listener_port, admin_port, template=ENVOY_DIR / "envoy.yaml"):
+def bootstrap(plugin, clusters, listener_port, admin_port, template=ENVOY_DIR / "envoy.yaml",
+              build=None):
     """envoy/envoy.yaml with the given plugin config (dict or raw string), clusters
-    ({name: port}) and ports, and the module path made absolute."""
+    ({name: port}) and ports, and the module path made absolute; for the native builds, with
+    meshsplit as a dynamic module instead (see `use_build`)."""
     config = copy.deepcopy(load_yaml(template))
     config["admin"]["address"]["socket_address"]["port_value"] = admin_port
     listener = config["static_resources"]["listeners"][0]
@@ -150,6 +177,53 @@ def bootstrap(plugin, clusters, listener_port, admin_port, template=ENVOY_DIR / 
     wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
     wasm["configuration"]["value"] = plugin if isinstance(plugin, str) else json.dumps(plugin)
     config["static_resources"]["clusters"] = [static_cluster(n, p) for n, p in clusters.items()]
+    use_build(config, build or BUILD)
+    return config
+
+
+DYNAMIC_FILTER_TYPE = ("type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3"
+                       ".DynamicModuleFilter")
+SPECIFIER_TYPE = ("type.googleapis.com/envoy.extensions.router.cluster_specifiers.dynamic_modules"
+                  ".v3.DynamicModuleClusterSpecifier")
+STRING_VALUE = "type.googleapis.com/google.protobuf.StringValue"
+
+
+def use_build(config, build):
+    """Turns every listener's meshsplit wasm filter of a bootstrap made from envoy.yaml into
+    `build`, with the same plugin JSON, as envoy/envoy-native.yaml does: the dynamic-module HTTP
+    filter ("native"), or no filter and a cluster specifier on the first route ("specifier",
+    whose not-found code answers unknown services). Native builds take envoy-native.yaml's stats
+    tags."""
+    if build == "wasm":
+        return config
+    native = load_yaml(ENVOY_DIR / "envoy-native.yaml")
+    config["stats_config"] = native["stats_config"]
+    config["layered_runtime"] = native["layered_runtime"]
+    for listener in config["static_resources"]["listeners"]:
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        filters = hcm["http_filters"]
+        index = next(i for i, f in enumerate(filters) if f["name"] == "envoy.filters.http.wasm")
+        wasm = filters[index]["typed_config"]["config"]
+        plugin = wasm["configuration"]["value"]
+        name = wasm.get("name", "meshsplit")
+        if build == "native":
+            filters[index] = {"name": "envoy.filters.http.dynamic_modules", "typed_config": {
+                "@type": DYNAMIC_FILTER_TYPE, "dynamic_module_config": {"name": "meshsplit"},
+                "filter_name": name, "filter_config": {"@type": STRING_VALUE, "value": plugin}}}
+        elif build == "specifier":
+            del filters[index]
+            hcm["route_config"]["virtual_hosts"][0]["routes"] = [{
+                "match": {"prefix": "/"},
+                "route": {
+                    "inline_cluster_specifier_plugin": {"extension": {
+                        "name": "envoy.router.cluster_specifier_plugin.dynamic_modules",
+                        "typed_config": {
+                            "@type": SPECIFIER_TYPE, "dynamic_module_config": {"name": "meshsplit"},
+                            "specifier_name": name,
+                            "specifier_config": {"@type": STRING_VALUE, "value": plugin}}}},
+                    "cluster_not_found_response_code": "NOT_FOUND"}}]
+        else:
+            raise ValueError(f"unknown build {build!r}")
     return config
 
 
@@ -164,7 +238,7 @@ def validate(config_path):
     """`envoy --mode validate`; returns the CompletedProcess (output in .stdout)."""
     return subprocess.run(
         [envoy_bin(), "--mode", "validate", "-c", str(config_path), "--use-dynamic-base-id"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120, env=envoy_env(),
     )
 
 
@@ -188,6 +262,7 @@ class Envoy:
              "--use-dynamic-base-id", "--log-path", self.log_path, "--log-level", "info",
              *self.extra_args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            env=envoy_env(),
         )
         RUNNING.append(self)
         if wait:

@@ -3,12 +3,15 @@ and percent-decoded query keys hash their exact bytes, and rules compare bytes."
 import collections
 import json
 
+import pytest
+
 import harness
 from test_strategies import predicted_owner
 
 UPSTREAMS = [{"name": f"v{i}", "cluster": f"by_v{i}", "weight": 1} for i in range(1, 5)]
 # 40 distinct keys that are not UTF-8. A lossy conversion maps each of them to the same text.
 RAW_KEYS = [bytes([0xff, n, 0xfe]) for n in range(0x41, 0x41 + 40)]
+pytestmark = pytest.mark.builds("wasm", "native", "specifier")
 
 
 def plugin():

@@ -1,4 +1,5 @@
-"""Weighted splitting through real Envoy (--concurrency 2) and real loopback upstreams."""
+"""Weighted splitting through real Envoy (--concurrency 2) and real loopback upstreams, for every
+build: the wasm filter, the native filter and the native cluster specifier."""
 import json
 
 import pytest
@@ -9,6 +10,16 @@ from stats import chi_square
 SAMPLES = 4000
 P_MIN = 0.001
 FALLBACK = (404, "fallback route: no meshsplit service matched\n")
+# The cluster specifier selects no cluster for an unknown service: the route's not-found code.
+NOT_FOUND = (404, "")
+ALL = ("wasm", "native", "specifier")
+FILTERS = ("wasm", "native")
+pytestmark = pytest.mark.builds(*ALL)
+
+
+def unknown_answer():
+    """What a request for an unknown service gets with on_unknown_service "pass"."""
+    return NOT_FOUND if harness.BUILD == "specifier" else FALLBACK
 
 
 def service(name, upstreams, **extra):
@@ -29,9 +40,16 @@ WEIGHTS_UPSTREAMS = ["split_v1", "split_v2", "split_v3", "three_a", "three_b", "
                      "rewrite_v1", "keep_v1"]
 
 
+def weights(build):
+    """WEIGHTS as `build` takes it: the cluster specifier refuses an authority rewrite."""
+    if build != "specifier":
+        return WEIGHTS
+    return dict(WEIGHTS, services=[s for s in WEIGHTS["services"] if s["name"] != "rewrite"])
+
+
 @pytest.fixture(scope="module")
-def envoy(deploy):
-    return deploy(WEIGHTS, WEIGHTS_UPSTREAMS)
+def envoy(deploy, build):
+    return deploy(weights(build), WEIGHTS_UPSTREAMS)
 
 
 def assert_split(seen, expected):
@@ -61,6 +79,7 @@ def test_host_matching_ignores_case_and_port(envoy):
     assert set(seen) <= {"split_v1", "split_v2"} and sum(seen.values()) == 50
 
 
+@pytest.mark.builds(*FILTERS)
 def test_upstream_sees_rewritten_authority(envoy):
     status, _, body = harness.Client(envoy.port).get("/", {"Host": "rewrite:9080"})
     assert status == 200
@@ -80,6 +99,7 @@ def test_client_cluster_header_is_overwritten_for_known_service(envoy):
     assert_split(seen, {"split_v1": 90, "split_v2": 10, "split_v3": 0})
 
 
+@pytest.mark.builds(*FILTERS)
 def test_upstream_receives_the_chosen_cluster_header(envoy):
     _, _, body = harness.Client(envoy.port).get("/", {"Host": "keep", "x-meshsplit-cluster": "split_v1"})
     assert json.loads(body)["cluster_header"] == "keep_v1"
@@ -87,14 +107,24 @@ def test_upstream_receives_the_chosen_cluster_header(envoy):
 
 def test_client_cluster_header_is_removed_for_unknown_service(envoy):
     seen = harness.send(envoy.port, 200, {"Host": "unknown", "x-meshsplit-cluster": "split_v1"})
-    assert seen == {FALLBACK: 200}
+    assert seen == {unknown_answer(): 200}
 
 
 def test_unknown_service_with_pass_reaches_fallback_route(envoy):
     status, _, body = harness.Client(envoy.port).get("/", {"Host": "nope.example"})
-    assert (status, body.decode()) == FALLBACK
+    assert (status, body.decode()) == unknown_answer()
 
 
+@pytest.mark.builds("specifier")
+def test_specifier_answers_unknown_service_with_reject_404_without_body(deploy, build):
+    envoy = deploy(dict(weights(build), on_unknown_service="reject"), WEIGHTS_UPSTREAMS)
+    client = harness.Client(envoy.port)
+    assert client.get("/", {"Host": "Nope:80"})[0] == 404
+    status, _, body = client.get("/", {"Host": "keep"})
+    assert (status, json.loads(body)["upstream"]) == (200, "keep_v1")
+
+
+@pytest.mark.builds(*FILTERS)
 def test_unknown_service_with_reject_gets_404_json(deploy):
     envoy = deploy(dict(WEIGHTS, on_unknown_service="reject"), WEIGHTS_UPSTREAMS)
     client = harness.Client(envoy.port)
@@ -107,24 +137,25 @@ def test_unknown_service_with_reject_gets_404_json(deploy):
     assert (status, json.loads(body)["upstream"]) == (200, "keep_v1")
 
 
-def test_service_from_header_selects_the_service(deploy):
-    envoy = deploy(dict(WEIGHTS, service_from={"header": "x-service"}), WEIGHTS_UPSTREAMS)
+def test_service_from_header_selects_the_service(deploy, build):
+    envoy = deploy(dict(weights(build), service_from={"header": "x-service"}), WEIGHTS_UPSTREAMS)
     seen = harness.send(envoy.port, 400, {"Host": "keep", "x-service": "three"})
     assert set(seen) == {"three_a", "three_b", "three_c"}
     # The authority no longer selects anything.
-    assert harness.send(envoy.port, 10, {"Host": "keep"}) == {FALLBACK: 10}
+    assert harness.send(envoy.port, 10, {"Host": "keep"}) == {unknown_answer(): 10}
 
 
-def test_service_from_query_selects_the_service(deploy):
-    envoy = deploy(dict(WEIGHTS, service_from={"query": "service"}), WEIGHTS_UPSTREAMS)
+def test_service_from_query_selects_the_service(deploy, build):
+    envoy = deploy(dict(weights(build), service_from={"query": "service"}), WEIGHTS_UPSTREAMS)
     assert harness.send(envoy.port, 20, {"Host": "split"}, path="/api?service=keep") == {"keep_v1": 20}
     # URL-decoded, and other parameters are ignored.
     assert harness.send(envoy.port, 20, path="/api?x=1&service=%6Beep&y=2") == {"keep_v1": 20}
-    assert harness.send(envoy.port, 10, {"Host": "keep"}, path="/api") == {FALLBACK: 10}
+    assert harness.send(envoy.port, 10, {"Host": "keep"}, path="/api") == {unknown_answer(): 10}
 
 
 def start_refused(plugin, tmp_path):
-    """Starts Envoy with an invalid plugin config; returns (exit code, log)."""
+    """Starts Envoy with an invalid plugin config; returns (exit code, log). The log is read
+    after Envoy exits: it is flushed lazily."""
     config = harness.bootstrap(plugin, {"split_v1": harness.free_port()}, harness.free_port(),
                                harness.free_port())
     envoy = harness.Envoy(config, tmp_path).start(wait=False)
@@ -135,26 +166,46 @@ def start_refused(plugin, tmp_path):
     return code, envoy.log()
 
 
-def test_envoy_refuses_to_start_with_invalid_config(wasm, tmp_path):
+def test_envoy_refuses_to_start_with_invalid_config(build, tmp_path):
     bad = {"services": [service("split", [("v1", 1, {}), ("v2", 5000000, {})])]}
     code, log = start_refused(bad, tmp_path)
     assert code != 0
-    assert "services[0].upstreams[1].weight: must be at most 1000000, got 5000000" in log, log[-5000:]
+    assert ("invalid configuration: services[0].upstreams[1].weight: must be at most 1000000, "
+            "got 5000000") in log, log[-5000:]
 
 
-def test_envoy_refuses_to_start_with_unknown_field(wasm, tmp_path):
+def test_envoy_refuses_to_start_with_unknown_field(build, tmp_path):
     bad = {"services": [service("split", [("v1", 1, {"wieght": 3})])]}
     code, log = start_refused(bad, tmp_path)
     assert code != 0
     assert "services[0].upstreams[0].wieght: unknown field `wieght`" in log, log[-5000:]
 
 
-def test_two_filters_sharing_a_vm_keep_their_own_configs(wasm, tmp_path):
-    """Two listeners, each with a meshsplit filter of the same vm_id (so one VM per worker) but
-    different plugin configs: each listener routes with its own config."""
+@pytest.mark.builds("specifier")
+def test_specifier_refuses_an_authority_rewrite_and_says_what_to_do_instead(build, tmp_path):
+    code, log = start_refused(WEIGHTS, tmp_path)
+    assert code != 0
+    assert ("invalid configuration: services[2].upstreams[0].authority: a cluster specifier cannot "
+            "rewrite headers; remove it and set auto_host_rewrite: true on the route") in log, log[-5000:]
+
+
+@pytest.mark.builds("native")
+def test_native_module_reports_the_abi_version_envoy_speaks(build, tmp_path):
+    config = harness.bootstrap(WEIGHTS, {}, harness.free_port(), harness.free_port())
+    with harness.Envoy(config, tmp_path) as envoy:
+        pass
+    # Read after Envoy exits: the log is flushed lazily.
+    assert "Dynamic module ABI version v0.2.0 matched." in envoy.log(), envoy.log()[-5000:]
+
+
+def test_two_filters_sharing_a_vm_keep_their_own_configs(build, tmp_path):
+    """Two listeners, each with a meshsplit filter of the same vm_id (so one VM per worker; for
+    the native builds: one module, one thread-local plan per config) but different plugin
+    configs: each listener routes with its own config."""
     with harness.upstreams("one", "two") as ports:
         config = harness.bootstrap(
-            {"services": [service("svc", [("u", 1, {})])]}, {}, harness.free_port(), harness.free_port())
+            {"services": [service("svc", [("u", 1, {})])]}, {}, harness.free_port(), harness.free_port(),
+            build="wasm")
         plugin = lambda cluster: {"services": [  # noqa: E731
             {"name": "svc", "upstreams": [{"name": "u", "cluster": cluster, "weight": 1}]}]}
         first = config["static_resources"]["listeners"][0]
@@ -166,6 +217,7 @@ def test_two_filters_sharing_a_vm_keep_their_own_configs(wasm, tmp_path):
             harness.wasm_filter({"static_resources": {"listeners": [listener]}})[
                 "typed_config"]["config"]["configuration"]["value"] = json.dumps(plugin(cluster))
         config["static_resources"]["clusters"] = [harness.static_cluster(n, p) for n, p in ports.items()]
+        harness.use_build(config, build)
         with harness.Envoy(config, tmp_path) as envoy:
             second_port = second["address"]["socket_address"]["port_value"]
             for _ in range(3):  # interleaved, over fresh and reused connections

@@ -1,4 +1,5 @@
-"""Strategies and match rules through real Envoy (--concurrency 2) and real loopback upstreams."""
+"""Strategies and match rules through real Envoy (--concurrency 2) and real loopback upstreams,
+for every build that offers them (the cluster specifier refuses least_request)."""
 import concurrent.futures
 import json
 import math
@@ -11,6 +12,7 @@ import harness
 from stats import chi_square
 
 FALLBACK_P = 0.001
+pytestmark = pytest.mark.builds("wasm", "native", "specifier")
 
 
 def ups(service, spec):
@@ -23,8 +25,8 @@ def clusters(*services):
 
 
 def gauges(envoy, suffix):
-    """wasmcustom gauges whose names end with `suffix`, by name."""
-    return {k: v for k, v in envoy.stats("wasmcustom").items() if k.endswith(suffix)}
+    """meshsplit gauges whose names end with `suffix`, by name."""
+    return {k: v for k, v in envoy.stats(harness.stats_prefix()).items() if k.endswith(suffix)}
 
 
 # ---- round robin ----------------------------------------------------------------------------
@@ -52,12 +54,26 @@ LR = {"name": "lr", "strategy": "least_request", "upstreams": ups("lr", [("slow"
 HANG = {"name": "hang", "strategy": "least_request", "upstreams": ups("hang", [("only", 1)])}
 
 
+@pytest.mark.builds("specifier")
+def test_specifier_refuses_least_request_and_points_at_the_filter(build, tmp_path):
+    config = harness.bootstrap({"services": [LR]}, {}, harness.free_port(), harness.free_port())
+    envoy = harness.Envoy(config, tmp_path).start(wait=False)
+    try:
+        code = envoy.wait_exit()
+    finally:
+        envoy.stop()
+    assert code != 0
+    assert ('invalid configuration: services[0].strategy: "least_request" needs to see each request '
+            "end, which a cluster specifier does not; use meshsplit as an HTTP filter") in envoy.log()
+
+
 @pytest.fixture(scope="module")
 def lr_envoy(deploy):
     return deploy({"services": [LR, HANG]}, clusters(LR, HANG),
                   delays={"lr_slow": 0.2, "hang_only": 10.0})
 
 
+@pytest.mark.builds("wasm", "native")
 def test_least_request_favours_the_fast_upstream_and_counts_return_to_zero(lr_envoy):
     clients, deadline = 32, time.monotonic() + 4.0
 
@@ -87,6 +103,7 @@ def test_least_request_favours_the_fast_upstream_and_counts_return_to_zero(lr_en
         gauges(lr_envoy, "in_flight")
 
 
+@pytest.mark.builds("wasm", "native")
 def test_least_request_counts_are_given_back_when_clients_abort(lr_envoy):
     sockets = []
     try:
@@ -105,6 +122,7 @@ def test_least_request_counts_are_given_back_when_clients_abort(lr_envoy):
         gauges(lr_envoy, "in_flight")
 
 
+@pytest.mark.builds("wasm", "native")
 def test_least_request_rule_routed_requests_are_counted_too(lr_envoy):
     seen = harness.send(lr_envoy.port, 20, {"Host": "lr", "x-force": "slow"}, connections=4)
     assert seen == {"lr_slow": 20}
@@ -171,7 +189,9 @@ def predicted_owner(key, upstreams):
     return best
 
 
-def test_sticky_keys_stay_put_follow_weights_and_move_only_into_a_raised_upstream(wasm, tmp_path):
+def test_sticky_keys_stay_put_follow_weights_and_move_only_into_a_raised_upstream(build, tmp_path):
+    """Every build sends each key to the upstream the documented hash predicts, so all builds
+    agree with each other on every key."""
     names = clusters(sticky_service(10))
     with harness.upstreams(*names) as ports:
         def start(v2_weight):

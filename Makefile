@@ -97,7 +97,7 @@ live: build cli venv
 
 ## bench: benchmark against a direct route, native weighted_clusters and Lua (bench/README.md)
 UNCOUNTED_DIR := target/uncounted
-bench: build venv
+bench: build native venv
 	$(CARGO) build --release --target $(TARGET) --examples
 	CARGO_TARGET_DIR=$(UNCOUNTED_DIR) $(CARGO) build --release --target $(TARGET) --features bench-uncounted
 ifneq ($(WASM_OPT),)

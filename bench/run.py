@@ -141,6 +141,46 @@ def meshsplit_uncounted():
     return [wasm_filter(UNCOUNTED_WASM, meshsplit_config([REVIEWS]))], cluster_header_routes()
 
 
+def native_filter(services):
+    return {"name": "envoy.filters.http.dynamic_modules", "typed_config": {
+        "@type": harness.DYNAMIC_FILTER_TYPE, "dynamic_module_config": {"name": "meshsplit"},
+        "filter_name": "meshsplit",
+        "filter_config": {"@type": harness.STRING_VALUE, "value": meshsplit_config(services)}}}
+
+
+def specifier_route(services, **route):
+    return {"match": {"prefix": "/"}, "route": dict({
+        "inline_cluster_specifier_plugin": {"extension": {
+            "name": "envoy.router.cluster_specifier_plugin.dynamic_modules",
+            "typed_config": {
+                "@type": harness.SPECIFIER_TYPE, "dynamic_module_config": {"name": "meshsplit"},
+                "specifier_name": "meshsplit",
+                "specifier_config": {"@type": harness.STRING_VALUE,
+                                     "value": meshsplit_config(services)}}}},
+        "cluster_not_found_response_code": "NOT_FOUND"}, **route)}
+
+
+REVIEWS_NO_AUTHORITY = {"name": "reviews", "upstreams": [
+    {"name": "v1", "cluster": "reviews_v1", "weight": 90},
+    {"name": "v2", "cluster": "reviews_v2", "weight": 10},
+]}
+
+
+@scenario("N", "native filter", "meshsplit native filter (dynamic module) weighted 90/10 + authority rewrite")
+def meshsplit_native():
+    return [native_filter([REVIEWS])], cluster_header_routes()
+
+
+@scenario("K", "specifier", "meshsplit native cluster specifier weighted 90/10, no rewrite")
+def meshsplit_specifier():
+    return [], [specifier_route([REVIEWS_NO_AUTHORITY])]
+
+
+@scenario("K2", "specifier+rewrite", "meshsplit native cluster specifier 90/10 + auto_host_rewrite")
+def meshsplit_specifier_rewrite():
+    return [], [specifier_route([REVIEWS_NO_AUTHORITY], auto_host_rewrite=True)]
+
+
 def reviews_with(**fields):
     return dict(REVIEWS, **fields)
 
@@ -192,6 +232,10 @@ def bootstrap(port, admin, http_filters, routes, upstream_port=None, name="bench
     """An Envoy with one HTTP listener; clusters reviews_v1/v2 point at `upstream_port`."""
     clusters = [] if upstream_port is None else [
         harness.static_cluster(c, upstream_port) for c in ("reviews_v1", "reviews_v2")]
+    for cluster in clusters:
+        # What auto_host_rewrite (scenario K2) rewrites :authority to.
+        endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+        endpoint["hostname"] = cluster["name"].replace("_", "-") + ".internal"
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {
@@ -417,6 +461,10 @@ def build_report(args, keys, runs, latency, extra):
     for a, b, what in (("D", "W", "meshsplit over the SDK floor; target ≤ 1 µs"),
                        ("D", "R", "meshsplit's own logic over the raw-ABI floor"),
                        ("D", "M", "what the request counters cost; target ≤ 0.2 µs"),
+                       ("N", "C", "native filter over Lua; target below 0"),
+                       ("K", "B", "cluster specifier over weighted_clusters; target within 1 µs"),
+                       ("K2", "B", "cluster specifier with auto_host_rewrite over weighted_clusters"),
+                       ("D", "C", "wasm filter over Lua"),
                        ("W", "R", "what the SDK's extra exports cost")):
         if a in by_key and b in by_key:
             q = quartiles([x["cpu_us"] - y["cpu_us"] for x, y in zip(runs[a], runs[b])])

@@ -46,6 +46,72 @@ pub struct RawService {
     pub upstreams: Vec<RawUpstream>,
     #[serde(default)]
     pub rules: Vec<RawRule>,
+    #[serde(default)]
+    pub guard: Option<RawGuard>,
+    #[serde(default)]
+    pub rollout: Option<RawRollout>,
+}
+
+/// Moves traffic away from an upstream whose responses fail: see `guard.rs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuard {
+    pub error_rate: f64,
+    #[serde(default)]
+    pub min_requests: Option<u64>,
+    #[serde(default)]
+    pub window_s: Option<u64>,
+    #[serde(default)]
+    pub eject_s: Option<u64>,
+    #[serde(default)]
+    pub max_ejected_percent: Option<u64>,
+}
+
+/// Weights that change on a schedule: see `rollout.rs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollout {
+    /// RFC 3339 UTC time, e.g. `2026-12-01T10:00:00Z`.
+    pub start: String,
+    #[serde(default)]
+    pub interpolate: bool,
+    pub steps: Vec<RawStep>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    pub at_s: u64,
+    /// Upstream name to weight; upstreams not listed get 0.
+    pub weights: RawStepWeights,
+}
+
+/// A JSON object of upstream name to weight, in the order written. Read by hand into a list:
+/// a map type would cost the module several KB more for the same check.
+#[derive(Debug, Default)]
+pub struct RawStepWeights(pub Vec<(String, u64)>);
+
+impl<'de> Deserialize<'de> for RawStepWeights {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawStepWeights;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of upstream name to weight")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut weights = Vec::new();
+                while let Some((name, weight)) = map.next_entry::<String, u64>()? {
+                    weights.push((name, weight));
+                }
+                Ok(RawStepWeights(weights))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]

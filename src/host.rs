@@ -22,6 +22,18 @@ pub trait Host {
     /// Defines (or finds) a counter; its stat is `wasmcustom.<name>`.
     fn define_counter(&self, name: &str) -> Option<u32>;
     fn increment_counter(&self, id: u32, delta: u64);
+    /// Sets a gauge to `value`. Hosts without settable gauges ignore it.
+    fn set_gauge(&self, _id: u32, _value: u64) {}
+
+    /// At the end of a stream: its response status, if a response was sent (`response.code`).
+    /// `None` where the host cannot tell; the guard then sees no outcome.
+    fn response_code(&self) -> Option<u64> {
+        None
+    }
+    /// At the end of a stream: Envoy's response flags (`response.flags`, a bit set).
+    fn response_flags(&self) -> Option<u64> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +75,8 @@ mod fake {
         pub cas_conflicts: Cell<u32>,
         /// Makes local replies fail.
         pub refuse_replies: Cell<bool>,
+        /// What `response_code` and `response_flags` answer.
+        pub response: Cell<(Option<u64>, Option<u64>)>,
     }
 
     impl FakeHost {
@@ -218,6 +232,25 @@ mod fake {
                 .borrow_mut()
                 .push(format!("define counter {name}"));
             define(&mut self.counters.borrow_mut(), name)
+        }
+
+        fn set_gauge(&self, id: u32, value: u64) {
+            self.calls
+                .borrow_mut()
+                .push(format!("gauge {id} = {value}"));
+            if let Some((_, current)) = self.gauges.borrow_mut().get_mut(id as usize) {
+                *current = i64::try_from(value).unwrap_or(i64::MAX);
+            }
+        }
+
+        fn response_code(&self) -> Option<u64> {
+            self.calls.borrow_mut().push("response code".to_owned());
+            self.response.get().0
+        }
+
+        fn response_flags(&self) -> Option<u64> {
+            self.calls.borrow_mut().push("response flags".to_owned());
+            self.response.get().1
         }
 
         fn increment_counter(&self, id: u32, delta: u64) {

@@ -9,12 +9,14 @@ use std::rc::Rc;
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
+use crate::guard;
 use crate::host::{Host, SharedWrite};
 use crate::in_flight;
-use crate::metrics::PlanCounters;
+use crate::metrics::{Counted, PlanCounters};
 use crate::plan::{ConfigError, Plan, Strategy};
 use crate::route::{on_request_headers, Verdict};
 use crate::select::sticky_hash;
+use crate::tick::PlanTick;
 
 /// A short fingerprint of a configuration's bytes (hex), so operators can tell from the log
 /// and from `meshsplit check` which configuration is live.
@@ -134,24 +136,41 @@ pub struct Instance {
     /// calling its request-headers callback, so this names the root of that request.
     last_stream: Option<(u32, u32)>,
     rng: Xoshiro256PlusPlus,
-    /// Streams holding an in-flight count of a least-request upstream, until they end.
-    leases: BTreeMap<u32, Lease>,
+    /// Streams that need something when they end (an in-flight count to give back, an outcome
+    /// for the guard), until they end.
+    tracked: BTreeMap<u32, Tracked>,
+    /// Unix time in milliseconds; read on configure and on the tick only.
+    clock: fn() -> u64,
     /// The counter of requests without a plan, once defined (on the first such request).
     unplanned: Option<u32>,
     /// Whether the first request without a plan was logged (once per VM).
     unplanned_logged: bool,
 }
 
-struct Lease {
+struct Tracked {
+    root: u32,
     plan: Rc<Plan>,
     service: usize,
     upstream: usize,
+    /// Holds an in-flight count of a least-request upstream.
+    leased: bool,
+    /// Its outcome feeds the service's guard.
+    observed: bool,
 }
 
 struct RootPlan {
     id: u32,
+    plugin: String,
     plan: Rc<Plan>,
     counters: PlanCounters,
+    tick: PlanTick,
+}
+
+/// The system clock as Unix milliseconds (0 if it is before 1970).
+fn system_clock() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Instance {
@@ -160,10 +179,16 @@ impl Instance {
             roots: Vec::new(),
             last_stream: None,
             rng: Xoshiro256PlusPlus::from_seed(seed),
-            leases: BTreeMap::new(),
+            tracked: BTreeMap::new(),
+            clock: system_clock,
             unplanned: None,
             unplanned_logged: false,
         }
+    }
+
+    /// Replaces the clock (tests, and hosts with a clock of their own).
+    pub fn set_clock(&mut self, clock: fn() -> u64) {
+        self.clock = clock;
     }
 
     /// Parses and installs a plugin configuration for `root` of the filter instance (Envoy
@@ -185,6 +210,9 @@ impl Instance {
             }
         }
         let counters = PlanCounters::new(&plan, plugin);
+        let mut tick = PlanTick::new(&plan);
+        // Rollouts and the guard's ejections apply from the first request.
+        tick.run(&plan, plugin, host, (self.clock)());
         let plan = Rc::new(plan);
         match self.roots.iter_mut().find(|r| r.id == root) {
             Some(entry) => {
@@ -192,21 +220,27 @@ impl Instance {
                 entry.counters.flush(&entry.plan, host);
                 entry.plan = Rc::clone(&plan);
                 entry.counters = counters;
+                entry.tick = tick;
             }
             None => self.roots.push(RootPlan {
                 id: root,
+                plugin: plugin.to_owned(),
                 plan: Rc::clone(&plan),
                 counters,
+                tick,
             }),
         }
         Ok(plan)
     }
 
     /// The housekeeping tick of root context `root` (about once a second): adds what its plan
-    /// counted since the last tick to Envoy's counters.
+    /// counted since the last tick to Envoy's counters, and puts rollout and guard weights in
+    /// force.
     pub fn tick<H: Host + ?Sized>(&mut self, root: u32, host: &H) {
+        let now_ms = (self.clock)();
         if let Some(entry) = self.roots.iter_mut().find(|r| r.id == root) {
             entry.counters.flush(&entry.plan, host);
+            entry.tick.run(&entry.plan, &entry.plugin, host, now_ms);
         }
     }
 
@@ -241,15 +275,29 @@ impl Instance {
         if cfg!(not(feature = "bench-uncounted")) {
             entry.counters.count(routed.counted);
         }
-        if let Some((service, upstream)) = routed.lease {
-            self.leases.insert(
-                context,
-                Lease {
-                    plan: Rc::clone(&entry.plan),
-                    service,
-                    upstream,
-                },
-            );
+        if let Counted::Upstream {
+            service, upstream, ..
+        } = routed.counted
+        {
+            let leased = routed.lease.is_some();
+            let observed = entry
+                .plan
+                .services
+                .get(service)
+                .is_some_and(|s| s.guard.is_some());
+            if leased || observed {
+                self.tracked.insert(
+                    context,
+                    Tracked {
+                        root: entry.id,
+                        plan: Rc::clone(&entry.plan),
+                        service,
+                        upstream,
+                        leased,
+                        observed,
+                    },
+                );
+            }
         }
         routed.verdict
     }
@@ -283,17 +331,31 @@ impl Instance {
             entry.counters.flush(&entry.plan, host);
             return true;
         }
-        if self.leases.is_empty() {
+        if self.tracked.is_empty() {
             return false;
         }
-        let Some(lease) = self.leases.remove(&context) else {
+        let Some(stream) = self.tracked.remove(&context) else {
             return false;
         };
-        if let Some(Strategy::LeastRequest(slots)) =
-            lease.plan.services.get(lease.service).map(|s| &s.strategy)
-        {
-            if let Some(slot) = slots.get(lease.upstream) {
-                in_flight::release(host, slot);
+        if stream.leased {
+            if let Some(Strategy::LeastRequest(slots)) = stream
+                .plan
+                .services
+                .get(stream.service)
+                .map(|s| &s.strategy)
+            {
+                if let Some(slot) = slots.get(stream.upstream) {
+                    in_flight::release(host, slot);
+                }
+            }
+        }
+        if stream.observed {
+            let failed = guard::outcome(host.response_code(), host.response_flags());
+            let entry = self.roots.iter_mut().find(|r| r.id == stream.root);
+            if let (Some(failed), Some(entry)) = (failed, entry) {
+                entry
+                    .tick
+                    .record_outcome(stream.service, stream.upstream, failed);
             }
         }
         false

@@ -7,6 +7,7 @@
 //! (Envoy dynamic module; its ABI code only with the `native` feature).
 
 pub mod config;
+pub mod guard;
 pub mod host;
 pub mod in_flight;
 pub mod instance;
@@ -15,7 +16,9 @@ pub mod metrics;
 mod native;
 pub mod plan;
 pub mod request;
+pub mod rollout;
 pub mod route;
 pub mod select;
+pub mod tick;
 #[cfg(target_arch = "wasm32")]
 mod wasm;

@@ -3,15 +3,17 @@
 //! Every error names the JSON path of the offending field, e.g.
 //! `services[0].upstreams[1].weight: must be at most 1000000, got 5000000`.
 
-use std::cell::Cell;
+use std::cell::{Cell, Ref, RefCell};
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::config::{
-    RawConfig, RawHashOn, RawOnUnknown, RawRule, RawService, RawServiceFrom, RawStrategy,
-    RawUpstream,
+    RawConfig, RawGuard, RawHashOn, RawOnUnknown, RawRollout, RawRule, RawService, RawServiceFrom,
+    RawStrategy, RawUpstream,
 };
+use crate::guard::Guard;
 use crate::request::host_key_str;
+use crate::rollout::{parse_start, Rollout, Step};
 use crate::select::{sticky_hash, WeightedPicker};
 use serde_path_to_error::Segment;
 
@@ -76,18 +78,94 @@ pub struct Service {
     pub upstreams: Vec<Upstream>,
     pub strategy: Strategy,
     pub rules: Vec<Rule>,
+    pub guard: Option<Guard>,
+    pub rollout: Option<Rollout>,
+    /// The weights as configured, with their picker.
+    configured: Weights,
+    /// The weights in force when a rollout or the guard changed them (set on the housekeeping
+    /// tick, read per request); `None`: the configured ones.
+    live: RefCell<Option<Weights>>,
+}
+
+/// Weights and the weighted picker built from them.
+#[derive(Debug, Clone)]
+struct Weights {
+    values: Box<[u32]>,
     picker: WeightedPicker,
-    weights: Box<[u32]>,
+}
+
+impl Weights {
+    fn new(values: &[u32]) -> Option<Self> {
+        Some(Self {
+            picker: WeightedPicker::new(values)?,
+            values: values.into(),
+        })
+    }
+}
+
+/// The weights in force, borrowed for one request.
+pub enum WeightsInForce<'a> {
+    Configured(&'a [u32]),
+    Live(Ref<'a, [u32]>),
+}
+
+impl std::ops::Deref for WeightsInForce<'_> {
+    type Target = [u32];
+    fn deref(&self) -> &[u32] {
+        match self {
+            WeightsInForce::Configured(values) => values,
+            WeightsInForce::Live(values) => values,
+        }
+    }
 }
 
 impl Service {
-    /// An upstream index by weight, at random.
+    /// An upstream index by the weights in force, at random.
     pub fn pick_weighted<R: rand_core::Rng + ?Sized>(&self, rng: &mut R) -> usize {
-        self.picker.pick(rng)
+        match self.live.try_borrow().as_deref() {
+            Ok(Some(live)) => live.picker.pick(rng),
+            _ => self.configured.picker.pick(rng),
+        }
     }
 
-    pub fn weights(&self) -> &[u32] {
-        &self.weights
+    /// The weights in force: the configured ones unless a rollout or the guard changed them.
+    pub fn weights(&self) -> WeightsInForce<'_> {
+        // A borrow conflict cannot happen (the tick never runs inside a request); if it did,
+        // the configured weights are the safe answer.
+        match self.live.try_borrow() {
+            Ok(live) => match Ref::filter_map(live, |l| l.as_ref().map(|w| &*w.values)) {
+                Ok(values) => WeightsInForce::Live(values),
+                Err(_) => WeightsInForce::Configured(&self.configured.values),
+            },
+            Err(_) => WeightsInForce::Configured(&self.configured.values),
+        }
+    }
+
+    /// The weights as configured.
+    pub fn configured_weights(&self) -> &[u32] {
+        &self.configured.values
+    }
+
+    /// Puts `weights` (one per upstream) in force; the configured ones when they equal them.
+    /// Returns whether anything changed. Weights that sum to 0 change nothing.
+    pub fn set_weights(&self, weights: &[u32]) -> bool {
+        if *self.weights() == *weights {
+            return false;
+        }
+        let Ok(mut live) = self.live.try_borrow_mut() else {
+            return false;
+        };
+        if weights == &*self.configured.values {
+            *live = None;
+            return true;
+        }
+        match Weights::new(weights) {
+            Some(new) if weights.len() == self.configured.values.len() => {
+                *live = Some(new);
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -394,8 +472,8 @@ fn compile_service(path: &str, raw: &RawService, plugin: &str) -> Result<Service
         }
         upstreams.push(compile_upstream(&upstream_path, raw_upstream)?);
     }
-    let weights: Box<[u32]> = upstreams.iter().map(|u| u.weight).collect();
-    let picker = WeightedPicker::new(&weights).ok_or_else(|| {
+    let weights: Vec<u32> = upstreams.iter().map(|u| u.weight).collect();
+    let configured = Weights::new(&weights).ok_or_else(|| {
         ConfigError::new(
             format!("{path}.upstreams"),
             "weights sum to 0; at least one upstream needs a weight above 0",
@@ -408,13 +486,148 @@ fn compile_service(path: &str, raw: &RawService, plugin: &str) -> Result<Service
         .enumerate()
         .map(|(index, rule)| compile_rule(&format!("{path}.rules[{index}]"), rule, &upstreams))
         .collect::<Result<Vec<_>, _>>()?;
+    let guard = raw
+        .guard
+        .as_ref()
+        .map(|g| compile_guard(&format!("{path}.guard"), g))
+        .transpose()?;
+    let rollout = raw
+        .rollout
+        .as_ref()
+        .map(|r| compile_rollout(&format!("{path}.rollout"), r, &upstreams))
+        .transpose()?;
     Ok(Service {
         name: raw.name.clone(),
         upstreams,
         strategy,
         rules,
-        picker,
-        weights,
+        guard,
+        rollout,
+        configured,
+        live: RefCell::new(None),
+    })
+}
+
+fn compile_guard(path: &str, raw: &RawGuard) -> Result<Guard, ConfigError> {
+    if !(raw.error_rate > 0.0 && raw.error_rate <= 1.0) {
+        return Err(ConfigError::new(
+            format!("{path}.error_rate"),
+            // The value itself is not shown: formatting a float would cost the module ~10 KB.
+            "must be above 0 and at most 1 (a fraction of the requests)",
+        ));
+    }
+    let within = |field: &str, value: Option<u64>, default: u64, min: u64, max: u64| {
+        let value = value.unwrap_or(default);
+        if (min..=max).contains(&value) {
+            Ok(value)
+        } else {
+            Err(ConfigError::new(
+                format!("{path}.{field}"),
+                format!("must be from {min} to {max}, got {value}"),
+            ))
+        }
+    };
+    Ok(Guard {
+        error_rate: raw.error_rate,
+        min_requests: within(
+            "min_requests",
+            raw.min_requests,
+            Guard::DEFAULT_MIN_REQUESTS,
+            1,
+            1_000_000,
+        )?,
+        window_s: within("window_s", raw.window_s, Guard::DEFAULT_WINDOW_S, 1, 3600)?,
+        eject_s: within("eject_s", raw.eject_s, Guard::DEFAULT_EJECT_S, 1, 86_400)?,
+        max_ejected_percent: within(
+            "max_ejected_percent",
+            raw.max_ejected_percent,
+            Guard::DEFAULT_MAX_EJECTED_PERCENT,
+            0,
+            100,
+        )?,
+    })
+}
+
+fn compile_rollout(
+    path: &str,
+    raw: &RawRollout,
+    upstreams: &[Upstream],
+) -> Result<Rollout, ConfigError> {
+    let start_ms = parse_start(&raw.start).ok_or_else(|| {
+        ConfigError::new(
+            format!("{path}.start"),
+            format!(
+                "{:?} is not an RFC 3339 UTC time such as \"2026-12-01T10:00:00Z\"",
+                raw.start
+            ),
+        )
+    })?;
+    if raw.steps.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.steps"),
+            "must list at least one step",
+        ));
+    }
+    let mut steps: Vec<Step> = Vec::with_capacity(raw.steps.len());
+    for (index, raw_step) in raw.steps.iter().enumerate() {
+        let at = format!("{path}.steps[{index}]");
+        if let Some(previous) = steps.last() {
+            if raw_step.at_s <= previous.at_s {
+                return Err(ConfigError::new(
+                    format!("{at}.at_s"),
+                    format!(
+                        "steps must be in order: {} is not after the previous step's {}",
+                        raw_step.at_s, previous.at_s
+                    ),
+                ));
+            }
+        }
+        let mut weights = vec![0u32; upstreams.len()];
+        let mut named = vec![false; upstreams.len()];
+        for (name, weight) in &raw_step.weights.0 {
+            let field = format!("{at}.weights.{name}");
+            let Some(i) = upstreams.iter().position(|u| &u.name == name) else {
+                let names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+                return Err(ConfigError::new(
+                    field,
+                    format!(
+                        "no upstream named {name:?} in this service (upstreams: {})",
+                        names.join(", ")
+                    ),
+                ));
+            };
+            if named.get(i).copied().unwrap_or(false) {
+                return Err(ConfigError::new(field, "listed twice"));
+            }
+            let weight = u32::try_from(*weight)
+                .ok()
+                .filter(|&w| u64::from(w) <= MAX_WEIGHT)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        field.clone(),
+                        format!("must be at most {MAX_WEIGHT}, got {weight}"),
+                    )
+                })?;
+            if let (Some(slot), Some(seen)) = (weights.get_mut(i), named.get_mut(i)) {
+                *slot = weight;
+                *seen = true;
+            }
+        }
+        if weights.iter().all(|&w| w == 0) {
+            return Err(ConfigError::new(
+                format!("{at}.weights"),
+                "weights sum to 0; at least one upstream needs a weight above 0",
+            ));
+        }
+        steps.push(Step {
+            at_s: raw_step.at_s,
+            weights: weights.into(),
+        });
+    }
+    Ok(Rollout {
+        start_ms,
+        interpolate: raw.interpolate,
+        steps: steps.into(),
     })
 }
 

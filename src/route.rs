@@ -95,7 +95,8 @@ where
         .iter()
         .position(|rule| rule.conditions.iter().all(|c| holds(c, &mut request)));
     let ruled = rule.and_then(|r| service.rules.get(r)).map(|r| r.upstream);
-    let weights = service.weights();
+    let in_force = service.weights();
+    let weights: &[u32] = &in_force;
     // The least-request count and CAS token read for the chosen upstream, reused to update it.
     let mut seen = None;
     let index = ruled

@@ -80,6 +80,7 @@ extern "C" {
     ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     #[allow(clippy::too_many_arguments)]
     fn proxy_send_local_response(
         status_code: u32,
@@ -153,6 +154,16 @@ pub fn plugin_name() -> Option<String> {
         .filter(|name| !name.is_empty())
 }
 
+/// A property that Envoy gives as an 8-byte little-endian integer (`response.code`,
+/// `response.flags`); `path` segments are separated by NUL bytes.
+pub fn property_u64(path: &[u8]) -> Option<u64> {
+    let (mut data, mut size) = (null_mut(), 0);
+    // SAFETY: as in plugin_configuration.
+    let status = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
+    let bytes = returned_buffer(status, data, size)?;
+    Some(u64::from_le_bytes(bytes.as_slice().try_into().ok()?))
+}
+
 pub fn shared_data(key: &str) -> Option<(Vec<u8>, u32)> {
     let (mut data, mut size, mut cas) = (null_mut(), 0, 0);
     // SAFETY: as in plugin_configuration; `cas` is a local out-parameter.
@@ -191,6 +202,11 @@ fn define_metric(kind: u32, name: &str) -> Option<u32> {
 pub fn set_tick_period_milliseconds(period: u32) -> Result<(), u32> {
     // SAFETY: plain values only.
     checked(unsafe { proxy_set_tick_period_milliseconds(period) })
+}
+
+pub fn record_metric(id: u32, value: u64) {
+    // SAFETY: plain values only.
+    unsafe { proxy_record_metric(id, value) };
 }
 
 pub fn add_to_metric(id: u32, delta: i64) {

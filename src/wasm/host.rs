@@ -50,4 +50,16 @@ impl Host for EnvoyHost {
     fn increment_counter(&self, id: u32, delta: u64) {
         abi::add_to_metric(id, i64::try_from(delta).unwrap_or(i64::MAX));
     }
+
+    fn set_gauge(&self, id: u32, value: u64) {
+        abi::record_metric(id, value);
+    }
+
+    fn response_code(&self) -> Option<u64> {
+        abi::property_u64(b"response\0code")
+    }
+
+    fn response_flags(&self) -> Option<u64> {
+        abi::property_u64(b"response\0flags")
+    }
 }

@@ -257,7 +257,7 @@ impl<'a> ServicePreview<'a> {
         let plan: &Plan = &config.plan;
         let service = plan.services.get(index)?;
         let round_robin = matches!(service.strategy, Strategy::RoundRobin(_));
-        let length = cycle_length(service.weights());
+        let length = cycle_length(service.configured_weights());
         let keep = if round_robin {
             usize::try_from(length)
                 .unwrap_or(usize::MAX)
@@ -294,7 +294,7 @@ impl<'a> ServicePreview<'a> {
             _ => {}
         }
         out.push('\n');
-        let expected = expected_shares(service.weights());
+        let expected = expected_shares(service.configured_weights());
         let name_width = service
             .upstreams
             .iter()
@@ -360,7 +360,7 @@ impl<'a> ServicePreview<'a> {
 
     fn json(&self) -> Value {
         let service = self.service;
-        let expected = expected_shares(service.weights());
+        let expected = expected_shares(service.configured_weights());
         let upstreams: Vec<Value> = service
             .upstreams
             .iter()
@@ -721,7 +721,7 @@ fn service_diff(
     };
     let shares = |s: Option<&Service>| -> Vec<(String, f64)> {
         s.map(|s| {
-            let shares = expected_shares(s.weights());
+            let shares = expected_shares(s.configured_weights());
             s.upstreams
                 .iter()
                 .zip(shares)

@@ -1,0 +1,307 @@
+//! The error-rate guard: moves traffic away from an upstream whose responses fail, and back
+//! when it recovers. Pure arithmetic here; `instance.rs` feeds it on the housekeeping tick
+//! with counts aggregated across all workers.
+//!
+//! Each upstream's outcomes are kept in one-second buckets (requests, failures). An admitted
+//! upstream whose failures over the last `window_s` seconds exceed `error_rate` of at least
+//! `min_requests` requests is ejected for `eject_s`, doubled each time it fails again right
+//! after a readmission (at most 2^[`MAX_BACKOFF`] times). Only outcomes since its last
+//! readmission count, so old failures never eject it again. Never more than
+//! `max_ejected_percent` of the service's weight is ejected, and never the last upstream
+//! with weight.
+
+/// Most doublings of `eject_s` for an upstream that keeps failing.
+pub const MAX_BACKOFF: u32 = 5;
+
+/// A compiled `guard`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Guard {
+    pub error_rate: f64,
+    pub min_requests: u64,
+    pub window_s: u64,
+    pub eject_s: u64,
+    pub max_ejected_percent: u64,
+}
+
+impl Guard {
+    pub const DEFAULT_MIN_REQUESTS: u64 = 20;
+    pub const DEFAULT_WINDOW_S: u64 = 10;
+    pub const DEFAULT_EJECT_S: u64 = 30;
+    pub const DEFAULT_MAX_EJECTED_PERCENT: u64 = 50;
+}
+
+/// Outcomes of one upstream in one second: `second` is the Unix second the bucket holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bucket {
+    pub second: u64,
+    pub requests: u64,
+    pub failures: u64,
+}
+
+impl Bucket {
+    pub fn encode(&self) -> [u8; 24] {
+        let mut out = [0u8; 24];
+        for (chunk, value) in
+            out.chunks_exact_mut(8)
+                .zip([self.second, self.requests, self.failures])
+        {
+            chunk.copy_from_slice(&value.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Self {
+        let mut values = bytes
+            .chunks_exact(8)
+            .map(|c| c.try_into().map_or(0, u64::from_le_bytes));
+        Self {
+            second: values.next().unwrap_or(0),
+            requests: values.next().unwrap_or(0),
+            failures: values.next().unwrap_or(0),
+        }
+    }
+
+    /// This bucket with `requests` and `failures` of second `now_s` added (a bucket holding
+    /// an older second starts afresh).
+    pub fn add(self, now_s: u64, requests: u64, failures: u64) -> Self {
+        let base = if self.second == now_s {
+            self
+        } else {
+            Bucket {
+                second: now_s,
+                ..Bucket::default()
+            }
+        };
+        Bucket {
+            second: now_s,
+            requests: base.requests + requests,
+            failures: base.failures + failures,
+        }
+    }
+}
+
+/// Sum of the buckets of the last `window_s` seconds up to `now_s`, counting only seconds from
+/// `since_s` on.
+pub fn window_totals(buckets: &[Bucket], now_s: u64, window_s: u64, since_s: u64) -> (u64, u64) {
+    let first = now_s
+        .saturating_sub(window_s.saturating_sub(1))
+        .max(since_s);
+    buckets
+        .iter()
+        .filter(|b| b.second >= first && b.second <= now_s)
+        .fold((0, 0), |(r, f), b| (r + b.requests, f + b.failures))
+}
+
+/// The ring slot of second `s` for a window of `window_s` seconds.
+pub fn slot(s: u64, window_s: u64) -> u64 {
+    s % window_s.max(1)
+}
+
+/// Ejection state of one upstream, shared by all workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ejection {
+    /// When the current or last ejection started (Unix seconds; 0: never ejected).
+    pub since_s: u64,
+    /// Until when it is (or was) ejected; outcomes count again from then on.
+    pub until_s: u64,
+    /// Ejections in a row without a healthy window in between.
+    pub times: u32,
+    /// Whether its readmission after the last ejection was reported.
+    pub readmission_reported: bool,
+}
+
+impl Ejection {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(21);
+        out.extend_from_slice(&self.since_s.to_le_bytes());
+        out.extend_from_slice(&self.until_s.to_le_bytes());
+        out.extend_from_slice(&self.times.to_le_bytes());
+        out.push(u8::from(self.readmission_reported));
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Self {
+        let u64_at = |at: usize| {
+            bytes
+                .get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        Self {
+            since_s: u64_at(0),
+            until_s: u64_at(8),
+            times: bytes
+                .get(16..20)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u32::from_le_bytes),
+            readmission_reported: bytes.get(20).is_some_and(|&b| b != 0),
+        }
+    }
+
+    pub fn is_ejected(&self, now_s: u64) -> bool {
+        now_s < self.until_s
+    }
+}
+
+/// What the guard sees of one upstream on a tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    /// The upstream's weight before the guard (configured, or the rollout's).
+    pub weight: u32,
+    pub requests: u64,
+    pub failures: u64,
+    pub ejection: Ejection,
+}
+
+/// A change of one upstream's ejection state.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Change {
+    /// Eject upstream `upstream` (its new state), having seen `rate` over `requests`.
+    Eject {
+        upstream: usize,
+        state: Ejection,
+        rate: f64,
+        requests: u64,
+    },
+    /// Upstream `upstream` is back; report it once.
+    Readmit { upstream: usize, state: Ejection },
+    /// A healthy window after a readmission: forget the backoff.
+    Forgive { upstream: usize, state: Ejection },
+}
+
+impl Guard {
+    /// The changes to make at `now_s`, given every upstream's window totals (counted from its
+    /// last readmission) and state.
+    pub fn decide(&self, now_s: u64, upstreams: &[Seen]) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let total: u64 = upstreams.iter().map(|u| u64::from(u.weight)).sum();
+        let mut ejected_weight: u64 = upstreams
+            .iter()
+            .filter(|u| u.ejection.is_ejected(now_s))
+            .map(|u| u64::from(u.weight))
+            .sum();
+        let mut admitted_with_weight = upstreams
+            .iter()
+            .filter(|u| u.weight > 0 && !u.ejection.is_ejected(now_s))
+            .count();
+        // Worst first, so the cap ejects the upstreams that fail most.
+        let mut failing: Vec<(usize, f64, u64)> = Vec::new();
+        for (index, u) in upstreams.iter().enumerate() {
+            let ejection = u.ejection;
+            if ejection.is_ejected(now_s) {
+                continue;
+            }
+            if ejection.until_s > 0 && !ejection.readmission_reported {
+                changes.push(Change::Readmit {
+                    upstream: index,
+                    state: Ejection {
+                        readmission_reported: true,
+                        ..ejection
+                    },
+                });
+            }
+            let rate = if u.requests == 0 {
+                0.0
+            } else {
+                u.failures as f64 / u.requests as f64
+            };
+            if u.requests >= self.min_requests && rate > self.error_rate {
+                failing.push((index, rate, u.requests));
+            } else if ejection.times > 0
+                && now_s >= ejection.until_s.saturating_add(self.window_s)
+                && u.requests >= self.min_requests
+            {
+                changes.push(Change::Forgive {
+                    upstream: index,
+                    state: Ejection {
+                        times: 0,
+                        readmission_reported: true,
+                        ..ejection
+                    },
+                });
+            }
+        }
+        // Worst first (a few upstreams: a selection, not a sort, keeps the module small).
+        while let Some(worst) = (0..failing.len()).max_by(|&a, &b| {
+            let key = |i: usize| failing.get(i).map_or((0.0, usize::MAX), |f| (f.1, f.0));
+            let ((rate_a, up_a), (rate_b, up_b)) = (key(a), key(b));
+            // Higher rate first; on a tie, the lower upstream index.
+            rate_a.total_cmp(&rate_b).then(up_b.cmp(&up_a))
+        }) {
+            let (index, rate, requests) = failing.swap_remove(worst);
+            let Some(u) = upstreams.get(index) else {
+                continue;
+            };
+            let weight = u64::from(u.weight);
+            let within_cap =
+                (ejected_weight + weight) * 100 <= self.max_ejected_percent.saturating_mul(total);
+            let leaves_one = u.weight == 0 || admitted_with_weight > 1;
+            if !within_cap || !leaves_one {
+                continue;
+            }
+            // Failing again within a window of its readmission: back off further.
+            let again =
+                u.ejection.until_s > 0 && now_s < u.ejection.until_s.saturating_add(self.window_s);
+            let times = if again {
+                (u.ejection.times + 1).min(MAX_BACKOFF)
+            } else {
+                0
+            };
+            let duration = self.eject_s.saturating_mul(1 << times);
+            ejected_weight += weight;
+            if u.weight > 0 {
+                admitted_with_weight -= 1;
+            }
+            changes
+                .retain(|c| !matches!(c, Change::Readmit { upstream, .. } if *upstream == index));
+            changes.push(Change::Eject {
+                upstream: index,
+                state: Ejection {
+                    since_s: now_s,
+                    until_s: now_s.saturating_add(duration),
+                    times,
+                    readmission_reported: false,
+                },
+                rate,
+                requests,
+            });
+        }
+        changes
+    }
+}
+
+/// `weights` with every ejected upstream set to 0: their share goes to the others in
+/// proportion to their weights.
+pub fn admitted_weights(weights: &[u32], states: &[Ejection], now_s: u64) -> Vec<u32> {
+    weights
+        .iter()
+        .zip(states.iter().map(Some).chain(std::iter::repeat(None)))
+        .map(|(&w, state)| {
+            if state.is_some_and(|s| s.is_ejected(now_s)) {
+                0
+            } else {
+                w
+            }
+        })
+        .collect()
+}
+
+/// Envoy's response flags that blame the upstream: no healthy upstream (UH), upstream request
+/// timeout (UT), upstream reset (UR), connection failure (UF), connection termination (UC),
+/// overflow (UO).
+pub const UPSTREAM_FAILURE_FLAGS: u64 = 0x2 | 0x4 | 0x10 | 0x20 | 0x40 | 0x80;
+
+/// How a finished stream counts for the guard: `Some(true)` failed (a 5xx status, or no status
+/// and a flag that blames the upstream), `Some(false)` succeeded, `None` not at all (the client
+/// went away before any response: that says nothing about the upstream).
+pub fn outcome(status: Option<u64>, flags: Option<u64>) -> Option<bool> {
+    match status {
+        Some(code) if code > 0 => Some((500..600).contains(&code)),
+        _ if flags.is_some_and(|f| f & UPSTREAM_FAILURE_FLAGS != 0) => Some(true),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+#[path = "guard_tests.rs"]
+mod tests;

@@ -1,0 +1,233 @@
+use super::*;
+
+fn guard() -> Guard {
+    Guard {
+        error_rate: 0.5,
+        min_requests: 20,
+        window_s: 10,
+        eject_s: 30,
+        max_ejected_percent: 50,
+    }
+}
+
+fn seen(weight: u32, requests: u64, failures: u64) -> Seen {
+    Seen {
+        weight,
+        requests,
+        failures,
+        ejection: Ejection::default(),
+    }
+}
+
+fn ejected(changes: &[Change]) -> Vec<usize> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Eject { upstream, .. } => Some(*upstream),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn buckets_round_trip_and_restart_on_a_new_second() {
+    let b = Bucket::default().add(100, 3, 1).add(100, 2, 2);
+    assert_eq!(
+        b,
+        Bucket {
+            second: 100,
+            requests: 5,
+            failures: 3
+        }
+    );
+    assert_eq!(Bucket::decode(&b.encode()), b);
+    assert_eq!(
+        b.add(101, 1, 0),
+        Bucket {
+            second: 101,
+            requests: 1,
+            failures: 0
+        }
+    );
+    assert_eq!(Bucket::decode(b""), Bucket::default());
+}
+
+#[test]
+fn window_counts_only_its_seconds_and_those_since_readmission() {
+    let buckets: Vec<Bucket> = (90..=100)
+        .map(|s| Bucket {
+            second: s,
+            requests: 10,
+            failures: s - 90,
+        })
+        .collect();
+    // Seconds 91..=100.
+    assert_eq!(window_totals(&buckets, 100, 10, 0), (100, 55));
+    // Readmitted at 98: seconds 98..=100.
+    assert_eq!(window_totals(&buckets, 100, 10, 98), (30, 27));
+    assert_eq!(window_totals(&buckets, 200, 10, 0), (0, 0));
+    assert_eq!(slot(123, 10), 3);
+}
+
+#[test]
+fn ejection_state_round_trips() {
+    let e = Ejection {
+        since_s: 5,
+        until_s: 35,
+        times: 2,
+        readmission_reported: true,
+    };
+    assert_eq!(Ejection::decode(&e.encode()), e);
+    assert_eq!(Ejection::decode(b""), Ejection::default());
+    assert!(e.is_ejected(34) && !e.is_ejected(35));
+}
+
+#[test]
+fn a_failing_upstream_is_ejected_and_its_weight_goes_to_the_others() {
+    let changes = guard().decide(1000, &[seen(50, 100, 0), seen(50, 100, 60)]);
+    assert_eq!(
+        changes,
+        [Change::Eject {
+            upstream: 1,
+            state: Ejection {
+                since_s: 1000,
+                until_s: 1030,
+                times: 0,
+                readmission_reported: false
+            },
+            rate: 0.6,
+            requests: 100,
+        }]
+    );
+    let states = [
+        Ejection::default(),
+        Ejection {
+            until_s: 1030,
+            ..Ejection::default()
+        },
+    ];
+    assert_eq!(admitted_weights(&[50, 50], &states, 1000), [50, 0]);
+    assert_eq!(admitted_weights(&[50, 50], &states, 1030), [50, 50]);
+}
+
+#[test]
+fn too_few_requests_or_a_rate_at_the_threshold_do_not_eject() {
+    assert!(guard()
+        .decide(1000, &[seen(1, 100, 0), seen(1, 19, 19)])
+        .is_empty());
+    assert!(guard()
+        .decide(1000, &[seen(1, 100, 0), seen(1, 100, 50)])
+        .is_empty());
+}
+
+#[test]
+fn never_more_than_max_ejected_percent_and_never_the_last_upstream() {
+    // All fail: only 50 % of the weight may go, the worst first.
+    let all = [
+        seen(25, 100, 90),
+        seen(25, 100, 95),
+        seen(25, 100, 80),
+        seen(25, 100, 70),
+    ];
+    assert_eq!(ejected(&guard().decide(1000, &all)), [1, 0]);
+    // 100 % allowed, but the last upstream with weight stays.
+    let g = Guard {
+        max_ejected_percent: 100,
+        ..guard()
+    };
+    assert_eq!(ejected(&g.decide(1000, &all)), [1, 0, 2]);
+    assert_eq!(
+        ejected(&g.decide(1000, &[seen(1, 100, 100)])),
+        Vec::<usize>::new()
+    );
+}
+
+#[test]
+fn readmission_is_reported_once_and_failing_again_backs_off() {
+    let g = guard();
+    let back = Ejection {
+        since_s: 1000,
+        until_s: 1030,
+        times: 0,
+        readmission_reported: false,
+    };
+    let mut up = seen(50, 0, 0);
+    up.ejection = back;
+    let changes = g.decide(1030, &[seen(50, 100, 0), up]);
+    assert_eq!(
+        changes,
+        [Change::Readmit {
+            upstream: 1,
+            state: Ejection {
+                readmission_reported: true,
+                ..back
+            }
+        }]
+    );
+    // Failing again within a window of readmission: twice as long.
+    up = seen(50, 40, 40);
+    up.ejection = Ejection {
+        readmission_reported: true,
+        ..back
+    };
+    let changes = g.decide(1035, &[seen(50, 100, 0), up]);
+    assert_eq!(
+        changes,
+        [Change::Eject {
+            upstream: 1,
+            state: Ejection {
+                since_s: 1035,
+                until_s: 1095,
+                times: 1,
+                readmission_reported: false
+            },
+            rate: 1.0,
+            requests: 40,
+        }]
+    );
+    // The backoff is bounded.
+    up.ejection = Ejection {
+        times: MAX_BACKOFF,
+        ..up.ejection
+    };
+    let Change::Eject { state, .. } = g.decide(1035, &[seen(50, 100, 0), up])[0] else {
+        panic!("not ejected");
+    };
+    assert_eq!(
+        (state.times, state.until_s - 1035),
+        (MAX_BACKOFF, 30 << MAX_BACKOFF)
+    );
+}
+
+#[test]
+fn a_healthy_window_after_readmission_forgives_the_backoff() {
+    let mut up = seen(50, 40, 0);
+    up.ejection = Ejection {
+        since_s: 900,
+        until_s: 1000,
+        times: 2,
+        readmission_reported: true,
+    };
+    assert_eq!(guard().decide(1005, &[seen(50, 1, 0), up]), []);
+    assert_eq!(
+        guard().decide(1010, &[seen(50, 1, 0), up]),
+        [Change::Forgive {
+            upstream: 1,
+            state: Ejection {
+                times: 0,
+                ..up.ejection
+            }
+        }]
+    );
+}
+
+#[test]
+fn outcomes_blame_only_the_upstream() {
+    assert_eq!(outcome(Some(200), Some(0)), Some(false));
+    assert_eq!(outcome(Some(404), None), Some(false));
+    assert_eq!(outcome(Some(503), Some(0x20)), Some(true));
+    // Reset before any response: upstream reset counts, a client abort (DC) does not.
+    assert_eq!(outcome(None, Some(0x10)), Some(true));
+    assert_eq!(outcome(Some(0), Some(0x4000)), None);
+    assert_eq!(outcome(None, None), None);
+}

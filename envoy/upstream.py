@@ -29,7 +29,8 @@ def make_handler(name, delay=0.0):
                 "cluster_header": self.headers.get("x-meshsplit-cluster"),
                 "path": self.path,
             }).encode() + b"\n"
-            self.send_response(200)
+            # Tests make an upstream fail by setting its server's `status` (503, say).
+            self.send_response(self.server.status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))
             self.send_header("x-upstream", name)
@@ -48,6 +49,7 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+    status = 200
 
 
 def serve(name, port=0, bind="127.0.0.1", delay=0.0):

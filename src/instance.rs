@@ -233,7 +233,7 @@ impl Instance {
         Ok(plan)
     }
 
-    /// The housekeeping tick of root context `root` (about once a second): adds what its plan
+    /// The housekeeping tick of root context `root` (twice a second in the wasm build): adds what its plan
     /// counted since the last tick to Envoy's counters, and puts rollout and guard weights in
     /// force.
     pub fn tick<H: Host + ?Sized>(&mut self, root: u32, host: &H) {

@@ -354,10 +354,18 @@ class Client:
 def upstreams(*names, delay=0.0, delays=None):
     """Starts one upstream per name on a free loopback port; yields {name: port}. Each answers
     after `delays[name]` (default `delay`) seconds."""
+    with upstream_servers(*names, delay=delay, delays=delays) as servers:
+        yield {name: s.server_port for name, s in servers.items()}
+
+
+@contextlib.contextmanager
+def upstream_servers(*names, delay=0.0, delays=None):
+    """Like `upstreams`, yielding the servers themselves: set a server's `.status` (e.g. 503) to
+    make it fail."""
     delays = delays or {}
     servers = {name: upstream.serve(name, 0, delay=delays.get(name, delay)) for name in names}
     try:
-        yield {name: s.server_port for name, s in servers.items()}
+        yield servers
     finally:
         for s in servers.values():
             s.shutdown()

@@ -106,8 +106,9 @@ pub fn on_configure(root: u32, bytes: &[u8]) -> bool {
     result.unwrap_or(false)
 }
 
-/// Period of the housekeeping tick of every root context.
-const TICK_MS: u32 = 1000;
+/// Period of the housekeeping tick of every root context: counters reach Envoy's stats and a
+/// rollout step takes effect within half a second (a tick costs nothing per request).
+const TICK_MS: u32 = 500;
 
 pub fn on_tick(root: u32) {
     with_vm(|vm| vm.tick(root, &EnvoyHost));

@@ -1,0 +1,128 @@
+"""The error-rate guard through real Envoy: a failing upstream is ejected within the window, its
+traffic moves to the others, and it comes back when it recovers; the caps hold."""
+import collections
+import re
+import threading
+import time
+
+import pytest
+
+import harness
+from stats import chi_square
+from test_metrics import prometheus_series
+
+WINDOW_S, EJECT_S = 2, 6
+# How long the other workers may take to follow a decision: the tick runs twice a second.
+PROPAGATION_S = 0.6
+
+
+def plugin(weights, **guard):
+    settings = dict({"error_rate": 0.5, "min_requests": 20, "window_s": WINDOW_S,
+                     "eject_s": EJECT_S, "max_ejected_percent": 50}, **guard)
+    return {"services": [{"name": "svc", "guard": settings, "upstreams": [
+        {"name": name, "cluster": name, "weight": weight} for name, weight in weights.items()]}]}
+
+
+class Load:
+    """Steady traffic from a few keep-alive connections; every answer recorded with its time
+    (monotonic): the upstream's name, or the status for anything but a 200. Bounded in time."""
+
+    def __init__(self, port, connections=4, limit_s=60):
+        self.answers, self.stop = [], threading.Event()
+        deadline = time.monotonic() + limit_s
+        self.threads = [threading.Thread(target=self.run, args=(port, deadline)) for _ in range(connections)]
+        for t in self.threads:
+            t.start()
+
+    def run(self, port, deadline):
+        client = harness.Client(port)
+        try:
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                status, _, body = client.get("/", {"Host": "svc"})
+                key = harness.answer_key(status, body)
+                self.answers.append((time.monotonic(), key if status == 200 else status))
+                time.sleep(0.005)
+        finally:
+            client.close()
+
+    def since(self, t0, t1=float("inf")):
+        return collections.Counter(k for t, k in list(self.answers) if t0 <= t < t1)
+
+    def close(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join()
+
+
+def stat(envoy, name):
+    full = f"wasmcustom.meshsplit.meshsplit.svc.{name}"
+    return envoy.stats(full).get(full) or 0
+
+
+@pytest.mark.builds("wasm")
+def test_a_failing_upstream_is_ejected_and_readmitted_when_it_recovers(build, wasm, tmp_path):
+    with harness.upstream_servers("v1", "v2") as servers:
+        ports = {n: s.server_port for n, s in servers.items()}
+        config = harness.use_build(harness.bootstrap(plugin({"v1": 50, "v2": 50}), ports,
+                                                     harness.free_port(), harness.free_port()), build)
+        with harness.Envoy(config, tmp_path) as envoy:
+            load = Load(envoy.port)
+            try:
+                time.sleep(2)
+                healthy = load.since(0)
+                assert set(healthy) == {"v1", "v2"}, healthy
+                servers["v2"].status = 503
+                failing_at = time.monotonic()
+                # Within the window (+ 2 s for the ticks), v2 is ejected.
+                assert harness.wait_for(lambda: stat(envoy, "v2.ejections_total") == 1,
+                                        timeout=WINDOW_S + 2), "v2 not ejected in time"
+                ejected_at = time.monotonic()
+                time.sleep(EJECT_S - 2)
+                # While ejected: only v1 answers, and the gauge and the labelled series say so.
+                during = load.since(ejected_at + PROPAGATION_S)
+                assert during and set(during) == {"v1"}, during
+                assert stat(envoy, "v2.ejected") == 1
+                labels = frozenset({"plugin": "meshsplit", "service": "svc", "upstream": "v2"}.items())
+                assert prometheus_series(envoy, "meshsplit_ejections_total") == {labels: 1}
+                assert prometheus_series(envoy, "meshsplit_ejected")[labels] == 1
+                # Only requests of the detection window failed.
+                failed = load.since(failing_at)[503]
+                assert 0 < failed <= sum(load.since(failing_at, ejected_at + PROPAGATION_S).values())
+                # v2 recovers; once readmitted (eject_s after its ejection) it gets its share back.
+                servers["v2"].status = 200
+                time.sleep(max(0.0, ejected_at + EJECT_S + PROPAGATION_S - time.monotonic()))
+                back_at = time.monotonic()
+                time.sleep(3)
+                share = load.since(back_at)
+                assert set(share) == {"v1", "v2"}, share
+                _, p = chi_square([share["v1"], share["v2"]], [50, 50])
+                assert p > 0.001, share
+                assert stat(envoy, "v2.ejected") == 0
+                assert stat(envoy, "v2.ejections_total") == 1
+            finally:
+                load.close()
+    log = envoy.log()
+    assert re.search(r"guard: ejected svc/v2 for 6 s: \d+ % of \d+ requests failed in the last 2 s", log), log[-3000:]
+    assert "guard: readmitted svc/v2 after 6 s" in log
+
+
+@pytest.mark.builds("wasm")
+@pytest.mark.parametrize("cap, ejected", [(50, 1), (100, 1), (40, 0)])
+def test_caps_hold_when_every_upstream_fails(build, wasm, tmp_path, cap, ejected):
+    """All fail: never more than max_ejected_percent of the weight, never the last upstream."""
+    with harness.upstream_servers("v1", "v2") as servers:
+        for s in servers.values():
+            s.status = 503
+        ports = {n: s.server_port for n, s in servers.items()}
+        config = harness.use_build(harness.bootstrap(
+            plugin({"v1": 50, "v2": 50}, max_ejected_percent=cap), ports,
+            harness.free_port(), harness.free_port()), build)
+        with harness.Envoy(config, tmp_path) as envoy:
+            load = Load(envoy.port)
+            try:
+                time.sleep(WINDOW_S + 2.5)
+            finally:
+                load.close()
+            total = sum(stat(envoy, f"{u}.ejections_total") for u in ("v1", "v2"))
+            now = sum(stat(envoy, f"{u}.ejected") for u in ("v1", "v2"))
+            assert (total, now) == (ejected, ejected)

@@ -28,7 +28,10 @@ const BASE: &str = r#"{
       ],
       "hash_on": {"cookie": "session"}
     },
-    {"name": "ratings", "upstreams": [{"name": "r1", "cluster": "ratings_v1", "weight": 1}]}
+    {"name": "ratings", "upstreams": [{"name": "r1", "cluster": "ratings_v1", "weight": 1}],
+     "guard": {"error_rate": 0.5, "min_requests": 20, "window_s": 10, "eject_s": 30, "max_ejected_percent": 50},
+     "rollout": {"start": "2026-12-01T10:00:00Z", "interpolate": true,
+                 "steps": [{"at_s": 0, "weights": {"r1": 99}}, {"at_s": 600, "weights": {"r1": 100}}]}}
   ],
   "service_from": {"header": "x-service"}
 }"#;
@@ -496,6 +499,79 @@ fn cases() -> Vec<Case> {
             BASE.get(..BASE.find("reviews_v2").unwrap_or(0)).unwrap_or_default().to_owned(),
             "services[0].upstreams[1].cluster",
             "EOF while parsing a string",
+        ),
+        // ---- guard and rollout ----
+        case(
+            "guard error_rate above 1",
+            patch(r#""error_rate": 0.5"#, r#""error_rate": 1.5"#),
+            "services[1].guard.error_rate",
+            "must be above 0 and at most 1",
+        ),
+        case(
+            "guard error_rate as a string",
+            patch(r#""error_rate": 0.5"#, r#""error_rate": "half""#),
+            "services[1].guard.error_rate",
+            "invalid type: string \"half\", expected f64",
+        ),
+        case(
+            "guard window_s of 0",
+            patch(r#""window_s": 10"#, r#""window_s": 0"#),
+            "services[1].guard.window_s",
+            "must be from 1 to 3600, got 0",
+        ),
+        case(
+            "guard max_ejected_percent above 100",
+            patch(r#""max_ejected_percent": 50"#, r#""max_ejected_percent": 101"#),
+            "services[1].guard.max_ejected_percent",
+            "must be from 0 to 100, got 101",
+        ),
+        case(
+            "unknown guard field",
+            patch(r#""eject_s": 30"#, r#""eject": 30"#),
+            "services[1].guard.eject",
+            "unknown field `eject`",
+        ),
+        case(
+            "guard without error_rate",
+            patch(r#""error_rate": 0.5, "#, ""),
+            "services[1].guard",
+            "missing field `error_rate`",
+        ),
+        case(
+            "rollout start that is not RFC 3339",
+            patch(r#""start": "2026-12-01T10:00:00Z""#, r#""start": "next monday""#),
+            "services[1].rollout.start",
+            "is not an RFC 3339 UTC time",
+        ),
+        case(
+            "rollout steps out of order",
+            patch(r#""at_s": 600"#, r#""at_s": 0"#),
+            "services[1].rollout.steps[1].at_s",
+            "steps must be in order",
+        ),
+        case(
+            "rollout step naming an unknown upstream",
+            patch(r#""weights": {"r1": 100}"#, r#""weights": {"r9": 100}"#),
+            "services[1].rollout.steps[1].weights.r9",
+            "no upstream named \"r9\" in this service",
+        ),
+        case(
+            "rollout step weight of the wrong type",
+            patch(r#""weights": {"r1": 99}"#, r#""weights": {"r1": "lots"}"#),
+            "services[1].rollout.steps[0].weights.r1",
+            "invalid type: string \"lots\", expected u64",
+        ),
+        case(
+            "rollout step whose weights sum to 0",
+            patch(r#""weights": {"r1": 99}"#, r#""weights": {"r1": 0}"#),
+            "services[1].rollout.steps[0].weights",
+            "weights sum to 0",
+        ),
+        case(
+            "rollout without steps",
+            patch(r#""steps": [{"at_s": 0, "weights": {"r1": 99}}, {"at_s": 600, "weights": {"r1": 100}}]"#, r#""steps": []"#),
+            "services[1].rollout.steps",
+            "must list at least one step",
         ),
         case(
             "trailing characters after the document",

@@ -181,6 +181,29 @@ def meshsplit_specifier_rewrite():
     return [], [specifier_route([REVIEWS_NO_AUTHORITY], auto_host_rewrite=True)]
 
 
+GUARD = {"error_rate": 0.5, "min_requests": 20, "window_s": 10, "eject_s": 30}
+ROLLOUT = {"start": "2026-01-01T00:00:00Z", "steps": [
+    {"at_s": 0, "weights": {"v1": 50, "v2": 50}},
+    {"at_s": 60, "weights": {"v1": 90, "v2": 10}}]}
+
+
+@scenario("GD", "guard", "meshsplit weighted 90/10 + authority rewrite, guard on (healthy upstreams)")
+def meshsplit_guard():
+    return [wasm_filter(harness.WASM, meshsplit_config([dict(REVIEWS, guard=GUARD)]))], \
+        cluster_header_routes()
+
+
+@scenario("RO", "rollout", "meshsplit with a rollout in force (its last step: 90/10)")
+def meshsplit_rollout():
+    return [wasm_filter(harness.WASM, meshsplit_config([dict(REVIEWS, rollout=ROLLOUT)]))], \
+        cluster_header_routes()
+
+
+@scenario("GN", "native guard", "meshsplit native filter 90/10 + authority rewrite, guard on")
+def meshsplit_native_guard():
+    return [native_filter([dict(REVIEWS, guard=GUARD)])], cluster_header_routes()
+
+
 def reviews_with(**fields):
     return dict(REVIEWS, **fields)
 
@@ -465,6 +488,9 @@ def build_report(args, keys, runs, latency, extra):
                        ("K", "B", "cluster specifier over weighted_clusters; target within 1 µs"),
                        ("K2", "B", "cluster specifier with auto_host_rewrite over weighted_clusters"),
                        ("D", "C", "wasm filter over Lua"),
+                       ("GD", "D", "the guard on healthy upstreams, wasm; target ≤ 0.2 µs"),
+                       ("RO", "D", "a rollout in force, wasm"),
+                       ("GN", "N", "the guard on healthy upstreams, native filter"),
                        ("W", "R", "what the SDK's extra exports cost")):
         if a in by_key and b in by_key:
             q = quartiles([x["cpu_us"] - y["cpu_us"] for x, y in zip(runs[a], runs[b])])

@@ -350,7 +350,14 @@ impl Instance {
             }
         }
         if stream.observed {
-            let failed = guard::outcome(host.response_code(), host.response_flags());
+            // One property read for a stream that got a response; the flags only without one.
+            let status = host.response_code().filter(|&code| code > 0);
+            let flags = if status.is_none() {
+                host.response_flags()
+            } else {
+                None
+            };
+            let failed = guard::outcome(status, flags);
             let entry = self.roots.iter_mut().find(|r| r.id == stream.root);
             if let (Some(failed), Some(entry)) = (failed, entry) {
                 entry

@@ -55,6 +55,10 @@ struct ModuleHttpHeader {
 
 /// `envoy_dynamic_module_type_http_header_type_RequestHeader`.
 const REQUEST_HEADER: u32 = 0;
+/// `envoy_dynamic_module_type_attribute_id_{ResponseCode,ResponseFlags}` (`response.code`,
+/// `response.flags`: Envoy's response flags as a bit set, e.g. 0x20 for UF).
+const ATTRIBUTE_RESPONSE_CODE: u32 = 15;
+const ATTRIBUTE_RESPONSE_FLAGS: u32 = 17;
 /// `envoy_dynamic_module_type_metrics_result_Success`.
 const METRICS_SUCCESS: u32 = 0;
 /// `envoy_dynamic_module_type_on_http_filter_request_headers_status_{Continue,StopIteration}`;
@@ -124,6 +128,18 @@ extern "C" {
         label_values_length: usize,
         value: u64,
     ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_set_gauge(
+        filter_envoy_ptr: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_get_attribute_int(
+        filter_envoy_ptr: *mut c_void,
+        attribute_id: u32,
+        result: *mut u64,
+    ) -> bool;
 
     fn envoy_dynamic_module_callback_cluster_specifier_get_request_header_value(
         context_envoy_ptr: *mut c_void,
@@ -334,6 +350,35 @@ impl Filter {
             }
         };
         result == METRICS_SUCCESS
+    }
+
+    pub fn set_gauge(self, id: usize, value: u64) -> bool {
+        // SAFETY: as in increment_counter.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_set_gauge(self.0, id, null(), 0, value)
+        };
+        result == METRICS_SUCCESS
+    }
+
+    /// The stream's response status (`response.code`), once a response was sent.
+    pub fn response_code(self) -> Option<u64> {
+        self.attribute_int(ATTRIBUTE_RESPONSE_CODE)
+    }
+
+    /// The stream's response flags (`response.flags`), as the wasm build reads them.
+    pub fn response_flags(self) -> Option<u64> {
+        self.attribute_int(ATTRIBUTE_RESPONSE_FLAGS)
+    }
+
+    /// An integer attribute of the stream. Envoy 1.40 answers `response.code` and
+    /// `response.flags` at stream end; an attribute it does not implement logs an error there.
+    fn attribute_int(self, id: u32) -> Option<u64> {
+        let mut value = 0;
+        // SAFETY: the filter pointer of the running hook; `value` is a local out-parameter.
+        let found = unsafe {
+            envoy_dynamic_module_callback_http_filter_get_attribute_int(self.0, id, &mut value)
+        };
+        found.then_some(value)
     }
 }
 

@@ -6,18 +6,21 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::abi::{Filter, FilterConfig};
-use super::host::FilterHost;
-use super::{store, with_plan, Counters, Source};
-use crate::host::SharedWrite;
+use super::host::{FilterHost, StoreOnly};
+use super::{record_outcome, store, tick_stats, with_plan, Counters, Source};
+use crate::guard;
+use crate::host::{Host, SharedWrite};
 use crate::in_flight;
 use crate::instance::{config_fingerprint, config_summary};
+use crate::metrics::Counted;
 use crate::plan::{Plan, Strategy};
 use crate::route::{on_request_headers, Verdict};
 
 /// The module's config, shared by Envoy's workers.
 pub type SharedConfig = Arc<Source>;
 
-/// Validates the plugin JSON, defines the config's metrics and creates the least-request counts.
+/// Validates the plugin JSON, defines the config's metrics (request counters, least-request
+/// gauges, the guard's and rollout's gauges and counters) and creates the least-request counts.
 /// `None` refuses the config (Envoy then refuses the listener, or the update), after the same
 /// `invalid configuration: path: message` line as the wasm filter.
 pub fn config_new(envoy: FilterConfig, name: &[u8], bytes: &[u8]) -> Option<SharedConfig> {
@@ -45,12 +48,30 @@ pub fn config_new(envoy: FilterConfig, name: &[u8], bytes: &[u8]) -> Option<Shar
             }
         }
     }
+    let (tick_gauges, tick_counter_names) = tick_stats(&plan, &plugin);
+    for name in tick_gauges {
+        if let Some(id) = envoy.define_gauge(&name) {
+            gauges.insert(name, id);
+        }
+    }
+    let mut tick_counters = HashMap::new();
+    for name in tick_counter_names {
+        if let Some(id) = envoy.define_counter(&name) {
+            tick_counters.insert(name, id);
+        }
+    }
     let counters = Counters::define(&plan, &plugin, |name| envoy.define_counter(name));
     log::info!(
         "{}",
         config_summary(&plan, &config_fingerprint(bytes), &plugin)
     );
-    Some(Arc::new(Source::new(bytes, &plugin, gauges, counters)))
+    Some(Arc::new(Source::new(
+        bytes,
+        &plugin,
+        gauges,
+        tick_counters,
+        counters,
+    )))
 }
 
 /// The filter's name (`filter_name`), which names its stats and least-request counts.
@@ -66,6 +87,9 @@ pub struct Stream {
     config: SharedConfig,
     /// The least-request count this stream holds, to give back when it ends.
     lease: Option<Lease>,
+    /// The (service, upstream) of a guarded service this stream went to: its outcome feeds the
+    /// guard when it ends.
+    observed: Option<(usize, usize)>,
 }
 
 struct Lease {
@@ -80,17 +104,25 @@ pub fn stream_new(config: &SharedConfig) -> Stream {
     Stream {
         config: Arc::clone(config),
         lease: None,
+        observed: None,
+    }
+}
+
+impl Source {
+    fn host(&self, filter: Filter) -> FilterHost<'_> {
+        FilterHost {
+            filter,
+            gauges: &self.gauges,
+            counters: &self.tick_counters,
+            wrote: Cell::new(false),
+        }
     }
 }
 
 pub fn request_headers(stream: &mut Stream, filter: Filter) -> Verdict {
     let config = &stream.config;
-    let host = FilterHost {
-        filter,
-        gauges: &config.gauges,
-        wrote: Cell::new(false),
-    };
-    let routed = with_plan(config, |plan, rng| {
+    let host = config.host(filter);
+    let routed = with_plan(config, &host, |plan, rng| {
         (on_request_headers(plan, rng, &host), Rc::clone(plan))
     });
     let Some((routed, plan)) = routed else {
@@ -99,6 +131,18 @@ pub fn request_headers(stream: &mut Stream, filter: Filter) -> Verdict {
     };
     for id in config.counters.of(routed.counted).into_iter().flatten() {
         filter.increment_counter(id, 1);
+    }
+    if let Counted::Upstream {
+        service, upstream, ..
+    } = routed.counted
+    {
+        let guarded = plan
+            .services
+            .get(service)
+            .is_some_and(|s| s.guard.is_some());
+        if guarded {
+            stream.observed = Some((service, upstream));
+        }
     }
     if let Some((service, upstream)) = routed.lease {
         stream.lease = Some(Lease {
@@ -115,15 +159,29 @@ pub fn request_headers(stream: &mut Stream, filter: Filter) -> Verdict {
     routed.verdict
 }
 
-/// The stream ended, however it ended: give back its in-flight count and gauge.
+/// The stream ended, however it ended: give back its in-flight count and gauge, and tell the
+/// guard how it went, from `response.code` and `response.flags` as in the wasm build (a 5xx
+/// failed; no response but a flag that blames the upstream failed; no response otherwise, such
+/// as a client that went away, does not count). One attribute read per stream of a guarded
+/// service (two without a response); none for other services.
 pub fn stream_complete(stream: &mut Stream, filter: Filter) {
+    if stream.lease.is_none() && stream.observed.is_none() {
+        return;
+    }
+    let host = stream.config.host(filter);
     if let Some(lease) = &stream.lease {
-        let host = FilterHost {
-            filter,
-            gauges: &stream.config.gauges,
-            wrote: Cell::new(false),
-        };
         release(lease, Some(&host));
+    }
+    if let Some((service, upstream)) = stream.observed.take() {
+        let code = host.response_code();
+        // The flags matter only without a status: skip that read when there is one.
+        let flags = match code {
+            Some(c) if c > 0 => None,
+            _ => host.response_flags(),
+        };
+        if let Some(failed) = guard::outcome(code, flags) {
+            record_outcome(&stream.config, &host, service, upstream, failed);
+        }
     }
 }
 
@@ -151,31 +209,4 @@ fn release(lease: &Lease, host: Option<&FilterHost<'_>>) {
         Some(host) => in_flight::release(host, slot),
         None => in_flight::release(&StoreOnly, slot),
     }
-}
-
-/// Shared data without gauges, for the one release that has no stream to update gauges with.
-struct StoreOnly;
-
-impl crate::host::Host for StoreOnly {
-    fn request_header(&self, _: &str) -> Option<Vec<u8>> {
-        None
-    }
-    fn set_request_header(&self, _: &str, _: Option<&str>) {}
-    fn send_local_reply(&self, _: u32, _: &[(&str, &str)], _: &[u8]) -> bool {
-        false
-    }
-    fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        store::get(key)
-    }
-    fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> SharedWrite {
-        store::set(key, value, cas)
-    }
-    fn define_gauge(&self, _: &str) -> Option<u32> {
-        None
-    }
-    fn add_to_gauge(&self, _: u32, _: i64) {}
-    fn define_counter(&self, _: &str) -> Option<u32> {
-        None
-    }
-    fn increment_counter(&self, _: u32, _: u64) {}
 }

@@ -1,6 +1,7 @@
 //! [`Host`] over the dynamic-module ABI: the HTTP filter's host calls for one stream, and the
-//! cluster specifier's for one selection. Shared data (least-request counts) is process-wide
-//! (`store`), so it is exact across workers as in the wasm build.
+//! cluster specifier's for one selection. Shared data (least-request counts, the guard's
+//! buckets and ejections) is process-wide (`store`), so it is exact across workers as in the
+//! wasm build.
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
@@ -13,6 +14,8 @@ pub struct FilterHost<'a> {
     pub filter: Filter,
     /// Gauge ids by name, defined with the config.
     pub gauges: &'a HashMap<String, usize>,
+    /// The guard's counter ids by name, defined with the config.
+    pub counters: &'a HashMap<String, usize>,
     /// Whether a request header was written (the route cache must then be cleared).
     pub wrote: Cell<bool>,
 }
@@ -50,15 +53,59 @@ impl Host for FilterHost<'_> {
         self.filter.add_to_gauge(id as usize, delta);
     }
 
-    /// Counters are defined with the config and counted by the glue; the core's own counting
-    /// (`PlanCounters`) is not used by this build.
-    fn define_counter(&self, _name: &str) -> Option<u32> {
-        None
+    fn set_gauge(&self, id: u32, value: u64) {
+        self.filter.set_gauge(id as usize, value);
+    }
+
+    /// The request counters are defined with the config and counted by the glue (the core's
+    /// `PlanCounters` is not used by this build); the guard's ejection counters are defined
+    /// with the config too, and found here by name.
+    fn define_counter(&self, name: &str) -> Option<u32> {
+        self.counters
+            .get(name)
+            .and_then(|&id| u32::try_from(id).ok())
     }
 
     fn increment_counter(&self, id: u32, delta: u64) {
         self.filter.increment_counter(id as usize, delta);
     }
+
+    fn response_code(&self) -> Option<u64> {
+        self.filter.response_code()
+    }
+
+    fn response_flags(&self) -> Option<u64> {
+        self.filter.response_flags()
+    }
+}
+
+/// Shared data only: for the tick where no stream's metrics are at hand (the cluster
+/// specifier, which has no guard and so no gauges), and the release of a least-request count
+/// after its stream is gone.
+pub struct StoreOnly;
+
+impl Host for StoreOnly {
+    fn request_header(&self, _: &str) -> Option<Vec<u8>> {
+        None
+    }
+    fn set_request_header(&self, _: &str, _: Option<&str>) {}
+    fn send_local_reply(&self, _: u32, _: &[(&str, &str)], _: &[u8]) -> bool {
+        false
+    }
+    fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        store::get(key)
+    }
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> SharedWrite {
+        store::set(key, value, cas)
+    }
+    fn define_gauge(&self, _: &str) -> Option<u32> {
+        None
+    }
+    fn add_to_gauge(&self, _: u32, _: i64) {}
+    fn define_counter(&self, _: &str) -> Option<u32> {
+        None
+    }
+    fn increment_counter(&self, _: u32, _: u64) {}
 }
 
 /// What the core asked a selection to do, since a cluster specifier cannot write headers.

@@ -22,6 +22,87 @@ mod store;
 #[cfg(feature = "native")]
 pub use worker::*;
 
+use crate::plan::{stat_segment, Plan};
+
+/// Names of the gauges and of the counters that the housekeeping tick (`tick.rs`) may define
+/// for `plan`. Envoy lets a dynamic module define metrics only while it creates the config, so
+/// the native build defines them all then: per guarded upstream a gauge `….ejected` and a
+/// counter `….ejections_total`; per service with both a rollout and a guard a gauge
+/// `….rollout_paused`.
+#[cfg_attr(not(feature = "native"), allow(dead_code))]
+pub fn tick_stats(plan: &Plan, plugin: &str) -> (Vec<String>, Vec<String>) {
+    let plugin = stat_segment(plugin);
+    let (mut gauges, mut counters) = (Vec::new(), Vec::new());
+    for service in plan.services.iter().filter(|s| s.guard.is_some()) {
+        let name = stat_segment(&service.name);
+        for upstream in service.upstreams.iter() {
+            let prefix = format!("meshsplit.{plugin}.{name}.{}", stat_segment(&upstream.name));
+            gauges.push(format!("{prefix}.ejected"));
+            counters.push(format!("{prefix}.ejections_total"));
+        }
+        if service.rollout.is_some() {
+            gauges.push(format!("meshsplit.{plugin}.{name}.rollout_paused"));
+        }
+    }
+    (gauges, counters)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tick_stats;
+    use crate::host::FakeHost;
+    use crate::plan::Plan;
+    use crate::tick::PlanTick;
+
+    #[test]
+    fn every_metric_the_tick_defines_is_defined_up_front() {
+        let plan = Plan::from_json(
+            br#"{"services": [
+                {"name": "a.b", "upstreams": [
+                    {"name": "v1", "cluster": "c1", "weight": 50},
+                    {"name": "v 2", "cluster": "c2", "weight": 50}],
+                 "guard": {"error_rate": 0.5, "min_requests": 5, "max_ejected_percent": 100},
+                 "rollout": {"start": "2020-01-01T00:00:00Z",
+                             "steps": [{"at_s": 0, "weights": {"v1": 1, "v 2": 99}}]}},
+                {"name": "plain", "upstreams": [{"name": "v1", "cluster": "c1", "weight": 1}],
+                 "rollout": {"start": "2020-01-01T00:00:00Z",
+                             "steps": [{"at_s": 0, "weights": {"v1": 1}}]}}]}"#,
+        )
+        .unwrap();
+        let host = FakeHost::default();
+        let mut tick = PlanTick::new(&plan);
+        // v 2 fails: ejected (a counter defined), the rollout paused (its gauge set).
+        for _ in 0..10 {
+            tick.record_outcome(0, 0, false);
+            tick.record_outcome(0, 1, true);
+        }
+        tick.run(&plan, "my.filter", &host, 1_800_000_000_000);
+        tick.run(&plan, "my.filter", &host, 1_800_000_001_000);
+        let (gauges, counters) = tick_stats(&plan, "my.filter");
+        let mut defined_gauges: Vec<String> = host
+            .gauges
+            .borrow()
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
+        let defined_counters: Vec<String> = host
+            .counters
+            .borrow()
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
+        assert!(!defined_counters.is_empty());
+        assert!(
+            defined_counters.iter().all(|c| counters.contains(c)),
+            "{defined_counters:?}"
+        );
+        defined_gauges.sort();
+        let mut gauges = gauges;
+        gauges.sort();
+        assert_eq!(defined_gauges, gauges);
+    }
+}
+
 #[cfg(feature = "native")]
 mod worker {
     use std::cell::RefCell;
@@ -34,8 +115,10 @@ mod worker {
     use rand_xoshiro::Xoshiro256PlusPlus;
 
     use super::abi;
+    use crate::host::Host;
     use crate::metrics::Counted;
     use crate::plan::{stat_segment, Plan, Strategy};
+    use crate::tick::PlanTick;
 
     /// What every worker needs to build its own plan: the validated configuration bytes, the
     /// filter's name, and the ids of the metrics defined for it on the main thread.
@@ -43,8 +126,11 @@ mod worker {
         id: u64,
         pub bytes: Vec<u8>,
         pub plugin: String,
-        /// Gauge ids by name (least-request in-flight gauges).
+        /// Gauge ids by name: least-request in-flight gauges, and the guard's and rollout's
+        /// gauges ([`super::tick_stats`]).
         pub gauges: HashMap<String, usize>,
+        /// Counter ids by name the core may ask for: the guard's ejection counters.
+        pub tick_counters: HashMap<String, usize>,
         pub counters: Counters,
         /// Dropped with the config: workers then drop their plans of it.
         alive: Arc<()>,
@@ -55,6 +141,7 @@ mod worker {
             bytes: &[u8],
             plugin: &str,
             gauges: HashMap<String, usize>,
+            tick_counters: HashMap<String, usize>,
             counters: Counters,
         ) -> Self {
             static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -63,6 +150,7 @@ mod worker {
                 bytes: bytes.to_vec(),
                 plugin: plugin.to_owned(),
                 gauges,
+                tick_counters,
                 counters,
                 alive: Arc::new(()),
             }
@@ -72,7 +160,48 @@ mod worker {
     /// One worker thread's state: its plan of every config it has served, and its generator.
     struct Worker {
         rng: Xoshiro256PlusPlus,
-        plans: HashMap<u64, (Weak<()>, Rc<Plan>)>,
+        plans: HashMap<u64, WorkerPlan>,
+    }
+
+    /// A worker's plan of one config, and the housekeeping tick of its rollouts and guards.
+    struct WorkerPlan {
+        alive: Weak<()>,
+        plan: Rc<Plan>,
+        /// `None` when no service has a rollout or a guard: nothing to tick, no clock to read.
+        tick: Option<Ticking>,
+    }
+
+    struct Ticking {
+        tick: PlanTick,
+        /// Unix time (ms) from which the next tick is due.
+        due_ms: u64,
+    }
+
+    /// How often a worker runs a plan's tick (at most; only when a stream of it comes by):
+    /// twice a second, as the wasm build's tick.
+    const TICK_MS: u64 = 500;
+
+    impl Ticking {
+        /// The dynamic-module ABI of Envoy 1.40 has no timer for HTTP filters or cluster
+        /// specifiers (its schedulers only post an event to a thread, at once), so the tick runs
+        /// from the streams themselves: a clock read per stream of a plan with a rollout or a
+        /// guard (a vDSO `clock_gettime`, tens of ns), and the tick itself at most every
+        /// [`TICK_MS`] per worker. A worker without traffic does not tick; its next stream
+        /// ticks first.
+        fn run_if_due<H: Host + ?Sized>(&mut self, plan: &Plan, plugin: &str, host: &H) {
+            let now_ms = unix_ms();
+            if now_ms >= self.due_ms {
+                self.due_ms = now_ms.saturating_add(TICK_MS);
+                self.tick.run(plan, plugin, host, now_ms);
+            }
+        }
+    }
+
+    /// The system clock as Unix milliseconds (0 if it is before 1970).
+    fn unix_ms() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
     thread_local! {
@@ -96,46 +225,89 @@ mod worker {
     }
 
     /// Runs `f` with this thread's plan of `source` (compiled on first use) and generator.
+    /// If the plan has rollouts or guards, their tick runs first when due (at once for a
+    /// plan just compiled, so a rollout applies from the first request), with `host`.
     /// `None` if the plan cannot be built (it was validated on the main thread, so it can) or
     /// the thread's state is already in use (a re-entrant call).
-    pub fn with_plan<T>(
+    pub fn with_plan<H: Host + ?Sized, T>(
         source: &Source,
+        host: &H,
         f: impl FnOnce(&Rc<Plan>, &mut Xoshiro256PlusPlus) -> T,
     ) -> Option<T> {
         WORKER.with(|cell| {
             let mut worker = cell.try_borrow_mut().ok()?;
             let worker = &mut *worker;
-            let plan = match worker.plans.get(&source.id) {
-                Some((_, plan)) => Rc::clone(plan),
-                None => {
-                    // A config this thread has not served yet: forget the plans of configs
-                    // that are gone, then build this one's.
-                    worker
-                        .plans
-                        .retain(|_, (alive, _)| alive.strong_count() > 0);
-                    let plan = match Plan::from_json_named(&source.bytes, &source.plugin) {
-                        Ok(plan) => Rc::new(plan),
-                        Err(err) => {
-                            log::error!("invalid configuration on a worker: {err}");
-                            return None;
-                        }
-                    };
-                    for service in &plan.services {
-                        if let Strategy::LeastRequest(slots) = &service.strategy {
-                            for slot in slots.iter() {
-                                let id = source.gauges.get(&slot.gauge).copied();
-                                slot.gauge_id.set(id.and_then(|id| u32::try_from(id).ok()));
-                            }
-                        }
-                    }
-                    worker
-                        .plans
-                        .insert(source.id, (Arc::downgrade(&source.alive), Rc::clone(&plan)));
-                    plan
-                }
-            };
-            Some(f(&plan, &mut worker.rng))
+            if !worker.plans.contains_key(&source.id) {
+                // A config this thread has not served yet: forget the plans of configs that
+                // are gone, then build this one's.
+                worker
+                    .plans
+                    .retain(|_, entry| entry.alive.strong_count() > 0);
+                let entry = compile(source)?;
+                worker.plans.insert(source.id, entry);
+            }
+            let entry = worker.plans.get_mut(&source.id)?;
+            if let Some(ticking) = &mut entry.tick {
+                ticking.run_if_due(&entry.plan, &source.plugin, host);
+            }
+            Some(f(&entry.plan, &mut worker.rng))
         })
+    }
+
+    /// This thread's plan of `source`, with its metric ids.
+    fn compile(source: &Source) -> Option<WorkerPlan> {
+        let plan = match Plan::from_json_named(&source.bytes, &source.plugin) {
+            Ok(plan) => Rc::new(plan),
+            Err(err) => {
+                log::error!("invalid configuration on a worker: {err}");
+                return None;
+            }
+        };
+        for service in &plan.services {
+            if let Strategy::LeastRequest(slots) = &service.strategy {
+                for slot in slots.iter() {
+                    let id = source.gauges.get(&slot.gauge).copied();
+                    slot.gauge_id.set(id.and_then(|id| u32::try_from(id).ok()));
+                }
+            }
+        }
+        let scheduled = plan
+            .services
+            .iter()
+            .any(|s| s.guard.is_some() || s.rollout.is_some());
+        let tick = scheduled.then(|| Ticking {
+            tick: PlanTick::new(&plan),
+            due_ms: 0,
+        });
+        Some(WorkerPlan {
+            alive: Arc::downgrade(&source.alive),
+            plan,
+            tick,
+        })
+    }
+
+    /// A stream of a guarded service of `source` ended on this thread (`failed` as
+    /// [`crate::guard::outcome`] says). Runs the tick too when it is due, so a busy worker
+    /// reports its outcomes within a tick.
+    pub fn record_outcome<H: Host + ?Sized>(
+        source: &Source,
+        host: &H,
+        service: usize,
+        upstream: usize,
+        failed: bool,
+    ) {
+        WORKER.with(|cell| {
+            let Ok(mut worker) = cell.try_borrow_mut() else {
+                return;
+            };
+            let Some(entry) = worker.plans.get_mut(&source.id) else {
+                return;
+            };
+            if let Some(ticking) = &mut entry.tick {
+                ticking.tick.record_outcome(service, upstream, failed);
+                ticking.run_if_due(&entry.plan, &source.plugin, host);
+            }
+        });
     }
 
     /// The ids of a config's request counters, defined when Envoy creates the config (Envoy

@@ -7,6 +7,12 @@
 //!   endpoint `hostname`s, or the HTTP filter mode;
 //! - `least_request`: a cluster specifier never learns when a request ends, so it cannot count
 //!   requests in flight; use the HTTP filter mode.
+//! - `guard`: for the same reason it never sees a response, so it cannot tell a failing
+//!   upstream; use the HTTP filter mode.
+//!
+//! A `rollout` works: with no timer in this ABI, its weights are put in force from the
+//! selections themselves, at most twice a second per worker (a clock read per selection of a
+//! plan with a rollout; nothing for plans without).
 //!
 //! Unknown services: no cluster is selected, so the route's `cluster_not_found_response_code`
 //! answers (`pass`; the shipped config sets 404), or 404 whatever the route says (`reject`).
@@ -18,7 +24,7 @@ use std::sync::Arc;
 
 use super::abi::{Selection, SpecifierConfig};
 use super::filter::plugin_name;
-use super::host::{Decision, SelectionHost};
+use super::host::{Decision, SelectionHost, StoreOnly};
 use super::{with_plan, Counters, Source};
 use crate::instance::{config_fingerprint, config_summary};
 use crate::plan::{ConfigError, Plan, Strategy};
@@ -49,7 +55,7 @@ pub fn config_new(envoy: SpecifierConfig, name: &[u8], bytes: &[u8]) -> Option<S
         config_summary(&plan, &config_fingerprint(bytes), &plugin)
     );
     Some(Arc::new(Config {
-        source: Source::new(bytes, &plugin, HashMap::new(), counters),
+        source: Source::new(bytes, &plugin, HashMap::new(), HashMap::new(), counters),
         envoy,
     }))
 }
@@ -57,6 +63,15 @@ pub fn config_new(envoy: SpecifierConfig, name: &[u8], bytes: &[u8]) -> Option<S
 /// What a valid plan may not use in this mode.
 pub fn check_specifier(plan: &Plan) -> Result<(), ConfigError> {
     for (s, service) in plan.services.iter().enumerate() {
+        if service.guard.is_some() {
+            return Err(ConfigError {
+                path: format!("services[{s}].guard"),
+                message: "the guard needs to see each response, which a cluster specifier does \
+                          not; use meshsplit as an HTTP filter \
+                          (envoy.filters.http.dynamic_modules) for this service"
+                    .to_owned(),
+            });
+        }
         if let Strategy::LeastRequest(_) = service.strategy {
             return Err(ConfigError {
                 path: format!("services[{s}].strategy"),
@@ -83,7 +98,7 @@ pub fn check_specifier(plan: &Plan) -> Result<(), ConfigError> {
 
 /// Picks the cluster of one request. Returns whether a decision was made.
 pub fn select(config: &SharedConfig, selection: Selection) -> bool {
-    let decision = with_plan(&config.source, |plan, rng| {
+    let decision = with_plan(&config.source, &StoreOnly, |plan, rng| {
         let host = SelectionHost {
             selection,
             cluster_header: &plan.cluster_header,

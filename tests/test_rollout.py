@@ -39,13 +39,12 @@ def assert_switches(load, at, to, name):
     assert to not in before, (name, before)
 
 
-@pytest.mark.builds("wasm")
+@pytest.mark.builds("wasm", "native", "specifier")
 def test_each_step_takes_effect_on_time_also_in_an_envoy_started_mid_rollout(build, wasm, tmp_path):
     # Whole seconds: a step boundary is then exactly where the test expects it.
     start = int(time.time()) + 3
     with harness.upstreams("v1", "v2") as ports:
-        first = harness.use_build(harness.bootstrap(plugin(start), ports, harness.free_port(),
-                                                    harness.free_port()), build)
+        first = harness.bootstrap(plugin(start), ports, harness.free_port(), harness.free_port())
         with harness.Envoy(first, tmp_path) as envoy:
             # Before start: the service's own weights (v1 only).
             assert harness.send(envoy.port, 20, {"Host": "svc"}) == {"v1": 20}
@@ -53,8 +52,8 @@ def test_each_step_takes_effect_on_time_also_in_an_envoy_started_mid_rollout(bui
             try:
                 # A second Envoy starts after the switch to v2.
                 time.sleep(max(0.0, start + STEP_S + 0.5 - time.time()))
-                second = harness.use_build(harness.bootstrap(plugin(start), ports, harness.free_port(),
-                                                             harness.free_port()), build)
+                second = harness.bootstrap(plugin(start), ports, harness.free_port(),
+                                           harness.free_port())
                 with harness.Envoy(second, tmp_path) as late:
                     if time.time() < start + 2 * STEP_S - 0.5:
                         # Its very first requests already follow the step in force.

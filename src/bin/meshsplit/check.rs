@@ -4,6 +4,7 @@
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
+use meshsplit::guard::Guard;
 use meshsplit::plan::{HashOn, Plan, Service, Strategy};
 
 use crate::extract::{extract, Clusters, Found};
@@ -225,10 +226,40 @@ fn describe(service: &Service) -> String {
     if !service.rules.is_empty() {
         parts.push(count(service.rules.len(), "rule"));
     }
+    if let Some(guard) = &service.guard {
+        parts.push(format!(
+            "guard {} over {} s",
+            rate_percent(guard.error_rate),
+            guard.window_s
+        ));
+    }
+    if let Some(rollout) = &service.rollout {
+        parts.push(format!("rollout {}", count(rollout.steps.len(), "step")));
+    }
     format!("{}: {}", service.name, parts.join(", "))
 }
 
-fn count(n: usize, noun: &str) -> String {
+/// An error rate as a percentage with no more digits than it needs: `50 %`, `2.5 %`.
+pub(crate) fn rate_percent(rate: f64) -> String {
+    let text = format!("{:.3}", rate * 100.0);
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text} %")
+}
+
+/// A guard's settings in words, for `preview`.
+pub(crate) fn guard_text(guard: &Guard) -> String {
+    format!(
+        "ejects an upstream above {} errors over {} s (at least {} requests) for {} s, \
+         doubling on repeat; at most {} % of the weight",
+        rate_percent(guard.error_rate),
+        guard.window_s,
+        guard.min_requests,
+        guard.eject_s,
+        guard.max_ejected_percent
+    )
+}
+
+pub(crate) fn count(n: usize, noun: &str) -> String {
     if n == 1 {
         format!("1 {noun}")
     } else {
@@ -288,6 +319,26 @@ mod tests {
              ratings: sticky on cookie user, 1 upstream)"
             ]
         );
+    }
+
+    #[test]
+    fn guards_and_rollouts_are_summarized() {
+        let config = json!({"services": [{"name": "reviews",
+            "upstreams": [{"name": "v1", "cluster": "a", "weight": 1},
+                          {"name": "v2", "cluster": "b", "weight": 0}],
+            "guard": {"error_rate": 0.5},
+            "rollout": {"start": "2026-12-01T10:00:00Z", "steps": [
+                {"at_s": 0, "weights": {"v1": 99, "v2": 1}},
+                {"at_s": 600, "weights": {"v1": 75, "v2": 25}},
+                {"at_s": 1800, "weights": {"v2": 100}}]}}]});
+        assert_eq!(
+            report(&config.to_string()),
+            ["f: ok: 1 service (reviews: weighted, 2 upstreams, 1 drained, guard 50 % over 10 s, \
+              rollout 3 steps)"]
+        );
+        assert_eq!(rate_percent(0.025), "2.5 %");
+        assert_eq!(rate_percent(0.0001), "0.01 %");
+        assert_eq!(rate_percent(1.0), "100 %");
     }
 
     #[test]

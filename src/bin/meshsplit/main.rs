@@ -12,6 +12,7 @@ mod check;
 mod extract;
 mod load;
 mod preview;
+mod schedule;
 mod simulate;
 mod source;
 

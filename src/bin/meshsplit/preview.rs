@@ -9,7 +9,11 @@ use meshsplit::plan::{Condition, HashOn, HeaderTest, Plan, Service, ServiceFrom,
 use meshsplit::request::{cookie_value, query_param};
 use serde_json::{json, Value};
 
+use crate::check::guard_text;
 use crate::load::{compile, find, pick, Failure, Loaded};
+use crate::schedule::{
+    moment, now_ms, put_in_force, rfc3339, signed, timeline, At, Moment, Row, State,
+};
 use crate::simulate::{
     cycle_length, expected_shares, generator, key, movement, simulate, Movement, Request, SimHost,
 };
@@ -32,6 +36,13 @@ const CYCLE_SHOWN: usize = 64;
 /// With --against OLD: what the edit from OLD to CONFIG changes, per service: each upstream's
 /// share before and after and, for sticky services, the fraction of sample keys that move and
 /// between which upstreams.
+///
+/// A service with a rollout also gets its schedule: each step's time, offset from the start,
+/// weights and expected shares (with `interpolate`, the midpoints between steps too), and where
+/// the rollout stands now. The table simulates the configured weights, those in force before
+/// the start; with --at TIME, the weights in force at TIME. --against compares the splits at
+/// --at, by default now. A service with a guard gets its settings (the simulation has no
+/// failing requests, so the guard never acts in it).
 ///
 /// CONFIG (and OLD) is any file `meshsplit check` takes. A file holding several configs is
 /// previewed config by config; --against and a single request need one, chosen with
@@ -71,6 +82,11 @@ pub struct Args {
     /// The path (with query) of the one request to route.
     #[arg(long, value_name = "/p?q=v")]
     path: Option<String>,
+    /// Simulate the rollouts' weights at this moment: an RFC 3339 UTC time
+    /// (2026-12-01T10:10:00Z), `now`, or an offset from each rollout's start (+10m, +600s,
+    /// +1h30m, -5m).
+    #[arg(long, value_name = "TIME", value_parser = At::parse, allow_hyphen_values = true)]
+    at: Option<At>,
     /// Which config of a file that holds several (from 1, in the order `check` lists them).
     #[arg(long, value_name = "N")]
     config_index: Option<usize>,
@@ -91,12 +107,22 @@ pub fn run(args: &Args) -> Status {
 
 fn preview(args: &Args) -> Result<String, Failure> {
     let request = RequestOptions::parse(args)?;
+    let clock = Clock {
+        now_ms: now_ms(),
+        at: args.at,
+    };
     if let Some(old) = &args.against {
         let new = load_one(&args.config, args.config_index)?;
         let old = load_one(old, args.config_index)?;
         let only = args.service.as_deref();
         check_service(&new, only, Some(&old))?;
-        let diff = diff(Some(&old), &new, only, args.keys);
+        // Rollouts are compared at one moment, now unless --at says otherwise.
+        let at = args.at.unwrap_or(At::Now);
+        for config in [&old, &new] {
+            put_in_force(&config.plan.services, at, clock.now_ms);
+        }
+        let diff =
+            diff(Some(&old), &new, only, args.keys).with_rollouts(&old, &new, at, clock.now_ms);
         return Ok(if args.json {
             format!("{:#}\n", diff.json())
         } else {
@@ -106,6 +132,9 @@ fn preview(args: &Args) -> Result<String, Failure> {
     let configs = load_all(&args.config, args.config_index)?;
     for config in &configs {
         check_service(config, args.service.as_deref(), None)?;
+        if let Some(at) = clock.at {
+            put_in_force(&config.plan.services, at, clock.now_ms);
+        }
     }
     let mut text = String::new();
     let mut json = Vec::new();
@@ -131,22 +160,27 @@ fn preview(args: &Args) -> Result<String, Failure> {
         }
         let previews: Vec<ServicePreview> = services
             .iter()
-            .filter_map(|&s| ServicePreview::simulate(config, s, args.requests, args.seed))
+            .filter_map(|&s| ServicePreview::simulate(config, s, args.requests, args.seed, clock))
             .collect();
         if args.json {
             json.push(json!({
                 "config": config.at,
                 "requests": args.requests,
                 "seed": args.seed,
+                "at": clock.at.map(At::describe),
                 "services": previews.iter().map(ServicePreview::json).collect::<Vec<_>>(),
             }));
         } else {
             if !text.is_empty() {
                 text.push('\n');
             }
+            let at = clock
+                .at
+                .map(|at| format!(", at {}", at.describe()))
+                .unwrap_or_default();
             let _ = writeln!(
                 text,
-                "{}: {} simulated requests per service (seed {})",
+                "{}: {} simulated requests per service (seed {}){at}",
                 config.at, args.requests, args.seed
             );
             for preview in &previews {
@@ -242,6 +276,39 @@ pub fn percent(share: f64) -> String {
     format!("{:.1} %", share * 100.0)
 }
 
+/// The clock rollouts are read against: now, and the moment --at names.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    now_ms: u64,
+    at: Option<At>,
+}
+
+/// A rollout's schedule and where it stands now and at --at.
+struct RolloutPreview {
+    start_ms: u64,
+    interpolate: bool,
+    rows: Vec<Row>,
+    now: Moment,
+    at: Option<(At, Moment)>,
+}
+
+impl RolloutPreview {
+    fn new(service: &Service, clock: Clock) -> Option<Self> {
+        let rollout = service.rollout.as_ref()?;
+        let at = match clock.at {
+            Some(at) => Some((at, moment(service, at.resolve(rollout, clock.now_ms))?)),
+            None => None,
+        };
+        Some(Self {
+            start_ms: rollout.start_ms,
+            interpolate: rollout.interpolate,
+            rows: timeline(rollout),
+            now: moment(service, clock.now_ms)?,
+            at,
+        })
+    }
+}
+
 /// One service's simulation.
 struct ServicePreview<'a> {
     service: &'a Service,
@@ -250,14 +317,21 @@ struct ServicePreview<'a> {
     rule_hits: Vec<u64>,
     /// Round robin: the first cycle (upstream indexes) and its full length.
     cycle: Option<(Vec<usize>, u64)>,
+    rollout: Option<RolloutPreview>,
 }
 
 impl<'a> ServicePreview<'a> {
-    fn simulate(config: &'a Loaded, index: usize, requests: u64, seed: u64) -> Option<Self> {
+    fn simulate(
+        config: &'a Loaded,
+        index: usize,
+        requests: u64,
+        seed: u64,
+        clock: Clock,
+    ) -> Option<Self> {
         let plan: &Plan = &config.plan;
         let service = plan.services.get(index)?;
         let round_robin = matches!(service.strategy, Strategy::RoundRobin(_));
-        let length = cycle_length(service.configured_weights());
+        let length = cycle_length(&service.weights());
         let keep = if round_robin {
             usize::try_from(length)
                 .unwrap_or(usize::MAX)
@@ -273,6 +347,7 @@ impl<'a> ServicePreview<'a> {
             counts: sim.counts,
             rule_hits: sim.rule_hits,
             cycle: round_robin.then_some((sim.order, length)),
+            rollout: RolloutPreview::new(service, clock),
         })
     }
 
@@ -294,7 +369,8 @@ impl<'a> ServicePreview<'a> {
             _ => {}
         }
         out.push('\n');
-        let expected = expected_shares(service.configured_weights());
+        let weights = service.weights().to_vec();
+        let expected = expected_shares(&weights);
         let name_width = service
             .upstreams
             .iter()
@@ -321,7 +397,7 @@ impl<'a> ServicePreview<'a> {
                 "  {:<name_width$}  {:<cluster_width$}  {:>7}  {:>8}  {:>9}",
                 upstream.name,
                 upstream.cluster,
-                upstream.weight,
+                weights.get(i).copied().unwrap_or(0),
                 percent(expected.get(i).copied().unwrap_or(0.0)),
                 percent(count as f64 / self.requests as f64),
             );
@@ -355,24 +431,147 @@ impl<'a> ServicePreview<'a> {
                 names.join(" ")
             );
         }
+        if let Some(guard) = &service.guard {
+            let _ = writeln!(
+                out,
+                "  guard: {} (not simulated: no simulated request fails)",
+                guard_text(guard)
+            );
+        }
+        if let Some(rollout) = &self.rollout {
+            out.push_str(&self.rollout_text(rollout));
+        }
+        out
+    }
+
+    /// The schedule as a table, then where the rollout stands now and at --at.
+    fn rollout_text(&self, rollout: &RolloutPreview) -> String {
+        let service = self.service;
+        let mut out = format!(
+            "  rollout: {} from {}{}\n",
+            crate::check::count(
+                rollout.rows.iter().filter(|r| r.step.is_some()).count(),
+                "step"
+            ),
+            rfc3339(rollout.start_ms),
+            if rollout.interpolate {
+                "; weights move linearly between steps (midway: halfway)"
+            } else {
+                ""
+            }
+        );
+        let cells: Vec<[String; 3]> = rollout
+            .rows
+            .iter()
+            .map(|row| {
+                [
+                    row.step.map_or("midway".to_owned(), |i| i.to_string()),
+                    rfc3339(row.time_ms),
+                    signed(i64::try_from(row.offset_ms).unwrap_or(i64::MAX)),
+                ]
+            })
+            .collect();
+        let shares: Vec<Vec<String>> = rollout
+            .rows
+            .iter()
+            .map(|row| {
+                let expected = expected_shares(&row.weights);
+                row.weights
+                    .iter()
+                    .zip(expected)
+                    .map(|(w, x)| format!("{w} ({})", percent(x)))
+                    .collect()
+            })
+            .collect();
+        let width = |column: usize, title: &str| {
+            cells
+                .iter()
+                .map(|c| c.get(column).map_or(0, String::len))
+                .max()
+                .unwrap_or(0)
+                .max(title.len())
+        };
+        let (step_w, time_w, offset_w) = (width(0, "step"), width(1, "time"), width(2, "offset"));
+        let upstream_w: Vec<usize> = service
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(u, upstream)| {
+                shares
+                    .iter()
+                    .map(|row| row.get(u).map_or(0, |c| c.chars().count()))
+                    .max()
+                    .unwrap_or(0)
+                    .max(upstream.name.chars().count())
+            })
+            .collect();
+        let mut header = format!(
+            "    {:<step_w$}  {:<time_w$}  {:<offset_w$}",
+            "step", "time", "offset"
+        );
+        for (upstream, w) in service.upstreams.iter().zip(&upstream_w) {
+            let _ = write!(header, "  {:>w$}", upstream.name);
+        }
+        let _ = writeln!(out, "{}", header.trim_end());
+        let mark =
+            |row: &Row, moment: &Moment| row.step.is_some() && row.step == moment.state.step();
+        for ((row, cell), share) in rollout.rows.iter().zip(&cells).zip(&shares) {
+            let [step, time, offset] = cell;
+            let mut line = format!("    {step:<step_w$}  {time:<time_w$}  {offset:<offset_w$}");
+            for (text, w) in share.iter().zip(&upstream_w) {
+                let _ = write!(line, "  {text:>w$}");
+            }
+            let mut marks = Vec::new();
+            if mark(row, &rollout.now) {
+                marks.push("now");
+            }
+            if rollout.at.as_ref().is_some_and(|(_, m)| mark(row, m)) {
+                marks.push("--at");
+            }
+            if !marks.is_empty() {
+                let _ = write!(line, "  ← {}", marks.join(", "));
+            }
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = writeln!(out, "  now {}", moment_text(service, &rollout.now));
+        match &rollout.at {
+            Some((_, at)) => {
+                let _ = writeln!(
+                    out,
+                    "  --at {}; simulated in the table above",
+                    moment_text(service, at)
+                );
+            }
+            None => out.push_str(
+                "  the table above simulates the configured weights; --at TIME simulates another moment\n",
+            ),
+        }
         out
     }
 
     fn json(&self) -> Value {
         let service = self.service;
-        let expected = expected_shares(service.configured_weights());
+        let weights = service.weights().to_vec();
+        let expected = expected_shares(&weights);
         let upstreams: Vec<Value> = service
             .upstreams
             .iter()
             .enumerate()
             .map(|(i, u)| {
                 let count = self.counts.get(i).copied().unwrap_or(0);
-                json!({
-                    "name": u.name, "cluster": u.cluster, "weight": u.weight,
+                let mut upstream = json!({
+                    "name": u.name, "cluster": u.cluster,
+                    "weight": weights.get(i).copied().unwrap_or(0),
                     "expected": expected.get(i).copied().unwrap_or(0.0),
                     "simulated": count as f64 / self.requests as f64,
                     "count": count,
-                })
+                });
+                if service.rollout.is_some() {
+                    if let Some(fields) = upstream.as_object_mut() {
+                        fields.insert("configured_weight".to_owned(), json!(u.weight));
+                    }
+                }
+                upstream
             })
             .collect();
         let rules: Vec<Value> = service
@@ -394,11 +593,96 @@ impl<'a> ServicePreview<'a> {
                 "first": cycle.iter().map(|&u| self.upstream_name(u)).collect::<Vec<_>>(),
             })
         });
+        let guard = service.guard.as_ref().map(|g| {
+            json!({
+                "error_rate": g.error_rate, "min_requests": g.min_requests,
+                "window_s": g.window_s, "eject_s": g.eject_s,
+                "max_ejected_percent": g.max_ejected_percent,
+            })
+        });
+        let rollout = self.rollout.as_ref().map(|r| {
+            let timeline: Vec<Value> = r
+                .rows
+                .iter()
+                .map(|row| {
+                    json!({
+                        "step": row.step,
+                        "time": rfc3339(row.time_ms),
+                        "offset_s": row.offset_ms as f64 / 1000.0,
+                        "weights": by_upstream(service, row.weights.iter().map(|&w| json!(w))),
+                        "expected": by_upstream(service, expected_shares(&row.weights).into_iter().map(|x| json!(x))),
+                    })
+                })
+                .collect();
+            json!({
+                "start": rfc3339(r.start_ms), "interpolate": r.interpolate,
+                "timeline": timeline,
+                "now": moment_json(service, &r.now),
+                "at": r.at.as_ref().map(|(_, m)| moment_json(service, m)),
+            })
+        });
         json!({
             "name": service.name, "strategy": strategy(service), "upstreams": upstreams,
-            "rules": rules, "round_robin_cycle": cycle,
+            "rules": rules, "round_robin_cycle": cycle, "guard": guard, "rollout": rollout,
         })
     }
+}
+
+/// `{"v1": .., "v2": ..}`: one value per upstream, in the service's order.
+fn by_upstream(service: &Service, values: impl Iterator<Item = Value>) -> Value {
+    Value::Object(
+        service
+            .upstreams
+            .iter()
+            .map(|u| u.name.clone())
+            .zip(values)
+            .collect(),
+    )
+}
+
+/// `2026-12-01T10:12:00Z (+12m): step 1, until step 2 at 2026-12-01T10:30:00Z`.
+fn moment_text(service: &Service, moment: &Moment) -> String {
+    let detail = match &moment.state {
+        State::NotStarted { until_ms } => {
+            format!(
+                "; the configured weights apply until {}",
+                rfc3339(*until_ms)
+            )
+        }
+        State::Step(i) => service
+            .rollout
+            .as_ref()
+            .and_then(|r| r.step_times_ms().nth(i + 1))
+            .map(|next| format!(", until step {} at {}", i + 1, rfc3339(next)))
+            .unwrap_or_default(),
+        State::Between(_) => {
+            let weights: Vec<String> = service
+                .upstreams
+                .iter()
+                .zip(&moment.weights)
+                .map(|(u, w)| format!("{} {w}", u.name))
+                .collect();
+            format!(", weights {}", weights.join(", "))
+        }
+        State::Finished(_) => ", whose weights stay".to_owned(),
+    };
+    format!(
+        "{} ({}): {}{detail}",
+        rfc3339(moment.time_ms),
+        signed(moment.offset_ms),
+        moment.state.text()
+    )
+}
+
+fn moment_json(service: &Service, moment: &Moment) -> Value {
+    json!({
+        "time": rfc3339(moment.time_ms),
+        "offset_s": moment.offset_ms as f64 / 1000.0,
+        "state": moment.state.word(),
+        "step": moment.state.step(),
+        "weights": by_upstream(service, moment.weights.iter().map(|&w| json!(w))),
+        "expected": by_upstream(service, expected_shares(&moment.weights).into_iter().map(|x| json!(x))),
+    })
 }
 
 /// The request given with --header, --cookie and --path.
@@ -624,6 +908,8 @@ pub struct Diff {
     /// Top-level fields that changed (`cluster_header`, ...).
     settings: Vec<String>,
     services: Vec<ServiceDiff>,
+    /// The moment rollouts are compared at (`None`: not told).
+    at: Option<At>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -652,6 +938,9 @@ struct ServiceDiff {
     /// (upstream, share before, share after); `None`: not there.
     upstreams: Vec<(String, Option<f64>, Option<f64>)>,
     movement: Option<Movement>,
+    /// Where the rollout stands, before and after, at the moment compared (`None`: no rollout
+    /// on either side).
+    rollout: Option<(Option<Moment>, Option<Moment>)>,
 }
 
 /// Compares `new` with `old` (`None`: nothing before), optionally one service only. Sticky
@@ -700,6 +989,7 @@ pub fn diff(old: Option<&Loaded>, new: &Loaded, only: Option<&str>, keys: u64) -
         new: new.at.clone(),
         settings,
         services,
+        at: None,
     }
 }
 
@@ -721,7 +1011,7 @@ fn service_diff(
     };
     let shares = |s: Option<&Service>| -> Vec<(String, f64)> {
         s.map(|s| {
-            let shares = expected_shares(s.configured_weights());
+            let shares = expected_shares(&s.weights());
             s.upstreams
                 .iter()
                 .zip(shares)
@@ -763,6 +1053,7 @@ fn service_diff(
         strategy: (before.map(strategy), after.map(strategy)),
         upstreams,
         movement,
+        rollout: None,
     }
 }
 
@@ -801,7 +1092,32 @@ impl ServiceDiff {
         self.upstreams.iter().any(|(_, a, b)| a != b)
     }
 
-    fn lines(&self) -> Vec<String> {
+    /// `reviews: shares at now (2026-12-01T10:12:00Z): old step 0, new step 1`.
+    fn rollout_line(&self, at: At) -> Option<String> {
+        let (old, new) = self.rollout.as_ref()?;
+        // An offset from the start names a different time on each side when the starts differ.
+        let first = old.as_ref().or(new.as_ref()).map(|m| m.time_ms);
+        let last = new.as_ref().or(old.as_ref()).map(|m| m.time_ms);
+        let each_time = first != last;
+        let side = |m: &Option<Moment>| match m {
+            None => "no rollout".to_owned(),
+            Some(m) if each_time => format!("{} ({})", m.state.text(), rfc3339(m.time_ms)),
+            Some(m) => m.state.text(),
+        };
+        let when = match (at, first) {
+            (At::Time(_), _) | (_, None) => at.describe(),
+            (_, Some(_)) if each_time => at.describe(),
+            (_, Some(time)) => format!("{} ({})", at.describe(), rfc3339(time)),
+        };
+        Some(format!(
+            "{}: shares at {when}: old {}, new {}",
+            self.name,
+            side(old),
+            side(new)
+        ))
+    }
+
+    fn lines(&self, at: Option<At>) -> Vec<String> {
         let head = format!("{} ({})", self.name, self.strategy_text());
         let mut lines = vec![match self.change {
             Change::Added => format!("{head}: added: {}", self.shares_text()),
@@ -813,13 +1129,16 @@ impl ServiceDiff {
                 self.shares_text()
             ),
         }];
+        if let Some(line) = at.and_then(|at| self.rollout_line(at)) {
+            lines.push(line);
+        }
         if let Some(m) = &self.movement {
             lines.push(format!("{}: {}", self.name, movement_text(m)));
         }
         lines
     }
 
-    fn json(&self) -> Value {
+    fn json(&self, at: Option<At>) -> Value {
         let movement = self.movement.as_ref().map(|m| {
             let fraction = |n: u64| n as f64 / m.keys.max(1) as f64;
             json!({
@@ -835,6 +1154,13 @@ impl ServiceDiff {
             "upstreams": self.upstreams.iter().map(|(name, before, after)| json!({
                 "name": name, "before": before, "after": after})).collect::<Vec<_>>(),
             "keys": movement,
+            "rollout": self.rollout.as_ref().map(|(old, new)| {
+                let side = |m: &Option<Moment>| m.as_ref().map(|m| json!({
+                    "time": rfc3339(m.time_ms), "offset_s": m.offset_ms as f64 / 1000.0,
+                    "state": m.state.word(), "step": m.state.step(), "weights": m.weights,
+                }));
+                json!({"at": at.map(At::describe), "old": side(old), "new": side(new)})
+            }),
         })
     }
 }
@@ -859,13 +1185,30 @@ fn movement_text(m: &Movement) -> String {
 }
 
 impl Diff {
+    /// Notes, for every service with a rollout before or after, where it stands at `at`: the
+    /// moment its shares are compared at (the caller put those weights in force).
+    pub fn with_rollouts(mut self, old: &Loaded, new: &Loaded, at: At, now_ms: u64) -> Self {
+        for service in &mut self.services {
+            let side = |config: &Loaded| {
+                let s = config.plan.services.get(config.service(&service.name)?)?;
+                moment(s, at.resolve(s.rollout.as_ref()?, now_ms))
+            };
+            let (before, after) = (side(old), side(new));
+            if before.is_some() || after.is_some() {
+                service.rollout = Some((before, after));
+            }
+        }
+        self.at = Some(at);
+        self
+    }
+
     pub fn text(&self) -> String {
         let mut out = String::new();
         for setting in &self.settings {
             let _ = writeln!(out, "{setting}");
         }
         for service in &self.services {
-            for line in service.lines() {
+            for line in service.lines(self.at) {
                 let _ = writeln!(out, "{line}");
             }
         }
@@ -875,7 +1218,8 @@ impl Diff {
     pub fn json(&self) -> Value {
         json!({
             "old": self.old, "new": self.new, "settings": self.settings,
-            "services": self.services.iter().map(ServiceDiff::json).collect::<Vec<_>>(),
+            "at": self.at.map(At::describe),
+            "services": self.services.iter().map(|s| s.json(self.at)).collect::<Vec<_>>(),
         })
     }
 
@@ -1007,6 +1351,113 @@ mod tests {
         assert_eq!(diff(None, &new, None, 10).one_line(), "a added: v1 100.0 %");
     }
 
+    /// 2026-12-01T10:00:00Z.
+    const START: u64 = 1_796_119_200_000;
+
+    const NO_CLOCK: Clock = Clock {
+        now_ms: START,
+        at: None,
+    };
+
+    fn rollout(interpolate: bool) -> Value {
+        json!({"name": "reviews", "upstreams": [
+                {"name": "v1", "cluster": "reviews_v1", "weight": 100},
+                {"name": "v2", "cluster": "reviews_v2", "weight": 0}],
+               "guard": {"error_rate": 0.25, "window_s": 20},
+               "rollout": {"start": "2026-12-01T10:00:00Z", "interpolate": interpolate, "steps": [
+                   {"at_s": 0, "weights": {"v1": 99, "v2": 1}},
+                   {"at_s": 600, "weights": {"v1": 75, "v2": 25}},
+                   {"at_s": 1800, "weights": {"v2": 100}}]}})
+    }
+
+    #[test]
+    fn a_rollout_prints_its_timeline_and_marks_now() {
+        let c = config(json!([rollout(false)]));
+        let clock = Clock {
+            now_ms: START + 720_000,
+            at: None,
+        };
+        let text = ServicePreview::simulate(&c, 0, 100, 1, clock)
+            .unwrap()
+            .text();
+        let expected =
+            "  guard: ejects an upstream above 25 % errors over 20 s (at least 20 requests) \
+            for 30 s, doubling on repeat; at most 50 % of the weight (not simulated: no simulated \
+            request fails)
+  rollout: 3 steps from 2026-12-01T10:00:00Z
+    step  time                  offset           v1             v2
+    0     2026-12-01T10:00:00Z  +0s     99 (99.0 %)      1 (1.0 %)
+    1     2026-12-01T10:10:00Z  +10m    75 (75.0 %)    25 (25.0 %)  ← now
+    2     2026-12-01T10:30:00Z  +30m      0 (0.0 %)  100 (100.0 %)
+  now 2026-12-01T10:12:00Z (+12m): step 1, until step 2 at 2026-12-01T10:30:00Z
+  the table above simulates the configured weights; --at TIME simulates another moment
+";
+        assert!(text.ends_with(expected), "{text}");
+        // The table is the configured weights.
+        assert!(
+            text.contains("  v1        reviews_v1      100   100.0 %    100.0 %\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn at_puts_that_moments_weights_in_force_and_shows_the_midpoints() {
+        let c = config(json!([rollout(true)]));
+        let clock = Clock {
+            now_ms: START - 1000,
+            at: Some(At::FromStart(1_200_000)),
+        };
+        put_in_force(&c.plan.services, At::FromStart(1_200_000), clock.now_ms);
+        let text = ServicePreview::simulate(&c, 0, 100, 1, clock)
+            .unwrap()
+            .text();
+        assert!(
+            text.contains("  v1        reviews_v1       37    37.0 %"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    midway  2026-12-01T10:20:00Z  +20m    37 (37.0 %)    63 (63.0 %)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "    1       2026-12-01T10:10:00Z  +10m    75 (75.0 %)    25 (25.0 %)  ← --at\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("  now 2026-12-01T09:59:59Z (-1s): not started; the configured weights apply until 2026-12-01T10:00:00Z\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("  --at 2026-12-01T10:20:00Z (+20m): between step 1 and step 2, weights v1 37, v2 63; simulated in the table above\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn against_compares_rollouts_at_one_moment_and_says_so() {
+        let old = config(json!([rollout(false)]));
+        let mut edited = rollout(false);
+        edited["rollout"]["steps"][1]["weights"] = json!({"v1": 50, "v2": 50});
+        let new = config(json!([edited]));
+        let at = At::Time(START + 900_000);
+        for c in [&old, &new] {
+            put_in_force(&c.plan.services, at, 0);
+        }
+        let d = diff(Some(&old), &new, None, 10).with_rollouts(&old, &new, at, 0);
+        assert_eq!(
+            d.text(),
+            "reviews (weighted): v1 75.0 % → 50.0 %, v2 25.0 % → 50.0 %\n\
+             reviews: shares at 2026-12-01T10:15:00Z: old step 1, new step 1\n"
+        );
+        let json = d.json();
+        assert_eq!(
+            json["services"][0]["rollout"]["new"]["weights"],
+            json!([50, 50])
+        );
+    }
+
     #[test]
     fn preview_lists_rules_and_the_round_robin_cycle() {
         let c = config(json!([{"name": "rr", "strategy": "round_robin",
@@ -1014,7 +1465,9 @@ mod tests {
                           {"name": "b", "cluster": "cb", "weight": 1},
                           {"name": "c", "cluster": "cc", "weight": 1}],
             "rules": [{"match": {"headers": [{"name": "x-canary", "exact": "true"}]}, "upstream": "c"}]}]));
-        let text = ServicePreview::simulate(&c, 0, 700, 1).unwrap().text();
+        let text = ServicePreview::simulate(&c, 0, 700, 1, NO_CLOCK)
+            .unwrap()
+            .text();
         assert!(
             text.contains("  rule 0: header x-canary = \"true\" -> c (cc)\n"),
             "{text}"

@@ -16,12 +16,18 @@ pub trait Host {
     fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)>;
     /// Sets a shared-data value if its CAS token is still `cas` (`0`: unconditionally).
     fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> SharedWrite;
-    /// Defines (or finds) a gauge; its stat is `wasmcustom.<name>`.
-    fn define_gauge(&self, name: &str) -> Option<u32>;
-    fn add_to_gauge(&self, id: u32, delta: i64);
-    /// Defines (or finds) a counter; its stat is `wasmcustom.<name>`.
-    fn define_counter(&self, name: &str) -> Option<u32>;
-    fn increment_counter(&self, id: u32, delta: u64);
+    /// Defines (or finds) a gauge; its stat is `wasmcustom.<name>` in the wasm build. Hosts
+    /// without metrics (the CLI's simulation, a cluster specifier's selection) keep the
+    /// defaults: no metric, and updates are ignored.
+    fn define_gauge(&self, _name: &str) -> Option<u32> {
+        None
+    }
+    fn add_to_gauge(&self, _id: u32, _delta: i64) {}
+    /// Defines (or finds) a counter; its stat is `wasmcustom.<name>` in the wasm build.
+    fn define_counter(&self, _name: &str) -> Option<u32> {
+        None
+    }
+    fn increment_counter(&self, _id: u32, _delta: u64) {}
     /// Sets a gauge to `value`. Hosts without settable gauges ignore it.
     fn set_gauge(&self, _id: u32, _value: u64) {}
 

@@ -98,14 +98,6 @@ impl Host for StoreOnly {
     fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> SharedWrite {
         store::set(key, value, cas)
     }
-    fn define_gauge(&self, _: &str) -> Option<u32> {
-        None
-    }
-    fn add_to_gauge(&self, _: u32, _: i64) {}
-    fn define_counter(&self, _: &str) -> Option<u32> {
-        None
-    }
-    fn increment_counter(&self, _: u32, _: u64) {}
 }
 
 /// What the core asked a selection to do, since a cluster specifier cannot write headers.
@@ -157,16 +149,4 @@ impl Host for SelectionHost<'_> {
     fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> SharedWrite {
         store::set(key, value, cas)
     }
-
-    fn define_gauge(&self, _name: &str) -> Option<u32> {
-        None
-    }
-
-    fn add_to_gauge(&self, _id: u32, _delta: i64) {}
-
-    fn define_counter(&self, _name: &str) -> Option<u32> {
-        None
-    }
-
-    fn increment_counter(&self, _id: u32, _delta: u64) {}
 }

@@ -160,18 +160,6 @@ impl Host for SimHost {
         shared.insert(key.to_owned(), (value.to_vec(), *next));
         SharedWrite::Written
     }
-
-    fn define_gauge(&self, _name: &str) -> Option<u32> {
-        None
-    }
-
-    fn add_to_gauge(&self, _id: u32, _delta: i64) {}
-
-    fn define_counter(&self, _name: &str) -> Option<u32> {
-        None
-    }
-
-    fn increment_counter(&self, _id: u32, _delta: u64) {}
 }
 
 /// The synthetic sticky key number `i`.

@@ -488,7 +488,7 @@ def build_report(args, keys, runs, latency, extra):
                        ("K", "B", "cluster specifier over weighted_clusters; target within 1 µs"),
                        ("K2", "B", "cluster specifier with auto_host_rewrite over weighted_clusters"),
                        ("D", "C", "wasm filter over Lua"),
-                       ("GD", "D", "the guard on healthy upstreams, wasm; target ≤ 0.2 µs"),
+                       ("GD", "D", "the guard on healthy upstreams, wasm: one property read per stream"),
                        ("RO", "D", "a rollout in force, wasm"),
                        ("GN", "N", "the guard on healthy upstreams, native filter"),
                        ("W", "R", "what the SDK's extra exports cost")):

@@ -369,6 +369,44 @@ impl Plan {
         self.lookup(key.as_ref()).map(|(_, service)| service)
     }
 
+    /// What a valid plan may not use when meshsplit runs as a route cluster specifier (native
+    /// build), which reads the request but cannot write headers or see the request end.
+    pub fn check_cluster_specifier(&self) -> Result<(), ConfigError> {
+        for (s, service) in self.services.iter().enumerate() {
+            if service.guard.is_some() {
+                return Err(ConfigError {
+                    path: format!("services[{s}].guard"),
+                    message:
+                        "the guard needs to see each response, which a cluster specifier does \
+                              not; use meshsplit as an HTTP filter \
+                              (envoy.filters.http.dynamic_modules) for this service"
+                            .to_owned(),
+                });
+            }
+            if let Strategy::LeastRequest(_) = service.strategy {
+                return Err(ConfigError {
+                    path: format!("services[{s}].strategy"),
+                    message: "\"least_request\" needs to see each request end, which a cluster \
+                              specifier does not; use meshsplit as an HTTP filter \
+                              (envoy.filters.http.dynamic_modules) for this service"
+                        .to_owned(),
+                });
+            }
+            for (u, upstream) in service.upstreams.iter().enumerate() {
+                if upstream.authority.is_some() {
+                    return Err(ConfigError {
+                        path: format!("services[{s}].upstreams[{u}].authority"),
+                        message: "a cluster specifier cannot rewrite headers; remove it and set \
+                                  auto_host_rewrite: true on the route with the endpoint's hostname \
+                                  in the cluster, or use meshsplit as an HTTP filter"
+                            .to_owned(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Like [`Plan::service_for`], with the service's index in `services`.
     pub fn lookup(&self, key: &[u8]) -> Option<(usize, &Service)> {
         let index = self

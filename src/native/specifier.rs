@@ -27,7 +27,7 @@ use super::filter::plugin_name;
 use super::host::{Decision, SelectionHost, StoreOnly};
 use super::{with_plan, Counters, Source};
 use crate::instance::{config_fingerprint, config_summary};
-use crate::plan::{ConfigError, Plan, Strategy};
+use crate::plan::Plan;
 use crate::route::on_request_headers;
 
 pub struct Config {
@@ -40,7 +40,7 @@ pub type SharedConfig = Arc<Config>;
 pub fn config_new(envoy: SpecifierConfig, name: &[u8], bytes: &[u8]) -> Option<SharedConfig> {
     let plugin = plugin_name(name);
     let plan = match Plan::from_json_named(bytes, &plugin).and_then(|plan| {
-        check_specifier(&plan)?;
+        plan.check_cluster_specifier()?;
         Ok(plan)
     }) {
         Ok(plan) => plan,
@@ -58,42 +58,6 @@ pub fn config_new(envoy: SpecifierConfig, name: &[u8], bytes: &[u8]) -> Option<S
         source: Source::new(bytes, &plugin, HashMap::new(), HashMap::new(), counters),
         envoy,
     }))
-}
-
-/// What a valid plan may not use in this mode.
-pub fn check_specifier(plan: &Plan) -> Result<(), ConfigError> {
-    for (s, service) in plan.services.iter().enumerate() {
-        if service.guard.is_some() {
-            return Err(ConfigError {
-                path: format!("services[{s}].guard"),
-                message: "the guard needs to see each response, which a cluster specifier does \
-                          not; use meshsplit as an HTTP filter \
-                          (envoy.filters.http.dynamic_modules) for this service"
-                    .to_owned(),
-            });
-        }
-        if let Strategy::LeastRequest(_) = service.strategy {
-            return Err(ConfigError {
-                path: format!("services[{s}].strategy"),
-                message: "\"least_request\" needs to see each request end, which a cluster \
-                          specifier does not; use meshsplit as an HTTP filter \
-                          (envoy.filters.http.dynamic_modules) for this service"
-                    .to_owned(),
-            });
-        }
-        for (u, upstream) in service.upstreams.iter().enumerate() {
-            if upstream.authority.is_some() {
-                return Err(ConfigError {
-                    path: format!("services[{s}].upstreams[{u}].authority"),
-                    message: "a cluster specifier cannot rewrite headers; remove it and set \
-                              auto_host_rewrite: true on the route with the endpoint's hostname \
-                              in the cluster, or use meshsplit as an HTTP filter"
-                        .to_owned(),
-                });
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Picks the cluster of one request. Returns whether a decision was made.

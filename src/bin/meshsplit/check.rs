@@ -148,7 +148,7 @@ pub(crate) fn check_one(name: &str, found: &Found) -> Vec<Line> {
     } else {
         format!("{name}: {}", found.place)
     };
-    match Plan::from_json_named(found.config.as_bytes(), &found.plugin) {
+    match found.plan() {
         // The same words the filter logs: "invalid configuration: {err}".
         Err(err) => vec![Line::Invalid(format!("{at}: invalid configuration: {err}"))],
         Ok(plan) => {

@@ -17,12 +17,17 @@
 use std::collections::BTreeSet;
 use std::rc::Rc;
 
+use meshsplit::plan::{ConfigError, Plan};
 use serde_json::{Map, Value};
 
 use crate::source::Document;
 
 const WASM_TYPE: &str = "envoy.extensions.filters.http.wasm.v3.Wasm";
 const STRING_VALUE_TYPE: &str = "google.protobuf.StringValue";
+const DYNAMIC_FILTER_TYPE: &str =
+    "envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
+const DYNAMIC_SPECIFIER_TYPE: &str =
+    "envoy.extensions.router.cluster_specifiers.dynamic_modules.v3.DynamicModuleClusterSpecifier";
 /// Top-level fields of the plugin config (`meshsplit::config::RawConfig`) besides `services`.
 const PLUGIN_FIELDS: [&str; 3] = ["cluster_header", "service_from", "on_unknown_service"];
 
@@ -38,6 +43,21 @@ pub struct Found {
     pub config: String,
     /// The clusters of the Envoy bootstrap it came from, if it came from one.
     pub clusters: Option<Rc<Clusters>>,
+    /// It configures the native build's route cluster specifier, which refuses what it cannot
+    /// do (`Plan::check_cluster_specifier`).
+    pub specifier: bool,
+}
+
+impl Found {
+    /// The plan the filter (or the cluster specifier) would build from this config, or the
+    /// error it would log.
+    pub fn plan(&self) -> Result<Plan, ConfigError> {
+        let plan = Plan::from_json_named(self.config.as_bytes(), &self.plugin)?;
+        if self.specifier {
+            plan.check_cluster_specifier()?;
+        }
+        Ok(plan)
+    }
 }
 
 /// The clusters an Envoy bootstrap defines.
@@ -86,6 +106,7 @@ fn from_document(document: &Document, place: &str, out: &mut Vec<Found>) {
             plugin: "meshsplit".to_owned(),
             config: document.text.clone().unwrap_or_else(|| value.to_string()),
             clusters: None,
+            specifier: false,
         });
     } else {
         from_container(value, place, true, None, out);
@@ -165,6 +186,7 @@ fn plugin_config_object(holder: Option<&Value>, place: String, plugin: String) -
         plugin,
         config,
         clusters: None,
+        specifier: false,
     }
 }
 
@@ -196,14 +218,18 @@ fn from_container(
     clusters: Option<&Rc<Clusters>>,
     out: &mut Vec<Found>,
 ) {
-    let mut filters = Vec::new();
-    find_wasm_filters(container, String::new(), &mut filters);
-    let configs: Vec<_> = filters
-        .into_iter()
-        .filter_map(|(path, wasm)| string_configuration(wasm).map(|c| (path, c)))
-        .collect();
+    let mut configs = Vec::new();
+    find_filters(container, String::new(), &mut configs);
     let with_path = always_path || configs.len() > 1;
-    for (path, (plugin, config)) in configs {
+    for (
+        path,
+        Embedded {
+            plugin,
+            config,
+            specifier,
+        },
+    ) in configs
+    {
         let mut words = vec![place.to_owned()];
         if with_path && !path.is_empty() {
             words.push(path.clone());
@@ -217,33 +243,90 @@ fn from_container(
             plugin: plugin.to_owned(),
             config: config.to_owned(),
             clusters: clusters.cloned(),
+            specifier,
         });
     }
 }
 
-/// Collects (path, `PluginConfig`) for every wasm HTTP filter typed config under `value`. The
-/// path leads to the object holding the typed config (`http_filters[0]`).
-fn find_wasm_filters<'a>(value: &'a Value, path: String, out: &mut Vec<(String, &'a Value)>) {
+/// A plugin config embedded in an Envoy typed config.
+struct Embedded<'a> {
+    plugin: &'a str,
+    config: &'a str,
+    specifier: bool,
+}
+
+/// Collects (path, config) for every meshsplit typed config under `value`: wasm HTTP filters,
+/// and the native build's dynamic-module HTTP filters and cluster specifiers, each with a
+/// `StringValue` configuration. The path leads to the object holding the typed config
+/// (`http_filters[0]`).
+fn find_filters<'a>(value: &'a Value, path: String, out: &mut Vec<(String, Embedded<'a>)>) {
     match value {
         Value::Object(map) => {
-            if let Some(config) = plugin_config_of(map) {
+            let embedded = match plugin_config_of(map) {
+                Some(wasm) => Some(string_configuration(wasm)),
+                None => native_configuration(map),
+            };
+            if let Some(embedded) = embedded {
                 let holder = path
                     .strip_suffix(".typed_config")
                     .or_else(|| path.strip_suffix("typed_config"))
                     .unwrap_or(&path);
-                out.push((holder.to_owned(), config));
+                out.extend(embedded.map(|e| (holder.to_owned(), e)));
                 return;
             }
             for (key, child) in map {
-                find_wasm_filters(child, join_path(&path, key), out);
+                find_filters(child, join_path(&path, key), out);
             }
         }
         Value::Array(items) => {
             for (i, child) in items.iter().enumerate() {
-                find_wasm_filters(child, format!("{path}[{i}]"), out);
+                find_filters(child, format!("{path}[{i}]"), out);
             }
         }
         _ => {}
+    }
+}
+
+/// The native build's typed configs: `DynamicModuleFilter` (`filter_name`, `filter_config`)
+/// and `DynamicModuleClusterSpecifier` (`specifier_name`, `specifier_config`) for module
+/// `meshsplit`. `Some(None)`: such a typed config without a `StringValue` configuration.
+fn native_configuration(map: &Map<String, Value>) -> Option<Option<Embedded<'_>>> {
+    let type_url = map.get("@type").and_then(Value::as_str).unwrap_or_default();
+    let (name_key, config_key, specifier) = if type_url.ends_with(DYNAMIC_FILTER_TYPE) {
+        ("filter_name", "filter_config", false)
+    } else if type_url.ends_with(DYNAMIC_SPECIFIER_TYPE) {
+        ("specifier_name", "specifier_config", true)
+    } else {
+        return None;
+    };
+    let module = map
+        .get("dynamic_module_config")
+        .and_then(|c| c.get("name"))
+        .and_then(Value::as_str);
+    if module != Some("meshsplit") {
+        return None;
+    }
+    Some(string_value(map.get(config_key)).map(|config| {
+        Embedded {
+            plugin: map
+                .get(name_key)
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+            config,
+            specifier,
+        }
+    }))
+}
+
+/// The text of a `google.protobuf.StringValue` (empty without `value`).
+fn string_value(value: Option<&Value>) -> Option<&str> {
+    let value = value?;
+    if !value.get("@type")?.as_str()?.ends_with(STRING_VALUE_TYPE) {
+        return None;
+    }
+    match value.get("value") {
+        None => Some(""),
+        Some(v) => v.as_str(),
     }
 }
 
@@ -260,24 +343,17 @@ fn plugin_config_of(map: &Map<String, Value>) -> Option<&Value> {
     None
 }
 
-/// (plugin name, configuration text) of a wasm filter's `PluginConfig`, if its configuration
-/// is a `StringValue`.
-fn string_configuration(config: &Value) -> Option<(&str, &str)> {
-    let configuration = config.get("configuration")?;
-    let type_url = configuration.get("@type")?.as_str()?;
-    if !type_url.ends_with(STRING_VALUE_TYPE) {
-        return None;
-    }
-    // A StringValue without `value` is the empty string.
-    let text = match configuration.get("value") {
-        None => "",
-        Some(v) => v.as_str()?,
-    };
-    let plugin = config
-        .get("name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    Some((plugin, text))
+/// The plugin name and configuration text of a wasm filter's `PluginConfig`, if its
+/// configuration is a `StringValue`.
+fn string_configuration(config: &Value) -> Option<Embedded<'_>> {
+    Some(Embedded {
+        plugin: config
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+        config: string_value(config.get("configuration"))?,
+        specifier: false,
+    })
 }
 
 /// The elements of `value` if it is a list.
@@ -485,6 +561,46 @@ mod tests {
             (f[0].place.as_str(), f[0].config.as_str()),
             ("EnvoyFilter ts configPatches[0] m", "A")
         );
+    }
+
+    #[test]
+    fn native_filter_and_cluster_specifier_configs_are_found() {
+        let native = |kind: &str, name: &str, config: &str| {
+            json!({"@type": format!("type.googleapis.com/{kind}"),
+                   "dynamic_module_config": {"name": "meshsplit"},
+                   name: "meshsplit",
+                   config: {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                            "value": r#"{"services": []}"#}})
+        };
+        let text = json!({"static_resources": {"listeners": [
+            listener(json!([{"name": "f", "typed_config":
+                native(DYNAMIC_FILTER_TYPE, "filter_name", "filter_config")}])),
+            {"filter_chains": [{"filters": [{"typed_config": {"route_config": {"virtual_hosts": [
+                {"routes": [{"route": {"inline_cluster_specifier_plugin": {"extension": {
+                    "typed_config": native(DYNAMIC_SPECIFIER_TYPE, "specifier_name",
+                                           "specifier_config")}}}}]}]}}}]}]}]}})
+        .to_string();
+        let found = found(&text);
+        assert_eq!(found.len(), 2);
+        assert!(!found[0].specifier && found[1].specifier);
+        assert!(found.iter().all(|f| f.config == r#"{"services": []}"#));
+    }
+
+    #[test]
+    fn a_cluster_specifier_config_is_refused_what_the_specifier_cannot_do() {
+        let config = r#"{"services": [{"name": "s", "upstreams": [
+            {"name": "u", "cluster": "c", "authority": "a.internal", "weight": 1}]}]}"#;
+        let mut f = Found {
+            place: String::new(),
+            plugin: "meshsplit".to_owned(),
+            config: config.to_owned(),
+            clusters: None,
+            specifier: false,
+        };
+        assert!(f.plan().is_ok());
+        f.specifier = true;
+        let err = f.plan().unwrap_err();
+        assert_eq!(err.path, "services[0].upstreams[0].authority");
     }
 
     #[test]

@@ -113,7 +113,7 @@ pub fn compile(name: &str, found: &Found) -> Result<Loaded, Failure> {
             .collect::<Vec<_>>()
             .join("\n"),
     };
-    let plan = match Plan::from_json_named(found.config.as_bytes(), &found.plugin) {
+    let plan = match found.plan() {
         Ok(plan) => plan,
         Err(_) => return Err(invalid(check_one(name, found))),
     };

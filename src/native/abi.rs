@@ -527,6 +527,25 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
     })
 }
 
+/// A module-side config handed to Envoy as an opaque pointer (boxed), or null to refuse it.
+fn to_envoy<T>(config: Option<T>) -> *const c_void {
+    match config {
+        Some(config) => Box::into_raw(Box::new(config)) as *const c_void,
+        None => null(),
+    }
+}
+
+/// Frees a config that [`to_envoy`] handed to Envoy (null: nothing to free).
+///
+/// # Safety
+/// `ptr` is null or came from `to_envoy::<T>`, and is not used again.
+unsafe fn drop_from_envoy<T>(ptr: *const c_void) {
+    if !ptr.is_null() {
+        // SAFETY: per this function's contract, `ptr` is a `Box<T>` from `to_envoy::<T>`.
+        drop(unsafe { Box::from_raw(ptr as *mut T) });
+    }
+}
+
 /// Returns the module's config (an `Arc<filter::Config>` boxed), or null to refuse the config.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
@@ -540,10 +559,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         || {
             // SAFETY: Envoy's name and config buffers live for the duration of this hook.
             let (name, config) = unsafe { (envoy_bytes(name), envoy_bytes(config)) };
-            match filter::config_new(FilterConfig(config_envoy_ptr), name, config) {
-                Some(config) => Box::into_raw(Box::new(config)) as *const c_void,
-                None => null(),
-            }
+            to_envoy(filter::config_new(
+                FilterConfig(config_envoy_ptr),
+                name,
+                config,
+            ))
         },
     )
 }
@@ -556,10 +576,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
         "envoy_dynamic_module_on_http_filter_config_destroy",
         (),
         || {
-            if !config_module_ptr.is_null() {
-                // SAFETY: the pointer came from Box::into_raw in config_new and Envoy destroys it once.
-                drop(unsafe { Box::from_raw(config_module_ptr as *mut filter::SharedConfig) });
-            }
+            // SAFETY: Envoy passes back what on_http_filter_config_new returned, once.
+            unsafe { drop_from_envoy::<filter::SharedConfig>(config_module_ptr) }
         },
     )
 }
@@ -787,10 +805,11 @@ pub extern "C" fn envoy_dynamic_module_on_cluster_specifier_config_new(
         || {
             // SAFETY: Envoy's name and config buffers live for the duration of this hook.
             let (name, config) = unsafe { (envoy_bytes(name), envoy_bytes(config)) };
-            match specifier::config_new(SpecifierConfig(config_envoy_ptr), name, config) {
-                Some(config) => Box::into_raw(Box::new(config)) as *const c_void,
-                None => null(),
-            }
+            to_envoy(specifier::config_new(
+                SpecifierConfig(config_envoy_ptr),
+                name,
+                config,
+            ))
         },
     )
 }
@@ -803,10 +822,8 @@ pub extern "C" fn envoy_dynamic_module_on_cluster_specifier_config_destroy(
         "envoy_dynamic_module_on_cluster_specifier_config_destroy",
         (),
         || {
-            if !config_module_ptr.is_null() {
-                // SAFETY: the pointer came from Box::into_raw in config_new; Envoy destroys it once.
-                drop(unsafe { Box::from_raw(config_module_ptr as *mut specifier::SharedConfig) });
-            }
+            // SAFETY: Envoy passes back what on_cluster_specifier_config_new returned, once.
+            unsafe { drop_from_envoy::<specifier::SharedConfig>(config_module_ptr) }
         },
     )
 }

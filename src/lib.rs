@@ -22,3 +22,6 @@ pub mod select;
 pub mod tick;
 #[cfg(target_arch = "wasm32")]
 mod wasm;
+
+#[cfg(test)]
+mod property_tests;

@@ -20,6 +20,28 @@ use serde_path_to_error::Segment;
 pub const DEFAULT_CLUSTER_HEADER: &str = "x-meshsplit-cluster";
 pub const MAX_WEIGHT: u64 = 1_000_000;
 
+/// Limits of a configuration, each refused with its JSON path. They bound what one
+/// `on_configure` may cost (time and VM memory) and what a tick iterates over; the request path
+/// itself does not depend on them (one lookup in a sorted table).
+pub const MAX_CONFIG_BYTES: usize = 8 * 1024 * 1024;
+pub const MAX_SERVICES: usize = 50_000;
+pub const MAX_HOSTS_PER_SERVICE: usize = 1_000;
+pub const MAX_UPSTREAMS_PER_SERVICE: usize = 256;
+pub const MAX_RULES_PER_SERVICE: usize = 256;
+pub const MAX_CONDITIONS_PER_RULE: usize = 64;
+pub const MAX_ROLLOUT_STEPS: usize = 256;
+
+/// `Err` at `path` when a list is longer than `max`.
+fn at_most(path: impl Into<String>, what: &str, len: usize, max: usize) -> Result<(), ConfigError> {
+    if len > max {
+        return Err(ConfigError::new(
+            path,
+            format!("at most {max} {what}, got {len}"),
+        ));
+    }
+    Ok(())
+}
+
 /// A configuration problem: where (JSON path) and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -256,6 +278,15 @@ impl Plan {
     /// Like [`Plan::from_json`], for the filter instance (Envoy plugin) called `plugin`: the
     /// name keeps least-request counters of different filter instances apart.
     pub fn from_json_named(bytes: &[u8], plugin: &str) -> Result<Self, ConfigError> {
+        if bytes.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::new(
+                "",
+                format!(
+                    "configuration is {} bytes; at most {MAX_CONFIG_BYTES} bytes are accepted",
+                    bytes.len()
+                ),
+            ));
+        }
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ConfigError::new(
                 "",
@@ -285,6 +316,7 @@ impl Plan {
                 "must list at least one service",
             ));
         }
+        at_most("services", "services", raw.services.len(), MAX_SERVICES)?;
 
         // Each service on its own first, then what must be unique across services.
         let mut services = Vec::with_capacity(raw.services.len());
@@ -496,6 +528,18 @@ fn compile_service(path: &str, raw: &RawService, plugin: &str) -> Result<Service
             "must list at least one upstream",
         ));
     }
+    at_most(
+        format!("{path}.upstreams"),
+        "upstreams per service",
+        raw.upstreams.len(),
+        MAX_UPSTREAMS_PER_SERVICE,
+    )?;
+    at_most(
+        format!("{path}.rules"),
+        "rules per service",
+        raw.rules.len(),
+        MAX_RULES_PER_SERVICE,
+    )?;
     let mut upstreams: Vec<Upstream> = Vec::with_capacity(raw.upstreams.len());
     for (index, raw_upstream) in raw.upstreams.iter().enumerate() {
         let upstream_path = format!("{path}.upstreams[{index}]");
@@ -606,6 +650,12 @@ fn compile_rollout(
             "must list at least one step",
         ));
     }
+    at_most(
+        format!("{path}.steps"),
+        "steps",
+        raw.steps.len(),
+        MAX_ROLLOUT_STEPS,
+    )?;
     let mut steps: Vec<Step> = Vec::with_capacity(raw.steps.len());
     for (index, raw_step) in raw.steps.iter().enumerate() {
         let at = format!("{path}.steps[{index}]");
@@ -784,7 +834,14 @@ fn compile_rule(path: &str, raw: &RawRule, upstreams: &[Upstream]) -> Result<Rul
             "must list at least one condition (headers, cookies or query)",
         ));
     }
-    let mut conditions = Vec::with_capacity(m.headers.len() + m.cookies.len() + m.query.len());
+    let count = m.headers.len() + m.cookies.len() + m.query.len();
+    at_most(
+        format!("{path}.match"),
+        "conditions per rule",
+        count,
+        MAX_CONDITIONS_PER_RULE,
+    )?;
+    let mut conditions = Vec::with_capacity(count);
     for (index, h) in m.headers.iter().enumerate() {
         let at = format!("{path}.match.headers[{index}]");
         check_rule_header_name(&format!("{at}.name"), &h.name)?;
@@ -872,6 +929,12 @@ fn host_keys(path: &str, raw: &RawService) -> Result<Vec<(String, String)>, Conf
             "must list at least one host (leave it out to match the service name)",
         ));
     }
+    at_most(
+        format!("{path}.hosts"),
+        "hosts per service",
+        hosts.len(),
+        MAX_HOSTS_PER_SERVICE,
+    )?;
     let mut keys: Vec<(String, String)> = Vec::with_capacity(hosts.len());
     for (index, host) in hosts.iter().enumerate() {
         let host_path = if raw.hosts.is_some() {

@@ -958,3 +958,63 @@ fn a_header_of_its_own_can_be_the_cluster_header() {
         assert_eq!(with_cluster_header(name).unwrap().cluster_header, name);
     }
 }
+
+// ---- limits ----
+
+fn services_json(n: usize) -> String {
+    let services: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"name": "s{i}", "upstreams": [{{"name": "u", "cluster": "c", "weight": 1}}]}}"#
+            )
+        })
+        .collect();
+    format!(r#"{{"services": [{}]}}"#, services.join(","))
+}
+
+#[test]
+fn a_configuration_over_the_byte_limit_is_refused_before_parsing() {
+    let big = format!("{}{}", " ".repeat(MAX_CONFIG_BYTES), services_json(1));
+    assert_eq!(
+        error(&big),
+        format!(
+            "configuration is {} bytes; at most {MAX_CONFIG_BYTES} bytes are accepted",
+            big.len()
+        )
+    );
+}
+
+#[test]
+fn too_many_services_are_refused_and_the_limit_itself_is_accepted() {
+    assert_eq!(
+        plan(&services_json(MAX_SERVICES)).services.len(),
+        MAX_SERVICES
+    );
+    assert_eq!(
+        error(&services_json(MAX_SERVICES + 1)),
+        format!(
+            "services: at most {MAX_SERVICES} services, got {}",
+            MAX_SERVICES + 1
+        )
+    );
+}
+
+#[test]
+fn per_service_limits_name_their_list() {
+    let ups: Vec<String> = (0..=MAX_UPSTREAMS_PER_SERVICE)
+        .map(|i| format!(r#"{{"name": "u{i}", "cluster": "c", "weight": 1}}"#))
+        .collect();
+    let json = format!(
+        r#"{{"services": [{{"name": "s", "upstreams": [{}]}}]}}"#,
+        ups.join(",")
+    );
+    assert!(error(&json).starts_with("services[0].upstreams: at most 256 upstreams per service"));
+    let hosts: Vec<String> = (0..=MAX_HOSTS_PER_SERVICE)
+        .map(|i| format!(r#""h{i}""#))
+        .collect();
+    let json = format!(
+        r#"{{"services": [{{"name": "s", "hosts": [{}], "upstreams": [{{"name": "u", "cluster": "c", "weight": 1}}]}}]}}"#,
+        hosts.join(",")
+    );
+    assert!(error(&json).starts_with("services[0].hosts: at most 1000 hosts per service"));
+}

@@ -5,7 +5,7 @@ VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 CARGO   ?= cargo
 
-.PHONY: all build target venv configs test unit lint integration demo live bench cli check-configs oci native ci clean
+.PHONY: all build target venv configs test unit lint deny integration demo live bench cli check-configs oci native ci clean
 
 all: build
 
@@ -67,7 +67,13 @@ oci: build
 	python3 envoy/oci.py
 
 ## test: lint, native unit tests, then integration tests against real Envoy
-test: lint unit check-configs integration
+test: lint deny unit check-configs integration
+
+## deny: supply-chain checks (deny.toml): licenses, banned crates, sources (crates.io only)
+CARGO_DENY_VERSION := 0.20.2
+deny:
+	@command -v cargo-deny >/dev/null || $(CARGO) install --locked cargo-deny@$(CARGO_DENY_VERSION)
+	$(CARGO) deny check licenses bans sources
 
 unit:
 	$(CARGO) test --locked

@@ -5,7 +5,7 @@ VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 CARGO   ?= cargo
 
-.PHONY: all build target venv configs test unit lint deny integration demo live bench cli check-configs oci native ci clean
+.PHONY: all build target venv configs test unit wasm-test lint deny integration demo live bench cli check-configs oci native ci clean
 
 all: build
 
@@ -69,13 +69,19 @@ oci: build
 ## test: lint, native unit tests, then integration tests against real Envoy
 test: lint deny unit check-configs integration
 
+## wasm-test: the core's unit tests compiled to wasm32-wasip1, run under Node's WASI, so a
+## difference between native and wasm32 arithmetic, hashing or floats cannot hide
+wasm-test: target
+	CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings tests/wasi-run.mjs" \
+	  $(CARGO) test --locked --lib --target $(TARGET) -- --test-threads=1
+
 ## deny: supply-chain checks (deny.toml): licenses, banned crates, sources (crates.io only)
 CARGO_DENY_VERSION := 0.20.2
 deny:
 	@command -v cargo-deny >/dev/null || $(CARGO) install --locked cargo-deny@$(CARGO_DENY_VERSION)
 	$(CARGO) deny check licenses bans sources
 
-unit:
+unit: wasm-test
 	$(CARGO) test --locked
 	$(CARGO) test --locked --features cli --bin meshsplit
 

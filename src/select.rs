@@ -410,3 +410,48 @@ mod tests {
         assert_eq!(counts(&[3, 2, 1], 1000), counts(&[3, 2, 1], 1000));
     }
 }
+
+/// Fixed vectors: the same key reaches the same upstream in every build (native, wasm32) and
+/// every version. These tests run natively and compiled to wasm (`make wasm-test`).
+#[cfg(test)]
+mod pinned_vectors {
+    use super::*;
+
+    #[test]
+    fn sticky_hash_vectors_are_pinned() {
+        let got: Vec<u64> = [
+            &b"user-1"[..],
+            b"\xff\xfe",
+            b"reviews.default.svc.cluster.local",
+        ]
+        .iter()
+        .map(|k| sticky_hash(k))
+        .collect();
+        assert_eq!(got, PINNED_HASHES);
+    }
+
+    #[test]
+    fn rendezvous_owners_are_pinned() {
+        let ids: Vec<u64> = ["v1", "v2", "v3"]
+            .iter()
+            .map(|n| sticky_hash(n.as_bytes()))
+            .collect();
+        let owners: Vec<usize> = (0..24)
+            .map(|k| {
+                let key = format!("user-{k}");
+                rendezvous(key.as_bytes(), ids.iter().copied().zip([60, 30, 10])).unwrap()
+            })
+            .collect();
+        assert_eq!(owners, PINNED_OWNERS);
+    }
+
+    // Also what the independent Python implementation in tests/test_strategies.py computes.
+    const PINNED_HASHES: [u64; 3] = [
+        17_396_716_259_063_309_781,
+        6_030_091_823_911_746_210,
+        3_885_105_044_834_505_445,
+    ];
+    const PINNED_OWNERS: [usize; 24] = [
+        0, 0, 0, 2, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0,
+    ];
+}

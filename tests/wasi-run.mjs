@@ -3,7 +3,7 @@
 //     node tests/wasi-run.mjs BINARY.wasm [test args...]
 import { readFile } from 'node:fs/promises';
 import { WASI } from 'node:wasi';
-import { argv, exit } from 'node:process';
+import { argv } from 'node:process';
 const wasi = new WASI({ version: 'preview1', args: [argv[2], ...argv.slice(3)], env: {}, returnOnExit: true });
 const module = await WebAssembly.compile(await readFile(argv[2]));
 const imports = wasi.getImportObject();
@@ -15,4 +15,4 @@ for (const i of WebAssembly.Module.imports(module)) {
   }
 }
 const instance = await WebAssembly.instantiate(module, imports);
-exit(wasi.start(instance));
+process.exitCode = wasi.start(instance);

@@ -382,36 +382,43 @@ impl Filter {
     }
 }
 
+/// The ABI's metric definition callbacks (counter or gauge, filter or specifier config): all
+/// take the config, a name, no labels, and return the id through an out-parameter.
+type DefineMetric =
+    unsafe extern "C" fn(*mut c_void, ModuleBuffer, *const ModuleBuffer, usize, *mut usize) -> u32;
+
+/// Defines a metric without labels on a config that Envoy is creating.
+fn define_metric(define: DefineMetric, config: *mut c_void, name: &str) -> Option<usize> {
+    let mut id = 0;
+    // SAFETY: `config` is the config pointer Envoy passed to the config_new hook that is
+    // running; the name lives for the call; no labels (null, 0); `id` is a local out-parameter.
+    let result = unsafe {
+        define(
+            config,
+            ModuleBuffer::of(name.as_bytes()),
+            null(),
+            0,
+            &mut id,
+        )
+    };
+    (result == METRICS_SUCCESS).then_some(id)
+}
+
 impl FilterConfig {
     pub fn define_counter(self, name: &str) -> Option<usize> {
-        let mut id = 0;
-        // SAFETY: the config pointer Envoy passed to config_new, which is running; the name lives
-        // for the call; `id` is a local out-parameter.
-        let result = unsafe {
-            envoy_dynamic_module_callback_http_filter_config_define_counter(
-                self.0,
-                ModuleBuffer::of(name.as_bytes()),
-                null(),
-                0,
-                &mut id,
-            )
-        };
-        (result == METRICS_SUCCESS).then_some(id)
+        define_metric(
+            envoy_dynamic_module_callback_http_filter_config_define_counter,
+            self.0,
+            name,
+        )
     }
 
     pub fn define_gauge(self, name: &str) -> Option<usize> {
-        let mut id = 0;
-        // SAFETY: as in define_counter.
-        let result = unsafe {
-            envoy_dynamic_module_callback_http_filter_config_define_gauge(
-                self.0,
-                ModuleBuffer::of(name.as_bytes()),
-                null(),
-                0,
-                &mut id,
-            )
-        };
-        (result == METRICS_SUCCESS).then_some(id)
+        define_metric(
+            envoy_dynamic_module_callback_http_filter_config_define_gauge,
+            self.0,
+            name,
+        )
     }
 }
 
@@ -461,19 +468,11 @@ impl Selection {
 
 impl SpecifierConfig {
     pub fn define_counter(self, name: &str) -> Option<usize> {
-        let mut id = 0;
-        // SAFETY: the config pointer Envoy passed to config_new, which is running; the name lives
-        // for the call; `id` is a local out-parameter.
-        let result = unsafe {
-            envoy_dynamic_module_callback_cluster_specifier_config_define_counter(
-                self.0,
-                ModuleBuffer::of(name.as_bytes()),
-                null(),
-                0,
-                &mut id,
-            )
-        };
-        (result == METRICS_SUCCESS).then_some(id)
+        define_metric(
+            envoy_dynamic_module_callback_cluster_specifier_config_define_counter,
+            self.0,
+            name,
+        )
     }
 
     pub fn increment_counter(self, id: usize, value: u64) -> bool {

@@ -146,14 +146,20 @@ def check_swaps(load, swaps, capsys, what):
     return load.rate()
 
 
-def test_apply_swaps_the_split_under_load_without_failed_requests(cli, wasm, tmp_path, capsys):  # noqa: F811
+def applied_to_a(cli, wasm, tmp_path):
+    """A plugin config sending everything to `a`, applied with `apply --module` to a new ECDS
+    file (which apply creates); returns (ECDS directory, plugin config file)."""
     ecds = tmp_path / "ecds"
     ecds.mkdir()
     split = tmp_path / "split.json"
     split.write_text(json.dumps(all_to("a")))
-    # The ECDS file is created by apply itself, with the module.
     created = meshsplit(cli, "apply", split, "--to", ecds / "meshsplit.json", "--module", wasm)
     assert created.returncode == 0, created.stdout + created.stderr
+    return ecds, split
+
+
+def test_apply_swaps_the_split_under_load_without_failed_requests(cli, wasm, tmp_path, capsys):  # noqa: F811
+    ecds, split = applied_to_a(cli, wasm, tmp_path)
     assert ecds_config(ecds / "meshsplit.json") == (all_to("a"), "1")
     with ecds_envoy(ecds, ["a", "b"], all_to("b"), tmp_path) as envoy:
         assert harness.wait_for(lambda: harness.send(envoy.port, 20, {"Host": "svc"}) == {"a": 20})
@@ -213,12 +219,7 @@ class Watch:
 
 
 def test_watch_applies_every_save_under_load_and_refuses_an_invalid_one(cli, wasm, tmp_path, capsys):  # noqa: F811
-    ecds = tmp_path / "ecds"
-    ecds.mkdir()
-    split = tmp_path / "split.json"
-    split.write_text(json.dumps(all_to("a")))
-    created = meshsplit(cli, "apply", split, "--to", ecds / "meshsplit.json", "--module", wasm)
-    assert created.returncode == 0, created.stdout + created.stderr
+    ecds, split = applied_to_a(cli, wasm, tmp_path)
     with ecds_envoy(ecds, ["a", "b"], all_to("a"), tmp_path) as envoy:
         watch = Watch(cli, split, ecds / "meshsplit.json")
         try:

@@ -139,12 +139,6 @@ mod fake {
                 .find(|(n, _)| n == name)
                 .map_or(0, |(_, v)| *v)
         }
-
-        pub fn shared_u64(&self, key: &str) -> Option<u64> {
-            let shared = self.shared.borrow();
-            let (bytes, _) = shared.get(key)?;
-            Some(u64::from_le_bytes(bytes.as_slice().try_into().ok()?))
-        }
     }
 
     /// The id of metric `name`: its index in `metrics`, where it is added at 0 when new.

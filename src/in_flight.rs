@@ -1,9 +1,17 @@
 //! In-flight request counts of least-request upstreams, shared by every worker of an Envoy
 //! through proxy-wasm shared data, updated with compare-and-swap so no update is lost.
 //!
-//! A count is an 8-byte little-endian integer under the upstream's key. The upstream's gauge,
-//! which operators (and the tests) read in Envoy's stats, follows the requests themselves: +1
-//! when a request takes a count, -1 when its stream ends.
+//! Counts are owned by the VM that took them, so a VM that is lost (a trap, then
+//! `FAIL_RELOAD`) cannot leave its counts behind: an upstream's value is a list of 8-byte
+//! entries, `owner` then `count` (both `u32`, little-endian), one per VM holding requests there;
+//! its load is the sum. Each VM that can fail alone takes an owner id from a shared counter and
+//! beats in the owners list ([`OWNERS_KEY`]: `owner`, then Unix milliseconds as `u64`) on the
+//! housekeeping tick. Every VM drops, on its tick, the entries whose owner stopped beating
+//! [`OWNER_STALE_MS`] ago. The native build's workers share one process, which cannot lose one of
+//! them alone: they all count as [`PROCESS_OWNER`] and never beat nor prune.
+//!
+//! The upstream's gauge, which operators (and the tests) read in Envoy's stats, follows the
+//! requests themselves: +1 when a request takes a count, -1 when its stream ends.
 
 use crate::host::{Host, SharedWrite};
 use crate::plan::InFlight;
@@ -11,23 +19,100 @@ use crate::plan::InFlight;
 /// Retries of a compare-and-swap before giving up (another worker won every time).
 const CAS_ATTEMPTS: usize = 64;
 
-/// The current count and its CAS token (`0` while the key does not exist yet).
-pub fn read<H: Host + ?Sized>(host: &H, slot: &InFlight) -> (u64, u32) {
+/// The owner of every count in a process whose workers cannot fail alone (the native build).
+pub const PROCESS_OWNER: u32 = 0;
+
+/// The owners list: who holds counts, and when each last beat.
+pub const OWNERS_KEY: &str = "meshsplit/in_flight/owners";
+/// The last owner id handed out.
+const NEXT_OWNER_KEY: &str = "meshsplit/in_flight/next_owner";
+/// How often a VM beats (at most; it beats on its housekeeping tick).
+pub const BEAT_EVERY_MS: u64 = 1_000;
+/// An owner that has not beaten for this long is gone, and so are its counts.
+pub const OWNER_STALE_MS: u64 = 5_000;
+
+const ENTRY: usize = 8;
+const OWNER_ENTRY: usize = 12;
+
+/// An upstream's shared value as read: its load (every owner's count), and what a
+/// compare-and-swap of this VM's entry needs.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    pub load: u64,
+    value: Vec<u8>,
+    /// `0` while the key does not exist yet.
+    cas: u32,
+}
+
+/// The upstream's current value.
+pub fn read<H: Host + ?Sized>(host: &H, slot: &InFlight) -> Seen {
     match host.shared_data(&slot.key) {
-        Some((bytes, cas)) => (decode(&bytes), cas),
-        None => (0, 0),
+        Some((value, cas)) => Seen {
+            load: load(&value),
+            value,
+            cas,
+        },
+        None => Seen::default(),
     }
 }
 
-fn decode(bytes: &[u8]) -> u64 {
-    bytes.try_into().map_or(0, u64::from_le_bytes)
+/// The sum of every owner's count in an upstream's value.
+pub fn load(value: &[u8]) -> u64 {
+    entries(value).map(|(_, count)| u64::from(count)).sum()
 }
 
-/// A request takes a count on `slot`. `seen` is a value and CAS token already read, saving one
+fn entries(value: &[u8]) -> impl Iterator<Item = (u32, u32)> + '_ {
+    value.chunks_exact(ENTRY).map(|entry| {
+        let (owner, count) = entry.split_at(4);
+        (le_u32(owner), le_u32(count))
+    })
+}
+
+fn le_u32(bytes: &[u8]) -> u32 {
+    bytes.try_into().map_or(0, u32::from_le_bytes)
+}
+
+/// `value` with `owner`'s count changed by `delta` (+1 or -1); an entry that reaches 0 is
+/// removed. `None` when there is nothing to take back (no count of `owner`: it was dropped as
+/// stale, or the key was recreated).
+fn changed(value: &[u8], owner: u32, delta: i64) -> Option<Vec<u8>> {
+    let mut next = Vec::with_capacity(value.len() + ENTRY);
+    let mut found = false;
+    for (who, count) in entries(value) {
+        if who != owner {
+            push_entry(&mut next, who, count);
+            continue;
+        }
+        found = true;
+        let count = u32::try_from(i64::from(count).saturating_add(delta)).ok()?;
+        if count > 0 {
+            push_entry(&mut next, who, count);
+        }
+    }
+    if !found {
+        if delta <= 0 {
+            return None;
+        }
+        push_entry(&mut next, owner, 1);
+    }
+    Some(next)
+}
+
+fn push_entry(value: &mut Vec<u8>, owner: u32, count: u32) {
+    value.extend_from_slice(&owner.to_le_bytes());
+    value.extend_from_slice(&count.to_le_bytes());
+}
+
+/// A request takes a count on `slot` for `owner`. `seen` is the value already read, saving one
 /// host call when nobody wrote in between. Returns whether it did; then [`release`] it when the
 /// stream ends.
-pub fn acquire<H: Host + ?Sized>(host: &H, slot: &InFlight, seen: Option<(u64, u32)>) -> bool {
-    let taken = add(host, slot, 1, seen);
+pub fn acquire<H: Host + ?Sized>(
+    host: &H,
+    slot: &InFlight,
+    owner: u32,
+    seen: Option<Seen>,
+) -> bool {
+    let taken = update(host, slot, owner, 1, seen);
     if taken {
         if let Some(id) = slot.gauge_id.get() {
             host.add_to_gauge(id, 1);
@@ -36,32 +121,36 @@ pub fn acquire<H: Host + ?Sized>(host: &H, slot: &InFlight, seen: Option<(u64, u
     taken
 }
 
-/// The stream holding a count on `slot` ended.
-pub fn release<H: Host + ?Sized>(host: &H, slot: &InFlight) {
-    add(host, slot, -1, None);
+/// The stream holding a count of `owner` on `slot` ended.
+pub fn release<H: Host + ?Sized>(host: &H, slot: &InFlight, owner: u32) {
+    update(host, slot, owner, -1, None);
     if let Some(id) = slot.gauge_id.get() {
         host.add_to_gauge(id, -1);
     }
 }
 
-/// Adds `delta` (+1 or -1) to the count with compare-and-swap, never going below 0. Returns
-/// whether the count was written.
-fn add<H: Host + ?Sized>(host: &H, slot: &InFlight, delta: i64, seen: Option<(u64, u32)>) -> bool {
+/// Changes `owner`'s count by `delta` with compare-and-swap, never going below 0. Returns
+/// whether the value was written.
+fn update<H: Host + ?Sized>(
+    host: &H,
+    slot: &InFlight,
+    owner: u32,
+    delta: i64,
+    seen: Option<Seen>,
+) -> bool {
     let mut current = seen.unwrap_or_else(|| read(host, slot));
     for _ in 0..CAS_ATTEMPTS {
-        let (value, cas) = current;
-        let next = value.saturating_add_signed(delta);
-        if next == value {
-            return false; // decrementing 0: the key was recreated under us; nothing to undo
-        }
-        match host.set_shared_data(&slot.key, &next.to_le_bytes(), cas) {
+        let Some(next) = changed(&current.value, owner, delta) else {
+            return false; // nothing of ours to take back
+        };
+        match host.set_shared_data(&slot.key, &next, current.cas) {
             SharedWrite::Written => return true,
             SharedWrite::CasMismatch => current = read(host, slot),
             SharedWrite::Failed => return false,
         }
     }
     // Only sustained contention from every other worker gets here. A lost increment is one
-    // uncounted request; a lost decrement leaves the count one high until Envoy restarts.
+    // uncounted request; a lost decrement leaves this VM's count one high while it lives.
     log::error!(
         "in-flight count {}: gave up after {CAS_ATTEMPTS} conflicting updates",
         slot.key
@@ -69,11 +158,94 @@ fn add<H: Host + ?Sized>(host: &H, slot: &InFlight, delta: i64, seen: Option<(u6
     false
 }
 
-/// Creates the key with a count of 0 if it does not exist yet, so that the increments of
-/// concurrent workers all go through compare-and-swap. (Shared data has no create-if-absent:
-/// two workers configuring at the same moment may both write 0, before any request is counted.)
+/// Creates the key, empty, if it does not exist yet, so that the updates of concurrent workers
+/// all go through compare-and-swap. (Shared data has no create-if-absent: two workers
+/// configuring at the same moment may both create it, before any request is counted.)
 pub fn ensure<H: Host + ?Sized>(host: &H, slot: &InFlight) {
     if host.shared_data(&slot.key).is_none() {
-        host.set_shared_data(&slot.key, &0u64.to_le_bytes(), 0);
+        host.set_shared_data(&slot.key, &[], 0);
     }
+}
+
+/// A new owner id for a VM that can fail alone (never [`PROCESS_OWNER`]), from the shared
+/// counter. `None` without shared data.
+pub fn new_owner<H: Host + ?Sized>(host: &H) -> Option<u32> {
+    for _ in 0..CAS_ATTEMPTS {
+        let (last, cas) = match host.shared_data(NEXT_OWNER_KEY) {
+            Some((value, cas)) => (le_u32(&value), cas),
+            None => (PROCESS_OWNER, 0),
+        };
+        // Wrapping skips the process owner; ids this old belong to long-gone VMs.
+        let next = last.checked_add(1).unwrap_or(1);
+        match host.set_shared_data(NEXT_OWNER_KEY, &next.to_le_bytes(), cas) {
+            SharedWrite::Written => return Some(next),
+            SharedWrite::CasMismatch => continue,
+            SharedWrite::Failed => return None,
+        }
+    }
+    None
+}
+
+/// `owner` beats at Unix time `now_ms`: its entry in the owners list is renewed, and owners
+/// stale for [`OWNER_STALE_MS`] are dropped from it. Returns the owners alive (sorted), or
+/// `None` if the list could not be written (then nothing may be pruned).
+pub fn beat<H: Host + ?Sized>(host: &H, owner: u32, now_ms: u64) -> Option<Vec<u32>> {
+    for _ in 0..CAS_ATTEMPTS {
+        let (value, cas) = host.shared_data(OWNERS_KEY).unwrap_or_default();
+        let mut alive: Vec<(u32, u64)> = value
+            .chunks_exact(OWNER_ENTRY)
+            .filter_map(|entry| {
+                let (who, then) = entry.split_at(4);
+                let then = then.try_into().map_or(0, u64::from_le_bytes);
+                let fresh = now_ms.saturating_sub(then) < OWNER_STALE_MS;
+                (who != owner.to_le_bytes() && fresh).then_some((le_u32(who), then))
+            })
+            .collect();
+        alive.push((owner, now_ms));
+        alive.sort_unstable();
+        let mut next = Vec::with_capacity(alive.len() * OWNER_ENTRY);
+        for (who, then) in &alive {
+            next.extend_from_slice(&who.to_le_bytes());
+            next.extend_from_slice(&then.to_le_bytes());
+        }
+        match host.set_shared_data(OWNERS_KEY, &next, cas) {
+            SharedWrite::Written => return Some(alive.into_iter().map(|(who, _)| who).collect()),
+            SharedWrite::CasMismatch => continue,
+            SharedWrite::Failed => return None,
+        }
+    }
+    None
+}
+
+/// Drops from `slot` the counts of owners not in `alive` (sorted). Returns how many requests'
+/// counts were dropped.
+pub fn prune<H: Host + ?Sized>(host: &H, slot: &InFlight, alive: &[u32]) -> u64 {
+    for _ in 0..CAS_ATTEMPTS {
+        let Some((value, cas)) = host.shared_data(&slot.key) else {
+            return 0;
+        };
+        let (kept, dropped): (Vec<_>, Vec<_>) = entries(&value)
+            .partition(|(who, _)| *who == PROCESS_OWNER || alive.binary_search(who).is_ok());
+        if dropped.is_empty() {
+            return 0;
+        }
+        let mut next = Vec::with_capacity(kept.len() * ENTRY);
+        for (who, count) in kept {
+            push_entry(&mut next, who, count);
+        }
+        match host.set_shared_data(&slot.key, &next, cas) {
+            SharedWrite::Written => {
+                let gone: u64 = dropped.iter().map(|&(_, count)| u64::from(count)).sum();
+                log::warn!(
+                    "in-flight count {}: dropped {gone} left by {} VM(s) that stopped beating",
+                    slot.key,
+                    dropped.len()
+                );
+                return gone;
+            }
+            SharedWrite::CasMismatch => continue,
+            SharedWrite::Failed => return 0,
+        }
+    }
+    0
 }

@@ -145,7 +145,18 @@ pub struct Instance {
     unplanned: Option<u32>,
     /// Whether the first request without a plan was logged (once per VM).
     unplanned_logged: bool,
+    /// Who this VM's least-request counts belong to (see [`in_flight`]); taken when a plan
+    /// first has a least-request service.
+    owner: Option<u32>,
+    /// When this VM last beat in the owners list (Unix ms).
+    last_beat_ms: u64,
+    /// Where the next beat's pruning of other owners' counts goes on (a count of slots).
+    prune_cursor: usize,
 }
+
+/// How many least-request counts a beat checks for dead owners, so that a huge configuration
+/// spreads the work over several ticks.
+const PRUNE_PER_BEAT: usize = 512;
 
 struct Tracked {
     root: u32,
@@ -183,6 +194,9 @@ impl Instance {
             clock: system_clock,
             unplanned: None,
             unplanned_logged: false,
+            owner: None,
+            last_beat_ms: 0,
+            prune_cursor: 0,
         }
     }
 
@@ -201,13 +215,18 @@ impl Instance {
         host: &H,
     ) -> Result<Rc<Plan>, ConfigError> {
         let plan = Plan::from_json_named(bytes, plugin)?;
+        let mut least_request = false;
         for service in &plan.services {
             if let Strategy::LeastRequest(slots) = &service.strategy {
+                least_request = true;
                 for slot in slots.iter() {
                     slot.gauge_id.set(host.define_gauge(&slot.gauge));
                     in_flight::ensure(host, slot);
                 }
             }
+        }
+        if least_request && self.owner.is_none() {
+            self.take_owner(host);
         }
         let counters = PlanCounters::new(&plan, plugin);
         let mut tick = PlanTick::new(&plan);
@@ -242,6 +261,58 @@ impl Instance {
             entry.counters.flush(&entry.plan, host);
             entry.tick.run(&entry.plan, &entry.plugin, host, now_ms);
         }
+        if self.owner.is_some()
+            && now_ms.saturating_sub(self.last_beat_ms) >= in_flight::BEAT_EVERY_MS
+        {
+            self.beat(host, now_ms);
+        }
+    }
+
+    /// Takes an owner id for this VM's least-request counts and joins the owners list at once,
+    /// so that no other VM drops this one's first counts. Without shared data (no owner id to
+    /// be had), a random id: it collides with another VM's only by a one in four billion chance.
+    fn take_owner<H: Host + ?Sized>(&mut self, host: &H) {
+        let owner = in_flight::new_owner(host).unwrap_or_else(|| {
+            use rand_core::Rng;
+            self.rng.next_u32().max(1)
+        });
+        self.owner = Some(owner);
+        self.beat(host, (self.clock)());
+    }
+
+    /// This VM beats in the owners list, then drops (part of) the counts that owners which
+    /// stopped beating left on the least-request upstreams of its plans.
+    fn beat<H: Host + ?Sized>(&mut self, host: &H, now_ms: u64) {
+        let Some(owner) = self.owner else {
+            return;
+        };
+        self.last_beat_ms = now_ms;
+        let Some(alive) = in_flight::beat(host, owner, now_ms) else {
+            return;
+        };
+        let slots = self
+            .roots
+            .iter()
+            .flat_map(|r| r.plan.services.iter())
+            .filter_map(|s| match &s.strategy {
+                Strategy::LeastRequest(slots) => Some(slots.iter()),
+                _ => None,
+            })
+            .flatten();
+        let total = slots.clone().count();
+        if total == 0 {
+            return;
+        }
+        let start = self.prune_cursor % total;
+        for slot in slots.cycle().skip(start).take(PRUNE_PER_BEAT.min(total)) {
+            in_flight::prune(host, slot, &alive);
+        }
+        self.prune_cursor = (start + PRUNE_PER_BEAT) % total;
+    }
+
+    /// Who this VM's least-request counts belong to, once it has any.
+    pub fn owner(&self) -> Option<u32> {
+        self.owner
     }
 
     /// How many root contexts (filter instances) hold a plan in this VM.
@@ -270,7 +341,8 @@ impl Instance {
             self.count_unplanned(context, host);
             return Verdict::Continue;
         };
-        let routed = on_request_headers(&entry.plan, &mut self.rng, host);
+        let owner = self.owner.unwrap_or(in_flight::PROCESS_OWNER);
+        let routed = on_request_headers(&entry.plan, &mut self.rng, host, owner);
         // Compiled out only in the benchmark's comparison module (feature `bench-uncounted`).
         if cfg!(not(feature = "bench-uncounted")) {
             entry.counters.count(routed.counted);
@@ -345,7 +417,8 @@ impl Instance {
                 .map(|s| &s.strategy)
             {
                 if let Some(slot) = slots.get(stream.upstream) {
-                    in_flight::release(host, slot);
+                    let owner = self.owner.unwrap_or(in_flight::PROCESS_OWNER);
+                    in_flight::release(host, slot, owner);
                 }
             }
         }

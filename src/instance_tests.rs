@@ -215,6 +215,14 @@ const LR: &str = r#"{"services": [{"name": "svc", "strategy": "least_request", "
 const KEY_A: &str = "meshsplit/in_flight/9:meshsplit/3:svc/1:a";
 const KEY_B: &str = "meshsplit/in_flight/9:meshsplit/3:svc/1:b";
 
+/// An upstream's load: every owner's count in its shared value.
+fn load(host: &FakeHost, key: &str) -> Option<u64> {
+    host.shared
+        .borrow()
+        .get(key)
+        .map(|(value, _)| in_flight::load(value))
+}
+
 fn lr_vm(host: &FakeHost) -> Instance {
     let mut vm = Instance::new([7; 32]);
     vm.configure(1, LR.as_bytes(), "meshsplit", host).unwrap();
@@ -235,7 +243,7 @@ fn svc_host(worker: &FakeHost) -> FakeHost {
 fn least_request_counts_start_at_zero_with_gauges() {
     let host = FakeHost::default();
     lr_vm(&host);
-    assert_eq!(host.shared_u64(KEY_A), Some(0));
+    assert_eq!(load(&host, KEY_A), Some(0));
     assert_eq!(host.gauge("meshsplit.meshsplit.svc.a.in_flight"), 0);
 }
 
@@ -250,7 +258,7 @@ fn least_request_picks_the_idle_upstream_and_counts_until_the_stream_ends() {
         "the second request goes to the idle upstream"
     );
     assert_eq!(
-        (worker.shared_u64(KEY_A), worker.shared_u64(KEY_B)),
+        (load(&worker, KEY_A), load(&worker, KEY_B)),
         (Some(1), Some(1))
     );
     assert_eq!(worker.gauge("meshsplit.meshsplit.svc.a.in_flight"), 1);
@@ -258,7 +266,7 @@ fn least_request_picks_the_idle_upstream_and_counts_until_the_stream_ends() {
     vm.context_deleted(11, &worker);
     vm.context_deleted(11, &worker); // a second delete of the same stream changes nothing
     assert_eq!(
-        (worker.shared_u64(KEY_A), worker.shared_u64(KEY_B)),
+        (load(&worker, KEY_A), load(&worker, KEY_B)),
         (Some(0), Some(0))
     );
     assert_eq!(worker.gauge("meshsplit.meshsplit.svc.a.in_flight"), 0);
@@ -277,7 +285,7 @@ fn least_request_sees_other_workers_load() {
     vm1.context_deleted(10, &first);
     vm2.context_deleted(20, &second);
     assert_eq!(
-        (first.shared_u64(KEY_A), first.shared_u64(KEY_B)),
+        (load(&first, KEY_A), load(&first, KEY_B)),
         (Some(0), Some(0))
     );
 }
@@ -289,7 +297,7 @@ fn least_request_retries_on_cas_conflict_without_losing_updates() {
     let host = svc_host(&worker);
     host.cas_conflicts.set(3);
     lr_request(&mut vm, 10, &host);
-    let total = worker.shared_u64(KEY_A).unwrap() + worker.shared_u64(KEY_B).unwrap();
+    let total = load(&worker, KEY_A).unwrap() + load(&worker, KEY_B).unwrap();
     assert_eq!(total, 1);
 }
 
@@ -299,12 +307,172 @@ fn least_request_counts_never_go_negative() {
     let mut vm = lr_vm(&worker);
     lr_request(&mut vm, 10, &svc_host(&worker));
     // Someone reset the counters (e.g. an operator restarting another worker's view).
-    worker.set_shared_data(KEY_A, &0u64.to_le_bytes(), 0);
-    worker.set_shared_data(KEY_B, &0u64.to_le_bytes(), 0);
+    worker.set_shared_data(KEY_A, &[], 0);
+    worker.set_shared_data(KEY_B, &[], 0);
     vm.context_deleted(10, &worker);
     assert_eq!(
-        (worker.shared_u64(KEY_A), worker.shared_u64(KEY_B)),
+        (load(&worker, KEY_A), load(&worker, KEY_B)),
         (Some(0), Some(0))
+    );
+}
+
+// ---- least request: counts owned by the VM that took them ----
+
+thread_local! {
+    static NOW_MS: std::cell::Cell<u64> = const { std::cell::Cell::new(1_000_000) };
+}
+
+fn clocked_lr_vm(host: &FakeHost) -> Instance {
+    let mut vm = Instance::new([7; 32]);
+    vm.set_clock(|| NOW_MS.with(std::cell::Cell::get));
+    vm.configure(1, LR.as_bytes(), "meshsplit", host).unwrap();
+    vm
+}
+
+fn advance(ms: u64) {
+    NOW_MS.with(|now| now.set(now.get() + ms));
+}
+
+fn owners(host: &FakeHost) -> Vec<u32> {
+    let shared = host.shared.borrow();
+    let (value, _) = shared.get(in_flight::OWNERS_KEY).unwrap();
+    value
+        .chunks_exact(12)
+        .map(|e| u32::from_le_bytes(e[..4].try_into().unwrap()))
+        .collect()
+}
+
+#[test]
+fn each_vm_owns_its_counts_under_its_own_id_and_joins_the_owners_at_configure() {
+    let first = FakeHost::default();
+    let second = first.sibling(&[]);
+    let (vm1, vm2) = (clocked_lr_vm(&first), clocked_lr_vm(&second));
+    let (a, b) = (vm1.owner().unwrap(), vm2.owner().unwrap());
+    assert_eq!((a, b), (1, 2));
+    assert_eq!(owners(&first), [1, 2]);
+    // A VM without a least-request service takes no id and makes no beat.
+    let mut plain = Instance::new([0; 32]);
+    configure(&mut plain, 1, single("one").as_bytes()).unwrap();
+    assert_eq!(plain.owner(), None);
+}
+
+#[test]
+fn the_counts_of_a_vm_that_stopped_beating_are_dropped_after_the_stale_window() {
+    let first = FakeHost::default();
+    let second = first.sibling(&[]);
+    let (mut lost, mut live) = (clocked_lr_vm(&first), clocked_lr_vm(&second));
+    // The lost VM holds three requests, the live one one; then the lost VM traps: its streams
+    // are never deleted and it never ticks again.
+    for context in 10..13 {
+        lr_request(&mut lost, context, &svc_host(&first));
+    }
+    lr_request(&mut live, 20, &svc_host(&second));
+    assert_eq!(
+        load(&first, KEY_A).unwrap() + load(&first, KEY_B).unwrap(),
+        4
+    );
+    drop(lost);
+    // Within the window the counts stay: a VM that is only slow keeps what it holds.
+    for _ in 0..9 {
+        advance(500);
+        live.tick(1, &second);
+    }
+    assert_eq!(
+        load(&first, KEY_A).unwrap() + load(&first, KEY_B).unwrap(),
+        4
+    );
+    // Past it they go, and so does the lost owner; the live VM's count stays.
+    advance(in_flight::OWNER_STALE_MS);
+    live.tick(1, &second);
+    assert_eq!(
+        load(&first, KEY_A).unwrap() + load(&first, KEY_B).unwrap(),
+        1
+    );
+    assert_eq!(owners(&first), [2]);
+    // A replacement VM takes a new id, and least request sees only live load again.
+    let mut replacement = clocked_lr_vm(&first);
+    assert_eq!(replacement.owner(), Some(3));
+    lr_request(&mut replacement, 30, &svc_host(&first));
+    live.context_deleted(20, &second);
+    replacement.context_deleted(30, &first);
+    assert_eq!(
+        (load(&first, KEY_A), load(&first, KEY_B)),
+        (Some(0), Some(0))
+    );
+}
+
+#[test]
+fn a_vm_that_keeps_beating_keeps_a_long_request_counted() {
+    let first = FakeHost::default();
+    let second = first.sibling(&[]);
+    let (mut holder, mut other) = (clocked_lr_vm(&first), clocked_lr_vm(&second));
+    let cluster = lr_request(&mut holder, 10, &svc_host(&first));
+    for _ in 0..120 {
+        advance(500);
+        holder.tick(1, &first);
+        other.tick(1, &second);
+    }
+    assert_eq!(
+        load(&first, KEY_A).unwrap() + load(&first, KEY_B).unwrap(),
+        1
+    );
+    // The other VM still avoids the busy upstream.
+    assert_ne!(lr_request(&mut other, 20, &svc_host(&second)), cluster);
+    holder.context_deleted(10, &first);
+    other.context_deleted(20, &second);
+    assert_eq!(
+        load(&first, KEY_A).unwrap() + load(&first, KEY_B).unwrap(),
+        0
+    );
+}
+
+#[test]
+fn a_dropped_count_is_not_taken_back_twice() {
+    // A VM stalled past the window loses its counts to another VM's tick; its stream ending
+    // later takes back nothing, so no other VM's count goes down.
+    let first = FakeHost::default();
+    let second = first.sibling(&[]);
+    let (mut stalled, mut other) = (clocked_lr_vm(&first), clocked_lr_vm(&second));
+    lr_request(&mut stalled, 10, &svc_host(&first));
+    lr_request(&mut other, 20, &svc_host(&second));
+    lr_request(&mut other, 21, &svc_host(&second));
+    advance(in_flight::OWNER_STALE_MS + 1_000);
+    other.tick(1, &second);
+    assert_eq!(
+        load(&first, KEY_A).unwrap() + load(&first, KEY_B).unwrap(),
+        2
+    );
+    stalled.context_deleted(10, &first);
+    assert_eq!(
+        load(&first, KEY_A).unwrap() + load(&first, KEY_B).unwrap(),
+        2
+    );
+    // It beats again on its next tick and counts as before.
+    stalled.tick(1, &first);
+    assert_eq!(owners(&first), [1, 2]);
+}
+
+#[test]
+fn a_beat_is_one_owners_update_then_one_read_per_count_at_most_once_a_second() {
+    let worker = FakeHost::default();
+    let mut vm = clocked_lr_vm(&worker);
+    let host = FakeHost {
+        shared: Rc::clone(&worker.shared),
+        ..FakeHost::default()
+    };
+    advance(500);
+    vm.tick(1, &host);
+    assert!(host.calls.borrow().is_empty(), "{:?}", host.calls.borrow());
+    advance(500);
+    vm.tick(1, &host);
+    assert_eq!(
+        *host.calls.borrow(),
+        [
+            "shared get meshsplit/in_flight/owners",
+            "shared set meshsplit/in_flight/owners",
+            &format!("shared get {KEY_A}"),
+            &format!("shared get {KEY_B}"),
+        ]
     );
 }
 

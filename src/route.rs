@@ -50,7 +50,8 @@ impl Routed {
 /// Routes one request: pick an upstream of the requested service (first matching rule, else
 /// the service's strategy) and write the cluster header (and `:authority` when the upstream
 /// sets one). Weighted and round-robin services: one header read, then one or two writes.
-pub fn on_request_headers<H, R>(plan: &Plan, rng: &mut R, host: &H) -> Routed
+/// A least-request count is taken for `owner` (see [`in_flight`]).
+pub fn on_request_headers<H, R>(plan: &Plan, rng: &mut R, host: &H, owner: u32) -> Routed
 where
     H: Host + ?Sized,
     R: Rng + ?Sized,
@@ -60,7 +61,7 @@ where
     let Some((service_index, service)) = key.and_then(|k| plan.lookup(k)) else {
         return Routed::unknown(unknown_service(plan, key, host));
     };
-    let (upstream_index, leased, rule) = choose_upstream(service, rng, host);
+    let (upstream_index, leased, rule) = choose_upstream(service, rng, host, owner);
     let Some(upstream) = service.upstreams.get(upstream_index) else {
         let mut routed = Routed::unknown(unknown_service(plan, key, host));
         routed.counted = Counted::Nothing;
@@ -84,7 +85,12 @@ where
 
 /// The upstream index for a request of `service`, whether it took an in-flight count, and the
 /// index of the rule that chose it (`None`: the strategy did).
-fn choose_upstream<H, R>(service: &Service, rng: &mut R, host: &H) -> (usize, bool, Option<usize>)
+fn choose_upstream<H, R>(
+    service: &Service,
+    rng: &mut R,
+    host: &H,
+    owner: u32,
+) -> (usize, bool, Option<usize>)
 where
     H: Host + ?Sized,
     R: Rng + ?Sized,
@@ -97,7 +103,7 @@ where
     let ruled = rule.and_then(|r| service.rules.get(r)).map(|r| r.upstream);
     let in_force = service.weights();
     let weights: &[u32] = &in_force;
-    // The least-request count and CAS token read for the chosen upstream, reused to update it.
+    // The least-request value read for the chosen upstream, reused to update it.
     let mut seen = None;
     let index = ruled
         .or_else(|| match &service.strategy {
@@ -108,11 +114,11 @@ where
                 rendezvous(&key, ids.iter().copied().zip(weights.iter().copied()))
             }
             Strategy::LeastRequest(slots) => {
-                let counts: Vec<(u64, u32)> =
+                let counts: Vec<in_flight::Seen> =
                     slots.iter().map(|s| in_flight::read(host, s)).collect();
-                let loads: Vec<u64> = counts.iter().map(|&(n, _)| n).collect();
+                let loads: Vec<u64> = counts.iter().map(|seen| seen.load).collect();
                 let index = least_request(weights, &loads, rng)?;
-                seen = counts.get(index).copied();
+                seen = counts.into_iter().nth(index);
                 Some(index)
             }
         })
@@ -121,7 +127,7 @@ where
     let leased = match &service.strategy {
         Strategy::LeastRequest(slots) => slots
             .get(index)
-            .is_some_and(|slot| in_flight::acquire(host, slot, seen)),
+            .is_some_and(|slot| in_flight::acquire(host, slot, owner, seen)),
         _ => false,
     };
     (index, leased, rule)

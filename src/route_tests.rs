@@ -3,6 +3,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 
 use super::*;
 use crate::host::FakeHost;
+use crate::in_flight::PROCESS_OWNER;
 use crate::select::{rendezvous, sticky_hash};
 
 pub(crate) const CONFIG: &str = r#"{
@@ -22,7 +23,7 @@ fn plan_with(prefix: &str) -> Plan {
 
 fn run(plan: &Plan, host: &FakeHost) -> Verdict {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
-    on_request_headers(plan, &mut rng, host).verdict
+    on_request_headers(plan, &mut rng, host, PROCESS_OWNER).verdict
 }
 
 #[test]
@@ -199,7 +200,7 @@ fn route_with(plan: &Plan, rng: &mut Xoshiro256PlusPlus, headers: &[(&str, &str)
     let mut all = vec![(":authority", "svc")];
     all.extend_from_slice(headers);
     let host = FakeHost::with_headers(&all);
-    on_request_headers(plan, rng, &host);
+    on_request_headers(plan, rng, &host, PROCESS_OWNER);
     host.header("x-meshsplit-cluster").unwrap()
 }
 
@@ -312,7 +313,12 @@ fn rules_read_each_header_once() {
         &[("a", 1), ("b", 1)],
     );
     let host = FakeHost::with_headers(&[(":authority", "svc"), ("cookie", "b=1")]);
-    on_request_headers(&plan, &mut Xoshiro256PlusPlus::seed_from_u64(1), &host);
+    on_request_headers(
+        &plan,
+        &mut Xoshiro256PlusPlus::seed_from_u64(1),
+        &host,
+        PROCESS_OWNER,
+    );
     assert_eq!(
         *host.calls.borrow(),
         vec!["get :authority", "get cookie", "set x-meshsplit-cluster"]
@@ -326,7 +332,7 @@ fn route_raw(plan: &Plan, headers: &[(&str, &[u8])]) -> String {
     all.extend_from_slice(headers);
     let host = FakeHost::with_raw_headers(&all);
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
-    on_request_headers(plan, &mut rng, &host);
+    on_request_headers(plan, &mut rng, &host, PROCESS_OWNER);
     host.header("x-meshsplit-cluster").unwrap()
 }
 

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use super::abi::{Filter, FilterConfig};
 use super::host::{FilterHost, StoreOnly};
-use super::{record_outcome, store, tick_stats, with_plan, Counters, Source};
+use super::{record_outcome, tick_stats, with_plan, Counters, Source};
 use crate::guard;
-use crate::host::{Host, SharedWrite};
-use crate::in_flight;
+use crate::host::Host;
+use crate::in_flight::{self, PROCESS_OWNER};
 use crate::instance::{config_fingerprint, config_summary};
 use crate::metrics::Counted;
 use crate::plan::{Plan, Strategy};
@@ -39,12 +39,8 @@ pub fn config_new(envoy: FilterConfig, name: &[u8], bytes: &[u8]) -> Option<Shar
                 if let Some(id) = envoy.define_gauge(&slot.gauge) {
                     gauges.insert(slot.gauge.clone(), id);
                 }
-                // Create the count at 0, so concurrent increments all go through CAS.
-                if store::get(&slot.key).is_none()
-                    && store::set(&slot.key, &0u64.to_le_bytes(), 0) != SharedWrite::Written
-                {
-                    log::warn!("in-flight count {} could not be created", slot.key);
-                }
+                // Create the count empty, so concurrent increments all go through CAS.
+                in_flight::ensure(&StoreOnly, slot);
             }
         }
     }
@@ -123,7 +119,10 @@ pub fn request_headers(stream: &mut Stream, filter: Filter) -> Verdict {
     let config = &stream.config;
     let host = config.host(filter);
     let routed = with_plan(config, &host, |plan, rng| {
-        (on_request_headers(plan, rng, &host), Rc::clone(plan))
+        (
+            on_request_headers(plan, rng, &host, PROCESS_OWNER),
+            Rc::clone(plan),
+        )
     });
     let Some((routed, plan)) = routed else {
         // No plan on this thread: the request passes untouched, as without the filter.
@@ -206,7 +205,7 @@ fn release(lease: &Lease, host: Option<&FilterHost<'_>>) {
         return;
     };
     match host {
-        Some(host) => in_flight::release(host, slot),
-        None => in_flight::release(&StoreOnly, slot),
+        Some(host) => in_flight::release(host, slot, PROCESS_OWNER),
+        None => in_flight::release(&StoreOnly, slot, PROCESS_OWNER),
     }
 }

@@ -26,6 +26,7 @@ use super::abi::{Selection, SpecifierConfig};
 use super::filter::plugin_name;
 use super::host::{Decision, SelectionHost, StoreOnly};
 use super::{with_plan, Counters, Source};
+use crate::in_flight::PROCESS_OWNER;
 use crate::instance::{config_fingerprint, config_summary};
 use crate::plan::Plan;
 use crate::route::on_request_headers;
@@ -68,7 +69,7 @@ pub fn select(config: &SharedConfig, selection: Selection) -> bool {
             cluster_header: &plan.cluster_header,
             decision: RefCell::new(Decision::Pass),
         };
-        let routed = on_request_headers(plan, rng, &host);
+        let routed = on_request_headers(plan, rng, &host, PROCESS_OWNER);
         (routed.counted, host.decision.into_inner())
     });
     let Some((counted, decision)) = decision else {

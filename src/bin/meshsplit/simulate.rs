@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use meshsplit::host::{Host, SharedWrite};
+use meshsplit::in_flight::PROCESS_OWNER;
 use meshsplit::metrics::Counted;
 use meshsplit::plan::{HashOn, Plan, ServiceFrom, Strategy};
 use meshsplit::route::on_request_headers;
@@ -112,7 +113,7 @@ impl SimHost {
         request: &Request,
     ) -> Outcome {
         self.headers.replace(request.headers.clone());
-        let routed = on_request_headers(plan, rng, self);
+        let routed = on_request_headers(plan, rng, self, PROCESS_OWNER);
         let cluster = self
             .request_header(&plan.cluster_header)
             .map(|v| String::from_utf8_lossy(&v).into_owned());

@@ -1172,3 +1172,7 @@ mod tests;
 #[cfg(test)]
 #[path = "config_error_table_tests.rs"]
 mod config_error_table_tests;
+
+#[cfg(test)]
+#[path = "plan_render.rs"]
+pub(crate) mod render;

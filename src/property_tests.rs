@@ -210,3 +210,353 @@ proptest! {
         }
     }
 }
+
+// ---- any accepted configuration round-trips through the plan ----
+
+mod round_trip {
+    use proptest::collection::vec;
+    use proptest::option;
+    use proptest::prelude::*;
+    use proptest::sample::select;
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+    use serde_json::{json, Map, Value};
+
+    use crate::plan::render::render;
+    use crate::plan::Plan;
+
+    fn text(pool: &'static [&'static str]) -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => select(pool).prop_map(str::to_owned),
+            1 => "[a-zA-Z0-9.:_-]{1,10}",
+        ]
+    }
+
+    fn upstream() -> impl Strategy<Value = Value> {
+        (
+            text(&["v1", "v2", "v3", "canary"]),
+            text(&["c1", "c2", "reviews_v1"]),
+            option::of(text(&["reviews.internal", "v2.example:8080"])),
+            prop_oneof![4 => 0u64..=100, 1 => any::<u64>()],
+        )
+            .prop_map(|(name, cluster, authority, weight)| {
+                let mut u = json!({"name": name, "cluster": cluster, "weight": weight});
+                if let Some(a) = authority {
+                    u["authority"] = json!(a);
+                }
+                u
+            })
+    }
+
+    fn condition() -> impl Strategy<Value = Value> {
+        (
+            text(&["x-canary", "x-user", "session"]),
+            text(&["1", "beta", ""]),
+            0..3,
+        )
+            .prop_map(|(name, value, kind)| match kind {
+                0 => json!({"name": name, "exact": value}),
+                1 => json!({"name": name, "prefix": value}),
+                _ => json!({"name": name, "present": true}),
+            })
+    }
+
+    fn rule() -> impl Strategy<Value = Value> {
+        (
+            vec(condition(), 0..3),
+            vec((text(&["user", "sid"]), text(&["a", "b"])), 0..2),
+            vec((text(&["beta", "v"]), text(&["1", "x y"])), 0..2),
+            text(&["v1", "v2", "v3"]),
+        )
+            .prop_map(|(headers, cookies, query, upstream)| {
+                let pairs = |p: Vec<(String, String)>| -> Vec<Value> {
+                    p.into_iter()
+                        .map(|(n, v)| json!({"name": n, "exact": v}))
+                        .collect()
+                };
+                json!({"match": {"headers": headers, "cookies": pairs(cookies),
+                                 "query": pairs(query)}, "upstream": upstream})
+            })
+    }
+
+    fn guard() -> impl Strategy<Value = Value> {
+        (
+            prop_oneof![select(&[0.05, 0.5, 1.0][..]), 0.0f64..1.5],
+            option::of(0u64..2_000_000),
+            option::of(0u64..4000),
+            option::of(1u64..100),
+            option::of(0u64..120),
+        )
+            .prop_map(|(rate, min, window, eject, percent)| {
+                let mut g = Map::new();
+                g.insert("error_rate".into(), json!(rate));
+                for (key, value) in [
+                    ("min_requests", min),
+                    ("window_s", window),
+                    ("eject_s", eject),
+                    ("max_ejected_percent", percent),
+                ] {
+                    if let Some(v) = value {
+                        g.insert(key.into(), json!(v));
+                    }
+                }
+                Value::Object(g)
+            })
+    }
+
+    fn rollout() -> impl Strategy<Value = Value> {
+        (
+            select(
+                &[
+                    "2026-12-01T10:00:00Z",
+                    "2026-12-01T10:00:00.250Z",
+                    "2030-01-01T00:00:00+00:00",
+                    "tomorrow",
+                ][..],
+            ),
+            any::<bool>(),
+            vec(
+                (
+                    1u64..1000,
+                    vec((text(&["v1", "v2", "v3"]), 0u64..200), 0..3),
+                ),
+                1..4,
+            ),
+        )
+            .prop_map(|(start, interpolate, steps)| {
+                let mut at = 0;
+                let steps: Vec<Value> = steps
+                    .into_iter()
+                    .map(|(gap, weights)| {
+                        at += gap;
+                        let weights: Map<String, Value> =
+                            weights.into_iter().map(|(n, w)| (n, json!(w))).collect();
+                        json!({"at_s": at, "weights": weights})
+                    })
+                    .collect();
+                json!({"start": start, "interpolate": interpolate, "steps": steps})
+            })
+    }
+
+    fn service() -> impl Strategy<Value = Value> {
+        (
+            text(&["reviews", "ratings", "api.example.com"]),
+            option::of(vec(
+                text(&["Reviews", "reviews.default:9080", "10.1.2.3", "[::1]:80"]),
+                1..3,
+            )),
+            option::of(select(
+                &["weighted", "round_robin", "least_request", "sticky"][..],
+            )),
+            option::of((0usize..3, text(&["x-user", "sid"]))),
+            vec(upstream(), 1..4),
+            vec(rule(), 0..3),
+            option::of(guard()),
+            option::of(rollout()),
+        )
+            .prop_map(
+                |(name, hosts, strategy, hash_on, upstreams, rules, guard, rollout)| {
+                    let mut s = json!({"name": name, "upstreams": upstreams, "rules": rules});
+                    if let Some(h) = hosts {
+                        s["hosts"] = json!(h);
+                    }
+                    if let Some(st) = strategy {
+                        s["strategy"] = json!(st);
+                    }
+                    if let Some((kind, key)) = hash_on {
+                        let kind: &str = ["header", "cookie", "query"][kind];
+                        s["hash_on"] = json!({ kind: key });
+                    }
+                    if let Some(g) = guard {
+                        s["guard"] = g;
+                    }
+                    if let Some(r) = rollout {
+                        s["rollout"] = r;
+                    }
+                    s
+                },
+            )
+    }
+
+    /// Makes most generated configurations valid, so that the round trip is exercised: unique
+    /// service and upstream names, `hash_on` exactly for sticky services, rules and rollout
+    /// steps that name upstreams of their service, guard fields in range.
+    fn repair(services: &mut [Value]) {
+        for (i, s) in services.iter_mut().enumerate() {
+            s["name"] = json!(format!(
+                "s{i}.{}",
+                s["name"].as_str().unwrap().to_lowercase()
+            ))
+            .as_str()
+            .filter(|n| {
+                n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+            })
+            .map_or(json!(format!("s{i}")), |n| json!(n));
+            if let Some(hosts) = s.get_mut("hosts") {
+                *hosts = json!([format!("H{i}.example"), format!("10.0.{i}.1:8080")]);
+            }
+            let names: Vec<String> = s["upstreams"]
+                .as_array_mut()
+                .unwrap()
+                .iter_mut()
+                .enumerate()
+                .map(|(j, u)| {
+                    let name = format!("{}{j}", u["name"].as_str().unwrap());
+                    u["name"] = json!(name);
+                    u["weight"] = json!(u["weight"].as_u64().unwrap() % 10 + 1);
+                    name
+                })
+                .collect();
+            let sticky = s.get("strategy").and_then(Value::as_str) == Some("sticky");
+            let object = s.as_object_mut().unwrap();
+            if sticky && !object.contains_key("hash_on") {
+                object.insert("hash_on".into(), json!({"header": "x-user"}));
+            } else if !sticky {
+                object.remove("hash_on");
+            }
+            for (k, rule) in object["rules"]
+                .as_array_mut()
+                .unwrap()
+                .iter_mut()
+                .enumerate()
+            {
+                rule["upstream"] = json!(names[k % names.len()]);
+                let empty = ["headers", "cookies", "query"]
+                    .iter()
+                    .all(|part| rule["match"][part].as_array().unwrap().is_empty());
+                if empty {
+                    rule["match"]["headers"] = json!([{"name": "x-canary", "present": true}]);
+                }
+            }
+            if let Some(guard) = object.get_mut("guard").and_then(Value::as_object_mut) {
+                let rate = guard["error_rate"].as_f64().unwrap();
+                guard.insert("error_rate".into(), json!(rate.clamp(0.01, 1.0)));
+                guard.remove("min_requests");
+                guard.remove("window_s");
+                guard.remove("max_ejected_percent");
+            }
+            if let Some(rollout) = object.get_mut("rollout") {
+                rollout["start"] = json!("2026-12-01T10:00:00.250Z");
+                for step in rollout["steps"].as_array_mut().unwrap() {
+                    let weights: Map<String, Value> = names
+                        .iter()
+                        .zip(
+                            step["weights"]
+                                .as_object()
+                                .unwrap()
+                                .values()
+                                .chain(std::iter::repeat(&json!(1))),
+                        )
+                        .map(|(n, w)| (n.clone(), json!(w.as_u64().unwrap() % 50)))
+                        .collect();
+                    step["weights"] = Value::Object(weights);
+                }
+            }
+        }
+    }
+
+    fn config() -> impl Strategy<Value = Value> {
+        (
+            option::of(text(&["x-meshsplit-cluster", "x-route-to"])),
+            option::of(0..3),
+            option::of(any::<bool>()),
+            vec(service(), 1..4),
+            prop_oneof![3 => Just(true), 1 => Just(false)],
+        )
+            .prop_map(|(header, from, reject, mut services, repaired)| {
+                if repaired {
+                    repair(&mut services);
+                }
+                let mut c = json!({ "services": services });
+                if let Some(h) = header {
+                    c["cluster_header"] = json!(h);
+                }
+                if let Some(from) = from {
+                    c["service_from"] = match from {
+                        0 => json!("authority"),
+                        1 => json!({"header": "x-service"}),
+                        _ => json!({"query": "service"}),
+                    };
+                }
+                if let Some(reject) = reject {
+                    c["on_unknown_service"] = json!(if reject { "reject" } else { "pass" });
+                }
+                c
+            })
+    }
+
+    /// Whether `config` is accepted, after checking that its plan round-trips: rendered back
+    /// to JSON, it compiles to the same plan (and renders the same again).
+    fn round_trips(config: &Value) -> Result<bool, TestCaseError> {
+        let bytes = serde_json::to_vec(config).unwrap();
+        let plan = match Plan::from_json(&bytes) {
+            Ok(plan) => plan,
+            Err(_) => return Ok(false),
+        };
+        let rendered = render(&plan);
+        let again = Plan::from_json(&serde_json::to_vec(&rendered).unwrap());
+        let again = match again {
+            Ok(again) => again,
+            Err(err) => {
+                return Err(TestCaseError::fail(format!(
+                    "the rendered plan is refused: {err}\n{rendered:#}"
+                )))
+            }
+        };
+        prop_assert_eq!(format!("{plan:?}"), format!("{again:?}"));
+        prop_assert_eq!(render(&again), rendered);
+        Ok(true)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_accepted_config_round_trips_through_the_plan(config in config()) {
+            round_trips(&config)?;
+        }
+    }
+
+    /// The generator must reach the interesting part: a good share of its configurations are
+    /// accepted, with every strategy, rules, guards and rollouts among them.
+    #[test]
+    fn the_round_trip_generator_makes_accepted_configs_of_every_kind() {
+        let mut runner = TestRunner::new_with_rng(
+            Config::with_cases(400),
+            TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+        );
+        let (mut accepted, mut kinds) = (0, std::collections::BTreeSet::new());
+        for _ in 0..400 {
+            let config = config().new_tree(&mut runner).unwrap().current();
+            if round_trips(&config).unwrap() {
+                accepted += 1;
+                for s in config["services"].as_array().unwrap() {
+                    kinds.insert(s["strategy"].as_str().unwrap_or("weighted").to_owned());
+                    for part in ["guard", "rollout"] {
+                        if s.get(part).is_some() {
+                            kinds.insert(part.to_owned());
+                        }
+                    }
+                    if !s["rules"].as_array().unwrap().is_empty() {
+                        kinds.insert("rules".to_owned());
+                    }
+                }
+            }
+        }
+        assert!(accepted >= 120, "only {accepted} of 400 accepted");
+        println!("{accepted} of 400 generated configurations accepted");
+        assert_eq!(
+            kinds.into_iter().collect::<Vec<_>>(),
+            [
+                "guard",
+                "least_request",
+                "rollout",
+                "round_robin",
+                "rules",
+                "sticky",
+                "weighted"
+            ]
+        );
+    }
+}

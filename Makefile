@@ -84,6 +84,22 @@ deny:
 unit: wasm-test
 	$(CARGO) test --locked
 	$(CARGO) test --locked --features cli --bin meshsplit
+	$(CARGO) test --locked --features native --lib native::
+
+## fuzz: every fuzz target (the `fuzz_*` tests: config bytes to a plan, request heads to a
+##       decision, `meshsplit check` on any file, the native hooks over a fake Envoy) for
+##       FUZZ_SECONDS each (default 60), two at a time, in the `fuzz` profile (release speed
+##       with overflow checks). `make test` runs them for FUZZ_CASES cases (default 5000 each);
+##       FUZZ_SEED=... replays a run (a failure prints it, and the smallest failing input).
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz
+fuzz:
+	$(CARGO) test --locked --profile fuzz --features native --lib --no-run
+	$(CARGO) test --locked --profile fuzz --features cli --bin meshsplit --no-run
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --locked --profile fuzz --features native --lib \
+	  -- --nocapture --test-threads=2 fuzz_
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --locked --profile fuzz --features cli --bin meshsplit \
+	  -- --nocapture fuzz_
 
 lint: target
 	$(CARGO) fmt --check

@@ -24,5 +24,12 @@ pub mod tick;
 #[cfg(all(target_arch = "wasm32", not(test)))]
 mod wasm;
 
+// Fuzzing reads the shipped configs and catches panics: native test runs only.
+#[cfg(test)]
+#[cfg(not(target_arch = "wasm32"))]
+mod fuzz;
+#[cfg(test)]
+#[cfg(not(target_arch = "wasm32"))]
+mod fuzz_tests;
 #[cfg(test)]
 mod property_tests;

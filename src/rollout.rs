@@ -78,15 +78,12 @@ fn interpolate(from: &[u32], to: &[u32], done: u64, span: u64) -> Vec<u32> {
             if span == 0 {
                 return b;
             }
-            // Weights are at most 10^6 and `done` at most `span`, a few years in ms (~10^11):
-            // every product fits in i64.
-            let (a, b) = (i64::from(a), i64::from(b));
-            let (done, span) = (
-                i64::try_from(done.min(span)).unwrap_or(i64::MAX),
-                i64::try_from(span).unwrap_or(i64::MAX),
-            );
+            // In i128: `at_s` may be as large as u64 allows, so a span can reach 2^64 ms, and
+            // 2 * (b - a) * done (below 2^97) then does not fit in i64.
+            let (a, b) = (i128::from(a), i128::from(b));
+            let (done, span) = (i128::from(done.min(span)), i128::from(span));
             // Round half away from zero, exactly, in integers.
-            let moved = (b - a).saturating_mul(done);
+            let moved = (b - a) * done;
             let step = (2 * moved + moved.signum() * span) / (2 * span);
             u32::try_from(a + step).unwrap_or(0)
         })
@@ -173,6 +170,30 @@ mod tests {
         assert_eq!(weights(r.at(1_000_000 + 1_200_000)), [37, 63]);
         assert_eq!(weights(r.at(1_000_000 + 1_800_000)), [0, 100]);
         assert_eq!(weights(r.at(1_000_000 + 5_000_000)), [0, 100]);
+    }
+
+    #[test]
+    fn interpolation_toward_a_step_at_the_end_of_time_keeps_exact_weights() {
+        let r = Rollout {
+            start_ms: 0,
+            interpolate: true,
+            steps: vec![
+                Step {
+                    at_s: 0,
+                    weights: vec![1_000_000, 0].into(),
+                },
+                Step {
+                    at_s: u64::MAX,
+                    weights: vec![0, 1_000_000].into(),
+                },
+            ]
+            .into(),
+        };
+        assert_eq!(weights(r.at(0)), [1_000_000, 0]);
+        // Halfway through a span of u64::MAX ms (the step's time saturates).
+        assert_eq!(weights(r.at(u64::MAX / 2)), [500_000, 500_000]);
+        assert_eq!(weights(r.at(u64::MAX - 1)), [0, 1_000_000]);
+        assert_eq!(weights(r.at(u64::MAX)), [0, 1_000_000]);
     }
 
     #[test]

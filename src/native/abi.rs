@@ -848,3 +848,7 @@ pub extern "C" fn envoy_dynamic_module_on_cluster_specifier_select(
         },
     )
 }
+
+#[cfg(test)]
+#[path = "fuzz_tests.rs"]
+mod fuzz_tests;

@@ -16,6 +16,12 @@ mod schedule;
 mod simulate;
 mod source;
 
+#[cfg(test)]
+#[path = "../../fuzz.rs"]
+mod fuzz;
+#[cfg(test)]
+mod fuzz_tests;
+
 /// Check, preview and apply meshsplit plugin configurations before Envoy or Istio gets them.
 #[derive(Debug, Parser)]
 #[command(name = "meshsplit", version)]

@@ -1,6 +1,6 @@
 //! The wasm build's glue: the instance behind the exported callbacks (a wasm VM is
 //! single-threaded) and the host logger. `abi.rs` calls these functions.
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use super::abi;
 use super::host::EnvoyHost;
@@ -12,6 +12,31 @@ use crate::route::Verdict;
 
 thread_local! {
     static VM: RefCell<Option<Instance>> = const { RefCell::new(None) };
+    /// The memory gauge's id and the bytes this VM last added to it.
+    static MEMORY: Cell<(Option<u32>, u64)> = const { Cell::new((None, 0)) };
+}
+
+/// Gauge of the linear memory of this Envoy's meshsplit VMs, summed (each VM adds the change of
+/// its own on the tick, and takes it back when its last plan goes): operators and the soak test
+/// watch it stay flat.
+const MEMORY_GAUGE: &str = "meshsplit.vm_memory_bytes";
+
+/// Brings this VM's share of the memory gauge to `bytes`: one host call when it changed.
+fn report_memory(bytes: u64) {
+    let (id, reported) = MEMORY.get();
+    if bytes == reported {
+        return;
+    }
+    let Some(id) = id.or_else(|| EnvoyHost.define_gauge(MEMORY_GAUGE)) else {
+        return;
+    };
+    let delta = i64::try_from(bytes).unwrap_or(i64::MAX) - i64::try_from(reported).unwrap_or(0);
+    EnvoyHost.add_to_gauge(id, delta);
+    MEMORY.set((Some(id), bytes));
+}
+
+fn linear_memory_bytes() -> u64 {
+    u64::try_from(core::arch::wasm32::memory_size::<0>()).unwrap_or(0) * 65_536
 }
 
 struct HostLogger;
@@ -112,6 +137,7 @@ const TICK_MS: u32 = 500;
 
 pub fn on_tick(root: u32) {
     with_vm(|vm| vm.tick(root, &EnvoyHost));
+    report_memory(linear_memory_bytes());
 }
 
 pub fn on_context_create(context: u32, parent: u32) {
@@ -123,6 +149,9 @@ pub fn on_context_create(context: u32, parent: u32) {
 pub fn on_context_delete(context: u32) {
     with_vm(|vm| {
         if vm.context_deleted(context, &EnvoyHost) {
+            if vm.plans() == 0 {
+                report_memory(0);
+            }
             log::debug!(
                 "root context {context} deleted: its plan is dropped; {} plans in this VM",
                 vm.plans()

@@ -10,7 +10,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use crate::guard::{Change, Ejection, Guard, Seen};
 use crate::request::{cookie_value, host_key, query_param};
 use crate::rollout::{Phase, Rollout, Step};
-use crate::select::{least_request, rendezvous, sticky_hash, WeightedPicker};
+use crate::select::{least_request, rendezvous, smooth_round_robin, sticky_hash, WeightedPicker};
 
 fn weights() -> impl proptest::strategy::Strategy<Value = Vec<u32>> {
     vec(0u32..=1000, 1..=8).prop_filter("some weight above 0", |w| w.iter().any(|&w| w > 0))
@@ -73,6 +73,42 @@ proptest! {
             let i = picker.pick(&mut rng);
             prop_assert!(i < weights.len() && weights[i] > 0, "picked {i} of {weights:?}");
         }
+    }
+
+    #[test]
+    fn weighted_shares_converge_to_the_weights(weights in weights(), seed: u64) {
+        // 40 000 picks: each share lies within 6 standard deviations of its weight's share
+        // (a false failure about once in 10^8 upstreams).
+        const PICKS: u32 = 40_000;
+        let picker = WeightedPicker::new(&weights).unwrap();
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+        let mut seen = vec![0u32; weights.len()];
+        for _ in 0..PICKS {
+            seen[picker.pick(&mut rng)] += 1;
+        }
+        let total: u32 = weights.iter().sum();
+        for (i, (&w, &n)) in weights.iter().zip(&seen).enumerate() {
+            let p = f64::from(w) / f64::from(total);
+            let expected = p * f64::from(PICKS);
+            let sigma = (f64::from(PICKS) * p * (1.0 - p)).sqrt();
+            prop_assert!((f64::from(n) - expected).abs() <= 6.0 * sigma + 1.0,
+                "upstream {i}: {n} picks, expected {expected:.0} ± {sigma:.0} ({weights:?})");
+        }
+    }
+
+    #[test]
+    fn round_robin_gives_each_upstream_exactly_its_weight_per_cycle(
+        weights in vec(0u32..=50, 1..=8).prop_filter("some weight", |w| w.iter().any(|&w| w > 0)),
+        cycles in 1usize..4,
+    ) {
+        let state: Vec<std::cell::Cell<i64>> = weights.iter().map(|_| Default::default()).collect();
+        let total: u32 = weights.iter().sum();
+        let mut seen = vec![0u32; weights.len()];
+        for _ in 0..cycles * total as usize {
+            seen[smooth_round_robin(&weights, &state).unwrap()] += 1;
+        }
+        let expected: Vec<u32> = weights.iter().map(|&w| w * cycles as u32).collect();
+        prop_assert_eq!(seen, expected);
     }
 
     #[test]

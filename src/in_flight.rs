@@ -201,8 +201,9 @@ pub fn beat<H: Host + ?Sized>(host: &H, owner: u32, now_ms: u64) -> Option<Vec<u
                 (who != owner.to_le_bytes() && fresh).then_some((le_u32(who), then))
             })
             .collect();
-        alive.push((owner, now_ms));
-        alive.sort_unstable();
+        // The list is written sorted by owner, so it stays sorted without a sort.
+        let at = alive.partition_point(|&(who, _)| who < owner);
+        alive.insert(at, (owner, now_ms));
         let mut next = Vec::with_capacity(alive.len() * OWNER_ENTRY);
         for (who, then) in &alive {
             next.extend_from_slice(&who.to_le_bytes());

@@ -23,37 +23,12 @@ LOAD_LIMIT_REQUESTS = 150_000
 TIMESTAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 
 
-def answering_listener(name, port):
-    """A listener of the test's Envoy that answers every request itself with
-    {"upstream": NAME}: an upstream that costs the machine far less than a Python server, so
-    the Python clients get the CPU to drive the load."""
-    return {
-        "name": f"upstream_{name}",
-        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-        "filter_chains": [{"filters": [{
-            "name": "envoy.filters.network.http_connection_manager",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network."
-                         "http_connection_manager.v3.HttpConnectionManager",
-                "stat_prefix": f"upstream_{name}",
-                "route_config": {"virtual_hosts": [{
-                    "name": name, "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"}, "direct_response": {
-                        "status": 200, "body": {"inline_string": json.dumps({"upstream": name})}}}],
-                }]},
-                "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
-            },
-        }]}],
-    }
-
-
 def ecds_envoy(ecds, names, first, workdir):
     """An Envoy whose meshsplit filter comes from ECDS file ecds/meshsplit.json (default config
     `first`), with one answering upstream per name."""
     ports = {name: harness.free_port() for name in names}
     config = test_reload.ecds_bootstrap(ecds, ports, first)
-    config["static_resources"]["listeners"] += [answering_listener(n, p) for n, p in ports.items()]
+    config["static_resources"]["listeners"] += [harness.answering_listener(n, p) for n, p in ports.items()]
     return harness.Envoy(config, workdir)
 
 

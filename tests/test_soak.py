@@ -68,28 +68,10 @@ def plugin(build):
 def fast_upstream_bootstrap(ports, admin):
     """An Envoy answering on each port with a direct response naming the port's upstream: an
     upstream fast enough not to be what the soak measures."""
-    listeners = []
-    for name, port in ports.items():
-        listeners.append({
-            "name": name,
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-            "filter_chains": [{"filters": [{
-                "name": "envoy.filters.network.http_connection_manager",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.network."
-                             "http_connection_manager.v3.HttpConnectionManager",
-                    "stat_prefix": name,
-                    "route_config": {"virtual_hosts": [{
-                        "name": name, "domains": ["*"],
-                        "routes": [{"match": {"prefix": "/"}, "direct_response": {
-                            "status": 200, "body": {"inline_string": name}}}]}]},
-                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
-                }}]}],
-        })
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "static_resources": {"listeners": listeners},
+        "static_resources": {"listeners": [harness.answering_listener(name, port)
+                                           for name, port in ports.items()]},
     }
 
 

@@ -4,14 +4,16 @@
 //! Counts are owned by the VM that took them, so a VM that is lost (a trap, then
 //! `FAIL_RELOAD`) cannot leave its counts behind: an upstream's value is a list of 8-byte
 //! entries, `owner` then `count` (both `u32`, little-endian), one per VM holding requests there;
-//! its load is the sum. Each VM that can fail alone takes an owner id from a shared counter and
-//! beats in the owners list ([`OWNERS_KEY`]: `owner`, then Unix milliseconds as `u64`) on the
-//! housekeeping tick. Every VM drops, on its tick, the entries whose owner stopped beating
-//! [`OWNER_STALE_MS`] ago. The native build's workers share one process, which cannot lose one of
-//! them alone: they all count as [`PROCESS_OWNER`] and never beat nor prune.
+//! its load is the sum. Each VM that can fail alone picks a random owner id and beats in the
+//! owners list ([`OWNERS_KEY`]: `owner`, then Unix milliseconds as `u64`) on the housekeeping
+//! tick; owners that have not beaten for [`OWNER_STALE_MS`] leave the list. On its beat a VM
+//! drops the entries of owners missing from the list at this beat and at its previous one. The
+//! native build's workers share one process, which cannot lose one of them alone: they all count
+//! as [`PROCESS_OWNER`] and never beat nor prune.
 //!
 //! The upstream's gauge, which operators (and the tests) read in Envoy's stats, follows the
-//! requests themselves: +1 when a request takes a count, -1 when its stream ends.
+//! counts: +1 when a request's count is written, -1 when it is given back, and minus what a
+//! prune drops, so it reads the upstream's load.
 
 use crate::host::{Host, SharedWrite};
 use crate::plan::InFlight;
@@ -23,9 +25,7 @@ const CAS_ATTEMPTS: usize = 64;
 pub const PROCESS_OWNER: u32 = 0;
 
 /// The owners list: who holds counts, and when each last beat.
-pub const OWNERS_KEY: &str = "meshsplit/in_flight/owners";
-/// The last owner id handed out.
-const NEXT_OWNER_KEY: &str = "meshsplit/in_flight/next_owner";
+pub const OWNERS_KEY: &str = "meshsplit/load/owners";
 /// How often a VM beats (at most; it beats on its housekeeping tick).
 pub const BEAT_EVERY_MS: u64 = 1_000;
 /// An owner that has not beaten for this long is gone, and so are its counts.
@@ -121,11 +121,13 @@ pub fn acquire<H: Host + ?Sized>(
     taken
 }
 
-/// The stream holding a count of `owner` on `slot` ended.
+/// The stream holding a count of `owner` on `slot` ended. (Nothing to give back when the count
+/// was dropped meanwhile: the prune took it off the gauge.)
 pub fn release<H: Host + ?Sized>(host: &H, slot: &InFlight, owner: u32) {
-    update(host, slot, owner, -1, None);
-    if let Some(id) = slot.gauge_id.get() {
-        host.add_to_gauge(id, -1);
+    if update(host, slot, owner, -1, None) {
+        if let Some(id) = slot.gauge_id.get() {
+            host.add_to_gauge(id, -1);
+        }
     }
 }
 
@@ -167,50 +169,48 @@ pub fn ensure<H: Host + ?Sized>(host: &H, slot: &InFlight) {
     }
 }
 
-/// A new owner id for a VM that can fail alone (never [`PROCESS_OWNER`]), from the shared
-/// counter. `None` without shared data.
-pub fn new_owner<H: Host + ?Sized>(host: &H) -> Option<u32> {
-    for _ in 0..CAS_ATTEMPTS {
-        let (last, cas) = match host.shared_data(NEXT_OWNER_KEY) {
-            Some((value, cas)) => (le_u32(&value), cas),
-            None => (PROCESS_OWNER, 0),
-        };
-        // Wrapping skips the process owner; ids this old belong to long-gone VMs.
-        let next = last.checked_add(1).unwrap_or(1);
-        match host.set_shared_data(NEXT_OWNER_KEY, &next.to_le_bytes(), cas) {
-            SharedWrite::Written => return Some(next),
-            SharedWrite::CasMismatch => continue,
-            SharedWrite::Failed => return None,
-        }
+/// An owner id for a VM that can fail alone: `random` (a fresh random number), unless 0 (the
+/// process owner) or already in the owners list. Random rather than from a shared counter: a
+/// counter would need a create-if-absent, which shared data lacks.
+pub fn new_owner<H: Host + ?Sized>(host: &H, random: u32) -> u32 {
+    let taken = host
+        .shared_data(OWNERS_KEY)
+        .map(|(value, _)| owners(&value).map(|(who, _)| who).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let mut owner = random.max(1);
+    while taken.contains(&owner) {
+        owner = owner.checked_add(1).unwrap_or(1);
     }
-    None
+    owner
+}
+
+fn owners(value: &[u8]) -> impl Iterator<Item = (u32, u64)> + '_ {
+    value.chunks_exact(OWNER_ENTRY).map(|entry| {
+        let (who, then) = entry.split_at(4);
+        (le_u32(who), then.try_into().map_or(0, u64::from_le_bytes))
+    })
 }
 
 /// `owner` beats at Unix time `now_ms`: its entry in the owners list is renewed, and owners
-/// stale for [`OWNER_STALE_MS`] are dropped from it. Returns the owners alive (sorted), or
-/// `None` if the list could not be written (then nothing may be pruned).
+/// stale for [`OWNER_STALE_MS`] leave it. Returns the owners in the list, or `None` if it could
+/// not be written (then nothing may be pruned).
 pub fn beat<H: Host + ?Sized>(host: &H, owner: u32, now_ms: u64) -> Option<Vec<u32>> {
     for _ in 0..CAS_ATTEMPTS {
         let (value, cas) = host.shared_data(OWNERS_KEY).unwrap_or_default();
-        let mut alive: Vec<(u32, u64)> = value
-            .chunks_exact(OWNER_ENTRY)
-            .filter_map(|entry| {
-                let (who, then) = entry.split_at(4);
-                let then = then.try_into().map_or(0, u64::from_le_bytes);
-                let fresh = now_ms.saturating_sub(then) < OWNER_STALE_MS;
-                (who != owner.to_le_bytes() && fresh).then_some((le_u32(who), then))
-            })
-            .collect();
-        // The list is written sorted by owner, so it stays sorted without a sort.
-        let at = alive.partition_point(|&(who, _)| who < owner);
-        alive.insert(at, (owner, now_ms));
-        let mut next = Vec::with_capacity(alive.len() * OWNER_ENTRY);
-        for (who, then) in &alive {
-            next.extend_from_slice(&who.to_le_bytes());
-            next.extend_from_slice(&then.to_le_bytes());
+        let mut next = Vec::with_capacity(value.len() + OWNER_ENTRY);
+        let mut alive = Vec::with_capacity(value.len() / OWNER_ENTRY + 1);
+        for (who, then) in owners(&value) {
+            if who != owner && now_ms.saturating_sub(then) < OWNER_STALE_MS {
+                next.extend_from_slice(&who.to_le_bytes());
+                next.extend_from_slice(&then.to_le_bytes());
+                alive.push(who);
+            }
         }
+        next.extend_from_slice(&owner.to_le_bytes());
+        next.extend_from_slice(&now_ms.to_le_bytes());
+        alive.push(owner);
         match host.set_shared_data(OWNERS_KEY, &next, cas) {
-            SharedWrite::Written => return Some(alive.into_iter().map(|(who, _)| who).collect()),
+            SharedWrite::Written => return Some(alive),
             SharedWrite::CasMismatch => continue,
             SharedWrite::Failed => return None,
         }
@@ -218,29 +218,39 @@ pub fn beat<H: Host + ?Sized>(host: &H, owner: u32, now_ms: u64) -> Option<Vec<u
     None
 }
 
-/// Drops from `slot` the counts of owners not in `alive` (sorted). Returns how many requests'
-/// counts were dropped.
-pub fn prune<H: Host + ?Sized>(host: &H, slot: &InFlight, alive: &[u32]) -> u64 {
+/// Drops from `slot` the counts of owners that are in neither `alive` nor `before` (the owners
+/// lists of this beat and of the previous one: an owner missing from one list only, say after
+/// two VMs created the list at once, keeps its counts). Returns how many requests' counts were
+/// dropped, and takes them off the gauge.
+pub fn prune<H: Host + ?Sized>(host: &H, slot: &InFlight, alive: &[u32], before: &[u32]) -> u64 {
+    let gone_owner =
+        |who: u32| who != PROCESS_OWNER && !alive.contains(&who) && !before.contains(&who);
     for _ in 0..CAS_ATTEMPTS {
         let Some((value, cas)) = host.shared_data(&slot.key) else {
             return 0;
         };
-        let (kept, dropped): (Vec<_>, Vec<_>) = entries(&value)
-            .partition(|(who, _)| *who == PROCESS_OWNER || alive.binary_search(who).is_ok());
-        if dropped.is_empty() {
+        if !entries(&value).any(|(who, _)| gone_owner(who)) {
             return 0;
         }
-        let mut next = Vec::with_capacity(kept.len() * ENTRY);
-        for (who, count) in kept {
-            push_entry(&mut next, who, count);
+        let mut next = Vec::with_capacity(value.len());
+        let (mut gone, mut owners_gone) = (0u64, 0usize);
+        for (who, count) in entries(&value) {
+            if gone_owner(who) {
+                gone += u64::from(count);
+                owners_gone += 1;
+            } else {
+                push_entry(&mut next, who, count);
+            }
         }
         match host.set_shared_data(&slot.key, &next, cas) {
             SharedWrite::Written => {
-                let gone: u64 = dropped.iter().map(|&(_, count)| u64::from(count)).sum();
+                if let Some(id) = slot.gauge_id.get() {
+                    host.add_to_gauge(id, -i64::try_from(gone).unwrap_or(i64::MAX));
+                }
                 log::warn!(
-                    "in-flight count {}: dropped {gone} left by {} VM(s) that stopped beating",
-                    slot.key,
-                    dropped.len()
+                    "in-flight count {}: dropped {gone} left by {owners_gone} VM(s) that stopped \
+                     beating",
+                    slot.key
                 );
                 return gone;
             }

@@ -150,6 +150,12 @@ pub struct Instance {
     owner: Option<u32>,
     /// When this VM last beat in the owners list (Unix ms).
     last_beat_ms: u64,
+    /// The owners list this VM saw at its last beat: only owners missing from two lists in a row
+    /// lose their counts.
+    owners_before: Vec<u32>,
+    /// No pruning before this time (Unix ms): set when the clock jumped, since every owner's
+    /// beat then looks stale (or fresh) by the size of the jump until all have beaten again.
+    prune_from_ms: u64,
     /// Where the next beat's pruning of other owners' counts goes on (a count of slots).
     prune_cursor: usize,
 }
@@ -196,6 +202,8 @@ impl Instance {
             unplanned_logged: false,
             owner: None,
             last_beat_ms: 0,
+            owners_before: Vec::new(),
+            prune_from_ms: 0,
             prune_cursor: 0,
         }
     }
@@ -269,15 +277,17 @@ impl Instance {
     }
 
     /// Takes an owner id for this VM's least-request counts and joins the owners list at once,
-    /// so that no other VM drops this one's first counts. Without shared data (no owner id to
-    /// be had), a random id: it collides with another VM's only by a one in four billion chance.
+    /// before it takes any count. Pruning starts one stale window later: by then every VM
+    /// alive has beaten.
     fn take_owner<H: Host + ?Sized>(&mut self, host: &H) {
-        let owner = in_flight::new_owner(host).unwrap_or_else(|| {
-            use rand_core::Rng;
-            self.rng.next_u32().max(1)
-        });
+        use rand_core::Rng;
+        let owner = in_flight::new_owner(host, self.rng.next_u32());
         self.owner = Some(owner);
-        self.beat(host, (self.clock)());
+        // VMs scan their counts from different places, so a big configuration is covered sooner.
+        self.prune_cursor = usize::try_from(self.rng.next_u32()).unwrap_or(0);
+        let now_ms = (self.clock)();
+        self.prune_from_ms = now_ms.saturating_add(in_flight::OWNER_STALE_MS);
+        self.beat(host, now_ms);
     }
 
     /// This VM beats in the owners list, then drops (part of) the counts that owners which
@@ -286,10 +296,19 @@ impl Instance {
         let Some(owner) = self.owner else {
             return;
         };
+        let gap = now_ms.checked_sub(self.last_beat_ms);
+        if gap.is_none_or(|gap| gap >= in_flight::OWNER_STALE_MS) && self.last_beat_ms != 0 {
+            // The clock jumped, or this VM was stalled: wait until every VM has beaten again.
+            self.prune_from_ms = now_ms.saturating_add(in_flight::OWNER_STALE_MS);
+        }
         self.last_beat_ms = now_ms;
         let Some(alive) = in_flight::beat(host, owner, now_ms) else {
             return;
         };
+        let before = std::mem::replace(&mut self.owners_before, alive);
+        if now_ms < self.prune_from_ms {
+            return;
+        }
         let slots = self
             .roots
             .iter()
@@ -305,7 +324,7 @@ impl Instance {
         }
         let start = self.prune_cursor % total;
         for slot in slots.cycle().skip(start).take(PRUNE_PER_BEAT.min(total)) {
-            in_flight::prune(host, slot, &alive);
+            in_flight::prune(host, slot, &self.owners_before, &before);
         }
         self.prune_cursor = (start + PRUNE_PER_BEAT) % total;
     }

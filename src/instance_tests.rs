@@ -212,8 +212,8 @@ fn accepted_configuration_line_names_services_upstreams_and_fingerprint() {
 
 const LR: &str = r#"{"services": [{"name": "svc", "strategy": "least_request", "upstreams": [
     {"name": "a", "cluster": "c_a", "weight": 1}, {"name": "b", "cluster": "c_b", "weight": 1}]}]}"#;
-const KEY_A: &str = "meshsplit/in_flight/9:meshsplit/3:svc/1:a";
-const KEY_B: &str = "meshsplit/in_flight/9:meshsplit/3:svc/1:b";
+const KEY_A: &str = "meshsplit/load/9:meshsplit/3:svc/1:a";
+const KEY_B: &str = "meshsplit/load/9:meshsplit/3:svc/1:b";
 
 /// An upstream's load: every owner's count in its shared value.
 fn load(host: &FakeHost, key: &str) -> Option<u64> {
@@ -336,10 +336,36 @@ fn advance(ms: u64) {
 fn owners(host: &FakeHost) -> Vec<u32> {
     let shared = host.shared.borrow();
     let (value, _) = shared.get(in_flight::OWNERS_KEY).unwrap();
-    value
+    let mut owners: Vec<u32> = value
         .chunks_exact(12)
         .map(|e| u32::from_le_bytes(e[..4].try_into().unwrap()))
-        .collect()
+        .collect();
+    owners.sort_unstable();
+    owners
+}
+
+fn sorted(mut ids: Vec<u32>) -> Vec<u32> {
+    ids.sort_unstable();
+    ids
+}
+
+fn total_load(host: &FakeHost) -> u64 {
+    load(host, KEY_A).unwrap() + load(host, KEY_B).unwrap()
+}
+
+fn total_gauge(host: &FakeHost) -> i64 {
+    host.gauge("meshsplit.meshsplit.svc.a.in_flight")
+        + host.gauge("meshsplit.meshsplit.svc.b.in_flight")
+}
+
+/// Ticks `vms` every 500 ms for `ms`.
+fn run_ticks(vms: &mut [(&mut Instance, &FakeHost)], ms: u64) {
+    for _ in 0..ms / 500 {
+        advance(500);
+        for (vm, host) in vms.iter_mut() {
+            vm.tick(1, *host);
+        }
+    }
 }
 
 #[test]
@@ -348,12 +374,21 @@ fn each_vm_owns_its_counts_under_its_own_id_and_joins_the_owners_at_configure() 
     let second = first.sibling(&[]);
     let (vm1, vm2) = (clocked_lr_vm(&first), clocked_lr_vm(&second));
     let (a, b) = (vm1.owner().unwrap(), vm2.owner().unwrap());
-    assert_eq!((a, b), (1, 2));
-    assert_eq!(owners(&first), [1, 2]);
+    assert!(a != b && a != in_flight::PROCESS_OWNER && b != in_flight::PROCESS_OWNER);
+    assert_eq!(owners(&first), sorted(vec![a, b]));
     // A VM without a least-request service takes no id and makes no beat.
     let mut plain = Instance::new([0; 32]);
     configure(&mut plain, 1, single("one").as_bytes()).unwrap();
     assert_eq!(plain.owner(), None);
+}
+
+#[test]
+fn a_new_owner_id_is_never_one_in_the_list() {
+    let host = FakeHost::default();
+    in_flight::beat(&host, 7, 1_000);
+    assert_eq!(in_flight::new_owner(&host, 7), 8);
+    assert_eq!(in_flight::new_owner(&host, 0), 1);
+    assert_eq!(in_flight::new_owner(&host, 9), 9);
 }
 
 #[test]
@@ -367,38 +402,24 @@ fn the_counts_of_a_vm_that_stopped_beating_are_dropped_after_the_stale_window() 
         lr_request(&mut lost, context, &svc_host(&first));
     }
     lr_request(&mut live, 20, &svc_host(&second));
-    assert_eq!(
-        load(&first, KEY_A).unwrap() + load(&first, KEY_B).unwrap(),
-        4
-    );
+    assert_eq!((total_load(&first), total_gauge(&first)), (4, 4));
+    let lost_owner = lost.owner().unwrap();
     drop(lost);
     // Within the window the counts stay: a VM that is only slow keeps what it holds.
-    for _ in 0..9 {
-        advance(500);
-        live.tick(1, &second);
-    }
-    assert_eq!(
-        load(&first, KEY_A).unwrap() + load(&first, KEY_B).unwrap(),
-        4
-    );
-    // Past it they go, and so does the lost owner; the live VM's count stays.
-    advance(in_flight::OWNER_STALE_MS);
-    live.tick(1, &second);
-    assert_eq!(
-        load(&first, KEY_A).unwrap() + load(&first, KEY_B).unwrap(),
-        1
-    );
-    assert_eq!(owners(&first), [2]);
-    // A replacement VM takes a new id, and least request sees only live load again.
+    run_ticks(&mut [(&mut live, &second)], in_flight::OWNER_STALE_MS);
+    assert_eq!(total_load(&first), 4);
+    // Then they go: the lost owner leaves the list, and once it is missing from two lists in a
+    // row its counts go, off the gauge too. The live VM's count stays.
+    run_ticks(&mut [(&mut live, &second)], 3_000);
+    assert_eq!((total_load(&first), total_gauge(&first)), (1, 1));
+    assert_eq!(owners(&first), [live.owner().unwrap()]);
+    assert!(!owners(&first).contains(&lost_owner));
+    // A replacement VM takes a new id; every count goes back to 0.
     let mut replacement = clocked_lr_vm(&first);
-    assert_eq!(replacement.owner(), Some(3));
     lr_request(&mut replacement, 30, &svc_host(&first));
     live.context_deleted(20, &second);
     replacement.context_deleted(30, &first);
-    assert_eq!(
-        (load(&first, KEY_A), load(&first, KEY_B)),
-        (Some(0), Some(0))
-    );
+    assert_eq!((total_load(&first), total_gauge(&first)), (0, 0));
 }
 
 #[test]
@@ -407,28 +428,50 @@ fn a_vm_that_keeps_beating_keeps_a_long_request_counted() {
     let second = first.sibling(&[]);
     let (mut holder, mut other) = (clocked_lr_vm(&first), clocked_lr_vm(&second));
     let cluster = lr_request(&mut holder, 10, &svc_host(&first));
-    for _ in 0..120 {
-        advance(500);
-        holder.tick(1, &first);
-        other.tick(1, &second);
-    }
-    assert_eq!(
-        load(&first, KEY_A).unwrap() + load(&first, KEY_B).unwrap(),
-        1
-    );
+    run_ticks(&mut [(&mut holder, &first), (&mut other, &second)], 60_000);
+    assert_eq!(total_load(&first), 1);
     // The other VM still avoids the busy upstream.
     assert_ne!(lr_request(&mut other, 20, &svc_host(&second)), cluster);
     holder.context_deleted(10, &first);
     other.context_deleted(20, &second);
-    assert_eq!(
-        load(&first, KEY_A).unwrap() + load(&first, KEY_B).unwrap(),
-        0
-    );
+    assert_eq!((total_load(&first), total_gauge(&first)), (0, 0));
+}
+
+#[test]
+fn a_clock_jump_drops_no_live_counts() {
+    let first = FakeHost::default();
+    let second = first.sibling(&[]);
+    let (mut one, mut two) = (clocked_lr_vm(&first), clocked_lr_vm(&second));
+    lr_request(&mut one, 10, &svc_host(&first));
+    lr_request(&mut two, 20, &svc_host(&second));
+    run_ticks(&mut [(&mut one, &first), (&mut two, &second)], 10_000);
+    // Forward a minute: whoever beats first sees the other's beat a minute old.
+    advance(60_000);
+    run_ticks(&mut [(&mut one, &first), (&mut two, &second)], 10_000);
+    assert_eq!(total_load(&first), 2);
+    // Back two minutes: beats go on, nothing is dropped.
+    NOW_MS.with(|now| now.set(now.get() - 120_000));
+    run_ticks(&mut [(&mut one, &first), (&mut two, &second)], 10_000);
+    assert_eq!(total_load(&first), 2);
+    assert_eq!(owners(&first).len(), 2);
+}
+
+#[test]
+fn an_owner_missing_from_one_list_only_keeps_its_counts() {
+    let first = FakeHost::default();
+    let second = first.sibling(&[]);
+    let (mut one, mut two) = (clocked_lr_vm(&first), clocked_lr_vm(&second));
+    run_ticks(&mut [(&mut one, &first), (&mut two, &second)], 6_000);
+    lr_request(&mut two, 20, &svc_host(&second));
+    // The list is lost once (two VMs creating it at the same moment overwrite each other).
+    first.set_shared_data(in_flight::OWNERS_KEY, &[], 0);
+    run_ticks(&mut [(&mut one, &first), (&mut two, &second)], 3_000);
+    assert_eq!(total_load(&first), 1);
 }
 
 #[test]
 fn a_dropped_count_is_not_taken_back_twice() {
-    // A VM stalled past the window loses its counts to another VM's tick; its stream ending
+    // A VM stalled past the window loses its counts to another VM's beat; its stream ending
     // later takes back nothing, so no other VM's count goes down.
     let first = FakeHost::default();
     let second = first.sibling(&[]);
@@ -436,20 +479,16 @@ fn a_dropped_count_is_not_taken_back_twice() {
     lr_request(&mut stalled, 10, &svc_host(&first));
     lr_request(&mut other, 20, &svc_host(&second));
     lr_request(&mut other, 21, &svc_host(&second));
-    advance(in_flight::OWNER_STALE_MS + 1_000);
-    other.tick(1, &second);
-    assert_eq!(
-        load(&first, KEY_A).unwrap() + load(&first, KEY_B).unwrap(),
-        2
+    run_ticks(
+        &mut [(&mut other, &second)],
+        in_flight::OWNER_STALE_MS + 3_000,
     );
+    assert_eq!((total_load(&first), total_gauge(&first)), (2, 2));
     stalled.context_deleted(10, &first);
-    assert_eq!(
-        load(&first, KEY_A).unwrap() + load(&first, KEY_B).unwrap(),
-        2
-    );
+    assert_eq!((total_load(&first), total_gauge(&first)), (2, 2));
     // It beats again on its next tick and counts as before.
     stalled.tick(1, &first);
-    assert_eq!(owners(&first), [1, 2]);
+    assert_eq!(owners(&first).len(), 2);
 }
 
 #[test]
@@ -460,19 +499,36 @@ fn a_beat_is_one_owners_update_then_one_read_per_count_at_most_once_a_second() {
         shared: Rc::clone(&worker.shared),
         ..FakeHost::default()
     };
+    // No pruning in a VM's first stale window: only the beat.
+    advance(1_000);
+    vm.tick(1, &host);
+    assert_eq!(
+        *host.calls.borrow(),
+        [
+            "shared get meshsplit/load/owners",
+            "shared set meshsplit/load/owners"
+        ]
+    );
+    run_ticks(&mut [(&mut vm, &worker)], in_flight::OWNER_STALE_MS);
+    host.calls.borrow_mut().clear();
     advance(500);
     vm.tick(1, &host);
     assert!(host.calls.borrow().is_empty(), "{:?}", host.calls.borrow());
     advance(500);
     vm.tick(1, &host);
+    let calls = host.calls.borrow();
     assert_eq!(
-        *host.calls.borrow(),
+        calls[..2],
         [
-            "shared get meshsplit/in_flight/owners",
-            "shared set meshsplit/in_flight/owners",
-            &format!("shared get {KEY_A}"),
-            &format!("shared get {KEY_B}"),
+            "shared get meshsplit/load/owners",
+            "shared set meshsplit/load/owners"
         ]
+    );
+    let mut reads = calls[2..].to_vec();
+    reads.sort();
+    assert_eq!(
+        reads,
+        [format!("shared get {KEY_A}"), format!("shared get {KEY_B}")]
     );
 }
 

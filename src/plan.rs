@@ -792,7 +792,7 @@ fn compile_strategy(
 /// of names (they may contain `/`) makes two counters share a key.
 fn counter_key(plugin: &str, service: &str, upstream: &str) -> String {
     format!(
-        "meshsplit/in_flight/{}:{plugin}/{}:{service}/{}:{upstream}",
+        "meshsplit/load/{}:{plugin}/{}:{service}/{}:{upstream}",
         plugin.len(),
         service.len(),
         upstream.len()

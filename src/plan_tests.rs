@@ -596,7 +596,7 @@ fn least_request_counters_are_namespaced_by_plugin_service_and_upstream() {
     let Strategy::LeastRequest(slots) = &p.services[0].strategy else {
         panic!()
     };
-    assert_eq!(slots[1].key, "meshsplit/in_flight/4:edge/7:reviews/2:v2");
+    assert_eq!(slots[1].key, "meshsplit/load/4:edge/7:reviews/2:v2");
     assert_eq!(slots[1].gauge, "meshsplit.edge.reviews.v2.in_flight");
 }
 

@@ -11,6 +11,7 @@ and Envoy's resident set (VmRSS) are read after each phase. The figures go to th
 SOAK_REQUESTS=N runs a shorter or longer soak (the aborts and resets stay at 1% each)."""
 import concurrent.futures
 import contextlib
+import http.server
 import os
 import re
 import shutil
@@ -142,15 +143,52 @@ def envoy_requests(envoy):
     return envoy.stats("http.meshsplit.downstream_rq_total")["http.meshsplit.downstream_rq_total"]
 
 
-def abort_mid_flight(port, count):
-    """`count` requests to service `abort`, whose upstream answers after a second: each client
-    sends its request, waits until Envoy has routed it, then resets the connection."""
-    request = b"GET /abort HTTP/1.1\r\nHost: abort\r\n\r\n"
+@contextlib.contextmanager
+def slow_upstream():
+    """An upstream that notes each request's path as it arrives and answers a second later (by
+    then the client is gone). Yields (port, the set of paths seen)."""
+    seen = set()
 
-    def one(_):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            seen.add(self.path)
+            time.sleep(1.0)
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 128
+
+        def handle_error(self, request, client_address):
+            pass  # the answer finds the connection gone: expected
+
+    server = Server(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_port, seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def abort_mid_flight(port, count, seen, phase):
+    """`count` requests to service `abort`: each client sends its request, waits until the
+    upstream has it (so Envoy has routed it), then resets the connection."""
+    def one(i):
+        path = f"/abort/{phase}/{i}"
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            s.sendall(request)
-            time.sleep(0.05)
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: abort\r\n\r\n".encode())
+            deadline = time.monotonic() + 10
+            while path not in seen and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert path in seen, f"{path} did not reach the upstream"
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
     with concurrent.futures.ThreadPoolExecutor(50) as pool:
@@ -174,12 +212,9 @@ def test_soak_keeps_counts_exact_and_memory_flat(build, tmp_path):
     with contextlib.ExitStack() as stack:
         stack.enter_context(harness.Envoy(
             fast_upstream_bootstrap(fast, harness.free_port()), tmp_path, concurrency=1))
-        slow = stack.enter_context(harness.upstream_servers("slow", delay=1.0))
-        # Its answers to aborted requests find the connection gone: expected, not worth a trace.
-        slow["slow"].handle_error = lambda *args: None
-        slow = {name: server.server_port for name, server in slow.items()}
+        slow_port, slow_seen = stack.enter_context(slow_upstream())
         rst = stack.enter_context(resetting_upstream())
-        config = harness.bootstrap(plugin(build), {**fast, **slow, "rst": rst},
+        config = harness.bootstrap(plugin(build), {**fast, "slow": slow_port, "rst": rst},
                                    harness.free_port(), harness.free_port(), build=build)
         envoy = stack.enter_context(harness.Envoy(config, tmp_path))
 
@@ -187,7 +222,7 @@ def test_soak_keeps_counts_exact_and_memory_flat(build, tmp_path):
         samples = []
         for phase in range(PHASES):
             wrk(envoy, per_phase, tmp_path)
-            abort_mid_flight(envoy.port, ABORTS // PHASES)
+            abort_mid_flight(envoy.port, ABORTS // PHASES, slow_seen, phase)
             reset = harness.send(envoy.port, RESETS // PHASES, {"Host": "reset"}, connections=8)
             assert sum(reset.values()) == RESETS // PHASES
             assert all(key[0] == 503 for key in reset), reset

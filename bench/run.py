@@ -262,23 +262,7 @@ def bootstrap(port, admin, http_filters, routes, upstream_port=None, name="bench
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
         "static_resources": {
-            "listeners": [{
-                "name": name,
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network."
-                                 "http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": name,
-                        "route_config": {"name": name, "virtual_hosts": [
-                            {"name": "all", "domains": ["*"], "routes": routes}]},
-                        "http_filters": http_filters + [{
-                            "name": "envoy.filters.http.router",
-                            "typed_config": {"@type": "type.googleapis.com/"
-                                             "envoy.extensions.filters.http.router.v3.Router"}}],
-                    }}]}],
-            }],
+            "listeners": [harness.http_listener(name, port, routes, http_filters)],
             "clusters": clusters,
         },
     }

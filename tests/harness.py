@@ -164,29 +164,34 @@ def static_cluster(name, port):
     }
 
 
-def answering_listener(name, port):
-    """A listener that answers every request itself with {"upstream": NAME}: an upstream that
-    costs the machine far less than a Python server, so the clients get the CPU to drive the
-    load."""
+def http_listener(name, port, routes, http_filters=()):
+    """A loopback listener with an HTTP connection manager (stats under `http.NAME.`) whose one
+    virtual host serves `routes`, through `http_filters` and then the router."""
     return {
-        "name": f"upstream_{name}",
+        "name": name,
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
         "filter_chains": [{"filters": [{
             "name": "envoy.filters.network.http_connection_manager",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network."
                          "http_connection_manager.v3.HttpConnectionManager",
-                "stat_prefix": f"upstream_{name}",
-                "route_config": {"virtual_hosts": [{
-                    "name": name, "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"}, "direct_response": {
-                        "status": 200, "body": {"inline_string": json.dumps({"upstream": name})}}}],
-                }]},
-                "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
-            },
-        }]}],
+                "stat_prefix": name,
+                "route_config": {"name": name, "virtual_hosts": [
+                    {"name": "all", "domains": ["*"], "routes": routes}]},
+                "http_filters": [*http_filters, {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": "type.googleapis.com/"
+                                     "envoy.extensions.filters.http.router.v3.Router"}}],
+            }}]}],
     }
+
+
+def answering_listener(name, port):
+    """A listener that answers every request itself with {"upstream": NAME}: an upstream that
+    costs the machine far less than a Python server, so the clients get the CPU to drive the
+    load."""
+    return http_listener(f"upstream_{name}", port, [{"match": {"prefix": "/"}, "direct_response": {
+        "status": 200, "body": {"inline_string": json.dumps({"upstream": name})}}}])
 
 
 def bootstrap(plugin, clusters, listener_port, admin_port, template=ENVOY_DIR / "envoy.yaml",

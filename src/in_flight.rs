@@ -164,8 +164,10 @@ fn update<H: Host + ?Sized>(
 /// all go through compare-and-swap. (Shared data has no create-if-absent: two workers
 /// configuring at the same moment may both create it, before any request is counted.)
 pub fn ensure<H: Host + ?Sized>(host: &H, slot: &InFlight) {
-    if host.shared_data(&slot.key).is_none() {
-        host.set_shared_data(&slot.key, &[], 0);
+    if host.shared_data(&slot.key).is_none()
+        && host.set_shared_data(&slot.key, &[], 0) != SharedWrite::Written
+    {
+        log::warn!("in-flight count {} could not be created", slot.key);
     }
 }
 

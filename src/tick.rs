@@ -221,6 +221,29 @@ impl GuardKeys {
 
 /// Adds this VM's outcomes to the shared buckets, reads every upstream's window and ejection
 /// state, applies the guard's decision, and returns the ejection states in force.
+/// An upstream's ejection state and its CAS token. The state is created (not ejected) when it
+/// does not exist yet, so that a decision is always a compare-and-swap: with token 0 a write
+/// would be unconditional, and two workers could both land the same ejection.
+fn read_state<H: Host + ?Sized>(host: &H, key: &str) -> Option<(Ejection, u32)> {
+    if host.shared_data(key).is_none() {
+        host.set_shared_data(key, &Ejection::default().encode(), 0);
+    }
+    host.shared_data(key)
+        .map(|(bytes, cas)| (Ejection::decode(&bytes), cas))
+}
+
+/// Creates the ejection state of every guarded upstream of `plan` that has none, before any
+/// worker decides (the native build calls this with the configuration; the wasm build's
+/// configure runs a tick, which does the same).
+pub fn create_guard_states<H: Host + ?Sized>(plan: &Plan, plugin: &str, host: &H) {
+    for service in plan.services.iter().filter(|s| s.guard.is_some()) {
+        let keys = GuardKeys::new(plugin, service);
+        for u in 0..service.upstreams.len() {
+            read_state(host, &keys.state(u));
+        }
+    }
+}
+
 fn guard_tick<H: Host + ?Sized>(
     guard: &Guard,
     keys: &GuardKeys,
@@ -252,9 +275,9 @@ fn guard_tick<H: Host + ?Sized>(
             .filter_map(|slot| host.shared_data(&keys.bucket(u, slot)))
             .map(|(bytes, _)| Bucket::decode(&bytes))
             .collect();
-        let (ejection, token) = match host.shared_data(&keys.state(u)) {
-            Some((bytes, cas)) => (Ejection::decode(&bytes), cas),
-            None => (Ejection::default(), 0),
+        let (ejection, token) = match read_state(host, &keys.state(u)) {
+            Some((ejection, cas)) => (ejection, Some(cas)),
+            None => (Ejection::default(), None),
         };
         let (requests, failures) = window_totals(&buckets, now_s, guard.window_s, ejection.until_s);
         seen.push(Seen {
@@ -274,7 +297,10 @@ fn guard_tick<H: Host + ?Sized>(
             | Change::Readmit { upstream, state }
             | Change::Forgive { upstream, state } => (upstream, state),
         };
-        let token = tokens.get(upstream).copied().unwrap_or(0);
+        // Without a token (no shared data) no write could be told apart from another worker's.
+        let Some(token) = tokens.get(upstream).copied().flatten() else {
+            continue;
+        };
         let written = host.set_shared_data(&keys.state(upstream), &new.encode(), token);
         if written != SharedWrite::Written {
             // Another worker decided first; its state shows on the next tick.
@@ -327,6 +353,11 @@ fn percent(fraction: f64) -> u64 {
 
 /// Read-modify-write of a shared-data value with compare-and-swap; returns whether it landed.
 fn update<H: Host + ?Sized>(host: &H, key: &str, change: impl Fn(&[u8]) -> Vec<u8>) -> bool {
+    // Created empty first: a change written with token 0 would be unconditional, and could
+    // overwrite another worker's.
+    if host.shared_data(key).is_none() {
+        host.set_shared_data(key, &[], 0);
+    }
     for _ in 0..16 {
         let (current, cas) = host.shared_data(key).unwrap_or_default();
         match host.set_shared_data(key, &change(&current), cas) {

@@ -141,3 +141,60 @@ fn configure_puts_the_rollout_step_in_force_before_the_first_request() {
         .unwrap();
     assert_eq!(weights(&plan), [0, 100]);
 }
+
+/// Records the CAS token of every write to an ejection state, around a fake worker.
+struct StateWrites<'a> {
+    host: &'a FakeHost,
+    writes: std::cell::RefCell<Vec<(Ejection, u32)>>,
+}
+
+impl Host for StateWrites<'_> {
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.host.request_header(name)
+    }
+    fn set_request_header(&self, name: &str, value: Option<&str>) {
+        self.host.set_request_header(name, value)
+    }
+    fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
+        self.host.send_local_reply(status, headers, body)
+    }
+    fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.host.shared_data(key)
+    }
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> SharedWrite {
+        if key.ends_with("/state") {
+            self.writes
+                .borrow_mut()
+                .push((Ejection::decode(value), cas));
+        }
+        self.host.set_shared_data(key, value, cas)
+    }
+}
+
+#[test]
+fn an_ejection_is_always_a_compare_and_swap_even_on_a_state_never_written() {
+    // With token 0 the write would be unconditional: two workers deciding at the same moment
+    // would both land the ejection, and it would be logged and counted twice.
+    let plan = plan(GUARD);
+    let worker = FakeHost::default();
+    let spy = StateWrites {
+        host: &worker,
+        writes: Default::default(),
+    };
+    let mut tick = PlanTick::new(&plan);
+    traffic(&mut tick, 12, true);
+    tick.run(&plan, "p", &spy, NOW_MS);
+    assert_eq!(weights(&plan), [50, 0]);
+    let writes = spy.writes.borrow();
+    let ejections: Vec<u32> = writes
+        .iter()
+        .filter(|(state, _)| state.until_s > 0)
+        .map(|&(_, cas)| cas)
+        .collect();
+    assert_eq!(ejections.len(), 1, "{writes:?}");
+    assert!(ejections.iter().all(|&cas| cas != 0), "{writes:?}");
+    // What was written unconditionally is only the initial, not-ejected state.
+    assert!(writes
+        .iter()
+        .all(|(state, cas)| *cas != 0 || *state == Ejection::default()));
+}

@@ -44,6 +44,7 @@ pub fn config_new(envoy: FilterConfig, name: &[u8], bytes: &[u8]) -> Option<Shar
             }
         }
     }
+    crate::tick::create_guard_states(&plan, &plugin, &StoreOnly);
     let (tick_gauges, tick_counter_names) = tick_stats(&plan, &plugin);
     for name in tick_gauges {
         if let Some(id) = envoy.define_gauge(&name) {

@@ -72,30 +72,33 @@ fn le_u32(bytes: &[u8]) -> u32 {
     bytes.try_into().map_or(0, u32::from_le_bytes)
 }
 
-/// `value` with `owner`'s count changed by `delta` (+1 or -1); an entry that reaches 0 is
-/// removed. `None` when there is nothing to take back (no count of `owner`: it was dropped as
-/// stale, or the key was recreated).
-fn changed(value: &[u8], owner: u32, delta: i64) -> Option<Vec<u8>> {
-    let mut next = Vec::with_capacity(value.len() + ENTRY);
-    let mut found = false;
-    for (who, count) in entries(value) {
-        if who != owner {
-            push_entry(&mut next, who, count);
-            continue;
-        }
-        found = true;
-        let count = u32::try_from(i64::from(count).saturating_add(delta)).ok()?;
-        if count > 0 {
-            push_entry(&mut next, who, count);
-        }
-    }
-    if !found {
+/// Changes `owner`'s count in `value` by `delta` (+1 or -1), in place; an entry that reaches 0
+/// is removed. Returns `false` when there is nothing to take back (no count of `owner`: it was
+/// dropped as stale, or the key was recreated).
+fn change(value: &mut Vec<u8>, owner: u32, delta: i64) -> bool {
+    // Only whole entries count (as in `entries`): anything after them is dropped.
+    value.truncate(value.len() - value.len() % ENTRY);
+    let Some(index) = entries(value).position(|(who, _)| who == owner) else {
         if delta <= 0 {
-            return None;
+            return false;
         }
-        push_entry(&mut next, owner, 1);
+        push_entry(value, owner, 1);
+        return true;
+    };
+    let start = index * ENTRY;
+    let Some(entry) = value.get_mut(start..start + ENTRY) else {
+        return false;
+    };
+    let (_, count) = entry.split_at_mut(4);
+    let Ok(next) = u32::try_from(i64::from(le_u32(count)).saturating_add(delta)) else {
+        return false;
+    };
+    if next > 0 {
+        count.copy_from_slice(&next.to_le_bytes());
+    } else {
+        value.drain(start..start + ENTRY);
     }
-    Some(next)
+    true
 }
 
 fn push_entry(value: &mut Vec<u8>, owner: u32, count: u32) {
@@ -142,10 +145,10 @@ fn update<H: Host + ?Sized>(
 ) -> bool {
     let mut current = seen.unwrap_or_else(|| read(host, slot));
     for _ in 0..CAS_ATTEMPTS {
-        let Some(next) = changed(&current.value, owner, delta) else {
+        if !change(&mut current.value, owner, delta) {
             return false; // nothing of ours to take back
-        };
-        match host.set_shared_data(&slot.key, &next, current.cas) {
+        }
+        match host.set_shared_data(&slot.key, &current.value, current.cas) {
             SharedWrite::Written => return true,
             SharedWrite::CasMismatch => current = read(host, slot),
             SharedWrite::Failed => return false,
@@ -261,4 +264,47 @@ pub fn prune<H: Host + ?Sized>(host: &H, slot: &InFlight, alive: &[u32], before:
         }
     }
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(entries: &[(u32, u32)]) -> Vec<u8> {
+        let mut value = Vec::new();
+        for &(owner, count) in entries {
+            push_entry(&mut value, owner, count);
+        }
+        value
+    }
+
+    #[test]
+    fn a_change_touches_only_its_owners_entry() {
+        let mut v = value(&[(7, 2), (9, 1)]);
+        assert!(change(&mut v, 9, 1));
+        assert_eq!(v, value(&[(7, 2), (9, 2)]));
+        assert!(change(&mut v, 3, 1));
+        assert_eq!(v, value(&[(7, 2), (9, 2), (3, 1)]));
+        assert!(change(&mut v, 7, -1) && change(&mut v, 7, -1));
+        assert_eq!(v, value(&[(9, 2), (3, 1)]), "an entry at 0 goes");
+        assert_eq!(load(&v), 3);
+    }
+
+    #[test]
+    fn nothing_is_taken_back_from_an_owner_without_a_count() {
+        let mut v = value(&[(7, 2)]);
+        assert!(!change(&mut v, 9, -1));
+        assert_eq!(v, value(&[(7, 2)]));
+        let mut empty = Vec::new();
+        assert!(!change(&mut empty, 9, -1));
+    }
+
+    #[test]
+    fn bytes_after_the_last_whole_entry_are_dropped() {
+        let mut v = value(&[(7, 2)]);
+        v.extend_from_slice(&[1, 2, 3]);
+        assert_eq!(load(&v), 2);
+        assert!(change(&mut v, 8, 1));
+        assert_eq!(v, value(&[(7, 2), (8, 1)]));
+    }
 }

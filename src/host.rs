@@ -42,6 +42,14 @@ pub trait Host {
     }
 }
 
+/// Creates shared-data `key` holding `initial` if it does not exist yet, so that every later
+/// change is a compare-and-swap (with token 0 a write is unconditional and could overwrite
+/// another worker's). Shared data has no create-if-absent: two workers creating the key at the
+/// same moment both write `initial`, before either changes it. Returns whether the key exists.
+pub fn create_shared<H: Host + ?Sized>(host: &H, key: &str, initial: &[u8]) -> bool {
+    host.shared_data(key).is_some() || host.set_shared_data(key, initial, 0) == SharedWrite::Written
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SharedWrite {
     Written,

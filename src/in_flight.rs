@@ -15,7 +15,7 @@
 //! counts: +1 when a request's count is written, -1 when it is given back, and minus what a
 //! prune drops, so it reads the upstream's load.
 
-use crate::host::{Host, SharedWrite};
+use crate::host::{create_shared, Host, SharedWrite};
 use crate::plan::InFlight;
 
 /// Retries of a compare-and-swap before giving up (another worker won every time).
@@ -163,13 +163,10 @@ fn update<H: Host + ?Sized>(
     false
 }
 
-/// Creates the key, empty, if it does not exist yet, so that the updates of concurrent workers
-/// all go through compare-and-swap. (Shared data has no create-if-absent: two workers
-/// configuring at the same moment may both create it, before any request is counted.)
+/// Creates the upstream's value, empty, if it does not exist yet, so that the updates of
+/// concurrent workers all go through compare-and-swap (see [`create_shared`]).
 pub fn ensure<H: Host + ?Sized>(host: &H, slot: &InFlight) {
-    if host.shared_data(&slot.key).is_none()
-        && host.set_shared_data(&slot.key, &[], 0) != SharedWrite::Written
-    {
+    if !create_shared(host, &slot.key, &[]) {
         log::warn!("in-flight count {} could not be created", slot.key);
     }
 }

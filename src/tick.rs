@@ -9,7 +9,7 @@
 //! counts it, so each ejection is logged and counted once.
 
 use crate::guard::{admitted_weights, window_totals, Bucket, Change, Ejection, Guard, Seen};
-use crate::host::{Host, SharedWrite};
+use crate::host::{create_shared, Host, SharedWrite};
 use crate::plan::{stat_segment, Plan, Service};
 use crate::rollout::Phase;
 
@@ -225,9 +225,7 @@ impl GuardKeys {
 /// does not exist yet, so that a decision is always a compare-and-swap: with token 0 a write
 /// would be unconditional, and two workers could both land the same ejection.
 fn read_state<H: Host + ?Sized>(host: &H, key: &str) -> Option<(Ejection, u32)> {
-    if host.shared_data(key).is_none() {
-        host.set_shared_data(key, &Ejection::default().encode(), 0);
-    }
+    create_shared(host, key, &Ejection::default().encode());
     host.shared_data(key)
         .map(|(bytes, cas)| (Ejection::decode(&bytes), cas))
 }
@@ -353,11 +351,7 @@ fn percent(fraction: f64) -> u64 {
 
 /// Read-modify-write of a shared-data value with compare-and-swap; returns whether it landed.
 fn update<H: Host + ?Sized>(host: &H, key: &str, change: impl Fn(&[u8]) -> Vec<u8>) -> bool {
-    // Created empty first: a change written with token 0 would be unconditional, and could
-    // overwrite another worker's.
-    if host.shared_data(key).is_none() {
-        host.set_shared_data(key, &[], 0);
-    }
+    create_shared(host, key, &[]);
     for _ in 0..16 {
         let (current, cas) = host.shared_data(key).unwrap_or_default();
         match host.set_shared_data(key, &change(&current), cas) {

@@ -269,9 +269,8 @@ impl Instance {
             entry.counters.flush(&entry.plan, host);
             entry.tick.run(&entry.plan, &entry.plugin, host, now_ms);
         }
-        if self.owner.is_some()
-            && now_ms.saturating_sub(self.last_beat_ms) >= in_flight::BEAT_EVERY_MS
-        {
+        // Either way: after the clock went back, beats go on.
+        if self.owner.is_some() && now_ms.abs_diff(self.last_beat_ms) >= in_flight::BEAT_EVERY_MS {
             self.beat(host, now_ms);
         }
     }

@@ -454,6 +454,16 @@ fn a_clock_jump_drops_no_live_counts() {
     run_ticks(&mut [(&mut one, &first), (&mut two, &second)], 10_000);
     assert_eq!(total_load(&first), 2);
     assert_eq!(owners(&first).len(), 2);
+    let now = NOW_MS.with(std::cell::Cell::get);
+    let beats: Vec<u64> = first.shared.borrow()[in_flight::OWNERS_KEY]
+        .0
+        .chunks_exact(12)
+        .map(|e| u64::from_le_bytes(e[4..].try_into().unwrap()))
+        .collect();
+    assert!(
+        beats.iter().all(|&t| now - t <= 1_500),
+        "{beats:?} at {now}"
+    );
 }
 
 #[test]

@@ -219,14 +219,16 @@ impl GuardKeys {
     }
 }
 
-/// Adds this VM's outcomes to the shared buckets, reads every upstream's window and ejection
-/// state, applies the guard's decision, and returns the ejection states in force.
 /// An upstream's ejection state and its CAS token. The state is created (not ejected) when it
 /// does not exist yet, so that a decision is always a compare-and-swap: with token 0 a write
-/// would be unconditional, and two workers could both land the same ejection.
+/// would be unconditional, and two workers could both land the same ejection. One read when it
+/// exists.
 fn read_state<H: Host + ?Sized>(host: &H, key: &str) -> Option<(Ejection, u32)> {
-    create_shared(host, key, &Ejection::default().encode());
     host.shared_data(key)
+        .or_else(|| {
+            create_shared(host, key, &Ejection::default().encode());
+            host.shared_data(key)
+        })
         .map(|(bytes, cas)| (Ejection::decode(&bytes), cas))
 }
 
@@ -242,6 +244,8 @@ pub fn create_guard_states<H: Host + ?Sized>(plan: &Plan, plugin: &str, host: &H
     }
 }
 
+/// Adds this VM's outcomes to the shared buckets, reads every upstream's window and ejection
+/// state, applies the guard's decision, and returns the ejection states in force.
 fn guard_tick<H: Host + ?Sized>(
     guard: &Guard,
     keys: &GuardKeys,
@@ -351,9 +355,15 @@ fn percent(fraction: f64) -> u64 {
 
 /// Read-modify-write of a shared-data value with compare-and-swap; returns whether it landed.
 fn update<H: Host + ?Sized>(host: &H, key: &str, change: impl Fn(&[u8]) -> Vec<u8>) -> bool {
-    create_shared(host, key, &[]);
     for _ in 0..16 {
-        let (current, cas) = host.shared_data(key).unwrap_or_default();
+        // Created empty first: a change written with token 0 would be unconditional, and could
+        // overwrite another worker's.
+        let Some((current, cas)) = host.shared_data(key) else {
+            if !create_shared(host, key, &[]) {
+                return false;
+            }
+            continue;
+        };
         match host.set_shared_data(key, &change(&current), cas) {
             SharedWrite::Written => return true,
             SharedWrite::CasMismatch => continue,

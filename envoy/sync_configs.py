@@ -12,6 +12,9 @@ envoy/meshsplit.json is the only source. Its copies are:
 - istio/wasmplugin.yaml (`spec.pluginConfig`) and istio/trafficextension.yaml
   (`spec.wasm.pluginConfig`): the same mapped config, written as JSON on the lines after the
   `pluginConfig:` key. JSON is YAML, so the object stays a YAML mapping, as these APIs require.
+- istio/meshsplit-route.yaml: its `configPatches`, from that key to the end of the file, one
+  INSERT_FIRST route per service in the service's virtual host (`FQDN:PORT`), matching requests
+  whose cluster header (`cluster_header`) names one of the service's clusters.
 
 Only that block is rewritten, as text: comments and layout around it stay as they are.
 With --check nothing is written; a copy that differs is shown as a diff and the exit status is 1.
@@ -21,7 +24,10 @@ The Istio mapping, for each service:
   (exactly one must be).
 - hosts become the names a sidecar's virtual host answers to, without the port: for a Kubernetes
   service `NAME.NAMESPACE.svc.DOMAIN`, `NAME`, `NAME.NAMESPACE`, `NAME.NAMESPACE.svc` and the FQDN;
-  for any other host, the FQDN alone.
+  for any other host, the FQDN alone. The filter drops a port and one trailing dot before it
+  looks a host up, so `reviews:9080` and the FQDN with a trailing dot (a domain of the virtual
+  host since Istio 1.27) need no entries of their own. The cluster IP, also a domain of the
+  virtual host, cannot be known here: such requests are not tagged and keep Istio's routing.
 - each upstream's cluster becomes Istio's cluster for the DestinationRule subset named like the
   upstream: `outbound|PORT|UPSTREAM-NAME|FQDN`, where PORT is the listener port the EnvoyFilter
   in meshsplit-filter.yaml matches (the WasmPlugin and TrafficExtension must match that port
@@ -42,6 +48,7 @@ ENVOY_DIR = Path(__file__).resolve().parent
 SOURCE = "meshsplit.json"
 ENVOY_COPIES = ["envoy.yaml", "envoy-compose.yaml", "envoy-live.yaml"]
 ISTIO_FILTER = "istio/meshsplit-filter.yaml"
+ISTIO_ROUTE = "istio/meshsplit-route.yaml"
 # Istio's own APIs for Wasm filters: a WasmPlugin and a TrafficExtension.
 ISTIO_NATIVE = ["istio/wasmplugin.yaml", "istio/trafficextension.yaml"]
 ISTIO_DIR = "istio"
@@ -181,6 +188,67 @@ def istio_plugin(plugin, directory):
     return mapped
 
 
+ROUTE_BLOCK_START = "  configPatches:\n"
+# Istio's default outbound retry policy (`pilot/pkg/networking/core/route/retry/retry.go`,
+# `DefaultPolicy`), the tracing operation of its routes, and no timeout, as on Istio's routes.
+ROUTE_PATCH = """\
+  # {name}: requests the filter tagged with one of the service's clusters
+  - applyTo: HTTP_ROUTE
+    match:
+      context: SIDECAR_OUTBOUND
+      routeConfiguration:
+        vhost:
+          name: {vhost}
+    patch:
+      operation: INSERT_FIRST
+      value:
+        name: meshsplit
+        match:
+          prefix: /
+          headers:
+          - name: {header}
+            string_match:
+              safe_regex:
+                regex: '{regex}'
+        decorator:
+          operation: {vhost}/*
+        route:
+          cluster_header: {header}
+          cluster_not_found_response_code: SERVICE_UNAVAILABLE
+          timeout: 0s
+          max_grpc_timeout: 0s
+          retry_policy:
+            retry_on: connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes
+            num_retries: 2
+            retriable_status_codes: [503]
+            host_selection_retry_max_attempts: 5
+            retry_host_predicate:
+            - name: envoy.retry_host_predicates.previous_hosts
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate
+"""
+
+
+def route_patches(mapped, port):
+    """The `configPatches` block of istio/meshsplit-route.yaml for the mapped plugin config."""
+    header = mapped.get("cluster_header", "x-meshsplit-cluster")
+    blocks = []
+    for service in mapped["services"]:
+        fqdn = service["upstreams"][0]["cluster"].rsplit("|", 1)[1]
+        # RE2, matched against the whole value: any subset of this service on this port.
+        regex = rf"outbound\|{port}\|[^|]+\|{re.escape(fqdn)}"
+        blocks.append(ROUTE_PATCH.format(name=service["name"], vhost=f"{fqdn}:{port}",
+                                         header=header, regex=regex))
+    return ROUTE_BLOCK_START + "".join(blocks)
+
+
+def replace_route_block(text, block):
+    """`text` with everything from its `configPatches:` key to the end replaced by `block`."""
+    if text.count(ROUTE_BLOCK_START) != 1:
+        raise SyncError(f"{ISTIO_ROUTE}: expected one `configPatches:` key at indent 2")
+    return text[:text.index(ROUTE_BLOCK_START)] + block
+
+
 def expected_files(directory):
     """{relative path: expected text} for every file that embeds the plugin configuration."""
     source_text = (directory / SOURCE).read_text()
@@ -196,6 +264,10 @@ def expected_files(directory):
         if embedded_plugin(text) != parsed:  # the YAML around the block must still read it back
             raise SyncError(f"{name}: the rewritten block does not parse back to the plugin config")
         out[name] = text
+    route_text = replace_route_block((directory / ISTIO_ROUTE).read_text(),
+                                     route_patches(mapped, istio_port(directory)))
+    yaml.safe_load(route_text)  # must still be YAML
+    out[ISTIO_ROUTE] = route_text
     return out
 
 

@@ -505,7 +505,13 @@ fn cases() -> Vec<Case> {
             "guard error_rate above 1",
             patch(r#""error_rate": 0.5"#, r#""error_rate": 1.5"#),
             "services[1].guard.error_rate",
-            "must be above 0 and at most 1",
+            "must be above 0 and below 1",
+        ),
+        case(
+            "guard error_rate of 1, which no failure share can exceed",
+            patch(r#""error_rate": 0.5"#, r#""error_rate": 1.0"#),
+            "services[1].guard.error_rate",
+            "must be above 0 and below 1",
         ),
         case(
             "guard error_rate as a string",

@@ -591,11 +591,13 @@ fn compile_service(path: &str, raw: &RawService, plugin: &str) -> Result<Service
 }
 
 fn compile_guard(path: &str, raw: &RawGuard) -> Result<Guard, ConfigError> {
-    if !(raw.error_rate > 0.0 && raw.error_rate <= 1.0) {
+    // A failure share cannot exceed 1, so an error_rate of 1 could never eject anything.
+    if !(raw.error_rate > 0.0 && raw.error_rate < 1.0) {
         return Err(ConfigError::new(
             format!("{path}.error_rate"),
             // The value itself is not shown: formatting a float would cost the module ~10 KB.
-            "must be above 0 and at most 1 (a fraction of the requests)",
+            "must be above 0 and below 1 (a fraction of the requests; a share of failures \
+             above 1 cannot happen, so 1 would never eject)",
         ));
     }
     let within = |field: &str, value: Option<u64>, default: u64, min: u64, max: u64| {

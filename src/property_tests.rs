@@ -467,7 +467,7 @@ mod round_trip {
             }
             if let Some(guard) = object.get_mut("guard").and_then(Value::as_object_mut) {
                 let rate = guard["error_rate"].as_f64().unwrap();
-                guard.insert("error_rate".into(), json!(rate.clamp(0.01, 1.0)));
+                guard.insert("error_rate".into(), json!(rate.clamp(0.01, 0.99)));
                 guard.remove("min_requests");
                 guard.remove("window_s");
                 guard.remove("max_ejected_percent");

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 import harness
+import istio
 import sync_configs  # envoy/sync_configs.py (harness puts envoy/ on the path)
 from conftest import TOOL_MISSING
 
@@ -160,8 +161,24 @@ def test_sync_configs_check_reports_drift_and_a_sync_fixes_it(envoy_copy):
         # Only the JSON block changed: every comment line is kept.
         assert [l for l in new.splitlines() if l.lstrip().startswith("#")] == \
             [l for l in old.splitlines() if l.lstrip().startswith("#")]
+        if name == sync_configs.ISTIO_ROUTE:
+            assert new == old  # weights are not in the route patch
+            continue
         weight = sync_configs.embedded_plugin(new)["services"][0]["upstreams"][0]["weight"]
         assert weight == 70, name
+
+
+def test_sync_configs_writes_the_route_patch_for_the_cluster_header(envoy_copy):
+    plugin = json.loads((envoy_copy / "meshsplit.json").read_text())
+    plugin["cluster_header"] = "x-split-to"
+    (envoy_copy / "meshsplit.json").write_text(json.dumps(plugin, indent=2) + "\n")
+    assert sync_configs.main(["--dir", str(envoy_copy)]) == 0
+    doc = yaml.safe_load((envoy_copy / sync_configs.ISTIO_ROUTE).read_text())
+    (patch,) = doc["spec"]["configPatches"]
+    value = patch["patch"]["value"]
+    assert value["match"]["headers"][0]["name"] == "x-split-to"
+    assert value["route"]["cluster_header"] == "x-split-to"
+    assert patch["match"]["routeConfiguration"]["vhost"]["name"] == "reviews.default.svc.cluster.local:9080"
 
 
 def test_sync_configs_refuses_an_upstream_without_a_destination_rule_subset(envoy_copy, capsys):
@@ -300,105 +317,35 @@ def istio_plugin_config():
 def test_istio_plugin_config_names_istio_clusters():
     plugin = istio_plugin_config()
     (destination_rule,) = istio_docs("reviews-destinationrule.yaml")
-    route_match = envoy_filter_patch("meshsplit-route.yaml", "HTTP_ROUTE")["match"]["routeConfiguration"]
+    port = envoy_filter_patch("meshsplit-filter.yaml", "HTTP_FILTER")["match"]["listener"]["portNumber"]
     subsets = {s["name"] for s in destination_rule["spec"]["subsets"]}
     (service,) = plugin["services"]
     assert destination_rule["spec"]["host"] in service["hosts"]
     for upstream in service["upstreams"]:
         m = ISTIO_CLUSTER.match(upstream["cluster"])
         assert m, f"{upstream['cluster']!r} is not outbound|PORT|SUBSET|FQDN"
-        port, subset, fqdn = int(m.group(1)), m.group(2), m.group(3)
-        assert port == route_match["portNumber"]
-        assert fqdn == destination_rule["spec"]["host"]
-        assert subset in subsets, f"no DestinationRule subset {subset!r}"
+        assert int(m.group(1)) == port
+        assert m.group(3) == destination_rule["spec"]["host"]
+        assert m.group(2) in subsets, f"no DestinationRule subset {m.group(2)!r}"
         # A new :authority would make the sidecar pick another virtual host.
         assert "authority" not in upstream
 
 
-def merge_route(route, value):
-    """EnvoyFilter MERGE of an HTTP_ROUTE patch: a protobuf merge, so setting one member of the
-    route action's cluster oneof clears the others."""
-    merged = copy.deepcopy(route)
-    for key, val in value.items():
-        if isinstance(val, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge_route(merged[key], val)
-        else:
-            merged[key] = copy.deepcopy(val)
-    action = merged.get("route", {})
-    specifiers = ["cluster", "cluster_header", "weighted_clusters", "cluster_specifier_plugin"]
-    chosen = [k for k in specifiers if k in value.get("route", {})]
-    for k in specifiers:
-        if chosen and k in action and k not in chosen:
-            del action[k]
-    return merged
-
-
 def sidecar_bootstrap(wasm, wasm_filter=None):
-    """A small stand-in for an Istio sidecar's outbound side for reviews: the 9080 route
-    configuration and clusters as Istio names them, with both EnvoyFilter patches applied, or with
-    the route patch and `wasm_filter` (what Istio makes of a WasmPlugin or TrafficExtension)."""
-    filter_patch = envoy_filter_patch("meshsplit-filter.yaml", "HTTP_FILTER")
-    route_patch = envoy_filter_patch("meshsplit-route.yaml", "HTTP_ROUTE")
+    """A client sidecar's outbound side as istiod generates it (tests/istio.py), with the shipped
+    EnvoyFilters applied, or with the route patch and `wasm_filter` (what Istio makes of a
+    WasmPlugin or TrafficExtension)."""
     (destination_rule,) = istio_docs("reviews-destinationrule.yaml")
-    fqdn = destination_rule["spec"]["host"]
-    port = route_patch["match"]["routeConfiguration"]["portNumber"]
-    short = fqdn.split(".")
-
+    subsets = [s["name"] for s in destination_rule["spec"]["subsets"]]
+    config = istio.sidecar({name: 9080 for name in istio.clusters(subsets)})
     if wasm_filter is None:
-        wasm_filter = copy.deepcopy(filter_patch["patch"]["value"])
-        wasm_filter["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(wasm)
-    router = {"name": "envoy.filters.http.router",
-              "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
-    assert filter_patch["patch"]["operation"] == "INSERT_BEFORE"
-    assert filter_patch["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == router["name"]
-    http_filters = [wasm_filter, router]
-
-    domains = []
-    for i in (1, 2, 3, len(short)):
-        host = ".".join(short[:i])
-        domains += [host, f"{host}:{port}"]
-    route_config = {
-        "name": str(port),
-        "virtual_hosts": [{
-            "name": f"{fqdn}:{port}",
-            "domains": sorted(set(domains)),
-            "routes": [{
-                "name": "default",
-                "match": {"prefix": "/"},
-                "route": {"cluster": f"outbound|{port}||{fqdn}", "timeout": "0s"},
-            }],
-        }],
-    }
-    vhost_match = route_patch["match"]["routeConfiguration"]["vhost"]
-    assert route_patch["patch"]["operation"] == "MERGE"
-    (vhost,) = [v for v in route_config["virtual_hosts"] if v["name"] == vhost_match["name"]]
-    (i,) = [i for i, r in enumerate(vhost["routes"]) if r["name"] == vhost_match["route"]["name"]]
-    vhost["routes"][i] = merge_route(vhost["routes"][i], route_patch["patch"]["value"])
-    assert vhost["routes"][i]["route"] == {"cluster_header": "x-meshsplit-cluster", "timeout": "0s",
-                                           "cluster_not_found_response_code": "SERVICE_UNAVAILABLE"}
-
-    clusters = [f"outbound|{port}||{fqdn}"] + [
-        f"outbound|{port}|{s['name']}|{fqdn}" for s in destination_rule["spec"]["subsets"]]
-    return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": harness.free_port()}}},
-        "static_resources": {
-            "listeners": [{
-                "name": f"0.0.0.0_{port}",
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": harness.free_port()}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network."
-                                 "http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": f"outbound_0.0.0.0_{port}",
-                        "route_config": route_config,
-                        "http_filters": http_filters,
-                    },
-                }]}],
-            }],
-            "clusters": [harness.static_cluster(name, 9080) for name in clusters],
-        },
-    }
+        (filter_doc,) = istio_docs("meshsplit-filter.yaml")
+        config = istio.apply_envoy_filter(config, filter_doc)
+        set_module_path(config, wasm)
+    else:
+        config = istio.insert_unphased(config, wasm_filter)
+    (route_doc,) = istio_docs("meshsplit-route.yaml")
+    return istio.apply_envoy_filter(config, route_doc)
 
 
 def test_istio_filter_validates_in_envoy(tmp_path, wasm):
@@ -425,11 +372,6 @@ def test_istio_bootstrap_rejects_bad_plugin_config(tmp_path, wasm):
 # --- Istio's own APIs: WasmPlugin and TrafficExtension ------------------------------------------
 
 NATIVE_MANIFESTS = ["wasmplugin.yaml", "trafficextension.yaml"]
-# failStrategy -> the failure_policy istiod writes into the filter (unset means FAIL_CLOSE).
-FAILURE_POLICY = {None: "FAIL_CLOSED", "FAIL_CLOSE": "FAIL_CLOSED", "FAIL_OPEN": "FAIL_OPEN",
-                  "FAIL_RELOAD": "FAIL_RELOAD"}
-
-
 def native_manifest(name):
     """(metadata, spec, the part of spec that describes the Wasm module) of a WasmPlugin or a
     TrafficExtension."""
@@ -440,25 +382,8 @@ def native_manifest(name):
 
 
 def istio_wasm_filter(name, module):
-    """The HTTP filter Istio builds from a WasmPlugin or TrafficExtension: named NAMESPACE.NAME,
-    pluginName as root_id, no vm_id, the V8 runtime, pluginConfig as a JSON StringValue and the
-    failure policy of failStrategy. The sidecar's agent fetches the module and points the filter at
-    the local copy, here `module`."""
-    metadata, _, wasm = native_manifest(name)
-    env = {"ISTIO_META_WASM_PLUGIN_RESOURCE_VERSION": "1"}
-    if wasm.get("imagePullPolicy"):
-        env["ISTIO_META_WASM_IMAGE_PULL_POLICY"] = wasm["imagePullPolicy"]
-    config = {
-        "name": f"{metadata['namespace']}.{metadata['name']}",
-        "root_id": wasm.get("pluginName", ""),
-        "vm_config": {"runtime": "envoy.wasm.runtime.v8",
-                      "code": {"local": {"filename": str(module)}},
-                      "environment_variables": {"key_values": env}},
-        "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
-                          "value": json.dumps(wasm["pluginConfig"])},
-        "failure_policy": FAILURE_POLICY[wasm.get("failStrategy")],
-    }
-    return {"name": config["name"], "typed_config": {"@type": harness.WASM_TYPE, "config": config}}
+    (doc,) = istio_docs(name)
+    return istio.extension_filter(doc, module, "1.30")
 
 
 @pytest.mark.parametrize("name", NATIVE_MANIFESTS)

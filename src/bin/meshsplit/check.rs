@@ -8,6 +8,7 @@ use meshsplit::guard::Guard;
 use meshsplit::plan::{HashOn, Plan, Service, Strategy};
 
 use crate::extract::{extract, Clusters, Found};
+use crate::route_patches;
 use crate::source::parse;
 use crate::Status;
 
@@ -24,7 +25,9 @@ const LISTED_SERVICES: usize = 5;
 /// Prints `FILE[: where]: ok: SUMMARY` for a valid config and
 /// `FILE[: where]: invalid configuration: PATH: MESSAGE`, the filter's own error, for an
 /// invalid one. In an Envoy bootstrap, an upstream cluster missing from
-/// static_resources.clusters draws a warning.
+/// static_resources.clusters draws a warning. An EnvoyFilter patch that makes routes read a
+/// cluster_header gets an ok line, and a warning where it depends on a route name or a
+/// portNumber, or sends requests without the header to the header's cluster.
 ///
 /// Exit status: 0 all valid; 1 a config is invalid (or a warning, with --strict); 2 usage or
 /// input error: unreadable file, not JSON or YAML, no meshsplit config in it.
@@ -136,10 +139,13 @@ pub(crate) fn read(path: &PathBuf) -> Result<String, String> {
 fn check_text(name: &str, text: &str) -> Result<Vec<Line>, FileError> {
     let documents = parse(text).map_err(FileError::Unusable)?;
     let found = extract(&documents);
-    if found.is_empty() {
+    let routes = route_patches::lines(name, &documents);
+    if found.is_empty() && routes.is_empty() {
         return Err(FileError::NoConfig);
     }
-    Ok(found.iter().flat_map(|f| check_one(name, f)).collect())
+    let mut lines: Vec<Line> = found.iter().flat_map(|f| check_one(name, f)).collect();
+    lines.extend(routes);
+    Ok(lines)
 }
 
 pub(crate) fn check_one(name: &str, found: &Found) -> Vec<Line> {

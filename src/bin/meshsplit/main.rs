@@ -12,6 +12,7 @@ mod check;
 mod extract;
 mod load;
 mod preview;
+mod route_patches;
 mod schedule;
 mod simulate;
 mod source;

@@ -7,9 +7,11 @@ use std::path::PathBuf;
 use meshsplit::guard::Guard;
 use meshsplit::plan::{HashOn, Plan, Service, Strategy};
 
+use crate::ecds;
 use crate::extract::{extract, Clusters, Found};
+use crate::output::say_err;
 use crate::route_patches;
-use crate::source::parse;
+use crate::source::{decode, parse};
 use crate::Status;
 
 /// Services named in a summary line; more are counted.
@@ -107,18 +109,18 @@ pub fn run(args: &Args) -> Status {
             Err(FileError::NoConfig) => {
                 status = Status::Error;
                 let _ = out.flush();
-                eprintln!("error: {name}: no meshsplit config found (a plugin config has a \"services\" list; embedded ones are the StringValue configuration of a wasm HTTP filter, or a WasmPlugin's or TrafficExtension's pluginConfig)");
+                say_err!("error: {name}: no meshsplit config found (a plugin config has a \"services\" list; embedded ones are the StringValue configuration of a wasm HTTP filter, or a WasmPlugin's or TrafficExtension's pluginConfig)");
             }
             Err(FileError::Unusable(message)) => {
                 status = Status::Error;
                 let _ = out.flush();
-                eprintln!("error: {name}: {message}");
+                say_err!("error: {name}: {message}");
             }
         }
     }
     if !found_any && status == Status::Ok {
         // Every file was skipped.
-        eprintln!("error: no meshsplit config found in any file");
+        say_err!("error: no meshsplit config found in any file");
         status = Status::Error;
     }
     status
@@ -132,7 +134,7 @@ pub(crate) fn read(path: &PathBuf) -> Result<String, String> {
         std::fs::read(path).map(|b| bytes = b)
     };
     result.map_err(|e| format!("cannot read: {e}"))?;
-    String::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))
+    decode(bytes)
 }
 
 /// The report for one file's text.
@@ -140,12 +142,37 @@ fn check_text(name: &str, text: &str) -> Result<Vec<Line>, FileError> {
     let documents = parse(text).map_err(FileError::Unusable)?;
     let found = extract(&documents);
     let routes = route_patches::lines(name, &documents);
-    if found.is_empty() && routes.is_empty() {
+    let ecds = ecds_lines(name, &documents);
+    if found.is_empty() && routes.is_empty() && ecds.is_empty() {
         return Err(FileError::NoConfig);
     }
-    let mut lines: Vec<Line> = found.iter().flat_map(|f| check_one(name, f)).collect();
+    let mut lines = ecds;
+    lines.extend(found.iter().flat_map(|f| check_one(name, f)));
     lines.extend(routes);
     Ok(lines)
+}
+
+/// An invalid line for every reason Envoy would reject an ECDS file (a discovery response
+/// document): its configs may be valid, but the file never gets to the filter.
+fn ecds_lines(name: &str, documents: &[crate::source::Document]) -> Vec<Line> {
+    let many = documents.len() > 1;
+    let mut lines = Vec::new();
+    for (i, document) in documents.iter().enumerate() {
+        if !ecds::is_response(&document.value) {
+            continue;
+        }
+        let at = if many {
+            format!("{name}: document {}", i + 1)
+        } else {
+            name.to_owned()
+        };
+        for reason in ecds::refusals(&document.value) {
+            lines.push(Line::Invalid(format!(
+                "{at}: ECDS file Envoy would reject: {reason}"
+            )));
+        }
+    }
+    lines
 }
 
 pub(crate) fn check_one(name: &str, found: &Found) -> Vec<Line> {
@@ -154,6 +181,11 @@ pub(crate) fn check_one(name: &str, found: &Found) -> Vec<Line> {
     } else {
         format!("{name}: {}", found.place)
     };
+    if let Some(why) = &found.broken {
+        return vec![Line::Invalid(format!(
+            "{at}: broken meshsplit config, cannot be read: {why}"
+        ))];
+    }
     match found.plan() {
         // The same words the filter logs: "invalid configuration: {err}".
         Err(err) => vec![Line::Invalid(format!("{at}: invalid configuration: {err}"))],

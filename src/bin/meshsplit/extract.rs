@@ -46,12 +46,23 @@ pub struct Found {
     /// It configures the native build's route cluster specifier, which refuses what it cannot
     /// do (`Plan::check_cluster_specifier`).
     pub specifier: bool,
+    /// Why a filter that is meshsplit (it runs meshsplit's module or is named like it) has no
+    /// config that can be read: its configuration is missing, not a `StringValue`, or its
+    /// `value` is not a string. Envoy would give the filter no config or refuse the file, so
+    /// this is an error, never a file without meshsplit config.
+    pub broken: Option<String>,
 }
 
 impl Found {
     /// The plan the filter (or the cluster specifier) would build from this config, or the
     /// error it would log.
     pub fn plan(&self) -> Result<Plan, ConfigError> {
+        if let Some(why) = &self.broken {
+            return Err(ConfigError {
+                path: String::new(),
+                message: why.clone(),
+            });
+        }
         let plan = Plan::from_json_named(self.config.as_bytes(), &self.plugin)?;
         if self.specifier {
             plan.check_cluster_specifier()?;
@@ -107,6 +118,7 @@ fn from_document(document: &Document, place: &str, out: &mut Vec<Found>) {
             config: document.text.clone().unwrap_or_else(|| value.to_string()),
             clusters: None,
             specifier: false,
+            broken: None,
         });
     } else {
         from_container(value, place, true, None, out);
@@ -187,6 +199,7 @@ fn plugin_config_object(holder: Option<&Value>, place: String, plugin: String) -
         config,
         clusters: None,
         specifier: false,
+        broken: None,
     }
 }
 
@@ -219,7 +232,7 @@ fn from_container(
     out: &mut Vec<Found>,
 ) {
     let mut configs = Vec::new();
-    find_filters(container, String::new(), &mut configs);
+    find_filters(container, String::new(), None, &mut configs);
     let with_path = always_path || configs.len() > 1;
     for (
         path,
@@ -227,6 +240,7 @@ fn from_container(
             plugin,
             config,
             specifier,
+            broken,
         },
     ) in configs
     {
@@ -244,6 +258,7 @@ fn from_container(
             config: config.to_owned(),
             clusters: clusters.cloned(),
             specifier,
+            broken,
         });
     }
 }
@@ -253,17 +268,25 @@ struct Embedded<'a> {
     plugin: &'a str,
     config: &'a str,
     specifier: bool,
+    /// Why the config of a meshsplit filter cannot be read (`config` is then empty).
+    broken: Option<String>,
 }
 
 /// Collects (path, config) for every meshsplit typed config under `value`: wasm HTTP filters,
 /// and the native build's dynamic-module HTTP filters and cluster specifiers, each with a
 /// `StringValue` configuration. The path leads to the object holding the typed config
-/// (`http_filters[0]`).
-fn find_filters<'a>(value: &'a Value, path: String, out: &mut Vec<(String, Embedded<'a>)>) {
+/// (`http_filters[0]`). `holder` is the `name` of the object holding `value`, if any (an HTTP
+/// filter entry's name).
+fn find_filters<'a>(
+    value: &'a Value,
+    path: String,
+    holder: Option<&str>,
+    out: &mut Vec<(String, Embedded<'a>)>,
+) {
     match value {
         Value::Object(map) => {
             let embedded = match plugin_config_of(map) {
-                Some(wasm) => Some(string_configuration(wasm)),
+                Some(wasm) => Some(string_configuration(wasm, holder)),
                 None => native_configuration(map),
             };
             if let Some(embedded) = embedded {
@@ -274,13 +297,14 @@ fn find_filters<'a>(value: &'a Value, path: String, out: &mut Vec<(String, Embed
                 out.extend(embedded.map(|e| (holder.to_owned(), e)));
                 return;
             }
+            let name = map.get("name").and_then(Value::as_str);
             for (key, child) in map {
-                find_filters(child, join_path(&path, key), out);
+                find_filters(child, join_path(&path, key), name, out);
             }
         }
         Value::Array(items) => {
             for (i, child) in items.iter().enumerate() {
-                find_filters(child, format!("{path}[{i}]"), out);
+                find_filters(child, format!("{path}[{i}]"), None, out);
             }
         }
         _ => {}
@@ -306,28 +330,79 @@ fn native_configuration(map: &Map<String, Value>) -> Option<Option<Embedded<'_>>
     if module != Some("meshsplit") {
         return None;
     }
-    Some(string_value(map.get(config_key)).map(|config| {
-        Embedded {
-            plugin: map
-                .get(name_key)
-                .and_then(Value::as_str)
-                .unwrap_or_default(),
-            config,
-            specifier,
-        }
+    // Module `meshsplit` is this filter: a config it cannot read is broken, not unrelated.
+    let (config, broken) = match string_value(map.get(config_key)) {
+        Ok(config) => (config, None),
+        Err(why) => ("", Some(format!("{config_key}: {why}"))),
+    };
+    Some(Some(Embedded {
+        plugin: map
+            .get(name_key)
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+        config,
+        specifier,
+        broken,
     }))
 }
 
-/// The text of a `google.protobuf.StringValue` (empty without `value`).
-fn string_value(value: Option<&Value>) -> Option<&str> {
-    let value = value?;
-    if !value.get("@type")?.as_str()?.ends_with(STRING_VALUE_TYPE) {
-        return None;
+/// The text of a `google.protobuf.StringValue` (empty without `value`), or why there is none.
+fn string_value(value: Option<&Value>) -> Result<&str, String> {
+    let Some(value) = value else {
+        return Err("missing: meshsplit takes its config as a google.protobuf.StringValue".into());
+    };
+    let type_url = value.get("@type").and_then(Value::as_str);
+    if !type_url.is_some_and(|t| t.ends_with(STRING_VALUE_TYPE)) {
+        return Err(match type_url {
+            Some(t) => format!("@type is {t:?}, not type.googleapis.com/{STRING_VALUE_TYPE}"),
+            None => format!("no @type: meshsplit takes a {STRING_VALUE_TYPE}"),
+        });
     }
     match value.get("value") {
-        None => Some(""),
-        Some(v) => v.as_str(),
+        None => Ok(""),
+        Some(Value::String(text)) => Ok(text),
+        Some(other) => Err(format!(
+            "value is {}, not a string: the StringValue holds the plugin config as JSON text \
+             (in YAML, a block scalar: `value: |`)",
+            kind(other)
+        )),
     }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a map",
+    }
+}
+
+/// Whether a wasm filter is meshsplit by what it says about itself: its module file or URL,
+/// its plugin name, root_id or vm_id, or the name of the filter entry holding it mentions
+/// meshsplit. (The filter's config does not name its module otherwise.)
+fn looks_like_meshsplit(config: &Value, holder: Option<&str>) -> bool {
+    let mentions = |v: Option<&Value>| {
+        v.and_then(Value::as_str)
+            .is_some_and(|s| s.to_ascii_lowercase().contains("meshsplit"))
+    };
+    let vm = config.get("vm_config");
+    let code = vm.and_then(|v| v.get("code"));
+    mentions(config.get("name"))
+        || mentions(config.get("root_id"))
+        || mentions(vm.and_then(|v| v.get("vm_id")))
+        || mentions(
+            code.and_then(|c| c.get("local"))
+                .and_then(|l| l.get("filename")),
+        )
+        || mentions(
+            code.and_then(|c| c.get("remote"))
+                .and_then(|r| r.get("http_uri"))
+                .and_then(|u| u.get("uri")),
+        )
+        || holder.is_some_and(|h| h.to_ascii_lowercase().contains("meshsplit"))
 }
 
 /// The `config` (a `PluginConfig`) of the `envoy.extensions.filters.http.wasm.v3.Wasm` message
@@ -344,15 +419,22 @@ fn plugin_config_of(map: &Map<String, Value>) -> Option<&Value> {
 }
 
 /// The plugin name and configuration text of a wasm filter's `PluginConfig`, if its
-/// configuration is a `StringValue`.
-fn string_configuration(config: &Value) -> Option<Embedded<'_>> {
+/// configuration is a `StringValue`; a filter that looks like meshsplit (`looks_like_meshsplit`)
+/// without one is broken. Other wasm filters without one are someone else's: skipped.
+fn string_configuration<'a>(config: &'a Value, holder: Option<&str>) -> Option<Embedded<'a>> {
+    let (text, broken) = match string_value(config.get("configuration")) {
+        Ok(text) => (text, None),
+        Err(_) if !looks_like_meshsplit(config, holder) => return None,
+        Err(why) => ("", Some(format!("configuration: {why}"))),
+    };
     Some(Embedded {
         plugin: config
             .get("name")
             .and_then(Value::as_str)
             .unwrap_or_default(),
-        config: string_value(config.get("configuration"))?,
+        config: text,
         specifier: false,
+        broken,
     })
 }
 
@@ -596,6 +678,7 @@ mod tests {
             config: config.to_owned(),
             clusters: None,
             specifier: false,
+            broken: None,
         };
         assert!(f.plan().is_ok());
         f.specifier = true;
@@ -660,9 +743,10 @@ mod tests {
     #[test]
     fn wasm_filters_without_a_string_configuration_are_not_meshsplit() {
         let mut structured = wasm("other", "");
+        structured["config"]["root_id"] = json!("other");
         structured["config"]["configuration"] =
             json!({"@type": "type.googleapis.com/google.protobuf.Struct", "value": {"a": 1}});
-        let mut absent = wasm("other", "");
+        let mut absent = structured.clone();
         absent["config"]
             .as_object_mut()
             .unwrap()
@@ -673,6 +757,38 @@ mod tests {
             {"name": "lua", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"}},
         ]))]}});
         assert!(found(&bootstrap.to_string()).is_empty());
+    }
+
+    #[test]
+    fn a_meshsplit_filter_whose_config_cannot_be_read_is_broken_not_unrelated() {
+        let configuration = |c: Value| {
+            let mut filter = wasm("other", "");
+            filter["config"]["root_id"] = json!("other");
+            filter["config"]["configuration"] = c;
+            filter
+        };
+        let string = "type.googleapis.com/google.protobuf.StringValue";
+        let map = configuration(json!({"@type": string, "value": {"services": []}}));
+        let misspelled = configuration(
+            json!({"@type": "type.googleapis.com/google.protobuf.Stringvalue", "value": "{}"}),
+        );
+        let mut by_module = misspelled.clone();
+        by_module["config"]["vm_config"]["code"]["local"]["filename"] =
+            json!("/etc/envoy/meshsplit.wasm");
+        let bootstrap = json!({"static_resources": {"listeners": [listener(json!([
+            {"name": "meshsplit", "typed_config": map},
+            {"name": "split", "typed_config": by_module},
+            {"name": "other", "typed_config": misspelled},
+        ]))]}});
+        let found = found(&bootstrap.to_string());
+        let broken: Vec<_> = found.iter().map(|f| f.broken.as_deref().unwrap()).collect();
+        assert_eq!(broken.len(), 2, "{broken:?}");
+        assert!(
+            broken[0].starts_with("configuration: value is a map, not a string"),
+            "{broken:?}"
+        );
+        assert!(broken[1].contains("@type is \"type.googleapis.com/google.protobuf.Stringvalue\""));
+        assert!(found[0].plan().is_err());
     }
 
     #[test]

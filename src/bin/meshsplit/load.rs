@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::check::{check_one, read, Line};
 use crate::extract::{extract, Found};
+use crate::output::{say, say_err};
 use crate::source::parse;
 use crate::Status;
 
@@ -60,8 +61,8 @@ impl Failure {
     /// Prints the failure where it belongs and returns its status.
     pub fn report(&self) -> Status {
         match self.status {
-            Status::Invalid => println!("{}", self.message),
-            _ => eprintln!("error: {}", self.message),
+            Status::Invalid => say!("{}", self.message),
+            _ => say_err!("error: {}", self.message),
         }
         self.status
     }

@@ -9,13 +9,17 @@ use clap::{Parser, Subcommand};
 
 mod apply;
 mod check;
+mod ecds;
 mod extract;
 mod load;
+mod output;
 mod preview;
+mod replace;
 mod route_patches;
 mod schedule;
 mod simulate;
 mod source;
+mod watch;
 
 #[cfg(test)]
 #[path = "../../fuzz.rs"]

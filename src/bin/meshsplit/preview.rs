@@ -98,7 +98,7 @@ pub struct Args {
 pub fn run(args: &Args) -> Status {
     match preview(args) {
         Ok(output) => {
-            print!("{output}");
+            crate::output::out(format_args!("{output}"));
             Status::Ok
         }
         Err(failure) => failure.report(),

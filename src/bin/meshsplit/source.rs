@@ -12,6 +12,19 @@ pub struct Document {
     pub text: Option<String>,
 }
 
+/// The text of a file's bytes, without a leading UTF-8 byte order mark.
+///
+/// Every command reads files through this, so a BOM changes nothing: the text after it is parsed
+/// as strictly as the same text without one (a BOM before `{` would otherwise turn a JSON file
+/// into YAML, which takes trailing commas), and a config is delivered without it.
+pub fn decode(bytes: Vec<u8>) -> Result<String, String> {
+    let text = String::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))?;
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_owned(),
+        None => text,
+    })
+}
+
 /// Parses `text` as JSON when it looks like JSON (starts with `{` or `[`), otherwise as a YAML
 /// stream; empty YAML documents are dropped. The error says what the text is not.
 pub fn parse(text: &str) -> Result<Vec<Document>, String> {
@@ -93,6 +106,17 @@ mod tests {
     fn broken_yaml_reports_the_yaml_error() {
         let err = parse("a: [1\nb: 2\n").unwrap_err();
         assert!(err.starts_with("not valid YAML: "), "{err}");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_dropped_before_parsing() {
+        let with_bom = b"\xef\xbb\xbf{\"services\": [],}".to_vec();
+        let text = decode(with_bom).unwrap();
+        assert_eq!(text, "{\"services\": [],}");
+        assert_eq!(decode(b"a: 1".to_vec()).unwrap(), "a: 1");
+        assert!(decode(vec![0xff])
+            .unwrap_err()
+            .starts_with("not UTF-8 text"));
     }
 
     #[test]

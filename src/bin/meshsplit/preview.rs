@@ -97,15 +97,17 @@ pub struct Args {
 
 pub fn run(args: &Args) -> Status {
     match preview(args) {
-        Ok(output) => {
+        Ok((output, status)) => {
             crate::output::out(format_args!("{output}"));
-            Status::Ok
+            status
         }
         Err(failure) => failure.report(),
     }
 }
 
-fn preview(args: &Args) -> Result<String, Failure> {
+/// The output, and its status: `Invalid` when a config of the file is invalid (its `check`
+/// line is printed in its place; the valid ones are previewed all the same).
+fn preview(args: &Args) -> Result<(String, Status), Failure> {
     let request = RequestOptions::parse(args)?;
     let clock = Clock {
         now_ms: now_ms(),
@@ -123,22 +125,59 @@ fn preview(args: &Args) -> Result<String, Failure> {
         }
         let diff =
             diff(Some(&old), &new, only, args.keys).with_rollouts(&old, &new, at, clock.now_ms);
-        return Ok(if args.json {
-            format!("{:#}\n", diff.json())
-        } else {
-            diff.text()
+        return Ok((
+            if args.json {
+                format!("{:#}\n", diff.json())
+            } else {
+                diff.text()
+            },
+            Status::Ok,
+        ));
+    }
+    let mut status = Status::Ok;
+    let mut text = String::new();
+    let mut json = Vec::new();
+    let mut configs = Vec::new();
+    let mut invalid = Vec::new();
+    for loaded in load_all(&args.config, args.config_index)? {
+        match loaded {
+            Ok(config) => configs.push(Ok(config)),
+            Err(failure) if failure.status == Status::Invalid => {
+                status = Status::Invalid;
+                invalid.push(failure.message.clone());
+                configs.push(Err(failure.message));
+            }
+            Err(failure) => return Err(failure),
+        }
+    }
+    // Nothing to preview: the file's check lines, as before.
+    if !invalid.is_empty() && invalid.len() == configs.len() {
+        return Err(Failure {
+            status,
+            message: invalid.join("\n"),
         });
     }
-    let configs = load_all(&args.config, args.config_index)?;
-    for config in &configs {
+    for config in configs.iter().flatten() {
         check_service(config, args.service.as_deref(), None)?;
         if let Some(at) = clock.at {
             put_in_force(&config.plan.services, at, clock.now_ms);
         }
     }
-    let mut text = String::new();
-    let mut json = Vec::new();
     for config in &configs {
+        let config = match config {
+            Ok(config) => config,
+            Err(message) => {
+                if args.json {
+                    json.push(json!({ "invalid": message }));
+                } else {
+                    if !text.is_empty() {
+                        text.push('\n');
+                    }
+                    let _ = writeln!(text, "{message}");
+                }
+                continue;
+            }
+        };
         let services = selected(config, args.service.as_deref());
         if let Some(request) = &request {
             let routes: Vec<Route> = services
@@ -188,21 +227,26 @@ fn preview(args: &Args) -> Result<String, Failure> {
             }
         }
     }
-    Ok(if args.json {
-        format!("{:#}\n", json!({ "configs": json }))
-    } else {
-        text
-    })
+    Ok((
+        if args.json {
+            format!("{:#}\n", json!({ "configs": json }))
+        } else {
+            text
+        },
+        status,
+    ))
 }
 
-fn load_all(path: &PathBuf, index: Option<usize>) -> Result<Vec<Loaded>, Failure> {
+/// Every config of a file (or the `index`-th), each compiled or failed on its own: one
+/// invalid filter of a bootstrap does not hide the others.
+fn load_all(path: &PathBuf, index: Option<usize>) -> Result<Vec<Result<Loaded, Failure>>, Failure> {
     let name = path.display().to_string();
     let found = find(path)?;
     let found = match index {
         Some(_) => vec![pick(&name, found, index)?],
         None => found,
     };
-    found.iter().map(|f| compile(&name, f)).collect()
+    Ok(found.iter().map(|f| compile(&name, f)).collect())
 }
 
 /// The one config of a file (or the `index`-th).
@@ -933,6 +977,8 @@ impl Change {
 
 struct ServiceDiff {
     name: String,
+    /// The service's name in the old config, when it was renamed (`renamed_from`).
+    renamed_from: Option<String>,
     change: Change,
     strategy: (Option<String>, Option<String>),
     /// (upstream, share before, share after); `None`: not there.
@@ -970,16 +1016,32 @@ pub fn diff(old: Option<&Loaded>, new: &Loaded, only: Option<&str>, keys: u64) -
     }
     let wanted = |name: &str| only.is_none_or(|o| o == name);
     let mut services = Vec::new();
+    // Old services compared under a new name: renamed, not removed.
+    let mut renamed = Vec::new();
     for (n, service) in new.plan.services.iter().enumerate() {
-        if !wanted(&service.name) {
+        let before = old.and_then(|o| {
+            o.service(&service.name)
+                .or_else(|| {
+                    let r = renamed_from(o, new, n)?;
+                    renamed.push(r);
+                    Some(r)
+                })
+                .map(|i| (o, i))
+        });
+        let old_name = before
+            .and_then(|(o, i)| o.plan.services.get(i))
+            .map(|s| s.name.as_str());
+        if !wanted(&service.name) && !old_name.is_some_and(wanted) {
             continue;
         }
-        let before = old.and_then(|o| o.service(&service.name).map(|i| (o, i)));
         services.push(service_diff(before, Some((new, n)), keys));
     }
     if let Some(old) = old {
         for (o, service) in old.plan.services.iter().enumerate() {
-            if wanted(&service.name) && new.service(&service.name).is_none() {
+            if wanted(&service.name)
+                && new.service(&service.name).is_none()
+                && !renamed.contains(&o)
+            {
                 services.push(service_diff(Some((old, o)), None, keys));
             }
         }
@@ -993,6 +1055,25 @@ pub fn diff(old: Option<&Loaded>, new: &Loaded, only: Option<&str>, keys: u64) -
     }
 }
 
+/// The old service that new service `n` renames: one whose name the new config no longer has
+/// and whose first host is the new one's. Requests to those hosts went to the old service and
+/// go to the new one, so the two are compared, not shown as one removed and one added.
+fn renamed_from(old: &Loaded, new: &Loaded, n: usize) -> Option<usize> {
+    let hosts = |config: &Loaded, i: usize| {
+        config
+            .json(i)
+            .and_then(|j| j.get("hosts"))
+            .and_then(Value::as_array)
+            .is_some_and(|h| !h.is_empty())
+    };
+    if !hosts(new, n) {
+        return None;
+    }
+    old.plan.services.iter().enumerate().position(|(o, s)| {
+        new.service(&s.name).is_none() && hosts(old, o) && old.key(o) == new.key(n)
+    })
+}
+
 fn service_diff(
     old: Option<(&Loaded, usize)>,
     new: Option<(&Loaded, usize)>,
@@ -1003,10 +1084,24 @@ fn service_diff(
     }
     let (before, after) = (get(old), get(new));
     let name = after.or(before).map_or(String::new(), |s| s.name.clone());
+    let renamed_from = match (before, after) {
+        (Some(b), Some(a)) if a.name != b.name => Some(b.name.clone()),
+        _ => None,
+    };
+    // A renamed service is unchanged when nothing but its name changed.
+    let unnamed = |side: Option<(&Loaded, usize)>| {
+        side.and_then(|(c, i)| c.json(i)).map(|j| {
+            let mut j = j.clone();
+            if let Some(map) = j.as_object_mut() {
+                map.remove("name");
+            }
+            j
+        })
+    };
     let change = match (old, new) {
         (None, _) => Change::Added,
         (_, None) => Change::Removed,
-        (Some((o, i)), Some((n, j))) if o.json(i) == n.json(j) => Change::Unchanged,
+        _ if unnamed(old) == unnamed(new) => Change::Unchanged,
         _ => Change::Changed,
     };
     let shares = |s: Option<&Service>| -> Vec<(String, f64)> {
@@ -1037,7 +1132,9 @@ fn service_diff(
         |s: Option<&Service>| s.is_some_and(|s| matches!(s.strategy, Strategy::Sticky { .. }));
     let movement = match (old, new) {
         (Some((o, i)), Some((n, j)))
-            if change == Change::Changed && sticky(before) && sticky(after) =>
+            if (change == Change::Changed || renamed_from.is_some())
+                && sticky(before)
+                && sticky(after) =>
         {
             Some(movement(
                 (&o.plan, i, o.key(i)),
@@ -1049,6 +1146,7 @@ fn service_diff(
     };
     ServiceDiff {
         name,
+        renamed_from,
         change,
         strategy: (before.map(strategy), after.map(strategy)),
         upstreams,
@@ -1118,7 +1216,14 @@ impl ServiceDiff {
     }
 
     fn lines(&self, at: Option<At>) -> Vec<String> {
-        let head = format!("{} ({})", self.name, self.strategy_text());
+        let head = match &self.renamed_from {
+            Some(old) => format!(
+                "{} (renamed from {old}, same hosts; {})",
+                self.name,
+                self.strategy_text()
+            ),
+            None => format!("{} ({})", self.name, self.strategy_text()),
+        };
         let mut lines = vec![match self.change {
             Change::Added => format!("{head}: added: {}", self.shares_text()),
             Change::Removed => format!("{head}: removed (was {})", self.shares_text()),
@@ -1149,6 +1254,7 @@ impl ServiceDiff {
         });
         json!({
             "name": self.name,
+            "renamed_from": self.renamed_from,
             "change": self.change.word(),
             "strategy": {"before": self.strategy.0, "after": self.strategy.1},
             "upstreams": self.upstreams.iter().map(|(name, before, after)| json!({
@@ -1189,11 +1295,15 @@ impl Diff {
     /// moment its shares are compared at (the caller put those weights in force).
     pub fn with_rollouts(mut self, old: &Loaded, new: &Loaded, at: At, now_ms: u64) -> Self {
         for service in &mut self.services {
-            let side = |config: &Loaded| {
-                let s = config.plan.services.get(config.service(&service.name)?)?;
+            let old_name = service.renamed_from.clone();
+            let side = |config: &Loaded, name: &str| {
+                let s = config.plan.services.get(config.service(name)?)?;
                 moment(s, at.resolve(s.rollout.as_ref()?, now_ms))
             };
-            let (before, after) = (side(old), side(new));
+            let (before, after) = (
+                side(old, old_name.as_deref().unwrap_or(&service.name)),
+                side(new, &service.name),
+            );
             if before.is_some() || after.is_some() {
                 service.rollout = Some((before, after));
             }
@@ -1229,12 +1339,19 @@ impl Diff {
         for service in self
             .services
             .iter()
-            .filter(|s| s.change != Change::Unchanged)
+            .filter(|s| s.change != Change::Unchanged || s.renamed_from.is_some())
         {
             let mut part = match service.change {
                 Change::Added => format!("{} added: {}", service.name, service.shares_text()),
                 Change::Removed => format!("{} removed", service.name),
-                _ => format!("{}: {}", service.name, service.shares_text()),
+                _ => match &service.renamed_from {
+                    Some(old) => format!(
+                        "{} (renamed from {old}): {}",
+                        service.name,
+                        service.shares_text()
+                    ),
+                    None => format!("{}: {}", service.name, service.shares_text()),
+                },
             };
             if let Some(m) = service.movement.as_ref().filter(|m| m.moved > 0) {
                 let _ = write!(

@@ -7,14 +7,13 @@ import random
 import re
 import signal
 import subprocess
-import threading
 import time
 
 import yaml
 
 import harness
 import test_reload
-from test_apply import TIMESTAMP, Watch, ecds_config, ecds_envoy, meshsplit
+from test_apply import TIMESTAMP, Load, Watch, ecds_config, ecds_envoy, fresh_ecds, meshsplit
 from test_cli import check, cli  # noqa: F401  (cli: the session fixture that builds the command)
 
 ECDS_STATS = "extension_config_discovery.http_filter.meshsplit."
@@ -57,15 +56,15 @@ def write_line_by_line(path, text, long_pause_at):
             time.sleep(LONG_PAUSE_S if i == long_pause_at else LINE_PAUSE_S)
 
 
-class CanaryLoad:
-    """Two keep-alive connections, one with x-canary and one without, recording (monotonic time,
-    canary, answer) until stopped (or the time or request limit)."""
+class CanaryLoad(Load):
+    """Two keep-alive connections, the second with x-canary, each recording (monotonic time,
+    answer) until stopped (or the time or request limit)."""
 
     def __init__(self, port):
-        self.port, self.stopping, self.records = port, threading.Event(), []
-        self.threads = [threading.Thread(target=self.run, args=(c,)) for c in (False, True)]
+        super().__init__(port, threads=2)
 
-    def run(self, canary):
+    def run(self, records):
+        canary = records is self.records[1]
         client = harness.Client(self.port)
         headers = {"Host": "svc", **({"x-canary": "1"} if canary else {})}
         deadline = time.monotonic() + LOAD_LIMIT_S
@@ -74,20 +73,9 @@ class CanaryLoad:
                 if self.stopping.is_set() or time.monotonic() > deadline:
                     break
                 status, _, body = client.get("/", headers)
-                self.records.append((time.monotonic(), canary, harness.answer_key(status, body)))
+                records.append((time.monotonic(), harness.answer_key(status, body)))
         finally:
             client.close()
-
-    def __enter__(self):
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stopping.set()
-        for t in self.threads:
-            t.join()
-        return False
 
 
 def test_watch_applies_each_line_by_line_yaml_save_once_with_its_final_content(cli, wasm, tmp_path, capsys):  # noqa: F811
@@ -130,14 +118,13 @@ def test_watch_applies_each_line_by_line_yaml_save_once_with_its_final_content(c
         assert status == 0, watch.lines
     # No truncated config was ever served: every canary request went to c (a cut before the
     # rule would have sent some elsewhere), and every other one to a or b.
-    canary = [answer for _, c, answer in load.records if c]
-    plain = [answer for _, c, answer in load.records if not c]
+    plain, canary = ([answer for _, answer in records] for records in load.records)
     assert len(canary) > 200 and len(plain) > 200, (len(canary), len(plain))
     assert set(canary) == {"c"}, [a for a in canary if a != "c"][:10]
     assert set(plain) <= {"a", "b"}, [a for a in plain if a not in ("a", "b")][:10]
     with capsys.disabled():
         print(f"\napply --watch, line by line: {SAVES} saves, {len(applied)} applies, "
-              f"{len(load.records)} requests (0 misrouted), update_rejected 0")
+              f"{len(plain) + len(canary)} requests (0 misrouted), update_rejected 0")
 
 
 def two_resources(wasm):
@@ -216,12 +203,8 @@ PAIRS = 30
 
 
 def test_two_applies_at_once_never_lose_an_update(cli, tmp_path):  # noqa: F811
-    ecds = tmp_path / "ecds"
-    ecds.mkdir()
-    ecds_file = ecds / "meshsplit.json"
-    split = tmp_path / "split.json"
-    split.write_text(json.dumps(test_reload.plugin({"a": 1, "b": 1})))
-    assert meshsplit(cli, "apply", split, "--to", ecds_file, "--module", "/m.wasm").returncode == 0
+    _, ecds_file = fresh_ecds(cli, tmp_path, test_reload.plugin({"a": 1, "b": 1}))
+    ecds = ecds_file.parent
     version = 1
     for i in range(PAIRS):
         configs = [test_reload.plugin({"a": 2 * i + 2 + k, "b": 1}) for k in (0, 1)]

@@ -1443,6 +1443,34 @@ mod tests {
     }
 
     #[test]
+    fn a_service_renamed_with_its_hosts_is_compared_not_removed_and_added() {
+        let hosted = |name: &str, host: &str, weights: &[(&str, u32)]| {
+            let mut service = weighted(name, weights);
+            service["hosts"] = json!([host]);
+            service
+        };
+        let old = config(json!([
+            hosted("reviews", "reviews", &[("v1", 1), ("v2", 1)]),
+            weighted("plain", &[("v1", 1)])
+        ]));
+        let new = config(json!([
+            hosted("reviews-v2", "reviews", &[("v1", 3), ("v2", 1)]),
+            weighted("plain-v2", &[("v1", 1)])
+        ]));
+        let d = diff(Some(&old), &new, None, 10);
+        assert_eq!(
+            d.text(),
+            "reviews-v2 (renamed from reviews, same hosts; weighted): v1 50.0 % → 75.0 %, \
+             v2 50.0 % → 25.0 %\n\
+             plain-v2 (weighted): added: v1 100.0 %\n\
+             plain (weighted): removed (was v1 100.0 %)\n"
+        );
+        assert!(d
+            .one_line()
+            .starts_with("reviews-v2 (renamed from reviews): v1 50.0 % → 75.0 %"));
+    }
+
+    #[test]
     fn edits_that_keep_the_shares_say_so() {
         let old = config(json!([weighted("a", &[("v1", 1), ("v2", 1)])]));
         let new = config(json!([weighted("a", &[("v1", 2), ("v2", 2)])]));

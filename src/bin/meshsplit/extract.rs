@@ -13,6 +13,11 @@
 //!   in an Istio `EnvoyFilter`'s `configPatches`, and anywhere in other documents;
 //! - the `pluginConfig` of every Istio `WasmPlugin` (`spec.pluginConfig`) and wasm
 //!   `TrafficExtension` (`spec.wasm.pluginConfig`), turned into JSON text.
+//!
+//! A wasm filter without a `StringValue` configuration is someone else's, unless it says it is
+//! meshsplit (`looks_like_meshsplit`): then, like a dynamic-module filter of module `meshsplit`
+//! whose config cannot be read, it is found `broken`, so that `check` fails it instead of
+//! skipping the file.
 
 use std::collections::BTreeSet;
 use std::rc::Rc;
@@ -313,7 +318,7 @@ fn find_filters<'a>(
 
 /// The native build's typed configs: `DynamicModuleFilter` (`filter_name`, `filter_config`)
 /// and `DynamicModuleClusterSpecifier` (`specifier_name`, `specifier_config`) for module
-/// `meshsplit`. `Some(None)`: such a typed config without a `StringValue` configuration.
+/// `meshsplit`; one whose configuration cannot be read is returned `broken`.
 fn native_configuration(map: &Map<String, Value>) -> Option<Option<Embedded<'_>>> {
     let type_url = map.get("@type").and_then(Value::as_str).unwrap_or_default();
     let (name_key, config_key, specifier) = if type_url.ends_with(DYNAMIC_FILTER_TYPE) {

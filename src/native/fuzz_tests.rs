@@ -33,6 +33,8 @@ struct Envoy {
     response_code: Option<u64>,
     cluster: Option<Vec<u8>>,
     not_found_code: Option<u32>,
+    /// What `get_random_value` answers (0: Envoy gave none; every selection is then new).
+    random_value: u64,
     logs: Vec<String>,
     /// Broken promises of the ABI (a null key, a wrong header type).
     violations: Vec<String>,
@@ -300,6 +302,13 @@ extern "C" fn envoy_dynamic_module_callback_cluster_specifier_get_request_header
     total_count: *mut usize,
 ) -> bool {
     header_value(key, result, index, total_count)
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_cluster_specifier_get_random_value(
+    _context: *mut c_void,
+) -> u64 {
+    with_envoy(|envoy| envoy.random_value)
 }
 
 #[no_mangle]

@@ -187,3 +187,33 @@ impl Host for SelectionHost<'_> {
         store::set(&namespaced(self.namespace, key), value, cas)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_configs_namespaces_share_no_key() {
+        let (a, b) = (
+            StoreOnly {
+                namespace: "test/config-a/",
+            },
+            StoreOnly {
+                namespace: "test/config-b/",
+            },
+        );
+        let key = "meshsplit/load/9:meshsplit/3:svc/2:v2";
+        assert!(create_in(a.namespace, key, b"a"));
+        assert_eq!(
+            a.set_shared_data(key, b"a's count", 0),
+            SharedWrite::Written
+        );
+        assert_eq!(b.shared_data(key), None);
+        assert!(create_in(b.namespace, key, b""));
+        assert_eq!(
+            a.shared_data(key).map(|(v, _)| v),
+            Some(b"a's count".to_vec())
+        );
+        assert_eq!(b.shared_data(key).map(|(v, _)| v), Some(Vec::new()));
+    }
+}

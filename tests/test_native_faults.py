@@ -1,6 +1,7 @@
 """The native build under faults and clock steps, through the module built with test hooks
 (`make native-test-hooks`: a request header `x-meshsplit-test-hook` moves the module's wall clock
 or makes it panic; never shipped), and the cluster specifier under route refreshes."""
+import copy
 import json
 import re
 import time
@@ -161,3 +162,43 @@ def counts(envoy):
     stats = envoy.stats(prefix)
     return {m.group(1): v for name, v in stats.items()
             if (m := re.fullmatch(re.escape(prefix) + r"(\w+)\.requests_total", name)) and v}
+
+
+def guarded_svc(v2_cluster):
+    return {"services": [{"name": "svc", "upstreams": [
+        {"name": "v1", "cluster": "a1", "weight": 50},
+        {"name": "v2", "cluster": v2_cluster, "weight": 50}],
+        "guard": {"error_rate": 0.5, "min_requests": 20, "window_s": WINDOW_S, "eject_s": 30}}]}
+
+
+@pytest.mark.builds("native")
+def test_two_configs_with_one_filter_name_keep_their_guards_apart(build, tmp_path):
+    """Two listeners, both `filter_name: meshsplit`, both with an upstream `v2` of service
+    `svc`: on the first it is a failing cluster, on the second a healthy one. Ejecting the first
+    one's v2 must not eject the second's."""
+    with harness.upstream_servers("a1", "bad", "good") as servers:
+        servers["bad"].status = 503
+        ports = {n: s.server_port for n, s in servers.items()}
+        config = harness.bootstrap(guarded_svc("bad"), ports, harness.free_port(),
+                                   harness.free_port(), build="wasm")
+        listeners = config["static_resources"]["listeners"]
+        second = copy.deepcopy(listeners[0])
+        second["name"] = "second"
+        second_port = harness.free_port()
+        second["address"]["socket_address"]["port_value"] = second_port
+        hcm = second["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["stat_prefix"] = "second"
+        wasm = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")
+        wasm["typed_config"]["config"]["configuration"]["value"] = json.dumps(guarded_svc("good"))
+        listeners.append(second)
+        harness.use_build(config, build)
+        with harness.Envoy(config, tmp_path, extra_args=FLUSH) as envoy:
+            load = Load(envoy.port)
+            try:
+                assert harness.wait_for(lambda: "guard: ejected svc/v2" in envoy.log(),
+                                        timeout=WINDOW_S + 8), "the first listener's v2 not ejected"
+            finally:
+                load.close()
+            answers = harness.send(second_port, 100, {"Host": "svc"})
+    assert set(answers) == {"a1", "good"}, answers
+    assert answers["good"] >= 20, answers

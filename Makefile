@@ -5,7 +5,7 @@ VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 CARGO   ?= cargo
 
-.PHONY: all build target venv configs test unit wasm-test lint deny integration demo live bench cli check-configs oci native ci clean
+.PHONY: all build target venv configs test unit wasm-test lint deny integration demo live bench cli check-configs oci native native-test-hooks ci clean
 
 all: build
 
@@ -36,6 +36,19 @@ native:
 	@mkdir -p $(dir $(NATIVE))
 	cp target/native/libmeshsplit.so $(NATIVE).tmp && mv $(NATIVE).tmp $(NATIVE)
 	@ls -l $(NATIVE)
+
+## native-test-hooks: the dynamic module with test hooks (feature `test-hooks`: a request header
+##         moves its wall clock or makes it panic) at target/test-hooks/libmeshsplit.so, for the
+##         integration tests only; never shipped. Built in its own target directory, so it
+##         never replaces the release module's objects.
+NATIVE_TEST_HOOKS := target/test-hooks/libmeshsplit.so
+native-test-hooks:
+	CARGO_TARGET_DIR=target/test-hooks-build $(CARGO) build --locked --profile native \
+	  --features native,test-hooks --lib
+	@mkdir -p $(dir $(NATIVE_TEST_HOOKS))
+	cp target/test-hooks-build/native/libmeshsplit.so $(NATIVE_TEST_HOOKS).tmp
+	mv $(NATIVE_TEST_HOOKS).tmp $(NATIVE_TEST_HOOKS)
+	@ls -l $(NATIVE_TEST_HOOKS)
 
 target:
 	@rustup target list --installed | grep -qx $(TARGET) || rustup target add $(TARGET)
@@ -106,12 +119,13 @@ lint: target
 	$(CARGO) clippy --locked --all-targets --features cli -- -D warnings
 	$(CARGO) clippy --locked --release --target $(TARGET) -- -D warnings
 	$(CARGO) clippy --locked --lib --features native -- -D warnings
+	$(CARGO) clippy --locked --lib --features test-hooks -- -D warnings
 
 # -rs lists every skipped test with its reason; tests/conftest.py ends with a banner of the checks
 # that did not run (with CI=true a missing tool fails the run instead). Integration tests run
 # against every build: the wasm filter, the native filter and the native cluster specifier
 # (tests/conftest.py, `--build` to pick some).
-integration: build native venv
+integration: build native native-test-hooks venv
 	$(PYTHON) -m pytest tests -q -rs
 
 ## demo: start Envoy and sample upstreams on loopback, send traffic, print the split

@@ -165,7 +165,21 @@ fn sticky_key<'a, 'v, H: Host + ?Sized>(
 }
 
 fn unknown_service<H: Host + ?Sized>(plan: &Plan, key: Option<&[u8]>, host: &H) -> Verdict {
-    if plan.on_unknown_service == OnUnknownService::Reject {
+    let reject = plan.on_unknown_service == OnUnknownService::Reject;
+    unrouted(&plan.cluster_header, reject, key, host)
+}
+
+/// What a request that gets no upstream gets: an unknown service, or a request no plan could
+/// decide (an adapter's fallback after a bug, with `key` `None`). With `reject`, the 404 answer
+/// of an unknown service; otherwise, or if the host refuses the reply, the request goes on
+/// without any cluster header (a client-sent one is removed, so the client cannot pick).
+pub fn unrouted<H: Host + ?Sized>(
+    cluster_header: &str,
+    reject: bool,
+    key: Option<&[u8]>,
+    host: &H,
+) -> Verdict {
+    if reject {
         let body = unknown_service_body(key);
         if host.send_local_reply(
             404,
@@ -176,7 +190,7 @@ fn unknown_service<H: Host + ?Sized>(plan: &Plan, key: Option<&[u8]>, host: &H) 
         }
         // The host refused the reply: let the request go on rather than hang it.
     }
-    host.set_request_header(&plan.cluster_header, None);
+    host.set_request_header(cluster_header, None);
     Verdict::Continue
 }
 

@@ -28,6 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 ENVOY_DIR = ROOT / "envoy"
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "meshsplit.wasm"
 NATIVE = ROOT / "target" / "release" / "libmeshsplit.so"
+# The dynamic module with test hooks (`make native-test-hooks`; never shipped): a request header
+# `x-meshsplit-test-hook` moves its wall clock (`clock-offset-ms=N`) or makes it panic (`panic`).
+NATIVE_TEST_HOOKS = ROOT / "target" / "test-hooks" / "libmeshsplit.so"
+TEST_HOOK = "x-meshsplit-test-hook"
 BUILDS = ("wasm", "native", "specifier")
 # The build harness.bootstrap deploys; set per test by tests/conftest.py.
 BUILD = "wasm"
@@ -63,9 +67,18 @@ def build_native():
     return NATIVE
 
 
-def envoy_env():
-    """Envoy's environment: it finds libmeshsplit.so (dynamic module `meshsplit`) here."""
-    return dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(NATIVE.parent))
+def build_native_test_hooks():
+    """Builds the dynamic module with test hooks (`make native-test-hooks`); returns its path.
+    Start an Envoy with `module_dir=NATIVE_TEST_HOOKS.parent` to load it."""
+    subprocess.run(["make", "--no-print-directory", "-s", "native-test-hooks"], cwd=ROOT,
+                   check=True, stdout=subprocess.DEVNULL)
+    return NATIVE_TEST_HOOKS
+
+
+def envoy_env(module_dir=None):
+    """Envoy's environment: it finds libmeshsplit.so (dynamic module `meshsplit`) in
+    `module_dir`, by default the release module's directory."""
+    return dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(module_dir or NATIVE.parent))
 
 
 def stats_prefix(build=None):
@@ -251,10 +264,20 @@ def use_build(config, build):
                             "@type": SPECIFIER_TYPE, "dynamic_module_config": {"name": "meshsplit"},
                             "specifier_name": name,
                             "specifier_config": {"@type": STRING_VALUE, "value": plugin}}}},
-                    "cluster_not_found_response_code": "NOT_FOUND"}}]
+                    "cluster_not_found_response_code": "NOT_FOUND"},
+                # As envoy-native.yaml: a client-sent cluster header never reaches the upstream.
+                "request_headers_to_remove": [cluster_header(plugin)]}]
         else:
             raise ValueError(f"unknown build {build!r}")
     return config
+
+
+def cluster_header(plugin):
+    """The cluster header a plugin JSON names (the default when it names none or is not JSON)."""
+    try:
+        return json.loads(plugin).get("cluster_header") or "x-meshsplit-cluster"
+    except (ValueError, AttributeError):
+        return "x-meshsplit-cluster"
 
 
 def write_yaml(config, directory):
@@ -275,8 +298,10 @@ def validate(config_path):
 class Envoy:
     """A running Envoy on loopback. Use as a context manager."""
 
-    def __init__(self, config, workdir, concurrency=2, prefix=(), extra_args=()):
-        """`prefix` goes before the Envoy command (e.g. `taskset -c 0`), `extra_args` after it."""
+    def __init__(self, config, workdir, concurrency=2, prefix=(), extra_args=(), module_dir=None):
+        """`prefix` goes before the Envoy command (e.g. `taskset -c 0`), `extra_args` after it;
+        `module_dir` is where Envoy looks for libmeshsplit.so (e.g. NATIVE_TEST_HOOKS.parent)."""
+        self.module_dir = module_dir
         self.config = config
         self.prefix, self.extra_args = list(prefix), list(extra_args)
         self.admin_port = config["admin"]["address"]["socket_address"]["port_value"]
@@ -292,7 +317,7 @@ class Envoy:
              "--use-dynamic-base-id", "--log-path", self.log_path, "--log-level", "info",
              *self.extra_args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-            env=envoy_env(),
+            env=envoy_env(self.module_dir),
         )
         RUNNING.append(self)
         if wait:

@@ -148,6 +148,9 @@ extern "C" {
         index: usize,
         total_count: *mut usize,
     ) -> bool;
+    fn envoy_dynamic_module_callback_cluster_specifier_get_random_value(
+        context_envoy_ptr: *mut c_void,
+    ) -> u64;
     fn envoy_dynamic_module_callback_cluster_specifier_set_cluster_name(
         context_envoy_ptr: *mut c_void,
         cluster_name: ModuleBuffer,
@@ -446,6 +449,13 @@ impl Selection {
         }
     }
 
+    /// The random value Envoy routes this request with: its stream id, the same for every
+    /// selection of one request (a route refresh asks again with it).
+    pub fn random_value(self) -> u64 {
+        // SAFETY: the context pointer of the running select hook.
+        unsafe { envoy_dynamic_module_callback_cluster_specifier_get_random_value(self.0) }
+    }
+
     pub fn set_cluster(self, cluster: &str) {
         // SAFETY: the context pointer of the running select hook; Envoy copies the name.
         unsafe {
@@ -613,22 +623,50 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     filter_module_ptr: *const c_void,
     _end_of_stream: bool,
 ) -> u32 {
-    // A panic answers nothing and lets the request continue without the cluster header: Envoy's
-    // route then falls through (as with `on_unknown_service: pass`).
-    guarded(
-        "envoy_dynamic_module_on_http_filter_request_headers",
-        CONTINUE,
-        || {
-            // SAFETY: Envoy passes the pointer it got from on_http_filter_new.
-            let Some(stream) = (unsafe { stream(filter_module_ptr) }) else {
-                return CONTINUE;
-            };
-            match filter::request_headers(stream, Filter(filter_envoy_ptr)) {
-                Verdict::Continue => CONTINUE,
-                Verdict::Replied => STOP_ITERATION,
-            }
-        },
-    )
+    const HOOK: &str = "envoy_dynamic_module_on_http_filter_request_headers";
+    let filter = Filter(filter_envoy_ptr);
+    let status = |verdict| match verdict {
+        Verdict::Continue => CONTINUE,
+        Verdict::Replied => STOP_ITERATION,
+    };
+    let decided = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: Envoy passes the pointer it got from on_http_filter_new.
+        let Some(stream) = (unsafe { stream(filter_module_ptr) }) else {
+            return CONTINUE;
+        };
+        status(filter::request_headers(stream, filter))
+    }));
+    match decided {
+        Ok(status) => status,
+        Err(_) => {
+            // Fail closed for real: no client-sent cluster header survives, and `reject`
+            // answers as for an unknown service (the config is immutable, so a panic cannot
+            // have left it half-changed).
+            log(
+                log::Level::Error,
+                &format!("{HOOK}: panicked; failing closed"),
+            );
+            let closed = catch_unwind(AssertUnwindSafe(|| {
+                // SAFETY: as above; the hook that panicked holds no reference to the stream
+                // any more.
+                match unsafe { stream(filter_module_ptr) } {
+                    Some(stream) => {
+                        status(filter::fail_closed(filter::stream_config(stream), filter))
+                    }
+                    None => CONTINUE,
+                }
+            }));
+            closed.unwrap_or_else(|_| {
+                // Even that panicked: answer 503 rather than let the request go anywhere.
+                log(
+                    log::Level::Error,
+                    &format!("{HOOK}: failing closed panicked; answering 503"),
+                );
+                filter.send_response(503, &[], b"");
+                STOP_ITERATION
+            })
+        }
+    }
 }
 
 #[no_mangle]
@@ -833,20 +871,25 @@ pub extern "C" fn envoy_dynamic_module_on_cluster_specifier_select(
     config_module_ptr: *const c_void,
     context_envoy_ptr: *mut c_void,
 ) -> bool {
-    // A panic makes no decision: the route's own cluster (none) and not-found code apply.
-    guarded(
-        "envoy_dynamic_module_on_cluster_specifier_select",
-        false,
-        || {
-            if config_module_ptr.is_null() {
-                return false;
-            }
-            // SAFETY: the config pointer came from config_new and outlives every route entry Envoy
-            // creates with it; it is only read (shared across workers: the config is Sync).
-            let config = unsafe { &*(config_module_ptr as *const specifier::SharedConfig) };
-            specifier::select(config, Selection(context_envoy_ptr))
-        },
-    )
+    const HOOK: &str = "envoy_dynamic_module_on_cluster_specifier_select";
+    if config_module_ptr.is_null() {
+        return false;
+    }
+    // SAFETY: the config pointer came from config_new and outlives every route entry Envoy
+    // creates with it; it is only read (shared across workers: the config is Sync).
+    let config = unsafe { &*(config_module_ptr as *const specifier::SharedConfig) };
+    let selection = Selection(context_envoy_ptr);
+    match catch_unwind(AssertUnwindSafe(|| specifier::select(config, selection))) {
+        Ok(decided) => decided,
+        Err(_) => {
+            // No cluster; with `reject` the unknown-service status (see specifier::fail_closed).
+            log(
+                log::Level::Error,
+                &format!("{HOOK}: panicked; failing closed"),
+            );
+            guarded(HOOK, false, || specifier::fail_closed(config, selection))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,15 +6,15 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::abi::{Filter, FilterConfig};
-use super::host::{FilterHost, StoreOnly};
-use super::{record_outcome, tick_stats, with_plan, Counters, Source};
+use super::host::{create_in, FilterHost, StoreOnly};
+use super::{namespace, record_outcome, tick_stats, with_plan, Counters, Source};
 use crate::guard;
 use crate::host::Host;
 use crate::in_flight::{self, PROCESS_OWNER};
 use crate::instance::{config_fingerprint, config_summary};
 use crate::metrics::Counted;
 use crate::plan::{Plan, Strategy};
-use crate::route::{on_request_headers, Verdict};
+use crate::route::{on_request_headers, unrouted, Verdict};
 
 /// The module's config, shared by Envoy's workers.
 pub type SharedConfig = Arc<Source>;
@@ -32,6 +32,7 @@ pub fn config_new(envoy: FilterConfig, name: &[u8], bytes: &[u8]) -> Option<Shar
             return None;
         }
     };
+    let namespace = namespace(&plan);
     let mut gauges = HashMap::new();
     for service in &plan.services {
         if let Strategy::LeastRequest(slots) = &service.strategy {
@@ -39,12 +40,19 @@ pub fn config_new(envoy: FilterConfig, name: &[u8], bytes: &[u8]) -> Option<Shar
                 if let Some(id) = envoy.define_gauge(&slot.gauge) {
                     gauges.insert(slot.gauge.clone(), id);
                 }
-                // Create the count empty, so concurrent increments all go through CAS.
-                in_flight::ensure(&StoreOnly, slot);
+                // Create the count empty (unless it exists), so concurrent increments all go
+                // through CAS.
+                create_in(&namespace, &slot.key, &[]);
             }
         }
     }
-    crate::tick::create_guard_states(&plan, &plugin, &StoreOnly);
+    crate::tick::create_guard_states(
+        &plan,
+        &plugin,
+        &StoreOnly {
+            namespace: &namespace,
+        },
+    );
     let (tick_gauges, tick_counter_names) = tick_stats(&plan, &plugin);
     for name in tick_gauges {
         if let Some(id) = envoy.define_gauge(&name) {
@@ -63,6 +71,7 @@ pub fn config_new(envoy: FilterConfig, name: &[u8], bytes: &[u8]) -> Option<Shar
         config_summary(&plan, &config_fingerprint(bytes), &plugin)
     );
     Some(Arc::new(Source::new(
+        &plan,
         bytes,
         &plugin,
         gauges,
@@ -109,6 +118,7 @@ impl Source {
     fn host(&self, filter: Filter) -> FilterHost<'_> {
         FilterHost {
             filter,
+            namespace: &self.namespace,
             gauges: &self.gauges,
             counters: &self.tick_counters,
             wrote: Cell::new(false),
@@ -117,6 +127,8 @@ impl Source {
 }
 
 pub fn request_headers(stream: &mut Stream, filter: Filter) -> Verdict {
+    #[cfg(feature = "test-hooks")]
+    super::hooks::run(|name| filter.request_header(name));
     let config = &stream.config;
     let host = config.host(filter);
     let routed = with_plan(config, &host, |plan, rng| {
@@ -126,8 +138,9 @@ pub fn request_headers(stream: &mut Stream, filter: Filter) -> Verdict {
         )
     });
     let Some((routed, plan)) = routed else {
-        // No plan on this thread: the request passes untouched, as without the filter.
-        return Verdict::Continue;
+        // No plan on this thread (it could not be built, or a hook re-entered): no decision.
+        log::error!("no plan to route a request with; failing closed");
+        return fail_closed(config, filter);
     };
     for id in config.counters.of(routed.counted).into_iter().flatten() {
         filter.increment_counter(id, 1);
@@ -159,6 +172,24 @@ pub fn request_headers(stream: &mut Stream, filter: Filter) -> Verdict {
     routed.verdict
 }
 
+/// A request no plan decided (after a panic, or without a plan): it must not go where a
+/// client-sent cluster header points. The header is removed and the route cache cleared, and
+/// with `on_unknown_service: reject` the request gets the unknown-service answer (404, service
+/// `null`); with `pass` it goes on as an unknown service would.
+pub fn fail_closed(config: &Source, filter: Filter) -> Verdict {
+    let host = config.host(filter);
+    let verdict = unrouted(&config.cluster_header, config.reject_unknown, None, &host);
+    if verdict == Verdict::Continue {
+        filter.clear_route_cache();
+    }
+    verdict
+}
+
+/// The config of a stream, for the fallback of a hook that panicked.
+pub fn stream_config(stream: &Stream) -> &Source {
+    &stream.config
+}
+
 /// The stream ended, however it ended: give back its in-flight count and gauge, and tell the
 /// guard how it went, from `response.code` and `response.flags` as in the wasm build (a 5xx
 /// failed; no response but a flag that blames the upstream failed; no response otherwise, such
@@ -170,7 +201,7 @@ pub fn stream_complete(stream: &mut Stream, filter: Filter) {
     }
     let host = stream.config.host(filter);
     if let Some(lease) = &stream.lease {
-        release(lease, Some(&host));
+        release(lease, &stream.config, Some(&host));
     }
     if let Some((service, upstream)) = stream.observed.take() {
         let code = host.response_code();
@@ -189,11 +220,11 @@ pub fn stream_complete(stream: &mut Stream, filter: Filter) {
 /// is given back here; its gauge cannot be updated without the stream.
 pub fn stream_destroy(stream: Stream) {
     if let Some(lease) = &stream.lease {
-        release(lease, None);
+        release(lease, &stream.config, None);
     }
 }
 
-fn release(lease: &Lease, host: Option<&FilterHost<'_>>) {
+fn release(lease: &Lease, config: &Source, host: Option<&FilterHost<'_>>) {
     if lease.released.replace(true) {
         return;
     }
@@ -207,6 +238,6 @@ fn release(lease: &Lease, host: Option<&FilterHost<'_>>) {
     };
     match host {
         Some(host) => in_flight::release(host, slot, PROCESS_OWNER),
-        None => in_flight::release(&StoreOnly, slot, PROCESS_OWNER),
+        None => in_flight::release(&config.store(), slot, PROCESS_OWNER),
     }
 }

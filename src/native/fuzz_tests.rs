@@ -33,6 +33,8 @@ struct Envoy {
     response_code: Option<u64>,
     cluster: Option<Vec<u8>>,
     not_found_code: Option<u32>,
+    /// What `get_random_value` answers (0: Envoy gave none; every selection is then new).
+    random_value: u64,
     logs: Vec<String>,
     /// Broken promises of the ABI (a null key, a wrong header type).
     violations: Vec<String>,
@@ -232,9 +234,11 @@ extern "C" fn envoy_dynamic_module_callback_http_filter_increment_counter(
     id: usize,
     _label_values: *const ModuleBuffer,
     _label_values_length: usize,
-    _value: u64,
+    value: u64,
 ) -> u32 {
-    gauge(id, |_| {})
+    gauge(id, |count| {
+        *count += i64::try_from(value).unwrap_or(i64::MAX)
+    })
 }
 
 #[no_mangle]
@@ -303,6 +307,13 @@ extern "C" fn envoy_dynamic_module_callback_cluster_specifier_get_request_header
 }
 
 #[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_cluster_specifier_get_random_value(
+    _context: *mut c_void,
+) -> u64 {
+    with_envoy(|envoy| envoy.random_value)
+}
+
+#[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_cluster_specifier_set_cluster_name(
     _context: *mut c_void,
     cluster_name: ModuleBuffer,
@@ -337,9 +348,11 @@ extern "C" fn envoy_dynamic_module_callback_cluster_specifier_config_increment_c
     id: usize,
     _label_values: *const ModuleBuffer,
     _label_values_length: usize,
-    _value: u64,
+    value: u64,
 ) -> u32 {
-    gauge(id, |_| {})
+    gauge(id, |count| {
+        *count += i64::try_from(value).unwrap_or(i64::MAX)
+    })
 }
 
 // ---- the target ---------------------------------------------------------------------------------
@@ -509,6 +522,27 @@ pub(crate) fn check_hooks(input: &[u8]) -> Result<(), TestCaseError> {
             }
             None => prop_assert!(!decided && cluster.is_none() && not_found.is_none()),
         }
+        no_panic_nor_violation()?;
+        // A route refresh: Envoy asks again with the request's random value. The same answer,
+        // and nothing counted again.
+        let counted = |e: &Envoy| e.gauges.iter().sum::<i64>();
+        let before = with_envoy(|e| {
+            e.random_value = 0x5eed;
+            e.cluster = None;
+            e.not_found_code = None;
+            counted(e)
+        });
+        let first = envoy_dynamic_module_on_cluster_specifier_select(shared, envoy_object());
+        let (first_cluster, first_code, after_first) =
+            with_envoy(|e| (e.cluster.take(), e.not_found_code.take(), counted(e)));
+        let again = envoy_dynamic_module_on_cluster_specifier_select(shared, envoy_object());
+        let (cluster, not_found, after_again) =
+            with_envoy(|e| (e.cluster.clone(), e.not_found_code, counted(e)));
+        prop_assert!(first == again && first_cluster == cluster && first_code == not_found);
+        prop_assert!(
+            after_again == after_first && after_first - before <= 2,
+            "counted {before}, {after_first}, {after_again}"
+        );
         no_panic_nor_violation()?;
     }
     envoy_dynamic_module_on_cluster_specifier_config_destroy(shared);

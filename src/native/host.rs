@@ -2,6 +2,10 @@
 //! cluster specifier's for one selection. Shared data (least-request counts, the guard's
 //! buckets and ejections) is process-wide (`store`), so it is exact across workers as in the
 //! wasm build.
+//!
+//! Every key goes under its config's namespace ([`super::Source::namespace`]): two configs that
+//! share a `filter_name` but send the same upstream names to different clusters do not share
+//! counts or ejections, as two wasm VMs with their own `vm_id` would not.
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
@@ -12,6 +16,8 @@ use crate::host::{Host, SharedWrite};
 /// Host calls of the stream whose hook is running.
 pub struct FilterHost<'a> {
     pub filter: Filter,
+    /// The config's shared-data namespace.
+    pub namespace: &'a str,
     /// Gauge ids by name, defined with the config.
     pub gauges: &'a HashMap<String, usize>,
     /// The guard's counter ids by name, defined with the config.
@@ -38,11 +44,11 @@ impl Host for FilterHost<'_> {
     }
 
     fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        store::get(key)
+        store::get(&namespaced(self.namespace, key))
     }
 
     fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> SharedWrite {
-        store::set(key, value, cas)
+        store::set(&namespaced(self.namespace, key), value, cas)
     }
 
     fn define_gauge(&self, name: &str) -> Option<u32> {
@@ -79,12 +85,35 @@ impl Host for FilterHost<'_> {
     }
 }
 
+/// `key` in `namespace`.
+fn namespaced(namespace: &str, key: &str) -> String {
+    let mut full = String::with_capacity(namespace.len() + key.len());
+    full.push_str(namespace);
+    full.push_str(key);
+    full
+}
+
+/// Creates shared-data `key` holding `initial` if it is missing, in one step: unlike reading,
+/// then writing with token 0, it cannot overwrite a value another worker created (and perhaps
+/// changed) in between. Returns whether the key exists (always: the store cannot fail).
+///
+/// What every native host is to answer to the core's `create_shared` once the `Host` trait
+/// lets a host create a key itself; until then the core reads, then writes with token 0, and
+/// only the keys created here (with the config) are created in one step.
+pub fn create_in(namespace: &str, key: &str, initial: &[u8]) -> bool {
+    store::create(&namespaced(namespace, key), initial);
+    true
+}
+
 /// Shared data only: for the tick where no stream's metrics are at hand (the cluster
 /// specifier, which has no guard and so no gauges), and the release of a least-request count
 /// after its stream is gone.
-pub struct StoreOnly;
+pub struct StoreOnly<'a> {
+    /// The config's shared-data namespace.
+    pub namespace: &'a str,
+}
 
-impl Host for StoreOnly {
+impl Host for StoreOnly<'_> {
     fn request_header(&self, _: &str) -> Option<Vec<u8>> {
         None
     }
@@ -93,15 +122,15 @@ impl Host for StoreOnly {
         false
     }
     fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        store::get(key)
+        store::get(&namespaced(self.namespace, key))
     }
     fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> SharedWrite {
-        store::set(key, value, cas)
+        store::set(&namespaced(self.namespace, key), value, cas)
     }
 }
 
 /// What the core asked a selection to do, since a cluster specifier cannot write headers.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// No decision yet (or the cluster header was removed: an unknown service with `pass`).
     #[default]
@@ -115,13 +144,21 @@ pub enum Decision {
 /// reply records a rejection. (A config that rewrites `:authority` is refused in this mode.)
 pub struct SelectionHost<'a> {
     pub selection: Selection,
+    /// The config's shared-data namespace.
+    pub namespace: &'a str,
     pub cluster_header: &'a str,
     pub decision: RefCell<Decision>,
+    /// Every request header the decision read, with its value.
+    pub reads: RefCell<Vec<(String, Option<Vec<u8>>)>>,
 }
 
 impl Host for SelectionHost<'_> {
     fn request_header(&self, name: &str) -> Option<Vec<u8>> {
-        self.selection.request_header(name)
+        let value = self.selection.request_header(name);
+        self.reads
+            .borrow_mut()
+            .push((name.to_owned(), value.clone()));
+        value
     }
 
     fn set_request_header(&self, name: &str, value: Option<&str>) {
@@ -143,10 +180,40 @@ impl Host for SelectionHost<'_> {
     }
 
     fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        store::get(key)
+        store::get(&namespaced(self.namespace, key))
     }
 
     fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> SharedWrite {
-        store::set(key, value, cas)
+        store::set(&namespaced(self.namespace, key), value, cas)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_configs_namespaces_share_no_key() {
+        let (a, b) = (
+            StoreOnly {
+                namespace: "test/config-a/",
+            },
+            StoreOnly {
+                namespace: "test/config-b/",
+            },
+        );
+        let key = "meshsplit/load/9:meshsplit/3:svc/2:v2";
+        assert!(create_in(a.namespace, key, b"a"));
+        assert_eq!(
+            a.set_shared_data(key, b"a's count", 0),
+            SharedWrite::Written
+        );
+        assert_eq!(b.shared_data(key), None);
+        assert!(create_in(b.namespace, key, b""));
+        assert_eq!(
+            a.shared_data(key).map(|(v, _)| v),
+            Some(b"a's count".to_vec())
+        );
+        assert_eq!(b.shared_data(key).map(|(v, _)| v), Some(Vec::new()));
     }
 }

@@ -12,7 +12,11 @@
 #[cfg(feature = "native")]
 mod abi;
 #[cfg(feature = "native")]
+mod clock;
+#[cfg(feature = "native")]
 mod filter;
+#[cfg(feature = "test-hooks")]
+mod hooks;
 #[cfg(feature = "native")]
 mod host;
 #[cfg(feature = "native")]
@@ -23,6 +27,31 @@ mod store;
 pub use worker::*;
 
 use crate::plan::{stat_segment, Plan};
+use crate::select::sticky_hash;
+
+/// The shared-data namespace of a config: a hash of which cluster each upstream of each service
+/// sends to. Least-request counts and the guard's states are keyed by plugin, service and
+/// upstream name; under this namespace they also belong to the clusters those names stand for,
+/// so two configs with one `filter_name` (the default is `meshsplit`) that send an upstream name
+/// to different clusters keep apart. A config that changes no cluster (weights, a guard's
+/// thresholds, rules) keeps its state across an update.
+#[cfg_attr(not(feature = "native"), allow(dead_code))]
+pub fn namespace(plan: &Plan) -> String {
+    let mut map = Vec::new();
+    let mut push = |text: &str| {
+        map.extend_from_slice(&text.len().to_le_bytes());
+        map.extend_from_slice(text.as_bytes());
+    };
+    for service in &plan.services {
+        push(&service.name);
+        for upstream in service.upstreams.iter() {
+            push(&upstream.name);
+            push(&upstream.cluster);
+        }
+        push("");
+    }
+    format!("meshsplit/config/{:016x}/", sticky_hash(&map))
+}
 
 /// Names of the gauges and of the counters that the housekeeping tick (`tick.rs`) may define
 /// for `plan`. Envoy lets a dynamic module define metrics only while it creates the config, so
@@ -49,7 +78,7 @@ pub fn tick_stats(plan: &Plan, plugin: &str) -> (Vec<String>, Vec<String>) {
 
 #[cfg(test)]
 mod tests {
-    use super::tick_stats;
+    use super::{namespace, tick_stats};
     use crate::host::FakeHost;
     use crate::plan::Plan;
     use crate::tick::PlanTick;
@@ -101,6 +130,35 @@ mod tests {
         gauges.sort();
         assert_eq!(defined_gauges, gauges);
     }
+
+    fn two_upstreams(v2_cluster: &str, v2_weight: u32) -> Plan {
+        Plan::from_json(
+            format!(
+                r#"{{"services": [{{"name": "svc", "upstreams": [
+                    {{"name": "v1", "cluster": "c1", "weight": 50}},
+                    {{"name": "v2", "cluster": "{v2_cluster}", "weight": {v2_weight}}}],
+                 "guard": {{"error_rate": 0.5}}}}]}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn configs_sending_an_upstream_to_different_clusters_have_different_namespaces() {
+        assert_ne!(
+            namespace(&two_upstreams("c2", 50)),
+            namespace(&two_upstreams("other-c2", 50))
+        );
+    }
+
+    #[test]
+    fn a_config_that_changes_no_cluster_keeps_its_namespace() {
+        assert_eq!(
+            namespace(&two_upstreams("c2", 50)),
+            namespace(&two_upstreams("c2", 10))
+        );
+    }
 }
 
 #[cfg(feature = "native")]
@@ -110,14 +168,16 @@ mod worker {
     use std::rc::Rc;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Arc, Weak};
+    use std::time::{Duration, Instant};
 
     use rand_core::SeedableRng;
     use rand_xoshiro::Xoshiro256PlusPlus;
 
-    use super::abi;
+    use super::host::StoreOnly;
+    use super::{abi, clock};
     use crate::host::Host;
     use crate::metrics::Counted;
-    use crate::plan::{stat_segment, Plan, Strategy};
+    use crate::plan::{stat_segment, OnUnknownService, Plan, Strategy};
     use crate::tick::PlanTick;
 
     /// What every worker needs to build its own plan: the validated configuration bytes, the
@@ -126,6 +186,12 @@ mod worker {
         id: u64,
         pub bytes: Vec<u8>,
         pub plugin: String,
+        /// Where this config's shared data lives ([`super::namespace`]).
+        pub namespace: String,
+        /// The plan's cluster header and what it does with an unknown service: what a request
+        /// gets when no plan decides it (a panic, or no plan on the worker).
+        pub cluster_header: String,
+        pub reject_unknown: bool,
         /// Gauge ids by name: least-request in-flight gauges, and the guard's and rollout's
         /// gauges ([`super::tick_stats`]).
         pub gauges: HashMap<String, usize>,
@@ -138,6 +204,7 @@ mod worker {
 
     impl Source {
         pub fn new(
+            plan: &Plan,
             bytes: &[u8],
             plugin: &str,
             gauges: HashMap<String, usize>,
@@ -149,10 +216,25 @@ mod worker {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 bytes: bytes.to_vec(),
                 plugin: plugin.to_owned(),
+                namespace: super::namespace(plan),
+                cluster_header: plan.cluster_header.clone(),
+                reject_unknown: plan.on_unknown_service == OnUnknownService::Reject,
                 gauges,
                 tick_counters,
                 counters,
                 alive: Arc::new(()),
+            }
+        }
+
+        /// Unique per config for the life of the process.
+        pub fn id(&self) -> u64 {
+            self.id
+        }
+
+        /// The host over this config's shared data alone.
+        pub fn store(&self) -> StoreOnly<'_> {
+            StoreOnly {
+                namespace: &self.namespace,
             }
         }
     }
@@ -173,35 +255,45 @@ mod worker {
 
     struct Ticking {
         tick: PlanTick,
-        /// Unix time (ms) from which the next tick is due.
-        due_ms: u64,
+        /// When the next tick is due, on the monotonic clock (`None`: at once). The wall clock
+        /// can step (NTP, an operator): scheduled on it, a step back of a minute would stop the
+        /// guard and the rollouts for a minute.
+        due: Option<Instant>,
     }
 
     /// How often a worker runs a plan's tick (at most; only when a stream of it comes by):
     /// twice a second, as the wasm build's tick.
-    const TICK_MS: u64 = 500;
+    const TICK: Duration = Duration::from_millis(500);
 
     impl Ticking {
         /// The dynamic-module ABI of Envoy 1.40 has no timer for HTTP filters or cluster
         /// specifiers (its schedulers only post an event to a thread, at once), so the tick runs
         /// from the streams themselves: a clock read per stream of a plan with a rollout or a
         /// guard (a vDSO `clock_gettime`, tens of ns), and the tick itself at most every
-        /// [`TICK_MS`] per worker. A worker without traffic does not tick; its next stream
-        /// ticks first.
+        /// [`TICK`] per worker. A worker without traffic does not tick; its next stream
+        /// ticks first. When it is due follows the monotonic clock; the tick itself gets the
+        /// wall clock, which rollouts are written in.
         fn run_if_due<H: Host + ?Sized>(&mut self, plan: &Plan, plugin: &str, host: &H) {
-            let now_ms = unix_ms();
-            if now_ms >= self.due_ms {
-                self.due_ms = now_ms.saturating_add(TICK_MS);
-                self.tick.run(plan, plugin, host, now_ms);
-            }
+            self.run_if_due_at(plan, plugin, host, Instant::now(), clock::wall_ms);
         }
-    }
 
-    /// The system clock as Unix milliseconds (0 if it is before 1970).
-    fn unix_ms() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        /// [`Self::run_if_due`] at `now`; `wall_ms` is read only when the tick runs. Returns
+        /// whether it ran.
+        fn run_if_due_at<H: Host + ?Sized>(
+            &mut self,
+            plan: &Plan,
+            plugin: &str,
+            host: &H,
+            now: Instant,
+            wall_ms: impl FnOnce() -> u64,
+        ) -> bool {
+            if self.due.is_some_and(|due| now < due) {
+                return false;
+            }
+            self.due = now.checked_add(TICK);
+            self.tick.run(plan, plugin, host, wall_ms());
+            true
+        }
     }
 
     thread_local! {
@@ -277,7 +369,7 @@ mod worker {
             .any(|s| s.guard.is_some() || s.rollout.is_some());
         let tick = scheduled.then(|| Ticking {
             tick: PlanTick::new(&plan),
-            due_ms: 0,
+            due: None,
         });
         Some(WorkerPlan {
             alive: Arc::downgrade(&source.alive),
@@ -418,5 +510,40 @@ mod worker {
         std::panic::set_hook(Box::new(|info| {
             abi::log(log::Level::Error, &format!("panic: {info}"))
         }));
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use std::time::{Duration, Instant};
+
+        use super::Ticking;
+        use crate::host::FakeHost;
+        use crate::plan::Plan;
+        use crate::tick::PlanTick;
+
+        #[test]
+        fn ticks_follow_the_monotonic_clock_when_the_wall_clock_steps_back() {
+            let plan = Plan::from_json(
+                br#"{"services": [{"name": "svc", "upstreams": [
+                    {"name": "v1", "cluster": "c1", "weight": 50},
+                    {"name": "v2", "cluster": "c2", "weight": 50}],
+                 "guard": {"error_rate": 0.5}}]}"#,
+            )
+            .unwrap();
+            let host = FakeHost::default();
+            let mut ticking = Ticking {
+                tick: PlanTick::new(&plan),
+                due: None,
+            };
+            let t0 = Instant::now();
+            let wall = 1_800_000_000_000;
+            let at = |ms| t0 + Duration::from_millis(ms);
+            assert!(ticking.run_if_due_at(&plan, "p", &host, at(0), || wall));
+            assert!(!ticking.run_if_due_at(&plan, "p", &host, at(499), || wall + 499));
+            // The wall clock went back a minute: the next tick is due as ever, 500 ms on.
+            assert!(ticking.run_if_due_at(&plan, "p", &host, at(500), || wall - 59_500));
+            assert!(!ticking.run_if_due_at(&plan, "p", &host, at(900), || wall - 59_100));
+            assert!(ticking.run_if_due_at(&plan, "p", &host, at(1000), || wall - 59_000));
+        }
     }
 }

@@ -70,14 +70,18 @@ mod tests {
         )
         .unwrap();
         let host = FakeHost::default();
-        let mut tick = PlanTick::new(&plan);
+        let mut tick = PlanTick::new(&plan, None);
         // v 2 fails: ejected (a counter defined), the rollout paused (its gauge set).
         for _ in 0..10 {
             tick.record_outcome(0, 0, false);
             tick.record_outcome(0, 1, true);
         }
-        tick.run(&plan, "my.filter", &host, 1_800_000_000_000);
-        tick.run(&plan, "my.filter", &host, 1_800_000_001_000);
+        let at = |ms: u64| crate::tick::Now {
+            wall_ms: 1_800_000_000_000 + ms,
+            monotonic_ms: 1_000_000 + ms,
+        };
+        tick.run(&plan, "my.filter", &host, at(0));
+        tick.run(&plan, "my.filter", &host, at(1000));
         let (gauges, counters) = tick_stats(&plan, "my.filter");
         let mut defined_gauges: Vec<String> = host
             .gauges
@@ -132,6 +136,9 @@ mod worker {
         /// Counter ids by name the core may ask for: the guard's ejection counters.
         pub tick_counters: HashMap<String, usize>,
         pub counters: Counters,
+        /// The generation of this configuration ([`crate::tick::claim`]): only the newest of
+        /// a filter name decides for the guard.
+        pub generation: Option<u64>,
         /// Dropped with the config: workers then drop their plans of it.
         alive: Arc<()>,
     }
@@ -152,8 +159,13 @@ mod worker {
                 gauges,
                 tick_counters,
                 counters,
+                generation: None,
                 alive: Arc::new(()),
             }
+        }
+
+        pub fn with_generation(self, generation: Option<u64>) -> Self {
+            Self { generation, ..self }
         }
     }
 
@@ -192,7 +204,11 @@ mod worker {
             let now_ms = unix_ms();
             if now_ms >= self.due_ms {
                 self.due_ms = now_ms.saturating_add(TICK_MS);
-                self.tick.run(plan, plugin, host, now_ms);
+                let now = crate::tick::Now {
+                    wall_ms: now_ms,
+                    monotonic_ms: crate::tick::process_monotonic_ms(),
+                };
+                self.tick.run(plan, plugin, host, now);
             }
         }
     }
@@ -276,7 +292,7 @@ mod worker {
             .iter()
             .any(|s| s.guard.is_some() || s.rollout.is_some());
         let tick = scheduled.then(|| Ticking {
-            tick: PlanTick::new(&plan),
+            tick: PlanTick::new(&plan, source.generation),
             due_ms: 0,
         });
         Some(WorkerPlan {

@@ -2,7 +2,8 @@
 //! when it recovers. Pure arithmetic here; `instance.rs` feeds it on the housekeeping tick
 //! with counts aggregated across all workers.
 //!
-//! Each upstream's outcomes are kept in one-second buckets (requests, failures). An admitted
+//! Each upstream's outcomes are kept in [`WINDOW_SLICES`] buckets (requests, failures) that
+//! together span the window. An admitted
 //! upstream whose failures over the last `window_s` seconds exceed `error_rate` of at least
 //! `min_requests` requests is ejected for `eject_s`, doubled each time it fails again right
 //! after a readmission (at most 2^[`MAX_BACKOFF`] times). Only outcomes since its last
@@ -30,77 +31,65 @@ impl Guard {
     pub const DEFAULT_MAX_EJECTED_PERCENT: u64 = 50;
 }
 
-/// Outcomes of one upstream in one second: `second` is the Unix second the bucket holds.
+/// A window is counted in this many slices of `window_s / WINDOW_SLICES` each, so a tick reads
+/// the same amount of state whatever `window_s` is (from 1 s to an hour).
+pub const WINDOW_SLICES: usize = 10;
+
+/// Length of one slice of a `window_s` window, in milliseconds (at least 100).
+pub fn slice_ms(window_s: u64) -> u64 {
+    (window_s.saturating_mul(1000) / WINDOW_SLICES as u64).max(1)
+}
+
+/// Outcomes of one upstream in one slice: `slice` is the slice's number on the monotonic
+/// clock (monotonic milliseconds divided by the slice length).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Bucket {
-    pub second: u64,
+    pub slice: u64,
     pub requests: u64,
     pub failures: u64,
 }
 
 impl Bucket {
-    pub fn encode(&self) -> [u8; 24] {
-        let mut out = [0u8; 24];
-        for (chunk, value) in
-            out.chunks_exact_mut(8)
-                .zip([self.second, self.requests, self.failures])
-        {
-            chunk.copy_from_slice(&value.to_le_bytes());
-        }
-        out
-    }
-
-    pub fn decode(bytes: &[u8]) -> Self {
-        let mut values = bytes
-            .chunks_exact(8)
-            .map(|c| c.try_into().map_or(0, u64::from_le_bytes));
-        Self {
-            second: values.next().unwrap_or(0),
-            requests: values.next().unwrap_or(0),
-            failures: values.next().unwrap_or(0),
-        }
-    }
-
-    /// This bucket with `requests` and `failures` of second `now_s` added (a bucket holding
-    /// an older second starts afresh).
-    pub fn add(self, now_s: u64, requests: u64, failures: u64) -> Self {
-        let base = if self.second == now_s {
+    /// This bucket with `requests` and `failures` of slice `slice` added (a bucket holding an
+    /// older slice starts afresh).
+    pub fn add(self, slice: u64, requests: u64, failures: u64) -> Self {
+        let base = if self.slice == slice {
             self
         } else {
             Bucket {
-                second: now_s,
+                slice,
                 ..Bucket::default()
             }
         };
         Bucket {
-            second: now_s,
-            requests: base.requests + requests,
-            failures: base.failures + failures,
+            slice,
+            requests: base.requests.saturating_add(requests),
+            failures: base.failures.saturating_add(failures),
         }
     }
 }
 
-/// Sum of the buckets of the last `window_s` seconds up to `now_s`, counting only seconds from
-/// `since_s` on.
-pub fn window_totals(buckets: &[Bucket], now_s: u64, window_s: u64, since_s: u64) -> (u64, u64) {
-    let first = now_s
-        .saturating_sub(window_s.saturating_sub(1))
-        .max(since_s);
+/// Sum of the buckets of the last [`WINDOW_SLICES`] slices up to `now_slice`, counting only
+/// slices from `since_slice` on.
+pub fn window_totals(buckets: &[Bucket], now_slice: u64, since_slice: u64) -> (u64, u64) {
+    let first = now_slice
+        .saturating_sub(WINDOW_SLICES as u64 - 1)
+        .max(since_slice);
     buckets
         .iter()
-        .filter(|b| b.second >= first && b.second <= now_s)
-        .fold((0, 0), |(r, f), b| (r + b.requests, f + b.failures))
+        .filter(|b| b.slice >= first && b.slice <= now_slice)
+        .fold((0, 0), |(r, f), b| {
+            (r.saturating_add(b.requests), f.saturating_add(b.failures))
+        })
 }
 
-/// The ring slot of second `s` for a window of `window_s` seconds.
-pub fn slot(s: u64, window_s: u64) -> u64 {
-    s % window_s.max(1)
-}
-
-/// Ejection state of one upstream, shared by all workers.
+/// Ejection state of one upstream, shared by all workers. Times are seconds of the monotonic
+/// clock (shared by every worker of one Envoy, and never stepped), so a change of the wall
+/// clock neither lengthens nor shortens an ejection; `since_wall_s` only tells a rollout which
+/// of its steps was in force when the ejection began.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ejection {
-    /// When the current or last ejection started (Unix seconds; 0: never ejected).
+    /// When the current or last ejection started (monotonic seconds; 0: never ejected).
     pub since_s: u64,
     /// Until when it is (or was) ejected; outcomes count again from then on.
     pub until_s: u64,
@@ -108,36 +97,11 @@ pub struct Ejection {
     pub times: u32,
     /// Whether its readmission after the last ejection was reported.
     pub readmission_reported: bool,
+    /// The wall clock (Unix seconds) when the current or last ejection started.
+    pub since_wall_s: u64,
 }
 
 impl Ejection {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(21);
-        out.extend_from_slice(&self.since_s.to_le_bytes());
-        out.extend_from_slice(&self.until_s.to_le_bytes());
-        out.extend_from_slice(&self.times.to_le_bytes());
-        out.push(u8::from(self.readmission_reported));
-        out
-    }
-
-    pub fn decode(bytes: &[u8]) -> Self {
-        let u64_at = |at: usize| {
-            bytes
-                .get(at..at + 8)
-                .and_then(|b| b.try_into().ok())
-                .map_or(0, u64::from_le_bytes)
-        };
-        Self {
-            since_s: u64_at(0),
-            until_s: u64_at(8),
-            times: bytes
-                .get(16..20)
-                .and_then(|b| b.try_into().ok())
-                .map_or(0, u32::from_le_bytes),
-            readmission_reported: bytes.get(20).is_some_and(|&b| b != 0),
-        }
-    }
-
     pub fn is_ejected(&self, now_s: u64) -> bool {
         now_s < self.until_s
     }
@@ -261,6 +225,7 @@ impl Guard {
                     until_s: now_s.saturating_add(duration),
                     times,
                     readmission_reported: false,
+                    since_wall_s: 0,
                 },
                 rate,
                 requests,

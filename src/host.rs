@@ -16,6 +16,12 @@ pub trait Host {
     fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)>;
     /// Sets a shared-data value if its CAS token is still `cas` (`0`: unconditionally).
     fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> SharedWrite;
+    /// Writes `initial` under `key` unless the key exists; returns whether it exists now. The
+    /// default cannot tell a key another worker created in between (see [`create_shared`]).
+    fn create_shared_data(&self, key: &str, initial: &[u8]) -> bool {
+        self.shared_data(key).is_some()
+            || self.set_shared_data(key, initial, 0) == SharedWrite::Written
+    }
     /// Defines (or finds) a gauge; its stat is `wasmcustom.<name>` in the wasm build. Hosts
     /// without metrics (the CLI's simulation, a cluster specifier's selection) keep the
     /// defaults: no metric, and updates are ignored.
@@ -44,10 +50,86 @@ pub trait Host {
 
 /// Creates shared-data `key` holding `initial` if it does not exist yet, so that every later
 /// change is a compare-and-swap (with token 0 a write is unconditional and could overwrite
-/// another worker's). Shared data has no create-if-absent: two workers creating the key at the
-/// same moment both write `initial`, before either changes it. Returns whether the key exists.
+/// another worker's). Returns whether the key exists. Hosts with a create-if-absent of their
+/// own (the native build's store) use it; proxy-wasm's shared data has none, so there a worker
+/// that finds the key missing writes `initial` unconditionally: if another worker created the
+/// key and changed it in the microseconds between that read and that write, the change is lost.
+/// Keys are created at configuration, and changed on ticks, which makes that all but impossible.
 pub fn create_shared<H: Host + ?Sized>(host: &H, key: &str, initial: &[u8]) -> bool {
-    host.shared_data(key).is_some() || host.set_shared_data(key, initial, 0) == SharedWrite::Written
+    host.shared_data(key).is_some() || host.create_shared_data(key, initial)
+}
+
+/// Metric ids by name, defined once per VM: Envoy's `defineMetric` hands out a new id (and keeps
+/// it for the life of the VM) on every call, even for a name it already has, so defining again
+/// per configuration update would leak ids.
+#[derive(Debug, Default)]
+pub struct MetricIds {
+    gauges: std::cell::RefCell<std::collections::BTreeMap<String, u32>>,
+    counters: std::cell::RefCell<std::collections::BTreeMap<String, u32>>,
+}
+
+impl MetricIds {
+    fn get_or_define(
+        ids: &std::cell::RefCell<std::collections::BTreeMap<String, u32>>,
+        name: &str,
+        define: impl FnOnce() -> Option<u32>,
+    ) -> Option<u32> {
+        if let Some(&id) = ids.borrow().get(name) {
+            return Some(id);
+        }
+        let id = define()?;
+        ids.borrow_mut().insert(name.to_owned(), id);
+        Some(id)
+    }
+}
+
+/// A host whose metric definitions go through a VM's [`MetricIds`]: every other call is the
+/// inner host's.
+pub struct DefineOnce<'a, H: Host + ?Sized> {
+    pub host: &'a H,
+    pub ids: &'a MetricIds,
+}
+
+impl<H: Host + ?Sized> Host for DefineOnce<'_, H> {
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.host.request_header(name)
+    }
+    fn set_request_header(&self, name: &str, value: Option<&str>) {
+        self.host.set_request_header(name, value);
+    }
+    fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
+        self.host.send_local_reply(status, headers, body)
+    }
+    fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.host.shared_data(key)
+    }
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> SharedWrite {
+        self.host.set_shared_data(key, value, cas)
+    }
+    fn create_shared_data(&self, key: &str, initial: &[u8]) -> bool {
+        self.host.create_shared_data(key, initial)
+    }
+    fn define_gauge(&self, name: &str) -> Option<u32> {
+        MetricIds::get_or_define(&self.ids.gauges, name, || self.host.define_gauge(name))
+    }
+    fn add_to_gauge(&self, id: u32, delta: i64) {
+        self.host.add_to_gauge(id, delta);
+    }
+    fn define_counter(&self, name: &str) -> Option<u32> {
+        MetricIds::get_or_define(&self.ids.counters, name, || self.host.define_counter(name))
+    }
+    fn increment_counter(&self, id: u32, delta: u64) {
+        self.host.increment_counter(id, delta);
+    }
+    fn set_gauge(&self, id: u32, value: u64) {
+        self.host.set_gauge(id, value);
+    }
+    fn response_code(&self) -> Option<u64> {
+        self.host.response_code()
+    }
+    fn response_flags(&self) -> Option<u64> {
+        self.host.response_flags()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +173,15 @@ mod fake {
         pub refuse_replies: Cell<bool>,
         /// What `response_code` and `response_flags` answer.
         pub response: Cell<(Option<u64>, Option<u64>)>,
+        /// Like Envoy's `defineMetric`, every definition hands out a new id (never freed), even
+        /// for a name defined before: id → index in `gauges` / `counters` (shared with
+        /// siblings, which tests also use as other streams of the same VM).
+        pub gauge_ids: Rc<RefCell<Vec<usize>>>,
+        pub counter_ids: Rc<RefCell<Vec<usize>>>,
+        /// Definitions made through this fake, by name.
+        pub defines: RefCell<BTreeMap<String, u32>>,
+        /// Makes the native store's create-if-absent available (`create_shared_data`).
+        pub atomic_create: Cell<bool>,
     }
 
     impl FakeHost {
@@ -136,6 +227,8 @@ mod fake {
                 shared: Rc::clone(&self.shared),
                 gauges: Rc::clone(&self.gauges),
                 counters: Rc::clone(&self.counters),
+                gauge_ids: Rc::clone(&self.gauge_ids),
+                counter_ids: Rc::clone(&self.counter_ids),
                 ..host
             }
         }
@@ -149,8 +242,14 @@ mod fake {
         }
     }
 
-    /// The id of metric `name`: its index in `metrics`, where it is added at 0 when new.
-    fn define<T: Default>(metrics: &mut Vec<(String, T)>, name: &str) -> Option<u32> {
+    /// A new id for metric `name` (added at 0 to `metrics` when new), as Envoy gives one per
+    /// definition.
+    fn define<T: Default>(
+        metrics: &mut Vec<(String, T)>,
+        ids: &mut Vec<usize>,
+        defines: &mut BTreeMap<String, u32>,
+        name: &str,
+    ) -> Option<u32> {
         let index = match metrics.iter().position(|(n, _)| n == name) {
             Some(index) => index,
             None => {
@@ -158,7 +257,24 @@ mod fake {
                 metrics.len() - 1
             }
         };
-        u32::try_from(index).ok()
+        *defines.entry(name.to_owned()).or_default() += 1;
+        ids.push(index);
+        u32::try_from(ids.len() - 1).ok()
+    }
+
+    impl FakeHost {
+        /// How many times metric `name` was defined by this VM.
+        pub fn definitions(&self, name: &str) -> u32 {
+            self.defines.borrow().get(name).copied().unwrap_or(0)
+        }
+
+        fn gauge_index(&self, id: u32) -> Option<usize> {
+            self.gauge_ids.borrow().get(id as usize).copied()
+        }
+
+        fn counter_index(&self, id: u32) -> Option<usize> {
+            self.counter_ids.borrow().get(id as usize).copied()
+        }
     }
 
     impl super::Host for FakeHost {
@@ -222,16 +338,37 @@ mod fake {
             }
         }
 
+        fn create_shared_data(&self, key: &str, initial: &[u8]) -> bool {
+            if !self.atomic_create.get() {
+                return self.shared_data(key).is_some()
+                    || self.set_shared_data(key, initial, 0) == SharedWrite::Written;
+            }
+            self.calls.borrow_mut().push(format!("shared create {key}"));
+            let mut shared = self.shared.borrow_mut();
+            if !shared.contains_key(key) {
+                let next = shared.values().map(|(_, c)| *c).max().unwrap_or(0) + 1;
+                shared.insert(key.to_owned(), (initial.to_vec(), next));
+            }
+            true
+        }
+
         fn define_gauge(&self, name: &str) -> Option<u32> {
-            define(&mut self.gauges.borrow_mut(), name)
+            define(
+                &mut self.gauges.borrow_mut(),
+                &mut self.gauge_ids.borrow_mut(),
+                &mut self.defines.borrow_mut(),
+                name,
+            )
         }
 
         fn add_to_gauge(&self, id: u32, delta: i64) {
             self.calls
                 .borrow_mut()
                 .push(format!("gauge {id} {delta:+}"));
-            if let Some((_, value)) = self.gauges.borrow_mut().get_mut(id as usize) {
-                *value += delta;
+            if let Some(i) = self.gauge_index(id) {
+                if let Some((_, value)) = self.gauges.borrow_mut().get_mut(i) {
+                    *value += delta;
+                }
             }
         }
 
@@ -239,15 +376,22 @@ mod fake {
             self.calls
                 .borrow_mut()
                 .push(format!("define counter {name}"));
-            define(&mut self.counters.borrow_mut(), name)
+            define(
+                &mut self.counters.borrow_mut(),
+                &mut self.counter_ids.borrow_mut(),
+                &mut self.defines.borrow_mut(),
+                name,
+            )
         }
 
         fn set_gauge(&self, id: u32, value: u64) {
             self.calls
                 .borrow_mut()
                 .push(format!("gauge {id} = {value}"));
-            if let Some((_, current)) = self.gauges.borrow_mut().get_mut(id as usize) {
-                *current = i64::try_from(value).unwrap_or(i64::MAX);
+            if let Some(i) = self.gauge_index(id) {
+                if let Some((_, current)) = self.gauges.borrow_mut().get_mut(i) {
+                    *current = i64::try_from(value).unwrap_or(i64::MAX);
+                }
             }
         }
 
@@ -265,8 +409,10 @@ mod fake {
             self.calls
                 .borrow_mut()
                 .push(format!("counter {id} +{delta}"));
-            if let Some((_, value)) = self.counters.borrow_mut().get_mut(id as usize) {
-                *value += delta;
+            if let Some(i) = self.counter_index(id) {
+                if let Some((_, value)) = self.counters.borrow_mut().get_mut(i) {
+                    *value += delta;
+                }
             }
         }
     }

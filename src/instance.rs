@@ -10,13 +10,13 @@ use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::guard;
-use crate::host::{Host, SharedWrite};
+use crate::host::{DefineOnce, Host, MetricIds, SharedWrite};
 use crate::in_flight;
 use crate::metrics::{Counted, PlanCounters};
 use crate::plan::{ConfigError, Plan, Strategy};
 use crate::route::{on_request_headers, Verdict};
 use crate::select::sticky_hash;
-use crate::tick::PlanTick;
+use crate::tick::{self, Now, PlanTick};
 
 /// A short fingerprint of a configuration's bytes (hex), so operators can tell from the log
 /// and from `meshsplit check` which configuration is live.
@@ -141,6 +141,10 @@ pub struct Instance {
     tracked: BTreeMap<u32, Tracked>,
     /// Unix time in milliseconds; read on configure and on the tick only.
     clock: fn() -> u64,
+    /// Milliseconds of a monotonic clock shared by the VMs of one Envoy (the guard's clock).
+    monotonic: fn() -> u64,
+    /// Every metric this VM defined, so each name is defined once per VM.
+    metric_ids: MetricIds,
     /// The counter of requests without a plan, once defined (on the first such request).
     unplanned: Option<u32>,
     /// Whether the first request without a plan was logged (once per VM).
@@ -198,6 +202,9 @@ impl Instance {
             rng: Xoshiro256PlusPlus::from_seed(seed),
             tracked: BTreeMap::new(),
             clock: system_clock,
+            // The wasm build replaces it with the host's, which all of Envoy's VMs share.
+            monotonic: tick::process_monotonic_ms,
+            metric_ids: MetricIds::default(),
             unplanned: None,
             unplanned_logged: false,
             owner: None,
@@ -213,6 +220,29 @@ impl Instance {
         self.clock = clock;
     }
 
+    /// Replaces the monotonic clock (tests, and hosts with a clock of their own).
+    pub fn set_monotonic_clock(&mut self, clock: fn() -> u64) {
+        self.monotonic = clock;
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            wall_ms: (self.clock)(),
+            monotonic_ms: (self.monotonic)(),
+        }
+    }
+
+    /// Adds `delta` to counter `name`, defined once per VM.
+    pub fn count<H: Host + ?Sized>(&self, name: &str, delta: u64, host: &H) {
+        let host = DefineOnce {
+            host,
+            ids: &self.metric_ids,
+        };
+        if let Some(id) = host.define_counter(name) {
+            host.increment_counter(id, delta);
+        }
+    }
+
     /// Parses and installs a plugin configuration for `root` of the filter instance (Envoy
     /// plugin) named `plugin`. On error nothing changes: the previous plan, if any, keeps serving.
     pub fn configure<H: Host + ?Sized>(
@@ -223,6 +253,29 @@ impl Instance {
         host: &H,
     ) -> Result<Rc<Plan>, ConfigError> {
         let plan = Plan::from_json_named(bytes, plugin)?;
+        let metric_ids = std::mem::take(&mut self.metric_ids);
+        let result = self.install(
+            root,
+            bytes,
+            plan,
+            plugin,
+            &DefineOnce {
+                host,
+                ids: &metric_ids,
+            },
+        );
+        self.metric_ids = metric_ids;
+        Ok(result)
+    }
+
+    fn install<H: Host + ?Sized>(
+        &mut self,
+        root: u32,
+        bytes: &[u8],
+        plan: Plan,
+        plugin: &str,
+        host: &H,
+    ) -> Rc<Plan> {
         let mut least_request = false;
         for service in &plan.services {
             if let Strategy::LeastRequest(slots) = &service.strategy {
@@ -237,9 +290,26 @@ impl Instance {
             self.take_owner(host);
         }
         let counters = PlanCounters::new(&plan, plugin);
-        let mut tick = PlanTick::new(&plan);
+        let generation = tick::claim(&plan, plugin, host, sticky_hash(bytes));
+        let mut tick = PlanTick::new(&plan, generation);
         // Rollouts and the guard's ejections apply from the first request.
-        tick.run(&plan, plugin, host, (self.clock)());
+        tick.run(&plan, plugin, host, self.now());
+        // The gauges the plugin's older plans set and this one does not have go back to 0:
+        // only the newest configuration sets gauges, so nothing else would.
+        let kept = tick::gauge_names(&plan, plugin);
+        for old in self
+            .roots
+            .iter()
+            .filter(|r| r.plugin == plugin && r.id != root)
+        {
+            for name in tick::gauge_names(&old.plan, plugin) {
+                if !kept.contains(&name) {
+                    if let Some(id) = host.define_gauge(&name) {
+                        host.set_gauge(id, 0);
+                    }
+                }
+            }
+        }
         let plan = Rc::new(plan);
         match self.roots.iter_mut().find(|r| r.id == root) {
             Some(entry) => {
@@ -257,17 +327,22 @@ impl Instance {
                 tick,
             }),
         }
-        Ok(plan)
+        plan
     }
 
     /// The housekeeping tick of root context `root` (twice a second in the wasm build): adds what its plan
     /// counted since the last tick to Envoy's counters, and puts rollout and guard weights in
     /// force.
     pub fn tick<H: Host + ?Sized>(&mut self, root: u32, host: &H) {
-        let now_ms = (self.clock)();
+        let now = self.now();
+        let now_ms = now.wall_ms;
         if let Some(entry) = self.roots.iter_mut().find(|r| r.id == root) {
-            entry.counters.flush(&entry.plan, host);
-            entry.tick.run(&entry.plan, &entry.plugin, host, now_ms);
+            let host = DefineOnce {
+                host,
+                ids: &self.metric_ids,
+            };
+            entry.counters.flush(&entry.plan, &host);
+            entry.tick.run(&entry.plan, &entry.plugin, &host, now);
         }
         // Either way: after the clock went back, beats go on.
         if self.owner.is_some() && now_ms.abs_diff(self.last_beat_ms) >= in_flight::BEAT_EVERY_MS {
@@ -394,6 +469,10 @@ impl Instance {
 
     fn count_unplanned<H: Host + ?Sized>(&mut self, context: u32, host: &H) {
         if self.unplanned.is_none() {
+            let host = DefineOnce {
+                host,
+                ids: &self.metric_ids,
+            };
             self.unplanned = host.define_counter(UNPLANNED_COUNTER);
         }
         if let Some(id) = self.unplanned {
@@ -418,7 +497,11 @@ impl Instance {
     pub fn context_deleted<H: Host + ?Sized>(&mut self, context: u32, host: &H) -> bool {
         if let Some(index) = self.roots.iter().position(|r| r.id == context) {
             let mut entry = self.roots.swap_remove(index);
-            entry.counters.flush(&entry.plan, host);
+            let host = DefineOnce {
+                host,
+                ids: &self.metric_ids,
+            };
+            entry.counters.flush(&entry.plan, &host);
             return true;
         }
         if self.tracked.is_empty() {

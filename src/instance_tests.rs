@@ -640,3 +640,83 @@ fn a_tick_of_another_root_flushes_only_that_root() {
     vm.tick(1, &host);
     assert_eq!(host.counter("meshsplit.meshsplit.svc.v1.requests_total"), 1);
 }
+
+// ---- the guard's gauges and metric definitions across live updates ----
+
+const GUARDED: &str = r#"{"services": [{"name": "svc", "upstreams": [
+    {"name": "v1", "cluster": "c1", "weight": 50},
+    {"name": "v2", "cluster": "c2", "weight": 50}],
+    "guard": {"error_rate": 0.5, "min_requests": 10, "window_s": 5, "eject_s": 60}}]}"#;
+const UNGUARDED: &str = r#"{"services": [{"name": "svc", "upstreams": [
+    {"name": "v1", "cluster": "c1", "weight": 50},
+    {"name": "v2", "cluster": "c2", "weight": 50}]}]}"#;
+
+/// Streams of `root` until `n` of them went to v2, every v2 answer a 503.
+fn fail_v2(vm: &mut Instance, root: u32, n: usize, worker: &FakeHost, next_context: &mut u32) {
+    let mut failed = 0;
+    for _ in 0..10_000 {
+        if failed == n {
+            return;
+        }
+        *next_context += 1;
+        let context = *next_context;
+        vm.stream_created(context, root);
+        let host = svc_host(worker);
+        vm.request_headers(context, &host);
+        let to_v2 = host.header("x-meshsplit-cluster").as_deref() == Some("c2");
+        host.response
+            .set((Some(if to_v2 { 503 } else { 200 }), None));
+        vm.context_deleted(context, &host);
+        failed += usize::from(to_v2);
+    }
+    panic!("only {failed} of {n} requests went to v2");
+}
+
+#[test]
+fn an_update_that_drops_the_guard_puts_its_gauges_back_to_zero() {
+    let worker = FakeHost::default();
+    let mut vm = Instance::new([3; 32]);
+    let mut context = 100;
+    vm.configure(1, GUARDED.as_bytes(), "meshsplit", &worker)
+        .unwrap();
+    fail_v2(&mut vm, 1, 20, &worker, &mut context);
+    vm.tick(1, &worker);
+    assert_eq!(worker.gauge("meshsplit.meshsplit.svc.v2.ejected"), 1);
+    // The update (a new root; the old one lives on while its streams last) has no guard.
+    vm.configure(2, UNGUARDED.as_bytes(), "meshsplit", &worker)
+        .unwrap();
+    assert_eq!(worker.gauge("meshsplit.meshsplit.svc.v2.ejected"), 0);
+    // The old root's tick no longer sets it.
+    vm.tick(1, &worker);
+    assert_eq!(worker.gauge("meshsplit.meshsplit.svc.v2.ejected"), 0);
+}
+
+#[test]
+fn every_metric_is_defined_once_per_vm_however_many_updates() {
+    let worker = FakeHost::default();
+    let mut vm = Instance::new([4; 32]);
+    let mut context = 100;
+    let least = LR.replace("\"svc\"", "\"lr\"");
+    for root in 1..=10u32 {
+        let config = if root % 2 == 0 {
+            GUARDED
+        } else {
+            least.as_str()
+        };
+        vm.configure(root, config.as_bytes(), "meshsplit", &worker)
+            .unwrap();
+        if root == 2 {
+            fail_v2(&mut vm, root, 20, &worker, &mut context);
+        }
+        vm.tick(root, &worker);
+        // A refused update is counted once per VM's definition too.
+        vm.count("meshsplit.meshsplit.config_failures_total", 1, &worker);
+    }
+    let defines = worker.defines.borrow();
+    assert!(!defines.is_empty());
+    for (name, times) in defines.iter() {
+        assert_eq!(*times, 1, "{name} defined {times} times: {defines:?}");
+    }
+    assert!(defines.contains_key("meshsplit.meshsplit.svc.v2.ejected"));
+    assert!(defines.contains_key("meshsplit.meshsplit.lr.a.in_flight"));
+}

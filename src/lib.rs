@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod guard;
+pub mod guard_record;
 pub mod host;
 pub mod in_flight;
 pub mod instance;

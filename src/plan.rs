@@ -30,6 +30,9 @@ pub const MAX_UPSTREAMS_PER_SERVICE: usize = 256;
 pub const MAX_RULES_PER_SERVICE: usize = 256;
 pub const MAX_CONDITIONS_PER_RULE: usize = 64;
 pub const MAX_ROLLOUT_STEPS: usize = 256;
+/// Upstreams of guarded services, in all: every tick of every VM reads each guarded service's
+/// record and walks its upstreams' windows, so this bounds what a tick costs.
+pub const MAX_GUARDED_UPSTREAMS: usize = 1_024;
 
 /// `Err` at `path` when a list is longer than `max`.
 fn at_most(path: impl Into<String>, what: &str, len: usize, max: usize) -> Result<(), ConfigError> {
@@ -326,6 +329,22 @@ impl Plan {
             services.push(compile_service(&path, raw_service, plugin)?);
             for (host_path, key) in host_keys(&path, raw_service)? {
                 hosts.push((key, index, host_path));
+            }
+        }
+        let mut guarded = 0usize;
+        for (index, service) in services.iter().enumerate() {
+            if service.guard.is_some() {
+                guarded += service.upstreams.len();
+                if guarded > MAX_GUARDED_UPSTREAMS {
+                    return Err(ConfigError::new(
+                        format!("services[{index}].guard"),
+                        format!(
+                            "guards cover at most {MAX_GUARDED_UPSTREAMS} upstreams in all, and \
+                             this one brings them to {guarded} (each tick reads every guarded \
+                             upstream's window)"
+                        ),
+                    ));
+                }
             }
         }
         let names: Vec<&str> = raw.services.iter().map(|s| s.name.as_str()).collect();

@@ -1026,3 +1026,26 @@ fn per_service_limits_name_their_list() {
     );
     assert!(error(&json).starts_with("services[0].hosts: at most 1000 hosts per service"));
 }
+
+#[test]
+fn guards_cover_at_most_the_guarded_upstream_limit_in_all() {
+    let service = |i: usize, n: usize| {
+        let ups: Vec<String> = (0..n)
+            .map(|u| format!(r#"{{"name": "u{u}", "cluster": "c{u}", "weight": 1}}"#))
+            .collect();
+        format!(
+            r#"{{"name": "s{i}", "guard": {{"error_rate": 0.5}}, "upstreams": [{}]}}"#,
+            ups.join(",")
+        )
+    };
+    let config = |services: &[String]| format!(r#"{{"services": [{}]}}"#, services.join(","));
+    let full: Vec<String> = (0..4).map(|i| service(i, 256)).collect();
+    assert_eq!(plan(&config(&full)).services.len(), 4);
+    let mut over = full.clone();
+    over.push(service(4, 1));
+    assert_eq!(
+        error(&config(&over)),
+        "services[4].guard: guards cover at most 1024 upstreams in all, and this one brings them \
+         to 1025 (each tick reads every guarded upstream's window)"
+    );
+}

@@ -206,7 +206,7 @@ proptest! {
             weight,
             requests,
             failures: failed.min(requests),
-            ejection: if out { Ejection { since_s: 990, until_s: 1010, times: 0, readmission_reported: false } } else { Ejection::default() },
+            ejection: if out { Ejection { since_s: 990, until_s: 1010, times: 0, readmission_reported: false, since_wall_s: 0 } } else { Ejection::default() },
         }).collect();
         let total: u64 = seen.iter().map(|s| u64::from(s.weight)).sum();
         let before: u64 = seen.iter().filter(|s| s.ejection.is_ejected(now)).map(|s| u64::from(s.weight)).sum();

@@ -2,16 +2,39 @@
 //! guard's accounting and ejections, aggregated across all workers through shared data. Read
 //! the clock here, once a tick, never per request.
 //!
-//! Shared data (per `vm_id`, so per Envoy): for each guarded upstream, one bucket per second of
-//! the window (`…/b<slot>`: second, requests, failures) and its ejection state (`…/state`).
-//! Every VM adds its own outcomes to the current second's bucket, reads the window, and applies
-//! the guard's decision with compare-and-swap: the VM whose write lands logs the change and
-//! counts it, so each ejection is logged and counted once.
+//! Shared data (per `vm_id`, so per Envoy): one record per guarded service
+//! ([`crate::guard_record`]) with every upstream's window and ejection state. On its tick a VM
+//! reads the record, adds its own outcomes, and, when its plan belongs to the newest
+//! configuration of the plugin, applies the guard's decision; all of it is written back with
+//! one compare-and-swap, retried from a fresh read when another VM wrote first. So a decision
+//! for a service is taken on one consistent snapshot, and the VM whose write lands logs and
+//! counts it: each ejection is logged and counted once.
+//!
+//! Two clocks: rollouts follow the wall clock (their schedule is wall time); the guard's windows
+//! and ejections follow the monotonic clock, which a change of the wall clock does not move.
 
-use crate::guard::{admitted_weights, window_totals, Bucket, Change, Ejection, Guard, Seen};
+use crate::guard::{admitted_weights, slice_ms, window_totals, Change, Ejection, Guard, Seen};
+use crate::guard_record::{claim_generation, Record};
 use crate::host::{create_shared, Host, SharedWrite};
 use crate::plan::{stat_segment, Plan, Service};
 use crate::rollout::Phase;
+
+/// The two clocks a tick reads once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Unix time in milliseconds: rollout schedules.
+    pub wall_ms: u64,
+    /// Milliseconds of a monotonic clock shared by every worker of one Envoy: the guard.
+    pub monotonic_ms: u64,
+}
+
+/// Milliseconds since this process first asked: monotonic, and shared by its threads (the
+/// native build's workers).
+pub fn process_monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
 
 /// Per-VM tick state of one service with a guard or a rollout.
 #[derive(Debug, Clone, Default)]
@@ -27,6 +50,8 @@ struct ServiceTick {
 #[derive(Debug, Clone, Default)]
 pub struct PlanTick {
     services: Box<[ServiceTick]>,
+    /// The generation of the plan's configuration ([`claim`]); only the newest decides.
+    generation: Option<u64>,
 }
 
 /// Whether the service has anything for the tick to do.
@@ -35,8 +60,10 @@ fn scheduled(service: &Service) -> bool {
 }
 
 impl PlanTick {
-    pub fn new(plan: &Plan) -> Self {
+    /// The tick state of `plan`, whose configuration has `generation` ([`claim`]).
+    pub fn new(plan: &Plan, generation: Option<u64>) -> Self {
         Self {
+            generation,
             services: plan
                 .services
                 .iter()
@@ -67,49 +94,85 @@ impl PlanTick {
         }
     }
 
-    /// Puts in force the weights of every service with a rollout or a guard, at Unix time
-    /// `now_ms`.
-    pub fn run<H: Host + ?Sized>(&mut self, plan: &Plan, plugin: &str, host: &H, now_ms: u64) {
-        let now_s = now_ms / 1000;
+    /// Puts in force the weights of every service with a rollout or a guard at `now`.
+    pub fn run<H: Host + ?Sized>(&mut self, plan: &Plan, plugin: &str, host: &H, now: Now) {
+        let now_s = now.monotonic_ms / 1000;
         for (service, state) in plan.services.iter().zip(self.services.iter_mut()) {
             if !scheduled(service) {
                 continue;
             }
-            let mut weights: Vec<u32> = match service.rollout.as_ref().map(|r| r.at(now_ms)) {
+            let mut weights: Vec<u32> = match service.rollout.as_ref().map(|r| r.at(now.wall_ms)) {
                 Some(Phase::Weights(w)) => w.into_owned(),
                 _ => service.configured_weights().to_vec(),
             };
             let mut paused = false;
+            let mut deciding = self.generation.is_none();
             if let Some(guard) = &service.guard {
                 let keys = GuardKeys::new(plugin, service);
-                let ejections = guard_tick(guard, &keys, service, state, &weights, host, now_s);
-                if let Some(frozen) = paused_weights(service, &weights, &ejections, now_s) {
+                let ticked = guard_tick(
+                    guard,
+                    &keys,
+                    service,
+                    state,
+                    &weights,
+                    host,
+                    now,
+                    self.generation,
+                );
+                let ejections = ticked
+                    .as_ref()
+                    .map(|t| t.ejections.as_slice())
+                    .unwrap_or(&[]);
+                deciding = ticked.as_ref().is_some_and(|t| t.deciding);
+                if let Some(frozen) = paused_weights(service, &weights, ejections, now_s) {
                     weights = frozen;
                     paused = true;
                 }
-                let admitted = admitted_weights(&weights, &ejections, now_s);
+                let admitted = admitted_weights(&weights, ejections, now_s);
                 if admitted.iter().any(|&w| w > 0) {
                     weights = admitted;
                 }
-                for (u, ejection) in ejections.iter().enumerate() {
-                    let value = u64::from(ejection.is_ejected(now_s));
-                    if let Some(gauge) = state.ejected_gauges.get_mut(u) {
-                        set_gauge(host, gauge, value, || keys.stat(u, "ejected"));
+                // Only the newest configuration's plans own the gauges: an older plan still
+                // alive must not set them back to what it believes.
+                if deciding {
+                    for (u, ejection) in ejections.iter().enumerate() {
+                        let value = u64::from(ejection.is_ejected(now_s));
+                        if let Some(gauge) = state.ejected_gauges.get_mut(u) {
+                            set_gauge(host, gauge, value, || keys.stat(u, "ejected"));
+                        }
                     }
                 }
             }
-            if service.rollout.is_some() && service.guard.is_some() {
+            if service.rollout.is_some() && service.guard.is_some() && deciding {
                 set_gauge(host, &mut state.paused_gauge, u64::from(paused), || {
-                    format!(
-                        "meshsplit.{}.{}.rollout_paused",
-                        stat_segment(plugin),
-                        stat_segment(&service.name)
-                    )
+                    paused_gauge_name(plugin, service)
                 });
             }
             service.set_weights(&weights);
         }
     }
+}
+
+fn paused_gauge_name(plugin: &str, service: &Service) -> String {
+    format!(
+        "meshsplit.{}.{}.rollout_paused",
+        stat_segment(plugin),
+        stat_segment(&service.name)
+    )
+}
+
+/// The names of every gauge a plan's tick sets: `ejected` per guarded upstream and
+/// `rollout_paused` per service with a guard and a rollout.
+pub fn gauge_names(plan: &Plan, plugin: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for service in plan.services.iter().filter(|s| s.guard.is_some()) {
+        let keys = GuardKeys::new(plugin, service);
+        names.extend((0..service.upstreams.len()).map(|u| keys.stat(u, "ejected")));
+        if service.rollout.is_some() {
+            names.push(paused_gauge_name(plugin, service));
+        }
+    }
+    names
 }
 
 /// Sets a gauge when its value changed (defining it the first time).
@@ -148,11 +211,11 @@ fn paused_weights(
         .enumerate()
         .filter(|(_, e)| e.is_ejected(now_s))
         .filter_map(|(u, e)| {
-            let then = match rollout.at(e.since_s.saturating_mul(1000)) {
+            let then = match rollout.at(e.since_wall_s.saturating_mul(1000)) {
                 Phase::Weights(w) => w.get(u).copied(),
                 Phase::NotStarted => service.configured_weights().get(u).copied(),
             }?;
-            (weights.get(u).copied()? > then).then_some(e.since_s)
+            (weights.get(u).copied()? > then).then_some(e.since_wall_s)
         })
         .min()?;
     Some(match rollout.at(since_s.saturating_mul(1000)) {
@@ -161,29 +224,21 @@ fn paused_weights(
     })
 }
 
-/// Shared-data keys and stat names of one guarded service's upstreams. Names are
-/// length-prefixed, so no choice of names makes two keys equal.
+/// The shared-data key of one guarded service's record and its upstreams' stat names. Names
+/// are length-prefixed, so no choice of names makes two keys equal.
 struct GuardKeys {
-    prefixes: Vec<String>,
+    record: String,
     stats: Vec<String>,
 }
 
 impl GuardKeys {
     fn new(plugin: &str, service: &Service) -> Self {
-        let prefixes = service
-            .upstreams
-            .iter()
-            .map(|u| {
-                format!(
-                    "meshsplit/guard/{}:{plugin}/{}:{}/{}:{}",
-                    plugin.len(),
-                    service.name.len(),
-                    service.name,
-                    u.name.len(),
-                    u.name
-                )
-            })
-            .collect();
+        let record = format!(
+            "meshsplit/guard/v2/{}:{plugin}/{}:{}",
+            plugin.len(),
+            service.name.len(),
+            service.name,
+        );
         let stats = service
             .upstreams
             .iter()
@@ -196,19 +251,7 @@ impl GuardKeys {
                 )
             })
             .collect();
-        Self { prefixes, stats }
-    }
-
-    fn bucket(&self, upstream: usize, slot: u64) -> String {
-        format!("{}/b{slot}", self.prefix(upstream))
-    }
-
-    fn state(&self, upstream: usize) -> String {
-        format!("{}/state", self.prefix(upstream))
-    }
-
-    fn prefix(&self, upstream: usize) -> &str {
-        self.prefixes.get(upstream).map_or("", String::as_str)
+        Self { record, stats }
     }
 
     fn stat(&self, upstream: usize, what: &str) -> String {
@@ -219,158 +262,254 @@ impl GuardKeys {
     }
 }
 
-/// An upstream's ejection state and its CAS token. The state is created (not ejected) when it
-/// does not exist yet, so that a decision is always a compare-and-swap: with token 0 a write
-/// would be unconditional, and two workers could both land the same ejection. One read when it
-/// exists.
-fn read_state<H: Host + ?Sized>(host: &H, key: &str) -> Option<(Ejection, u32)> {
-    host.shared_data(key)
-        .or_else(|| {
-            create_shared(host, key, &Ejection::default().encode());
-            host.shared_data(key)
-        })
-        .map(|(bytes, cas)| (Ejection::decode(&bytes), cas))
+/// Takes the generation of a configuration being accepted (`fingerprint`: its bytes'
+/// [`crate::select::sticky_hash`]) and claims the record of each of its guarded services, so
+/// that plans of older configurations stop deciding at once, before any stream of the new one.
+/// Returns the generation (`None` without shared data).
+pub fn claim<H: Host + ?Sized>(
+    plan: &Plan,
+    plugin: &str,
+    host: &H,
+    fingerprint: u64,
+) -> Option<u64> {
+    let guarded: Vec<&Service> = plan.services.iter().filter(|s| s.guard.is_some()).collect();
+    if guarded.is_empty() {
+        return None;
+    }
+    let generation = claim_generation(host, plugin, fingerprint)?;
+    for service in guarded {
+        let Some(guard) = &service.guard else {
+            continue;
+        };
+        let key = GuardKeys::new(plugin, service).record;
+        let names: Vec<&str> = service.upstreams.iter().map(|u| u.name.as_str()).collect();
+        let slice = slice_ms(guard.window_s);
+        update_record(host, &key, |record| {
+            let stale = record.generation < generation
+                || (record.generation == generation && !record.matches(slice, &names));
+            stale.then(|| record.claimed(generation, slice, &names))
+        });
+    }
+    Some(generation)
 }
 
-/// Creates the ejection state of every guarded upstream of `plan` that has none, before any
-/// worker decides (the native build calls this with the configuration; the wasm build's
-/// configure runs a tick, which does the same).
-pub fn create_guard_states<H: Host + ?Sized>(plan: &Plan, plugin: &str, host: &H) {
-    for service in plan.services.iter().filter(|s| s.guard.is_some()) {
-        let keys = GuardKeys::new(plugin, service);
-        for u in 0..service.upstreams.len() {
-            read_state(host, &keys.state(u));
+/// Read-modify-write of a guard record with compare-and-swap (created empty when missing);
+/// `change` returns the new record, or `None` to leave it. Returns the record as written or
+/// left, `None` when no consistent write could be made.
+fn update_record<H: Host + ?Sized>(
+    host: &H,
+    key: &str,
+    mut change: impl FnMut(&Record) -> Option<Record>,
+) -> Option<Record> {
+    for _ in 0..16 {
+        let Some((bytes, cas)) = host.shared_data(key) else {
+            // Created first, so that the change is a compare-and-swap (token 0 would be
+            // unconditional).
+            if !create_shared(host, key, &Record::default().encode()) {
+                return None;
+            }
+            continue;
+        };
+        let current = Record::decode(&bytes);
+        let Some(next) = change(&current) else {
+            return Some(current);
+        };
+        match host.set_shared_data(key, &next.encode(), cas) {
+            SharedWrite::Written => return Some(next),
+            SharedWrite::CasMismatch => continue,
+            SharedWrite::Failed => return None,
         }
     }
+    None
 }
 
-/// Adds this VM's outcomes to the shared buckets, reads every upstream's window and ejection
-/// state, applies the guard's decision, and returns the ejection states in force.
+/// What a guard tick leaves: every upstream's ejection state (in the plan's order), and whether
+/// this plan decides (its configuration is the newest).
+struct Ticked {
+    ejections: Vec<Ejection>,
+    deciding: bool,
+}
+
+/// Adds this VM's outcomes to the service's record and, if this plan's configuration is the
+/// newest, applies the guard's decision on the same snapshot, with one compare-and-swap.
+#[allow(clippy::too_many_arguments)]
 fn guard_tick<H: Host + ?Sized>(
     guard: &Guard,
     keys: &GuardKeys,
     service: &Service,
     state: &mut ServiceTick,
-    weights: &[u32],
+    rollout_weights: &[u32],
     host: &H,
-    now_s: u64,
-) -> Vec<Ejection> {
-    let slot_now = crate::guard::slot(now_s, guard.window_s);
-    let mut seen = Vec::with_capacity(service.upstreams.len());
-    let mut tokens = Vec::with_capacity(service.upstreams.len());
-    for u in 0..service.upstreams.len() {
-        if let Some(pending) = state.pending.get_mut(u) {
-            if pending.0 > 0 {
-                let key = keys.bucket(u, slot_now);
-                let (requests, failures) = *pending;
-                if update(host, &key, |b| {
-                    Bucket::decode(b)
-                        .add(now_s, requests, failures)
-                        .encode()
-                        .to_vec()
-                }) {
-                    *pending = (0, 0);
+    now: Now,
+    generation: Option<u64>,
+) -> Option<Ticked> {
+    let now_s = now.monotonic_ms / 1000;
+    let names: Vec<&str> = service.upstreams.iter().map(|u| u.name.as_str()).collect();
+    let own_slice_ms = slice_ms(guard.window_s);
+    let mut changes = Vec::new();
+    let mut deciding = false;
+    let record = update_record(host, &keys.record, |current| {
+        let mut record = current.clone();
+        let mut dirty = false;
+        // Without a generation (no shared data when configured) there is nobody to defer to.
+        let g = generation.unwrap_or(0);
+        let newer = g > record.generation;
+        if newer || (g == record.generation && !record.matches(own_slice_ms, &names)) {
+            record = record.claimed(g, own_slice_ms, &names);
+            dirty = true;
+        }
+        deciding = g == record.generation;
+        // Outcomes count whoever decides, in the deciding configuration's slices.
+        let slice_len = record.slice_ms.max(1);
+        let slice = now.monotonic_ms / slice_len;
+        for (name, &(requests, failures)) in names.iter().zip(state.pending.iter()) {
+            if requests == 0 {
+                continue;
+            }
+            if let Some(upstream) = record.upstream_mut(name) {
+                upstream.add(slice, requests, failures);
+                dirty = true;
+            }
+        }
+        changes.clear();
+        if deciding {
+            let ejections = ejections_of(&record, &names);
+            // The weights in force: a paused rollout's, not the step the clock is at.
+            let in_force = paused_weights(service, rollout_weights, &ejections, now_s)
+                .unwrap_or_else(|| rollout_weights.to_vec());
+            let seen: Vec<Seen> = names
+                .iter()
+                .zip(&ejections)
+                .enumerate()
+                .map(|(u, (name, ejection))| {
+                    let buckets = record.upstream(name).map_or(&[][..], |r| &r.buckets[..]);
+                    // Only slices that began at or after the readmission count.
+                    let since = ejection.until_s.saturating_mul(1000).div_ceil(slice_len);
+                    let (requests, failures) = window_totals(buckets, slice, since);
+                    Seen {
+                        weight: in_force.get(u).copied().unwrap_or(0),
+                        requests,
+                        failures,
+                        ejection: *ejection,
+                    }
+                })
+                .collect();
+            for change in guard.decide(now_s, &seen) {
+                let change = match change {
+                    Change::Eject {
+                        upstream,
+                        state,
+                        rate,
+                        requests,
+                    } => Change::Eject {
+                        upstream,
+                        state: Ejection {
+                            since_wall_s: now.wall_ms / 1000,
+                            ..state
+                        },
+                        rate,
+                        requests,
+                    },
+                    other => other,
+                };
+                let (upstream, new) = match change {
+                    Change::Eject {
+                        upstream, state, ..
+                    }
+                    | Change::Readmit { upstream, state }
+                    | Change::Forgive { upstream, state } => (upstream, state),
+                };
+                let target = names
+                    .get(upstream)
+                    .and_then(|name| record.upstream_mut(name));
+                if let Some(target) = target {
+                    target.ejection = new;
+                    dirty = true;
+                    changes.push(change);
                 }
             }
         }
-        let buckets: Vec<Bucket> = (0..guard.window_s)
-            .filter_map(|slot| host.shared_data(&keys.bucket(u, slot)))
-            .map(|(bytes, _)| Bucket::decode(&bytes))
-            .collect();
-        let (ejection, token) = match read_state(host, &keys.state(u)) {
-            Some((ejection, cas)) => (ejection, Some(cas)),
-            None => (Ejection::default(), None),
-        };
-        let (requests, failures) = window_totals(&buckets, now_s, guard.window_s, ejection.until_s);
-        seen.push(Seen {
-            weight: weights.get(u).copied().unwrap_or(0),
+        dirty.then_some(record)
+    })?;
+    // Written (or nothing to write): this VM's outcomes are in, and its changes landed.
+    for pending in state.pending.iter_mut() {
+        *pending = (0, 0);
+    }
+    for change in &changes {
+        report(guard, keys, service, host, change);
+    }
+    Some(Ticked {
+        ejections: ejections_of(&record, &names),
+        deciding,
+    })
+}
+
+/// The ejection state of each of `names` in `record` (not ejected when missing).
+fn ejections_of(record: &Record, names: &[&str]) -> Vec<Ejection> {
+    names
+        .iter()
+        .map(|name| {
+            record
+                .upstream(name)
+                .map(|r| r.ejection)
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Logs a change that landed, and counts an ejection.
+fn report<H: Host + ?Sized>(
+    guard: &Guard,
+    keys: &GuardKeys,
+    service: &Service,
+    host: &H,
+    change: &Change,
+) {
+    let (upstream, name) = match change {
+        Change::Eject { upstream, .. }
+        | Change::Readmit { upstream, .. }
+        | Change::Forgive { upstream, .. } => (
+            *upstream,
+            service
+                .upstreams
+                .get(*upstream)
+                .map_or("", |u| u.name.as_str()),
+        ),
+    };
+    match change {
+        Change::Eject {
+            rate,
             requests,
-            failures,
-            ejection,
-        });
-        tokens.push(token);
-    }
-    let mut states: Vec<Ejection> = seen.iter().map(|s| s.ejection).collect();
-    for change in guard.decide(now_s, &seen) {
-        let (upstream, new) = match change {
-            Change::Eject {
-                upstream, state, ..
-            }
-            | Change::Readmit { upstream, state }
-            | Change::Forgive { upstream, state } => (upstream, state),
-        };
-        // Without a token (no shared data) no write could be told apart from another worker's.
-        let Some(token) = tokens.get(upstream).copied().flatten() else {
-            continue;
-        };
-        let written = host.set_shared_data(&keys.state(upstream), &new.encode(), token);
-        if written != SharedWrite::Written {
-            // Another worker decided first; its state shows on the next tick.
-            continue;
-        }
-        if let Some(slot) = states.get_mut(upstream) {
-            *slot = new;
-        }
-        let name = service
-            .upstreams
-            .get(upstream)
-            .map_or("", |u| u.name.as_str());
-        match change {
-            Change::Eject {
-                rate,
-                requests,
-                state,
-                ..
-            } => {
-                // Percentages as integers: formatting floats would cost the module ~10 KB.
-                log::warn!(
-                    "guard: ejected {}/{name} for {} s: {} % of {requests} requests failed \
-                     in the last {} s (error_rate {} %); ejection {} in a row",
-                    service.name,
-                    state.until_s.saturating_sub(state.since_s),
-                    percent(rate),
-                    guard.window_s,
-                    percent(guard.error_rate),
-                    state.times + 1
-                );
-                if let Some(id) = host.define_counter(&keys.stat(upstream, "ejections_total")) {
-                    host.increment_counter(id, 1);
-                }
-            }
-            Change::Readmit { state, .. } => log::info!(
-                "guard: readmitted {}/{name} after {} s",
+            state,
+            ..
+        } => {
+            // Percentages as integers: formatting floats would cost the module ~10 KB.
+            log::warn!(
+                "guard: ejected {}/{name} for {} s: {} % of {requests} requests failed \
+                 in the last {} s (error_rate {} %); ejection {} in a row",
                 service.name,
-                state.until_s.saturating_sub(state.since_s)
-            ),
-            Change::Forgive { .. } => {}
+                state.until_s.saturating_sub(state.since_s),
+                percent(*rate),
+                guard.window_s,
+                percent(guard.error_rate),
+                state.times + 1
+            );
+            if let Some(id) = host.define_counter(&keys.stat(upstream, "ejections_total")) {
+                host.increment_counter(id, 1);
+            }
         }
+        Change::Readmit { state, .. } => log::info!(
+            "guard: readmitted {}/{name} after {} s",
+            service.name,
+            state.until_s.saturating_sub(state.since_s)
+        ),
+        Change::Forgive { .. } => {}
     }
-    states
 }
 
 /// A fraction as a whole percentage, rounded.
 fn percent(fraction: f64) -> u64 {
     (fraction * 100.0).round() as u64
-}
-
-/// Read-modify-write of a shared-data value with compare-and-swap; returns whether it landed.
-fn update<H: Host + ?Sized>(host: &H, key: &str, change: impl Fn(&[u8]) -> Vec<u8>) -> bool {
-    for _ in 0..16 {
-        // Created empty first: a change written with token 0 would be unconditional, and could
-        // overwrite another worker's.
-        let Some((current, cas)) = host.shared_data(key) else {
-            if !create_shared(host, key, &[]) {
-                return false;
-            }
-            continue;
-        };
-        match host.set_shared_data(key, &change(&current), cas) {
-            SharedWrite::Written => return true,
-            SharedWrite::CasMismatch => continue,
-            SharedWrite::Failed => return false,
-        }
-    }
-    false
 }
 
 #[cfg(test)]

@@ -1,10 +1,19 @@
 use std::cell::Cell;
 
 use super::*;
+use crate::guard_record::Record;
 use crate::host::FakeHost;
 use crate::plan::Plan;
 
 const NOW_MS: u64 = 1_800_000_000_000;
+
+/// Both clocks at `ms` (the monotonic clock of these tests runs with the wall clock).
+fn at(ms: u64) -> Now {
+    Now {
+        wall_ms: ms,
+        monotonic_ms: ms,
+    }
+}
 
 fn plan(extra: &str) -> Plan {
     let json = format!(
@@ -36,24 +45,24 @@ fn a_failing_upstream_is_ejected_across_workers_and_readmitted() {
     let plan_b = plan(GUARD);
     let worker_a = FakeHost::default();
     let worker_b = worker_a.sibling(&[]);
-    let (mut a, mut b) = (PlanTick::new(&plan_a), PlanTick::new(&plan_b));
+    let (mut a, mut b) = (PlanTick::new(&plan_a, None), PlanTick::new(&plan_b, None));
     // Each worker alone has too few requests; together they cross min_requests.
     traffic(&mut a, 6, true);
-    a.run(&plan_a, "p", &worker_a, NOW_MS);
+    a.run(&plan_a, "p", &worker_a, at(NOW_MS));
     assert_eq!(weights(&plan_a), [50, 50]);
     traffic(&mut b, 6, true);
-    b.run(&plan_b, "p", &worker_b, NOW_MS + 400);
+    b.run(&plan_b, "p", &worker_b, at(NOW_MS + 400));
     assert_eq!(weights(&plan_b), [50, 0]);
     // The other worker follows on its next tick.
-    a.run(&plan_a, "p", &worker_a, NOW_MS + 1000);
+    a.run(&plan_a, "p", &worker_a, at(NOW_MS + 1000));
     assert_eq!(weights(&plan_a), [50, 0]);
     assert_eq!(worker_a.counter("meshsplit.p.svc.v2.ejections_total"), 1);
     assert_eq!(worker_a.gauge("meshsplit.p.svc.v2.ejected"), 1);
     // After eject_s it is back, and its old failures do not eject it again.
-    a.run(&plan_a, "p", &worker_a, NOW_MS + 20_000);
+    a.run(&plan_a, "p", &worker_a, at(NOW_MS + 20_000));
     assert_eq!(weights(&plan_a), [50, 50]);
     traffic(&mut a, 20, false);
-    a.run(&plan_a, "p", &worker_a, NOW_MS + 21_000);
+    a.run(&plan_a, "p", &worker_a, at(NOW_MS + 21_000));
     assert_eq!(weights(&plan_a), [50, 50]);
     assert_eq!(worker_a.gauge("meshsplit.p.svc.v2.ejected"), 0);
     assert_eq!(worker_a.counter("meshsplit.p.svc.v2.ejections_total"), 1);
@@ -63,15 +72,15 @@ fn a_failing_upstream_is_ejected_across_workers_and_readmitted() {
 fn healthy_traffic_ejects_nothing_and_services_without_guard_make_no_host_calls() {
     let guarded = plan(GUARD);
     let host = FakeHost::default();
-    let mut tick = PlanTick::new(&guarded);
+    let mut tick = PlanTick::new(&guarded, None);
     traffic(&mut tick, 50, false);
-    tick.run(&guarded, "p", &host, NOW_MS);
+    tick.run(&guarded, "p", &host, at(NOW_MS));
     assert_eq!(weights(&guarded), [50, 50]);
 
     let plain = plan("");
     let host = FakeHost::default();
-    let mut tick = PlanTick::new(&plain);
-    tick.run(&plain, "p", &host, NOW_MS);
+    let mut tick = PlanTick::new(&plain, None);
+    tick.run(&plain, "p", &host, at(NOW_MS));
     assert!(host.calls.borrow().is_empty());
 }
 
@@ -85,14 +94,14 @@ fn rollout_steps_apply_on_the_tick_from_the_absolute_start() {
     let p = plan(ROLLOUT);
     let start = p.services[0].rollout.as_ref().unwrap().start_ms;
     let host = FakeHost::default();
-    let mut tick = PlanTick::new(&p);
-    tick.run(&p, "p", &host, start - 1);
+    let mut tick = PlanTick::new(&p, None);
+    tick.run(&p, "p", &host, at(start - 1));
     assert_eq!(weights(&p), [50, 50]);
-    tick.run(&p, "p", &host, start);
+    tick.run(&p, "p", &host, at(start));
     assert_eq!(weights(&p), [99, 1]);
-    tick.run(&p, "p", &host, start + 10_000);
+    tick.run(&p, "p", &host, at(start + 10_000));
     assert_eq!(weights(&p), [75, 25]);
-    tick.run(&p, "p", &host, start + 25_000);
+    tick.run(&p, "p", &host, at(start + 25_000));
     assert_eq!(weights(&p), [0, 100]);
 }
 
@@ -101,21 +110,21 @@ fn an_ejected_upstream_the_rollout_is_raising_pauses_the_rollout() {
     let p = plan(&format!("{ROLLOUT} {GUARD}"));
     let start = p.services[0].rollout.as_ref().unwrap().start_ms;
     let host = FakeHost::default();
-    let mut tick = PlanTick::new(&p);
-    tick.run(&p, "p", &host, start + 1000);
+    let mut tick = PlanTick::new(&p, None);
+    tick.run(&p, "p", &host, at(start + 1000));
     assert_eq!(weights(&p), [99, 1]);
     // v2 fails while at 1 %: ejected, and the rollout holds at 99/1 (v2 at 0 while ejected).
     for _ in 0..20 {
         tick.record_outcome(0, 1, true);
     }
-    tick.run(&p, "p", &host, start + 2000);
+    tick.run(&p, "p", &host, at(start + 2000));
     assert_eq!(weights(&p), [99, 0]);
     // The step to 75/25 comes while v2 is ejected: paused.
-    tick.run(&p, "p", &host, start + 12_000);
+    tick.run(&p, "p", &host, at(start + 12_000));
     assert_eq!(weights(&p), [99, 0]);
     assert_eq!(host.gauge("meshsplit.p.svc.rollout_paused"), 1);
     // Readmitted after eject_s: the schedule resumes where the clock is.
-    tick.run(&p, "p", &host, start + 22_000);
+    tick.run(&p, "p", &host, at(start + 22_000));
     assert_eq!(weights(&p), [0, 100]);
     assert_eq!(host.gauge("meshsplit.p.svc.rollout_paused"), 0);
 }
@@ -142,13 +151,13 @@ fn configure_puts_the_rollout_step_in_force_before_the_first_request() {
     assert_eq!(weights(&plan), [0, 100]);
 }
 
-/// Records the CAS token of every write to an ejection state, around a fake worker.
-struct StateWrites<'a> {
+/// Records the CAS token of every write to a guard record, around a fake worker.
+struct RecordWrites<'a> {
     host: &'a FakeHost,
-    writes: std::cell::RefCell<Vec<(Ejection, u32)>>,
+    writes: std::cell::RefCell<Vec<(Record, u32)>>,
 }
 
-impl Host for StateWrites<'_> {
+impl Host for RecordWrites<'_> {
     fn request_header(&self, name: &str) -> Option<Vec<u8>> {
         self.host.request_header(name)
     }
@@ -162,39 +171,345 @@ impl Host for StateWrites<'_> {
         self.host.shared_data(key)
     }
     fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> SharedWrite {
-        if key.ends_with("/state") {
-            self.writes
-                .borrow_mut()
-                .push((Ejection::decode(value), cas));
+        if key.starts_with("meshsplit/guard/") {
+            self.writes.borrow_mut().push((Record::decode(value), cas));
         }
         self.host.set_shared_data(key, value, cas)
     }
 }
 
 #[test]
-fn an_ejection_is_always_a_compare_and_swap_even_on_a_state_never_written() {
+fn an_ejection_is_always_a_compare_and_swap_even_on_a_record_never_written() {
     // With token 0 the write would be unconditional: two workers deciding at the same moment
     // would both land the ejection, and it would be logged and counted twice.
     let plan = plan(GUARD);
     let worker = FakeHost::default();
-    let spy = StateWrites {
+    let spy = RecordWrites {
         host: &worker,
         writes: Default::default(),
     };
-    let mut tick = PlanTick::new(&plan);
+    let mut tick = PlanTick::new(&plan, None);
     traffic(&mut tick, 12, true);
-    tick.run(&plan, "p", &spy, NOW_MS);
+    tick.run(&plan, "p", &spy, at(NOW_MS));
     assert_eq!(weights(&plan), [50, 0]);
     let writes = spy.writes.borrow();
     let ejections: Vec<u32> = writes
         .iter()
-        .filter(|(state, _)| state.until_s > 0)
+        .filter(|(record, _)| record.upstreams.iter().any(|u| u.ejection.until_s > 0))
         .map(|&(_, cas)| cas)
         .collect();
     assert_eq!(ejections.len(), 1, "{writes:?}");
     assert!(ejections.iter().all(|&cas| cas != 0), "{writes:?}");
-    // What was written unconditionally is only the initial, not-ejected state.
+    // What was written unconditionally is only the empty record.
     assert!(writes
         .iter()
-        .all(|(state, cas)| *cas != 0 || *state == Ejection::default()));
+        .all(|(record, cas)| *cas != 0 || *record == Record::default()));
+}
+
+// ---- rollouts paused by the guard: the caps hold on the weights in force ----
+
+fn three(extra: &str) -> Plan {
+    let json = format!(
+        r#"{{"services": [{{"name": "svc", {extra} "upstreams": [
+            {{"name": "v1", "cluster": "c1", "weight": 34}},
+            {{"name": "v2", "cluster": "c2", "weight": 33}},
+            {{"name": "v3", "cluster": "c3", "weight": 33}}]}}]}}"#
+    );
+    Plan::from_json(json.as_bytes()).unwrap()
+}
+
+#[test]
+fn a_paused_rollout_keeps_the_guard_within_its_cap() {
+    // Step 2 raises v2 while it is ejected: the rollout pauses at step 1 (10/10/80). Then v3
+    // fails: with the paused weights in force it holds 80 % of the weight, beyond the cap.
+    let p = three(
+        r#""rollout": {"start": "2027-01-15T08:00:00Z", "steps": [
+            {"at_s": 0, "weights": {"v1": 10, "v2": 10, "v3": 80}},
+            {"at_s": 10, "weights": {"v1": 80, "v2": 20, "v3": 0}}]},
+           "guard": {"error_rate": 0.5, "min_requests": 10, "window_s": 5, "eject_s": 60,
+                     "max_ejected_percent": 50},"#,
+    );
+    let start = p.services[0].rollout.as_ref().unwrap().start_ms;
+    let host = FakeHost::default();
+    let mut tick = PlanTick::new(&p, None);
+    tick.run(&p, "p", &host, at(start + 1000));
+    assert_eq!(weights(&p), [10, 10, 80]);
+    for _ in 0..20 {
+        tick.record_outcome(0, 1, true);
+    }
+    tick.run(&p, "p", &host, at(start + 2000));
+    assert_eq!(weights(&p), [10, 0, 80]);
+    tick.run(&p, "p", &host, at(start + 12_000));
+    assert_eq!(weights(&p), [10, 0, 80]);
+    assert_eq!(host.gauge("meshsplit.p.svc.rollout_paused"), 1);
+    for _ in 0..20 {
+        tick.record_outcome(0, 0, false);
+        tick.record_outcome(0, 2, true);
+    }
+    tick.run(&p, "p", &host, at(start + 13_000));
+    assert_eq!(weights(&p), [10, 0, 80]);
+    assert_eq!(host.counter("meshsplit.p.svc.v3.ejections_total"), 0);
+}
+
+#[test]
+fn a_paused_canary_never_ejects_the_last_upstream() {
+    // The README's canary: cap 100, last step all to v2. v2 is ejected at 1 %, the rollout
+    // pauses at 99/1; v1 failing too must not be ejected (it is the last upstream left).
+    let p = plan(
+        r#""rollout": {"start": "2027-01-15T08:00:00Z", "steps": [
+            {"at_s": 0, "weights": {"v1": 99, "v2": 1}},
+            {"at_s": 20, "weights": {"v2": 100}}]},
+           "guard": {"error_rate": 0.5, "min_requests": 10, "window_s": 5, "eject_s": 60,
+                     "max_ejected_percent": 100},"#,
+    );
+    let start = p.services[0].rollout.as_ref().unwrap().start_ms;
+    let host = FakeHost::default();
+    let mut tick = PlanTick::new(&p, None);
+    for _ in 0..20 {
+        tick.record_outcome(0, 1, true);
+    }
+    tick.run(&p, "p", &host, at(start + 1000));
+    assert_eq!(weights(&p), [99, 0]);
+    for _ in 0..20 {
+        tick.record_outcome(0, 0, true);
+    }
+    tick.run(&p, "p", &host, at(start + 25_000));
+    assert_eq!(weights(&p), [99, 0]);
+    assert_eq!(host.counter("meshsplit.p.svc.v1.ejections_total"), 0);
+}
+
+// ---- two workers deciding at once ----
+
+/// A worker's host that lets another worker run a whole tick between this worker's read of the
+/// guard record and its write: the interleaving two threads can produce.
+struct Interleaved<'a> {
+    host: &'a FakeHost,
+    between: std::cell::RefCell<Option<Box<dyn FnOnce() + 'a>>>,
+}
+
+impl Host for Interleaved<'_> {
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.host.request_header(name)
+    }
+    fn set_request_header(&self, name: &str, value: Option<&str>) {
+        self.host.set_request_header(name, value)
+    }
+    fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
+        self.host.send_local_reply(status, headers, body)
+    }
+    fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.host.shared_data(key)
+    }
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> SharedWrite {
+        if key.starts_with("meshsplit/guard/") && cas != 0 {
+            if let Some(other) = self.between.borrow_mut().take() {
+                other();
+            }
+        }
+        self.host.set_shared_data(key, value, cas)
+    }
+    fn define_counter(&self, name: &str) -> Option<u32> {
+        self.host.define_counter(name)
+    }
+    fn increment_counter(&self, id: u32, delta: u64) {
+        self.host.increment_counter(id, delta)
+    }
+}
+
+/// Worker A and worker B, each with `n` failing outcomes of every upstream in `failing`,
+/// decide in the same tick, A landing between B's read and B's write. Returns the weights
+/// both end with and the ejections counted.
+fn decide_at_once(p_a: &Plan, p_b: &Plan, failing: &[usize], n: usize) -> (Vec<u32>, Vec<u32>) {
+    let worker_a = FakeHost::default();
+    let worker_b = worker_a.sibling(&[]);
+    let mut a = PlanTick::new(p_a, None);
+    let mut b = PlanTick::new(p_b, None);
+    // Both claim the record first (as configure does).
+    a.run(p_a, "p", &worker_a, at(NOW_MS));
+    b.run(p_b, "p", &worker_b, at(NOW_MS));
+    for tick in [&mut a, &mut b] {
+        for _ in 0..n {
+            for &u in failing {
+                tick.record_outcome(0, u, true);
+            }
+        }
+    }
+    {
+        let a = &mut a;
+        let worker_a = &worker_a;
+        let spy = Interleaved {
+            host: &worker_b,
+            between: std::cell::RefCell::new(Some(Box::new(move || {
+                a.run(p_a, "p", worker_a, at(NOW_MS + 500));
+            }))),
+        };
+        b.run(p_b, "p", &spy, at(NOW_MS + 500));
+    }
+    a.run(p_a, "p", &worker_a, at(NOW_MS + 1000));
+    let ejections = p_a.services[0]
+        .upstreams
+        .iter()
+        .map(|u| {
+            u32::try_from(worker_a.counter(&format!("meshsplit.p.svc.{}.ejections_total", u.name)))
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(weights(p_a), weights(p_b));
+    (weights(p_a), ejections)
+}
+
+#[test]
+fn two_workers_deciding_at_once_keep_the_cap() {
+    let guard = r#""guard": {"error_rate": 0.5, "min_requests": 10, "window_s": 5, "eject_s": 60,
+                              "max_ejected_percent": 50},"#;
+    let (p_a, p_b) = (three(guard), three(guard));
+    let (weights, ejections) = decide_at_once(&p_a, &p_b, &[0, 1, 2], 10);
+    // One upstream (a third of the weight) fits in 50 %; a second would not.
+    assert_eq!(
+        weights.iter().filter(|&&w| w == 0).count(),
+        1,
+        "{weights:?}"
+    );
+    assert_eq!(ejections.iter().sum::<u32>(), 1);
+}
+
+#[test]
+fn two_workers_deciding_at_once_never_eject_the_last_upstream() {
+    let guard = r#""guard": {"error_rate": 0.5, "min_requests": 10, "window_s": 5, "eject_s": 60,
+                              "max_ejected_percent": 100},"#;
+    let (p_a, p_b) = (plan(guard), plan(guard));
+    let (weights, ejections) = decide_at_once(&p_a, &p_b, &[0, 1], 10);
+    assert_eq!(
+        weights.iter().filter(|&&w| w == 0).count(),
+        1,
+        "{weights:?}"
+    );
+    assert_eq!(ejections.iter().sum::<u32>(), 1);
+}
+
+// ---- what a tick costs does not depend on the window ----
+
+fn tick_calls(window_s: u64) -> Vec<String> {
+    let p = plan(&format!(
+        r#""guard": {{"error_rate": 0.5, "min_requests": 10, "window_s": {window_s}}},"#
+    ));
+    let host = FakeHost::default();
+    let mut tick = PlanTick::new(&p, None);
+    tick.run(&p, "p", &host, at(NOW_MS));
+    traffic(&mut tick, 5, false);
+    host.calls.borrow_mut().clear();
+    tick.run(&p, "p", &host, at(NOW_MS + 500));
+    let calls = host.calls.borrow().clone();
+    calls
+}
+
+#[test]
+fn a_tick_reads_and_writes_one_value_per_service_whatever_the_window() {
+    let short = tick_calls(1);
+    assert_eq!(
+        short,
+        [
+            "shared get meshsplit/guard/v2/1:p/3:svc".to_owned(),
+            "shared set meshsplit/guard/v2/1:p/3:svc".to_owned()
+        ]
+    );
+    assert_eq!(tick_calls(3600), short);
+}
+
+// ---- clock steps ----
+
+#[test]
+fn a_wall_clock_step_in_either_direction_does_not_change_how_long_an_ejection_lasts() {
+    for step_ms in [-3_600_000i64, -60_000, 60_000, 3_600_000] {
+        let p = plan(GUARD);
+        let host = FakeHost::default();
+        let mut tick = PlanTick::new(&p, None);
+        traffic(&mut tick, 10, true);
+        let mono = 5_000_000;
+        tick.run(
+            &p,
+            "p",
+            &host,
+            Now {
+                wall_ms: NOW_MS,
+                monotonic_ms: mono,
+            },
+        );
+        assert_eq!(weights(&p), [50, 0]);
+        let wall = NOW_MS.checked_add_signed(step_ms).unwrap();
+        // eject_s is 20: still out 19 s later on the monotonic clock, back at 20 s.
+        tick.run(
+            &p,
+            "p",
+            &host,
+            Now {
+                wall_ms: wall,
+                monotonic_ms: mono + 19_000,
+            },
+        );
+        assert_eq!(weights(&p), [50, 0], "step {step_ms}");
+        tick.run(
+            &p,
+            "p",
+            &host,
+            Now {
+                wall_ms: wall + 1000,
+                monotonic_ms: mono + 20_000,
+            },
+        );
+        assert_eq!(weights(&p), [50, 50], "step {step_ms}");
+    }
+}
+
+// ---- after a live update only the newest configuration decides ----
+
+fn guarded(error_rate: &str, window_s: u64) -> Plan {
+    plan(&format!(
+        r#""guard": {{"error_rate": {error_rate}, "min_requests": 10, "window_s": {window_s},
+                      "max_ejected_percent": 50}},"#
+    ))
+}
+
+#[test]
+fn an_older_configuration_still_alive_adds_outcomes_but_never_decides() {
+    let host = FakeHost::default();
+    let old = guarded("0.1", 5);
+    let old_generation = claim(&old, "p", &host, 1);
+    let mut old_tick = PlanTick::new(&old, old_generation);
+    old_tick.run(&old, "p", &host, at(NOW_MS));
+    // The operator relaxes the guard, and widens its window.
+    let new = guarded("0.9", 10);
+    let new_generation = claim(&new, "p", &host, 2);
+    assert!(new_generation > old_generation);
+    let mut new_tick = PlanTick::new(&new, new_generation);
+    new_tick.run(&new, "p", &host, at(NOW_MS));
+    // 30 % of v2's requests fail, seen by both: above the old rate, below the new one.
+    for t in [&mut old_tick, &mut new_tick] {
+        for i in 0..20 {
+            t.record_outcome(0, 0, false);
+            t.record_outcome(0, 1, i % 10 < 3);
+        }
+    }
+    old_tick.run(&old, "p", &host, at(NOW_MS + 500));
+    new_tick.run(&new, "p", &host, at(NOW_MS + 600));
+    old_tick.run(&old, "p", &host, at(NOW_MS + 1000));
+    assert_eq!(weights(&old), [50, 50]);
+    assert_eq!(weights(&new), [50, 50]);
+    assert_eq!(host.counter("meshsplit.p.svc.v2.ejections_total"), 0);
+    // Both plans' outcomes are in the new configuration's window (40 requests of v2).
+    let (bytes, _) = host.shared_data("meshsplit/guard/v2/1:p/3:svc").unwrap();
+    let record = Record::decode(&bytes);
+    assert_eq!(record.slice_ms, 1000);
+    let v2: u64 = record.upstreams[1].buckets.iter().map(|b| b.requests).sum();
+    assert_eq!(v2, 40);
+    // When the new configuration's rate is crossed, it ejects, and the old plan follows.
+    for _ in 0..400 {
+        new_tick.record_outcome(0, 1, true);
+    }
+    new_tick.run(&new, "p", &host, at(NOW_MS + 1500));
+    old_tick.run(&old, "p", &host, at(NOW_MS + 2000));
+    assert_eq!(weights(&new), [50, 0]);
+    assert_eq!(weights(&old), [50, 0]);
+    // Only the newest sets gauges.
+    assert_eq!(host.gauge("meshsplit.p.svc.v2.ejected"), 1);
 }

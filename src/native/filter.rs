@@ -46,12 +46,14 @@ pub fn config_new(envoy: FilterConfig, name: &[u8], bytes: &[u8]) -> Option<Shar
             }
         }
     }
-    crate::tick::create_guard_states(
+    // The guard's records belong to the newest configuration of this filter name from now on.
+    let generation = crate::tick::claim(
         &plan,
         &plugin,
         &StoreOnly {
             namespace: &namespace,
         },
+        crate::select::sticky_hash(bytes),
     );
     let (tick_gauges, tick_counter_names) = tick_stats(&plan, &plugin);
     for name in tick_gauges {
@@ -70,14 +72,10 @@ pub fn config_new(envoy: FilterConfig, name: &[u8], bytes: &[u8]) -> Option<Shar
         "{}",
         config_summary(&plan, &config_fingerprint(bytes), &plugin)
     );
-    Some(Arc::new(Source::new(
-        &plan,
-        bytes,
-        &plugin,
-        gauges,
-        tick_counters,
-        counters,
-    )))
+    Some(Arc::new(
+        Source::new(&plan, bytes, &plugin, gauges, tick_counters, counters)
+            .with_generation(generation),
+    ))
 }
 
 /// The filter's name (`filter_name`), which names its stats and least-request counts.

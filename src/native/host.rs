@@ -51,6 +51,10 @@ impl Host for FilterHost<'_> {
         store::set(&namespaced(self.namespace, key), value, cas)
     }
 
+    fn create_shared_data(&self, key: &str, initial: &[u8]) -> bool {
+        create_in(self.namespace, key, initial)
+    }
+
     fn define_gauge(&self, name: &str) -> Option<u32> {
         self.gauges.get(name).and_then(|&id| u32::try_from(id).ok())
     }
@@ -96,10 +100,7 @@ fn namespaced(namespace: &str, key: &str) -> String {
 /// Creates shared-data `key` holding `initial` if it is missing, in one step: unlike reading,
 /// then writing with token 0, it cannot overwrite a value another worker created (and perhaps
 /// changed) in between. Returns whether the key exists (always: the store cannot fail).
-///
-/// What every native host is to answer to the core's `create_shared` once the `Host` trait
-/// lets a host create a key itself; until then the core reads, then writes with token 0, and
-/// only the keys created here (with the config) are created in one step.
+/// Every native host answers the core's `create_shared` with it.
 pub fn create_in(namespace: &str, key: &str, initial: &[u8]) -> bool {
     store::create(&namespaced(namespace, key), initial);
     true
@@ -126,6 +127,10 @@ impl Host for StoreOnly<'_> {
     }
     fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> SharedWrite {
         store::set(&namespaced(self.namespace, key), value, cas)
+    }
+
+    fn create_shared_data(&self, key: &str, initial: &[u8]) -> bool {
+        create_in(self.namespace, key, initial)
     }
 }
 
@@ -185,6 +190,10 @@ impl Host for SelectionHost<'_> {
 
     fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> SharedWrite {
         store::set(&namespaced(self.namespace, key), value, cas)
+    }
+
+    fn create_shared_data(&self, key: &str, initial: &[u8]) -> bool {
+        create_in(self.namespace, key, initial)
     }
 }
 

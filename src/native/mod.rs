@@ -99,14 +99,18 @@ mod tests {
         )
         .unwrap();
         let host = FakeHost::default();
-        let mut tick = PlanTick::new(&plan);
+        let mut tick = PlanTick::new(&plan, None);
         // v 2 fails: ejected (a counter defined), the rollout paused (its gauge set).
         for _ in 0..10 {
             tick.record_outcome(0, 0, false);
             tick.record_outcome(0, 1, true);
         }
-        tick.run(&plan, "my.filter", &host, 1_800_000_000_000);
-        tick.run(&plan, "my.filter", &host, 1_800_000_001_000);
+        let at = |ms: u64| crate::tick::Now {
+            wall_ms: 1_800_000_000_000 + ms,
+            monotonic_ms: 1_000_000 + ms,
+        };
+        tick.run(&plan, "my.filter", &host, at(0));
+        tick.run(&plan, "my.filter", &host, at(1000));
         let (gauges, counters) = tick_stats(&plan, "my.filter");
         let mut defined_gauges: Vec<String> = host
             .gauges
@@ -198,6 +202,9 @@ mod worker {
         /// Counter ids by name the core may ask for: the guard's ejection counters.
         pub tick_counters: HashMap<String, usize>,
         pub counters: Counters,
+        /// The generation of this configuration ([`crate::tick::claim`]): only the newest of
+        /// a filter name decides for the guard.
+        pub generation: Option<u64>,
         /// Dropped with the config: workers then drop their plans of it.
         alive: Arc<()>,
     }
@@ -222,6 +229,7 @@ mod worker {
                 gauges,
                 tick_counters,
                 counters,
+                generation: None,
                 alive: Arc::new(()),
             }
         }
@@ -236,6 +244,10 @@ mod worker {
             StoreOnly {
                 namespace: &self.namespace,
             }
+        }
+
+        pub fn with_generation(self, generation: Option<u64>) -> Self {
+            Self { generation, ..self }
         }
     }
 
@@ -291,7 +303,11 @@ mod worker {
                 return false;
             }
             self.due = now.checked_add(TICK);
-            self.tick.run(plan, plugin, host, wall_ms());
+            let now = crate::tick::Now {
+                wall_ms: wall_ms(),
+                monotonic_ms: crate::tick::process_monotonic_ms(),
+            };
+            self.tick.run(plan, plugin, host, now);
             true
         }
     }
@@ -368,7 +384,7 @@ mod worker {
             .iter()
             .any(|s| s.guard.is_some() || s.rollout.is_some());
         let tick = scheduled.then(|| Ticking {
-            tick: PlanTick::new(&plan),
+            tick: PlanTick::new(&plan, source.generation),
             due: None,
         });
         Some(WorkerPlan {
@@ -532,7 +548,7 @@ mod worker {
             .unwrap();
             let host = FakeHost::default();
             let mut ticking = Ticking {
-                tick: PlanTick::new(&plan),
+                tick: PlanTick::new(&plan, None),
                 due: None,
             };
             let t0 = Instant::now();

@@ -294,6 +294,28 @@ fn serialize_headers(headers: &[(&str, &str)]) -> Vec<u8> {
     bytes
 }
 
+#[link(wasm_import_module = "wasi_snapshot_preview1")]
+extern "C" {
+    fn clock_time_get(clock_id: u32, precision: u64, time: *mut u64) -> u16;
+}
+
+/// WASI's monotonic clock.
+const CLOCK_MONOTONIC: u32 = 1;
+
+/// Milliseconds of the host's monotonic clock: Envoy answers it from its own monotonic time
+/// source, the same for every VM of the process (std's `Instant` cannot give the raw value that
+/// VMs compare through shared data). 0 if the host has none.
+pub fn monotonic_ms() -> u64 {
+    let mut nanos = 0u64;
+    // SAFETY: `nanos` is a valid, writable u64 for the duration of the call.
+    let errno = unsafe { clock_time_get(CLOCK_MONOTONIC, 1_000_000, &mut nanos) };
+    if errno == 0 {
+        nanos / 1_000_000
+    } else {
+        0
+    }
+}
+
 // ---- exported callbacks ------------------------------------------------------------------------
 
 extern "C" {

@@ -60,7 +60,9 @@ fn with_vm<T>(f: impl FnOnce(&mut Instance) -> T) -> Option<T> {
     VM.with(|cell| {
         let mut slot = cell.try_borrow_mut().ok()?;
         if slot.is_none() {
-            *slot = Some(Instance::new(seed()));
+            let mut instance = Instance::new(seed());
+            instance.set_monotonic_clock(abi::monotonic_ms);
+            *slot = Some(instance);
         }
         slot.as_mut().map(f)
     })
@@ -120,10 +122,11 @@ pub fn on_configure(root: u32, bytes: &[u8]) -> bool {
             // On a live update Envoy keeps serving with the previous plan.
             log::error!("invalid configuration: {err}");
             if first_to_refuse(&EnvoyHost, &plugin, &fingerprint, now_s) {
-                let name = crate::metrics::config_failures_name(&plugin);
-                if let Some(id) = EnvoyHost.define_counter(&name) {
-                    EnvoyHost.increment_counter(id, 1);
-                }
+                vm.count(
+                    &crate::metrics::config_failures_name(&plugin),
+                    1,
+                    &EnvoyHost,
+                );
             }
             false
         }

@@ -5,7 +5,7 @@ VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 CARGO   ?= cargo
 
-.PHONY: all build target venv configs test unit wasm-test lint deny integration demo live bench cli check-configs oci native native-test-hooks ci clean
+.PHONY: all build target venv configs test unit wasm-test lint deny integration demo live bench cli check-configs oci native native-test-hooks wasm-test-hooks ci clean
 
 all: build
 
@@ -41,6 +41,16 @@ native:
 ##         moves its wall clock or makes it panic) at target/test-hooks/libmeshsplit.so, for the
 ##         integration tests only; never shipped. Built in its own target directory, so it
 ##         never replaces the release module's objects.
+## wasm-test-hooks: the wasm module with a trap on request (feature `wasm-test-hooks`) at
+##         target/test-hooks/meshsplit.wasm, for the integration tests only; never shipped.
+WASM_TEST_HOOKS := target/test-hooks/meshsplit.wasm
+wasm-test-hooks: target
+	CARGO_TARGET_DIR=target/test-hooks-build $(CARGO) build --locked --release --target $(TARGET) \
+	  --features wasm-test-hooks
+	@mkdir -p $(dir $(WASM_TEST_HOOKS))
+	cp target/test-hooks-build/$(TARGET)/release/meshsplit.wasm $(WASM_TEST_HOOKS).tmp
+	mv $(WASM_TEST_HOOKS).tmp $(WASM_TEST_HOOKS)
+
 NATIVE_TEST_HOOKS := target/test-hooks/libmeshsplit.so
 native-test-hooks:
 	CARGO_TARGET_DIR=target/test-hooks-build $(CARGO) build --locked --profile native \
@@ -120,12 +130,13 @@ lint: target
 	$(CARGO) clippy --locked --release --target $(TARGET) -- -D warnings
 	$(CARGO) clippy --locked --lib --features native -- -D warnings
 	$(CARGO) clippy --locked --lib --features test-hooks -- -D warnings
+	$(CARGO) clippy --locked --release --target $(TARGET) --features wasm-test-hooks -- -D warnings
 
 # -rs lists every skipped test with its reason; tests/conftest.py ends with a banner of the checks
 # that did not run (with CI=true a missing tool fails the run instead). Integration tests run
 # against every build: the wasm filter, the native filter and the native cluster specifier
 # (tests/conftest.py, `--build` to pick some).
-integration: build native native-test-hooks venv
+integration: build native native-test-hooks wasm-test-hooks venv
 	$(PYTHON) -m pytest tests -q -rs
 
 ## demo: start Envoy and sample upstreams on loopback, send traffic, print the split

@@ -58,6 +58,23 @@ impl Record {
             && self.upstreams.iter().zip(names).all(|(u, n)| u.name == *n)
     }
 
+    /// Where each of `names` is in the record: in place when the record holds exactly them (the
+    /// newest configuration's plans), else found by name (an older plan's).
+    pub fn positions(&self, names: &[&str]) -> Vec<Option<usize>> {
+        let in_place = self.upstreams.len() == names.len()
+            && self.upstreams.iter().zip(names).all(|(u, n)| u.name == *n);
+        if in_place {
+            return (0..names.len()).map(Some).collect();
+        }
+        let index: std::collections::BTreeMap<&str, usize> = self
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.name.as_str(), i))
+            .collect();
+        names.iter().map(|n| index.get(n).copied()).collect()
+    }
+
     pub fn upstream(&self, name: &str) -> Option<&UpstreamRecord> {
         self.upstreams.iter().find(|u| u.name == name)
     }

@@ -287,19 +287,23 @@ pub fn claim<H: Host + ?Sized>(
         update_record(host, &key, |record| {
             let stale = record.generation < generation
                 || (record.generation == generation && !record.matches(slice, &names));
-            stale.then(|| record.claimed(generation, slice, &names))
+            if stale {
+                Ok(record.claimed(generation, slice, &names))
+            } else {
+                Err(record)
+            }
         });
     }
     Some(generation)
 }
 
 /// Read-modify-write of a guard record with compare-and-swap (created empty when missing);
-/// `change` returns the new record, or `None` to leave it. Returns the record as written or
-/// left, `None` when no consistent write could be made.
+/// `change` returns `Ok` with the record to write, or `Err` with it to leave it as it is.
+/// Returns the record as written or left, `None` when no consistent write could be made.
 fn update_record<H: Host + ?Sized>(
     host: &H,
     key: &str,
-    mut change: impl FnMut(&Record) -> Option<Record>,
+    mut change: impl FnMut(Record) -> Result<Record, Record>,
 ) -> Option<Record> {
     for _ in 0..16 {
         let Some((bytes, cas)) = host.shared_data(key) else {
@@ -310,9 +314,9 @@ fn update_record<H: Host + ?Sized>(
             }
             continue;
         };
-        let current = Record::decode(&bytes);
-        let Some(next) = change(&current) else {
-            return Some(current);
+        let next = match change(Record::decode(&bytes)) {
+            Ok(next) => next,
+            Err(unchanged) => return Some(unchanged),
         };
         match host.set_shared_data(key, &next.encode(), cas) {
             SharedWrite::Written => return Some(next),
@@ -348,8 +352,7 @@ fn guard_tick<H: Host + ?Sized>(
     let own_slice_ms = slice_ms(guard.window_s);
     let mut changes = Vec::new();
     let mut deciding = false;
-    let record = update_record(host, &keys.record, |current| {
-        let mut record = current.clone();
+    let record = update_record(host, &keys.record, |mut record| {
         let mut dirty = false;
         // Without a generation (no shared data when configured) there is nobody to defer to.
         let g = generation.unwrap_or(0);
@@ -362,27 +365,30 @@ fn guard_tick<H: Host + ?Sized>(
         // Outcomes count whoever decides, in the deciding configuration's slices.
         let slice_len = record.slice_ms.max(1);
         let slice = now.monotonic_ms / slice_len;
-        for (name, &(requests, failures)) in names.iter().zip(state.pending.iter()) {
+        let at = record.positions(&names);
+        for (position, &(requests, failures)) in at.iter().zip(state.pending.iter()) {
             if requests == 0 {
                 continue;
             }
-            if let Some(upstream) = record.upstream_mut(name) {
+            if let Some(upstream) = position.and_then(|i| record.upstreams.get_mut(i)) {
                 upstream.add(slice, requests, failures);
                 dirty = true;
             }
         }
         changes.clear();
         if deciding {
-            let ejections = ejections_of(&record, &names);
+            let ejections = ejections_at(&record, &at);
             // The weights in force: a paused rollout's, not the step the clock is at.
             let in_force = paused_weights(service, rollout_weights, &ejections, now_s)
                 .unwrap_or_else(|| rollout_weights.to_vec());
-            let seen: Vec<Seen> = names
+            let seen: Vec<Seen> = at
                 .iter()
                 .zip(&ejections)
                 .enumerate()
-                .map(|(u, (name, ejection))| {
-                    let buckets = record.upstream(name).map_or(&[][..], |r| &r.buckets[..]);
+                .map(|(u, (position, ejection))| {
+                    let buckets = position
+                        .and_then(|i| record.upstreams.get(i))
+                        .map_or(&[][..], |r| &r.buckets[..]);
                     // Only slices that began at or after the readmission count.
                     let since = ejection.until_s.saturating_mul(1000).div_ceil(slice_len);
                     let (requests, failures) = window_totals(buckets, slice, since);
@@ -419,9 +425,11 @@ fn guard_tick<H: Host + ?Sized>(
                     | Change::Readmit { upstream, state }
                     | Change::Forgive { upstream, state } => (upstream, state),
                 };
-                let target = names
+                let target = at
                     .get(upstream)
-                    .and_then(|name| record.upstream_mut(name));
+                    .copied()
+                    .flatten()
+                    .and_then(|i| record.upstreams.get_mut(i));
                 if let Some(target) = target {
                     target.ejection = new;
                     dirty = true;
@@ -429,7 +437,11 @@ fn guard_tick<H: Host + ?Sized>(
                 }
             }
         }
-        dirty.then_some(record)
+        if dirty {
+            Ok(record)
+        } else {
+            Err(record)
+        }
     })?;
     // Written (or nothing to write): this VM's outcomes are in, and its changes landed.
     for pending in state.pending.iter_mut() {
@@ -439,18 +451,17 @@ fn guard_tick<H: Host + ?Sized>(
         report(guard, keys, service, host, change);
     }
     Some(Ticked {
-        ejections: ejections_of(&record, &names),
+        ejections: ejections_at(&record, &record.positions(&names)),
         deciding,
     })
 }
 
-/// The ejection state of each of `names` in `record` (not ejected when missing).
-fn ejections_of(record: &Record, names: &[&str]) -> Vec<Ejection> {
-    names
+/// The ejection state at each of `positions` in `record` (not ejected when missing).
+fn ejections_at(record: &Record, positions: &[Option<usize>]) -> Vec<Ejection> {
+    positions
         .iter()
-        .map(|name| {
-            record
-                .upstream(name)
+        .map(|p| {
+            p.and_then(|i| record.upstreams.get(i))
                 .map(|r| r.ejection)
                 .unwrap_or_default()
         })

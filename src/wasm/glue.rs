@@ -164,5 +164,16 @@ pub fn on_context_delete(context: u32) {
 }
 
 pub fn on_stream_request_headers(context: u32) -> Verdict {
+    #[cfg(feature = "wasm-test-hooks")]
+    trap_if_asked();
     with_vm(|vm| vm.request_headers(context, &EnvoyHost)).unwrap_or(Verdict::Continue)
+}
+
+/// Test build only: `x-meshsplit-test-hook: panic` traps the VM, as a bug would.
+#[cfg(feature = "wasm-test-hooks")]
+#[allow(clippy::panic)]
+fn trap_if_asked() {
+    if EnvoyHost.request_header("x-meshsplit-test-hook").as_deref() == Some(b"panic".as_slice()) {
+        panic!("test hook: panic");
+    }
 }

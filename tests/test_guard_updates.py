@@ -158,16 +158,9 @@ def test_two_hundred_updates_leave_envoys_memory_flat(wasm, tmp_path):
             assert after - before < 1_000_000, (before, after)
 
 
-@pytest.mark.builds("wasm", "native")
-def test_the_largest_guarded_configuration_keeps_requests_fast_and_starts_quickly(build, tmp_path):
-    """Four services of 256 guarded upstreams (the limit, 1 024 in all) with an hour-long window:
-    a tick's cost does not depend on the window, so no request waits for one long."""
-    services = []
-    for s in range(4):
-        services.append({"name": f"svc{s}", "guard": {
-            "error_rate": 0.5, "min_requests": 20, "window_s": 3600, "eject_s": 60},
-            "upstreams": [{"name": f"u{u}", "cluster": "c", "weight": 1} for u in range(256)]})
-    plugin = {"services": services}
+def request_latencies(build, plugin, tmp_path, count=2000):
+    """(seconds to ready, sorted latencies of `count` sequential requests) of one Envoy with one
+    worker running `plugin`."""
     with harness.upstreams("c") as ports:
         config = harness.bootstrap(plugin, ports, harness.free_port(), harness.free_port(), build=build)
         envoy = harness.Envoy(config, tmp_path, concurrency=1)
@@ -177,18 +170,44 @@ def test_the_largest_guarded_configuration_keeps_requests_fast_and_starts_quickl
             client = harness.Client(envoy.port)
             latencies = []
             try:
-                for i in range(3000):
+                for i in range(count):
                     t0 = time.perf_counter()
                     status, _, _ = client.get("/", {"Host": f"svc{i % 4}"})
                     latencies.append(time.perf_counter() - t0)
                     assert status == 200
             finally:
                 client.close()
-    latencies.sort()
-    p99, worst = latencies[int(len(latencies) * 0.99)], latencies[-1]
-    print(f"\nlargest guarded configuration ({build}): ready in {ready_s:.2f} s; "
-          f"p99 {p99 * 1000:.2f} ms, worst {worst * 1000:.2f} ms over {len(latencies)} requests")
+    return ready_s, sorted(latencies)
+
+
+@pytest.mark.builds("wasm", "native")
+def test_the_largest_guarded_configuration_keeps_requests_fast_and_starts_quickly(build, tmp_path):
+    """Four services of 256 guarded upstreams (the limit, 1 024 in all) with an hour-long window,
+    against the same services without a guard: a tick's cost does not depend on the window, so
+    no request waits for one long. (Before, a tick read 3 600 buckets per upstream: about a
+    second per tick for one such service, and Envoy did not get ready with four.)"""
+    def plugin(guard):
+        services = []
+        for s in range(4):
+            service = {"name": f"svc{s}", "upstreams": [
+                {"name": f"u{u}", "cluster": "c", "weight": 1} for u in range(256)]}
+            if guard:
+                service["guard"] = {"error_rate": 0.5, "min_requests": 20, "window_s": 3600,
+                                    "eject_s": 60}
+            services.append(service)
+        return {"services": services}
+
+    _, control = request_latencies(build, plugin(False), tmp_path)
+    ready_s, guarded_ = request_latencies(build, plugin(True), tmp_path)
+
+    def p99(latencies):
+        return latencies[int(len(latencies) * 0.99)]
+
+    print(f"\nlargest guarded configuration ({build}): ready in {ready_s:.2f} s; p99 "
+          f"{p99(guarded_) * 1000:.2f} ms (unguarded {p99(control) * 1000:.2f} ms), worst "
+          f"{guarded_[-1] * 1000:.2f} ms (unguarded {control[-1] * 1000:.2f} ms)")
     assert ready_s < 10, ready_s
-    assert p99 < 0.005, p99
-    # Before, a tick read 3 600 buckets per upstream: a second per tick at this size.
-    assert worst < 0.05, worst
+    # Under 5 ms at the 99th percentile; latencies on a busy machine carry noise of their own, so
+    # never more than twice the unguarded control's either. No request waits for a long tick.
+    assert p99(guarded_) < max(0.005, 2 * p99(control)), (p99(guarded_), p99(control))
+    assert guarded_[-1] < 0.1, guarded_[-1]

@@ -33,8 +33,42 @@ def unguarded(weights=None):
 
 
 def stat(envoy, name):
-    full = f"wasmcustom.meshsplit.meshsplit.svc.{name}"
+    full = f"{harness.stats_prefix()}.meshsplit.meshsplit.svc.{name}"
     return envoy.stats(full).get(full) or 0
+
+
+# Live updates through ECDS for either filter build: the wasm filter, or the native one (the
+# same plugin JSON as a DynamicModuleFilter's StringValue config).
+def typed_config(build, plugin):
+    if build == "wasm":
+        return harness.wasm_typed_config(harness.WASM, json.dumps(plugin))
+    return {"@type": harness.DYNAMIC_FILTER_TYPE, "dynamic_module_config": {"name": "meshsplit"},
+            "filter_name": "meshsplit",
+            "filter_config": {"@type": harness.STRING_VALUE, "value": json.dumps(plugin)}}
+
+
+def publish_for(build, directory, version, plugin):
+    if build == "wasm":
+        return publish(directory, version, plugin)
+    response = {"version_info": str(version), "resources": [{
+        "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+        "name": "meshsplit", "typed_config": typed_config(build, plugin)}]}
+    tmp = directory / f".meshsplit.{version}.json"
+    tmp.write_text(json.dumps(response))
+    tmp.rename(directory / "meshsplit.json")
+
+
+def ecds_bootstrap_for(build, directory, ports, first):
+    config = ecds_bootstrap(directory, ports, first)
+    if build != "wasm":
+        hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        discovery = hcm["http_filters"][0]["config_discovery"]
+        discovery["default_config"] = typed_config(build, first)
+        discovery["type_urls"] = [harness.DYNAMIC_FILTER_TYPE]
+        native = harness.load_yaml(harness.ENVOY_DIR / "envoy-native.yaml")
+        config["stats_config"] = native["stats_config"]
+        config["layered_runtime"] = native["layered_runtime"]
+    return config
 
 
 # A service whose upstream answers after a while: one request to it keeps the configuration it
@@ -58,21 +92,22 @@ def hold_open(port, timeout_s=20):
     return thread
 
 
-def test_an_older_configuration_kept_alive_by_a_stream_never_ejects(wasm, tmp_path):
+@pytest.mark.builds("wasm", "native")
+def test_an_older_configuration_kept_alive_by_a_stream_never_ejects(build, tmp_path):
     """The update forbids ejections (max_ejected_percent 0) while a request holds the old
     configuration; v2 keeps failing. Before, the old root kept deciding with its old cap."""
     ecds = tmp_path / "ecds"
     ecds.mkdir()
     old = guarded({}, extra_services=[SLOW])
     new = guarded({"max_ejected_percent": 0}, extra_services=[SLOW])
-    publish(ecds, 1, old)
+    publish_for(build, ecds, 1, old)
     with harness.upstream_servers("v1", "v2") as servers, \
             harness.upstreams("slow", delay=12.0) as slow:
         ports = {name: s.server_port for name, s in servers.items()} | slow
-        with harness.Envoy(ecds_bootstrap(ecds, ports, old), tmp_path) as envoy:
+        with harness.Envoy(ecds_bootstrap_for(build, ecds, ports, old), tmp_path) as envoy:
             held = hold_open(envoy.port)
             time.sleep(0.5)
-            publish(ecds, 2, new)
+            publish_for(build, ecds, 2, new)
             reload = "extension_config_discovery.http_filter.meshsplit.config_reload"
             assert harness.wait_for(lambda: (envoy.stats(reload).get(reload) or 0) >= 1, timeout=5)
             servers["v2"].status = 503
@@ -91,20 +126,26 @@ def test_an_older_configuration_kept_alive_by_a_stream_never_ejects(wasm, tmp_pa
             assert p > P_MIN, answers
 
 
-def test_an_update_without_the_guard_sets_the_ejected_gauge_back_to_zero(wasm, tmp_path):
+@pytest.mark.builds("wasm", "native")
+def test_an_update_without_the_guard_sets_the_ejected_gauge_back_to_zero(build, tmp_path):
     ecds = tmp_path / "ecds"
     ecds.mkdir()
     first = guarded({"window_s": 1})
-    publish(ecds, 1, first)
+    publish_for(build, ecds, 1, first)
     with harness.upstream_servers("v1", "v2") as servers:
         ports = {name: s.server_port for name, s in servers.items()}
-        with harness.Envoy(ecds_bootstrap(ecds, ports, first), tmp_path) as envoy:
+        with harness.Envoy(ecds_bootstrap_for(build, ecds, ports, first), tmp_path) as envoy:
+            def gauge_with_traffic(value):
+                # The native build ticks from streams: keep some coming while waiting.
+                harness.send(envoy.port, 10, {"Host": "svc"}, connections=2)
+                return stat(envoy, "v2.ejected") == value
+
             servers["v2"].status = 503
             harness.send(envoy.port, 200, {"Host": "svc"})
-            assert harness.wait_for(lambda: stat(envoy, "v2.ejected") == 1, timeout=5)
+            assert harness.wait_for(lambda: gauge_with_traffic(1), timeout=5)
             servers["v2"].status = 200
-            publish(ecds, 2, unguarded())
-            assert harness.wait_for(lambda: stat(envoy, "v2.ejected") == 0, timeout=5)
+            publish_for(build, ecds, 2, unguarded())
+            assert harness.wait_for(lambda: gauge_with_traffic(0), timeout=5)
             seen = harness.send(envoy.port, 400, {"Host": "svc"})
             _, p = chi_square([seen["v1"], seen["v2"]], [1, 1])
             assert p > P_MIN, seen

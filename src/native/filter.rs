@@ -68,14 +68,42 @@ pub fn config_new(envoy: FilterConfig, name: &[u8], bytes: &[u8]) -> Option<Shar
         }
     }
     let counters = Counters::define(&plan, &plugin, |name| envoy.define_counter(name));
+    // The gauges the filter name's previous configuration set and this one does not have: its
+    // first stream puts them back to 0 (a gauge can only be set from a stream), since only the
+    // newest configuration sets gauges and nothing else would.
+    let stale_gauges = stale_gauge_names(&plugin, crate::tick::gauge_names(&plan, &plugin))
+        .iter()
+        .filter_map(|name| envoy.define_gauge(name))
+        .collect();
     log::info!(
         "{}",
         config_summary(&plan, &config_fingerprint(bytes), &plugin)
     );
     Some(Arc::new(
         Source::new(&plan, bytes, &plugin, gauges, tick_counters, counters)
-            .with_generation(generation),
+            .with_generation(generation)
+            .with_stale_gauges(stale_gauges),
     ))
+}
+
+/// The guard gauge names the last configuration of filter `plugin` had that `current` (the
+/// names of the configuration being created) does not; remembers `current` for the next one.
+fn stale_gauge_names(plugin: &str, current: Vec<String>) -> Vec<String> {
+    static LAST: std::sync::Mutex<Vec<(String, Vec<String>)>> = std::sync::Mutex::new(Vec::new());
+    let Ok(mut last) = LAST.lock() else {
+        return Vec::new();
+    };
+    let previous = match last.iter_mut().find(|(p, _)| p == plugin) {
+        Some((_, names)) => std::mem::replace(names, current.clone()),
+        None => {
+            last.push((plugin.to_owned(), current.clone()));
+            Vec::new()
+        }
+    };
+    previous
+        .into_iter()
+        .filter(|name| !current.contains(name))
+        .collect()
 }
 
 /// The filter's name (`filter_name`), which names its stats and least-request counts.
@@ -129,6 +157,15 @@ pub fn request_headers(stream: &mut Stream, filter: Filter) -> Verdict {
     super::hooks::run(|name| filter.request_header(name));
     let config = &stream.config;
     let host = config.host(filter);
+    if !config.stale_gauges.is_empty()
+        && !config
+            .stale_zeroed
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        for &id in &config.stale_gauges {
+            filter.set_gauge(id, 0);
+        }
+    }
     let routed = with_plan(config, &host, |plan, rng| {
         (
             on_request_headers(plan, rng, &host, PROCESS_OWNER),

@@ -205,6 +205,10 @@ mod worker {
         /// The generation of this configuration ([`crate::tick::claim`]): only the newest of
         /// a filter name decides for the guard.
         pub generation: Option<u64>,
+        /// Gauges of the filter name's previous configuration that this one does not set, put
+        /// back to 0 by the first stream (`stale_zeroed`).
+        pub stale_gauges: Vec<usize>,
+        pub stale_zeroed: std::sync::atomic::AtomicBool,
         /// Dropped with the config: workers then drop their plans of it.
         alive: Arc<()>,
     }
@@ -230,6 +234,8 @@ mod worker {
                 tick_counters,
                 counters,
                 generation: None,
+                stale_gauges: Vec::new(),
+                stale_zeroed: std::sync::atomic::AtomicBool::new(false),
                 alive: Arc::new(()),
             }
         }
@@ -248,6 +254,13 @@ mod worker {
 
         pub fn with_generation(self, generation: Option<u64>) -> Self {
             Self { generation, ..self }
+        }
+
+        pub fn with_stale_gauges(self, stale_gauges: Vec<usize>) -> Self {
+            Self {
+                stale_gauges,
+                ..self
+            }
         }
     }
 

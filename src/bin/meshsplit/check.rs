@@ -190,6 +190,12 @@ pub(crate) fn check_one(name: &str, found: &Found) -> Vec<Line> {
         // The same words the filter logs: "invalid configuration: {err}".
         Err(err) => vec![Line::Invalid(format!("{at}: invalid configuration: {err}"))],
         Ok(plan) => {
+            if found.istio {
+                let wrong = istio_cluster_lines(&at, &plan);
+                if !wrong.is_empty() {
+                    return wrong;
+                }
+            }
             let mut lines = vec![Line::Valid(format!("{at}: ok: {}", summary(&plan)))];
             if let Some(clusters) = &found.clusters {
                 lines.extend(cluster_lines(&at, &plan, clusters));
@@ -197,6 +203,58 @@ pub(crate) fn check_one(name: &str, found: &Found) -> Vec<Line> {
             lines
         }
     }
+}
+
+/// An invalid line for every upstream cluster of a config in an Istio manifest that is not a
+/// sidecar's subset cluster, `outbound|PORT|SUBSET|FQDN`: a sidecar has no other clusters for a
+/// service's subsets, and answers 503 (NC) for any other name. A short host (`reviews`) is not
+/// an FQDN: Istio names the cluster by the full name (`reviews.NAMESPACE.svc.cluster.local`).
+fn istio_cluster_lines(at: &str, plan: &Plan) -> Vec<Line> {
+    let mut lines = Vec::new();
+    for (s, service) in plan.services.iter().enumerate() {
+        for (u, upstream) in service.upstreams.iter().enumerate() {
+            if let Err(why) = istio_subset_cluster(&upstream.cluster) {
+                lines.push(Line::Invalid(format!(
+                    "{at}: services[{s}].upstreams[{u}].cluster: \"{}\" is not a sidecar's \
+                     subset cluster outbound|PORT|SUBSET|FQDN: {why} (a sidecar answers 503 NC)",
+                    upstream.cluster
+                )));
+            }
+        }
+    }
+    lines
+}
+
+/// Why `cluster` is not `outbound|PORT|SUBSET|FQDN`.
+pub(crate) fn istio_subset_cluster(cluster: &str) -> Result<(), String> {
+    let parts: Vec<&str> = cluster.split('|').collect();
+    let [direction, port, subset, fqdn] = parts.as_slice() else {
+        return Err(format!("{} parts, not 4", parts.len()));
+    };
+    if *direction != "outbound" {
+        return Err(format!("\"{direction}\" is not outbound"));
+    }
+    if !port.parse::<u16>().is_ok_and(|p| p > 0) || port.starts_with('0') {
+        return Err(format!("\"{port}\" is not a port"));
+    }
+    if subset.is_empty() {
+        return Err("no subset".to_owned());
+    }
+    let labels: Vec<&str> = fqdn.split('.').collect();
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if labels.len() < 2 || !labels.iter().all(label_ok) {
+        return Err(format!(
+            "\"{fqdn}\" is not a fully qualified name (Istio names subset clusters by the \
+             FQDN, NAME.NAMESPACE.svc.cluster.local for a short host NAME)"
+        ));
+    }
+    Ok(())
 }
 
 /// A warning for every upstream cluster the bootstrap does not define; only notes when the
@@ -309,6 +367,50 @@ pub(crate) fn count(n: usize, noun: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::{json, Value};
+
+    #[test]
+    fn istio_manifests_need_sidecar_subset_clusters() {
+        let plugin = |cluster: &str| {
+            format!(
+                "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\n\
+                 metadata: {{name: m, namespace: default}}\nspec:\n  pluginConfig:\n    \
+                 services:\n    - name: reviews\n      upstreams:\n      \
+                 - {{name: v1, cluster: '{cluster}', weight: 1}}\n"
+            )
+        };
+        let ok = report(&plugin(
+            "outbound|9080|v1|reviews.default.svc.cluster.local",
+        ));
+        assert_eq!(ok.len(), 1);
+        assert!(ok[0].starts_with("f: WasmPlugin default/m: ok: "), "{ok:?}");
+        // A short host: Istio's cluster is named by the FQDN.
+        let short = report(&plugin("outbound|9080|v1|reviews"));
+        assert_eq!(
+            short,
+            [
+                "f: WasmPlugin default/m: services[0].upstreams[0].cluster: \
+              \"outbound|9080|v1|reviews\" is not a sidecar's subset cluster \
+              outbound|PORT|SUBSET|FQDN: \"reviews\" is not a fully qualified name (Istio \
+              names subset clusters by the FQDN, NAME.NAMESPACE.svc.cluster.local for a short \
+              host NAME) (a sidecar answers 503 NC)"
+            ]
+        );
+        for bad in [
+            "reviews_v1",
+            "outbound|9080||reviews.default.svc.cluster.local",
+            "inbound|9080|v1|reviews.default.svc.cluster.local",
+            "outbound|0|v1|reviews.default.svc.cluster.local",
+            "outbound|http|v1|reviews.default.svc.cluster.local",
+            "outbound|9080|v1|reviews..svc",
+        ] {
+            assert!(istio_subset_cluster(bad).is_err(), "{bad}");
+        }
+        // The same config outside Istio is fine.
+        let bare = report(
+            r#"{"services": [{"name": "reviews", "upstreams": [{"name": "v1", "cluster": "reviews_v1", "weight": 1}]}]}"#,
+        );
+        assert!(bare[0].starts_with("f: ok: "), "{bare:?}");
+    }
 
     fn report(text: &str) -> Vec<String> {
         check_text("f", text)

@@ -344,7 +344,7 @@ pub(crate) fn rate_percent(rate: f64) -> String {
 
 /// A guard's settings in words, for `preview`.
 pub(crate) fn guard_text(guard: &Guard) -> String {
-    format!(
+    let mut text = format!(
         "ejects an upstream above {} errors over {} s (at least {} requests) for {} s, \
          doubling on repeat; at most {} % of the weight",
         rate_percent(guard.error_rate),
@@ -352,7 +352,21 @@ pub(crate) fn guard_text(guard: &Guard) -> String {
         guard.min_requests,
         guard.eject_s,
         guard.max_ejected_percent
-    )
+    );
+    if guard.failure_codes != Guard::DEFAULT_FAILURE_CODES {
+        let codes: Vec<String> = guard.failure_codes.iter().map(u16::to_string).collect();
+        text.push_str(&format!(
+            "; failures: statuses [{}] and upstream failures",
+            codes.join(", ")
+        ));
+    }
+    if let Some(margin) = guard.relative_margin {
+        text.push_str(&format!(
+            "; relative: only above the other upstreams' rate + {}",
+            rate_percent(margin)
+        ));
+    }
+    text
 }
 
 pub(crate) fn count(n: usize, noun: &str) -> String {
@@ -476,6 +490,36 @@ mod tests {
             ["f: ok: 1 service (reviews: weighted, 2 upstreams, 1 drained, guard 50 % over 10 s, \
               rollout 3 steps)"]
         );
+        let plan = Plan::from_json(
+            json!({"services": [{"name": "s", "upstreams": [{"name": "v1", "cluster": "a", "weight": 1}],
+                "guard": {"error_rate": 0.5, "failure_codes": [503, 500, 503], "relative_margin": 0.1}}]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let text = guard_text(plan.services[0].guard.as_ref().unwrap());
+        assert!(
+            text.ends_with(
+                "; failures: statuses [500, 503] and upstream failures; relative: only above \
+                 the other upstreams' rate + 10 %"
+            ),
+            "{text}"
+        );
+        for (guard, path) in [
+            (
+                json!({"error_rate": 0.5, "failure_codes": [200]}),
+                "guard.failure_codes",
+            ),
+            (
+                json!({"error_rate": 0.5, "relative_margin": 1.0}),
+                "guard.relative_margin",
+            ),
+        ] {
+            let config = json!({"services": [{"name": "s", "guard": guard,
+                "upstreams": [{"name": "v1", "cluster": "a", "weight": 1}]}]});
+            let line = &report(&config.to_string())[0];
+            assert!(line.contains(&format!("services[0].{path}: ")), "{line}");
+        }
         assert_eq!(rate_percent(0.025), "2.5 %");
         assert_eq!(rate_percent(0.0001), "0.01 %");
         assert_eq!(rate_percent(1.0), "100 %");

@@ -1,11 +1,6 @@
 use std::cell::Cell;
 
 use super::*;
-
-/// A 500 for a failure, a 200 otherwise.
-fn status(failed: bool) -> Outcome {
-    Outcome::Status(if failed { 500 } else { 200 })
-}
 use crate::guard_record::Record;
 use crate::host::FakeHost;
 use crate::plan::Plan;
@@ -32,6 +27,11 @@ fn plan(extra: &str) -> Plan {
 const GUARD: &str =
     r#""guard": {"error_rate": 0.5, "min_requests": 10, "window_s": 5, "eject_s": 20},"#;
 
+/// A 500 for a failure, a 200 otherwise.
+fn status(failed: bool) -> Outcome {
+    Outcome::Status(if failed { 500 } else { 200 })
+}
+
 fn weights(plan: &Plan) -> Vec<u32> {
     plan.services[0].weights().to_vec()
 }
@@ -42,6 +42,36 @@ fn traffic(tick: &mut PlanTick, n: usize, v2_fails: bool) {
         tick.record_outcome(0, 0, status(false));
         tick.record_outcome(0, 1, status(v2_fails));
     }
+}
+
+#[test]
+fn statuses_a_client_provokes_eject_nothing_unless_listed() {
+    for (codes, ejected) in [("", false), (r#""failure_codes": [501],"#, true)] {
+        let guard = format!(
+            r#""guard": {{"error_rate": 0.5, "min_requests": 10, "window_s": 5, "eject_s": 20,
+                {codes} "max_ejected_percent": 50}},"#
+        );
+        let plan = plan(&guard);
+        let host = FakeHost::default();
+        let mut tick = PlanTick::new(&plan, None);
+        for _ in 0..20 {
+            tick.record_outcome(0, 0, Outcome::Status(200));
+            tick.record_outcome(0, 1, Outcome::Status(501));
+        }
+        tick.run(&plan, "p", &host, at(NOW_MS));
+        let expected: &[u32] = if ejected { &[50, 0] } else { &[50, 50] };
+        assert_eq!(weights(&plan), expected, "{codes}");
+    }
+    // Envoy's flagged upstream failures count even when the codes leave out their status.
+    let plan = plan(r#""guard": {"error_rate": 0.5, "min_requests": 10, "failure_codes": [500]},"#);
+    let host = FakeHost::default();
+    let mut tick = PlanTick::new(&plan, None);
+    for _ in 0..20 {
+        tick.record_outcome(0, 0, Outcome::Status(503));
+        tick.record_outcome(0, 1, Outcome::UpstreamFailure);
+    }
+    tick.run(&plan, "p", &host, at(NOW_MS));
+    assert_eq!(weights(&plan), [50, 0]);
 }
 
 #[test]

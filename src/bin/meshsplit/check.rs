@@ -27,9 +27,11 @@ const LISTED_SERVICES: usize = 5;
 /// Prints `FILE[: where]: ok: SUMMARY` for a valid config and
 /// `FILE[: where]: invalid configuration: PATH: MESSAGE`, the filter's own error, for an
 /// invalid one. In an Envoy bootstrap, an upstream cluster missing from
-/// static_resources.clusters draws a warning. An EnvoyFilter patch that makes routes read a
-/// cluster_header gets an ok line, and a warning where it depends on a route name or a
-/// portNumber, or sends requests without the header to the header's cluster.
+/// static_resources.clusters draws a warning. In an Istio manifest, an upstream cluster not
+/// named `outbound|PORT|SUBSET|FQDN` (a sidecar's subset cluster) makes the config invalid.
+/// An EnvoyFilter patch that makes routes read a cluster_header gets an ok line, and a warning
+/// where it depends on a route name or a portNumber, or sends requests without the header to
+/// the header's cluster.
 ///
 /// Exit status: 0 all valid; 1 a config is invalid (or a warning, with --strict); 2 usage or
 /// input error: unreadable file, not JSON or YAML, no meshsplit config in it.

@@ -21,10 +21,16 @@ With --check nothing is written; a copy that differs is shown as a diff and the 
 
 The Istio mapping, for each service:
 - FQDN is the `spec.host` of the DestinationRule in istio/ that is one of the service's hosts
-  (exactly one must be).
-- hosts become the names a sidecar's virtual host answers to, without the port: for a Kubernetes
+  (exactly one must be), resolved as Istio resolves it: a short host `NAME` (no dot) is
+  `NAME.NAMESPACE.svc.cluster.local`, NAMESPACE being the DestinationRule's
+  `metadata.namespace` (a short host without one is refused: Istio would take the namespace
+  the rule is applied to, which this file cannot know). A service host matches the rule by its
+  `spec.host` as written or by the FQDN.
+- hosts keep every host the service lists, in its order, and gain beside them the names a
+  sidecar's virtual host answers to, without the port: for a Kubernetes
   service `NAME.NAMESPACE.svc.DOMAIN`, `NAME`, `NAME.NAMESPACE`, `NAME.NAMESPACE.svc` and the FQDN;
-  for any other host, the FQDN alone. The filter drops a port and one trailing dot before it
+  for any other host, the FQDN alone. Another name or an IP the service lists, or with
+  `service_from` a header the header's values, stay as they are. The filter drops a port and one trailing dot before it
   looks a host up, so `reviews:9080` and the FQDN with a trailing dot (a domain of the virtual
   host since Istio 1.27) need no entries of their own. The cluster IP, also a domain of the
   virtual host, cannot be known here: such requests are not tagged and keep Istio's routing.
@@ -155,30 +161,56 @@ def check_native_ports(directory, port):
                             f"{ISTIO_FILTER} matches ({port}), which the cluster names use")
 
 
+CLUSTER_DOMAIN = "cluster.local"
+
+
+def resolve_host(host, namespace, rule_file):
+    """A DestinationRule's `spec.host` as Istio resolves it: a short name (no dot) in the rule's
+    namespace, `NAME.NAMESPACE.svc.cluster.local`; any other host as it is."""
+    if not isinstance(host, str) or not host or "*" in host:
+        raise SyncError(f"{ISTIO_DIR}/{rule_file}: spec.host {host!r} is not a service host "
+                        "(wildcards name no subset cluster)")
+    if "." in host:
+        return host
+    if not namespace:
+        raise SyncError(f"{ISTIO_DIR}/{rule_file}: spec.host {host!r} is a short name and the "
+                        "DestinationRule has no metadata.namespace: Istio resolves it in the "
+                        "rule's namespace (NAME.NAMESPACE.svc.cluster.local) and names the subset "
+                        "clusters by that FQDN; give the namespace or the FQDN")
+    return f"{host}.{namespace}.svc.{CLUSTER_DOMAIN}"
+
+
 def istio_plugin(plugin, directory):
     """`plugin` as the sidecars in istio/ need it (the mapping in this file's docstring)."""
-    rules = {}
+    rules = {}  # FQDN -> (file, subsets, spec.host as written)
     for name, doc in istio_docs(directory):
         if doc.get("kind") == "DestinationRule":
             spec = doc["spec"]
-            rules[spec["host"]] = (name, {s["name"] for s in spec.get("subsets", [])})
+            fqdn = resolve_host(spec["host"], (doc.get("metadata") or {}).get("namespace"), name)
+            if fqdn in rules:
+                raise SyncError(f"{ISTIO_DIR}/{name}: a second DestinationRule for {fqdn} "
+                                f"(also in {ISTIO_DIR}/{rules[fqdn][0]})")
+            rules[fqdn] = (name, {s["name"] for s in spec.get("subsets", [])}, spec["host"])
     port = istio_port(directory)
 
     mapped = json.loads(json.dumps(plugin))
     for i, service in enumerate(mapped["services"]):
         hosts = service.get("hosts") or [service["name"]]
-        fqdns = [h for h in hosts if h in rules]
+        fqdns = sorted({f for f, (_, _, written) in rules.items() for h in hosts if h in (f, written)})
         if len(fqdns) != 1:
             raise SyncError(f"services[{i}] ({service['name']}): expected one host that is a "
-                            f"DestinationRule host in {ISTIO_DIR}/ ({', '.join(sorted(rules))}), "
-                            f"found {fqdns}")
+                            f"DestinationRule host in {ISTIO_DIR}/ "
+                            f"({', '.join(sorted(w for _, _, w in rules.values()))}), found {fqdns}")
         (fqdn,) = fqdns
-        rule_file, subsets = rules[fqdn]
+        rule_file, subsets, _ = rules[fqdn]
         labels = fqdn.split(".")
         if len(labels) > 3 and labels[2] == "svc":  # NAME.NAMESPACE.svc.DOMAIN: a Kubernetes service
-            service["hosts"] = [".".join(labels[:n]) for n in (1, 2, 3)] + [fqdn]
+            sidecar = [".".join(labels[:n]) for n in (1, 2, 3)] + [fqdn]
         else:
-            service["hosts"] = [fqdn]
+            sidecar = [fqdn]
+        # The sidecar's names, then every other host the source lists (another name, an IP, a
+        # header's value): none is dropped.
+        service["hosts"] = list(dict.fromkeys(sidecar + hosts))
         for j, upstream in enumerate(service["upstreams"]):
             if upstream["name"] not in subsets:
                 raise SyncError(f"services[{i}].upstreams[{j}]: no subset {upstream['name']!r} in "

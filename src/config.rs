@@ -65,6 +65,10 @@ pub struct RawGuard {
     pub eject_s: Option<u64>,
     #[serde(default)]
     pub max_ejected_percent: Option<u64>,
+    #[serde(default)]
+    pub failure_codes: Option<Vec<u16>>,
+    #[serde(default)]
+    pub relative_margin: Option<f64>,
 }
 
 /// Weights that change on a schedule: see `rollout.rs`.

@@ -10,6 +10,15 @@
 //! readmission count, so old failures never eject it again. Never more than
 //! `max_ejected_percent` of the service's weight is ejected, and never the last upstream
 //! with weight.
+//!
+//! What fails: a stream Envoy flags as an upstream failure (connection failure or termination,
+//! reset, timeout, overflow, no healthy host), or a response whose status is one of
+//! `failure_codes` (500, 502, 503, 504 by default: what says the upstream is unhealthy or the
+//! version is bad, not what a client can provoke, such as 501 or 505). In relative mode
+//! (`relative_margin`) an upstream is also compared with the service's other admitted
+//! upstreams, as canary analysis compares canary and baseline: it is ejected only when its
+//! failure rate exceeds theirs by the margin, so traffic that fails on every version ejects
+//! nothing.
 
 /// Most doublings of `eject_s` for an upstream that keeps failing.
 pub const MAX_BACKOFF: u32 = 5;
@@ -22,9 +31,15 @@ pub struct Guard {
     pub window_s: u64,
     pub eject_s: u64,
     pub max_ejected_percent: u64,
+    /// Response statuses that count as failures (sorted, no duplicates).
+    pub failure_codes: Vec<u16>,
+    /// Relative mode: eject only above the other admitted upstreams' failure rate plus this.
+    pub relative_margin: Option<f64>,
 }
 
 impl Guard {
+    /// Statuses that count as failures unless `failure_codes` says otherwise.
+    pub const DEFAULT_FAILURE_CODES: [u16; 4] = [500, 502, 503, 504];
     pub const DEFAULT_MIN_REQUESTS: u64 = 20;
     pub const DEFAULT_WINDOW_S: u64 = 10;
     pub const DEFAULT_EJECT_S: u64 = 30;
@@ -148,6 +163,14 @@ impl Guard {
             .iter()
             .filter(|u| u.weight > 0 && !u.ejection.is_ejected(now_s))
             .count();
+        // The admitted upstreams' combined counts: in relative mode each is compared with the
+        // others' (these minus its own).
+        let (admitted_requests, admitted_failures) = upstreams
+            .iter()
+            .filter(|u| !u.ejection.is_ejected(now_s))
+            .fold((0u64, 0u64), |(r, f), u| {
+                (r.saturating_add(u.requests), f.saturating_add(u.failures))
+            });
         // Worst first, so the cap ejects the upstreams that fail most.
         let mut failing: Vec<(usize, f64, u64)> = Vec::new();
         for (index, u) in upstreams.iter().enumerate() {
@@ -169,7 +192,17 @@ impl Guard {
             } else {
                 u.failures as f64 / u.requests as f64
             };
-            if u.requests >= self.min_requests && rate > self.error_rate {
+            let worse_than_others = match self.relative_margin {
+                None => true,
+                Some(margin) => {
+                    let others = admitted_requests.saturating_sub(u.requests);
+                    let others_failed = admitted_failures.saturating_sub(u.failures);
+                    // Without enough traffic elsewhere there is nothing to compare with.
+                    others >= self.min_requests
+                        && rate > others_failed as f64 / others as f64 + margin
+                }
+            };
+            if u.requests >= self.min_requests && rate > self.error_rate && worse_than_others {
                 failing.push((index, rate, u.requests));
             } else if ejection.times > 0
                 && now_s >= ejection.until_s.saturating_add(self.window_s)
@@ -256,14 +289,40 @@ pub fn admitted_weights(weights: &[u32], states: &[Ejection], now_s: u64) -> Vec
 /// overflow (UO).
 pub const UPSTREAM_FAILURE_FLAGS: u64 = 0x2 | 0x4 | 0x10 | 0x20 | 0x40 | 0x80;
 
-/// How a finished stream counts for the guard: `Some(true)` failed (a 5xx status, or no status
-/// and a flag that blames the upstream), `Some(false)` succeeded, `None` not at all (the client
-/// went away before any response: that says nothing about the upstream).
-pub fn outcome(status: Option<u64>, flags: Option<u64>) -> Option<bool> {
+/// What a finished stream says, before a guard's `failure_codes` judge it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Envoy flagged an upstream failure (it may have answered 503 or 504 itself).
+    UpstreamFailure,
+    /// The upstream answered with this status.
+    Status(u16),
+}
+
+/// Whether a stream's flags must be read: without a status, or with a 5xx one (Envoy's own
+/// answers to upstream failures are 5xx); a 2xx-4xx needs no more property reads.
+pub fn needs_flags(status: Option<u64>) -> bool {
+    !matches!(status, Some(code) if (1..500).contains(&code))
+}
+
+/// What a finished stream says (`flags` read as [`needs_flags`] says); `None` when nothing (the
+/// client went away before any response: that says nothing about the upstream).
+pub fn outcome(status: Option<u64>, flags: Option<u64>) -> Option<Outcome> {
+    if flags.is_some_and(|f| f & UPSTREAM_FAILURE_FLAGS != 0) {
+        return Some(Outcome::UpstreamFailure);
+    }
     match status {
-        Some(code) if code > 0 => Some((500..600).contains(&code)),
-        _ if flags.is_some_and(|f| f & UPSTREAM_FAILURE_FLAGS != 0) => Some(true),
+        Some(code) if code > 0 => Some(Outcome::Status(u16::try_from(code).unwrap_or(u16::MAX))),
         _ => None,
+    }
+}
+
+impl Guard {
+    /// Whether `outcome` counts as a failure for this guard.
+    pub fn failed(&self, outcome: Outcome) -> bool {
+        match outcome {
+            Outcome::UpstreamFailure => true,
+            Outcome::Status(code) => self.failure_codes.binary_search(&code).is_ok(),
+        }
     }
 }
 

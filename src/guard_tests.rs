@@ -7,6 +7,8 @@ fn guard() -> Guard {
         window_s: 10,
         eject_s: 30,
         max_ejected_percent: 50,
+        failure_codes: Guard::DEFAULT_FAILURE_CODES.to_vec(),
+        relative_margin: None,
     }
 }
 
@@ -223,11 +225,73 @@ fn a_healthy_window_after_readmission_forgives_the_backoff() {
 
 #[test]
 fn outcomes_blame_only_the_upstream() {
-    assert_eq!(outcome(Some(200), Some(0)), Some(false));
-    assert_eq!(outcome(Some(404), None), Some(false));
-    assert_eq!(outcome(Some(503), Some(0x20)), Some(true));
+    let g = guard();
+    let failed = |status, flags| outcome(status, flags).map(|o| g.failed(o));
+    assert_eq!(failed(Some(200), Some(0)), Some(false));
+    assert_eq!(failed(Some(404), None), Some(false));
+    assert_eq!(failed(Some(503), Some(0x20)), Some(true));
     // Reset before any response: upstream reset counts, a client abort (DC) does not.
-    assert_eq!(outcome(None, Some(0x10)), Some(true));
-    assert_eq!(outcome(Some(0), Some(0x4000)), None);
-    assert_eq!(outcome(None, None), None);
+    assert_eq!(failed(None, Some(0x10)), Some(true));
+    assert_eq!(failed(Some(0), Some(0x4000)), None);
+    assert_eq!(failed(None, None), None);
+}
+
+#[test]
+fn by_default_only_statuses_of_upstream_health_fail() {
+    let g = guard();
+    for code in [500, 502, 503, 504] {
+        assert!(g.failed(Outcome::Status(code)), "{code}");
+    }
+    // What a client can provoke: a method the app does not implement, an HTTP version.
+    for code in [200, 404, 429, 501, 505, 507, 599] {
+        assert!(!g.failed(Outcome::Status(code)), "{code}");
+    }
+    // Envoy's own 503 for a connection failure counts whatever the codes say.
+    let only_500 = Guard {
+        failure_codes: vec![500],
+        ..guard()
+    };
+    assert_eq!(
+        outcome(Some(503), Some(0x20)),
+        Some(Outcome::UpstreamFailure)
+    );
+    assert!(only_500.failed(Outcome::UpstreamFailure));
+    assert!(!only_500.failed(Outcome::Status(503)));
+    assert!(only_500.failed(Outcome::Status(500)));
+    // Flags are read for 5xx and for no status only.
+    assert!(!needs_flags(Some(200)) && !needs_flags(Some(499)));
+    assert!(needs_flags(Some(500)) && needs_flags(None) && needs_flags(Some(0)));
+}
+
+#[test]
+fn relative_mode_ejects_only_an_upstream_worse_than_the_others() {
+    let g = Guard {
+        relative_margin: Some(0.2),
+        ..guard()
+    };
+    // Everything fails everywhere: nothing is worse than the rest.
+    assert_eq!(
+        ejected(&g.decide(1000, &[seen(50, 100, 100), seen(50, 100, 100)])),
+        Vec::<usize>::new()
+    );
+    // A regression on the canary: 90 % against 10 %.
+    assert_eq!(
+        ejected(&g.decide(1000, &[seen(90, 900, 90), seen(10, 100, 90)])),
+        [1]
+    );
+    // Within the margin (70 % against 55 %): kept.
+    assert_eq!(
+        ejected(&g.decide(1000, &[seen(50, 100, 55), seen(50, 100, 70)])),
+        Vec::<usize>::new()
+    );
+    // Nothing to compare with (the others saw fewer than min_requests): kept.
+    assert_eq!(
+        ejected(&g.decide(1000, &[seen(50, 10, 0), seen(50, 100, 100)])),
+        Vec::<usize>::new()
+    );
+    // The absolute mode ejects the same canary whatever the others do.
+    assert_eq!(
+        ejected(&guard().decide(1000, &[seen(50, 100, 100), seen(50, 100, 100)])),
+        [0]
+    );
 }

@@ -526,17 +526,17 @@ impl Instance {
         if stream.observed {
             // One property read for a stream that got a response; the flags only without one.
             let status = host.response_code().filter(|&code| code > 0);
-            let flags = if status.is_none() {
+            let flags = if guard::needs_flags(status) {
                 host.response_flags()
             } else {
                 None
             };
-            let failed = guard::outcome(status, flags);
+            let outcome = guard::outcome(status, flags);
             let entry = self.roots.iter_mut().find(|r| r.id == stream.root);
-            if let (Some(failed), Some(entry)) = (failed, entry) {
+            if let (Some(outcome), Some(entry)) = (outcome, entry) {
                 entry
                     .tick
-                    .record_outcome(stream.service, stream.upstream, failed);
+                    .record_outcome(stream.service, stream.upstream, outcome);
             }
         }
         false

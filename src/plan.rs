@@ -630,7 +630,29 @@ fn compile_guard(path: &str, raw: &RawGuard) -> Result<Guard, ConfigError> {
             ))
         }
     };
+    let mut failure_codes = raw
+        .failure_codes
+        .clone()
+        .unwrap_or_else(|| Guard::DEFAULT_FAILURE_CODES.to_vec());
+    if let Some(code) = failure_codes.iter().find(|c| !(400..=599).contains(*c)) {
+        return Err(ConfigError::new(
+            format!("{path}.failure_codes"),
+            format!("{code} is not a 4xx or 5xx status"),
+        ));
+    }
+    failure_codes.sort_unstable();
+    failure_codes.dedup();
+    if let Some(margin) = raw.relative_margin {
+        if !(0.0..1.0).contains(&margin) {
+            return Err(ConfigError::new(
+                format!("{path}.relative_margin"),
+                "must be at least 0 and below 1 (a difference of failure rates)",
+            ));
+        }
+    }
     Ok(Guard {
+        failure_codes,
+        relative_margin: raw.relative_margin,
         error_rate: raw.error_rate,
         min_requests: within(
             "min_requests",

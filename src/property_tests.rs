@@ -200,7 +200,7 @@ proptest! {
         cap in 0u64..=100,
         ejected in vec(any::<bool>(), 6),
     ) {
-        let guard = Guard { error_rate: 0.5, min_requests: 1, window_s: 10, eject_s: 30, max_ejected_percent: cap };
+        let guard = Guard { error_rate: 0.5, min_requests: 1, window_s: 10, eject_s: 30, max_ejected_percent: cap, failure_codes: vec![500], relative_margin: None };
         let now = 1_000;
         let seen: Vec<Seen> = upstreams.iter().zip(&ejected).map(|(&(weight, requests, failed), &out)| Seen {
             weight,

@@ -13,7 +13,9 @@
 //! Two clocks: rollouts follow the wall clock (their schedule is wall time); the guard's windows
 //! and ejections follow the monotonic clock, which a change of the wall clock does not move.
 
-use crate::guard::{admitted_weights, slice_ms, window_totals, Change, Ejection, Guard, Seen};
+use crate::guard::{
+    admitted_weights, slice_ms, window_totals, Change, Ejection, Guard, Outcome, Seen,
+};
 use crate::guard_record::{claim_generation, Record};
 use crate::host::{create_shared, Host, SharedWrite};
 use crate::plan::{stat_segment, Plan, Service};
@@ -44,6 +46,8 @@ struct ServiceTick {
     /// Gauge ids and last values set: ejected per upstream, then the rollout pause.
     ejected_gauges: Box<[Option<(u32, u64)>]>,
     paused_gauge: Option<(u32, u64)>,
+    /// The guard's, to judge outcomes (`None`: not guarded).
+    guard: Option<Guard>,
 }
 
 /// Per-VM tick state of one plan.
@@ -76,19 +80,21 @@ impl PlanTick {
                         pending: vec![(0, 0); n].into(),
                         ejected_gauges: vec![None; n].into(),
                         paused_gauge: None,
+                        guard: s.guard.clone(),
                     }
                 })
                 .collect(),
         }
     }
 
-    /// A stream of a guarded service ended: `failed` as [`crate::guard::outcome`] says.
-    pub fn record_outcome(&mut self, service: usize, upstream: usize, failed: bool) {
-        let slot = self
-            .services
-            .get_mut(service)
-            .and_then(|s| s.pending.get_mut(upstream));
-        if let Some((requests, failures)) = slot {
+    /// A stream of a guarded service ended with `outcome` ([`crate::guard::outcome`]), judged
+    /// by the service's guard.
+    pub fn record_outcome(&mut self, service: usize, upstream: usize, outcome: Outcome) {
+        let Some(state) = self.services.get_mut(service) else {
+            return;
+        };
+        let failed = state.guard.as_ref().is_some_and(|g| g.failed(outcome));
+        if let Some((requests, failures)) = state.pending.get_mut(upstream) {
             *requests += 1;
             *failures += u64::from(failed);
         }

@@ -27,6 +27,11 @@ fn plan(extra: &str) -> Plan {
 const GUARD: &str =
     r#""guard": {"error_rate": 0.5, "min_requests": 10, "window_s": 5, "eject_s": 20},"#;
 
+/// A 500 for a failure, a 200 otherwise.
+fn status(failed: bool) -> Outcome {
+    Outcome::Status(if failed { 500 } else { 200 })
+}
+
 fn weights(plan: &Plan) -> Vec<u32> {
     plan.services[0].weights().to_vec()
 }
@@ -34,9 +39,39 @@ fn weights(plan: &Plan) -> Vec<u32> {
 /// `n` outcomes of each upstream seen by `tick` (v2 fails when `v2_fails`).
 fn traffic(tick: &mut PlanTick, n: usize, v2_fails: bool) {
     for _ in 0..n {
-        tick.record_outcome(0, 0, false);
-        tick.record_outcome(0, 1, v2_fails);
+        tick.record_outcome(0, 0, status(false));
+        tick.record_outcome(0, 1, status(v2_fails));
     }
+}
+
+#[test]
+fn statuses_a_client_provokes_eject_nothing_unless_listed() {
+    for (codes, ejected) in [("", false), (r#""failure_codes": [501],"#, true)] {
+        let guard = format!(
+            r#""guard": {{"error_rate": 0.5, "min_requests": 10, "window_s": 5, "eject_s": 20,
+                {codes} "max_ejected_percent": 50}},"#
+        );
+        let plan = plan(&guard);
+        let host = FakeHost::default();
+        let mut tick = PlanTick::new(&plan, None);
+        for _ in 0..20 {
+            tick.record_outcome(0, 0, Outcome::Status(200));
+            tick.record_outcome(0, 1, Outcome::Status(501));
+        }
+        tick.run(&plan, "p", &host, at(NOW_MS));
+        let expected: &[u32] = if ejected { &[50, 0] } else { &[50, 50] };
+        assert_eq!(weights(&plan), expected, "{codes}");
+    }
+    // Envoy's flagged upstream failures count even when the codes leave out their status.
+    let plan = plan(r#""guard": {"error_rate": 0.5, "min_requests": 10, "failure_codes": [500]},"#);
+    let host = FakeHost::default();
+    let mut tick = PlanTick::new(&plan, None);
+    for _ in 0..20 {
+        tick.record_outcome(0, 0, Outcome::Status(503));
+        tick.record_outcome(0, 1, Outcome::UpstreamFailure);
+    }
+    tick.run(&plan, "p", &host, at(NOW_MS));
+    assert_eq!(weights(&plan), [50, 0]);
 }
 
 #[test]
@@ -115,7 +150,7 @@ fn an_ejected_upstream_the_rollout_is_raising_pauses_the_rollout() {
     assert_eq!(weights(&p), [99, 1]);
     // v2 fails while at 1 %: ejected, and the rollout holds at 99/1 (v2 at 0 while ejected).
     for _ in 0..20 {
-        tick.record_outcome(0, 1, true);
+        tick.record_outcome(0, 1, status(true));
     }
     tick.run(&p, "p", &host, at(start + 2000));
     assert_eq!(weights(&p), [99, 0]);
@@ -235,7 +270,7 @@ fn a_paused_rollout_keeps_the_guard_within_its_cap() {
     tick.run(&p, "p", &host, at(start + 1000));
     assert_eq!(weights(&p), [10, 10, 80]);
     for _ in 0..20 {
-        tick.record_outcome(0, 1, true);
+        tick.record_outcome(0, 1, status(true));
     }
     tick.run(&p, "p", &host, at(start + 2000));
     assert_eq!(weights(&p), [10, 0, 80]);
@@ -243,8 +278,8 @@ fn a_paused_rollout_keeps_the_guard_within_its_cap() {
     assert_eq!(weights(&p), [10, 0, 80]);
     assert_eq!(host.gauge("meshsplit.p.svc.rollout_paused"), 1);
     for _ in 0..20 {
-        tick.record_outcome(0, 0, false);
-        tick.record_outcome(0, 2, true);
+        tick.record_outcome(0, 0, status(false));
+        tick.record_outcome(0, 2, status(true));
     }
     tick.run(&p, "p", &host, at(start + 13_000));
     assert_eq!(weights(&p), [10, 0, 80]);
@@ -266,12 +301,12 @@ fn a_paused_canary_never_ejects_the_last_upstream() {
     let host = FakeHost::default();
     let mut tick = PlanTick::new(&p, None);
     for _ in 0..20 {
-        tick.record_outcome(0, 1, true);
+        tick.record_outcome(0, 1, status(true));
     }
     tick.run(&p, "p", &host, at(start + 1000));
     assert_eq!(weights(&p), [99, 0]);
     for _ in 0..20 {
-        tick.record_outcome(0, 0, true);
+        tick.record_outcome(0, 0, status(true));
     }
     tick.run(&p, "p", &host, at(start + 25_000));
     assert_eq!(weights(&p), [99, 0]);
@@ -330,7 +365,7 @@ fn decide_at_once(p_a: &Plan, p_b: &Plan, failing: &[usize], n: usize) -> (Vec<u
     for tick in [&mut a, &mut b] {
         for _ in 0..n {
             for &u in failing {
-                tick.record_outcome(0, u, true);
+                tick.record_outcome(0, u, status(true));
             }
         }
     }
@@ -486,8 +521,8 @@ fn an_older_configuration_still_alive_adds_outcomes_but_never_decides() {
     // 30 % of v2's requests fail, seen by both: above the old rate, below the new one.
     for t in [&mut old_tick, &mut new_tick] {
         for i in 0..20 {
-            t.record_outcome(0, 0, false);
-            t.record_outcome(0, 1, i % 10 < 3);
+            t.record_outcome(0, 0, status(false));
+            t.record_outcome(0, 1, status(i % 10 < 3));
         }
     }
     old_tick.run(&old, "p", &host, at(NOW_MS + 500));
@@ -504,7 +539,7 @@ fn an_older_configuration_still_alive_adds_outcomes_but_never_decides() {
     assert_eq!(v2, 40);
     // When the new configuration's rate is crossed, it ejects, and the old plan follows.
     for _ in 0..400 {
-        new_tick.record_outcome(0, 1, true);
+        new_tick.record_outcome(0, 1, status(true));
     }
     new_tick.run(&new, "p", &host, at(NOW_MS + 1500));
     old_tick.run(&old, "p", &host, at(NOW_MS + 2000));

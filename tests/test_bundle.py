@@ -17,6 +17,7 @@ import harness
 import istio
 import sync_configs  # envoy/sync_configs.py (harness puts envoy/ on the path)
 from conftest import TOOL_MISSING
+from test_cli import check as check_cli, cli  # noqa: F401  (cli: the command, built once)
 
 ROOT = harness.ROOT
 ENVOY_DIR = harness.ENVOY_DIR
@@ -414,3 +415,78 @@ def test_istio_native_manifest_deploys_what_the_envoy_filter_does(name):
     # A placeholder until an image is pushed (`make oci` prints the digest); Istio's schema
     # accepts any 64 hex digits.
     assert re.fullmatch(r"[0-9a-f]{64}", wasm["sha256"])
+
+
+# --- the Istio generator: short DestinationRule hosts and every host kept ---------------------------
+
+def short_host(envoy_copy, namespace="default"):
+    """The copy's DestinationRule with `host: reviews` (the Bookinfo style), in `namespace`."""
+    path = envoy_copy / "istio" / "reviews-destinationrule.yaml"
+    text = path.read_text().replace("host: reviews.default.svc.cluster.local", "host: reviews")
+    if namespace != "default":
+        text = text.replace("  namespace: default\n", f"  namespace: {namespace}\n" if namespace else "")
+    path.write_text(text)
+
+
+@pytest.mark.parametrize("namespace", ["default", "shop"])
+def test_sync_configs_resolves_a_short_destination_rule_host_in_its_namespace(envoy_copy, namespace, cli):  # noqa: F811
+    """Istio resolves `reviews` in the rule's namespace and names the subset clusters by that
+    FQDN: a cluster named by the short host does not exist in the sidecar (503 NC)."""
+    short_host(envoy_copy, namespace)
+    if namespace != "default":
+        plugin = json.loads((envoy_copy / "meshsplit.json").read_text())
+        plugin["services"][0]["hosts"].append(f"reviews.{namespace}.svc.cluster.local")
+        (envoy_copy / "meshsplit.json").write_text(json.dumps(plugin, indent=2) + "\n")
+    assert sync_configs.main(["--dir", str(envoy_copy)]) == 0
+    fqdn = f"reviews.{namespace}.svc.cluster.local"
+    for name in [sync_configs.ISTIO_FILTER, *sync_configs.ISTIO_NATIVE]:
+        (service,) = sync_configs.embedded_plugin((envoy_copy / name).read_text())["services"]
+        assert [u["cluster"] for u in service["upstreams"]] == \
+            [f"outbound|9080|{v}|{fqdn}" for v in ("v1", "v2", "v3")], name
+        assert fqdn in service["hosts"] and f"reviews.{namespace}" in service["hosts"]
+    route = yaml.safe_load((envoy_copy / sync_configs.ISTIO_ROUTE).read_text())
+    assert route["spec"]["configPatches"][0]["match"]["routeConfiguration"]["vhost"]["name"] == f"{fqdn}:9080"
+    result = check_cli(cli, envoy_copy / sync_configs.ISTIO_FILTER)
+    assert result.returncode == 0, result.stdout
+
+
+def test_sync_configs_refuses_a_short_destination_rule_host_without_a_namespace(envoy_copy, capsys):
+    short_host(envoy_copy, namespace=None)
+    before = (envoy_copy / sync_configs.ISTIO_FILTER).read_text()
+    assert sync_configs.main(["--dir", str(envoy_copy)]) == 2
+    err = capsys.readouterr().err
+    assert "spec.host 'reviews' is a short name and the DestinationRule has no metadata.namespace" in err
+    assert (envoy_copy / sync_configs.ISTIO_FILTER).read_text() == before
+
+
+def test_check_refuses_an_istio_manifest_whose_clusters_are_named_by_a_short_host(cli, tmp_path):  # noqa: F811
+    """What the generator wrote for `host: reviews` before: `check` must not call it ok."""
+    text = (ISTIO_DIR / "meshsplit-filter.yaml").read_text().replace(
+        "|reviews.default.svc.cluster.local\"", "|reviews\"")
+    assert "outbound|9080|v1|reviews\"" in text
+    path = tmp_path / "filter.yaml"
+    path.write_text(text)
+    result = check_cli(cli, path)
+    assert result.returncode == 1, result.stdout
+    assert ("services[0].upstreams[0].cluster: \"outbound|9080|v1|reviews\" is not a sidecar's subset "
+            "cluster outbound|PORT|SUBSET|FQDN: \"reviews\" is not a fully qualified name") in result.stdout
+    # The shipped manifests pass.
+    for name in [sync_configs.ISTIO_FILTER, *sync_configs.ISTIO_NATIVE]:
+        assert check_cli(cli, ENVOY_DIR / name).returncode == 0, name
+
+
+def test_sync_configs_keeps_every_host_the_source_lists(envoy_copy):
+    """Another name and an IP of the service, and a header-keyed service's values, stay beside
+    the sidecar's names: requests that route with meshsplit.json route in the sidecar too."""
+    plugin = json.loads((envoy_copy / "meshsplit.json").read_text())
+    plugin["services"][0]["hosts"] += ["reviews.example.com", "10.0.0.7", "[fd00::7]"]
+    mapped = sync_configs.istio_plugin(plugin, envoy_copy)
+    assert mapped["services"][0]["hosts"] == [
+        "reviews", "reviews.default", "reviews.default.svc", "reviews.default.svc.cluster.local",
+        "reviews.example.com", "10.0.0.7", "[fd00::7]"]
+
+    keyed = dict(plugin, service_from={"header": "x-service"})
+    keyed["services"][0]["hosts"] = ["reviews-canary", "reviews.default.svc.cluster.local"]
+    (service,) = sync_configs.istio_plugin(keyed, envoy_copy)["services"]
+    assert set(keyed["services"][0]["hosts"]) <= set(service["hosts"])
+    assert service["hosts"][-1] == "reviews-canary"

@@ -142,8 +142,8 @@ spec:
       strategy: sticky
       hash_on: {cookie: session}
       upstreams:
-      - {name: v1, cluster: cart_v1, weight: 90}
-      - {name: v2, cluster: cart_v2, weight: 10}
+      - {name: v1, cluster: 'outbound|8080|v1|cart.shop.svc.cluster.local', weight: 90}
+      - {name: v2, cluster: 'outbound|8080|v2|cart.shop.svc.cluster.local', weight: 10}
 """
 
 TRAFFIC_EXTENSION = """\
@@ -157,7 +157,7 @@ spec:
       services:
       - name: cart
         upstreams:
-        - {name: v1, cluster: cart_v1, weight: 2000000}
+        - {name: v1, cluster: 'outbound|8080|v1|cart.shop.svc.cluster.local', weight: 2000000}
 """
 
 

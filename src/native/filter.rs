@@ -240,13 +240,14 @@ pub fn stream_complete(stream: &mut Stream, filter: Filter) {
     }
     if let Some((service, upstream)) = stream.observed.take() {
         let code = host.response_code();
-        // The flags matter only without a status: skip that read when there is one.
-        let flags = match code {
-            Some(c) if c > 0 => None,
-            _ => host.response_flags(),
+        // The flags matter only without a status or with a 5xx: skip that read otherwise.
+        let flags = if guard::needs_flags(code) {
+            host.response_flags()
+        } else {
+            None
         };
-        if let Some(failed) = guard::outcome(code, flags) {
-            record_outcome(&stream.config, &host, service, upstream, failed);
+        if let Some(outcome) = guard::outcome(code, flags) {
+            record_outcome(&stream.config, &host, service, upstream, outcome);
         }
     }
 }

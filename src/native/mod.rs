@@ -102,8 +102,8 @@ mod tests {
         let mut tick = PlanTick::new(&plan, None);
         // v 2 fails: ejected (a counter defined), the rollout paused (its gauge set).
         for _ in 0..10 {
-            tick.record_outcome(0, 0, false);
-            tick.record_outcome(0, 1, true);
+            tick.record_outcome(0, 0, crate::guard::Outcome::Status(200));
+            tick.record_outcome(0, 1, crate::guard::Outcome::Status(500));
         }
         let at = |ms: u64| crate::tick::Now {
             wall_ms: 1_800_000_000_000 + ms,
@@ -415,7 +415,7 @@ mod worker {
         host: &H,
         service: usize,
         upstream: usize,
-        failed: bool,
+        outcome: crate::guard::Outcome,
     ) {
         WORKER.with(|cell| {
             let Ok(mut worker) = cell.try_borrow_mut() else {
@@ -425,7 +425,7 @@ mod worker {
                 return;
             };
             if let Some(ticking) = &mut entry.tick {
-                ticking.tick.record_outcome(service, upstream, failed);
+                ticking.tick.record_outcome(service, upstream, outcome);
                 ticking.run_if_due(&entry.plan, &source.plugin, host);
             }
         });

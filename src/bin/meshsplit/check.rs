@@ -27,9 +27,11 @@ const LISTED_SERVICES: usize = 5;
 /// Prints `FILE[: where]: ok: SUMMARY` for a valid config and
 /// `FILE[: where]: invalid configuration: PATH: MESSAGE`, the filter's own error, for an
 /// invalid one. In an Envoy bootstrap, an upstream cluster missing from
-/// static_resources.clusters draws a warning. An EnvoyFilter patch that makes routes read a
-/// cluster_header gets an ok line, and a warning where it depends on a route name or a
-/// portNumber, or sends requests without the header to the header's cluster.
+/// static_resources.clusters draws a warning. In an Istio manifest, an upstream cluster not
+/// named `outbound|PORT|SUBSET|FQDN` (a sidecar's subset cluster) makes the config invalid.
+/// An EnvoyFilter patch that makes routes read a cluster_header gets an ok line, and a warning
+/// where it depends on a route name or a portNumber, or sends requests without the header to
+/// the header's cluster.
 ///
 /// Exit status: 0 all valid; 1 a config is invalid (or a warning, with --strict); 2 usage or
 /// input error: unreadable file, not JSON or YAML, no meshsplit config in it.
@@ -190,6 +192,12 @@ pub(crate) fn check_one(name: &str, found: &Found) -> Vec<Line> {
         // The same words the filter logs: "invalid configuration: {err}".
         Err(err) => vec![Line::Invalid(format!("{at}: invalid configuration: {err}"))],
         Ok(plan) => {
+            if found.istio {
+                let wrong = istio_cluster_lines(&at, &plan);
+                if !wrong.is_empty() {
+                    return wrong;
+                }
+            }
             let mut lines = vec![Line::Valid(format!("{at}: ok: {}", summary(&plan)))];
             if let Some(clusters) = &found.clusters {
                 lines.extend(cluster_lines(&at, &plan, clusters));
@@ -197,6 +205,58 @@ pub(crate) fn check_one(name: &str, found: &Found) -> Vec<Line> {
             lines
         }
     }
+}
+
+/// An invalid line for every upstream cluster of a config in an Istio manifest that is not a
+/// sidecar's subset cluster, `outbound|PORT|SUBSET|FQDN`: a sidecar has no other clusters for a
+/// service's subsets, and answers 503 (NC) for any other name. A short host (`reviews`) is not
+/// an FQDN: Istio names the cluster by the full name (`reviews.NAMESPACE.svc.cluster.local`).
+fn istio_cluster_lines(at: &str, plan: &Plan) -> Vec<Line> {
+    let mut lines = Vec::new();
+    for (s, service) in plan.services.iter().enumerate() {
+        for (u, upstream) in service.upstreams.iter().enumerate() {
+            if let Err(why) = istio_subset_cluster(&upstream.cluster) {
+                lines.push(Line::Invalid(format!(
+                    "{at}: services[{s}].upstreams[{u}].cluster: \"{}\" is not a sidecar's \
+                     subset cluster outbound|PORT|SUBSET|FQDN: {why} (a sidecar answers 503 NC)",
+                    upstream.cluster
+                )));
+            }
+        }
+    }
+    lines
+}
+
+/// Why `cluster` is not `outbound|PORT|SUBSET|FQDN`.
+pub(crate) fn istio_subset_cluster(cluster: &str) -> Result<(), String> {
+    let parts: Vec<&str> = cluster.split('|').collect();
+    let [direction, port, subset, fqdn] = parts.as_slice() else {
+        return Err(format!("{} parts, not 4", parts.len()));
+    };
+    if *direction != "outbound" {
+        return Err(format!("\"{direction}\" is not outbound"));
+    }
+    if !port.parse::<u16>().is_ok_and(|p| p > 0) || port.starts_with('0') {
+        return Err(format!("\"{port}\" is not a port"));
+    }
+    if subset.is_empty() {
+        return Err("no subset".to_owned());
+    }
+    let labels: Vec<&str> = fqdn.split('.').collect();
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if labels.len() < 2 || !labels.iter().all(label_ok) {
+        return Err(format!(
+            "\"{fqdn}\" is not a fully qualified name (Istio names subset clusters by the \
+             FQDN, NAME.NAMESPACE.svc.cluster.local for a short host NAME)"
+        ));
+    }
+    Ok(())
 }
 
 /// A warning for every upstream cluster the bootstrap does not define; only notes when the
@@ -286,7 +346,7 @@ pub(crate) fn rate_percent(rate: f64) -> String {
 
 /// A guard's settings in words, for `preview`.
 pub(crate) fn guard_text(guard: &Guard) -> String {
-    format!(
+    let mut text = format!(
         "ejects an upstream above {} errors over {} s (at least {} requests) for {} s, \
          doubling on repeat; at most {} % of the weight",
         rate_percent(guard.error_rate),
@@ -294,7 +354,21 @@ pub(crate) fn guard_text(guard: &Guard) -> String {
         guard.min_requests,
         guard.eject_s,
         guard.max_ejected_percent
-    )
+    );
+    if guard.failure_codes != Guard::DEFAULT_FAILURE_CODES {
+        let codes: Vec<String> = guard.failure_codes.iter().map(u16::to_string).collect();
+        text.push_str(&format!(
+            "; failures: statuses [{}] and upstream failures",
+            codes.join(", ")
+        ));
+    }
+    if let Some(margin) = guard.relative_margin {
+        text.push_str(&format!(
+            "; relative: only above the other upstreams' rate + {}",
+            rate_percent(margin)
+        ));
+    }
+    text
 }
 
 pub(crate) fn count(n: usize, noun: &str) -> String {
@@ -309,6 +383,50 @@ pub(crate) fn count(n: usize, noun: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::{json, Value};
+
+    #[test]
+    fn istio_manifests_need_sidecar_subset_clusters() {
+        let plugin = |cluster: &str| {
+            format!(
+                "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\n\
+                 metadata: {{name: m, namespace: default}}\nspec:\n  pluginConfig:\n    \
+                 services:\n    - name: reviews\n      upstreams:\n      \
+                 - {{name: v1, cluster: '{cluster}', weight: 1}}\n"
+            )
+        };
+        let ok = report(&plugin(
+            "outbound|9080|v1|reviews.default.svc.cluster.local",
+        ));
+        assert_eq!(ok.len(), 1);
+        assert!(ok[0].starts_with("f: WasmPlugin default/m: ok: "), "{ok:?}");
+        // A short host: Istio's cluster is named by the FQDN.
+        let short = report(&plugin("outbound|9080|v1|reviews"));
+        assert_eq!(
+            short,
+            [
+                "f: WasmPlugin default/m: services[0].upstreams[0].cluster: \
+              \"outbound|9080|v1|reviews\" is not a sidecar's subset cluster \
+              outbound|PORT|SUBSET|FQDN: \"reviews\" is not a fully qualified name (Istio \
+              names subset clusters by the FQDN, NAME.NAMESPACE.svc.cluster.local for a short \
+              host NAME) (a sidecar answers 503 NC)"
+            ]
+        );
+        for bad in [
+            "reviews_v1",
+            "outbound|9080||reviews.default.svc.cluster.local",
+            "inbound|9080|v1|reviews.default.svc.cluster.local",
+            "outbound|0|v1|reviews.default.svc.cluster.local",
+            "outbound|http|v1|reviews.default.svc.cluster.local",
+            "outbound|9080|v1|reviews..svc",
+        ] {
+            assert!(istio_subset_cluster(bad).is_err(), "{bad}");
+        }
+        // The same config outside Istio is fine.
+        let bare = report(
+            r#"{"services": [{"name": "reviews", "upstreams": [{"name": "v1", "cluster": "reviews_v1", "weight": 1}]}]}"#,
+        );
+        assert!(bare[0].starts_with("f: ok: "), "{bare:?}");
+    }
 
     fn report(text: &str) -> Vec<String> {
         check_text("f", text)
@@ -374,6 +492,36 @@ mod tests {
             ["f: ok: 1 service (reviews: weighted, 2 upstreams, 1 drained, guard 50 % over 10 s, \
               rollout 3 steps)"]
         );
+        let plan = Plan::from_json(
+            json!({"services": [{"name": "s", "upstreams": [{"name": "v1", "cluster": "a", "weight": 1}],
+                "guard": {"error_rate": 0.5, "failure_codes": [503, 500, 503], "relative_margin": 0.1}}]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let text = guard_text(plan.services[0].guard.as_ref().unwrap());
+        assert!(
+            text.ends_with(
+                "; failures: statuses [500, 503] and upstream failures; relative: only above \
+                 the other upstreams' rate + 10 %"
+            ),
+            "{text}"
+        );
+        for (guard, path) in [
+            (
+                json!({"error_rate": 0.5, "failure_codes": [200]}),
+                "guard.failure_codes",
+            ),
+            (
+                json!({"error_rate": 0.5, "relative_margin": 1.0}),
+                "guard.relative_margin",
+            ),
+        ] {
+            let config = json!({"services": [{"name": "s", "guard": guard,
+                "upstreams": [{"name": "v1", "cluster": "a", "weight": 1}]}]});
+            let line = &report(&config.to_string())[0];
+            assert!(line.contains(&format!("services[0].{path}: ")), "{line}");
+        }
         assert_eq!(rate_percent(0.025), "2.5 %");
         assert_eq!(rate_percent(0.0001), "0.01 %");
         assert_eq!(rate_percent(1.0), "100 %");

@@ -56,6 +56,9 @@ pub struct Found {
     /// `value` is not a string. Envoy would give the filter no config or refuse the file, so
     /// this is an error, never a file without meshsplit config.
     pub broken: Option<String>,
+    /// It sits in an Istio manifest (EnvoyFilter, WasmPlugin, TrafficExtension): its clusters
+    /// are a sidecar's, named `outbound|PORT|SUBSET|FQDN`.
+    pub istio: bool,
 }
 
 impl Found {
@@ -124,6 +127,7 @@ fn from_document(document: &Document, place: &str, out: &mut Vec<Found>) {
             clusters: None,
             specifier: false,
             broken: None,
+            istio: false,
         });
     } else {
         from_container(value, place, true, None, out);
@@ -174,10 +178,14 @@ fn from_manifest(value: &Value, out: &mut Vec<Found>) {
             }
         }
         "EnvoyFilter" => {
+            let first = out.len();
             let patches = spec.and_then(|s| s.get("configPatches"));
             for (i, patch) in items(patches).enumerate() {
                 let place = format!("{place} configPatches[{i}]");
                 from_container(patch, &place, false, None, out);
+            }
+            for found in out.iter_mut().skip(first) {
+                found.istio = true;
             }
         }
         "WasmPlugin" => out.push(plugin_config_object(spec, place, plugin)),
@@ -205,6 +213,7 @@ fn plugin_config_object(holder: Option<&Value>, place: String, plugin: String) -
         clusters: None,
         specifier: false,
         broken: None,
+        istio: true,
     }
 }
 
@@ -264,6 +273,7 @@ fn from_container(
             clusters: clusters.cloned(),
             specifier,
             broken,
+            istio: false,
         });
     }
 }
@@ -684,6 +694,7 @@ mod tests {
             clusters: None,
             specifier: false,
             broken: None,
+            istio: false,
         };
         assert!(f.plan().is_ok());
         f.specifier = true;

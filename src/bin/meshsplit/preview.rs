@@ -804,6 +804,16 @@ impl RequestOptions {
         for (name, value) in &self.headers {
             request.set(name, value);
         }
+        // An HTTP/1.1 request has no `:scheme`: Envoy takes it from `x-forwarded-proto` when
+        // that is `http` or `https`, else from the connection (plain here).
+        if !self.headers.iter().any(|(name, _)| name == ":scheme") {
+            let forwarded = request
+                .header("x-forwarded-proto")
+                .map(|v| String::from_utf8_lossy(v).to_ascii_lowercase());
+            if let Some(scheme) = forwarded.filter(|v| v == "http" || v == "https") {
+                request.set(":scheme", &scheme);
+            }
+        }
         for (name, value) in &self.cookies {
             request.add_cookie(name, value);
         }

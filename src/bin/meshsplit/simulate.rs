@@ -20,20 +20,44 @@ pub fn generator(seed: u64) -> Xoshiro256PlusPlus {
 }
 
 /// One request's headers, as Envoy would show them to the filter (lowercase names,
-/// pseudo-headers included).
+/// pseudo-headers included, `Host` as `:authority`, and the headers Envoy's HTTP connection
+/// manager adds before any filter runs with the shipped configs: [`ENVOY_ADDED`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Request {
     headers: Vec<(String, Vec<u8>)>,
 }
 
+/// Headers Envoy's HTTP connection manager adds to a request that lacks them, before the
+/// filters see it, with the shipped configs (`generate_request_id` on, `use_remote_address`
+/// off): `x-request-id` (a random UUID; this value stands for any) and `x-forwarded-proto`
+/// (the scheme of the downstream connection).
+pub const ENVOY_ADDED: [(&str, &str); 2] = [
+    ("x-request-id", "5f0c8e62-3f6b-4b1e-9a57-1c2d3e4f5a6b"),
+    ("x-forwarded-proto", "http"),
+];
+
+/// The name Envoy knows header `name` by: `host` is `:authority` (HTTP/1.1's `Host` becomes
+/// HTTP/2's `:authority`, and a filter asking for `host` gets it).
+pub fn envoy_name(name: &str) -> &str {
+    if name.eq_ignore_ascii_case("host") {
+        ":authority"
+    } else {
+        name
+    }
+}
+
 impl Request {
-    /// `GET /` with the service key where `plan` reads it (and as `:authority` in any case).
+    /// `GET /` with the service key where `plan` reads it (and as `:authority` in any case),
+    /// with the headers Envoy adds ([`ENVOY_ADDED`]).
     pub fn for_service(plan: &Plan, key: &str) -> Self {
         let mut request = Self::default();
         request.set(":method", "GET");
         request.set(":scheme", "http");
         request.set(":path", "/");
         request.set(":authority", key);
+        for (name, value) in ENVOY_ADDED {
+            request.set(name, value);
+        }
         match &plan.service_from {
             ServiceFrom::Authority => {}
             ServiceFrom::Header(name) => request.set(name, key),
@@ -42,14 +66,16 @@ impl Request {
         request
     }
 
-    /// Replaces every copy of header `name`.
+    /// Replaces every copy of header `name` (`host` is `:authority`).
     pub fn set(&mut self, name: &str, value: &str) {
+        let name = envoy_name(name);
         self.headers.retain(|(n, _)| n != name);
         self.headers
             .push((name.to_owned(), value.as_bytes().to_vec()));
     }
 
     pub fn header(&self, name: &str) -> Option<&[u8]> {
+        let name = envoy_name(name);
         self.headers
             .iter()
             .find(|(n, _)| n == name)
@@ -126,6 +152,8 @@ impl SimHost {
 
 impl Host for SimHost {
     fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        // As in Envoy, `host` reads `:authority`.
+        let name = envoy_name(name);
         self.headers
             .borrow()
             .iter()
@@ -134,6 +162,7 @@ impl Host for SimHost {
     }
 
     fn set_request_header(&self, name: &str, value: Option<&str>) {
+        let name = envoy_name(name);
         let mut headers = self.headers.borrow_mut();
         headers.retain(|(n, _)| n != name);
         if let Some(value) = value {
@@ -428,5 +457,25 @@ mod tests {
         request.add_cookie("t", "2");
         assert_eq!(request.header(":path"), Some(&b"/x?a=1&user=a%20b"[..]));
         assert_eq!(request.header("cookie"), Some(&b"s=1; t=2"[..]));
+    }
+
+    #[test]
+    fn a_simulated_request_carries_what_envoy_adds_and_host_is_the_authority() {
+        let plan = plan(json!({"services": [{"name": "s", "upstreams": [
+            {"name": "a", "cluster": "a", "weight": 1}, {"name": "b", "cluster": "b", "weight": 0}],
+            "rules": [{"match": {"headers": [{"name": "host", "exact": "s"}]}, "upstream": "b"}]}]}));
+        let request = Request::for_service(&plan, "s");
+        assert_eq!(request.header("host"), Some(&b"s"[..]));
+        assert_eq!(request.header("x-forwarded-proto"), Some(&b"http"[..]));
+        assert!(request.header("x-request-id").is_some());
+        let host = SimHost::default();
+        let routed = host.route(&plan, &mut generator(1), &request);
+        assert_eq!(routed.cluster.as_deref(), Some("b"));
+        // A client's own value stays.
+        let mut own = request.clone();
+        own.set("x-forwarded-proto", "https");
+        own.set("Host", "t");
+        assert_eq!(own.header("x-forwarded-proto"), Some(&b"https"[..]));
+        assert_eq!(own.header(":authority"), Some(&b"t"[..]));
     }
 }

@@ -186,13 +186,25 @@ fn configure_puts_the_rollout_step_in_force_before_the_first_request() {
     assert_eq!(weights(&plan), [0, 100]);
 }
 
-/// Records the CAS token of every write to a guard record, around a fake worker.
-struct RecordWrites<'a> {
+/// What a spy is shown of a write to a guard record: the value and the CAS token.
+type OnWrite<'a> = Box<dyn FnMut(&[u8], u32) + 'a>;
+
+/// A fake worker whose writes to guard records are shown to `on_write` before they are made.
+struct Spied<'a> {
     host: &'a FakeHost,
-    writes: std::cell::RefCell<Vec<(Record, u32)>>,
+    on_write: std::cell::RefCell<OnWrite<'a>>,
 }
 
-impl Host for RecordWrites<'_> {
+impl<'a> Spied<'a> {
+    fn new(host: &'a FakeHost, on_write: impl FnMut(&[u8], u32) + 'a) -> Self {
+        Self {
+            host,
+            on_write: std::cell::RefCell::new(Box::new(on_write)),
+        }
+    }
+}
+
+impl Host for Spied<'_> {
     fn request_header(&self, name: &str) -> Option<Vec<u8>> {
         self.host.request_header(name)
     }
@@ -207,9 +219,15 @@ impl Host for RecordWrites<'_> {
     }
     fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> SharedWrite {
         if key.starts_with("meshsplit/guard/") {
-            self.writes.borrow_mut().push((Record::decode(value), cas));
+            (self.on_write.borrow_mut())(value, cas);
         }
         self.host.set_shared_data(key, value, cas)
+    }
+    fn define_counter(&self, name: &str) -> Option<u32> {
+        self.host.define_counter(name)
+    }
+    fn increment_counter(&self, id: u32, delta: u64) {
+        self.host.increment_counter(id, delta)
     }
 }
 
@@ -219,15 +237,16 @@ fn an_ejection_is_always_a_compare_and_swap_even_on_a_record_never_written() {
     // would both land the ejection, and it would be logged and counted twice.
     let plan = plan(GUARD);
     let worker = FakeHost::default();
-    let spy = RecordWrites {
-        host: &worker,
-        writes: Default::default(),
-    };
+    let writes = std::cell::RefCell::new(Vec::new());
+    let spy = Spied::new(&worker, |value, cas| {
+        writes.borrow_mut().push((Record::decode(value), cas))
+    });
     let mut tick = PlanTick::new(&plan, None);
     traffic(&mut tick, 12, true);
     tick.run(&plan, "p", &spy, at(NOW_MS));
     assert_eq!(weights(&plan), [50, 0]);
-    let writes = spy.writes.borrow();
+    drop(spy);
+    let writes = writes.borrow();
     let ejections: Vec<u32> = writes
         .iter()
         .filter(|(record, _)| record.upstreams.iter().any(|u| u.ejection.until_s > 0))
@@ -315,42 +334,6 @@ fn a_paused_canary_never_ejects_the_last_upstream() {
 
 // ---- two workers deciding at once ----
 
-/// A worker's host that lets another worker run a whole tick between this worker's read of the
-/// guard record and its write: the interleaving two threads can produce.
-struct Interleaved<'a> {
-    host: &'a FakeHost,
-    between: std::cell::RefCell<Option<Box<dyn FnOnce() + 'a>>>,
-}
-
-impl Host for Interleaved<'_> {
-    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
-        self.host.request_header(name)
-    }
-    fn set_request_header(&self, name: &str, value: Option<&str>) {
-        self.host.set_request_header(name, value)
-    }
-    fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
-        self.host.send_local_reply(status, headers, body)
-    }
-    fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        self.host.shared_data(key)
-    }
-    fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> SharedWrite {
-        if key.starts_with("meshsplit/guard/") && cas != 0 {
-            if let Some(other) = self.between.borrow_mut().take() {
-                other();
-            }
-        }
-        self.host.set_shared_data(key, value, cas)
-    }
-    fn define_counter(&self, name: &str) -> Option<u32> {
-        self.host.define_counter(name)
-    }
-    fn increment_counter(&self, id: u32, delta: u64) {
-        self.host.increment_counter(id, delta)
-    }
-}
-
 /// Worker A and worker B, each with `n` failing outcomes of every upstream in `failing`,
 /// decide in the same tick, A landing between B's read and B's write. Returns the weights
 /// both end with and the ejections counted.
@@ -372,12 +355,15 @@ fn decide_at_once(p_a: &Plan, p_b: &Plan, failing: &[usize], n: usize) -> (Vec<u
     {
         let a = &mut a;
         let worker_a = &worker_a;
-        let spy = Interleaved {
-            host: &worker_b,
-            between: std::cell::RefCell::new(Some(Box::new(move || {
-                a.run(p_a, "p", worker_a, at(NOW_MS + 500));
-            }))),
-        };
+        // A's whole tick lands between B's read of the record and B's write.
+        let mut a_once = Some(move || a.run(p_a, "p", worker_a, at(NOW_MS + 500)));
+        let spy = Spied::new(&worker_b, |_, cas| {
+            if cas != 0 {
+                if let Some(mut a_tick) = a_once.take() {
+                    a_tick();
+                }
+            }
+        });
         b.run(p_b, "p", &spy, at(NOW_MS + 500));
     }
     a.run(p_a, "p", &worker_a, at(NOW_MS + 1000));

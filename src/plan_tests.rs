@@ -766,17 +766,64 @@ fn least_request_counter_keys_cannot_collide() {
 }
 
 #[test]
-fn least_request_gauge_name_collision_is_an_error() {
+fn upstream_stat_name_collision_is_an_error_for_every_strategy() {
+    for strategy in ["weighted", "round_robin", "least_request"] {
+        let e = error(&format!(
+            r#"{{"services": [{{"name": "svc", "strategy": "{strategy}", "upstreams": [
+            {{"name": "v1.0", "cluster": "a", "weight": 1}}, {{"name": "v1_0", "cluster": "b", "weight": 1}}]}}]}}"#
+        ));
+        assert!(
+            e.starts_with(
+                r#"services[0].upstreams[1].name: "v1_0" has the stat name "v1_0", the same as services[0].upstreams[0].name ("v1.0"), so their metrics would be summed together"#
+            ),
+            "{strategy}: {e}"
+        );
+    }
     let e = error(
-        r#"{"services": [{"name": "svc", "strategy": "least_request", "upstreams": [
-        {"name": "v1.0", "cluster": "a", "weight": 1}, {"name": "v1_0", "cluster": "b", "weight": 1}]}]}"#,
+        r#"{"services": [{"name": "svc", "strategy": "sticky", "hash_on": {"header": "x-u"}, "upstreams": [
+        {"name": "a b", "cluster": "a", "weight": 1}, {"name": "a:b", "cluster": "b", "weight": 1}]}]}"#,
+    );
+    assert!(
+        e.starts_with("services[0].upstreams[1].name: \"a:b\" has the stat name \"a_b\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn service_stat_name_collision_is_an_error() {
+    let e = error(
+        r#"{"services": [
+        {"name": "a.b", "upstreams": [{"name": "v1", "cluster": "a", "weight": 1}]},
+        {"name": "a_b", "upstreams": [{"name": "v1", "cluster": "b", "weight": 1}]}]}"#,
     );
     assert!(
         e.starts_with(
-            r#"services[0].upstreams[1].name: its in-flight gauge would be "meshsplit.meshsplit.svc.v1_0.in_flight", the same as services[0].upstreams[0].name's"#
+            r#"services[1].name: "a_b" has the stat name "a_b", the same as services[0].name ("a.b")"#
         ),
         "{e}"
     );
+}
+
+#[test]
+fn cookie_names_with_equals_or_semicolon_are_errors() {
+    for (name, bad) in [("a=b", "'='"), ("a;b", "';'")] {
+        let e = error(&one_service(&format!(
+            r#""rules": [{{"match": {{"cookies": [{{"name": "{name}", "exact": "1"}}]}}, "upstream": "v1"}}],"#
+        )));
+        assert_eq!(
+            e,
+            format!(
+                "services[0].rules[0].match.cookies[0].name: {name:?} is not a valid cookie name (bad character {bad}): no cookie could match it"
+            )
+        );
+        let e = error(&one_service(&format!(
+            r#""strategy": "sticky", "hash_on": {{"cookie": "{name}"}},"#
+        )));
+        assert!(
+            e.starts_with("services[0].hash_on.cookie: ") && e.contains("not a valid cookie name"),
+            "{e}"
+        );
+    }
 }
 
 // ---- what a host and the cluster header may be ----

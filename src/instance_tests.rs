@@ -247,21 +247,48 @@ fn least_request_counts_start_at_zero_with_gauges() {
     assert_eq!(host.gauge("meshsplit.meshsplit.svc.a.in_flight"), 0);
 }
 
+/// Requests routed (and ended at once) on `vm` while something else holds a count: how many
+/// went to `upstream`.
+fn lr_share(vm: &mut Instance, worker: &FakeHost, first_context: u32, upstream: &str) -> usize {
+    (0..400)
+        .filter(|i| {
+            let context = first_context + i;
+            let host = svc_host(worker);
+            let picked = lr_request(vm, context, &host);
+            vm.context_deleted(context, &host);
+            picked == upstream
+        })
+        .count()
+}
+
 #[test]
-fn least_request_picks_the_idle_upstream_and_counts_until_the_stream_ends() {
+fn least_request_prefers_the_idle_upstream_and_counts_until_the_stream_ends() {
     let worker = FakeHost::default();
     let mut vm = lr_vm(&worker);
-    let first = lr_request(&mut vm, 10, &svc_host(&worker));
-    let second = lr_request(&mut vm, 11, &svc_host(&worker));
-    assert_ne!(
-        first, second,
-        "the second request goes to the idle upstream"
+    let busy = lr_request(&mut vm, 10, &svc_host(&worker));
+    let idle = if busy == "c_a" { "c_b" } else { "c_a" };
+    // Loads 1 and 0 at weights 1/1: the idle one wins unless both choices are the busy one.
+    let to_idle = lr_share(&mut vm, &worker, 100, idle);
+    assert!(
+        (270..=330).contains(&to_idle),
+        "{to_idle} of 400 to the idle upstream"
     );
+    let second = lr_request(&mut vm, 11, &svc_host(&worker));
+    let (a, b) = if (busy.as_str(), second.as_str()) == ("c_a", "c_a") {
+        (2, 0)
+    } else if (busy.as_str(), second.as_str()) == ("c_b", "c_b") {
+        (0, 2)
+    } else {
+        (1, 1)
+    };
     assert_eq!(
         (load(&worker, KEY_A), load(&worker, KEY_B)),
-        (Some(1), Some(1))
+        (Some(a), Some(b))
     );
-    assert_eq!(worker.gauge("meshsplit.meshsplit.svc.a.in_flight"), 1);
+    assert_eq!(
+        worker.gauge("meshsplit.meshsplit.svc.a.in_flight"),
+        a as i64
+    );
     vm.context_deleted(10, &worker);
     vm.context_deleted(11, &worker);
     vm.context_deleted(11, &worker); // a second delete of the same stream changes nothing
@@ -278,12 +305,15 @@ fn least_request_sees_other_workers_load() {
     let first = FakeHost::default();
     let second = first.sibling(&[]);
     let (mut vm1, mut vm2) = (lr_vm(&first), lr_vm(&second));
-    // Worker 1 holds a request on whichever it picked; worker 2 must pick the other one.
+    // Worker 1 holds a request on whichever it picked; worker 2 sees it and prefers the other.
     let busy = lr_request(&mut vm1, 10, &svc_host(&first));
-    let other = lr_request(&mut vm2, 20, &svc_host(&second));
-    assert_ne!(busy, other);
+    let idle = if busy == "c_a" { "c_b" } else { "c_a" };
+    let to_idle = lr_share(&mut vm2, &second, 100, idle);
+    assert!(
+        (270..=330).contains(&to_idle),
+        "{to_idle} of 400 to the idle upstream"
+    );
     vm1.context_deleted(10, &first);
-    vm2.context_deleted(20, &second);
     assert_eq!(
         (load(&first, KEY_A), load(&first, KEY_B)),
         (Some(0), Some(0))
@@ -430,10 +460,14 @@ fn a_vm_that_keeps_beating_keeps_a_long_request_counted() {
     let cluster = lr_request(&mut holder, 10, &svc_host(&first));
     run_ticks(&mut [(&mut holder, &first), (&mut other, &second)], 60_000);
     assert_eq!(total_load(&first), 1);
-    // The other VM still avoids the busy upstream.
-    assert_ne!(lr_request(&mut other, 20, &svc_host(&second)), cluster);
+    // The other VM still sees the busy upstream, and prefers the idle one.
+    let idle = if cluster == "c_a" { "c_b" } else { "c_a" };
+    let to_idle = lr_share(&mut other, &second, 100, idle);
+    assert!(
+        (270..=330).contains(&to_idle),
+        "{to_idle} of 400 to the idle upstream"
+    );
     holder.context_deleted(10, &first);
-    other.context_deleted(20, &second);
     assert_eq!((total_load(&first), total_gauge(&first)), (0, 0));
 }
 

@@ -173,6 +173,12 @@ impl Service {
 
     /// Puts `weights` (one per upstream) in force; the configured ones when they equal them.
     /// Returns whether anything changed. Weights that sum to 0 change nothing.
+    ///
+    /// Whenever the weights in force change (a rollout step, an ejection, a readmission),
+    /// round robin starts its order afresh: its scores were earned under the old weights, and
+    /// kept they would be paid back under the new ones (after 1 000 000/1, a step to 1/1 would
+    /// send about 500 000 requests in a row to one upstream). So the documented bound holds
+    /// from every change on, counted from the change.
     pub fn set_weights(&self, weights: &[u32]) -> bool {
         if *self.weights() == *weights {
             return false;
@@ -182,15 +188,16 @@ impl Service {
         };
         if weights == &*self.configured.values {
             *live = None;
-            return true;
-        }
-        match Weights::new(weights) {
-            Some(new) if weights.len() == self.configured.values.len() => {
-                *live = Some(new);
-                true
+        } else {
+            match Weights::new(weights) {
+                Some(new) if weights.len() == self.configured.values.len() => *live = Some(new),
+                _ => return false,
             }
-            _ => false,
         }
+        if let Strategy::RoundRobin(scores) = &self.strategy {
+            scores.iter().for_each(|score| score.set(0));
+        }
+        true
     }
 }
 

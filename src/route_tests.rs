@@ -215,6 +215,42 @@ fn round_robin_interleaves_through_the_request_path() {
     assert_eq!(seq, ["c_a", "c_a", "c_b", "c_a", "c_c", "c_a", "c_a"]);
 }
 
+/// The README's bound for two upstreams: within half a request of the share either way,
+/// counted from the last change of the weights.
+#[test]
+fn round_robin_starts_afresh_when_the_weights_in_force_change() {
+    let plan = service_plan(
+        r#""strategy": "round_robin","#,
+        &[("a", 1_000_000), ("b", 1)],
+    );
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+    let service = &plan.services[0];
+    // Scores built up under 1 000 000/1: b's score nears 1 000 000 before its one pick.
+    for _ in 0..300_000 {
+        route_with(&plan, &mut rng, &[]);
+    }
+    for (weights, name) in [
+        ([1, 1], "step"),
+        ([0, 1], "ejection"),
+        ([1, 1], "readmission"),
+    ] {
+        assert!(service.set_weights(&weights), "{name}");
+        let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+        let mut counts = [0i64; 2];
+        for n in 1..=3000i64 {
+            match route_with(&plan, &mut rng, &[]).as_str() {
+                "c_a" => counts[0] += 1,
+                _ => counts[1] += 1,
+            }
+            for (count, &w) in counts.iter().zip(&weights) {
+                // |count - n·w/W| <= 1/2, scaled by 2W.
+                let off = 2 * (count * total - n * i64::from(w));
+                assert!(off.abs() <= total, "{name}: {counts:?} after {n}");
+            }
+        }
+    }
+}
+
 #[test]
 fn sticky_sends_a_key_to_the_same_upstream_and_spreads_keys() {
     let plan = service_plan(

@@ -90,45 +90,40 @@ pub fn smooth_round_robin(weights: &[u32], current: &[std::cell::Cell<i64>]) -> 
     Some(index)
 }
 
-/// Least request relative to weight: the entry minimizing `(in_flight + 1) / weight`; ties go
-/// to the higher weight, then at random. Zero-weight entries are never picked.
-pub fn least_request<R: Rng + ?Sized>(
+/// Least request relative to weight, by two random choices: `first` and `second` are two
+/// independent draws by weight (as [`WeightedPicker::pick`] makes them), and the one with
+/// fewer requests in flight relative to its weight, `in_flight / weight`, wins; on a tie,
+/// `first`. Envoy's own least-request balancer works the same way (two choices).
+///
+/// What it guarantees, with `p_i = w_i / W`:
+/// - **the weights when loads are equal:** with nothing in flight, or every upstream's
+///   `in_flight / weight` equal, every comparison is a tie, so the pick is `first`: upstream
+///   `i` with probability exactly `p_i`. A quiet service follows its weights (a canary at 10 %
+///   gets 10 %), where comparing `(in_flight + 1) / weight` would starve it.
+/// - **never favours a busier upstream:** upstream `i` is picked with probability
+///   `p_i · (p_i + 2·B_i + T_i)`, where `B_i` sums `p_j` over the upstreams busier than `i`
+///   (relative to weight) and `T_i` over the others tied with it. For `i` less busy than `k`,
+///   `B_i` holds `p_k` and everything in `B_k` and `T_k`, so
+///   `P(i)/p_i - P(k)/p_k >= p_i + p_k > 0`: per unit of weight, a less busy upstream is always
+///   the likelier pick, and the busiest loses every comparison it is in.
+/// - zero-weight entries are never drawn, so never picked.
+///
+/// Returns `None` when either draw is not an entry of positive weight.
+pub fn least_request(
     weights: &[u32],
     in_flight: &[u64],
-    rng: &mut R,
+    first: usize,
+    second: usize,
 ) -> Option<usize> {
-    // Compare (a + 1) / wa with (b + 1) / wb as (a + 1) * wb with (b + 1) * wa: exact, no floats.
     let load = |i: usize| -> Option<(u128, u128)> {
         let w = u128::from(*weights.get(i)?);
-        let n = u128::from(*in_flight.get(i)?) + 1;
+        let n = u128::from(*in_flight.get(i)?);
         (w > 0).then_some((n, w))
     };
-    let mut best: Option<usize> = None;
-    let mut ties = 0u64;
-    for i in 0..weights.len() {
-        let Some((n, w)) = load(i) else { continue };
-        let Some((bn, bw)) = best.and_then(load) else {
-            best = Some(i);
-            ties = 1;
-            continue;
-        };
-        let ordering = (n * bw).cmp(&(bn * w)).then(bw.cmp(&w));
-        match ordering {
-            std::cmp::Ordering::Less => {
-                best = Some(i);
-                ties = 1;
-            }
-            std::cmp::Ordering::Equal => {
-                // Reservoir sampling: each of the tied entries ends up chosen with equal chance.
-                ties += 1;
-                if rng.next_u64() % ties == 0 {
-                    best = Some(i);
-                }
-            }
-            std::cmp::Ordering::Greater => {}
-        }
-    }
-    best
+    let (n1, w1) = load(first)?;
+    let (n2, w2) = load(second)?;
+    // n2 / w2 < n1 / w1, exactly, without floats.
+    Some(if n2 * w1 < n1 * w2 { second } else { first })
 }
 
 /// The fixed hash of sticky routing: 64-bit FNV-1a, then the splitmix64 finalizer to spread
@@ -328,25 +323,46 @@ mod tests {
     }
 
     #[test]
-    fn least_request_prefers_fewest_in_flight_relative_to_weight() {
-        let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
-        assert_eq!(least_request(&[1, 1], &[3, 1], &mut rng), Some(1));
-        // (4 + 1) / 2 = 2.5 beats (2 + 1) / 1 = 3.
-        assert_eq!(least_request(&[1, 2], &[2, 4], &mut rng), Some(1));
-        assert_eq!(least_request(&[0, 1], &[0, 100], &mut rng), Some(1));
-        assert_eq!(least_request(&[0, 0], &[0, 0], &mut rng), None);
+    fn least_request_takes_the_less_loaded_of_its_two_choices_relative_to_weight() {
+        assert_eq!(least_request(&[1, 1], &[3, 1], 0, 1), Some(1));
+        assert_eq!(least_request(&[1, 1], &[3, 1], 1, 0), Some(1));
+        // 4 / 2 = 2 beats 3 / 1 = 3.
+        assert_eq!(least_request(&[1, 2], &[3, 4], 0, 1), Some(1));
+        // A tie keeps the first choice.
+        assert_eq!(least_request(&[1, 2], &[1, 2], 1, 0), Some(1));
+        assert_eq!(least_request(&[1, 2], &[1, 2], 0, 1), Some(0));
+        assert_eq!(least_request(&[90, 10], &[0, 0], 0, 1), Some(0));
+        assert_eq!(least_request(&[90, 10], &[0, 0], 1, 0), Some(1));
+        assert_eq!(least_request(&[0, 1], &[0, 100], 0, 1), None);
+    }
+
+    /// Two draws from the service's picker, as the request path makes them.
+    fn least_request_counts(weights: &[u32], loads: &[u64], draws: usize) -> Vec<usize> {
+        let picker = WeightedPicker::new(weights).unwrap();
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+        let mut counts = vec![0; weights.len()];
+        for _ in 0..draws {
+            let (first, second) = (picker.pick(&mut rng), picker.pick(&mut rng));
+            counts[least_request(weights, loads, first, second).unwrap()] += 1;
+        }
+        counts
     }
 
     #[test]
-    fn least_request_ties_go_to_higher_weight_then_random() {
-        let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
-        // (1 + 1) / 2 = (0 + 1) / 1: tie on load, weight 2 wins.
-        assert_eq!(least_request(&[1, 2], &[0, 1], &mut rng), Some(1));
-        let mut seen = [0usize; 3];
-        for _ in 0..3000 {
-            seen[least_request(&[1, 1, 1], &[0, 0, 0], &mut rng).unwrap()] += 1;
-        }
-        assert!(seen.iter().all(|&n| n > 850), "{seen:?}");
+    fn least_request_follows_the_weights_when_nothing_is_in_flight() {
+        let weights = [90, 10];
+        let c = least_request_counts(&weights, &[0, 0], 100_000);
+        assert!(chi_square(&c, &weights) < 10.83, "{c:?}");
+        let weights = [50, 30, 20];
+        let c = least_request_counts(&weights, &[0, 0, 0], 100_000);
+        assert!(chi_square(&c, &weights) < 13.82, "{c:?}");
+    }
+
+    #[test]
+    fn least_request_follows_the_weights_when_loads_are_equal_relative_to_weight() {
+        let weights = [90, 10];
+        let c = least_request_counts(&weights, &[27, 3], 100_000);
+        assert!(chi_square(&c, &weights) < 10.83, "{c:?}");
     }
 
     fn owner(key: &str, weights: &[u32]) -> usize {

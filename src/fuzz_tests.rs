@@ -427,8 +427,16 @@ fn check_routed(
     let after = host.headers.borrow().clone();
     let clusters = values(&after, &plan.cluster_header);
     let mut key = expected_key(plan, before);
-    let normalized = key.as_deref_mut().map(host_key);
-    let Some((_, service)) = normalized.and_then(|k| plan.lookup(k)) else {
+    // What a 404 names: the bare host, or a malformed key as sent, lowercased.
+    let shown: Option<String> = key.as_mut().map(|raw| {
+        let mut copy = raw.clone();
+        let text = match host_key(&mut copy) {
+            Some(parsed) => parsed.bare.to_vec(),
+            None => raw.to_ascii_lowercase(),
+        };
+        String::from_utf8_lossy(&text).into_owned()
+    });
+    let Some((_, service)) = key.as_mut().and_then(|raw| plan.find(raw)) else {
         // Unknown: no cluster header survives, or a 404 when rejecting.
         if plan.on_unknown_service == OnUnknownService::Reject {
             prop_assert!(verdict == Verdict::Replied, "unknown service: {verdict:?}");
@@ -444,7 +452,6 @@ fn check_routed(
                     fuzz::literal(&body)
                 ))
             })?;
-            let shown = normalized.map(|k| String::from_utf8_lossy(k).into_owned());
             prop_assert!(json["error"] == "unknown service");
             prop_assert!(
                 json["service"] == serde_json::json!(shown),
@@ -520,9 +527,7 @@ pub(crate) fn check_request(bytes: &[u8]) -> Result<(), TestCaseError> {
             let verdict = vm.request_headers(context, &host);
             let cluster = check_routed(&plan, &before, &host, verdict)?;
             let mut key = expected_key(&plan, &before);
-            let service = key
-                .as_deref_mut()
-                .and_then(|k| plan.service_for(host_key(k)));
+            let service = key.as_mut().and_then(|k| plan.find(k)).map(|(_, s)| s);
             let ruled = service.is_some_and(|s| {
                 s.rules
                     .iter()

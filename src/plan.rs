@@ -12,7 +12,7 @@ use crate::config::{
     RawStrategy, RawUpstream,
 };
 use crate::guard::Guard;
-use crate::request::host_key_str;
+use crate::request::{host_key_str, HostKey};
 use crate::rollout::{parse_start, Rollout, Step};
 use crate::select::{sticky_hash, WeightedPicker};
 use serde_path_to_error::Segment;
@@ -435,6 +435,20 @@ impl Plan {
             }
         }
         Ok(())
+    }
+
+    /// The service a parsed request host selects: its host with the port when the config
+    /// lists it so (`reviews:9080`), else its host without the port (`reviews`).
+    pub fn lookup_host(&self, key: HostKey<'_>) -> Option<(usize, &Service)> {
+        key.with_port
+            .and_then(|with_port| self.lookup(with_port))
+            .or_else(|| self.lookup(key.bare))
+    }
+
+    /// The service a raw request key (an authority, or a header or query value) selects:
+    /// [`host_key`](crate::request::host_key), then [`Plan::lookup_host`].
+    pub fn find(&self, raw: &mut Vec<u8>) -> Option<(usize, &Service)> {
+        crate::request::host_key(raw).and_then(|key| self.lookup_host(key))
     }
 
     /// Like [`Plan::service_for`], with the service's index in `services`.
@@ -996,7 +1010,9 @@ fn host_keys(path: &str, raw: &RawService) -> Result<Vec<(String, String)>, Conf
             format!("{path}.name")
         };
         check_host(&host_path, host)?;
-        let key = host_key_str(host);
+        let key = host_key_str(host).ok_or_else(|| {
+            ConfigError::new(host_path.clone(), format!("not a valid host: {host:?}"))
+        })?;
         if let Some((first, _)) = keys.iter().find(|(_, k)| *k == key) {
             return Err(ConfigError::new(
                 host_path,

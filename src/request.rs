@@ -65,33 +65,127 @@ pub fn cookie_value<'h>(header: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
         })
 }
 
-/// Turns an authority (or any service key) into the form hosts are matched in: lowercase,
-/// without a port and without a trailing dot. IPv6 literals lose their brackets:
-/// `[::1]:8080` becomes `::1`. Lowercases in place so that the request path does not allocate.
-pub fn host_key(raw: &mut [u8]) -> &[u8] {
-    raw.make_ascii_lowercase();
-    let host: &[u8] = raw;
-    let host = if let Some(bracketed) = host.strip_prefix(b"[") {
-        // `[v6]` or `[v6]:port`
-        match bracketed.iter().position(|&b| b == b']') {
-            Some(end) => bracketed.get(..end).unwrap_or(bracketed),
-            None => bracketed,
-        }
-    } else {
-        let mut colons = host.iter().enumerate().filter(|(_, &b)| b == b':');
-        match (colons.next(), colons.next()) {
-            // Exactly one colon: `name:port`. Several colons: a bare IPv6 literal, kept whole.
-            (Some((at, _)), None) => host.get(..at).unwrap_or(host),
-            _ => host,
-        }
-    };
-    host.strip_suffix(b".").unwrap_or(host)
+/// A request's host in the form hosts are matched in (see [`host_key`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostKey<'a> {
+    /// The host without its port: a lowercase DNS name or IPv4 literal without trailing dot,
+    /// or an IPv6 literal in its canonical text (RFC 5952, no brackets: `::1`).
+    pub bare: &'a [u8],
+    /// With a port: the host and its port as written (`reviews:9080`, `[::1]:80`).
+    pub with_port: Option<&'a [u8]>,
 }
 
-/// [`host_key`] of a string, for configuration time.
-pub fn host_key_str(raw: &str) -> String {
+/// Parses an authority (or any service key) strictly: a DNS name (letters, digits, `-`, `_`,
+/// non-empty dot-separated labels, one optional trailing dot), an IPv4 literal, or an IPv6
+/// literal in brackets, each with an optional numeric port; or a bare IPv6 literal without
+/// port. Anything else is `None`, an unknown service: brackets around a name (`[reviews]`),
+/// text after `]` (`[reviews]junk`), an unclosed bracket, a port that is empty or not a number
+/// from 0 to 65535 (`reviews:`, `reviews:abc`), or a second port.
+///
+/// Works in place: lowercases `raw` and rewrites it into the key's form (IPv6 literals in
+/// canonical form, so `[0:0::1]` and `[::1]` are one host); allocates only if a canonical
+/// IPv6 literal is longer than the one written (`1::2:3:4:5:6:7` is `1:0:2:3:4:5:6:7`).
+pub fn host_key(raw: &mut Vec<u8>) -> Option<HostKey<'_>> {
+    raw.make_ascii_lowercase();
+    if raw.first() == Some(&b'[') {
+        let close = raw.iter().position(|&b| b == b']')?;
+        let address = ipv6(raw.get(1..close)?)?;
+        let port = port_digits(raw.get(close + 1..)?)?;
+        raw.clear();
+        write_ipv6(raw, address, true)?;
+        let bare_end = raw.len() - 1;
+        if let Some((digits, len)) = port {
+            raw.push(b':');
+            raw.extend_from_slice(digits.get(..len)?);
+        }
+        return Some(HostKey {
+            bare: raw.get(1..bare_end)?,
+            with_port: port.and(Some(raw.as_slice())),
+        });
+    }
+    let colons = raw.iter().filter(|&&b| b == b':').count();
+    if colons >= 2 {
+        let address = ipv6(raw)?;
+        raw.clear();
+        write_ipv6(raw, address, false)?;
+        return Some(HostKey {
+            bare: raw.as_slice(),
+            with_port: None,
+        });
+    }
+    let name_end = raw.iter().position(|&b| b == b':').unwrap_or(raw.len());
+    let has_port = name_end < raw.len();
+    if has_port {
+        port_digits(raw.get(name_end..)?)?;
+    }
+    let name = raw.get(..name_end)?;
+    let dotted = name.ends_with(b".");
+    let name_len = name_end - usize::from(dotted);
+    if !valid_name(raw.get(..name_len)?) {
+        return None;
+    }
+    if dotted {
+        raw.remove(name_len);
+    }
+    Some(HostKey {
+        bare: raw.get(..name_len)?,
+        with_port: has_port.then_some(raw.as_slice()),
+    })
+}
+
+/// A DNS name or IPv4 literal (without trailing dot): non-empty labels of letters, digits,
+/// `-` and `_`.
+fn valid_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.split(|&b| b == b'.').all(|label| {
+            !label.is_empty()
+                && label
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+fn ipv6(text: &[u8]) -> Option<std::net::Ipv6Addr> {
+    std::str::from_utf8(text).ok()?.parse().ok()
+}
+
+fn write_ipv6(out: &mut Vec<u8>, address: std::net::Ipv6Addr, brackets: bool) -> Option<()> {
+    use std::io::Write as _;
+    let written = if brackets {
+        write!(out, "[{address}]")
+    } else {
+        write!(out, "{address}")
+    };
+    written.ok()
+}
+
+/// `""` (no port) or `:` followed by 1 to 5 digits up to 65535: the digits as written, or
+/// `None` when malformed.
+#[allow(clippy::type_complexity)]
+fn port_digits(after: &[u8]) -> Option<Option<([u8; 5], usize)>> {
+    let Some(digits) = after.strip_prefix(b":") else {
+        return after.is_empty().then_some(None);
+    };
+    if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let value = digits
+        .iter()
+        .fold(0u32, |v, &d| v * 10 + u32::from(d - b'0'));
+    if value > 65_535 {
+        return None;
+    }
+    let mut copy = [0u8; 5];
+    copy.get_mut(..digits.len())?.copy_from_slice(digits);
+    Some(Some((copy, digits.len())))
+}
+
+/// [`host_key`] of a configured host: the key it is matched by (with its port when it has
+/// one), or `None` when it is not a valid host.
+pub fn host_key_str(raw: &str) -> Option<String> {
     let mut bytes = raw.as_bytes().to_vec();
-    String::from_utf8_lossy(host_key(&mut bytes)).into_owned()
+    let key = host_key(&mut bytes)?;
+    Some(String::from_utf8_lossy(key.with_port.unwrap_or(key.bare)).into_owned())
 }
 
 /// The percent-decoded value of the first query parameter called `name` in a `:path`
@@ -134,7 +228,7 @@ fn form_decode(input: &[u8]) -> Cow<'_, [u8]> {
 mod tests {
     use super::*;
 
-    fn key(s: &str) -> String {
+    fn key(s: &str) -> Option<String> {
         host_key_str(s)
     }
 
@@ -146,37 +240,80 @@ mod tests {
         cookie_value(header.as_bytes(), name.as_bytes())
     }
 
+    fn bare(s: &str) -> Option<String> {
+        let mut raw = s.as_bytes().to_vec();
+        host_key(&mut raw).map(|k| String::from_utf8(k.bare.to_vec()).unwrap())
+    }
+
     #[test]
-    fn host_key_lowercases_and_drops_port() {
-        assert_eq!(key("Reviews.Default.SVC:9080"), "reviews.default.svc");
-        assert_eq!(key("reviews"), "reviews");
+    fn host_key_lowercases_and_keeps_the_port_apart() {
+        assert_eq!(
+            bare("Reviews.Default.SVC:9080").as_deref(),
+            Some("reviews.default.svc")
+        );
+        assert_eq!(
+            key("Reviews.Default.SVC:9080").as_deref(),
+            Some("reviews.default.svc:9080")
+        );
+        assert_eq!(key("reviews").as_deref(), Some("reviews"));
     }
 
     #[test]
     fn host_key_drops_trailing_dot() {
         assert_eq!(
-            key("reviews.default.svc.cluster.local.:80"),
-            "reviews.default.svc.cluster.local"
+            bare("reviews.default.svc.cluster.local.:80").as_deref(),
+            Some("reviews.default.svc.cluster.local")
         );
+        assert_eq!(key("reviews.:80").as_deref(), Some("reviews:80"));
     }
 
     #[test]
-    fn host_key_handles_ipv6_literals() {
-        assert_eq!(key("[::1]:8080"), "::1");
-        assert_eq!(key("[FE80::1]"), "fe80::1");
-        assert_eq!(key("::1"), "::1");
+    fn host_key_canonicalises_ipv6_literals() {
+        assert_eq!(bare("[::1]:8080").as_deref(), Some("::1"));
+        assert_eq!(key("[0:0::1]:8080").as_deref(), Some("[::1]:8080"));
+        assert_eq!(bare("[FE80::1]").as_deref(), Some("fe80::1"));
+        assert_eq!(bare("[0:0::1]").as_deref(), Some("::1"));
+        assert_eq!(bare("0:0:0:0:0:0:0:1").as_deref(), Some("::1"));
+        assert_eq!(bare("::1").as_deref(), Some("::1"));
+        // Longer in canonical form than as written.
+        assert_eq!(bare("[1::2:3:4:5:6:7]").as_deref(), Some("1:0:2:3:4:5:6:7"));
     }
 
     #[test]
-    fn host_key_of_empty_is_empty() {
-        assert_eq!(key(""), "");
-        assert_eq!(key(":80"), "");
+    fn malformed_authorities_have_no_key() {
+        for malformed in [
+            "",
+            ":80",
+            "[reviews]",
+            "[reviews]junk",
+            "[reviews",
+            "[::1",
+            "[::1]junk",
+            "[::1]:80:80",
+            "reviews:abc",
+            "reviews:",
+            "reviews:65536",
+            "reviews:123456",
+            "reviews:80:80",
+            "web:80:80",
+            "::::",
+            "re views",
+            "a..b",
+            ".a",
+            "a/b",
+            "a@b",
+            "[::1]:",
+            "reviews:+80",
+            "reviews:-1",
+        ] {
+            assert_eq!(key(malformed), None, "{malformed:?}");
+        }
     }
 
     #[test]
-    fn host_key_keeps_bytes_that_are_not_utf8() {
+    fn host_key_refuses_bytes_that_are_not_ascii() {
         let mut raw = b"A\xffB:80".to_vec();
-        assert_eq!(host_key(&mut raw), b"a\xffb");
+        assert_eq!(host_key(&mut raw), None);
     }
 
     #[test]

@@ -57,8 +57,13 @@ where
     R: Rng + ?Sized,
 {
     let mut raw_key = read_service_key(plan, host);
-    let key = raw_key.as_deref_mut().map(host_key);
-    let Some((service_index, service)) = key.and_then(|k| plan.lookup(k)) else {
+    let parsed = raw_key.as_mut().map(host_key);
+    let (key, found) = match parsed {
+        Some(Some(parsed)) => (Some(parsed.bare), plan.lookup_host(parsed)),
+        // No key, or a malformed one (named in a 404 as sent, lowercased).
+        _ => (raw_key.as_deref(), None),
+    };
+    let Some((service_index, service)) = found else {
         return Routed::unknown(unknown_service(plan, key, host));
     };
     let (upstream_index, leased, rule) = choose_upstream(service, rng, host, owner);

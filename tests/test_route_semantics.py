@@ -58,3 +58,33 @@ def test_round_robin_alternates_right_after_a_rollout_step_from_extreme_weights(
     after = harness.send(envoy.port, 1200, {"Host": "rr"}, connections=4)
     # Per worker within half a request of the share, counted from the step; 2 workers.
     assert sum(after.values()) == 1200 and abs(after["rr_a"] - after["rr_b"]) <= 4, after
+
+
+# ---- hosts are parsed strictly and IPv6 literals canonically (issue 23, point 4) --------------
+
+HOSTS = {"on_unknown_service": "reject", "services": [
+    {"name": "six", "hosts": ["[0:0::1]"], "upstreams": ups("six", [("v1", 1)])},
+    {"name": "shop", "hosts": ["shop:9080"], "upstreams": ups("shop", [("v1", 1)])},
+    {"name": "reviews", "upstreams": ups("reviews", [("v1", 1)])},
+]}
+
+
+@pytest.mark.builds("wasm", "native", "specifier")
+def test_hosts_match_strictly_with_canonical_ipv6_and_ports_as_configured(deploy):
+    envoy = deploy(HOSTS, clusters(*HOSTS["services"]))
+    client = harness.Client(envoy.port)
+    try:
+        def route(host):
+            status, _, body = client.get("/", {"Host": host})
+            return harness.answer_key(status, body) if status == 200 else status
+
+        assert route("[::1]") == "six_v1"
+        assert route("[::0:1]:8080") == "six_v1"
+        assert route("shop:9080") == "shop_v1"
+        assert route("shop:8080") == 404 and route("shop") == 404
+        # A host listed without a port stands for the name on every port.
+        assert route("reviews") == "reviews_v1" and route("reviews:8080") == "reviews_v1"
+        for malformed in ("[reviews]", "[reviews]junk", "[reviews", "reviews:abc", "reviews:"):
+            assert route(malformed) == 404, malformed
+    finally:
+        client.close()

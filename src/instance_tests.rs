@@ -611,7 +611,11 @@ fn requests_make_no_metric_calls_and_the_tick_flushes_exact_counts() {
         let host = send_counted(&mut vm, 10 + i, &[(":authority", "svc")]);
         assert_eq!(
             *host.calls.borrow(),
-            ["get :authority", "get x-beta", "set x-meshsplit-cluster"]
+            [
+                "get :authority",
+                "get all x-beta",
+                "set x-meshsplit-cluster"
+            ]
         );
     }
     for i in 0..2 {

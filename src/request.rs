@@ -5,24 +5,44 @@
 //! sequence to U+FFFD). Sticky keys are hashed, and rules compared, byte for byte.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use crate::host::Host;
 
-/// The request headers one request's routing reads, each fetched from the host at most once.
+/// Header values by name, each list sorted.
+type Copies = BTreeMap<Vec<u8>, Vec<Vec<u8>>>;
+
+/// What one request's routing reads, each read from the host and parsed at most once per
+/// request, however many rules test it: the first copy of a header (sticky keys), every copy
+/// of a header (rule conditions), and the cookie and query pairs (parsed once into [`Pairs`]).
+/// Condition checks are binary searches, so their cost does not grow with the number of
+/// copies, cookies or parameters.
 pub struct RequestView<'a, H: Host + ?Sized> {
     host: &'a H,
     read: Vec<(&'a str, Option<Vec<u8>>)>,
+    /// Every copy of each header asked for, values sorted, by name.
+    copies: BTreeMap<&'a str, Vec<Vec<u8>>>,
+    /// Every request header at once, by name, values sorted: for hosts that hand them over in
+    /// one call (`None` inside: the host reads by name). Not asked yet: `None`.
+    all: Option<Option<Copies>>,
+    cookies: Option<Pairs>,
+    query: Option<Pairs>,
 }
 
 impl<'a, H: Host + ?Sized> RequestView<'a, H> {
-    /// Reads nothing (and allocates nothing) until a header is asked for.
+    /// Reads nothing (and allocates nothing) until something is asked for.
     pub fn new(host: &'a H) -> Self {
         Self {
             host,
             read: Vec::new(),
+            copies: BTreeMap::new(),
+            all: None,
+            cookies: None,
+            query: None,
         }
     }
 
+    /// The first copy of a header.
     pub fn header(&mut self, name: &'a str) -> Option<&[u8]> {
         let index = match self.read.iter().position(|(n, _)| *n == name) {
             Some(index) => index,
@@ -34,34 +54,204 @@ impl<'a, H: Host + ?Sized> RequestView<'a, H> {
         self.read.get(index).and_then(|(_, value)| value.as_deref())
     }
 
-    /// The value of cookie `name`, from the `cookie` header.
-    pub fn cookie(&mut self, name: &str) -> Option<&[u8]> {
-        self.header("cookie")
-            .and_then(|header| cookie_value(header, name.as_bytes()))
+    /// Every copy of a header, sorted (empty when absent).
+    pub fn header_copies(&mut self, name: &'a str) -> &[Vec<u8>] {
+        let host = self.host;
+        let all = self.all.get_or_insert_with(|| {
+            host.request_headers().map(|pairs| {
+                let mut by_name = Copies::new();
+                for (key, value) in pairs {
+                    by_name.entry(key).or_default().push(value);
+                }
+                by_name
+                    .values_mut()
+                    .for_each(|values| values.sort_unstable());
+                by_name
+            })
+        });
+        if let Some(all) = all {
+            return all.get(name.as_bytes()).map_or(&[], Vec::as_slice);
+        }
+        self.copies.entry(name).or_insert_with(|| {
+            let mut values = host.request_header_values(name);
+            values.sort_unstable();
+            values
+        })
     }
 
-    /// The percent-decoded value of query parameter `name`, from `:path`.
-    pub fn query(&mut self, name: &str) -> Option<Cow<'_, [u8]>> {
-        self.header(":path")
-            .and_then(|path| query_param(path, name.as_bytes()))
+    /// The cookies of every `cookie` header, in the order sent, parsed once.
+    pub fn cookies(&mut self) -> &Pairs {
+        let host = self.host;
+        self.cookies.get_or_insert_with(|| {
+            let mut pairs = Pairs::default();
+            for header in host.request_header_values("cookie") {
+                for (name, value) in cookie_pairs(&header) {
+                    pairs.push(name, value);
+                }
+            }
+            pairs.sort();
+            pairs
+        })
+    }
+
+    /// The query parameters of `:path`, percent-decoded, in order, parsed once.
+    pub fn query(&mut self) -> &Pairs {
+        if self.query.is_none() {
+            let mut pairs = Pairs::default();
+            if let Some(path) = self.header(":path") {
+                for (name, value) in query_pairs(path) {
+                    pairs.push(&form_decode(name), &form_decode(value));
+                }
+            }
+            pairs.sort();
+            self.query = Some(pairs);
+        }
+        self.query.get_or_insert_with(Pairs::default)
     }
 }
 
-/// The value of cookie `name` in a `cookie` header (`a=1; b=2`), without surrounding quotes.
+/// Whether `sorted` (sorted values) holds `value`.
+pub fn has_exact(sorted: &[Vec<u8>], value: &[u8]) -> bool {
+    sorted.binary_search_by(|v| v.as_slice().cmp(value)).is_ok()
+}
+
+/// Whether some value of `sorted` starts with `prefix`: the values that do are together in
+/// sorted order, from the first one not less than `prefix`.
+pub fn has_prefix(sorted: &[Vec<u8>], prefix: &[u8]) -> bool {
+    let at = sorted.partition_point(|v| v.as_slice() < prefix);
+    sorted.get(at).is_some_and(|v| v.starts_with(prefix))
+}
+
+/// Name/value pairs (cookies or query parameters) parsed once per request: the bytes in one
+/// buffer, the pairs as ranges into it, in the order sent and sorted by (name, value).
+#[derive(Debug, Default)]
+pub struct Pairs {
+    bytes: Vec<u8>,
+    /// (name start, name end = value start, value end).
+    in_order: Vec<(usize, usize, usize)>,
+    /// Indexes into `in_order`, sorted by (name, value).
+    sorted: Vec<usize>,
+}
+
+impl Pairs {
+    fn push(&mut self, name: &[u8], value: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(name);
+        self.bytes.extend_from_slice(value);
+        self.in_order
+            .push((start, start + name.len(), self.bytes.len()));
+    }
+
+    fn pair(&self, index: usize) -> (&[u8], &[u8]) {
+        let Some(&(start, name_end, end)) = self.in_order.get(index) else {
+            return (&[], &[]);
+        };
+        (
+            self.bytes.get(start..name_end).unwrap_or(&[]),
+            self.bytes.get(name_end..end).unwrap_or(&[]),
+        )
+    }
+
+    fn sort(&mut self) {
+        let mut sorted: Vec<usize> = (0..self.in_order.len()).collect();
+        sorted.sort_by(|&a, &b| self.pair(a).cmp(&self.pair(b)));
+        self.sorted = sorted;
+    }
+
+    /// Whether some pair is exactly (`name`, `value`).
+    pub fn has(&self, name: &[u8], value: &[u8]) -> bool {
+        self.sorted
+            .binary_search_by(|&i| self.pair(i).cmp(&(name, value)))
+            .is_ok()
+    }
+
+    /// The value of the first pair called `name`, in the order sent.
+    pub fn first(&self, name: &[u8]) -> Option<&[u8]> {
+        (0..self.in_order.len())
+            .map(|i| self.pair(i))
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+    }
+
+    /// How many pairs were parsed.
+    pub fn len(&self) -> usize {
+        self.in_order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.in_order.is_empty()
+    }
+}
+
+/// The cookies of a `cookie` header (`a=1; b="x; y"`) as (name, value) in order: names and
+/// values trimmed of white space, a value in double quotes without them. A `;` inside a quoted
+/// value does not end the cookie. Entries without `=` are skipped.
+pub fn cookie_pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let mut rest = header;
+    std::iter::from_fn(move || loop {
+        if rest.is_empty() {
+            return None;
+        }
+        let stop = rest.iter().position(|&b| b == b'=' || b == b';');
+        let Some(eq) = stop.filter(|&i| rest.get(i) == Some(&b'=')) else {
+            // No `=` before the next `;` (or at all): skip this entry.
+            rest = stop.and_then(|i| rest.get(i + 1..)).unwrap_or(&[]);
+            continue;
+        };
+        let name = rest.get(..eq).unwrap_or(&[]).trim_ascii();
+        let after = rest.get(eq + 1..).unwrap_or(&[]).trim_ascii_start();
+        // A quoted value runs to its closing quote; anything else to the next `;`.
+        let quoted = after
+            .strip_prefix(b"\"")
+            .and_then(|q| q.iter().position(|&b| b == b'"').map(|close| (q, close)));
+        let (value, tail) = match quoted {
+            Some((q, close)) => (
+                q.get(..close).unwrap_or(&[]),
+                q.get(close + 1..).unwrap_or(&[]),
+            ),
+            None => (after, after),
+        };
+        let end = tail.iter().position(|&b| b == b';');
+        let value = match quoted {
+            Some(_) => value,
+            None => value
+                .get(..end.unwrap_or(value.len()))
+                .unwrap_or(&[])
+                .trim_ascii(),
+        };
+        rest = end.and_then(|i| tail.get(i + 1..)).unwrap_or(&[]);
+        return Some((name, value));
+    })
+}
+
+/// The value of the first cookie called `name` in a `cookie` header (see [`cookie_pairs`]).
 pub fn cookie_value<'h>(header: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
-    header
-        .split(|&b| b == b';')
-        .filter_map(|pair| {
-            let eq = pair.iter().position(|&b| b == b'=')?;
-            Some((pair.get(..eq)?, pair.get(eq + 1..)?))
-        })
-        .find(|(key, _)| key.trim_ascii() == name)
-        .map(|(_, value)| {
-            let value = value.trim_ascii();
-            value
-                .strip_prefix(b"\"")
-                .and_then(|v| v.strip_suffix(b"\""))
-                .unwrap_or(value)
+    cookie_pairs(header)
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
+/// The raw (not yet decoded) name/value pairs of a `:path`'s query, in order, empty ones
+/// skipped; a pair without `=` has an empty value.
+fn query_pairs(path: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let query = path
+        .iter()
+        .position(|&b| b == b'?')
+        .and_then(|start| path.get(start + 1..))
+        .unwrap_or(&[]);
+    let query = match query.iter().position(|&b| b == b'#') {
+        Some(end) => query.get(..end).unwrap_or(&[]),
+        None => query,
+    };
+    query
+        .split(|&b| b == b'&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (
+                pair.get(..eq).unwrap_or(&[]),
+                pair.get(eq + 1..).unwrap_or(&[]),
+            ),
+            None => (pair, &[][..]),
         })
 }
 
@@ -192,22 +382,8 @@ pub fn host_key_str(raw: &str) -> Option<String> {
 /// (`+` decodes to a space, as in HTML forms; names are decoded before comparing). Bytes, as
 /// decoded: `%FF` and `%FE` stay distinct. Borrowed when no decoding was needed.
 pub fn query_param<'a>(path: &'a [u8], name: &[u8]) -> Option<Cow<'a, [u8]>> {
-    let start = path.iter().position(|&b| b == b'?')? + 1;
-    let query = path.get(start..)?;
-    let query = match query.iter().position(|&b| b == b'#') {
-        Some(end) => query.get(..end)?,
-        None => query,
-    };
-    query
-        .split(|&b| b == b'&')
-        .filter(|pair| !pair.is_empty())
-        .find_map(|pair| {
-            let (key, value) = match pair.iter().position(|&b| b == b'=') {
-                Some(eq) => (pair.get(..eq)?, pair.get(eq + 1..)?),
-                None => (pair, &[][..]),
-            };
-            (form_decode(key).as_ref() == name).then(|| form_decode(value))
-        })
+    query_pairs(path)
+        .find_map(|(key, value)| (form_decode(key).as_ref() == name).then(|| form_decode(value)))
 }
 
 /// `application/x-www-form-urlencoded` decoding to bytes: `+` is a space, `%XX` a byte; a `%`

@@ -88,3 +88,52 @@ def test_hosts_match_strictly_with_canonical_ipv6_and_ports_as_configured(deploy
             assert route(malformed) == 404, malformed
     finally:
         client.close()
+
+
+# ---- repeated values: any copy satisfies a condition (issue 23, point 5) ----------------------
+
+RULED = {"on_unknown_service": "reject", "services": [
+    {"name": "ruled", "upstreams": ups("ruled", [("stable", 1), ("canary", 0)]), "rules": [
+        {"match": {"headers": [{"name": "x-canary", "exact": "true"}]}, "upstream": "canary"},
+        {"match": {"cookies": [{"name": "beta", "exact": "1"}]}, "upstream": "canary"},
+        {"match": {"cookies": [{"name": "q", "exact": "x; y"}]}, "upstream": "canary"},
+        {"match": {"query": [{"name": "v", "exact": "2"}]}, "upstream": "canary"},
+    ]},
+]}
+
+
+def raw_request(port, head):
+    """Sends one HTTP/1.1 request written byte for byte (repeated headers as written) and
+    returns (status, upstream or None)."""
+    import json
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head + b"connection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    body = data.split(b"\r\n\r\n", 1)[1]
+    return status, (json.loads(body)["upstream"] if status == 200 else None)
+
+
+@pytest.mark.builds("wasm", "native", "specifier")
+@pytest.mark.parametrize("head,expected", [
+    (b"GET / HTTP/1.1\r\nHost: ruled\r\nx-canary: false\r\nx-canary: true\r\n", "ruled_canary"),
+    (b"GET / HTTP/1.1\r\nHost: ruled\r\nx-canary: true\r\nx-canary: false\r\n", "ruled_canary"),
+    (b"GET / HTTP/1.1\r\nHost: ruled\r\nx-canary: false\r\nx-canary: no\r\n", "ruled_stable"),
+    (b"GET / HTTP/1.1\r\nHost: ruled\r\ncookie: beta=0; beta=1\r\n", "ruled_canary"),
+    (b"GET / HTTP/1.1\r\nHost: ruled\r\ncookie: a=1\r\ncookie: beta=1\r\n", "ruled_canary"),
+    (b'GET / HTTP/1.1\r\nHost: ruled\r\ncookie: q="x; y"; z=1\r\n', "ruled_canary"),
+    (b'GET / HTTP/1.1\r\nHost: ruled\r\ncookie: a="x; beta=1"\r\n', "ruled_stable"),
+    (b"GET /?v=1&v=2 HTTP/1.1\r\nHost: ruled\r\n", "ruled_canary"),
+    (b"GET /?v=2&v=1 HTTP/1.1\r\nHost: ruled\r\n", "ruled_canary"),
+    (b"GET /?v=1&v=3 HTTP/1.1\r\nHost: ruled\r\n", "ruled_stable"),
+], ids=["header-false-true", "header-true-false", "header-neither", "cookie-dup", "cookie-two-headers",
+        "cookie-quoted-semicolon", "cookie-inside-quotes", "query-dup", "query-dup-first", "query-neither"])
+def test_a_condition_holds_when_any_copy_cookie_or_parameter_satisfies_it(deploy, head, expected):
+    envoy = deploy(RULED, clusters(*RULED["services"]))
+    assert raw_request(envoy.port, head) == (200, expected)

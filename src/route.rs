@@ -119,27 +119,11 @@ where
                 rendezvous(&key, ids.iter().copied().zip(weights.iter().copied()))
             }
             Strategy::LeastRequest(slots) => {
-                // Two choices by weight; only their counts are read.
-                let (first, second) = (service.pick_weighted(rng), service.pick_weighted(rng));
-                let read = |i: usize| slots.get(i).map(|slot| in_flight::read(host, slot));
-                let first_seen = read(first)?;
-                let second_seen = if second == first { None } else { read(second) };
-                let mut loads = [0u64; 2];
-                loads[0] = first_seen.load;
-                loads[1] = second_seen.as_ref().map_or(first_seen.load, |s| s.load);
-                let pair = [
-                    *weights.get(first).unwrap_or(&0),
-                    *weights.get(second).unwrap_or(&0),
-                ];
-                let index = match least_request(&pair, &loads, 0, 1)? {
-                    0 => first,
-                    _ => second,
-                };
-                seen = if index == first {
-                    Some(first_seen)
-                } else {
-                    second_seen
-                };
+                let counts: Vec<in_flight::Seen> =
+                    slots.iter().map(|s| in_flight::read(host, s)).collect();
+                let loads: Vec<u64> = counts.iter().map(|seen| seen.load).collect();
+                let index = least_request(weights, &loads, rng)?;
+                seen = counts.into_iter().nth(index);
                 Some(index)
             }
         })

@@ -90,40 +90,52 @@ pub fn smooth_round_robin(weights: &[u32], current: &[std::cell::Cell<i64>]) -> 
     Some(index)
 }
 
-/// Least request relative to weight, by two random choices: `first` and `second` are two
-/// independent draws by weight (as [`WeightedPicker::pick`] makes them), and the one with
-/// fewer requests in flight relative to its weight, `in_flight / weight`, wins; on a tie,
-/// `first`. Envoy's own least-request balancer works the same way (two choices).
+/// Least request relative to weight, with a band of one request: the candidates are the
+/// upstreams whose load `in_flight / weight` is at most the lowest load any upstream would have
+/// with this request added, `min_j (in_flight_j + 1) / weight_j`, and one of them is picked at
+/// random by weight.
 ///
-/// What it guarantees, with `p_i = w_i / W`:
-/// - **the weights when loads are equal:** with nothing in flight, or every upstream's
-///   `in_flight / weight` equal, every comparison is a tie, so the pick is `first`: upstream
-///   `i` with probability exactly `p_i`. A quiet service follows its weights (a canary at 10 %
-///   gets 10 %), where comparing `(in_flight + 1) / weight` would starve it.
-/// - **never favours a busier upstream:** upstream `i` is picked with probability
-///   `p_i · (p_i + 2·B_i + T_i)`, where `B_i` sums `p_j` over the upstreams busier than `i`
-///   (relative to weight) and `T_i` over the others tied with it. For `i` less busy than `k`,
-///   `B_i` holds `p_k` and everything in `B_k` and `T_k`, so
-///   `P(i)/p_i - P(k)/p_k >= p_i + p_k > 0`: per unit of weight, a less busy upstream is always
-///   the likelier pick, and the busiest loses every comparison it is in.
-/// - zero-weight entries are never drawn, so never picked.
-///
-/// Returns `None` when either draw is not an entry of positive weight.
-pub fn least_request(
+/// What it guarantees:
+/// - **the weights when loads are low or equal:** with nothing in flight every upstream is a
+///   candidate, and so is every one when loads are equal relative to weight, so the pick is
+///   weighted random: a quiet service follows its weights (a canary at 10 % gets 10 %), where
+///   picking the smallest `(in_flight + 1) / weight` alone would starve it (1/10 > 1/90).
+/// - **never prefers a busier upstream:** the least loaded upstream is always a candidate, and
+///   an upstream is one only if it is no busier than the least loaded would be with this
+///   request: `n_pick / w_pick <= (n_j + 1) / w_j` for every `j`. An upstream a whole request
+///   (relative to weight) busier than another is never picked, so a slow upstream, whose
+///   requests pile up, stops getting any.
+/// - zero-weight entries are never picked.
+pub fn least_request<R: Rng + ?Sized>(
     weights: &[u32],
     in_flight: &[u64],
-    first: usize,
-    second: usize,
+    rng: &mut R,
 ) -> Option<usize> {
-    let load = |i: usize| -> Option<(u128, u128)> {
-        let w = u128::from(*weights.get(i)?);
-        let n = u128::from(*in_flight.get(i)?);
-        (w > 0).then_some((n, w))
+    let entries = || {
+        weights
+            .iter()
+            .zip(in_flight)
+            .enumerate()
+            .filter(|(_, (&w, _))| w > 0)
+            .map(|(i, (&w, &n))| (i, u128::from(w), u128::from(n)))
     };
-    let (n1, w1) = load(first)?;
-    let (n2, w2) = load(second)?;
-    // n2 / w2 < n1 / w1, exactly, without floats.
-    Some(if n2 * w1 < n1 * w2 { second } else { first })
+    // The band's limit num / den = min (n + 1) / w, compared exactly by cross-multiplying.
+    let (num, den) = entries()
+        .map(|(_, w, n)| (n + 1, w))
+        .reduce(|(a, b), (c, d)| if c * b < a * d { (c, d) } else { (a, b) })?;
+    let candidate = move |(_, w, n): &(usize, u128, u128)| *n * den <= num * *w;
+    let total: u128 = entries().filter(candidate).map(|(_, w, _)| w).sum();
+    // Weighted random among the candidates: a point in [0, total) by multiply-shift.
+    let mut point = (u128::from(rng.next_u64()) * total) >> 64;
+    let mut last = None;
+    for (i, w, n) in entries().filter(candidate) {
+        if point < w {
+            return Some(i);
+        }
+        point -= w;
+        last = Some((i, w, n));
+    }
+    last.map(|(i, _, _)| i)
 }
 
 /// The fixed hash of sticky routing: 64-bit FNV-1a, then the splitmix64 finalizer to spread
@@ -323,27 +335,22 @@ mod tests {
     }
 
     #[test]
-    fn least_request_takes_the_less_loaded_of_its_two_choices_relative_to_weight() {
-        assert_eq!(least_request(&[1, 1], &[3, 1], 0, 1), Some(1));
-        assert_eq!(least_request(&[1, 1], &[3, 1], 1, 0), Some(1));
-        // 4 / 2 = 2 beats 3 / 1 = 3.
-        assert_eq!(least_request(&[1, 2], &[3, 4], 0, 1), Some(1));
-        // A tie keeps the first choice.
-        assert_eq!(least_request(&[1, 2], &[1, 2], 1, 0), Some(1));
-        assert_eq!(least_request(&[1, 2], &[1, 2], 0, 1), Some(0));
-        assert_eq!(least_request(&[90, 10], &[0, 0], 0, 1), Some(0));
-        assert_eq!(least_request(&[90, 10], &[0, 0], 1, 0), Some(1));
-        assert_eq!(least_request(&[0, 1], &[0, 100], 0, 1), None);
+    fn least_request_picks_within_one_request_of_the_least_loaded() {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+        // 3 > (1 + 1) / 1: only upstream 1 is a candidate.
+        assert_eq!(least_request(&[1, 1], &[3, 1], &mut rng), Some(1));
+        // 4 / 2 = 2 <= (3 + 1) / 1, and 3 / 1 > (4 + 1) / 2: only upstream 1.
+        assert_eq!(least_request(&[1, 2], &[3, 4], &mut rng), Some(1));
+        assert_eq!(least_request(&[0, 1], &[0, 100], &mut rng), Some(1));
+        assert_eq!(least_request(&[0, 0], &[0, 0], &mut rng), None);
+        assert_eq!(least_request(&[], &[], &mut rng), None);
     }
 
-    /// Two draws from the service's picker, as the request path makes them.
     fn least_request_counts(weights: &[u32], loads: &[u64], draws: usize) -> Vec<usize> {
-        let picker = WeightedPicker::new(weights).unwrap();
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
         let mut counts = vec![0; weights.len()];
         for _ in 0..draws {
-            let (first, second) = (picker.pick(&mut rng), picker.pick(&mut rng));
-            counts[least_request(weights, loads, first, second).unwrap()] += 1;
+            counts[least_request(weights, loads, &mut rng).unwrap()] += 1;
         }
         counts
     }

@@ -236,6 +236,44 @@ def meshsplit_rules():
     return [wasm_filter(harness.WASM, meshsplit_config([service]))], cluster_header_routes()
 
 
+# The worst request for rules within the limits: a path and a cookie header that fill Envoy's
+# default 60 KB of request headers (5 000 query parameters, 1 500 cookies), against a service
+# with the most rules (256) of the most conditions (64) each, every condition holding but each
+# rule's last: all 16 384 conditions are evaluated, and the strategy decides.
+WORST_PARAMS = 5000
+WORST_COOKIES = 1500
+WORST_PATH = "/?" + "&".join(f"q{i}=v" for i in range(WORST_PARAMS))
+WORST_COOKIE = "; ".join(f"c{i}=v" for i in range(WORST_COOKIES))
+PATHS = {}
+
+
+def worst_rules():
+    rules = []
+    for r in range(256):
+        conditions = {"headers": [{"name": "x-bench", "present": True}] * 21,
+                      "cookies": [{"name": f"c{(r * 21 + k) % WORST_COOKIES}", "exact": "v"} for k in range(21)],
+                      # 21 that hold and the rule's last, which does not.
+                      "query": [{"name": f"q{(r * 21 + k) % WORST_PARAMS}", "exact": "v"} for k in range(21)]
+                      + [{"name": f"q{r}", "exact": "no"}]}
+        rules.append({"match": conditions, "upstream": "v2"})
+    return rules
+
+
+@scenario("UW", "worst rules", "meshsplit weighted + 256 rules x 64 conditions, 60 KB request (worst case)",
+          headers=["x-bench: 1", f"cookie: {WORST_COOKIE}"])
+def meshsplit_worst_rules():
+    PATHS["UW"] = WORST_PATH
+    service = reviews_with(rules=worst_rules())
+    return [wasm_filter(harness.WASM, meshsplit_config([service]))], cluster_header_routes()
+
+
+@scenario("UN", "worst rules native", "meshsplit native filter, the same worst case as UW",
+          headers=["x-bench: 1", f"cookie: {WORST_COOKIE}"])
+def meshsplit_worst_rules_native():
+    PATHS["UN"] = WORST_PATH
+    return [native_filter([reviews_with(rules=worst_rules())])], cluster_header_routes()
+
+
 @scenario("F", "10k services", "meshsplit, 10 000 services (request to one)")
 def meshsplit_10k():
     services = [{"name": f"svc-{i:05d}", "upstreams": [
@@ -299,7 +337,7 @@ class Proc(harness.Envoy):
 
 # ---- load -------------------------------------------------------------------------------------
 
-def wrk(port, seconds, connections, script=None, latency=False, headers=()):
+def wrk(port, seconds, connections, script=None, latency=False, headers=(), path="/"):
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-H", f"Host: {HOST}",
             "--timeout", "5s"]
     for header in headers:
@@ -308,7 +346,7 @@ def wrk(port, seconds, connections, script=None, latency=False, headers=()):
         argv += ["-s", script]
     if latency:
         argv.append("--latency")
-    out = subprocess.run(pinned(LOAD_CPU, argv + [f"http://127.0.0.1:{port}/"]), capture_output=True,
+    out = subprocess.run(pinned(LOAD_CPU, argv + [f"http://127.0.0.1:{port}{path}"]), capture_output=True,
                          text=True, timeout=seconds + 30, check=True).stdout
     result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
               "requests": int(re.search(r"(\d+) requests in", out).group(1)),
@@ -326,9 +364,9 @@ def wrk(port, seconds, connections, script=None, latency=False, headers=()):
     return result
 
 
-def measure(proc, seconds, connections, headers=()):
+def measure(proc, seconds, connections, headers=(), path="/"):
     rq0, cpu0 = proc.stat("http.bench.downstream_rq_total"), proc.cpu_seconds()
-    load = wrk(proc.port, seconds, connections, headers=headers)
+    load = wrk(proc.port, seconds, connections, headers=headers, path=path)
     cpu1, rq1 = proc.cpu_seconds(), proc.stat("http.bench.downstream_rq_total")
     requests = max(rq1 - rq0, 1)
     return {"cpu_us": (cpu1 - cpu0) * 1e6 / requests, "rps": load["rps"], "bad": load["bad"],
@@ -374,13 +412,15 @@ def main():
                 config = bootstrap(harness.free_port(), harness.free_port(), filters, routes, upstream.port)
                 procs[key] = Proc(config, workdir, TEST_CPU, debug_wasm=True)
             for key in keys:  # warm up: JIT, connection pools
-                wrk(procs[key].port, 1, args.connections, headers=SCENARIOS[key][3])
+                wrk(procs[key].port, 1, args.connections, headers=SCENARIOS[key][3],
+                    path=PATHS.get(key, "/"))
 
             runs = {key: [] for key in keys}
             for r in range(args.rounds):
                 order = keys[r % len(keys):] + keys[:r % len(keys)]
                 for key in order:
-                    runs[key].append(measure(procs[key], seconds, args.connections, SCENARIOS[key][3]))
+                    runs[key].append(measure(procs[key], seconds, args.connections, SCENARIOS[key][3],
+                                             PATHS.get(key, "/")))
                 print(f"round {r + 1}/{args.rounds}: " + ", ".join(
                     f"{k} {runs[k][-1]['cpu_us']:.1f}us" for k in keys), flush=True)
 
@@ -389,7 +429,7 @@ def main():
             script.write_text(f"function delay() return {args.rate_delay_ms} end\n")
             for key in keys:
                 latency[key] = wrk(procs[key].port, 5, 8, script=str(script), latency=True,
-                                   headers=SCENARIOS[key][3])
+                                   headers=SCENARIOS[key][3], path=PATHS.get(key, "/"))
 
             extra = collect_extras(procs, keys)
             report = build_report(args, keys, runs, latency, extra)

@@ -383,21 +383,43 @@ pub(crate) fn expected_key(plan: &Plan, headers: &[(String, Vec<u8>)]) -> Option
     }
 }
 
+/// Every copy of header `name`, in order.
+fn copies<'h>(headers: &'h [(String, Vec<u8>)], name: &'h str) -> impl Iterator<Item = &'h [u8]> {
+    headers
+        .iter()
+        .filter(move |(k, _)| k == name)
+        .map(|(_, v)| v.as_slice())
+}
+
 fn holds(condition: &Condition, headers: &[(String, Vec<u8>)]) -> bool {
     match condition {
-        Condition::Header { name, test } => match (first(headers, name), test) {
-            (None, _) => false,
-            (Some(v), HeaderTest::Exact(e)) => v == e.as_bytes(),
-            (Some(v), HeaderTest::Prefix(p)) => v.starts_with(p.as_bytes()),
-            (Some(_), HeaderTest::Present) => true,
-        },
-        Condition::Cookie { name, value } => first(headers, "cookie")
-            .and_then(|c| cookie_value(c, name.as_bytes()))
-            .is_some_and(|v| v == value.as_bytes()),
-        Condition::Query { name, value } => first(headers, ":path")
-            .and_then(|p| query_param(p, name.as_bytes()))
-            .is_some_and(|v| *v == *value.as_bytes()),
+        Condition::Header { name, test } => copies(headers, name).any(|v| match test {
+            HeaderTest::Exact(e) => v == e.as_bytes(),
+            HeaderTest::Prefix(p) => v.starts_with(p.as_bytes()),
+            HeaderTest::Present => true,
+        }),
+        Condition::Cookie { name, value } => copies(headers, "cookie").any(|c| {
+            crate::request::cookie_pairs(c)
+                .any(|(n, v)| n == name.as_bytes() && v == value.as_bytes())
+        }),
+        Condition::Query { name, value } => first(headers, ":path").is_some_and(|p| {
+            query_all(p, name.as_bytes())
+                .iter()
+                .any(|v| v == value.as_bytes())
+        }),
     }
+}
+
+/// Every percent-decoded value of query parameter `name`, one pair at a time.
+fn query_all(path: &[u8], name: &[u8]) -> Vec<Vec<u8>> {
+    let Some(q) = path.iter().position(|&b| b == b'?') else {
+        return Vec::new();
+    };
+    let query = path[q + 1..].split(|&b| b == b'#').next().unwrap_or(&[]);
+    query
+        .split(|&b| b == b'&')
+        .filter_map(|pair| query_param(&[b"/?", pair].concat(), name).map(|v| v.into_owned()))
+        .collect()
 }
 
 /// The non-empty sticky key of a request, if the service is sticky.
@@ -407,8 +429,10 @@ fn sticky_key(service: &Service, headers: &[(String, Vec<u8>)]) -> Option<Vec<u8
     };
     let key = match hash_on {
         HashOn::Header(name) => first(headers, name).map(<[u8]>::to_vec),
-        HashOn::Cookie(name) => first(headers, "cookie")
-            .and_then(|c| cookie_value(c, name.as_bytes()))
+        HashOn::Cookie(name) => headers
+            .iter()
+            .filter(|(k, _)| k == "cookie")
+            .find_map(|(_, c)| cookie_value(c, name.as_bytes()))
             .map(<[u8]>::to_vec),
         HashOn::Query(name) => first(headers, ":path")
             .and_then(|p| query_param(p, name.as_bytes()))
@@ -427,8 +451,16 @@ fn check_routed(
     let after = host.headers.borrow().clone();
     let clusters = values(&after, &plan.cluster_header);
     let mut key = expected_key(plan, before);
-    let normalized = key.as_deref_mut().map(host_key);
-    let Some((_, service)) = normalized.and_then(|k| plan.lookup(k)) else {
+    // What a 404 names: the bare host, or a malformed key as sent, lowercased.
+    let shown: Option<String> = key.as_mut().map(|raw| {
+        let mut copy = raw.clone();
+        let text = match host_key(&mut copy) {
+            Some(parsed) => parsed.bare.to_vec(),
+            None => raw.to_ascii_lowercase(),
+        };
+        String::from_utf8_lossy(&text).into_owned()
+    });
+    let Some((_, service)) = key.as_mut().and_then(|raw| plan.find(raw)) else {
         // Unknown: no cluster header survives, or a 404 when rejecting.
         if plan.on_unknown_service == OnUnknownService::Reject {
             prop_assert!(verdict == Verdict::Replied, "unknown service: {verdict:?}");
@@ -444,7 +476,6 @@ fn check_routed(
                     fuzz::literal(&body)
                 ))
             })?;
-            let shown = normalized.map(|k| String::from_utf8_lossy(k).into_owned());
             prop_assert!(json["error"] == "unknown service");
             prop_assert!(
                 json["service"] == serde_json::json!(shown),
@@ -520,9 +551,7 @@ pub(crate) fn check_request(bytes: &[u8]) -> Result<(), TestCaseError> {
             let verdict = vm.request_headers(context, &host);
             let cluster = check_routed(&plan, &before, &host, verdict)?;
             let mut key = expected_key(&plan, &before);
-            let service = key
-                .as_deref_mut()
-                .and_then(|k| plan.service_for(host_key(k)));
+            let service = key.as_mut().and_then(|k| plan.find(k)).map(|(_, s)| s);
             let ruled = service.is_some_and(|s| {
                 s.rules
                     .iter()

@@ -7,6 +7,16 @@ pub trait Host {
     /// A request header's value as the client sent it: bytes, which need not be UTF-8 (Envoy
     /// passes obs-text through).
     fn request_header(&self, name: &str) -> Option<Vec<u8>>;
+    /// Every copy of a request header, in the order Envoy holds them (a header sent several
+    /// times is several entries). The default reads the first copy only.
+    fn request_header_values(&self, name: &str) -> Vec<Vec<u8>> {
+        self.request_header(name).into_iter().collect()
+    }
+    /// Every request header, as (name, value) pairs, where the host hands them all over in one
+    /// call (proxy-wasm); `None` (the default) where headers are read by name.
+    fn request_headers(&self) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+        None
+    }
     /// `Some` replaces every copy of the header, `None` removes them all.
     fn set_request_header(&self, name: &str, value: Option<&str>);
     /// Returns whether the reply was accepted (the stream must then stop).
@@ -93,6 +103,12 @@ pub struct DefineOnce<'a, H: Host + ?Sized> {
 impl<H: Host + ?Sized> Host for DefineOnce<'_, H> {
     fn request_header(&self, name: &str) -> Option<Vec<u8>> {
         self.host.request_header(name)
+    }
+    fn request_header_values(&self, name: &str) -> Vec<Vec<u8>> {
+        self.host.request_header_values(name)
+    }
+    fn request_headers(&self) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.host.request_headers()
     }
     fn set_request_header(&self, name: &str, value: Option<&str>) {
         self.host.set_request_header(name, value);
@@ -285,6 +301,16 @@ mod fake {
                 .iter()
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.clone())
+        }
+
+        fn request_header_values(&self, name: &str) -> Vec<Vec<u8>> {
+            self.calls.borrow_mut().push(format!("get all {name}"));
+            self.headers
+                .borrow()
+                .iter()
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .collect()
         }
 
         fn set_request_header(&self, name: &str, value: Option<&str>) {

@@ -247,24 +247,61 @@ fn least_request_counts_start_at_zero_with_gauges() {
     assert_eq!(host.gauge("meshsplit.meshsplit.svc.a.in_flight"), 0);
 }
 
+/// Requests routed (and ended at once) on `vm` while something else holds a count: how many
+/// went to `upstream`.
+fn lr_share(vm: &mut Instance, worker: &FakeHost, first_context: u32, upstream: &str) -> usize {
+    (0..400)
+        .filter(|i| {
+            let context = first_context + i;
+            let host = svc_host(worker);
+            let picked = lr_request(vm, context, &host);
+            vm.context_deleted(context, &host);
+            picked == upstream
+        })
+        .count()
+}
+
+/// Holds requests on `vm` (contexts from 10 on) until one upstream has two more in flight
+/// than the other; returns the held contexts and the idle upstream's cluster.
+fn hold_until_two_apart(vm: &mut Instance, worker: &FakeHost) -> (Vec<u32>, &'static str) {
+    let mut held = Vec::new();
+    for context in 10..60 {
+        lr_request(vm, context, &svc_host(worker));
+        held.push(context);
+        let (a, b) = (load(worker, KEY_A).unwrap(), load(worker, KEY_B).unwrap());
+        if a >= b + 2 {
+            return (held, "c_b");
+        }
+        if b >= a + 2 {
+            return (held, "c_a");
+        }
+    }
+    panic!("loads never two apart");
+}
+
 #[test]
-fn least_request_picks_the_idle_upstream_and_counts_until_the_stream_ends() {
+fn least_request_prefers_the_idle_upstream_and_counts_until_the_stream_ends() {
     let worker = FakeHost::default();
     let mut vm = lr_vm(&worker);
-    let first = lr_request(&mut vm, 10, &svc_host(&worker));
-    let second = lr_request(&mut vm, 11, &svc_host(&worker));
-    assert_ne!(
-        first, second,
-        "the second request goes to the idle upstream"
-    );
+    // One request apart is within the band: both are candidates, by weight.
+    let first = lr_request(&mut vm, 5, &svc_host(&worker));
+    let other = if first == "c_a" { "c_b" } else { "c_a" };
+    let to_other = lr_share(&mut vm, &worker, 100, other);
+    assert!((170..=230).contains(&to_other), "{to_other} of 400");
+    vm.context_deleted(5, &worker);
+    // Two apart: only the idle one.
+    let (held, idle) = hold_until_two_apart(&mut vm, &worker);
+    assert_eq!(lr_share(&mut vm, &worker, 100, idle), 400);
+    let (a, b) = (load(&worker, KEY_A).unwrap(), load(&worker, KEY_B).unwrap());
+    assert_eq!(a + b, held.len() as u64);
     assert_eq!(
-        (load(&worker, KEY_A), load(&worker, KEY_B)),
-        (Some(1), Some(1))
+        worker.gauge("meshsplit.meshsplit.svc.a.in_flight"),
+        a as i64
     );
-    assert_eq!(worker.gauge("meshsplit.meshsplit.svc.a.in_flight"), 1);
-    vm.context_deleted(10, &worker);
-    vm.context_deleted(11, &worker);
-    vm.context_deleted(11, &worker); // a second delete of the same stream changes nothing
+    for &context in &held {
+        vm.context_deleted(context, &worker);
+    }
+    vm.context_deleted(10, &worker); // a second delete of the same stream changes nothing
     assert_eq!(
         (load(&worker, KEY_A), load(&worker, KEY_B)),
         (Some(0), Some(0))
@@ -278,12 +315,12 @@ fn least_request_sees_other_workers_load() {
     let first = FakeHost::default();
     let second = first.sibling(&[]);
     let (mut vm1, mut vm2) = (lr_vm(&first), lr_vm(&second));
-    // Worker 1 holds a request on whichever it picked; worker 2 must pick the other one.
-    let busy = lr_request(&mut vm1, 10, &svc_host(&first));
-    let other = lr_request(&mut vm2, 20, &svc_host(&second));
-    assert_ne!(busy, other);
-    vm1.context_deleted(10, &first);
-    vm2.context_deleted(20, &second);
+    // Worker 1 holds requests two apart; worker 2 sees them and sends everything to the idle one.
+    let (held, idle) = hold_until_two_apart(&mut vm1, &first);
+    assert_eq!(lr_share(&mut vm2, &second, 100, idle), 400);
+    for &context in &held {
+        vm1.context_deleted(context, &first);
+    }
     assert_eq!(
         (load(&first, KEY_A), load(&first, KEY_B)),
         (Some(0), Some(0))
@@ -430,10 +467,11 @@ fn a_vm_that_keeps_beating_keeps_a_long_request_counted() {
     let cluster = lr_request(&mut holder, 10, &svc_host(&first));
     run_ticks(&mut [(&mut holder, &first), (&mut other, &second)], 60_000);
     assert_eq!(total_load(&first), 1);
-    // The other VM still avoids the busy upstream.
-    assert_ne!(lr_request(&mut other, 20, &svc_host(&second)), cluster);
+    // The other VM still sees the request: one apart, both upstreams stay candidates.
+    let idle = if cluster == "c_a" { "c_b" } else { "c_a" };
+    let to_idle = lr_share(&mut other, &second, 100, idle);
+    assert!((170..=230).contains(&to_idle), "{to_idle} of 400");
     holder.context_deleted(10, &first);
-    other.context_deleted(20, &second);
     assert_eq!((total_load(&first), total_gauge(&first)), (0, 0));
 }
 
@@ -577,7 +615,11 @@ fn requests_make_no_metric_calls_and_the_tick_flushes_exact_counts() {
         let host = send_counted(&mut vm, 10 + i, &[(":authority", "svc")]);
         assert_eq!(
             *host.calls.borrow(),
-            ["get :authority", "get x-beta", "set x-meshsplit-cluster"]
+            [
+                "get :authority",
+                "get all x-beta",
+                "set x-meshsplit-cluster"
+            ]
         );
     }
     for i in 0..2 {

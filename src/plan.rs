@@ -12,7 +12,7 @@ use crate::config::{
     RawStrategy, RawUpstream,
 };
 use crate::guard::Guard;
-use crate::request::host_key_str;
+use crate::request::{host_key_str, HostKey};
 use crate::rollout::{parse_start, Rollout, Step};
 use crate::select::{sticky_hash, WeightedPicker};
 use serde_path_to_error::Segment;
@@ -173,6 +173,12 @@ impl Service {
 
     /// Puts `weights` (one per upstream) in force; the configured ones when they equal them.
     /// Returns whether anything changed. Weights that sum to 0 change nothing.
+    ///
+    /// Whenever the weights in force change (a rollout step, an ejection, a readmission),
+    /// round robin starts its order afresh: its scores were earned under the old weights, and
+    /// kept they would be paid back under the new ones (after 1 000 000/1, a step to 1/1 would
+    /// send about 500 000 requests in a row to one upstream). So the documented bound holds
+    /// from every change on, counted from the change.
     pub fn set_weights(&self, weights: &[u32]) -> bool {
         if *self.weights() == *weights {
             return false;
@@ -182,15 +188,16 @@ impl Service {
         };
         if weights == &*self.configured.values {
             *live = None;
-            return true;
-        }
-        match Weights::new(weights) {
-            Some(new) if weights.len() == self.configured.values.len() => {
-                *live = Some(new);
-                true
+        } else {
+            match Weights::new(weights) {
+                Some(new) if weights.len() == self.configured.values.len() => *live = Some(new),
+                _ => return false,
             }
-            _ => false,
         }
+        if let Strategy::RoundRobin(scores) = &self.strategy {
+            scores.iter().for_each(|score| score.set(0));
+        }
+        true
     }
 }
 
@@ -369,35 +376,7 @@ impl Plan {
                 ),
             ));
         }
-        let gauges: Vec<(String, String)> = services
-            .iter()
-            .enumerate()
-            .flat_map(|(i, service)| match &service.strategy {
-                Strategy::LeastRequest(slots) => slots
-                    .iter()
-                    .enumerate()
-                    .map(|(j, slot)| {
-                        (
-                            slot.gauge.clone(),
-                            format!("services[{i}].upstreams[{j}].name"),
-                        )
-                    })
-                    .collect(),
-                _ => Vec::new(),
-            })
-            .collect();
-        let gauge_names: Vec<&str> = gauges.iter().map(|(g, _)| g.as_str()).collect();
-        if let Some((first, repeat)) = first_duplicate(&gauge_names) {
-            let (gauge, path) = gauges.get(repeat).cloned().unwrap_or_default();
-            let first_path = gauges.get(first).map_or("", |(_, p)| p.as_str());
-            return Err(ConfigError::new(
-                path,
-                format!(
-                    "its in-flight gauge would be {gauge:?}, the same as {first_path}'s \
-                     (stat names keep only letters, digits, '-' and '_'); rename one"
-                ),
-            ));
-        }
+        check_stat_names(&services)?;
         // A sorted table with binary search: as fast as hashing for this use (measured in the
         // benchmark's 10 000-service scenario) and smaller in the module than a HashMap.
         let mut by_host: Vec<(String, usize)> = hosts
@@ -456,6 +435,20 @@ impl Plan {
             }
         }
         Ok(())
+    }
+
+    /// The service a parsed request host selects: its host with the port when the config
+    /// lists it so (`reviews:9080`), else its host without the port (`reviews`).
+    pub fn lookup_host(&self, key: HostKey<'_>) -> Option<(usize, &Service)> {
+        key.with_port
+            .and_then(|with_port| self.lookup(with_port))
+            .or_else(|| self.lookup(key.bare))
+    }
+
+    /// The service a raw request key (an authority, or a header or query value) selects:
+    /// [`host_key`](crate::request::host_key), then [`Plan::lookup_host`].
+    pub fn find(&self, raw: &mut Vec<u8>) -> Option<(usize, &Service)> {
+        crate::request::host_key(raw).and_then(|key| self.lookup_host(key))
     }
 
     /// Like [`Plan::service_for`], with the service's index in `services`.
@@ -811,7 +804,7 @@ fn compile_strategy(
                     HashOn::Header(name.clone())
                 }
                 Some(RawHashOn::Cookie(name)) => {
-                    check_text(&format!("{path}.hash_on.cookie"), name)?;
+                    check_cookie_name(&format!("{path}.hash_on.cookie"), name)?;
                     HashOn::Cookie(name.clone())
                 }
                 Some(RawHashOn::Query(name)) => {
@@ -839,6 +832,59 @@ fn counter_key(plugin: &str, service: &str, upstream: &str) -> String {
         plugin.len(),
         service.len(),
         upstream.len()
+    )
+}
+
+/// Refuses services (across the plan) and upstreams (within a service) whose stat names are
+/// equal: their counters and gauges would be one and the same metric, summed together.
+fn check_stat_names(services: &[Service]) -> Result<(), ConfigError> {
+    let names: Vec<String> = services.iter().map(|s| stat_segment(&s.name)).collect();
+    let segments: Vec<&str> = names.iter().map(String::as_str).collect();
+    if let Some((first, repeat)) = first_duplicate(&segments) {
+        let name = |i: usize| services.get(i).map_or("", |s| s.name.as_str());
+        return Err(stat_name_clash(
+            format!("services[{repeat}].name"),
+            name(repeat),
+            segments.get(repeat).copied().unwrap_or_default(),
+            &format!("services[{first}].name"),
+            name(first),
+        ));
+    }
+    for (s, service) in services.iter().enumerate() {
+        let names: Vec<String> = service
+            .upstreams
+            .iter()
+            .map(|u| stat_segment(&u.name))
+            .collect();
+        let segments: Vec<&str> = names.iter().map(String::as_str).collect();
+        if let Some((first, repeat)) = first_duplicate(&segments) {
+            let name = |i: usize| service.upstreams.get(i).map_or("", |u| u.name.as_str());
+            return Err(stat_name_clash(
+                format!("services[{s}].upstreams[{repeat}].name"),
+                name(repeat),
+                segments.get(repeat).copied().unwrap_or_default(),
+                &format!("services[{s}].upstreams[{first}].name"),
+                name(first),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn stat_name_clash(
+    path: String,
+    name: &str,
+    segment: &str,
+    first_path: &str,
+    first: &str,
+) -> ConfigError {
+    ConfigError::new(
+        path,
+        format!(
+            "{name:?} has the stat name {segment:?}, the same as {first_path} ({first:?}), so \
+             their metrics would be summed together (stat names keep only letters, digits, '-' \
+             and '_'); rename one"
+        ),
     )
 }
 
@@ -910,7 +956,7 @@ fn compile_rule(path: &str, raw: &RawRule, upstreams: &[Upstream]) -> Result<Rul
         });
     }
     for (index, c) in m.cookies.iter().enumerate() {
-        check_text(&format!("{path}.match.cookies[{index}].name"), &c.name)?;
+        check_cookie_name(&format!("{path}.match.cookies[{index}].name"), &c.name)?;
         conditions.push(Condition::Cookie {
             name: c.name.clone(),
             value: c.exact.clone(),
@@ -986,7 +1032,9 @@ fn host_keys(path: &str, raw: &RawService) -> Result<Vec<(String, String)>, Conf
             format!("{path}.name")
         };
         check_host(&host_path, host)?;
-        let key = host_key_str(host);
+        let key = host_key_str(host).ok_or_else(|| {
+            ConfigError::new(host_path.clone(), format!("not a valid host: {host:?}"))
+        })?;
         if let Some((first, _)) = keys.iter().find(|(_, k)| *k == key) {
             return Err(ConfigError::new(
                 host_path,
@@ -1191,6 +1239,19 @@ fn check_header_value(path: &str, value: &str) -> Result<(), ConfigError> {
 /// A non-empty name such as a service or upstream name.
 fn check_text(path: &str, value: &str) -> Result<(), ConfigError> {
     check_header_value(path, value)
+}
+
+/// A cookie name that a `cookie` header can carry: `=` ends a name and `;` ends a cookie, so a
+/// name holding either could never match.
+fn check_cookie_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    check_text(path, name)?;
+    if let Some(bad) = name.chars().find(|&c| c == '=' || c == ';') {
+        return Err(ConfigError::new(
+            path,
+            format!("{name:?} is not a valid cookie name (bad character {bad:?}): no cookie could match it"),
+        ));
+    }
+    Ok(())
 }
 
 /// `host` or `host:port`, as it would appear in `:authority`.

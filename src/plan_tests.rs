@@ -66,14 +66,39 @@ fn hosts_default_to_the_service_name() {
 #[test]
 fn hosts_are_normalized_for_matching() {
     let p = plan(&one_service(
-        r#""hosts": ["Reviews.Default:9080", "[::1]:80"],"#,
+        r#""hosts": ["Reviews.Default", "[0:0::1]", "Shop:9080"],"#,
     ));
-    assert!(p.service_for("reviews.default").is_some());
-    assert!(p.service_for("::1").is_some());
+    let found = |raw: &str| p.find(&mut raw.as_bytes().to_vec()).is_some();
+    assert!(found("reviews.default"));
     assert!(
-        p.service_for("reviews").is_none(),
-        "explicit hosts replace the default"
+        found("REVIEWS.default.:9080"),
+        "a host without a port matches every port"
     );
+    assert!(found("::1") && found("[::1]") && found("[0::1]:80"));
+    assert!(found("shop:9080"));
+    assert!(
+        !found("shop") && !found("shop:8080"),
+        "a host with a port matches that port only"
+    );
+    assert!(!found("reviews"), "explicit hosts replace the default");
+}
+
+#[test]
+fn malformed_request_hosts_are_unknown_services() {
+    let p = plan(&one_service(r#""hosts": ["reviews"],"#));
+    for malformed in [
+        "[reviews]",
+        "[reviews]junk",
+        "[reviews",
+        "reviews:abc",
+        "reviews:",
+    ] {
+        assert!(
+            p.find(&mut malformed.as_bytes().to_vec()).is_none(),
+            "{malformed}"
+        );
+    }
+    assert!(p.find(&mut b"reviews:8080".to_vec()).is_some());
 }
 
 #[test]
@@ -270,11 +295,41 @@ fn host_shared_by_two_services_is_an_error() {
     let e = error(
         r#"{"services": [
             {"name": "a", "hosts": ["shop", "a"], "upstreams": [{"name": "v1", "cluster": "c", "weight": 1}]},
-            {"name": "b", "hosts": ["b", "SHOP:8080"], "upstreams": [{"name": "v1", "cluster": "c", "weight": 1}]}]}"#,
+            {"name": "b", "hosts": ["b", "SHOP."], "upstreams": [{"name": "v1", "cluster": "c", "weight": 1}]}]}"#,
     );
     assert_eq!(
         e,
         r#"services[1].hosts[1]: host "shop" is already matched by services[0] ("a")"#
+    );
+    let e = error(
+        r#"{"services": [
+            {"name": "a", "hosts": ["shop:8080"], "upstreams": [{"name": "v1", "cluster": "c", "weight": 1}]},
+            {"name": "b", "hosts": ["SHOP.:8080"], "upstreams": [{"name": "v1", "cluster": "c", "weight": 1}]}]}"#,
+    );
+    assert_eq!(
+        e,
+        r#"services[1].hosts[0]: host "shop:8080" is already matched by services[0] ("a")"#
+    );
+}
+
+#[test]
+fn a_host_with_a_port_takes_that_port_from_the_host_without() {
+    let p = plan(
+        r#"{"services": [
+            {"name": "a", "hosts": ["shop"], "upstreams": [{"name": "v1", "cluster": "c", "weight": 1}]},
+            {"name": "b", "hosts": ["shop:8080"], "upstreams": [{"name": "v1", "cluster": "c", "weight": 1}]}]}"#,
+    );
+    let name = |raw: &str| {
+        p.find(&mut raw.as_bytes().to_vec())
+            .map(|(_, s)| s.name.clone())
+    };
+    assert_eq!(name("shop").as_deref(), Some("a"));
+    assert_eq!(name("shop:80").as_deref(), Some("a"));
+    assert_eq!(name("SHOP.:8080").as_deref(), Some("b"));
+    assert_eq!(
+        name("shop:08080").as_deref(),
+        Some("a"),
+        "ports compare as written"
     );
 }
 
@@ -293,10 +348,15 @@ fn default_host_colliding_with_explicit_host_is_an_error() {
 
 #[test]
 fn host_listed_twice_in_one_service_is_an_error() {
-    let e = error(&one_service(r#""hosts": ["a", "A:80"],"#));
+    let e = error(&one_service(r#""hosts": ["a", "A."],"#));
     assert_eq!(
         e,
-        r#"services[0].hosts[1]: host "A:80" is listed twice (first at services[0].hosts[0])"#
+        r#"services[0].hosts[1]: host "A." is listed twice (first at services[0].hosts[0])"#
+    );
+    let e = error(&one_service(r#""hosts": ["[0:0::1]:80", "[::1]:80"],"#));
+    assert_eq!(
+        e,
+        r#"services[0].hosts[1]: host "[::1]:80" is listed twice (first at services[0].hosts[0])"#
     );
 }
 
@@ -766,17 +826,64 @@ fn least_request_counter_keys_cannot_collide() {
 }
 
 #[test]
-fn least_request_gauge_name_collision_is_an_error() {
+fn upstream_stat_name_collision_is_an_error_for_every_strategy() {
+    for strategy in ["weighted", "round_robin", "least_request"] {
+        let e = error(&format!(
+            r#"{{"services": [{{"name": "svc", "strategy": "{strategy}", "upstreams": [
+            {{"name": "v1.0", "cluster": "a", "weight": 1}}, {{"name": "v1_0", "cluster": "b", "weight": 1}}]}}]}}"#
+        ));
+        assert!(
+            e.starts_with(
+                r#"services[0].upstreams[1].name: "v1_0" has the stat name "v1_0", the same as services[0].upstreams[0].name ("v1.0"), so their metrics would be summed together"#
+            ),
+            "{strategy}: {e}"
+        );
+    }
     let e = error(
-        r#"{"services": [{"name": "svc", "strategy": "least_request", "upstreams": [
-        {"name": "v1.0", "cluster": "a", "weight": 1}, {"name": "v1_0", "cluster": "b", "weight": 1}]}]}"#,
+        r#"{"services": [{"name": "svc", "strategy": "sticky", "hash_on": {"header": "x-u"}, "upstreams": [
+        {"name": "a b", "cluster": "a", "weight": 1}, {"name": "a:b", "cluster": "b", "weight": 1}]}]}"#,
+    );
+    assert!(
+        e.starts_with("services[0].upstreams[1].name: \"a:b\" has the stat name \"a_b\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn service_stat_name_collision_is_an_error() {
+    let e = error(
+        r#"{"services": [
+        {"name": "a.b", "upstreams": [{"name": "v1", "cluster": "a", "weight": 1}]},
+        {"name": "a_b", "upstreams": [{"name": "v1", "cluster": "b", "weight": 1}]}]}"#,
     );
     assert!(
         e.starts_with(
-            r#"services[0].upstreams[1].name: its in-flight gauge would be "meshsplit.meshsplit.svc.v1_0.in_flight", the same as services[0].upstreams[0].name's"#
+            r#"services[1].name: "a_b" has the stat name "a_b", the same as services[0].name ("a.b")"#
         ),
         "{e}"
     );
+}
+
+#[test]
+fn cookie_names_with_equals_or_semicolon_are_errors() {
+    for (name, bad) in [("a=b", "'='"), ("a;b", "';'")] {
+        let e = error(&one_service(&format!(
+            r#""rules": [{{"match": {{"cookies": [{{"name": "{name}", "exact": "1"}}]}}, "upstream": "v1"}}],"#
+        )));
+        assert_eq!(
+            e,
+            format!(
+                "services[0].rules[0].match.cookies[0].name: {name:?} is not a valid cookie name (bad character {bad}): no cookie could match it"
+            )
+        );
+        let e = error(&one_service(&format!(
+            r#""strategy": "sticky", "hash_on": {{"cookie": "{name}"}},"#
+        )));
+        assert!(
+            e.starts_with("services[0].hash_on.cookie: ") && e.contains("not a valid cookie name"),
+            "{e}"
+        );
+    }
 }
 
 // ---- what a host and the cluster header may be ----

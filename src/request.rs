@@ -5,24 +5,44 @@
 //! sequence to U+FFFD). Sticky keys are hashed, and rules compared, byte for byte.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use crate::host::Host;
 
-/// The request headers one request's routing reads, each fetched from the host at most once.
+/// Header values by name, each list sorted.
+type Copies = BTreeMap<Vec<u8>, Vec<Vec<u8>>>;
+
+/// What one request's routing reads, each read from the host and parsed at most once per
+/// request, however many rules test it: the first copy of a header (sticky keys), every copy
+/// of a header (rule conditions), and the cookie and query pairs (parsed once into [`Pairs`]).
+/// Condition checks are binary searches, so their cost does not grow with the number of
+/// copies, cookies or parameters.
 pub struct RequestView<'a, H: Host + ?Sized> {
     host: &'a H,
     read: Vec<(&'a str, Option<Vec<u8>>)>,
+    /// Every copy of each header asked for, values sorted, by name.
+    copies: BTreeMap<&'a str, Vec<Vec<u8>>>,
+    /// Every request header at once, by name, values sorted: for hosts that hand them over in
+    /// one call (`None` inside: the host reads by name). Not asked yet: `None`.
+    all: Option<Option<Copies>>,
+    cookies: Option<Pairs>,
+    query: Option<Pairs>,
 }
 
 impl<'a, H: Host + ?Sized> RequestView<'a, H> {
-    /// Reads nothing (and allocates nothing) until a header is asked for.
+    /// Reads nothing (and allocates nothing) until something is asked for.
     pub fn new(host: &'a H) -> Self {
         Self {
             host,
             read: Vec::new(),
+            copies: BTreeMap::new(),
+            all: None,
+            cookies: None,
+            query: None,
         }
     }
 
+    /// The first copy of a header.
     pub fn header(&mut self, name: &'a str) -> Option<&[u8]> {
         let index = match self.read.iter().position(|(n, _)| *n == name) {
             Some(index) => index,
@@ -34,86 +54,336 @@ impl<'a, H: Host + ?Sized> RequestView<'a, H> {
         self.read.get(index).and_then(|(_, value)| value.as_deref())
     }
 
-    /// The value of cookie `name`, from the `cookie` header.
-    pub fn cookie(&mut self, name: &str) -> Option<&[u8]> {
-        self.header("cookie")
-            .and_then(|header| cookie_value(header, name.as_bytes()))
+    /// Every copy of a header, sorted (empty when absent).
+    pub fn header_copies(&mut self, name: &'a str) -> &[Vec<u8>] {
+        let host = self.host;
+        let all = self.all.get_or_insert_with(|| {
+            host.request_headers().map(|pairs| {
+                let mut by_name = Copies::new();
+                for (key, value) in pairs {
+                    by_name.entry(key).or_default().push(value);
+                }
+                by_name
+                    .values_mut()
+                    .for_each(|values| values.sort_unstable());
+                by_name
+            })
+        });
+        if let Some(all) = all {
+            return all.get(name.as_bytes()).map_or(&[], Vec::as_slice);
+        }
+        self.copies.entry(name).or_insert_with(|| {
+            let mut values = host.request_header_values(name);
+            values.sort_unstable();
+            values
+        })
     }
 
-    /// The percent-decoded value of query parameter `name`, from `:path`.
-    pub fn query(&mut self, name: &str) -> Option<Cow<'_, [u8]>> {
-        self.header(":path")
-            .and_then(|path| query_param(path, name.as_bytes()))
+    /// The cookies of every `cookie` header, in the order sent, parsed once.
+    pub fn cookies(&mut self) -> &Pairs {
+        let host = self.host;
+        self.cookies.get_or_insert_with(|| {
+            let mut pairs = Pairs::default();
+            for header in host.request_header_values("cookie") {
+                for (name, value) in cookie_pairs(&header) {
+                    pairs.push(name, value);
+                }
+            }
+            pairs.sort();
+            pairs
+        })
+    }
+
+    /// The query parameters of `:path`, percent-decoded, in order, parsed once.
+    pub fn query(&mut self) -> &Pairs {
+        if self.query.is_none() {
+            let mut pairs = Pairs::default();
+            if let Some(path) = self.header(":path") {
+                for (name, value) in query_pairs(path) {
+                    pairs.push(&form_decode(name), &form_decode(value));
+                }
+            }
+            pairs.sort();
+            self.query = Some(pairs);
+        }
+        self.query.get_or_insert_with(Pairs::default)
     }
 }
 
-/// The value of cookie `name` in a `cookie` header (`a=1; b=2`), without surrounding quotes.
+/// Whether `sorted` (sorted values) holds `value`.
+pub fn has_exact(sorted: &[Vec<u8>], value: &[u8]) -> bool {
+    sorted.binary_search_by(|v| v.as_slice().cmp(value)).is_ok()
+}
+
+/// Whether some value of `sorted` starts with `prefix`: the values that do are together in
+/// sorted order, from the first one not less than `prefix`.
+pub fn has_prefix(sorted: &[Vec<u8>], prefix: &[u8]) -> bool {
+    let at = sorted.partition_point(|v| v.as_slice() < prefix);
+    sorted.get(at).is_some_and(|v| v.starts_with(prefix))
+}
+
+/// Name/value pairs (cookies or query parameters) parsed once per request: the bytes in one
+/// buffer, the pairs as ranges into it, in the order sent and sorted by (name, value).
+#[derive(Debug, Default)]
+pub struct Pairs {
+    bytes: Vec<u8>,
+    /// (name start, name end = value start, value end).
+    in_order: Vec<(usize, usize, usize)>,
+    /// Indexes into `in_order`, sorted by (name, value).
+    sorted: Vec<usize>,
+}
+
+impl Pairs {
+    fn push(&mut self, name: &[u8], value: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(name);
+        self.bytes.extend_from_slice(value);
+        self.in_order
+            .push((start, start + name.len(), self.bytes.len()));
+    }
+
+    fn pair(&self, index: usize) -> (&[u8], &[u8]) {
+        let Some(&(start, name_end, end)) = self.in_order.get(index) else {
+            return (&[], &[]);
+        };
+        (
+            self.bytes.get(start..name_end).unwrap_or(&[]),
+            self.bytes.get(name_end..end).unwrap_or(&[]),
+        )
+    }
+
+    fn sort(&mut self) {
+        let mut sorted: Vec<usize> = (0..self.in_order.len()).collect();
+        sorted.sort_by(|&a, &b| self.pair(a).cmp(&self.pair(b)));
+        self.sorted = sorted;
+    }
+
+    /// Whether some pair is exactly (`name`, `value`).
+    pub fn has(&self, name: &[u8], value: &[u8]) -> bool {
+        self.sorted
+            .binary_search_by(|&i| self.pair(i).cmp(&(name, value)))
+            .is_ok()
+    }
+
+    /// The value of the first pair called `name`, in the order sent.
+    pub fn first(&self, name: &[u8]) -> Option<&[u8]> {
+        (0..self.in_order.len())
+            .map(|i| self.pair(i))
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+    }
+
+    /// How many pairs were parsed.
+    pub fn len(&self) -> usize {
+        self.in_order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.in_order.is_empty()
+    }
+}
+
+/// The cookies of a `cookie` header (`a=1; b="x; y"`) as (name, value) in order: names and
+/// values trimmed of white space, a value in double quotes without them. A `;` inside a quoted
+/// value does not end the cookie. Entries without `=` are skipped.
+pub fn cookie_pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let mut rest = header;
+    std::iter::from_fn(move || loop {
+        if rest.is_empty() {
+            return None;
+        }
+        let stop = rest.iter().position(|&b| b == b'=' || b == b';');
+        let Some(eq) = stop.filter(|&i| rest.get(i) == Some(&b'=')) else {
+            // No `=` before the next `;` (or at all): skip this entry.
+            rest = stop.and_then(|i| rest.get(i + 1..)).unwrap_or(&[]);
+            continue;
+        };
+        let name = rest.get(..eq).unwrap_or(&[]).trim_ascii();
+        let after = rest.get(eq + 1..).unwrap_or(&[]).trim_ascii_start();
+        // A quoted value runs to its closing quote; anything else to the next `;`.
+        let quoted = after
+            .strip_prefix(b"\"")
+            .and_then(|q| q.iter().position(|&b| b == b'"').map(|close| (q, close)));
+        let (value, tail) = match quoted {
+            Some((q, close)) => (
+                q.get(..close).unwrap_or(&[]),
+                q.get(close + 1..).unwrap_or(&[]),
+            ),
+            None => (after, after),
+        };
+        let end = tail.iter().position(|&b| b == b';');
+        let value = match quoted {
+            Some(_) => value,
+            None => value
+                .get(..end.unwrap_or(value.len()))
+                .unwrap_or(&[])
+                .trim_ascii(),
+        };
+        rest = end.and_then(|i| tail.get(i + 1..)).unwrap_or(&[]);
+        return Some((name, value));
+    })
+}
+
+/// The value of the first cookie called `name` in a `cookie` header (see [`cookie_pairs`]).
 pub fn cookie_value<'h>(header: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
-    header
-        .split(|&b| b == b';')
-        .filter_map(|pair| {
-            let eq = pair.iter().position(|&b| b == b'=')?;
-            Some((pair.get(..eq)?, pair.get(eq + 1..)?))
-        })
-        .find(|(key, _)| key.trim_ascii() == name)
-        .map(|(_, value)| {
-            let value = value.trim_ascii();
-            value
-                .strip_prefix(b"\"")
-                .and_then(|v| v.strip_suffix(b"\""))
-                .unwrap_or(value)
-        })
+    cookie_pairs(header)
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
 }
 
-/// Turns an authority (or any service key) into the form hosts are matched in: lowercase,
-/// without a port and without a trailing dot. IPv6 literals lose their brackets:
-/// `[::1]:8080` becomes `::1`. Lowercases in place so that the request path does not allocate.
-pub fn host_key(raw: &mut [u8]) -> &[u8] {
-    raw.make_ascii_lowercase();
-    let host: &[u8] = raw;
-    let host = if let Some(bracketed) = host.strip_prefix(b"[") {
-        // `[v6]` or `[v6]:port`
-        match bracketed.iter().position(|&b| b == b']') {
-            Some(end) => bracketed.get(..end).unwrap_or(bracketed),
-            None => bracketed,
-        }
-    } else {
-        let mut colons = host.iter().enumerate().filter(|(_, &b)| b == b':');
-        match (colons.next(), colons.next()) {
-            // Exactly one colon: `name:port`. Several colons: a bare IPv6 literal, kept whole.
-            (Some((at, _)), None) => host.get(..at).unwrap_or(host),
-            _ => host,
-        }
+/// The raw (not yet decoded) name/value pairs of a `:path`'s query, in order, empty ones
+/// skipped; a pair without `=` has an empty value.
+fn query_pairs(path: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let query = path
+        .iter()
+        .position(|&b| b == b'?')
+        .and_then(|start| path.get(start + 1..))
+        .unwrap_or(&[]);
+    let query = match query.iter().position(|&b| b == b'#') {
+        Some(end) => query.get(..end).unwrap_or(&[]),
+        None => query,
     };
-    host.strip_suffix(b".").unwrap_or(host)
+    query
+        .split(|&b| b == b'&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (
+                pair.get(..eq).unwrap_or(&[]),
+                pair.get(eq + 1..).unwrap_or(&[]),
+            ),
+            None => (pair, &[][..]),
+        })
 }
 
-/// [`host_key`] of a string, for configuration time.
-pub fn host_key_str(raw: &str) -> String {
+/// A request's host in the form hosts are matched in (see [`host_key`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostKey<'a> {
+    /// The host without its port: a lowercase DNS name or IPv4 literal without trailing dot,
+    /// or an IPv6 literal in its canonical text (RFC 5952, no brackets: `::1`).
+    pub bare: &'a [u8],
+    /// With a port: the host and its port as written (`reviews:9080`, `[::1]:80`).
+    pub with_port: Option<&'a [u8]>,
+}
+
+/// Parses an authority (or any service key) strictly: a DNS name (letters, digits, `-`, `_`,
+/// non-empty dot-separated labels, one optional trailing dot), an IPv4 literal, or an IPv6
+/// literal in brackets, each with an optional numeric port; or a bare IPv6 literal without
+/// port. Anything else is `None`, an unknown service: brackets around a name (`[reviews]`),
+/// text after `]` (`[reviews]junk`), an unclosed bracket, a port that is empty or not a number
+/// from 0 to 65535 (`reviews:`, `reviews:abc`), or a second port.
+///
+/// Works in place: lowercases `raw` and rewrites it into the key's form (IPv6 literals in
+/// canonical form, so `[0:0::1]` and `[::1]` are one host); allocates only if a canonical
+/// IPv6 literal is longer than the one written (`1::2:3:4:5:6:7` is `1:0:2:3:4:5:6:7`).
+pub fn host_key(raw: &mut Vec<u8>) -> Option<HostKey<'_>> {
+    raw.make_ascii_lowercase();
+    if raw.first() == Some(&b'[') {
+        let close = raw.iter().position(|&b| b == b']')?;
+        let address = ipv6(raw.get(1..close)?)?;
+        let port = port_digits(raw.get(close + 1..)?)?;
+        raw.clear();
+        write_ipv6(raw, address, true)?;
+        let bare_end = raw.len() - 1;
+        if let Some((digits, len)) = port {
+            raw.push(b':');
+            raw.extend_from_slice(digits.get(..len)?);
+        }
+        return Some(HostKey {
+            bare: raw.get(1..bare_end)?,
+            with_port: port.and(Some(raw.as_slice())),
+        });
+    }
+    let colons = raw.iter().filter(|&&b| b == b':').count();
+    if colons >= 2 {
+        let address = ipv6(raw)?;
+        raw.clear();
+        write_ipv6(raw, address, false)?;
+        return Some(HostKey {
+            bare: raw.as_slice(),
+            with_port: None,
+        });
+    }
+    let name_end = raw.iter().position(|&b| b == b':').unwrap_or(raw.len());
+    let has_port = name_end < raw.len();
+    if has_port {
+        port_digits(raw.get(name_end..)?)?;
+    }
+    let name = raw.get(..name_end)?;
+    let dotted = name.ends_with(b".");
+    let name_len = name_end - usize::from(dotted);
+    if !valid_name(raw.get(..name_len)?) {
+        return None;
+    }
+    if dotted {
+        raw.remove(name_len);
+    }
+    Some(HostKey {
+        bare: raw.get(..name_len)?,
+        with_port: has_port.then_some(raw.as_slice()),
+    })
+}
+
+/// A DNS name or IPv4 literal (without trailing dot): non-empty labels of letters, digits,
+/// `-` and `_`.
+fn valid_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.split(|&b| b == b'.').all(|label| {
+            !label.is_empty()
+                && label
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+fn ipv6(text: &[u8]) -> Option<std::net::Ipv6Addr> {
+    std::str::from_utf8(text).ok()?.parse().ok()
+}
+
+fn write_ipv6(out: &mut Vec<u8>, address: std::net::Ipv6Addr, brackets: bool) -> Option<()> {
+    use std::io::Write as _;
+    let written = if brackets {
+        write!(out, "[{address}]")
+    } else {
+        write!(out, "{address}")
+    };
+    written.ok()
+}
+
+/// `""` (no port) or `:` followed by 1 to 5 digits up to 65535: the digits as written, or
+/// `None` when malformed.
+#[allow(clippy::type_complexity)]
+fn port_digits(after: &[u8]) -> Option<Option<([u8; 5], usize)>> {
+    let Some(digits) = after.strip_prefix(b":") else {
+        return after.is_empty().then_some(None);
+    };
+    if digits.is_empty() || digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let value = digits
+        .iter()
+        .fold(0u32, |v, &d| v * 10 + u32::from(d - b'0'));
+    if value > 65_535 {
+        return None;
+    }
+    let mut copy = [0u8; 5];
+    copy.get_mut(..digits.len())?.copy_from_slice(digits);
+    Some(Some((copy, digits.len())))
+}
+
+/// [`host_key`] of a configured host: the key it is matched by (with its port when it has
+/// one), or `None` when it is not a valid host.
+pub fn host_key_str(raw: &str) -> Option<String> {
     let mut bytes = raw.as_bytes().to_vec();
-    String::from_utf8_lossy(host_key(&mut bytes)).into_owned()
+    let key = host_key(&mut bytes)?;
+    Some(String::from_utf8_lossy(key.with_port.unwrap_or(key.bare)).into_owned())
 }
 
 /// The percent-decoded value of the first query parameter called `name` in a `:path`
 /// (`+` decodes to a space, as in HTML forms; names are decoded before comparing). Bytes, as
 /// decoded: `%FF` and `%FE` stay distinct. Borrowed when no decoding was needed.
 pub fn query_param<'a>(path: &'a [u8], name: &[u8]) -> Option<Cow<'a, [u8]>> {
-    let start = path.iter().position(|&b| b == b'?')? + 1;
-    let query = path.get(start..)?;
-    let query = match query.iter().position(|&b| b == b'#') {
-        Some(end) => query.get(..end)?,
-        None => query,
-    };
-    query
-        .split(|&b| b == b'&')
-        .filter(|pair| !pair.is_empty())
-        .find_map(|pair| {
-            let (key, value) = match pair.iter().position(|&b| b == b'=') {
-                Some(eq) => (pair.get(..eq)?, pair.get(eq + 1..)?),
-                None => (pair, &[][..]),
-            };
-            (form_decode(key).as_ref() == name).then(|| form_decode(value))
-        })
+    query_pairs(path)
+        .find_map(|(key, value)| (form_decode(key).as_ref() == name).then(|| form_decode(value)))
 }
 
 /// `application/x-www-form-urlencoded` decoding to bytes: `+` is a space, `%XX` a byte; a `%`
@@ -134,7 +404,7 @@ fn form_decode(input: &[u8]) -> Cow<'_, [u8]> {
 mod tests {
     use super::*;
 
-    fn key(s: &str) -> String {
+    fn key(s: &str) -> Option<String> {
         host_key_str(s)
     }
 
@@ -146,37 +416,80 @@ mod tests {
         cookie_value(header.as_bytes(), name.as_bytes())
     }
 
+    fn bare(s: &str) -> Option<String> {
+        let mut raw = s.as_bytes().to_vec();
+        host_key(&mut raw).map(|k| String::from_utf8(k.bare.to_vec()).unwrap())
+    }
+
     #[test]
-    fn host_key_lowercases_and_drops_port() {
-        assert_eq!(key("Reviews.Default.SVC:9080"), "reviews.default.svc");
-        assert_eq!(key("reviews"), "reviews");
+    fn host_key_lowercases_and_keeps_the_port_apart() {
+        assert_eq!(
+            bare("Reviews.Default.SVC:9080").as_deref(),
+            Some("reviews.default.svc")
+        );
+        assert_eq!(
+            key("Reviews.Default.SVC:9080").as_deref(),
+            Some("reviews.default.svc:9080")
+        );
+        assert_eq!(key("reviews").as_deref(), Some("reviews"));
     }
 
     #[test]
     fn host_key_drops_trailing_dot() {
         assert_eq!(
-            key("reviews.default.svc.cluster.local.:80"),
-            "reviews.default.svc.cluster.local"
+            bare("reviews.default.svc.cluster.local.:80").as_deref(),
+            Some("reviews.default.svc.cluster.local")
         );
+        assert_eq!(key("reviews.:80").as_deref(), Some("reviews:80"));
     }
 
     #[test]
-    fn host_key_handles_ipv6_literals() {
-        assert_eq!(key("[::1]:8080"), "::1");
-        assert_eq!(key("[FE80::1]"), "fe80::1");
-        assert_eq!(key("::1"), "::1");
+    fn host_key_canonicalises_ipv6_literals() {
+        assert_eq!(bare("[::1]:8080").as_deref(), Some("::1"));
+        assert_eq!(key("[0:0::1]:8080").as_deref(), Some("[::1]:8080"));
+        assert_eq!(bare("[FE80::1]").as_deref(), Some("fe80::1"));
+        assert_eq!(bare("[0:0::1]").as_deref(), Some("::1"));
+        assert_eq!(bare("0:0:0:0:0:0:0:1").as_deref(), Some("::1"));
+        assert_eq!(bare("::1").as_deref(), Some("::1"));
+        // Longer in canonical form than as written.
+        assert_eq!(bare("[1::2:3:4:5:6:7]").as_deref(), Some("1:0:2:3:4:5:6:7"));
     }
 
     #[test]
-    fn host_key_of_empty_is_empty() {
-        assert_eq!(key(""), "");
-        assert_eq!(key(":80"), "");
+    fn malformed_authorities_have_no_key() {
+        for malformed in [
+            "",
+            ":80",
+            "[reviews]",
+            "[reviews]junk",
+            "[reviews",
+            "[::1",
+            "[::1]junk",
+            "[::1]:80:80",
+            "reviews:abc",
+            "reviews:",
+            "reviews:65536",
+            "reviews:123456",
+            "reviews:80:80",
+            "web:80:80",
+            "::::",
+            "re views",
+            "a..b",
+            ".a",
+            "a/b",
+            "a@b",
+            "[::1]:",
+            "reviews:+80",
+            "reviews:-1",
+        ] {
+            assert_eq!(key(malformed), None, "{malformed:?}");
+        }
     }
 
     #[test]
-    fn host_key_keeps_bytes_that_are_not_utf8() {
+    fn host_key_refuses_bytes_that_are_not_ascii() {
         let mut raw = b"A\xffB:80".to_vec();
-        assert_eq!(host_key(&mut raw), b"a\xffb");
+        assert_eq!(host_key(&mut raw), None);
     }
 
     #[test]

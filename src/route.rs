@@ -12,7 +12,7 @@ use crate::metrics::Counted;
 use crate::plan::{
     Condition, HashOn, HeaderTest, OnUnknownService, Plan, Service, ServiceFrom, Strategy,
 };
-use crate::request::{host_key, query_param, RequestView};
+use crate::request::{has_exact, has_prefix, host_key, query_param, RequestView};
 use crate::select::{least_request, rendezvous, smooth_round_robin};
 
 /// What the stream should do after its request headers were handled.
@@ -57,8 +57,13 @@ where
     R: Rng + ?Sized,
 {
     let mut raw_key = read_service_key(plan, host);
-    let key = raw_key.as_deref_mut().map(host_key);
-    let Some((service_index, service)) = key.and_then(|k| plan.lookup(k)) else {
+    let parsed = raw_key.as_mut().map(host_key);
+    let (key, found) = match parsed {
+        Some(Some(parsed)) => (Some(parsed.bare), plan.lookup_host(parsed)),
+        // No key, or a malformed one (named in a 404 as sent, lowercased).
+        _ => (raw_key.as_deref(), None),
+    };
+    let Some((service_index, service)) = found else {
         return Routed::unknown(unknown_service(plan, key, host));
     };
     let (upstream_index, leased, rule) = choose_upstream(service, rng, host, owner);
@@ -134,19 +139,23 @@ where
 }
 
 /// Conditions compare bytes: a configured value (UTF-8 text) matches exactly the request bytes
-/// that spell it, and bytes that are not UTF-8 match no configured value.
+/// that spell it, and bytes that are not UTF-8 match no configured value. A condition holds when
+/// any copy of its header, any cookie of its name (in any `cookie` header) or any query
+/// parameter of its name satisfies it: adding a copy never makes a condition stop holding.
 fn holds<'a, H: Host + ?Sized>(condition: &'a Condition, request: &mut RequestView<'a, H>) -> bool {
     match condition {
-        Condition::Header { name, test } => match (request.header(name), test) {
-            (Some(value), HeaderTest::Exact(expected)) => value == expected.as_bytes(),
-            (Some(value), HeaderTest::Prefix(prefix)) => value.starts_with(prefix.as_bytes()),
-            (Some(_), HeaderTest::Present) => true,
-            (None, _) => false,
-        },
-        Condition::Cookie { name, value } => request.cookie(name) == Some(value.as_bytes()),
-        Condition::Query { name, value } => {
-            request.query(name).as_deref() == Some(value.as_bytes())
+        Condition::Header { name, test } => {
+            let copies = request.header_copies(name);
+            match test {
+                HeaderTest::Exact(expected) => has_exact(copies, expected.as_bytes()),
+                HeaderTest::Prefix(prefix) => has_prefix(copies, prefix.as_bytes()),
+                HeaderTest::Present => !copies.is_empty(),
+            }
         }
+        Condition::Cookie { name, value } => {
+            request.cookies().has(name.as_bytes(), value.as_bytes())
+        }
+        Condition::Query { name, value } => request.query().has(name.as_bytes(), value.as_bytes()),
     }
 }
 
@@ -156,10 +165,11 @@ fn sticky_key<'a, 'v, H: Host + ?Sized>(
     hash_on: &'a HashOn,
     request: &'v mut RequestView<'a, H>,
 ) -> Option<Cow<'v, [u8]>> {
+    // The first copy, the first cookie or the first parameter of the name, in the order sent.
     let key = match hash_on {
         HashOn::Header(name) => request.header(name).map(Cow::Borrowed),
-        HashOn::Cookie(name) => request.cookie(name).map(Cow::Borrowed),
-        HashOn::Query(name) => request.query(name),
+        HashOn::Cookie(name) => request.cookies().first(name.as_bytes()).map(Cow::Borrowed),
+        HashOn::Query(name) => request.query().first(name.as_bytes()).map(Cow::Borrowed),
     };
     key.filter(|k| !k.is_empty())
 }

@@ -215,6 +215,42 @@ fn round_robin_interleaves_through_the_request_path() {
     assert_eq!(seq, ["c_a", "c_a", "c_b", "c_a", "c_c", "c_a", "c_a"]);
 }
 
+/// The README's bound for two upstreams: within half a request of the share either way,
+/// counted from the last change of the weights.
+#[test]
+fn round_robin_starts_afresh_when_the_weights_in_force_change() {
+    let plan = service_plan(
+        r#""strategy": "round_robin","#,
+        &[("a", 1_000_000), ("b", 1)],
+    );
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+    let service = &plan.services[0];
+    // Scores built up under 1 000 000/1: b's score nears 1 000 000 before its one pick.
+    for _ in 0..300_000 {
+        route_with(&plan, &mut rng, &[]);
+    }
+    for (weights, name) in [
+        ([1, 1], "step"),
+        ([0, 1], "ejection"),
+        ([1, 1], "readmission"),
+    ] {
+        assert!(service.set_weights(&weights), "{name}");
+        let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+        let mut counts = [0i64; 2];
+        for n in 1..=3000i64 {
+            match route_with(&plan, &mut rng, &[]).as_str() {
+                "c_a" => counts[0] += 1,
+                _ => counts[1] += 1,
+            }
+            for (count, &w) in counts.iter().zip(&weights) {
+                // |count - n·w/W| <= 1/2, scaled by 2W.
+                let off = 2 * (count * total - n * i64::from(w));
+                assert!(off.abs() <= total, "{name}: {counts:?} after {n}");
+            }
+        }
+    }
+}
+
 #[test]
 fn sticky_sends_a_key_to_the_same_upstream_and_spreads_keys() {
     let plan = service_plan(
@@ -321,8 +357,128 @@ fn rules_read_each_header_once() {
     );
     assert_eq!(
         *host.calls.borrow(),
-        vec!["get :authority", "get cookie", "set x-meshsplit-cluster"]
+        vec![
+            "get :authority",
+            "get all cookie",
+            "set x-meshsplit-cluster"
+        ]
     );
+}
+
+/// Routes one request with `headers` (copies in order) through a two-upstream service with
+/// `rules` (JSON) sending matches to "b" (weight 0), so "c_b" means a rule matched.
+fn ruled(rules: &str, headers: &[(&str, &str)]) -> String {
+    let plan = service_plan(&format!(r#""rules": [{rules}],"#), &[("a", 1), ("b", 0)]);
+    route_with(&plan, &mut Xoshiro256PlusPlus::seed_from_u64(1), headers)
+}
+
+#[test]
+fn a_header_condition_holds_when_any_copy_satisfies_it() {
+    let exact =
+        r#"{"match": {"headers": [{"name": "x-canary", "exact": "true"}]}, "upstream": "b"}"#;
+    assert_eq!(
+        ruled(exact, &[("x-canary", "false"), ("x-canary", "true")]),
+        "c_b"
+    );
+    assert_eq!(
+        ruled(exact, &[("x-canary", "true"), ("x-canary", "false")]),
+        "c_b"
+    );
+    assert_eq!(
+        ruled(exact, &[("x-canary", "false"), ("x-canary", "no")]),
+        "c_a"
+    );
+    let prefix = r#"{"match": {"headers": [{"name": "x-v", "prefix": "be"}]}, "upstream": "b"}"#;
+    assert_eq!(
+        ruled(
+            prefix,
+            &[("x-v", "alpha"), ("x-v", "beta"), ("x-v", "zeta")]
+        ),
+        "c_b"
+    );
+    assert_eq!(ruled(prefix, &[("x-v", "b"), ("x-v", "bf")]), "c_a");
+}
+
+#[test]
+fn a_cookie_condition_holds_for_any_cookie_of_its_name_in_any_cookie_header() {
+    let rule = r#"{"match": {"cookies": [{"name": "beta", "exact": "1"}]}, "upstream": "b"}"#;
+    assert_eq!(ruled(rule, &[("cookie", "beta=0; beta=1")]), "c_b");
+    assert_eq!(ruled(rule, &[("cookie", "beta=1; beta=0")]), "c_b");
+    assert_eq!(
+        ruled(rule, &[("cookie", "a=2"), ("cookie", "beta=1")]),
+        "c_b"
+    );
+    assert_eq!(ruled(rule, &[("cookie", "beta=0; beta=2")]), "c_a");
+}
+
+#[test]
+fn a_semicolon_inside_a_quoted_cookie_value_does_not_end_the_cookie() {
+    let rule = r#"{"match": {"cookies": [{"name": "beta", "exact": "1"}]}, "upstream": "b"}"#;
+    // Split on every `;`, `beta=1` would appear inside a's value.
+    assert_eq!(ruled(rule, &[("cookie", r#"a="x; beta=1"; c=2"#)]), "c_a");
+    assert_eq!(ruled(rule, &[("cookie", r#"a="x; y"; beta=1"#)]), "c_b");
+    let quoted = r#"{"match": {"cookies": [{"name": "a", "exact": "x; y"}]}, "upstream": "b"}"#;
+    assert_eq!(ruled(quoted, &[("cookie", r#"a="x; y"; beta=1"#)]), "c_b");
+}
+
+#[test]
+fn a_query_condition_holds_for_any_parameter_of_its_name() {
+    let rule = r#"{"match": {"query": [{"name": "v", "exact": "b"}]}, "upstream": "b"}"#;
+    assert_eq!(ruled(rule, &[(":path", "/?v=a&v=b")]), "c_b");
+    assert_eq!(ruled(rule, &[(":path", "/?v=b&v=a")]), "c_b");
+    assert_eq!(ruled(rule, &[(":path", "/?v=a&v=c")]), "c_a");
+}
+
+#[test]
+fn many_query_and_cookie_rules_parse_path_and_cookies_once() {
+    let mut rules: Vec<String> = (0..128)
+        .map(|i| {
+            format!(
+                r#"{{"match": {{"query": [{{"name": "q{i}", "exact": "no"}}]}}, "upstream": "b"}}"#
+            )
+        })
+        .collect();
+    rules.extend((0..128).map(|i| {
+        format!(
+            r#"{{"match": {{"cookies": [{{"name": "c{i}", "exact": "no"}}]}}, "upstream": "b"}}"#
+        )
+    }));
+    let plan = service_plan(
+        &format!(r#""rules": [{}],"#, rules.join(",")),
+        &[("a", 1), ("b", 0)],
+    );
+    let path: String = format!(
+        "/?{}",
+        (0..6000)
+            .map(|i| format!("q{}=v", i % 200))
+            .collect::<Vec<_>>()
+            .join("&")
+    );
+    let cookies: String = (0..1000)
+        .map(|i| format!("c{}=v", i % 200))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let host = FakeHost::with_headers(&[
+        (":authority", "svc"),
+        (":path", &path),
+        ("cookie", &cookies),
+    ]);
+    on_request_headers(
+        &plan,
+        &mut Xoshiro256PlusPlus::seed_from_u64(1),
+        &host,
+        PROCESS_OWNER,
+    );
+    assert_eq!(
+        *host.calls.borrow(),
+        vec![
+            "get :authority",
+            "get :path",
+            "get all cookie",
+            "set x-meshsplit-cluster"
+        ]
+    );
+    assert_eq!(host.header("x-meshsplit-cluster").as_deref(), Some("c_a"));
 }
 
 // ---- keys and match values are bytes ----

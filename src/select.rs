@@ -90,45 +90,52 @@ pub fn smooth_round_robin(weights: &[u32], current: &[std::cell::Cell<i64>]) -> 
     Some(index)
 }
 
-/// Least request relative to weight: the entry minimizing `(in_flight + 1) / weight`; ties go
-/// to the higher weight, then at random. Zero-weight entries are never picked.
+/// Least request relative to weight, with a band of one request: the candidates are the
+/// upstreams whose load `in_flight / weight` is at most the lowest load any upstream would have
+/// with this request added, `min_j (in_flight_j + 1) / weight_j`, and one of them is picked at
+/// random by weight.
+///
+/// What it guarantees:
+/// - **the weights when loads are low or equal:** with nothing in flight every upstream is a
+///   candidate, and so is every one when loads are equal relative to weight, so the pick is
+///   weighted random: a quiet service follows its weights (a canary at 10 % gets 10 %), where
+///   picking the smallest `(in_flight + 1) / weight` alone would starve it (1/10 > 1/90).
+/// - **never prefers a busier upstream:** the least loaded upstream is always a candidate, and
+///   an upstream is one only if it is no busier than the least loaded would be with this
+///   request: `n_pick / w_pick <= (n_j + 1) / w_j` for every `j`. An upstream a whole request
+///   (relative to weight) busier than another is never picked, so a slow upstream, whose
+///   requests pile up, stops getting any.
+/// - zero-weight entries are never picked.
 pub fn least_request<R: Rng + ?Sized>(
     weights: &[u32],
     in_flight: &[u64],
     rng: &mut R,
 ) -> Option<usize> {
-    // Compare (a + 1) / wa with (b + 1) / wb as (a + 1) * wb with (b + 1) * wa: exact, no floats.
-    let load = |i: usize| -> Option<(u128, u128)> {
-        let w = u128::from(*weights.get(i)?);
-        let n = u128::from(*in_flight.get(i)?) + 1;
-        (w > 0).then_some((n, w))
+    let entries = || {
+        weights
+            .iter()
+            .zip(in_flight)
+            .enumerate()
+            .filter(|(_, (&w, _))| w > 0)
+            .map(|(i, (&w, &n))| (i, u128::from(w), u128::from(n)))
     };
-    let mut best: Option<usize> = None;
-    let mut ties = 0u64;
-    for i in 0..weights.len() {
-        let Some((n, w)) = load(i) else { continue };
-        let Some((bn, bw)) = best.and_then(load) else {
-            best = Some(i);
-            ties = 1;
-            continue;
-        };
-        let ordering = (n * bw).cmp(&(bn * w)).then(bw.cmp(&w));
-        match ordering {
-            std::cmp::Ordering::Less => {
-                best = Some(i);
-                ties = 1;
-            }
-            std::cmp::Ordering::Equal => {
-                // Reservoir sampling: each of the tied entries ends up chosen with equal chance.
-                ties += 1;
-                if rng.next_u64() % ties == 0 {
-                    best = Some(i);
-                }
-            }
-            std::cmp::Ordering::Greater => {}
+    // The band's limit num / den = min (n + 1) / w, compared exactly by cross-multiplying.
+    let (num, den) = entries()
+        .map(|(_, w, n)| (n + 1, w))
+        .reduce(|(a, b), (c, d)| if c * b < a * d { (c, d) } else { (a, b) })?;
+    let candidate = move |(_, w, n): &(usize, u128, u128)| *n * den <= num * *w;
+    let total: u128 = entries().filter(candidate).map(|(_, w, _)| w).sum();
+    // Weighted random among the candidates: a point in [0, total) by multiply-shift.
+    let mut point = (u128::from(rng.next_u64()) * total) >> 64;
+    let mut last = None;
+    for (i, w, n) in entries().filter(candidate) {
+        if point < w {
+            return Some(i);
         }
+        point -= w;
+        last = Some((i, w, n));
     }
-    best
+    last.map(|(i, _, _)| i)
 }
 
 /// The fixed hash of sticky routing: 64-bit FNV-1a, then the splitmix64 finalizer to spread
@@ -328,25 +335,41 @@ mod tests {
     }
 
     #[test]
-    fn least_request_prefers_fewest_in_flight_relative_to_weight() {
+    fn least_request_picks_within_one_request_of_the_least_loaded() {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+        // 3 > (1 + 1) / 1: only upstream 1 is a candidate.
         assert_eq!(least_request(&[1, 1], &[3, 1], &mut rng), Some(1));
-        // (4 + 1) / 2 = 2.5 beats (2 + 1) / 1 = 3.
-        assert_eq!(least_request(&[1, 2], &[2, 4], &mut rng), Some(1));
+        // 4 / 2 = 2 <= (3 + 1) / 1, and 3 / 1 > (4 + 1) / 2: only upstream 1.
+        assert_eq!(least_request(&[1, 2], &[3, 4], &mut rng), Some(1));
         assert_eq!(least_request(&[0, 1], &[0, 100], &mut rng), Some(1));
         assert_eq!(least_request(&[0, 0], &[0, 0], &mut rng), None);
+        assert_eq!(least_request(&[], &[], &mut rng), None);
+    }
+
+    fn least_request_counts(weights: &[u32], loads: &[u64], draws: usize) -> Vec<usize> {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+        let mut counts = vec![0; weights.len()];
+        for _ in 0..draws {
+            counts[least_request(weights, loads, &mut rng).unwrap()] += 1;
+        }
+        counts
     }
 
     #[test]
-    fn least_request_ties_go_to_higher_weight_then_random() {
-        let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
-        // (1 + 1) / 2 = (0 + 1) / 1: tie on load, weight 2 wins.
-        assert_eq!(least_request(&[1, 2], &[0, 1], &mut rng), Some(1));
-        let mut seen = [0usize; 3];
-        for _ in 0..3000 {
-            seen[least_request(&[1, 1, 1], &[0, 0, 0], &mut rng).unwrap()] += 1;
-        }
-        assert!(seen.iter().all(|&n| n > 850), "{seen:?}");
+    fn least_request_follows_the_weights_when_nothing_is_in_flight() {
+        let weights = [90, 10];
+        let c = least_request_counts(&weights, &[0, 0], 100_000);
+        assert!(chi_square(&c, &weights) < 10.83, "{c:?}");
+        let weights = [50, 30, 20];
+        let c = least_request_counts(&weights, &[0, 0, 0], 100_000);
+        assert!(chi_square(&c, &weights) < 13.82, "{c:?}");
+    }
+
+    #[test]
+    fn least_request_follows_the_weights_when_loads_are_equal_relative_to_weight() {
+        let weights = [90, 10];
+        let c = least_request_counts(&weights, &[27, 3], 100_000);
+        assert!(chi_square(&c, &weights) < 10.83, "{c:?}");
     }
 
     fn owner(key: &str, weights: &[u32]) -> usize {

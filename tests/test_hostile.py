@@ -144,17 +144,22 @@ ROWS = [
     row("query-60kb-service", "query", 404, rejected=SIXTY_KB.decode(),
         request=h1(b"/?service=" + SIXTY_KB, b"Host: x")),
 
-    # Many colons: not `name:port`, so kept whole and matched as a bare IPv6 literal.
+    # Hosts are parsed strictly: a malformed authority is an unknown service.
     row("host-colons-after-name", "host", 404, request=h1(b"/", b"Host: web:80:80")),
     row("host-only-colons", "host", 404, request=h1(b"/", b"Host: " + b":" * 200)),
-    row("host-ipv6-with-two-ports", "host", 200, anyof(SIX), request=h1(b"/", b"Host: [::1]:80:80")),
-    row("host-trailing-colon", "host", 200, anyof(WEB), request=h1(b"/", b"Host: web:")),
+    row("host-ipv6-with-two-ports", "host", 404, request=h1(b"/", b"Host: [::1]:80:80")),
+    row("host-trailing-colon", "host", 404, request=h1(b"/", b"Host: web:")),
+    row("host-port-not-a-number", "host", 404, request=h1(b"/", b"Host: web:abc")),
+    row("host-name-in-brackets", "host", 404, request=h1(b"/", b"Host: [web]")),
+    row("host-name-in-brackets-junk", "host", 404, request=h1(b"/", b"Host: [web]junk")),
+    row("host-name-unclosed-bracket", "host", 404, request=h1(b"/", b"Host: [web")),
 
     # IPv6 literals, with and without port, and a service whose name is one.
     row("host-ipv6", "host", 200, anyof(SIX), request=h1(b"/", b"Host: [::1]")),
     row("host-ipv6-port", "host", 200, anyof(SIX), request=h1(b"/", b"Host: [::1]:8080")),
     row("host-ipv6-bare", "host", 200, anyof(SIX), request=h1(b"/", b"Host: ::1")),
-    row("host-ipv6-unclosed", "host", 200, anyof(SIX), request=h1(b"/", b"Host: [::1")),
+    row("host-ipv6-unclosed", "host", 404, request=h1(b"/", b"Host: [::1")),
+    row("host-ipv6-not-canonical", "host", 200, anyof(SIX), request=h1(b"/", b"Host: [0:0::1]:80")),
     row("host-ipv6-named-service", "host", 200, anyof(LIT), request=h1(b"/", b"Host: [fd00::7]")),
     row("host-ipv6-named-service-port", "host", 200, anyof(LIT),
         request=h1(b"/", b"Host: [FD00::7]:443")),

@@ -264,6 +264,37 @@ impl Filter {
         }
     }
 
+    /// Every copy of a request header, in order.
+    pub fn request_header_values(self, name: &str) -> Vec<Vec<u8>> {
+        let mut values = Vec::new();
+        let mut count = 1usize;
+        let mut index = 0usize;
+        while index < count {
+            let mut result = EnvoyBuffer {
+                ptr: null(),
+                length: 0,
+            };
+            // SAFETY: as in request_header; `count` is a local out-parameter for the number of
+            // copies.
+            let found = unsafe {
+                envoy_dynamic_module_callback_http_get_header(
+                    self.0,
+                    REQUEST_HEADER,
+                    ModuleBuffer::of(name.as_bytes()),
+                    &mut result,
+                    index,
+                    &mut count,
+                )
+            };
+            match found.then(|| copied(result)).flatten() {
+                Some(value) => values.push(value),
+                None => break,
+            }
+            index += 1;
+        }
+        values
+    }
+
     /// Replaces every copy of a request header (`Some`) or removes them all (`None`).
     pub fn set_request_header(self, name: &str, value: Option<&str>) -> bool {
         let value = match value {
@@ -426,27 +457,34 @@ impl FilterConfig {
 }
 
 impl Selection {
-    pub fn request_header(self, name: &str) -> Option<Vec<u8>> {
-        let mut result = EnvoyBuffer {
-            ptr: null(),
-            length: 0,
-        };
-        // SAFETY: the context pointer of the running select hook; the key lives for the call;
-        // `result` is a local out-parameter; the count is optional (null).
-        let found = unsafe {
-            envoy_dynamic_module_callback_cluster_specifier_get_request_header_value(
-                self.0,
-                ModuleBuffer::of(name.as_bytes()),
-                &mut result,
-                0,
-                null_mut(),
-            )
-        };
-        if found {
-            copied(result)
-        } else {
-            None
+    /// Every copy of a request header, in order.
+    pub fn request_header_values(self, name: &str) -> Vec<Vec<u8>> {
+        let mut values = Vec::new();
+        let mut count = 1usize;
+        let mut index = 0usize;
+        while index < count {
+            let mut result = EnvoyBuffer {
+                ptr: null(),
+                length: 0,
+            };
+            // SAFETY: as in request_header; `count` is a local out-parameter for the number of
+            // copies.
+            let found = unsafe {
+                envoy_dynamic_module_callback_cluster_specifier_get_request_header_value(
+                    self.0,
+                    ModuleBuffer::of(name.as_bytes()),
+                    &mut result,
+                    index,
+                    &mut count,
+                )
+            };
+            match found.then(|| copied(result)).flatten() {
+                Some(value) => values.push(value),
+                None => break,
+            }
+            index += 1;
         }
+        values
     }
 
     /// The random value Envoy routes this request with: its stream id, the same for every

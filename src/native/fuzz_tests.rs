@@ -15,7 +15,6 @@ use crate::fuzz_tests::{
     expected_key, parse_head, PLAN_HEADER, PLAN_HOST, PLAN_QUERY, REQUEST_SEEDS,
 };
 use crate::plan::{OnUnknownService, Plan};
-use crate::request::host_key;
 
 /// Header names and values.
 type Headers = Vec<(Vec<u8>, Vec<u8>)>;
@@ -382,7 +381,7 @@ fn null_buffer(length: usize) -> EnvoyBuffer {
 /// The clusters the plan allows for a request (empty: an unknown service).
 fn clusters_for(plan: &Plan, head: &[(String, Vec<u8>)]) -> Option<Vec<Vec<u8>>> {
     let mut key = expected_key(plan, head)?;
-    let service = plan.service_for(host_key(&mut key))?;
+    let (_, service) = plan.find(&mut key)?;
     Some(
         service
             .upstreams

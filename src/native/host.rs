@@ -31,6 +31,10 @@ impl Host for FilterHost<'_> {
         self.filter.request_header(name)
     }
 
+    fn request_header_values(&self, name: &str) -> Vec<Vec<u8>> {
+        self.filter.request_header_values(name)
+    }
+
     fn set_request_header(&self, name: &str, value: Option<&str>) {
         self.wrote.set(true);
         if !self.filter.set_request_header(name, value) {
@@ -153,17 +157,22 @@ pub struct SelectionHost<'a> {
     pub namespace: &'a str,
     pub cluster_header: &'a str,
     pub decision: RefCell<Decision>,
-    /// Every request header the decision read, with its value.
-    pub reads: RefCell<Vec<(String, Option<Vec<u8>>)>>,
+    /// Every request header the decision read, with all its copies.
+    pub reads: RefCell<Vec<(String, Vec<Vec<u8>>)>>,
 }
 
 impl Host for SelectionHost<'_> {
     fn request_header(&self, name: &str) -> Option<Vec<u8>> {
-        let value = self.selection.request_header(name);
+        self.request_header_values(name).into_iter().next()
+    }
+
+    /// Records every copy it read, so that a refresh can tell whether any changed.
+    fn request_header_values(&self, name: &str) -> Vec<Vec<u8>> {
+        let values = self.selection.request_header_values(name);
         self.reads
             .borrow_mut()
-            .push((name.to_owned(), value.clone()));
-        value
+            .push((name.to_owned(), values.clone()));
+        values
     }
 
     fn set_request_header(&self, name: &str, value: Option<&str>) {

@@ -88,7 +88,7 @@ const REMEMBERED: usize = 1024;
 
 /// A decision, and the request headers it read with their values.
 struct Selected {
-    reads: Vec<(String, Option<Vec<u8>>)>,
+    reads: Vec<(String, Vec<Vec<u8>>)>,
     decision: Decision,
 }
 
@@ -107,7 +107,7 @@ impl Selections {
         let unchanged = selected
             .reads
             .iter()
-            .all(|(name, value)| selection.request_header(name) == *value);
+            .all(|(name, values)| selection.request_header_values(name) == *values);
         if unchanged {
             return Some(selected.decision.clone());
         }
@@ -134,7 +134,7 @@ thread_local! {
 /// Picks the cluster of one request. Returns whether a decision was made.
 pub fn select(config: &SharedConfig, selection: Selection) -> bool {
     #[cfg(feature = "test-hooks")]
-    super::hooks::run(|name| selection.request_header(name));
+    super::hooks::run(|name| selection.request_header_values(name).into_iter().next());
     // 0: Envoy gave no random value, so no way to know a refresh.
     let request = Some(selection.random_value())
         .filter(|&random| random != 0)

@@ -44,6 +44,11 @@ extern "C" {
         return_value: *mut *mut u8,
         return_value_size: *mut usize,
     ) -> u32;
+    fn proxy_get_header_map_pairs(
+        map_type: u32,
+        return_data: *mut *mut u8,
+        return_size: *mut usize,
+    ) -> u32;
     fn proxy_replace_header_map_value(
         map_type: u32,
         key: *const u8,
@@ -229,6 +234,35 @@ pub fn request_header(name: &str) -> Option<Vec<u8>> {
         )
     };
     returned_buffer(status, data, size)
+}
+
+/// Every request header, in order, as (name, value): one host call for the whole map.
+pub fn request_headers() -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let (mut data, mut size) = (null_mut(), 0);
+    // SAFETY: as in plugin_configuration.
+    let status = unsafe { proxy_get_header_map_pairs(REQUEST_HEADERS, &mut data, &mut size) };
+    returned_buffer(status, data, size).and_then(|bytes| decode_pairs(&bytes))
+}
+
+/// proxy-wasm's serialized header map: a u32 count, then a (name size, value size) u32 pair per
+/// header, then each name and value followed by a NUL byte; all little-endian.
+fn decode_pairs(bytes: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let word = |at: usize| -> Option<usize> {
+        let b = bytes.get(at..at + 4)?;
+        Some(u32::from_le_bytes([*b.first()?, *b.get(1)?, *b.get(2)?, *b.get(3)?]) as usize)
+    };
+    let count = word(0)?;
+    let mut data = 4usize.checked_add(count.checked_mul(8)?)?;
+    let mut pairs = Vec::with_capacity(count.min(bytes.len() / 8));
+    for i in 0..count {
+        let (name_len, value_len) = (word(4 + 8 * i)?, word(8 + 8 * i)?);
+        let name = bytes.get(data..data.checked_add(name_len)?)?.to_vec();
+        data = data.checked_add(name_len + 1)?;
+        let value = bytes.get(data..data.checked_add(value_len)?)?.to_vec();
+        data = data.checked_add(value_len + 1)?;
+        pairs.push((name, value));
+    }
+    Some(pairs)
 }
 
 /// Replaces every copy of a request header (`Some`) or removes them all (`None`).

@@ -11,6 +11,21 @@ impl Host for EnvoyHost {
         abi::request_header(name)
     }
 
+    /// proxy-wasm's `get_header_map_value` answers the first copy only: every copy needs the
+    /// whole map (one call).
+    fn request_header_values(&self, name: &str) -> Vec<Vec<u8>> {
+        abi::request_headers()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(key, _)| key == name.as_bytes())
+            .map(|(_, value)| value)
+            .collect()
+    }
+
+    fn request_headers(&self) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+        abi::request_headers()
+    }
+
     fn set_request_header(&self, name: &str, value: Option<&str>) {
         if let Err(status) = abi::set_request_header(name, value) {
             log::warn!("writing request header {name}: status {status}");

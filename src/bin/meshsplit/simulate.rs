@@ -425,7 +425,10 @@ mod tests {
     fn least_request_keeps_requests_in_flight_so_shares_follow_weights() {
         let plan = one_service("least_request", &[("a", 3), ("b", 1)]);
         let sim = simulate(&plan, 0, "svc", 400, 0, 1);
-        assert_eq!(sim.counts, [300, 100]);
+        // Among upstreams within one request of the least loaded, the pick is random by weight:
+        // the shares follow the weights, not exactly.
+        assert_eq!(sim.counts.iter().sum::<u64>(), 400);
+        assert!((280..=320).contains(&sim.counts[0]), "{:?}", sim.counts);
     }
 
     #[test]

@@ -521,7 +521,7 @@ fn compile_service_from(raw: Option<RawServiceFrom>) -> Result<ServiceFrom, Conf
         None | Some(RawServiceFrom::Authority) => Ok(ServiceFrom::Authority),
         Some(RawServiceFrom::Header(name)) => {
             check_header_name("service_from.header", &name)?;
-            Ok(ServiceFrom::Header(name))
+            Ok(ServiceFrom::Header(envoy_header_name(&name)))
         }
         Some(RawServiceFrom::Query(param)) => {
             if param.is_empty() {
@@ -801,7 +801,7 @@ fn compile_strategy(
             let hash_on = match &raw.hash_on {
                 Some(RawHashOn::Header(name)) => {
                     check_header_name(&format!("{path}.hash_on.header"), name)?;
-                    HashOn::Header(name.clone())
+                    HashOn::Header(envoy_header_name(name))
                 }
                 Some(RawHashOn::Cookie(name)) => {
                     check_cookie_name(&format!("{path}.hash_on.cookie"), name)?;
@@ -951,7 +951,7 @@ fn compile_rule(path: &str, raw: &RawRule, upstreams: &[Upstream]) -> Result<Rul
                 }
             };
         conditions.push(Condition::Header {
-            name: h.name.clone(),
+            name: envoy_header_name(&h.name),
             test,
         });
     }
@@ -976,6 +976,17 @@ fn compile_rule(path: &str, raw: &RawRule, upstreams: &[Upstream]) -> Result<Rul
 }
 
 /// A header name a rule may test: a lowercase header name or a pseudo-header such as `:path`.
+/// The name under which Envoy keeps header `name`: `host` is `:authority` (HTTP/1.1's Host and
+/// HTTP/2's `:authority` are one header in Envoy, and a list of every header shows only the
+/// latter), so a rule, a sticky key or a service key on `host` reads `:authority`.
+fn envoy_header_name(name: &str) -> String {
+    if name.eq_ignore_ascii_case("host") {
+        ":authority".to_owned()
+    } else {
+        name.to_owned()
+    }
+}
+
 fn check_rule_header_name(path: &str, name: &str) -> Result<(), ConfigError> {
     match name.strip_prefix(':') {
         Some(pseudo) if !pseudo.is_empty() => check_header_name(path, pseudo),

@@ -1156,3 +1156,21 @@ fn guards_cover_at_most_the_guarded_upstream_limit_in_all() {
          to 1025 (each tick reads every guarded upstream's window)"
     );
 }
+
+#[test]
+fn a_header_named_host_is_read_as_the_authority_as_envoy_keeps_it() {
+    let p = plan(
+        r#"{"service_from": {"header": "host"}, "services": [{"name": "s", "strategy": "sticky",
+            "hash_on": {"header": "host"},
+            "upstreams": [{"name": "a", "cluster": "a", "weight": 1}],
+            "rules": [{"match": {"headers": [{"name": "host", "prefix": "x"}]}, "upstream": "a"}]}]}"#,
+    );
+    assert!(matches!(&p.service_from, ServiceFrom::Header(n) if n == ":authority"));
+    let service = &p.services[0];
+    assert!(
+        matches!(&service.strategy, Strategy::Sticky { hash_on: HashOn::Header(n), .. } if n == ":authority")
+    );
+    assert!(
+        matches!(&service.rules[0].conditions[0], Condition::Header { name, .. } if name == ":authority")
+    );
+}

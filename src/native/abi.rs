@@ -238,6 +238,27 @@ fn copied(buffer: EnvoyBuffer) -> Option<Vec<u8>> {
     Some(unsafe { std::slice::from_raw_parts(buffer.ptr, buffer.length) }.to_vec())
 }
 
+/// Every copy of a header, in order, through `get(index, result, count)`: one ABI call per copy,
+/// which also tells how many copies there are.
+fn header_copies(mut get: impl FnMut(usize, &mut EnvoyBuffer, &mut usize) -> bool) -> Vec<Vec<u8>> {
+    let mut values = Vec::new();
+    let mut count = 1usize;
+    let mut index = 0usize;
+    while index < count {
+        let mut result = EnvoyBuffer {
+            ptr: null(),
+            length: 0,
+        };
+        let found = get(index, &mut result, &mut count);
+        match found.then(|| copied(result)).flatten() {
+            Some(value) => values.push(value),
+            None => break,
+        }
+        index += 1;
+    }
+    values
+}
+
 impl Filter {
     /// The first value of a request header, as bytes.
     pub fn request_header(self, name: &str) -> Option<Vec<u8>> {
@@ -266,33 +287,20 @@ impl Filter {
 
     /// Every copy of a request header, in order.
     pub fn request_header_values(self, name: &str) -> Vec<Vec<u8>> {
-        let mut values = Vec::new();
-        let mut count = 1usize;
-        let mut index = 0usize;
-        while index < count {
-            let mut result = EnvoyBuffer {
-                ptr: null(),
-                length: 0,
-            };
+        header_copies(|index, result, count| {
             // SAFETY: as in request_header; `count` is a local out-parameter for the number of
             // copies.
-            let found = unsafe {
+            unsafe {
                 envoy_dynamic_module_callback_http_get_header(
                     self.0,
                     REQUEST_HEADER,
                     ModuleBuffer::of(name.as_bytes()),
-                    &mut result,
+                    result,
                     index,
-                    &mut count,
+                    count,
                 )
-            };
-            match found.then(|| copied(result)).flatten() {
-                Some(value) => values.push(value),
-                None => break,
             }
-            index += 1;
-        }
-        values
+        })
     }
 
     /// Replaces every copy of a request header (`Some`) or removes them all (`None`).
@@ -459,32 +467,19 @@ impl FilterConfig {
 impl Selection {
     /// Every copy of a request header, in order.
     pub fn request_header_values(self, name: &str) -> Vec<Vec<u8>> {
-        let mut values = Vec::new();
-        let mut count = 1usize;
-        let mut index = 0usize;
-        while index < count {
-            let mut result = EnvoyBuffer {
-                ptr: null(),
-                length: 0,
-            };
+        header_copies(|index, result, count| {
             // SAFETY: as in request_header; `count` is a local out-parameter for the number of
             // copies.
-            let found = unsafe {
+            unsafe {
                 envoy_dynamic_module_callback_cluster_specifier_get_request_header_value(
                     self.0,
                     ModuleBuffer::of(name.as_bytes()),
-                    &mut result,
+                    result,
                     index,
-                    &mut count,
+                    count,
                 )
-            };
-            match found.then(|| copied(result)).flatten() {
-                Some(value) => values.push(value),
-                None => break,
             }
-            index += 1;
-        }
-        values
+        })
     }
 
     /// The random value Envoy routes this request with: its stream id, the same for every

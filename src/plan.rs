@@ -838,37 +838,44 @@ fn counter_key(plugin: &str, service: &str, upstream: &str) -> String {
 /// Refuses services (across the plan) and upstreams (within a service) whose stat names are
 /// equal: their counters and gauges would be one and the same metric, summed together.
 fn check_stat_names(services: &[Service]) -> Result<(), ConfigError> {
-    let names: Vec<String> = services.iter().map(|s| stat_segment(&s.name)).collect();
-    let segments: Vec<&str> = names.iter().map(String::as_str).collect();
-    if let Some((first, repeat)) = first_duplicate(&segments) {
+    if let Some((first, repeat, segment)) = stat_clash(services.iter().map(|s| s.name.as_str())) {
         let name = |i: usize| services.get(i).map_or("", |s| s.name.as_str());
         return Err(stat_name_clash(
             format!("services[{repeat}].name"),
             name(repeat),
-            segments.get(repeat).copied().unwrap_or_default(),
+            &segment,
             &format!("services[{first}].name"),
             name(first),
         ));
     }
     for (s, service) in services.iter().enumerate() {
-        let names: Vec<String> = service
-            .upstreams
-            .iter()
-            .map(|u| stat_segment(&u.name))
-            .collect();
-        let segments: Vec<&str> = names.iter().map(String::as_str).collect();
-        if let Some((first, repeat)) = first_duplicate(&segments) {
-            let name = |i: usize| service.upstreams.get(i).map_or("", |u| u.name.as_str());
+        let upstreams = &service.upstreams;
+        if let Some((first, repeat, segment)) =
+            stat_clash(upstreams.iter().map(|u| u.name.as_str()))
+        {
+            let name = |i: usize| upstreams.get(i).map_or("", |u| u.name.as_str());
             return Err(stat_name_clash(
                 format!("services[{s}].upstreams[{repeat}].name"),
                 name(repeat),
-                segments.get(repeat).copied().unwrap_or_default(),
+                &segment,
                 &format!("services[{s}].upstreams[{first}].name"),
                 name(first),
             ));
         }
     }
     Ok(())
+}
+
+/// The first of `names` whose stat segment repeats an earlier one's: (first, repeat, segment).
+fn stat_clash<'a>(names: impl Iterator<Item = &'a str>) -> Option<(usize, usize, String)> {
+    let segments: Vec<String> = names.map(stat_segment).collect();
+    let refs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let (first, repeat) = first_duplicate(&refs)?;
+    Some((
+        first,
+        repeat,
+        segments.get(repeat).cloned().unwrap_or_default(),
+    ))
 }
 
 fn stat_name_clash(

@@ -349,12 +349,7 @@ fn rules_read_each_header_once() {
         &[("a", 1), ("b", 1)],
     );
     let host = FakeHost::with_headers(&[(":authority", "svc"), ("cookie", "b=1")]);
-    on_request_headers(
-        &plan,
-        &mut Xoshiro256PlusPlus::seed_from_u64(1),
-        &host,
-        PROCESS_OWNER,
-    );
+    run(&plan, &host);
     assert_eq!(
         *host.calls.borrow(),
         vec![
@@ -463,12 +458,7 @@ fn many_query_and_cookie_rules_parse_path_and_cookies_once() {
         (":path", &path),
         ("cookie", &cookies),
     ]);
-    on_request_headers(
-        &plan,
-        &mut Xoshiro256PlusPlus::seed_from_u64(1),
-        &host,
-        PROCESS_OWNER,
-    );
+    run(&plan, &host);
     assert_eq!(
         *host.calls.borrow(),
         vec![

@@ -53,17 +53,19 @@ pub struct Record {
 impl Record {
     /// Whether the record holds exactly `names`, in slices of `slice_ms`.
     pub fn matches(&self, slice_ms: u64, names: &[&str]) -> bool {
-        self.slice_ms == slice_ms
-            && self.upstreams.len() == names.len()
+        self.slice_ms == slice_ms && self.holds(names)
+    }
+
+    /// Whether the record's upstreams are `names`, in that order.
+    fn holds(&self, names: &[&str]) -> bool {
+        self.upstreams.len() == names.len()
             && self.upstreams.iter().zip(names).all(|(u, n)| u.name == *n)
     }
 
     /// Where each of `names` is in the record: in place when the record holds exactly them (the
     /// newest configuration's plans), else found by name (an older plan's).
     pub fn positions(&self, names: &[&str]) -> Vec<Option<usize>> {
-        let in_place = self.upstreams.len() == names.len()
-            && self.upstreams.iter().zip(names).all(|(u, n)| u.name == *n);
-        if in_place {
+        if self.holds(names) {
             return (0..names.len()).map(Some).collect();
         }
         let index: std::collections::BTreeMap<&str, usize> = self
@@ -77,10 +79,6 @@ impl Record {
 
     pub fn upstream(&self, name: &str) -> Option<&UpstreamRecord> {
         self.upstreams.iter().find(|u| u.name == name)
-    }
-
-    pub fn upstream_mut(&mut self, name: &str) -> Option<&mut UpstreamRecord> {
-        self.upstreams.iter_mut().find(|u| u.name == name)
     }
 
     /// The record as the plan of `generation` keeps it: its upstreams `names` in its order, with

@@ -111,8 +111,6 @@ impl PlanTick {
                 Some(Phase::Weights(w)) => w.into_owned(),
                 _ => service.configured_weights().to_vec(),
             };
-            let mut paused = false;
-            let mut deciding = self.generation.is_none();
             if let Some(guard) = &service.guard {
                 let keys = GuardKeys::new(plugin, service);
                 let ticked = guard_tick(
@@ -129,10 +127,11 @@ impl PlanTick {
                     .as_ref()
                     .map(|t| t.ejections.as_slice())
                     .unwrap_or(&[]);
-                deciding = ticked.as_ref().is_some_and(|t| t.deciding);
-                if let Some(frozen) = paused_weights(service, &weights, ejections, now_s) {
+                let deciding = ticked.as_ref().is_some_and(|t| t.deciding);
+                let frozen = paused_weights(service, &weights, ejections, now_s);
+                let paused = frozen.is_some();
+                if let Some(frozen) = frozen {
                     weights = frozen;
-                    paused = true;
                 }
                 let admitted = admitted_weights(&weights, ejections, now_s);
                 if admitted.iter().any(|&w| w > 0) {
@@ -147,12 +146,12 @@ impl PlanTick {
                             set_gauge(host, gauge, value, || keys.stat(u, "ejected"));
                         }
                     }
+                    if service.rollout.is_some() {
+                        set_gauge(host, &mut state.paused_gauge, u64::from(paused), || {
+                            paused_gauge_name(plugin, service)
+                        });
+                    }
                 }
-            }
-            if service.rollout.is_some() && service.guard.is_some() && deciding {
-                set_gauge(host, &mut state.paused_gauge, u64::from(paused), || {
-                    paused_gauge_name(plugin, service)
-                });
             }
             service.set_weights(&weights);
         }

@@ -54,6 +54,30 @@ class Load:
             t.join()
 
 
+def load_for(port, seconds):
+    """Steady traffic for `seconds`; what answered (as `Load` records it), counted."""
+    load = Load(port)
+    try:
+        time.sleep(seconds)
+    finally:
+        load.close()
+    return load.since(0)
+
+
+def answers_after_ejection(envoy, upstream, timeout):
+    """Under steady traffic, waits until `upstream` is ejected, then counts what answered during
+    the next 1.5 s, from the moment every worker has followed."""
+    load = Load(envoy.port)
+    try:
+        assert harness.wait_for(lambda: stat(envoy, f"{upstream}.ejected") == 1,
+                                timeout=timeout), f"{upstream} not ejected in time"
+        ejected_at = time.monotonic()
+        time.sleep(1.5)
+        return load.since(ejected_at + PROPAGATION_S)
+    finally:
+        load.close()
+
+
 def stat(envoy, name):
     full = f"{harness.stats_prefix()}.meshsplit.meshsplit.svc.{name}"
     return envoy.stats(full).get(full) or 0
@@ -119,11 +143,7 @@ def test_caps_hold_when_every_upstream_fails(build, wasm, tmp_path, cap, ejected
         config = harness.bootstrap(plugin({"v1": 50, "v2": 50}, max_ejected_percent=cap), ports,
                                    harness.free_port(), harness.free_port())
         with harness.Envoy(config, tmp_path) as envoy:
-            load = Load(envoy.port)
-            try:
-                time.sleep(WINDOW_S + 2.5)
-            finally:
-                load.close()
+            load_for(envoy.port, WINDOW_S + 2.5)
             total = sum(stat(envoy, f"{u}.ejections_total") for u in ("v1", "v2"))
             now = sum(stat(envoy, f"{u}.ejected") for u in ("v1", "v2"))
             assert (total, now) == (ejected, ejected)

@@ -3,12 +3,11 @@
 regression of one upstream is still ejected."""
 import http.client
 import threading
-import time
 
 import pytest
 
 import harness
-from test_guard import Load, plugin, stat
+from test_guard import answers_after_ejection, load_for, plugin, stat
 
 WINDOW_S = 2
 
@@ -55,13 +54,9 @@ def test_a_flood_of_requests_the_application_refuses_ejects_nothing(build, wasm,
             assert statuses == [501] * 400
             # Normal traffic after it (the native build ticks on streams), for longer than a
             # window: still both upstreams, and no ejection.
-            load = Load(envoy.port)
-            try:
-                time.sleep(WINDOW_S + 1.5)
-            finally:
-                load.close()
+            seen = load_for(envoy.port, WINDOW_S + 1.5)
             assert ejections(envoy) == {"v1": 0, "v2": 0}
-            assert set(load.since(0)) == {"v1", "v2"}
+            assert set(seen) == {"v1", "v2"}
 
 
 @pytest.mark.builds("wasm", "native")
@@ -76,12 +71,7 @@ def test_relative_mode_ejects_nothing_when_every_upstream_fails(build, wasm, tmp
                                           max_ejected_percent=100), ports,
                                    harness.free_port(), harness.free_port())
         with harness.Envoy(config, tmp_path) as envoy:
-            load = Load(envoy.port)
-            try:
-                time.sleep(WINDOW_S + 2.5)
-            finally:
-                load.close()
-            seen = load.since(0)
+            seen = load_for(envoy.port, WINDOW_S + 2.5)
             assert seen[503] >= 100, seen
             assert ejections(envoy) == {"v1": 0, "v2": 0}
 
@@ -97,14 +87,6 @@ def test_a_canary_that_answers_500_to_normal_requests_is_ejected(build, wasm, tm
         config = harness.bootstrap(plugin({"v1": 70, "v2": 30}, **extra), ports,
                                    harness.free_port(), harness.free_port())
         with harness.Envoy(config, tmp_path) as envoy:
-            load = Load(envoy.port)
-            try:
-                assert harness.wait_for(lambda: stat(envoy, "v2.ejected") == 1,
-                                        timeout=WINDOW_S + 3), "v2 not ejected in time"
-                ejected_at = time.monotonic()
-                time.sleep(1.5)
-                after = load.since(ejected_at + 0.6)
-            finally:
-                load.close()
+            after = answers_after_ejection(envoy, "v2", WINDOW_S + 3)
             assert after and set(after) == {"v1"}, after
             assert ejections(envoy) == {"v1": 0, "v2": 1}

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use rand_core::SeedableRng;
+use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
 use crate::guard;
@@ -175,8 +175,8 @@ struct Tracked {
     upstream: usize,
     /// Holds an in-flight count of a least-request upstream.
     leased: bool,
-    /// Its outcome feeds the service's guard.
-    observed: bool,
+    /// How many streams its outcome counts for in the service's guard (0: not read).
+    observed: u32,
 }
 
 struct RootPlan {
@@ -354,7 +354,6 @@ impl Instance {
     /// before it takes any count. Pruning starts one stale window later: by then every VM
     /// alive has beaten.
     fn take_owner<H: Host + ?Sized>(&mut self, host: &H) {
-        use rand_core::Rng;
         let owner = in_flight::new_owner(host, self.rng.next_u32());
         self.owner = Some(owner);
         // VMs scan their counts from different places, so a big configuration is covered sooner.
@@ -445,12 +444,9 @@ impl Instance {
         } = routed.counted
         {
             let leased = routed.lease.is_some();
-            let observed = entry
-                .plan
-                .services
-                .get(service)
-                .is_some_and(|s| s.guard.is_some());
-            if leased || observed {
+            let rng = &mut self.rng;
+            let observed = entry.tick.observe(service, upstream, || rng.next_u32());
+            if leased || observed > 0 {
                 self.tracked.insert(
                     context,
                     Tracked {
@@ -523,7 +519,7 @@ impl Instance {
                 }
             }
         }
-        if stream.observed {
+        if stream.observed > 0 {
             // One property read for a stream that got a response; the flags only without one.
             let status = host.response_code().filter(|&code| code > 0);
             let flags = if guard::needs_flags(status) {
@@ -534,9 +530,12 @@ impl Instance {
             let outcome = guard::outcome(status, flags);
             let entry = self.roots.iter_mut().find(|r| r.id == stream.root);
             if let (Some(outcome), Some(entry)) = (outcome, entry) {
-                entry
-                    .tick
-                    .record_outcome(stream.service, stream.upstream, outcome);
+                entry.tick.record_outcome(
+                    stream.service,
+                    stream.upstream,
+                    outcome,
+                    stream.observed,
+                );
             }
         }
         false

@@ -762,3 +762,54 @@ fn every_metric_is_defined_once_per_vm_however_many_updates() {
     assert!(defines.contains_key("meshsplit.meshsplit.svc.v2.ejected"));
     assert!(defines.contains_key("meshsplit.meshsplit.lr.a.in_flight"));
 }
+
+// ---- the guard reads every outcome up to a budget per tick, then a sample ----
+
+#[test]
+fn past_the_budget_a_guarded_stream_ends_without_an_outcome_read_unless_sampled() {
+    let config = r#"{"services": [{"name": "svc", "upstreams": [
+        {"name": "v1", "cluster": "c1", "weight": 100},
+        {"name": "v2", "cluster": "c2", "weight": 0}],
+        "guard": {"error_rate": 0.5, "min_requests": 10, "window_s": 5, "eject_s": 60}}]}"#;
+    let worker = FakeHost::default();
+    let mut vm = Instance::new([5; 32]);
+    vm.configure(1, config.as_bytes(), "meshsplit", &worker)
+        .unwrap();
+    let streams = 16 * 100;
+    let mut reads = Vec::new();
+    for context in 100..100 + streams {
+        vm.stream_created(context, 1);
+        let host = svc_host(&worker);
+        host.response.set((Some(200), None));
+        vm.request_headers(context, &host);
+        let before = host.call_count();
+        vm.context_deleted(context, &host);
+        let calls = host.calls.borrow()[before..].to_vec();
+        // A stream's end makes one read or none, never anything else.
+        assert!(calls.is_empty() || calls == ["response code"], "{calls:?}");
+        reads.push(!calls.is_empty());
+    }
+    let budget = usize::try_from(tick::OBSERVED_PER_TICK).unwrap();
+    assert!(
+        reads[..budget].iter().all(|&r| r),
+        "every stream within the budget is read"
+    );
+    let sampled = reads[budget..].iter().filter(|&&r| r).count();
+    let expected = (reads.len() - budget) / 16;
+    assert!(
+        sampled > expected / 2 && sampled < expected * 2,
+        "{sampled} sampled of {}",
+        reads.len() - budget
+    );
+    // Each sampled read counts for 16 streams in the guard's window.
+    vm.tick(1, &worker);
+    let shared = worker.shared.borrow();
+    let (bytes, _) = shared
+        .iter()
+        .find(|(key, _)| key.contains("guard"))
+        .map(|(_, v)| v)
+        .expect("the guard's record");
+    let record = crate::guard_record::Record::decode(bytes);
+    let requests: u64 = record.upstreams[0].buckets.iter().map(|b| b.requests).sum();
+    assert_eq!(requests, u64::try_from(budget + 16 * sampled).unwrap());
+}

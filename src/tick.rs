@@ -38,11 +38,23 @@ pub fn process_monotonic_ms() -> u64 {
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Streams per upstream whose outcome a VM reads between two of its ticks before it samples:
+/// 32 a second per worker and upstream at the wasm build's 500 ms tick. (None in the benchmark's
+/// `bench-sampled` build, which measures the sampled path.)
+pub const OBSERVED_PER_TICK: u32 = if cfg!(feature = "bench-sampled") { 0 } else { 16 };
+/// Past [`OBSERVED_PER_TICK`], one stream in this many has its outcome read, counted this many
+/// times. In the wasm build a read costs a host call that re-enters the VM to allocate (about
+/// 12 k instructions, `bench/README.md`), several times meshsplit's own cost per request.
+pub const SAMPLE_ONE_IN: u32 = 16;
+
 /// Per-VM tick state of one service with a guard or a rollout.
 #[derive(Debug, Clone, Default)]
 struct ServiceTick {
-    /// Outcomes seen by this VM since its last tick, per upstream: (requests, failures).
+    /// Outcomes seen by this VM since its last tick, per upstream: (requests, failures), each
+    /// sampled outcome counted for the streams it stands for.
     pending: Box<[(u64, u64)]>,
+    /// Streams per upstream chosen for an outcome read since this VM's last tick.
+    observing: Box<[u32]>,
     /// Gauge ids and last values set: ejected per upstream, then the rollout pause.
     ejected_gauges: Box<[Option<(u32, u64)>]>,
     paused_gauge: Option<(u32, u64)>,
@@ -78,6 +90,7 @@ impl PlanTick {
                     let n = s.upstreams.len();
                     ServiceTick {
                         pending: vec![(0, 0); n].into(),
+                        observing: vec![0; n].into(),
                         ejected_gauges: vec![None; n].into(),
                         paused_gauge: None,
                         guard: s.guard.clone(),
@@ -87,16 +100,48 @@ impl PlanTick {
         }
     }
 
+    /// Whether the outcome of a stream of `service` just routed to `upstream` is to be read,
+    /// as the number of streams it will count for (0: not read, or the service has no guard).
+    /// Every stream up to [`OBSERVED_PER_TICK`] per upstream between two ticks; past that, one
+    /// in [`SAMPLE_ONE_IN`] (`draw` is a uniform random number), counted that many times, so the
+    /// window's totals stay unbiased while the reads per second stay bounded at high rates.
+    pub fn observe(&mut self, service: usize, upstream: usize, draw: impl FnOnce() -> u32) -> u32 {
+        let Some(state) = self.services.get_mut(service) else {
+            return 0;
+        };
+        if state.guard.is_none() {
+            return 0;
+        }
+        let Some(observing) = state.observing.get_mut(upstream) else {
+            return 0;
+        };
+        if *observing < OBSERVED_PER_TICK {
+            *observing += 1;
+            return 1;
+        }
+        if draw() % SAMPLE_ONE_IN == 0 {
+            SAMPLE_ONE_IN
+        } else {
+            0
+        }
+    }
+
     /// A stream of a guarded service ended with `outcome` ([`crate::guard::outcome`]), judged
-    /// by the service's guard.
-    pub fn record_outcome(&mut self, service: usize, upstream: usize, outcome: Outcome) {
+    /// by the service's guard; it counts for `streams` streams ([`PlanTick::observe`]).
+    pub fn record_outcome(
+        &mut self,
+        service: usize,
+        upstream: usize,
+        outcome: Outcome,
+        streams: u32,
+    ) {
         let Some(state) = self.services.get_mut(service) else {
             return;
         };
         let failed = state.guard.as_ref().is_some_and(|g| g.failed(outcome));
         if let Some((requests, failures)) = state.pending.get_mut(upstream) {
-            *requests += 1;
-            *failures += u64::from(failed);
+            *requests += u64::from(streams);
+            *failures += if failed { u64::from(streams) } else { 0 };
         }
     }
 
@@ -107,6 +152,7 @@ impl PlanTick {
             if !scheduled(service) {
                 continue;
             }
+            state.observing.iter_mut().for_each(|n| *n = 0);
             let mut weights: Vec<u32> = match service.rollout.as_ref().map(|r| r.at(now.wall_ms)) {
                 Some(Phase::Weights(w)) => w.into_owned(),
                 _ => service.configured_weights().to_vec(),

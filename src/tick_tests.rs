@@ -39,8 +39,8 @@ fn weights(plan: &Plan) -> Vec<u32> {
 /// `n` outcomes of each upstream seen by `tick` (v2 fails when `v2_fails`).
 fn traffic(tick: &mut PlanTick, n: usize, v2_fails: bool) {
     for _ in 0..n {
-        tick.record_outcome(0, 0, status(false));
-        tick.record_outcome(0, 1, status(v2_fails));
+        tick.record_outcome(0, 0, status(false), 1);
+        tick.record_outcome(0, 1, status(v2_fails), 1);
     }
 }
 
@@ -55,8 +55,8 @@ fn statuses_a_client_provokes_eject_nothing_unless_listed() {
         let host = FakeHost::default();
         let mut tick = PlanTick::new(&plan, None);
         for _ in 0..20 {
-            tick.record_outcome(0, 0, Outcome::Status(200));
-            tick.record_outcome(0, 1, Outcome::Status(501));
+            tick.record_outcome(0, 0, Outcome::Status(200), 1);
+            tick.record_outcome(0, 1, Outcome::Status(501), 1);
         }
         tick.run(&plan, "p", &host, at(NOW_MS));
         let expected: &[u32] = if ejected { &[50, 0] } else { &[50, 50] };
@@ -67,8 +67,8 @@ fn statuses_a_client_provokes_eject_nothing_unless_listed() {
     let host = FakeHost::default();
     let mut tick = PlanTick::new(&plan, None);
     for _ in 0..20 {
-        tick.record_outcome(0, 0, Outcome::Status(503));
-        tick.record_outcome(0, 1, Outcome::UpstreamFailure);
+        tick.record_outcome(0, 0, Outcome::Status(503), 1);
+        tick.record_outcome(0, 1, Outcome::UpstreamFailure, 1);
     }
     tick.run(&plan, "p", &host, at(NOW_MS));
     assert_eq!(weights(&plan), [50, 0]);
@@ -150,7 +150,7 @@ fn an_ejected_upstream_the_rollout_is_raising_pauses_the_rollout() {
     assert_eq!(weights(&p), [99, 1]);
     // v2 fails while at 1 %: ejected, and the rollout holds at 99/1 (v2 at 0 while ejected).
     for _ in 0..20 {
-        tick.record_outcome(0, 1, status(true));
+        tick.record_outcome(0, 1, status(true), 1);
     }
     tick.run(&p, "p", &host, at(start + 2000));
     assert_eq!(weights(&p), [99, 0]);
@@ -289,7 +289,7 @@ fn a_paused_rollout_keeps_the_guard_within_its_cap() {
     tick.run(&p, "p", &host, at(start + 1000));
     assert_eq!(weights(&p), [10, 10, 80]);
     for _ in 0..20 {
-        tick.record_outcome(0, 1, status(true));
+        tick.record_outcome(0, 1, status(true), 1);
     }
     tick.run(&p, "p", &host, at(start + 2000));
     assert_eq!(weights(&p), [10, 0, 80]);
@@ -297,8 +297,8 @@ fn a_paused_rollout_keeps_the_guard_within_its_cap() {
     assert_eq!(weights(&p), [10, 0, 80]);
     assert_eq!(host.gauge("meshsplit.p.svc.rollout_paused"), 1);
     for _ in 0..20 {
-        tick.record_outcome(0, 0, status(false));
-        tick.record_outcome(0, 2, status(true));
+        tick.record_outcome(0, 0, status(false), 1);
+        tick.record_outcome(0, 2, status(true), 1);
     }
     tick.run(&p, "p", &host, at(start + 13_000));
     assert_eq!(weights(&p), [10, 0, 80]);
@@ -320,12 +320,12 @@ fn a_paused_canary_never_ejects_the_last_upstream() {
     let host = FakeHost::default();
     let mut tick = PlanTick::new(&p, None);
     for _ in 0..20 {
-        tick.record_outcome(0, 1, status(true));
+        tick.record_outcome(0, 1, status(true), 1);
     }
     tick.run(&p, "p", &host, at(start + 1000));
     assert_eq!(weights(&p), [99, 0]);
     for _ in 0..20 {
-        tick.record_outcome(0, 0, status(true));
+        tick.record_outcome(0, 0, status(true), 1);
     }
     tick.run(&p, "p", &host, at(start + 25_000));
     assert_eq!(weights(&p), [99, 0]);
@@ -348,7 +348,7 @@ fn decide_at_once(p_a: &Plan, p_b: &Plan, failing: &[usize], n: usize) -> (Vec<u
     for tick in [&mut a, &mut b] {
         for _ in 0..n {
             for &u in failing {
-                tick.record_outcome(0, u, status(true));
+                tick.record_outcome(0, u, status(true), 1);
             }
         }
     }
@@ -507,8 +507,8 @@ fn an_older_configuration_still_alive_adds_outcomes_but_never_decides() {
     // 30 % of v2's requests fail, seen by both: above the old rate, below the new one.
     for t in [&mut old_tick, &mut new_tick] {
         for i in 0..20 {
-            t.record_outcome(0, 0, status(false));
-            t.record_outcome(0, 1, status(i % 10 < 3));
+            t.record_outcome(0, 0, status(false), 1);
+            t.record_outcome(0, 1, status(i % 10 < 3), 1);
         }
     }
     old_tick.run(&old, "p", &host, at(NOW_MS + 500));
@@ -525,7 +525,7 @@ fn an_older_configuration_still_alive_adds_outcomes_but_never_decides() {
     assert_eq!(v2, 40);
     // When the new configuration's rate is crossed, it ejects, and the old plan follows.
     for _ in 0..400 {
-        new_tick.record_outcome(0, 1, status(true));
+        new_tick.record_outcome(0, 1, status(true), 1);
     }
     new_tick.run(&new, "p", &host, at(NOW_MS + 1500));
     old_tick.run(&old, "p", &host, at(NOW_MS + 2000));
@@ -533,4 +533,64 @@ fn an_older_configuration_still_alive_adds_outcomes_but_never_decides() {
     assert_eq!(weights(&old), [50, 0]);
     // Only the newest sets gauges.
     assert_eq!(host.gauge("meshsplit.p.svc.v2.ejected"), 1);
+}
+
+// ---- which outcomes are read: every stream up to a budget per tick, then a sample ----
+
+#[test]
+fn every_stream_is_observed_up_to_the_budget_then_one_in_sixteen_counting_sixteen() {
+    let plan = plan(GUARD);
+    let mut tick = PlanTick::new(&plan, None);
+    for _ in 0..OBSERVED_PER_TICK {
+        assert_eq!(
+            tick.observe(0, 1, || unreachable!("no draw within the budget")),
+            1
+        );
+    }
+    // Each upstream has its own budget.
+    assert_eq!(tick.observe(0, 0, || 1), 1);
+    // Past the budget the draw decides: a multiple of SAMPLE_ONE_IN is read, for that many.
+    assert_eq!(tick.observe(0, 1, || 1), 0);
+    assert_eq!(tick.observe(0, 1, || SAMPLE_ONE_IN - 1), 0);
+    assert_eq!(tick.observe(0, 1, || 0), SAMPLE_ONE_IN);
+    assert_eq!(tick.observe(0, 1, || 3 * SAMPLE_ONE_IN), SAMPLE_ONE_IN);
+    // The tick gives every upstream its budget back.
+    tick.run(&plan, "meshsplit", &FakeHost::default(), at(NOW_MS));
+    assert_eq!(tick.observe(0, 1, || 1), 1);
+}
+
+#[test]
+fn a_service_without_a_guard_has_no_stream_observed() {
+    let plan = plan(
+        r#""rollout": {"start": "2026-01-01T00:00:00Z", "steps": [{"at_s": 0, "weights": {"v1": 1, "v2": 1}}]},"#,
+    );
+    let mut tick = PlanTick::new(&plan, None);
+    assert_eq!(tick.observe(0, 0, || 0), 0);
+    assert_eq!(tick.observe(7, 0, || 0), 0);
+}
+
+#[test]
+fn a_sampled_outcome_counts_for_the_streams_it_stands_for() {
+    // 16 observed failures of v2 and one sampled one: 32 requests, 32 failures in the window.
+    let plan = plan(GUARD);
+    let host = FakeHost::default();
+    let mut tick = PlanTick::new(&plan, None);
+    for _ in 0..OBSERVED_PER_TICK {
+        tick.record_outcome(0, 1, status(true), 1);
+    }
+    tick.record_outcome(0, 1, status(true), SAMPLE_ONE_IN);
+    tick.record_outcome(0, 0, status(false), SAMPLE_ONE_IN);
+    tick.run(&plan, "meshsplit", &host, at(NOW_MS));
+    let shared = host.shared.borrow();
+    let (bytes, _) = shared.values().next().expect("the guard's record");
+    let record = Record::decode(bytes);
+    let requests_failures = |u: usize| -> (u64, u64) {
+        let buckets = &record.upstreams[u].buckets;
+        (
+            buckets.iter().map(|b| b.requests).sum(),
+            buckets.iter().map(|b| b.failures).sum(),
+        )
+    };
+    assert_eq!(requests_failures(1), (32, 32));
+    assert_eq!(requests_failures(0), (16, 0));
 }

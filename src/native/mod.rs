@@ -102,8 +102,8 @@ mod tests {
         let mut tick = PlanTick::new(&plan, None);
         // v 2 fails: ejected (a counter defined), the rollout paused (its gauge set).
         for _ in 0..10 {
-            tick.record_outcome(0, 0, crate::guard::Outcome::Status(200));
-            tick.record_outcome(0, 1, crate::guard::Outcome::Status(500));
+            tick.record_outcome(0, 0, crate::guard::Outcome::Status(200), 1);
+            tick.record_outcome(0, 1, crate::guard::Outcome::Status(500), 1);
         }
         let at = |ms: u64| crate::tick::Now {
             wall_ms: 1_800_000_000_000 + ms,
@@ -425,7 +425,7 @@ mod worker {
                 return;
             };
             if let Some(ticking) = &mut entry.tick {
-                ticking.tick.record_outcome(service, upstream, outcome);
+                ticking.tick.record_outcome(service, upstream, outcome, 1);
                 ticking.run_if_due(&entry.plan, &source.plugin, host);
             }
         });

@@ -595,7 +595,9 @@ def breakdown(dump, requests):
 def object_group(obj):
     base = os.path.basename(obj)
     if obj in ("???", "?"):
-        return "JIT code (V8: wasm and its stubs)"
+        # Anonymous executable memory: V8's code for a wasm module and its stubs, and, as A
+        # shows (no wasm at all), part of Envoy's own code, which runs from such a mapping too.
+        return "unnamed code (anonymous memory: V8 JIT, part of Envoy)"
     if base == "envoy":
         return "Envoy binary (no symbols)"
     if base.startswith("libmeshsplit"):
@@ -826,10 +828,13 @@ def main():
     parser.add_argument("--skip-cpu", action="store_true")
     parser.add_argument("--quick", action="store_true", help="a short run that checks the script works")
     parser.add_argument("--out", default=str(BENCH / "results"), help="output path without extension")
-    parser.add_argument("--replot", action="store_true", help="redraw OUT.png from OUT.json, measure nothing")
+    parser.add_argument("--replot", action="store_true", help="rewrite OUT.md and OUT.png from OUT.json, measure nothing")
     args = parser.parse_args()
     if args.replot:
-        plot(json.loads(Path(args.out + ".json").read_text()), args.out + ".png")
+        data = json.loads(Path(args.out + ".json").read_text())
+        summarize(data)
+        Path(args.out + ".md").write_text(report(data)[0])
+        plot(data, args.out + ".png")
         return 0
     if args.quick:
         args.processes, args.rounds, args.requests, args.warmup, args.latency_seconds = 1, 2, 300, 100, 1
@@ -1092,7 +1097,7 @@ def report(data):
         md.append("- configure (slowest `on_configure`) and VM linear memory per wasm scenario: " + "; ".join(
             f"{k} {c['us'] / 1000:.2f} ms {c['vm_kib'] / 1024:.1f} MiB" for k, c in conf.items()))
     if data.get("rss_cpu_kib"):
-        md.append(f"- Envoy RSS with every scenario's listener (CPU pass): "
+        md.append("- Envoy RSS with every scenario's listener (CPU pass): "
                   + ", ".join(f"{v / 1024:.0f} MiB" for v in data["rss_cpu_kib"]))
     if splits:
         md.append("- observed split under callgrind (cluster upstream_rq_total, chi-square p against 90/10): "
@@ -1114,26 +1119,41 @@ def plot(data, path):
     except ImportError:
         print("matplotlib not installed: no plot written", file=sys.stderr)
         return
-    rows = [r for r in data["rows"] if r["key"] != "A"]
+    # UW and UN (milliseconds per request) would flatten every other bar: they are in the table.
+    rows = [r for r in data["rows"] if r["key"] != "A" and r["key"] not in HEAVY]
+    by_key = {r["key"]: r for r in data["rows"]}
     labels = [f"{r['key']}\n{r['label']}" for r in rows]
     colors = ["#dd8452" if r["control"] else "#4c72b0" for r in rows]
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(15, 9))
-    x = range(len(rows))
-    if any("over_a" in r for r in rows):
+    x = list(range(len(rows)))
+    if any(r.get("over_a") for r in rows):
         med = [r["over_a"][1] if r.get("over_a") else 0 for r in rows]
         err = [[r["over_a"][1] - r["over_a"][0] if r.get("over_a") else 0 for r in rows],
                [r["over_a"][2] - r["over_a"][1] if r.get("over_a") else 0 for r in rows]]
         ax1.bar(x, med, yerr=err, capsize=3, color=colors)
-    ax1.set_title("Envoy worker CPU µs/request over A (median, IQR over rounds); orange: controls "
-                  "(A' − A, D' is a copy of D)", fontsize=10)
-    ax2.bar(x, [r.get("ir_over_a", 0) / 1000 for r in rows], color=colors)
-    ax2.set_title("instructions per request over A, thousands (callgrind); orange: controls", fontsize=10)
+        control = by_key.get("A'", {}).get("over_a")
+        if control:
+            ax1.axhspan(control[0], control[2], color="#dd8452", alpha=0.15,
+                        label="noise floor: A' − A, IQR")
+            ax1.legend(loc="upper left", fontsize=8)
+    ax1.set_title("Envoy worker-thread CPU µs/request over A (median, IQR over rounds); orange: the "
+                  "controls A' (a copy of A) and D' (a copy of D)", fontsize=10)
+    ir = [r.get("ir_over_a", 0) / 1000 for r in rows]
+    ax2.bar(x, ir, color=colors)
+    for i, v in zip(x, ir):
+        ax2.text(i, v, f"{v:+.1f}", ha="center", va="bottom", fontsize=7)
+    noise = [abs(by_key[c]["ir"] - by_key[b]["ir"]) / 1000 for c, b in CONTROLS.items()
+             if "ir" in by_key.get(c, {}) and "ir" in by_key.get(b, {})]
+    if noise:
+        ax2.axhspan(-max(noise), max(noise), color="#dd8452", alpha=0.3,
+                    label=f"noise floor: controls within ±{max(noise):.2f} k")
+        ax2.legend(loc="upper left", fontsize=8)
+    ax2.set_title("instructions per request over A, thousands (callgrind); orange: the controls "
+                  "(UW, UN: see results.md)", fontsize=10)
     for ax in (ax1, ax2):
-        ax.set_xticks(list(x), labels, fontsize=7, rotation=40, ha="right")
+        ax.set_xticks(x, labels, fontsize=7, rotation=40, ha="right")
         ax.grid(axis="y", alpha=0.3)
         ax.axhline(0, color="grey", linewidth=0.8)
-        if any(r["key"] in HEAVY for r in rows):
-            ax.set_yscale("symlog", linthresh=50 if ax is ax2 else 20)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 

@@ -853,7 +853,7 @@ def main():
     # A SIGTERM ends the run like Ctrl-C: every Envoy and valgrind started here is stopped.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     t_start = time.monotonic()
-    data = {"keys": keys, "args": vars(args)}
+    data = {"keys": keys, "args": {k: v for k, v in vars(args).items() if k not in ("out", "replot")}}
     with tempfile.TemporaryDirectory(prefix="meshsplit-bench-") as workdir:
         try:
             upstream = Proc(upstream_bootstrap(harness.free_port(), harness.free_port()), workdir,

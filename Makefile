@@ -148,7 +148,8 @@ demo: build venv
 live: build cli venv
 	$(PYTHON) envoy/live.py $(LIVE_ARGS)
 
-## bench: benchmark against a direct route, native weighted_clusters and Lua (bench/README.md)
+## bench: cost per request of every scenario over a direct route, in instructions (callgrind)
+##        and worker CPU time, with A/A controls (bench/README.md); about 20 minutes
 UNCOUNTED_DIR := target/uncounted
 bench: build native venv
 	$(CARGO) build --release --target $(TARGET) --examples
@@ -157,6 +158,7 @@ ifneq ($(WASM_OPT),)
 	$(call optimize,$(UNCOUNTED_DIR)/$(TARGET)/release/meshsplit.wasm)
 endif
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	@command -v callgrind_control >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(PYTHON) bench/run.py $(BENCH_ARGS)
 

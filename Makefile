@@ -151,11 +151,14 @@ live: build cli venv
 ## bench: cost per request of every scenario over a direct route, in instructions (callgrind)
 ##        and worker CPU time, with A/A controls (bench/README.md); about 20 minutes
 UNCOUNTED_DIR := target/uncounted
+SAMPLED_DIR := target/sampled
 bench: build native venv
 	$(CARGO) build --release --target $(TARGET) --examples
 	CARGO_TARGET_DIR=$(UNCOUNTED_DIR) $(CARGO) build --release --target $(TARGET) --features bench-uncounted
+	CARGO_TARGET_DIR=$(SAMPLED_DIR) $(CARGO) build --release --target $(TARGET) --features bench-sampled
 ifneq ($(WASM_OPT),)
 	$(call optimize,$(UNCOUNTED_DIR)/$(TARGET)/release/meshsplit.wasm)
+	$(call optimize,$(SAMPLED_DIR)/$(TARGET)/release/meshsplit.wasm)
 endif
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	@command -v callgrind_control >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }

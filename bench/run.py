@@ -47,17 +47,28 @@ FLOOR_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "examples" / "sdk_f
 RAW_FLOOR_WASM = FLOOR_WASM.with_name("raw_floor.wasm")
 # meshsplit built without request counters (cargo feature bench-uncounted): D − M is their cost.
 UNCOUNTED_WASM = ROOT / "target" / "uncounted" / "wasm32-wasip1" / "release" / "meshsplit.wasm"
+# meshsplit whose guard samples from a tick's first stream (cargo feature bench-sampled): GS is
+# the path a guarded request takes past 32 requests a second per worker and upstream.
+SAMPLED_WASM = ROOT / "target" / "sampled" / "wasm32-wasip1" / "release" / "meshsplit.wasm"
+EXAMPLES = FLOOR_WASM.parent
 HOST = "reviews"
 CLUSTER_HEADER = "x-meshsplit-cluster"
 WEIGHTS = {"reviews_v1": 90, "reviews_v2": 10}
 
 SCENARIOS = {}
 # Scenarios that send everything to one cluster on purpose: no split to check.
-NO_SPLIT = {"A", "A'", "W", "R", "L", "S", "U"}
+NO_SPLIT = {"A", "A'", "W", "R", "L", "S", "U", "H0", "H1", "H2", "H3", "HC", "RC", "LO", "LS"}
 # The controls: identical copies of A and D, measured as scenarios of their own.
 CONTROLS = {"A'": "A", "D'": "D"}
 # Scenarios that cost milliseconds per request: few requests under callgrind.
 HEAVY = {"UW", "UN"}
+# Scenarios counted in instructions only: the floors that price one crossing each differ by a
+# few thousand instructions, below what CPU time resolves here; GS is a benchmark-only build.
+CALLGRIND_ONLY = {"H0", "H1", "H2", "H3", "HC", "RC", "LO", "LS", "GS"}
+# Scenarios whose counted requests under callgrind are paced (requests a second, how many): GD at
+# 10 a second reads every stream's outcome (the guard's budget is 16 per upstream and 500 ms
+# tick), a rate-independent and so repeatable figure; GS is the sampled path.
+PACED = {"GD": (10, 300)}
 # What --quick runs under callgrind: the controls, a wasm, a native and a heavy scenario.
 QUICK_CALLGRIND = {"A", "A'", "D", "D'", "N", "UN"}
 # The scenario whose filters are being built: each wasm scenario gets its own vm_id, so copies
@@ -162,6 +173,57 @@ def raw_floor():
     return [wasm_filter(RAW_FLOOR_WASM, "")], cluster_header_routes()
 
 
+def floor_routes():
+    """The cluster-header route, else the direct route: every floor answers 200 whether or not it
+    wrote the header, through the same two routes."""
+    return cluster_header_routes()[:1] + [{"match": {"prefix": "/"}, "route": {"cluster": "reviews_v1"}}]
+
+
+def floor(module, calls):
+    """A floor module (examples/) making the host calls `calls` (examples/floor/calls.rs)."""
+    return [wasm_filter(EXAMPLES / module, calls)], floor_routes()
+
+
+@scenario("H0", "1 export", "floor: proxy_on_request_headers exported, no host call")
+def floor_one_export():
+    return floor("floor_headers_only.wasm", "none")
+
+
+@scenario("H1", "+empty read", "floor H0 + a header read that finds nothing (nothing allocated)")
+def floor_empty_read():
+    return floor("floor_headers_only.wasm", "get-missing")
+
+
+@scenario("H2", "+value read", "floor H0 + read :authority (the host allocates the copy in the VM)")
+def floor_value_read():
+    return floor("floor_headers_only.wasm", "get")
+
+
+@scenario("H3", "+2 writes", "floor H2 + write the cluster header and :authority")
+def floor_writes():
+    return floor("floor_headers_only.wasm", "get-set")
+
+
+@scenario("HC", "+create", "floor H3 + proxy_on_context_create exported")
+def floor_create():
+    return floor("floor_create.wasm", "get-set")
+
+
+@scenario("RC", "+code read", "raw floor R + the response.code property read at stream end")
+def floor_code_read():
+    return floor("raw_floor.wasm", "get-set-code")
+
+
+@scenario("LO", "log export", "floor HC + proxy_on_log exported instead of proxy_on_delete")
+def floor_log():
+    return floor("floor_log.wasm", "get-set")
+
+
+@scenario("LS", "+:status read", "floor LO + the :status response header read in proxy_on_log")
+def floor_status_read():
+    return floor("floor_log.wasm", "get-set-status")
+
+
 @scenario("D", "meshsplit", "meshsplit weighted 90/10 + authority rewrite")
 def meshsplit():
     return [wasm_filter(harness.WASM, meshsplit_config([REVIEWS]))], cluster_header_routes()
@@ -225,6 +287,12 @@ ROLLOUT = {"start": "2026-01-01T00:00:00Z", "steps": [
 @scenario("GD", "guard", "meshsplit weighted 90/10 + authority rewrite, guard on (healthy upstreams)")
 def meshsplit_guard():
     return [wasm_filter(harness.WASM, meshsplit_config([dict(REVIEWS, guard=GUARD)]))], \
+        cluster_header_routes()
+
+
+@scenario("GS", "guard sampled", "GD past the guard's budget: one outcome read in 16 (benchmark build)")
+def meshsplit_guard_sampled():
+    return [wasm_filter(SAMPLED_WASM, meshsplit_config([dict(REVIEWS, guard=GUARD)]))], \
         cluster_header_routes()
 
 
@@ -426,13 +494,17 @@ def request_headers(key):
     return headers
 
 
-def client_loop(port, key, count):
-    """`count` requests over one keep-alive connection; returns how many were not 200."""
+def client_loop(port, key, count, rate=0):
+    """`count` requests over one keep-alive connection, at most `rate` a second (0: no limit);
+    returns how many were not 200."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     bad = 0
     path, headers = PATHS.get(key, "/"), request_headers(key)
+    start = time.monotonic()
     try:
-        for _ in range(count):
+        for i in range(count):
+            if rate:
+                time.sleep(max(0.0, start + i / rate - time.monotonic()))
             conn.request("GET", path, headers=headers)
             resp = conn.getresponse()
             resp.read()
@@ -468,8 +540,9 @@ def read_dump(path):
     return int(re.search(r"^summary:\s+(\d+)", path.read_text(errors="replace"), re.M).group(1))
 
 
-def count_instructions(key, upstream_port, workdir, warm, requests):
-    """Instructions per request of scenario `key`, and the dump's path.
+def count_instructions(key, upstream_port, workdir, warm, requests, rate=0):
+    """Instructions per request of scenario `key`, and the dump's path (the counted requests at
+    most `rate` a second; 0: as fast as one client goes).
 
     Under callgrind a request takes about 50 times longer, so work driven by timers (Envoy's
     stats flush, meshsplit's 500 ms housekeeping tick, which walks every service) lands on far
@@ -488,7 +561,7 @@ def count_instructions(key, upstream_port, workdir, warm, requests):
         rq0 = proc.stat(rq_stat(key))
         callgrind_control("-z", pid)
         t0 = time.monotonic()
-        bad += client_loop(port, key, requests)
+        bad += client_loop(port, key, requests, rate)
         callgrind_control("-d", pid)
         window = time.monotonic() - t0
         rq1 = proc.stat(rq_stat(key))
@@ -523,8 +596,9 @@ def callgrind_pass(keys, upstream_port, workdir, warm, requests, parallel=2):
     def one(key):
         heavy = key in HEAVY
         t0 = time.monotonic()
+        rate, paced = PACED.get(key, (0, requests))
         r = count_instructions(key, upstream_port, workdir, 10 if heavy else warm,
-                               max(requests // 50, 10) if heavy else requests)
+                               max(requests // 50, 10) if heavy else min(requests, paced), rate)
         print(f"  callgrind {key}: {r['ir']:,.0f} instructions/request ({r['ir_raw']:,.0f} before taking "
               f"out {r['idle_per_s'] / 1e6:.1f} M/s of background) over {r['requests']} requests "
               f"({time.monotonic() - t0:.0f} s)", flush=True)
@@ -795,7 +869,8 @@ def per_process_medians(runs, a, b, field="over_a"):
 PAIRS = (("A'", "A", "control: A measured twice; noise floor"),
          ("D'", "D", "control: D measured twice, separate VMs; noise floor"),
          ("D", "C", "wasm filter over Lua; target D ≤ C"),
-         ("GD", "D", "the guard on healthy upstreams, wasm; target ≤ +3 k instructions"),
+         ("GD", "D", "the guard, wasm, every outcome read (below 32 requests/s per worker and upstream)"),
+         ("GS", "D", "the guard, wasm, past its budget: one outcome read in 16; target ≤ +3 k instructions"),
          ("W", "R", "what the SDK's extra exports cost"),
          ("D", "R", "meshsplit's own logic over the raw-ABI floor"),
          ("D", "M", "what the request counters cost"),
@@ -878,7 +953,7 @@ def main():
                 print("CPU time (one process, a listener per scenario) ...", flush=True)
                 t0 = time.monotonic()
                 data["cpu_runs"], data["latency"], data["rss_cpu_kib"] = cpu_pass(
-                    keys, upstream.port, workdir, args.processes, args.rounds, args.slice,
+                    [k for k in keys if k not in CALLGRIND_ONLY], upstream.port, workdir, args.processes, args.rounds, args.slice,
                     args.connections, args.latency_seconds, args.rate_delay_ms)
                 data["cpu_s"] = time.monotonic() - t0
         finally:
@@ -930,7 +1005,7 @@ def summarize(data):
         if a in ins and b in ins:
             pair["ir"] = ins[a]["ir"] - ins[b]["ir"]
             pair["ir_rel"] = ins[a]["ir"] / ins[b]["ir"] - 1
-        if runs:
+        if runs and not {a, b} & CALLGRIND_ONLY:
             pair["cpu"] = quartiles(diffs(runs, a, b))
             pair["cpu_proc"] = quartiles(diffs(runs, a, b, "over_a_proc"))
             pair["per_process"] = per_process_medians(runs, a, b)
@@ -1055,6 +1130,29 @@ def report(data):
             continue
         ir = f"{fmt_ir(p['ir'])} ({p['ir_rel']:+.1%})" if "ir" in p else "–"
         md.append(f"| {p['a']} − {p['b']} | {p['what']} | {ir} | {fmt_q(p.get('cpu'))} |")
+
+    # 4b. What each crossing costs: floors that differ by one export or one host call.
+    steps = (("H0", "A", "the wasm filter, one exported per-stream callback (`proxy_on_request_headers`), no host call"),
+             ("H1", "H0", "a host call that returns nothing (a header the request lacks)"),
+             ("H2", "H0", "a host call that returns a value (`:authority`): Envoy re-enters the VM to allocate it"),
+             ("H3", "H2", "two header writes (cluster header, `:authority`), so the route is matched again"),
+             ("HC", "H3", "`proxy_on_context_create` exported"),
+             ("R", "HC", "`proxy_on_delete` exported: the raw floor, meshsplit's exports and calls"),
+             ("D", "R", "meshsplit's own code"),
+             ("C", "A", "for comparison: Lua doing the same work"),
+             ("RC", "R", "the guard's read: `response.code` at the end of the stream"),
+             ("LO", "HC", "`proxy_on_log` exported instead of `proxy_on_delete`"),
+             ("LS", "LO", "`:status` read from the response headers in `proxy_on_log`"),
+             ("W", "R", "the SDK's dispatcher (every callback exported) instead of the raw ABI"))
+    if all(k in ins for k in ("A", "H0", "H3")):
+        md += ["\n## What each crossing costs (instructions per request)\n",
+               "Floors that differ from the one before by one export or one host call "
+               "(`examples/floor/calls.rs`), all answering through the same routes.\n",
+               "| step | scenario | over A | this step |", "|---|---|---|---|"]
+        for key, base, what in steps:
+            if key in ins and base in ins:
+                md.append(f"| {what} | {key} | {fmt_ir(ins[key]['ir'] - ins['A']['ir'])} | "
+                          f"{fmt_ir(ins[key]['ir'] - ins[base]['ir'])} (over {base}) |")
 
     # 5. Where the instructions go.
     if data.get("breakdown"):

@@ -29,8 +29,10 @@ def make_handler(name, delay=0.0):
                 "cluster_header": self.headers.get("x-meshsplit-cluster"),
                 "path": self.path,
             }).encode() + b"\n"
-            # Tests make an upstream fail by setting its server's `status` (503, say).
-            self.send_response(self.server.status)
+            # Tests make an upstream fail by setting its server's `status` (503, say), or a
+            # function giving each answer's status.
+            status = self.server.status
+            self.send_response(status() if callable(status) else status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))
             self.send_header("x-upstream", name)

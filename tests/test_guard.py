@@ -132,6 +132,46 @@ def test_a_failing_upstream_is_ejected_and_readmitted_when_it_recovers(build, wa
     assert "guard: readmitted svc/v2 after 6 s" in log
 
 
+def failing(every):
+    """A status function for an upstream server: 503 for `every[0]` answers in each `every[1]`."""
+    lock, count = threading.Lock(), [0]
+
+    def status():
+        with lock:
+            count[0] += 1
+            return 503 if count[0] % every[1] < every[0] else 200
+    return status
+
+
+@pytest.mark.builds("wasm", "native")
+def test_above_the_read_budget_the_guard_still_tells_a_rate_below_error_rate_from_one_above(build, wasm, tmp_path):
+    # At this load each worker sees far more than 32 requests a second per upstream, so the wasm
+    # guard reads a sample of the outcomes (one in 16 past its budget), each counted 16 times.
+    with harness.upstream_servers("v1", "v2") as servers:
+        ports = {n: s.server_port for n, s in servers.items()}
+        config = harness.bootstrap(plugin({"v1": 50, "v2": 50}), ports, harness.free_port(),
+                                   harness.free_port())
+        with harness.Envoy(config, tmp_path) as envoy:
+            load = Load(envoy.port)
+            try:
+                # A quarter of v2's answers fail, half the guard's error_rate: never ejected.
+                servers["v2"].status = failing((1, 4))
+                started = time.monotonic()
+                time.sleep(3 * WINDOW_S)
+                seen = load.since(started)
+                rate = sum(seen.values()) / (time.monotonic() - started)
+                workers = envoy.concurrency
+                assert rate / workers / 2 > 2 * 32, f"{rate:.0f} requests/s: too slow to sample"
+                assert seen[503] > 0, seen
+                assert stat(envoy, "v2.ejections_total") == 0
+                # Three quarters fail: ejected within the window, on sampled outcomes all the same.
+                servers["v2"].status = failing((3, 4))
+                assert harness.wait_for(lambda: stat(envoy, "v2.ejections_total") == 1,
+                                        timeout=WINDOW_S + 2), "v2 not ejected in time"
+            finally:
+                load.close()
+
+
 @pytest.mark.builds("wasm", "native")
 @pytest.mark.parametrize("cap, ejected", [(50, 1), (100, 1), (40, 0)])
 def test_caps_hold_when_every_upstream_fails(build, wasm, tmp_path, cap, ejected):

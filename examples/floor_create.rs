@@ -4,6 +4,7 @@
 #![allow(unsafe_code)]
 
 #[cfg(target_arch = "wasm32")]
+#[macro_use]
 #[path = "floor/calls.rs"]
 mod calls;
 
@@ -11,30 +12,7 @@ mod calls;
 mod exports {
     use super::calls;
 
-    #[no_mangle]
-    pub extern "C" fn proxy_abi_version_0_2_1() {}
-
-    #[no_mangle]
-    pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
-        calls::allocate(size)
-    }
-
-    #[no_mangle]
-    pub extern "C" fn proxy_on_vm_start(_root: u32, _size: usize) -> u32 {
-        1
-    }
-
-    #[no_mangle]
-    pub extern "C" fn proxy_on_configure(_root: u32, _size: usize) -> u32 {
-        calls::configure();
-        1
-    }
-
-    #[no_mangle]
-    pub extern "C" fn proxy_on_request_headers(_context: u32, _n: usize, _eos: u32) -> u32 {
-        calls::request_headers();
-        0
-    }
+    floor_exports!();
 
     #[no_mangle]
     pub extern "C" fn proxy_on_context_create(_context: u32, _parent: u32) {}

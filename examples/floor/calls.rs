@@ -49,6 +49,37 @@ extern "C" {
     ) -> u32;
 }
 
+/// The exports every floor has (ABI version, allocation, VM start, configure, request headers);
+/// each floor adds the per-stream callbacks it is about. Expanded where `calls` is in scope.
+macro_rules! floor_exports {
+    () => {
+        #[no_mangle]
+        pub extern "C" fn proxy_abi_version_0_2_1() {}
+
+        #[no_mangle]
+        pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
+            calls::allocate(size)
+        }
+
+        #[no_mangle]
+        pub extern "C" fn proxy_on_vm_start(_root: u32, _size: usize) -> u32 {
+            1
+        }
+
+        #[no_mangle]
+        pub extern "C" fn proxy_on_configure(_root: u32, _size: usize) -> u32 {
+            calls::configure();
+            1
+        }
+
+        #[no_mangle]
+        pub extern "C" fn proxy_on_request_headers(_context: u32, _n: usize, _eos: u32) -> u32 {
+            calls::request_headers();
+            0
+        }
+    };
+}
+
 const REQUEST_HEADERS: u32 = 0;
 const RESPONSE_HEADERS: u32 = 2;
 const PLUGIN_CONFIGURATION: u32 = 7;

@@ -14,6 +14,9 @@
 //! selections themselves, at most twice a second per worker (a clock read per selection of a
 //! plan with a rollout; nothing for plans without).
 //!
+//! The weight gauges: set when Envoy creates the config, and by a rollout's tick when its
+//! weights change, through the config (this ABI lets any worker set a config's gauges).
+//!
 //! Unknown services: no cluster is selected, so the route's `cluster_not_found_response_code`
 //! answers (`pass`; the shipped config sets 404), or 404 whatever the route says (`reject`).
 //! There is no JSON body in this mode.

@@ -273,21 +273,25 @@ fn prometheus_labels(text: &str) -> BTreeMap<String, String> {
 
 /// Every meshsplit plugin configuration in a `/config_dump`, by the plugin's stat name part:
 /// the wasm filter's `configuration`, the dynamic module's `filter_config` and the cluster
-/// specifier's `cluster_specifier_config`, wherever they sit (listeners, ECDS, routes). A
-/// configuration that does not compile is left out.
+/// specifier's `specifier_config`, wherever they sit (listeners, ECDS, routes). A
+/// configuration that does not compile is left out. A filter from extension config discovery
+/// (`ecds_filters`) wins over its listener's `default_config`.
 pub fn plans_in_dump(dump: &Value) -> BTreeMap<String, Plan> {
     let mut plans = BTreeMap::new();
-    walk(dump, &mut plans);
+    walk(dump, false, &mut plans);
     plans
+        .into_iter()
+        .map(|(name, (_, plan))| (name, plan))
+        .collect()
 }
 
-fn walk(value: &Value, plans: &mut BTreeMap<String, Plan>) {
+fn walk(value: &Value, ecds: bool, plans: &mut BTreeMap<String, (bool, Plan)>) {
     match value {
         Value::Object(map) => {
             for (field, name_field) in [
                 ("configuration", "name"),
                 ("filter_config", "filter_name"),
-                ("cluster_specifier_config", "cluster_specifier_name"),
+                ("specifier_config", "specifier_name"),
             ] {
                 let text = map
                     .get(field)
@@ -299,13 +303,19 @@ fn walk(value: &Value, plans: &mut BTreeMap<String, Plan>) {
                     .and_then(Value::as_str)
                     .filter(|n| !n.is_empty())
                     .unwrap_or("meshsplit");
-                if let Ok(plan) = Plan::from_json_named(text.as_bytes(), name) {
-                    plans.insert(stat_segment(name), plan);
+                let Ok(plan) = Plan::from_json_named(text.as_bytes(), name) else {
+                    continue;
+                };
+                let key = stat_segment(name);
+                if ecds || !plans.get(&key).is_some_and(|(from_ecds, _)| *from_ecds) {
+                    plans.insert(key, (ecds, plan));
                 }
             }
-            map.values().for_each(|v| walk(v, plans));
+            for (field, v) in map {
+                walk(v, ecds || field == "ecds_filters", plans);
+            }
         }
-        Value::Array(items) => items.iter().for_each(|v| walk(v, plans)),
+        Value::Array(items) => items.iter().for_each(|v| walk(v, ecds, plans)),
         _ => {}
     }
 }

@@ -207,7 +207,7 @@ fn native_filter_and_specifier_configs_are_found_in_a_config_dump() {
     let plain = r#"{"services": [{"name": "a", "upstreams": [{"name": "v1", "cluster": "c", "weight": 1}]}]}"#;
     let dump = json!({"configs": [
         {"filter_name": "my.filter", "filter_config": {"value": plain}},
-        {"cluster_specifier_config": {"value": plain}},
+        {"specifier_config": {"value": plain}},
         {"name": "broken", "configuration": {"value": "{\"services\": 5}"}}]});
     let plans = plans_in_dump(&dump);
     assert_eq!(plans.keys().collect::<Vec<_>>(), ["meshsplit", "my_filter"]);
@@ -300,4 +300,20 @@ fn a_served_stats_page_is_read_over_http() {
         .join()
         .unwrap()
         .starts_with("GET /stats?filter=x HTTP/1.1\r\n"));
+}
+
+#[test]
+fn a_filter_from_extension_config_discovery_wins_over_its_default_config() {
+    let one = |weight: u32| {
+        format!(
+            r#"{{"services": [{{"name": "a", "upstreams": [{{"name": "v1", "cluster": "c", "weight": {weight}}}]}}]}}"#
+        )
+    };
+    let dump = json!({"configs": [
+        {"ecds_filters": [{"ecds_filter": {"typed_config": {"config": {
+            "name": "meshsplit", "configuration": {"value": one(7)}}}}}]},
+        {"dynamic_listeners": [{"default_config": {"config": {
+            "name": "meshsplit", "configuration": {"value": one(3)}}}}]}]});
+    let plans = plans_in_dump(&dump);
+    assert_eq!(plans["meshsplit"].services[0].upstreams[0].weight, 7);
 }

@@ -41,11 +41,7 @@ pub fn process_monotonic_ms() -> u64 {
 /// Streams per upstream whose outcome a VM reads between two of its ticks before it samples:
 /// 32 a second per worker and upstream at the wasm build's 500 ms tick. (None in the benchmark's
 /// `bench-sampled` build, which measures the sampled path.)
-pub const OBSERVED_PER_TICK: u32 = if cfg!(feature = "bench-sampled") {
-    0
-} else {
-    16
-};
+pub const OBSERVED_PER_TICK: u32 = if cfg!(feature = "bench-sampled") { 0 } else { 16 };
 /// Past [`OBSERVED_PER_TICK`], one stream in this many has its outcome read, counted this many
 /// times. In the wasm build a read costs a host call that re-enters the VM to allocate (about
 /// 12 k instructions, `bench/README.md`), several times meshsplit's own cost per request.

@@ -202,3 +202,48 @@ def test_status_names_an_admin_endpoint_it_cannot_read(cli):
                          capture_output=True, text=True, timeout=60)
     assert (out.returncode, out.stderr.startswith("error: no meshsplit stats in standard input")) \
         == (2, True), out.stderr
+
+
+@pytest.mark.builds("wasm", "native")
+def test_a_live_update_owns_the_weight_gauges_and_zeroes_a_removed_upstream(build, tmp_path):
+    """The old configuration has a rollout that moves after the update, and a slow request keeps
+    it alive meanwhile: its ticks must not set the gauges back; v3, gone, shows 0."""
+    from test_guard_updates import SLOW, ecds_bootstrap_for, hold_open, publish_for
+
+    start = int(time.time()) + 6
+    old = {"services": [{"name": "svc", "upstreams": [
+        {"name": "v1", "cluster": "v1", "weight": 60},
+        {"name": "v2", "cluster": "v2", "weight": 30},
+        {"name": "v3", "cluster": "v3", "weight": 10}],
+        "rollout": {"start": rfc3339(start), "steps": [
+            {"at_s": 0, "weights": {"v1": 10, "v2": 10, "v3": 80}}]}}, SLOW]}
+    new = {"services": [{"name": "svc", "upstreams": [
+        {"name": "v1", "cluster": "v1", "weight": 50},
+        {"name": "v2", "cluster": "v2", "weight": 50}]}, SLOW]}
+    ecds = tmp_path / "ecds"
+    ecds.mkdir()
+    publish_for(build, ecds, 1, old)
+    with harness.upstreams("v1", "v2", "v3") as ports, \
+            harness.upstreams("slow", delay=10.0) as slow:
+        with harness.Envoy(ecds_bootstrap_for(build, ecds, ports | slow, old), tmp_path) as envoy:
+            def gauges():
+                prefix = f"{harness.stats_prefix()}.meshsplit.meshsplit.svc."
+                stats = envoy.stats(prefix)
+                return [stats.get(f"{prefix}{u}.weight") for u in ("v1", "v2", "v3")]
+
+            if time.time() < start - 1:
+                assert gauges() == [60, 30, 10]
+            held = hold_open(envoy.port)
+            time.sleep(0.5)
+            publish_for(build, ecds, 2, new)
+
+            def settled():
+                harness.send(envoy.port, 4, {"Host": "svc"})
+                return gauges() == [50, 50, 0]
+            assert harness.wait_for(settled, timeout=5), gauges()
+            # Past the old configuration's rollout start, with its root still alive.
+            while time.time() < start + 1.5:
+                assert settled(), gauges()
+                time.sleep(0.2)
+            held.join(timeout=20)
+            assert gauges() == [50, 50, 0]

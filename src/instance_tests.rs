@@ -825,20 +825,18 @@ fn weight(host: &FakeHost, upstream: &str) -> i64 {
     host.gauge(&format!("meshsplit.meshsplit.svc.{upstream}.weight"))
 }
 
+/// The weight gauges of v1, v2 and v3.
+fn three_weights(host: &FakeHost) -> [i64; 3] {
+    [weight(host, "v1"), weight(host, "v2"), weight(host, "v3")]
+}
+
 #[test]
 fn weight_gauges_are_set_at_configure_and_requests_and_ticks_never_touch_them() {
     let worker = FakeHost::default();
     let mut vm = Instance::new([5; 32]);
     vm.configure(1, THREE.as_bytes(), "meshsplit", &worker)
         .unwrap();
-    assert_eq!(
-        [
-            weight(&worker, "v1"),
-            weight(&worker, "v2"),
-            weight(&worker, "v3")
-        ],
-        [60, 30, 10]
-    );
+    assert_eq!(three_weights(&worker), [60, 30, 10]);
     worker.calls.borrow_mut().clear();
     for context in 10..60 {
         vm.stream_created(context, 1);
@@ -873,25 +871,11 @@ fn an_update_that_removes_an_upstream_puts_its_weight_gauge_back_to_zero() {
     // A live update (a new root; the old one lives on while its streams last) without v3.
     vm.configure(2, UNGUARDED.as_bytes(), "meshsplit", &worker)
         .unwrap();
-    assert_eq!(
-        [
-            weight(&worker, "v1"),
-            weight(&worker, "v2"),
-            weight(&worker, "v3")
-        ],
-        [50, 50, 0]
-    );
+    assert_eq!(three_weights(&worker), [50, 50, 0]);
     // The old root's ticks set nothing back.
     vm.tick(1, &worker);
     vm.tick(2, &worker);
-    assert_eq!(
-        [
-            weight(&worker, "v1"),
-            weight(&worker, "v2"),
-            weight(&worker, "v3")
-        ],
-        [50, 50, 0]
-    );
+    assert_eq!(three_weights(&worker), [50, 50, 0]);
 }
 
 #[test]

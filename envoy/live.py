@@ -3,10 +3,11 @@
 
 Starts the sample upstreams and Envoy with envoy/envoy-live.yaml (the filter from a watched ECDS
 file), runs `meshsplit apply --watch` on the plugin config, sends steady traffic to every
-service, and prints a table refreshed every second: each upstream's share of the requests of the
-last seconds, read from Envoy's own counters. Ctrl-C stops everything it started.
+service, and prints `meshsplit status` of that Envoy, refreshed every window: each upstream's
+weight in force and its share of the requests of the last window, read from Envoy's own stats.
+Ctrl-C stops everything it started.
 
-    live.py [--config envoy/meshsplit.json] [--rate 200] [--window 3] [--seconds 3600]"""
+    live.py [--config envoy/meshsplit.json] [--rate 200] [--window 1] [--seconds 3600]"""
 import argparse
 import json
 import os
@@ -27,7 +28,6 @@ from demo import pick_port, service_host  # noqa: E402
 CLI = ROOT / "target" / "release" / "meshsplit"
 ECDS_DIR = ROOT / "target" / "live" / "ecds"
 ECDS_FILE = ECDS_DIR / "meshsplit.json"
-COUNTER = "wasmcustom.meshsplit.meshsplit."
 
 
 def live_bootstrap(clusters, listener, admin, ecds_file=ECDS_FILE):
@@ -77,39 +77,12 @@ def load(port, hosts, rate, stop, deadline):
         client.close()
 
 
-def read_counts(envoy):
-    """{(service, upstream): requests} from Envoy's counters."""
-    counts = {}
-    for name, value in envoy.stats(COUNTER).items():
-        parts = name[len(COUNTER):].split(".")
-        if len(parts) == 3 and parts[2] == "requests_total":
-            counts[(parts[0], parts[1])] = value or 0
-    return counts
-
-
-def table(config_path, history, window):
-    """The table of shares over the last `window` seconds, with the weights now in the file."""
-    try:
-        plugin = json.loads(Path(config_path).read_text())
-    except (OSError, ValueError) as err:
-        return f"(cannot read {config_path}: {err})"
-    newest, oldest = history[-1][1], history[0][1]
-    span = history[-1][0] - history[0][0]
-    lines = [f"{'service':<12} {'upstream':<10} {'cluster':<22} {'weight':>7} {'expected':>9} "
-             f"{'last ' + str(window) + ' s':>10} {'requests':>9}"]
-    for service in plugin.get("services", []):
-        ups = service.get("upstreams", [])
-        total_weight = sum(u.get("weight", 0) for u in ups) or 1
-        deltas = {u["name"]: newest.get((service["name"], u["name"]), 0)
-                  - oldest.get((service["name"], u["name"]), 0) for u in ups}
-        total = sum(deltas.values())
-        for u in ups:
-            share = f"{100 * deltas[u['name']] / total:.1f}%" if total else "-"
-            lines.append(f"{service['name']:<12} {u['name']:<10} {u['cluster']:<22} {u['weight']:>7} "
-                         f"{100 * u['weight'] / total_weight:>8.1f}% {share:>10} {deltas[u['name']]:>9}")
-    shown = os.path.relpath(config_path)
-    lines.append(f"({span:.0f} s of traffic; edit and save {shown} to change the weights)")
-    return "\n".join(lines)
+def status(admin, window):
+    """`meshsplit status` of the Envoy at admin port `admin`: shares over the next `window`
+    seconds (the call takes that long)."""
+    out = subprocess.run([str(CLI), "status", "--admin", f"http://127.0.0.1:{admin}",
+                          "--interval", str(window)], capture_output=True, text=True)
+    return out.stdout.rstrip() if out.returncode == 0 else f"(meshsplit status: {out.stderr.strip()})"
 
 
 def follow(stream, events):
@@ -123,7 +96,8 @@ def main():
     parser.add_argument("--config", default=str(harness.ENVOY_DIR / "meshsplit.json"),
                         help="the plugin config to watch (default envoy/meshsplit.json)")
     parser.add_argument("--rate", type=float, default=200, help="requests per second (default 200)")
-    parser.add_argument("--window", type=int, default=3, help="seconds the shares cover (default 3)")
+    parser.add_argument("--window", type=float, default=1,
+                        help="seconds the shares cover, and between two tables (default 1)")
     parser.add_argument("--seconds", type=float, default=3600, help="stop after this long (default 1 h)")
     args = parser.parse_args()
     if not CLI.exists() or not harness.WASM.exists():
@@ -153,16 +127,17 @@ def main():
                 threads.append(threading.Thread(target=load, args=(
                     envoy.port, hosts, args.rate / 4, stop, deadline), daemon=True))
                 threads[-1].start()
-            history = deque(maxlen=args.window + 1)
             clear = "\033[H\033[2J" if sys.stdout.isatty() else ""
+            version = harness.envoy_version()
+            shown = os.path.relpath(args.config)
             while time.monotonic() < deadline and watcher.poll() is None:
-                history.append((time.monotonic(), read_counts(envoy)))
-                print(f"{clear}meshsplit live: Envoy {harness.envoy_version()} on 127.0.0.1:{listener} "
+                table = status(admin, args.window)
+                print(f"{clear}meshsplit live: Envoy {version} on 127.0.0.1:{listener} "
                       f"(admin {admin}), {args.rate:.0f} requests/s, Ctrl-C to stop\n")
-                print(table(args.config, history, args.window))
+                print(table)
+                print(f"\n(edit and save {shown} to change the weights)")
                 print("\nmeshsplit apply --watch:\n  " + "\n  ".join(events or ["(starting)"]))
                 sys.stdout.flush()
-                time.sleep(1)
             if watcher.poll() is not None:
                 print(f"meshsplit apply --watch exited with {watcher.returncode}", file=sys.stderr)
                 return 1

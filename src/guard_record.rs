@@ -215,7 +215,12 @@ fn generation_key(plugin: &str) -> String {
 /// newest. A configuration applied again after another one (A, B, A) is newer than both.
 /// `None` without shared data.
 pub fn claim_generation<H: Host + ?Sized>(host: &H, plugin: &str, fingerprint: u64) -> Option<u64> {
-    let key = generation_key(plugin);
+    claim_generation_at(host, &generation_key(plugin), fingerprint)
+}
+
+/// [`claim_generation`] under shared-data `key`.
+pub fn claim_generation_at<H: Host + ?Sized>(host: &H, key: &str, fingerprint: u64) -> Option<u64> {
+    let key = key.to_owned();
     for _ in 0..16 {
         let Some((bytes, cas)) = host.shared_data(&key) else {
             if !create_shared(host, &key, &encode_generation(1, fingerprint)) {
@@ -241,6 +246,12 @@ fn encode_generation(generation: u64, fingerprint: u64) -> Vec<u8> {
     let mut out = generation.to_le_bytes().to_vec();
     out.extend_from_slice(&fingerprint.to_le_bytes());
     out
+}
+
+/// The newest generation claimed under shared-data `key` (`None`: none, or no shared data).
+pub fn newest_generation<H: Host + ?Sized>(host: &H, key: &str) -> Option<u64> {
+    let (bytes, _) = host.shared_data(key)?;
+    Some(decode_generation(&bytes).0)
 }
 
 fn decode_generation(bytes: &[u8]) -> (u64, u64) {

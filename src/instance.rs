@@ -290,13 +290,17 @@ impl Instance {
             self.take_owner(host);
         }
         let counters = PlanCounters::new(&plan, plugin);
-        let generation = tick::claim(&plan, plugin, host, sticky_hash(bytes));
-        let mut tick = PlanTick::new(&plan, generation);
-        // Rollouts and the guard's ejections apply from the first request.
+        let fingerprint = sticky_hash(bytes);
+        let generation = tick::claim(&plan, plugin, host, fingerprint);
+        let gauge_generation = tick::claim_gauges(host, plugin, fingerprint);
+        let mut tick = PlanTick::new(&plan, generation).with_gauge_generation(gauge_generation);
+        // Rollouts and the guard's ejections apply from the first request, and the weight
+        // gauges show the weights in force from now on.
         tick.run(&plan, plugin, host, self.now());
         // The gauges the plugin's older plans set and this one does not have go back to 0:
         // only the newest configuration sets gauges, so nothing else would.
-        let kept = tick::gauge_names(&plan, plugin);
+        let kept: std::collections::BTreeSet<String> =
+            tick::gauge_names(&plan, plugin).into_iter().collect();
         for old in self
             .roots
             .iter()

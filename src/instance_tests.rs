@@ -813,3 +813,82 @@ fn past_the_budget_a_guarded_stream_ends_without_an_outcome_read_unless_sampled(
     let requests: u64 = record.upstreams[0].buckets.iter().map(|b| b.requests).sum();
     assert_eq!(requests, u64::try_from(budget + 16 * sampled).unwrap());
 }
+
+// ---- the weight gauges: set at configure and on the tick, never by a request ----
+
+const THREE: &str = r#"{"services": [{"name": "svc", "upstreams": [
+    {"name": "v1", "cluster": "c1", "weight": 60},
+    {"name": "v2", "cluster": "c2", "weight": 30},
+    {"name": "v3", "cluster": "c3", "weight": 10}]}]}"#;
+
+fn weight(host: &FakeHost, upstream: &str) -> i64 {
+    host.gauge(&format!("meshsplit.meshsplit.svc.{upstream}.weight"))
+}
+
+/// The weight gauges of v1, v2 and v3.
+fn three_weights(host: &FakeHost) -> [i64; 3] {
+    [weight(host, "v1"), weight(host, "v2"), weight(host, "v3")]
+}
+
+#[test]
+fn weight_gauges_are_set_at_configure_and_requests_and_ticks_never_touch_them() {
+    let worker = FakeHost::default();
+    let mut vm = Instance::new([5; 32]);
+    vm.configure(1, THREE.as_bytes(), "meshsplit", &worker)
+        .unwrap();
+    assert_eq!(three_weights(&worker), [60, 30, 10]);
+    worker.calls.borrow_mut().clear();
+    for context in 10..60 {
+        vm.stream_created(context, 1);
+        let host = svc_host(&worker);
+        vm.request_headers(context, &host);
+        vm.context_deleted(context, &host);
+        assert!(
+            host.calls.borrow().iter().all(|c| !c.starts_with("gauge")),
+            "{:?}",
+            host.calls.borrow()
+        );
+    }
+    vm.tick(1, &worker);
+    vm.tick(1, &worker);
+    assert!(
+        worker
+            .calls
+            .borrow()
+            .iter()
+            .all(|c| !c.starts_with("gauge")),
+        "{:?}",
+        worker.calls.borrow()
+    );
+}
+
+#[test]
+fn an_update_that_removes_an_upstream_puts_its_weight_gauge_back_to_zero() {
+    let worker = FakeHost::default();
+    let mut vm = Instance::new([6; 32]);
+    vm.configure(1, THREE.as_bytes(), "meshsplit", &worker)
+        .unwrap();
+    // A live update (a new root; the old one lives on while its streams last) without v3.
+    vm.configure(2, UNGUARDED.as_bytes(), "meshsplit", &worker)
+        .unwrap();
+    assert_eq!(three_weights(&worker), [50, 50, 0]);
+    // The old root's ticks set nothing back.
+    vm.tick(1, &worker);
+    vm.tick(2, &worker);
+    assert_eq!(three_weights(&worker), [50, 50, 0]);
+}
+
+#[test]
+fn an_ejection_sets_the_weight_gauge_to_zero_on_the_tick() {
+    let worker = FakeHost::default();
+    let mut vm = Instance::new([7; 32]);
+    let mut context = 100;
+    vm.configure(1, GUARDED.as_bytes(), "meshsplit", &worker)
+        .unwrap();
+    assert_eq!([weight(&worker, "v1"), weight(&worker, "v2")], [50, 50]);
+    fail_v2(&mut vm, 1, 20, &worker, &mut context);
+    // Streams do not move it; the tick does.
+    assert_eq!(weight(&worker, "v2"), 50);
+    vm.tick(1, &worker);
+    assert_eq!([weight(&worker, "v1"), weight(&worker, "v2")], [50, 0]);
+}

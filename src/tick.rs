@@ -16,7 +16,7 @@
 use crate::guard::{
     admitted_weights, slice_ms, window_totals, Change, Ejection, Guard, Outcome, Seen,
 };
-use crate::guard_record::{claim_generation, Record};
+use crate::guard_record::{claim_generation, claim_generation_at, newest_generation, Record};
 use crate::host::{create_shared, Host, SharedWrite};
 use crate::plan::{stat_segment, Plan, Service};
 use crate::rollout::Phase;
@@ -62,6 +62,8 @@ struct ServiceTick {
     /// Gauge ids and last values set: ejected per upstream, then the rollout pause.
     ejected_gauges: Box<[Option<(u32, u64)>]>,
     paused_gauge: Option<(u32, u64)>,
+    /// The weight in force per upstream (every service has these).
+    weight_gauges: Box<[Option<(u32, u64)>]>,
     /// The guard's, to judge outcomes (`None`: not guarded).
     guard: Option<Guard>,
 }
@@ -72,6 +74,12 @@ pub struct PlanTick {
     services: Box<[ServiceTick]>,
     /// The generation of the plan's configuration ([`claim`]); only the newest decides.
     generation: Option<u64>,
+    /// The generation of the plan's configuration among those that set the plugin's weight
+    /// gauges ([`claim_gauges`]); only the newest sets them. `None`: nobody to defer to.
+    gauge_generation: Option<u64>,
+    /// Whether the weight gauges of services without a rollout or a guard were set: once, on
+    /// the first tick of the plan (their weights never change for the life of the plan).
+    published: bool,
 }
 
 /// Whether the service has anything for the tick to do.
@@ -84,23 +92,39 @@ impl PlanTick {
     pub fn new(plan: &Plan, generation: Option<u64>) -> Self {
         Self {
             generation,
+            gauge_generation: None,
+            published: false,
             services: plan
                 .services
                 .iter()
                 .map(|s| {
-                    if !scheduled(s) {
-                        return ServiceTick::default();
-                    }
                     let n = s.upstreams.len();
+                    let weight_gauges = vec![None; n].into();
+                    if !scheduled(s) {
+                        return ServiceTick {
+                            weight_gauges,
+                            ..ServiceTick::default()
+                        };
+                    }
                     ServiceTick {
                         pending: vec![(0, 0); n].into(),
                         observing: vec![0; n].into(),
                         ejected_gauges: vec![None; n].into(),
                         paused_gauge: None,
+                        weight_gauges,
                         guard: s.guard.clone(),
                     }
                 })
                 .collect(),
+        }
+    }
+
+    /// The same, with the generation its configuration took among the plugin's configurations
+    /// that set weight gauges ([`claim_gauges`]).
+    pub fn with_gauge_generation(self, gauge_generation: Option<u64>) -> Self {
+        Self {
+            gauge_generation,
+            ..self
         }
     }
 
@@ -149,18 +173,32 @@ impl PlanTick {
         }
     }
 
-    /// Puts in force the weights of every service with a rollout or a guard at `now`.
+    /// Puts in force the weights of every service with a rollout or a guard at `now`, and sets
+    /// the weight gauges: those of services with a rollout or a guard when their weights in
+    /// force change, the others once, on the plan's first tick. Only the plugin's newest
+    /// configuration sets them (for a guarded service, the one that decides for its guard).
     pub fn run<H: Host + ?Sized>(&mut self, plan: &Plan, plugin: &str, host: &H, now: Now) {
         let now_s = now.monotonic_ms / 1000;
+        // Whether this plan's configuration is the plugin's newest: read at most once a tick,
+        // and only when a service without a guard has gauges to set.
+        let mut newest: Option<bool> = None;
+        let gauge_generation = self.gauge_generation;
+        let mut owns_gauges =
+            || *newest.get_or_insert_with(|| owns_weight_gauges(host, plugin, gauge_generation));
+        let publish = !self.published;
+        self.published = true;
         for (service, state) in plan.services.iter().zip(self.services.iter_mut()) {
             if !scheduled(service) {
+                if publish && owns_gauges() {
+                    set_weight_gauges(host, plugin, service, state, service.configured_weights());
+                }
                 continue;
             }
             state.observing.iter_mut().for_each(|n| *n = 0);
-            let mut weights: Vec<u32> = match service.rollout.as_ref().map(|r| r.at(now.wall_ms)) {
-                Some(Phase::Weights(w)) => w.into_owned(),
-                _ => service.configured_weights().to_vec(),
-            };
+            let mut weights = scheduled_weights(service, now.wall_ms);
+            // Who sets the weight gauges: for a guarded service, the plan that decides for its
+            // guard (below); for the others, the plugin's newest configuration.
+            let mut owns = service.guard.is_none() && owns_gauges();
             if let Some(guard) = &service.guard {
                 let keys = GuardKeys::new(plugin, service);
                 let ticked = guard_tick(
@@ -178,6 +216,7 @@ impl PlanTick {
                     .map(|t| t.ejections.as_slice())
                     .unwrap_or(&[]);
                 let deciding = ticked.as_ref().is_some_and(|t| t.deciding);
+                owns = deciding;
                 let frozen = paused_weights(service, &weights, ejections, now_s);
                 let paused = frozen.is_some();
                 if let Some(frozen) = frozen {
@@ -204,8 +243,73 @@ impl PlanTick {
                 }
             }
             service.set_weights(&weights);
+            if owns {
+                set_weight_gauges(host, plugin, service, state, &service.weights());
+            }
         }
     }
+}
+
+/// The weights of `service` its rollout puts in force at Unix time `wall_ms` (the configured
+/// ones without a rollout, or before it starts), before any guard's ejection.
+pub fn scheduled_weights(service: &Service, wall_ms: u64) -> Vec<u32> {
+    match service.rollout.as_ref().map(|r| r.at(wall_ms)) {
+        Some(Phase::Weights(w)) => w.into_owned(),
+        _ => service.configured_weights().to_vec(),
+    }
+}
+
+/// Sets the weight gauges of `service` to `weights` (each when it changed).
+fn set_weight_gauges<H: Host + ?Sized>(
+    host: &H,
+    plugin: &str,
+    service: &Service,
+    state: &mut ServiceTick,
+    weights: &[u32],
+) {
+    for ((u, gauge), &weight) in state.weight_gauges.iter_mut().enumerate().zip(weights) {
+        set_gauge(host, gauge, u64::from(weight), || {
+            weight_gauge_name(plugin, service, u)
+        });
+    }
+}
+
+/// The name of the gauge of the weight in force of upstream `upstream` of `service`.
+pub fn weight_gauge_name(plugin: &str, service: &Service, upstream: usize) -> String {
+    format!(
+        "meshsplit.{}.{}.{}.weight",
+        stat_segment(plugin),
+        stat_segment(&service.name),
+        service
+            .upstreams
+            .get(upstream)
+            .map_or_else(String::new, |u| stat_segment(&u.name))
+    )
+}
+
+/// The shared-data keys of weight-gauge ownership start with this. They are per plugin only, not
+/// per configuration's clusters: in the native build, which keys its shared data by the
+/// configuration's clusters too, keys with this prefix are process-wide.
+pub const GAUGE_OWNER_PREFIX: &str = "meshsplit/gauges/";
+
+fn gauge_owner_key(plugin: &str) -> String {
+    format!("{GAUGE_OWNER_PREFIX}{}:{plugin}", plugin.len())
+}
+
+/// Takes the generation of a configuration being accepted (`fingerprint` as for [`claim`])
+/// among the plugin's configurations that set weight gauges: from now on only its plans set
+/// them. `None` without shared data.
+pub fn claim_gauges<H: Host + ?Sized>(host: &H, plugin: &str, fingerprint: u64) -> Option<u64> {
+    claim_generation_at(host, &gauge_owner_key(plugin), fingerprint)
+}
+
+/// Whether a plan of `generation` ([`claim_gauges`]) is the plugin's newest: without a
+/// generation or without shared data there is nobody to defer to.
+fn owns_weight_gauges<H: Host + ?Sized>(host: &H, plugin: &str, generation: Option<u64>) -> bool {
+    let Some(generation) = generation else {
+        return true;
+    };
+    newest_generation(host, &gauge_owner_key(plugin)).is_none_or(|newest| generation >= newest)
 }
 
 fn paused_gauge_name(plugin: &str, service: &Service) -> String {
@@ -216,10 +320,13 @@ fn paused_gauge_name(plugin: &str, service: &Service) -> String {
     )
 }
 
-/// The names of every gauge a plan's tick sets: `ejected` per guarded upstream and
-/// `rollout_paused` per service with a guard and a rollout.
+/// The names of every gauge a plan's tick sets: `weight` per upstream, `ejected` per guarded
+/// upstream and `rollout_paused` per service with a guard and a rollout.
 pub fn gauge_names(plan: &Plan, plugin: &str) -> Vec<String> {
     let mut names = Vec::new();
+    for service in &plan.services {
+        names.extend((0..service.upstreams.len()).map(|u| weight_gauge_name(plugin, service, u)));
+    }
     for service in plan.services.iter().filter(|s| s.guard.is_some()) {
         let keys = GuardKeys::new(plugin, service);
         names.extend((0..service.upstreams.len()).map(|u| keys.stat(u, "ejected")));

@@ -112,10 +112,15 @@ fn healthy_traffic_ejects_nothing_and_services_without_guard_make_no_host_calls(
     tick.run(&guarded, "p", &host, at(NOW_MS));
     assert_eq!(weights(&guarded), [50, 50]);
 
+    // A plain service: its first tick sets its weight gauges once; later ticks make no host
+    // call.
     let plain = plan("");
     let host = FakeHost::default();
     let mut tick = PlanTick::new(&plain, None);
     tick.run(&plain, "p", &host, at(NOW_MS));
+    assert_eq!(*host.calls.borrow(), ["gauge 0 = 50", "gauge 1 = 50"]);
+    host.calls.borrow_mut().clear();
+    tick.run(&plain, "p", &host, at(NOW_MS + 500));
     assert!(host.calls.borrow().is_empty());
 }
 
@@ -593,4 +598,130 @@ fn a_sampled_outcome_counts_for_the_streams_it_stands_for() {
     };
     assert_eq!(requests_failures(1), (32, 32));
     assert_eq!(requests_failures(0), (16, 0));
+}
+
+// ---- the weight in force, as gauges ----
+
+/// The weight gauges of v1 and v2 of service `svc` of plugin `p`.
+fn weight_gauges(host: &FakeHost) -> [i64; 2] {
+    [
+        host.gauge("meshsplit.p.svc.v1.weight"),
+        host.gauge("meshsplit.p.svc.v2.weight"),
+    ]
+}
+
+/// The gauge calls (`gauge ID = VALUE`) a host saw.
+fn gauge_sets(host: &FakeHost) -> Vec<String> {
+    host.calls
+        .borrow()
+        .iter()
+        .filter(|c| c.starts_with("gauge "))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn weight_gauges_follow_each_rollout_step_and_are_set_only_when_they_change() {
+    let p = plan(ROLLOUT);
+    let start = p.services[0].rollout.as_ref().unwrap().start_ms;
+    let host = FakeHost::default();
+    let mut tick = PlanTick::new(&p, None);
+    tick.run(&p, "p", &host, at(start - 1));
+    assert_eq!(weight_gauges(&host), [50, 50]);
+    tick.run(&p, "p", &host, at(start));
+    assert_eq!(weight_gauges(&host), [99, 1]);
+    host.calls.borrow_mut().clear();
+    // The same step: nothing to set.
+    tick.run(&p, "p", &host, at(start + 5_000));
+    assert!(gauge_sets(&host).is_empty());
+    tick.run(&p, "p", &host, at(start + 10_000));
+    assert_eq!(weight_gauges(&host), [75, 25]);
+    assert_eq!(gauge_sets(&host).len(), 2);
+    // The last step drops v1 to 0.
+    tick.run(&p, "p", &host, at(start + 25_000));
+    assert_eq!(weight_gauges(&host), [0, 100]);
+}
+
+#[test]
+fn an_ejected_upstream_weighs_zero_until_readmitted_and_a_paused_rollout_shows_its_weights() {
+    let p = plan(GUARD);
+    let host = FakeHost::default();
+    let mut tick = PlanTick::new(&p, None);
+    tick.run(&p, "p", &host, at(NOW_MS));
+    assert_eq!(weight_gauges(&host), [50, 50]);
+    traffic(&mut tick, 20, true);
+    tick.run(&p, "p", &host, at(NOW_MS + 1000));
+    assert_eq!(host.gauge("meshsplit.p.svc.v2.ejected"), 1);
+    assert_eq!(weight_gauges(&host), [50, 0]);
+    // eject_s (20 s) later, readmitted at its weight.
+    tick.run(&p, "p", &host, at(NOW_MS + 22_000));
+    assert_eq!(host.gauge("meshsplit.p.svc.v2.ejected"), 0);
+    assert_eq!(weight_gauges(&host), [50, 50]);
+
+    // A rollout paused by an ejection: the weights of the step it holds at, the ejected one 0.
+    let p = plan(&format!("{ROLLOUT} {GUARD}"));
+    let start = p.services[0].rollout.as_ref().unwrap().start_ms;
+    let host = FakeHost::default();
+    let mut tick = PlanTick::new(&p, None);
+    tick.run(&p, "p", &host, at(start + 1000));
+    assert_eq!(weight_gauges(&host), [99, 1]);
+    for _ in 0..20 {
+        tick.record_outcome(0, 1, status(true), 1);
+    }
+    tick.run(&p, "p", &host, at(start + 2000));
+    tick.run(&p, "p", &host, at(start + 12_000));
+    assert_eq!(host.gauge("meshsplit.p.svc.rollout_paused"), 1);
+    assert_eq!(weight_gauges(&host), [99, 0]);
+    tick.run(&p, "p", &host, at(start + 22_000));
+    assert_eq!(weight_gauges(&host), [0, 100]);
+}
+
+#[test]
+fn only_the_newest_configuration_sets_the_weight_gauges() {
+    let host = FakeHost::default();
+    // A rollout without a guard, replaced by plain weights while its plan lives on.
+    let old = plan(ROLLOUT);
+    let start = old.services[0].rollout.as_ref().unwrap().start_ms;
+    let mut old_tick = PlanTick::new(&old, None).with_gauge_generation(claim_gauges(&host, "p", 1));
+    old_tick.run(&old, "p", &host, at(start));
+    assert_eq!(weight_gauges(&host), [99, 1]);
+    let new = Plan::from_json(
+        br#"{"services": [{"name": "svc", "upstreams": [
+            {"name": "v1", "cluster": "c1", "weight": 70},
+            {"name": "v2", "cluster": "c2", "weight": 30}]}]}"#,
+    )
+    .unwrap();
+    let mut new_tick = PlanTick::new(&new, None).with_gauge_generation(claim_gauges(&host, "p", 2));
+    new_tick.run(&new, "p", &host, at(start + 1000));
+    assert_eq!(weight_gauges(&host), [70, 30]);
+    // The old plan's rollout moves on (its own weights do), but it no longer sets the gauges.
+    host.calls.borrow_mut().clear();
+    old_tick.run(&old, "p", &host, at(start + 10_000));
+    assert_eq!(weights(&old), [75, 25]);
+    assert_eq!(weight_gauges(&host), [70, 30]);
+    assert!(gauge_sets(&host).is_empty());
+    // A configuration applied again is the newest again.
+    let mut again = PlanTick::new(&old, None).with_gauge_generation(claim_gauges(&host, "p", 1));
+    again.run(&old, "p", &host, at(start + 10_000));
+    assert_eq!(weight_gauges(&host), [75, 25]);
+}
+
+#[test]
+fn an_older_guarded_configuration_never_sets_the_weight_gauges() {
+    let host = FakeHost::default();
+    let old = guarded("0.1", 5);
+    let mut old_tick = PlanTick::new(&old, claim(&old, "p", &host, 1));
+    old_tick.run(&old, "p", &host, at(NOW_MS));
+    let new = guarded("0.9", 5);
+    let mut new_tick = PlanTick::new(&new, claim(&new, "p", &host, 2));
+    new_tick.run(&new, "p", &host, at(NOW_MS));
+    for _ in 0..400 {
+        new_tick.record_outcome(0, 1, status(true), 1);
+    }
+    new_tick.run(&new, "p", &host, at(NOW_MS + 1500));
+    assert_eq!(weight_gauges(&host), [50, 0]);
+    host.calls.borrow_mut().clear();
+    old_tick.run(&old, "p", &host, at(NOW_MS + 2000));
+    assert_eq!(weights(&old), [50, 0]);
+    assert!(gauge_sets(&host).is_empty());
 }

@@ -92,15 +92,16 @@ def test_make_live_shows_the_split_move_after_an_edit(wasm, tmp_path):
         proc.kill()
     assert proc.returncode == 0, out[-3000:]
     assert "applied" in out, out[-3000:]
-    last = out[out.rindex("service      upstream"):]
-    assert re_share(last, "v2") == "100.0%", last
-    assert re_share(last, "v1") == "0.0%", last
+    last = out[out.rindex("meshsplit status of"):]
+    assert re_share(last, "v2") == ("1", "100.0%"), last
+    assert re_share(last, "v1") == ("0", "0.0%"), last
 
 
 def re_share(table, upstream):
-    """The `last N s` share of `upstream` in a table printed by live.py."""
+    """The weight in force and the observed share of `upstream` in the `meshsplit status` table
+    live.py prints."""
     for line in table.splitlines():
         fields = line.split()
-        if len(fields) >= 7 and fields[1] == upstream:
-            return fields[5]
+        if len(fields) >= 9 and fields[0] == upstream:
+            return fields[1], fields[3]
     return None

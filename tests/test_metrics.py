@@ -35,6 +35,9 @@ def test_counters_equal_the_requests_sent(deploy):
         "svc.rules.0.hits_total": 70,
         "unknown_service_total": 30,
         "rejected_total": 30,
+        # The weights in force, as gauges.
+        "svc.v1.weight": 3,
+        "svc.v2.weight": 1,
     }
     harness.wait_for(lambda: counters(envoy) == expected, timeout=FLUSH_S)
     assert counters(envoy) == expected

@@ -107,6 +107,13 @@ extern "C" {
         label_names_length: usize,
         id: *mut usize,
     ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+        config_envoy_ptr: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
     fn envoy_dynamic_module_callback_http_filter_increment_counter(
         filter_envoy_ptr: *mut c_void,
         id: usize,
@@ -173,6 +180,20 @@ extern "C" {
         label_values_length: usize,
         value: u64,
     ) -> u32;
+    fn envoy_dynamic_module_callback_cluster_specifier_config_define_gauge(
+        config_envoy_ptr: *mut c_void,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_names_length: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_cluster_specifier_config_set_gauge(
+        config_envoy_ptr: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
 }
 
 // ---- handles ----------------------------------------------------------------------------------
@@ -196,8 +217,9 @@ pub struct SpecifierConfig(*mut c_void);
 
 // SAFETY: Envoy creates the cluster specifier config on the main thread and keeps it alive until
 // after `envoy_dynamic_module_on_cluster_specifier_config_destroy`; the only call made through it
-// after creation is `config_increment_counter`, which Envoy allows from any worker (counters are
-// atomic and the id table is frozen once the config is created).
+// after creation are `config_increment_counter` and `config_set_gauge`, which Envoy allows from
+// any worker (counters and gauges are atomic and the id table is frozen once the config is
+// created).
 unsafe impl Send for SpecifierConfig {}
 // SAFETY: as above; the handle is never written through, only passed back to Envoy.
 unsafe impl Sync for SpecifierConfig {}
@@ -462,6 +484,15 @@ impl FilterConfig {
             name,
         )
     }
+
+    /// Sets a gauge defined on this config, while Envoy creates it (no stream needed).
+    pub fn set_gauge(self, id: usize, value: u64) -> bool {
+        // SAFETY: the config pointer of the running config_new hook; no labels (null, 0).
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_set_gauge(self.0, id, null(), 0, value)
+        };
+        result == METRICS_SUCCESS
+    }
 }
 
 impl Selection {
@@ -516,6 +547,28 @@ impl SpecifierConfig {
             self.0,
             name,
         )
+    }
+
+    pub fn define_gauge(self, name: &str) -> Option<usize> {
+        define_metric(
+            envoy_dynamic_module_callback_cluster_specifier_config_define_gauge,
+            self.0,
+            name,
+        )
+    }
+
+    pub fn set_gauge(self, id: usize, value: u64) -> bool {
+        // SAFETY: as in increment_counter: gauges are atomic, and the id table is frozen.
+        let result = unsafe {
+            envoy_dynamic_module_callback_cluster_specifier_config_set_gauge(
+                self.0,
+                id,
+                null(),
+                0,
+                value,
+            )
+        };
+        result == METRICS_SUCCESS
     }
 
     pub fn increment_counter(self, id: usize, value: u64) -> bool {

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use super::abi::{Filter, FilterConfig};
 use super::host::{create_in, FilterHost, StoreOnly};
-use super::{namespace, record_outcome, tick_stats, with_plan, Counters, Source};
+use super::{
+    initial_weight_gauges, namespace, record_outcome, tick_stats, with_plan, Counters, Source,
+};
 use crate::guard;
 use crate::host::Host;
 use crate::in_flight::{self, PROCESS_OWNER};
@@ -55,10 +57,23 @@ pub fn config_new(envoy: FilterConfig, name: &[u8], bytes: &[u8]) -> Option<Shar
         },
         crate::select::sticky_hash(bytes),
     );
+    // The weight gauges belong to the newest configuration of this filter name from now on.
+    let gauge_generation = crate::tick::claim_gauges(
+        &StoreOnly {
+            namespace: &namespace,
+        },
+        &plugin,
+        crate::select::sticky_hash(bytes),
+    );
     let (tick_gauges, tick_counter_names) = tick_stats(&plan, &plugin);
     for name in tick_gauges {
         if let Some(id) = envoy.define_gauge(&name) {
             gauges.insert(name, id);
+        }
+    }
+    for (name, weight) in initial_weight_gauges(&plan, &plugin, super::clock::wall_ms()) {
+        if let Some(&id) = gauges.get(&name) {
+            envoy.set_gauge(id, weight);
         }
     }
     let mut tick_counters = HashMap::new();
@@ -82,6 +97,7 @@ pub fn config_new(envoy: FilterConfig, name: &[u8], bytes: &[u8]) -> Option<Shar
     Some(Arc::new(
         Source::new(&plan, bytes, &plugin, gauges, tick_counters, counters)
             .with_generation(generation)
+            .with_gauge_generation(gauge_generation)
             .with_stale_gauges(stale_gauges),
     ))
 }
@@ -100,6 +116,7 @@ fn stale_gauge_names(plugin: &str, current: Vec<String>) -> Vec<String> {
             Vec::new()
         }
     };
+    let current: std::collections::BTreeSet<&String> = current.iter().collect();
     previous
         .into_iter()
         .filter(|name| !current.contains(name))

@@ -228,6 +228,39 @@ extern "C" fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
 }
 
 #[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+    _config: *mut c_void,
+    id: usize,
+    _label_values: *const ModuleBuffer,
+    _label_values_length: usize,
+    value: u64,
+) -> u32 {
+    gauge(id, |g| *g = i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_cluster_specifier_config_define_gauge(
+    _config: *mut c_void,
+    name: ModuleBuffer,
+    _label_names: *const ModuleBuffer,
+    _label_names_length: usize,
+    id: *mut usize,
+) -> u32 {
+    define(name, id)
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_cluster_specifier_config_set_gauge(
+    _config: *mut c_void,
+    id: usize,
+    _label_values: *const ModuleBuffer,
+    _label_values_length: usize,
+    value: u64,
+) -> u32 {
+    gauge(id, |g| *g = i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+#[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_http_filter_increment_counter(
     _filter: *mut c_void,
     id: usize,

@@ -9,7 +9,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
-use super::abi::{Filter, Selection};
+use super::abi::{Filter, Selection, SpecifierConfig};
 use super::store;
 use crate::host::{Host, SharedWrite};
 
@@ -95,6 +95,11 @@ impl Host for FilterHost<'_> {
 
 /// `key` in `namespace`.
 fn namespaced(namespace: &str, key: &str) -> String {
+    // Who sets a filter name's weight gauges is one question for the whole process, whatever
+    // clusters each of its configurations sends to.
+    if key.starts_with(crate::tick::GAUGE_OWNER_PREFIX) {
+        return key.to_owned();
+    }
     let mut full = String::with_capacity(namespace.len() + key.len());
     full.push_str(namespace);
     full.push_str(key);
@@ -110,9 +115,8 @@ pub fn create_in(namespace: &str, key: &str, initial: &[u8]) -> bool {
     true
 }
 
-/// Shared data only: for the tick where no stream's metrics are at hand (the cluster
-/// specifier, which has no guard and so no gauges), and the release of a least-request count
-/// after its stream is gone.
+/// Shared data only: for the release of a least-request count after its stream is gone, and
+/// for creating a config.
 pub struct StoreOnly<'a> {
     /// The config's shared-data namespace.
     pub namespace: &'a str,
@@ -139,6 +143,40 @@ impl Host for StoreOnly<'_> {
 }
 
 /// What the core asked a selection to do, since a cluster specifier cannot write headers.
+/// The cluster specifier's tick (rollouts; it has no guard): shared data, and the gauges
+/// defined on the specifier's config, which its ABI lets any worker set.
+pub struct SpecifierTick<'a> {
+    pub store: StoreOnly<'a>,
+    pub envoy: SpecifierConfig,
+    /// Gauge ids by name: the weight gauges.
+    pub gauges: &'a HashMap<String, usize>,
+}
+
+impl Host for SpecifierTick<'_> {
+    fn request_header(&self, _: &str) -> Option<Vec<u8>> {
+        None
+    }
+    fn set_request_header(&self, _: &str, _: Option<&str>) {}
+    fn send_local_reply(&self, _: u32, _: &[(&str, &str)], _: &[u8]) -> bool {
+        false
+    }
+    fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.store.shared_data(key)
+    }
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> SharedWrite {
+        self.store.set_shared_data(key, value, cas)
+    }
+    fn create_shared_data(&self, key: &str, initial: &[u8]) -> bool {
+        self.store.create_shared_data(key, initial)
+    }
+    fn define_gauge(&self, name: &str) -> Option<u32> {
+        self.gauges.get(name).and_then(|&id| u32::try_from(id).ok())
+    }
+    fn set_gauge(&self, id: u32, value: u64) {
+        self.envoy.set_gauge(id as usize, value);
+    }
+}
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// No decision yet (or the cluster header was removed: an unknown service with `pass`).

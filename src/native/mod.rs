@@ -55,13 +55,19 @@ pub fn namespace(plan: &Plan) -> String {
 
 /// Names of the gauges and of the counters that the housekeeping tick (`tick.rs`) may define
 /// for `plan`. Envoy lets a dynamic module define metrics only while it creates the config, so
-/// the native build defines them all then: per guarded upstream a gauge `….ejected` and a
-/// counter `….ejections_total`; per service with both a rollout and a guard a gauge
-/// `….rollout_paused`.
+/// the native build defines them all then: per upstream a gauge `….weight`; per guarded
+/// upstream a gauge `….ejected` and a counter `….ejections_total`; per service with both a
+/// rollout and a guard a gauge `….rollout_paused`.
 #[cfg_attr(not(feature = "native"), allow(dead_code))]
-pub fn tick_stats(plan: &Plan, plugin: &str) -> (Vec<String>, Vec<String>) {
-    let plugin = stat_segment(plugin);
+pub fn tick_stats(plan: &Plan, plugin_name: &str) -> (Vec<String>, Vec<String>) {
+    let plugin = stat_segment(plugin_name);
     let (mut gauges, mut counters) = (Vec::new(), Vec::new());
+    for service in &plan.services {
+        gauges.extend(
+            (0..service.upstreams.len())
+                .map(|u| crate::tick::weight_gauge_name(plugin_name, service, u)),
+        );
+    }
     for service in plan.services.iter().filter(|s| s.guard.is_some()) {
         let name = stat_segment(&service.name);
         for upstream in service.upstreams.iter() {
@@ -76,9 +82,31 @@ pub fn tick_stats(plan: &Plan, plugin: &str) -> (Vec<String>, Vec<String>) {
     (gauges, counters)
 }
 
+/// The weight gauges (name, value) a config sets when Envoy creates it: each upstream's weight
+/// at Unix time `wall_ms` (its rollout's, else the configured one). A guard's ejections show
+/// from the first tick on, at the config's first stream on each worker. A config without a
+/// rollout or a guard never ticks: these stay, at no cost per request.
+#[cfg_attr(not(feature = "native"), allow(dead_code))]
+pub fn initial_weight_gauges(plan: &Plan, plugin: &str, wall_ms: u64) -> Vec<(String, u64)> {
+    plan.services
+        .iter()
+        .flat_map(|service| {
+            crate::tick::scheduled_weights(service, wall_ms)
+                .into_iter()
+                .enumerate()
+                .map(move |(u, weight)| {
+                    (
+                        crate::tick::weight_gauge_name(plugin, service, u),
+                        u64::from(weight),
+                    )
+                })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{namespace, tick_stats};
+    use super::{initial_weight_gauges, namespace, tick_stats};
     use crate::host::FakeHost;
     use crate::plan::Plan;
     use crate::tick::PlanTick;
@@ -133,6 +161,44 @@ mod tests {
         let mut gauges = gauges;
         gauges.sort();
         assert_eq!(defined_gauges, gauges);
+    }
+
+    #[test]
+    fn a_config_sets_each_weight_gauge_when_created_from_its_rollout_or_its_weights() {
+        let plan = Plan::from_json(
+            br#"{"services": [
+                {"name": "a", "upstreams": [
+                    {"name": "v1", "cluster": "c1", "weight": 90},
+                    {"name": "v2", "cluster": "c2", "weight": 10}],
+                 "rollout": {"start": "2030-01-01T00:00:00Z",
+                             "steps": [{"at_s": 0, "weights": {"v1": 40, "v2": 60}}]}},
+                {"name": "b", "upstreams": [{"name": "v1", "cluster": "c1", "weight": 7}]}]}"#,
+        )
+        .unwrap();
+        let start = plan.services[0].rollout.as_ref().unwrap().start_ms;
+        let gauges = |ms| initial_weight_gauges(&plan, "f", ms);
+        let named = |pairs: &[(&str, u64)]| -> Vec<(String, u64)> {
+            pairs.iter().map(|(n, v)| ((*n).to_owned(), *v)).collect()
+        };
+        assert_eq!(
+            gauges(start - 1),
+            named(&[
+                ("meshsplit.f.a.v1.weight", 90),
+                ("meshsplit.f.a.v2.weight", 10),
+                ("meshsplit.f.b.v1.weight", 7)
+            ])
+        );
+        assert_eq!(
+            gauges(start),
+            named(&[
+                ("meshsplit.f.a.v1.weight", 40),
+                ("meshsplit.f.a.v2.weight", 60),
+                ("meshsplit.f.b.v1.weight", 7)
+            ])
+        );
+        // Every one of them is defined up front.
+        let (defined, _) = tick_stats(&plan, "f");
+        assert!(gauges(start).iter().all(|(n, _)| defined.contains(n)));
     }
 
     fn two_upstreams(v2_cluster: &str, v2_weight: u32) -> Plan {
@@ -205,6 +271,9 @@ mod worker {
         /// The generation of this configuration ([`crate::tick::claim`]): only the newest of
         /// a filter name decides for the guard.
         pub generation: Option<u64>,
+        /// Its generation among the filter name's configurations that set weight gauges
+        /// ([`crate::tick::claim_gauges`]): only the newest sets them.
+        pub gauge_generation: Option<u64>,
         /// Gauges of the filter name's previous configuration that this one does not set, put
         /// back to 0 by the first stream (`stale_zeroed`).
         pub stale_gauges: Vec<usize>,
@@ -234,6 +303,7 @@ mod worker {
                 tick_counters,
                 counters,
                 generation: None,
+                gauge_generation: None,
                 stale_gauges: Vec::new(),
                 stale_zeroed: std::sync::atomic::AtomicBool::new(false),
                 alive: Arc::new(()),
@@ -254,6 +324,13 @@ mod worker {
 
         pub fn with_generation(self, generation: Option<u64>) -> Self {
             Self { generation, ..self }
+        }
+
+        pub fn with_gauge_generation(self, gauge_generation: Option<u64>) -> Self {
+            Self {
+                gauge_generation,
+                ..self
+            }
         }
 
         pub fn with_stale_gauges(self, stale_gauges: Vec<usize>) -> Self {
@@ -397,7 +474,8 @@ mod worker {
             .iter()
             .any(|s| s.guard.is_some() || s.rollout.is_some());
         let tick = scheduled.then(|| Ticking {
-            tick: PlanTick::new(&plan, source.generation),
+            tick: PlanTick::new(&plan, source.generation)
+                .with_gauge_generation(source.gauge_generation),
             due: None,
         });
         Some(WorkerPlan {

@@ -14,6 +14,9 @@
 //! selections themselves, at most twice a second per worker (a clock read per selection of a
 //! plan with a rollout; nothing for plans without).
 //!
+//! The weight gauges: set when Envoy creates the config, and by a rollout's tick when its
+//! weights change, through the config (this ABI lets any worker set a config's gauges).
+//!
 //! Unknown services: no cluster is selected, so the route's `cluster_not_found_response_code`
 //! answers (`pass`; the shipped config sets 404), or 404 whatever the route says (`reject`).
 //! There is no JSON body in this mode.
@@ -36,8 +39,8 @@ use std::sync::Arc;
 
 use super::abi::{Selection, SpecifierConfig};
 use super::filter::plugin_name;
-use super::host::{Decision, SelectionHost};
-use super::{with_plan, Counters, Source};
+use super::host::{Decision, SelectionHost, SpecifierTick, StoreOnly};
+use super::{initial_weight_gauges, namespace, with_plan, Counters, Source};
 use crate::in_flight::PROCESS_OWNER;
 use crate::instance::{config_fingerprint, config_summary};
 use crate::plan::Plan;
@@ -63,19 +66,29 @@ pub fn config_new(envoy: SpecifierConfig, name: &[u8], bytes: &[u8]) -> Option<S
         }
     };
     let counters = Counters::define(&plan, &plugin, |name| envoy.define_counter(name));
+    let namespace = namespace(&plan);
+    let gauge_generation = crate::tick::claim_gauges(
+        &StoreOnly {
+            namespace: &namespace,
+        },
+        &plugin,
+        crate::select::sticky_hash(bytes),
+    );
+    // The weight gauges: set now, and by the tick of a plan with a rollout when they change.
+    let mut gauges = HashMap::new();
+    for (name, weight) in initial_weight_gauges(&plan, &plugin, super::clock::wall_ms()) {
+        if let Some(id) = envoy.define_gauge(&name) {
+            envoy.set_gauge(id, weight);
+            gauges.insert(name, id);
+        }
+    }
     log::info!(
         "{}",
         config_summary(&plan, &config_fingerprint(bytes), &plugin)
     );
     Some(Arc::new(Config {
-        source: Source::new(
-            &plan,
-            bytes,
-            &plugin,
-            HashMap::new(),
-            HashMap::new(),
-            counters,
-        ),
+        source: Source::new(&plan, bytes, &plugin, gauges, HashMap::new(), counters)
+            .with_gauge_generation(gauge_generation),
         envoy,
     }))
 }
@@ -150,7 +163,12 @@ pub fn select(config: &SharedConfig, selection: Selection) -> bool {
         }
     }
     let source = &config.source;
-    let decided = with_plan(source, &source.store(), |plan, rng| {
+    let tick_host = SpecifierTick {
+        store: source.store(),
+        envoy: config.envoy,
+        gauges: &source.gauges,
+    };
+    let decided = with_plan(source, &tick_host, |plan, rng| {
         let host = SelectionHost {
             selection,
             namespace: &source.namespace,

@@ -19,6 +19,7 @@ mod route_patches;
 mod schedule;
 mod simulate;
 mod source;
+mod status;
 mod watch;
 
 #[cfg(test)]
@@ -27,7 +28,8 @@ mod fuzz;
 #[cfg(test)]
 mod fuzz_tests;
 
-/// Check, preview and apply meshsplit plugin configurations before Envoy or Istio gets them.
+/// Check, preview and apply meshsplit plugin configurations before Envoy or Istio gets them;
+/// show the split in force from Envoy's stats.
 #[derive(Debug, Parser)]
 #[command(name = "meshsplit", version)]
 struct Cli {
@@ -40,6 +42,7 @@ enum Command {
     Check(check::Args),
     Preview(preview::Args),
     Apply(apply::Args),
+    Status(status::Args),
 }
 
 /// How a command ended; the process exit code. A run that meets several outcomes ends with the
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check::run(args),
         Command::Preview(args) => preview::run(args),
         Command::Apply(args) => apply::run(args),
+        Command::Status(args) => status::run(args),
     };
     ExitCode::from(status as u8)
 }

@@ -1,0 +1,249 @@
+"""The weight in force as gauges, and `meshsplit status`, through real Envoy: the gauges read
+exactly the configured weights, each rollout step, and 0 while the guard ejects an upstream;
+`meshsplit status` shows exact counters, and observed shares that pass a chi-square test."""
+import json
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+import harness
+from stats import chi_square
+from test_guard import answers_after_ejection
+from test_metrics import prometheus_series
+
+CLI = harness.ROOT / "target" / "release" / "meshsplit"
+BUILDS = pytest.mark.builds("wasm", "native", "specifier")
+# The rollout's second step comes this long after its start.
+STEP_S = 2
+# Requests sent during the observed interval; a chi-square p-value below P_MIN fails.
+SAMPLE = 1000
+P_MIN = 0.001
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """The release build of the command, built (or found up to date) once per session."""
+    subprocess.run(["make", "--no-print-directory", "-s", "cli"], cwd=harness.ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
+    return CLI
+
+
+def rfc3339(unix_s):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix_s))
+
+
+def split_plugin(start):
+    """`fixed`: 70/30 with a rule; `roll`: 100/0 until `start`, then 80/20, then 40/60."""
+    return {"on_unknown_service": "reject", "services": [
+        {"name": "fixed", "upstreams": [
+            {"name": "v1", "cluster": "v1", "weight": 70},
+            {"name": "v2", "cluster": "v2", "weight": 30}],
+         "rules": [{"match": {"headers": [{"name": "x-beta", "exact": "1"}]}, "upstream": "v2"}]},
+        {"name": "roll", "upstreams": [
+            {"name": "v1", "cluster": "v1", "weight": 100},
+            {"name": "v2", "cluster": "v2", "weight": 0}],
+         "rollout": {"start": rfc3339(start), "steps": [
+             {"at_s": 0, "weights": {"v1": 80, "v2": 20}},
+             {"at_s": STEP_S, "weights": {"v1": 40, "v2": 60}}]}}]}
+
+
+@pytest.fixture(scope="module")
+def split(deploy):
+    """(Envoy, rollout start) with `split_plugin`; the rollout starts 3 s after Envoy does."""
+    start = int(time.time()) + 3
+    return deploy(split_plugin(start), ["v1", "v2"]), start
+
+
+def weights(envoy, service):
+    prefix = f"{harness.stats_prefix()}.meshsplit.meshsplit.{service}."
+    stats = envoy.stats(prefix)
+    return [stats.get(f"{prefix}{u}.weight") for u in ("v1", "v2")]
+
+
+def status(cli, envoy, *args):
+    """`meshsplit status --admin` of `envoy`, as JSON."""
+    out = subprocess.run([str(cli), "status", "--admin", f"http://127.0.0.1:{envoy.admin_port}",
+                          "--json", *args], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def services(report):
+    (plugin,) = report["plugins"]
+    assert plugin["plugin"] == "meshsplit"
+    return {s["service"]: s for s in plugin["services"]}
+
+
+def upstreams(service):
+    return {u["upstream"]: u for u in service["upstreams"]}
+
+
+@BUILDS
+def test_weight_gauges_show_the_configured_weights_then_each_rollout_step(split, cli):
+    envoy, start = split
+    # Set when configured: no request needed.
+    assert weights(envoy, "fixed") == [70, 30]
+    if time.time() < start - 0.5:
+        assert weights(envoy, "roll") == [100, 0]
+    labels = frozenset(dict(plugin="meshsplit", service="fixed", upstream="v1").items())
+    assert prometheus_series(envoy, "meshsplit_weight")[labels] == 70
+
+    # A trickle of requests: the native builds tick from their streams.
+    def at(expected, until):
+        def holds():
+            harness.send(envoy.port, 4, {"Host": "roll"})
+            return weights(envoy, "roll") == expected
+        time.sleep(max(0.0, until - time.time()))
+        assert harness.wait_for(holds, timeout=3.0), (expected, weights(envoy, "roll"))
+
+    at([80, 20], start)
+    at([40, 60], start + STEP_S)
+    roll = upstreams(services(status(cli, envoy, "--interval", "0"))["roll"])
+    assert (roll["v1"]["weight"], roll["v2"]["weight"]) == (40, 60)
+    assert roll["v2"]["source"] == "rollout step 2 of 2"
+    assert roll["v2"]["weight_share"] == 0.6
+
+
+@BUILDS
+def test_status_shows_exact_counters_and_shares_over_the_interval(build, split, cli):
+    envoy, _ = split
+    seen = harness.send(envoy.port, 600, {"Host": "fixed"})
+    harness.send(envoy.port, 40, {"Host": "fixed", "x-beta": "1"})
+    harness.send(envoy.port, 20, {"Host": "nope"})
+    expected = (seen["v1"], seen["v2"] + 40)
+
+    def counted():
+        fixed = upstreams(services(status(cli, envoy, "--interval", "0"))["fixed"])
+        return (fixed["v1"]["requests"], fixed["v2"]["requests"])
+    assert harness.wait_for(lambda: counted() == expected, timeout=5.0), (counted(), expected)
+    report = status(cli, envoy, "--interval", "0", "--service", "fixed")
+    fixed = services(report)["fixed"]
+    assert list(services(report)) == ["fixed"]
+    assert fixed["rule_hits"] == {"0": 40}
+    assert (report["plugins"][0]["unknown_service"], report["plugins"][0]["rejected"]) == (20, 20)
+    assert report["plugins"][0]["config_failures"] == 0
+    # The cluster specifier selects no cluster for an unknown service: Envoy counts it there too.
+    assert report["no_cluster"] == (20 if build == "specifier" else 0)
+    assert upstreams(fixed)["v1"]["source"] == "config"
+
+    # Exactly SAMPLE requests during a 6 s interval: the deltas count them all.
+    run = subprocess.Popen([str(cli), "status", "--admin", f"http://127.0.0.1:{envoy.admin_port}",
+                            "--json", "--interval", "6", "--service", "fixed"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    sent = harness.send(envoy.port, SAMPLE, {"Host": "fixed"})
+    out, err = run.communicate(timeout=30)
+    assert run.returncode == 0, err
+    fixed = upstreams(services(json.loads(out))["fixed"])
+    observed = [fixed["v1"]["requests_in_interval"], fixed["v2"]["requests_in_interval"]]
+    assert observed == [sent["v1"], sent["v2"]]
+    assert sum(observed) == SAMPLE
+    _, p = chi_square(observed, [70, 30])
+    assert p > P_MIN, (observed, p)
+    share = fixed["v1"]["observed_share"]
+    assert share == observed[0] / SAMPLE
+
+    # The table a person reads, and the same stats piped in.
+    text = subprocess.run([str(cli), "status", "--admin", f"http://127.0.0.1:{envoy.admin_port}",
+                           "--interval", "0"], capture_output=True, text=True, timeout=60)
+    assert text.returncode == 0, text.stderr
+    assert "plugin meshsplit: 0 refused configurations, 20 unknown-service requests (20 answered 404)" \
+        in text.stdout, text.stdout
+    assert "    rule hits: #0 40" in text.stdout, text.stdout
+    with urllib.request.urlopen(f"http://127.0.0.1:{envoy.admin_port}/stats", timeout=5) as r:
+        stats_text = r.read()
+    piped = subprocess.run([str(cli), "status", "--admin", "-", "--json"], input=stats_text,
+                           capture_output=True, timeout=60)
+    assert piped.returncode == 0, piped.stderr
+    piped_fixed = upstreams(services(json.loads(piped.stdout))["fixed"])
+    assert (piped_fixed["v1"]["requests"], piped_fixed["v2"]["requests"]) == \
+        (expected[0] + sent["v1"], expected[1] + sent["v2"])
+
+
+GUARDED = {"services": [{"name": "svc", "upstreams": [
+    {"name": "v1", "cluster": "v1", "weight": 50},
+    {"name": "v2", "cluster": "v2", "weight": 50}],
+    "guard": {"error_rate": 0.5, "min_requests": 20, "window_s": 2, "eject_s": 30}}]}
+
+
+@pytest.mark.builds("wasm", "native")
+def test_an_ejected_upstream_weighs_zero_and_status_says_why(build, cli, tmp_path):
+    """Nothing listens on v2's port: the guard ejects it."""
+    with harness.upstreams("v1") as ports:
+        ports["v2"] = harness.free_port()
+        config = harness.bootstrap(GUARDED, ports, harness.free_port(), harness.free_port())
+        with harness.Envoy(config, tmp_path) as envoy:
+            assert weights(envoy, "svc") == [50, 50]
+            answers_after_ejection(envoy, "v2", 6)
+            assert harness.wait_for(lambda: weights(envoy, "svc") == [50, 0], timeout=2.0), \
+                weights(envoy, "svc")
+            svc = upstreams(services(status(cli, envoy, "--interval", "0"))["svc"])
+            assert (svc["v2"]["weight"], svc["v2"]["ejected"], svc["v2"]["ejections"]) == (0, True, 1)
+            assert svc["v2"]["source"] == "ejected by the guard"
+            assert svc["v1"]["source"] == "config"
+
+
+def test_status_names_an_admin_endpoint_it_cannot_read(cli):
+    port = harness.free_port()
+    out = subprocess.run([str(cli), "status", "--admin", f"http://127.0.0.1:{port}"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"error: cannot reach Envoy's admin endpoint at http://127.0.0.1:{port}: ")
+    # Something answers, but without meshsplit stats (an upstream answers any path).
+    with harness.upstreams("plain") as ports:
+        url = f"http://127.0.0.1:{ports['plain']}"
+        out = subprocess.run([str(cli), "status", "--admin", url], capture_output=True, text=True,
+                             timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"error: no meshsplit stats in {url}: "), out.stderr
+    out = subprocess.run([str(cli), "status", "--admin", "-"], input="server.live: 1\n",
+                         capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stderr.startswith("error: no meshsplit stats in standard input")) \
+        == (2, True), out.stderr
+
+
+@pytest.mark.builds("wasm", "native")
+def test_a_live_update_owns_the_weight_gauges_and_zeroes_a_removed_upstream(build, tmp_path):
+    """The old configuration has a rollout that moves after the update, and a slow request keeps
+    it alive meanwhile: its ticks must not set the gauges back; v3, gone, shows 0."""
+    from test_guard_updates import SLOW, ecds_bootstrap_for, hold_open, publish_for
+
+    start = int(time.time()) + 6
+    old = {"services": [{"name": "svc", "upstreams": [
+        {"name": "v1", "cluster": "v1", "weight": 60},
+        {"name": "v2", "cluster": "v2", "weight": 30},
+        {"name": "v3", "cluster": "v3", "weight": 10}],
+        "rollout": {"start": rfc3339(start), "steps": [
+            {"at_s": 0, "weights": {"v1": 10, "v2": 10, "v3": 80}}]}}, SLOW]}
+    new = {"services": [{"name": "svc", "upstreams": [
+        {"name": "v1", "cluster": "v1", "weight": 50},
+        {"name": "v2", "cluster": "v2", "weight": 50}]}, SLOW]}
+    ecds = tmp_path / "ecds"
+    ecds.mkdir()
+    publish_for(build, ecds, 1, old)
+    with harness.upstreams("v1", "v2", "v3") as ports, \
+            harness.upstreams("slow", delay=10.0) as slow:
+        with harness.Envoy(ecds_bootstrap_for(build, ecds, ports | slow, old), tmp_path) as envoy:
+            def gauges():
+                prefix = f"{harness.stats_prefix()}.meshsplit.meshsplit.svc."
+                stats = envoy.stats(prefix)
+                return [stats.get(f"{prefix}{u}.weight") for u in ("v1", "v2", "v3")]
+
+            if time.time() < start - 1:
+                assert gauges() == [60, 30, 10]
+            held = hold_open(envoy.port)
+            time.sleep(0.5)
+            publish_for(build, ecds, 2, new)
+
+            def settled():
+                harness.send(envoy.port, 4, {"Host": "svc"})
+                return gauges() == [50, 50, 0]
+            assert harness.wait_for(settled, timeout=5), gauges()
+            # Past the old configuration's rollout start, with its root still alive.
+            while time.time() < start + 1.5:
+                assert settled(), gauges()
+                time.sleep(0.2)
+            held.join(timeout=20)
+            assert gauges() == [50, 50, 0]

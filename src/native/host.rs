@@ -142,7 +142,6 @@ impl Host for StoreOnly<'_> {
     }
 }
 
-/// What the core asked a selection to do, since a cluster specifier cannot write headers.
 /// The cluster specifier's tick (rollouts; it has no guard): shared data, and the gauges
 /// defined on the specifier's config, which its ABI lets any worker set.
 pub struct SpecifierTick<'a> {
@@ -177,6 +176,7 @@ impl Host for SpecifierTick<'_> {
     }
 }
 
+/// What the core asked a selection to do, since a cluster specifier cannot write headers.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// No decision yet (or the cluster header was removed: an unknown service with `pass`).

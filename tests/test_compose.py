@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import harness
+import stats
 from stats import chi_square
 from test_bundle import require_tool
 
@@ -180,7 +181,7 @@ def test_docker_compose_splits_traffic_by_the_weights_of_meshsplit_json(compose_
     logs = lambda: run([*compose, "logs", "--no-color", "--tail", "50"], env=env, check=False).stdout
     assert set(seen) <= set(clusters), f"answers that did not come from an upstream: {seen}\n{logs()}"
     stat, p = chi_square([seen[c] for c in clusters], weights)
-    assert p > 0.001, f"split {dict(seen)} does not fit weights {weights}: chi-square {stat:.2f}, p = {p:.2g}"
+    assert p > stats.P_MIN, f"split {dict(seen)} does not fit weights {weights}: chi-square {stat:.2f}, p = {p:.2g}"
 
     # The rule: x-canary: true always reaches v3.
     (rule,) = service["rules"]

@@ -8,6 +8,7 @@ import time
 import pytest
 
 import harness
+import stats
 from stats import chi_square
 from test_metrics import prometheus_series
 
@@ -122,7 +123,7 @@ def test_a_failing_upstream_is_ejected_and_readmitted_when_it_recovers(build, wa
                 share = load.since(back_at)
                 assert set(share) == {"v1", "v2"}, share
                 _, p = chi_square([share["v1"], share["v2"]], [50, 50])
-                assert p > 0.001, share
+                assert p > stats.P_MIN, share
                 assert stat(envoy, "v2.ejected") == 0
                 assert stat(envoy, "v2.ejections_total") == 1
             finally:

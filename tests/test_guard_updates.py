@@ -10,11 +10,12 @@ import urllib.request
 import pytest
 
 import harness
+import stats
 from stats import chi_square
 from test_guard import Load
 from test_reload import ecds_bootstrap, publish
 
-P_MIN = 1e-4
+P_MIN = stats.P_MIN
 
 
 def guarded(guard, weights=None, extra_services=()):

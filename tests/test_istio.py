@@ -11,12 +11,13 @@ import pytest
 import yaml
 
 import harness
+import stats
 import istio
 from stats import chi_square
 from test_cli import check as check_cli, cli  # noqa: F401  (cli: the command, built once)
 from test_metrics import prometheus_series
 
-P_MIN = 1e-4
+P_MIN = stats.P_MIN
 ISTIO_DIR = harness.ENVOY_DIR / "istio"
 SUBSETS = ("v1", "v2", "v3")
 # Every name the reviews virtual host answers to that the plugin config can know, with and

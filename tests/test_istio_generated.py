@@ -10,6 +10,7 @@ import yaml
 import harness
 import istio
 import sync_configs  # envoy/sync_configs.py (harness puts envoy/ on the path)
+import stats
 from stats import chi_square
 
 SUBSETS = ("v1", "v2", "v3")
@@ -51,7 +52,7 @@ def assert_split_by_weights(directory, seen):
     assert set(seen) <= {istio.cluster("reviews", s) for s in SUBSETS}, seen
     assert sum(seen.values()) == REQUESTS, seen
     stat, p = chi_square([seen.get(c, 0) for c in weights], list(weights.values()))
-    assert p > 1e-4, (stat, seen)
+    assert p > stats.P_MIN, (stat, seen)
 
 
 def edit_source(directory, change):

@@ -8,11 +8,13 @@ import time
 
 import pytest
 
+import stats
+
 from stats import chi_square
 from test_apply import meshsplit
 from test_cli import cli  # noqa: F401  (the session fixture that builds the command)
 
-P_MIN = 0.001
+P_MIN = stats.P_MIN
 REQUESTS = 10000
 CONFIGURED = {"v1": 90, "v2": 10, "v3": 0}
 STEPS = [(0, {"v1": 70, "v2": 20, "v3": 10}),

@@ -8,9 +8,10 @@ import time
 import pytest
 
 import harness
+import stats
 from stats import chi_square
 
-P_MIN = 1e-4
+P_MIN = stats.P_MIN
 
 
 def ups(service, spec):

@@ -5,10 +5,11 @@ import json
 import pytest
 
 import harness
+import stats
 from stats import chi_square
 
 SAMPLES = 4000
-P_MIN = 0.001
+P_MIN = stats.P_MIN
 FALLBACK = (404, "fallback route: no meshsplit service matched\n")
 # The cluster specifier selects no cluster for an unknown service: the route's not-found code.
 NOT_FOUND = (404, "")

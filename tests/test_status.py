@@ -9,6 +9,7 @@ import urllib.request
 import pytest
 
 import harness
+import stats
 from stats import chi_square
 from test_guard import answers_after_ejection
 from test_metrics import prometheus_series
@@ -19,7 +20,7 @@ BUILDS = pytest.mark.builds("wasm", "native", "specifier")
 STEP_S = 2
 # Requests sent during the observed interval; a chi-square p-value below P_MIN fails.
 SAMPLE = 1000
-P_MIN = 0.001
+P_MIN = stats.P_MIN
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 CARGO   ?= cargo
 
-.PHONY: all build target venv configs test unit wasm-test lint deny integration demo live bench cli check-configs oci native native-test-hooks wasm-test-hooks ci clean
+.PHONY: all build target venv configs test unit wasm-test lint deny integration demo live bench cli check-configs oci native native-test-hooks wasm-test-hooks ci clean rules
 
 all: build
 
@@ -90,7 +90,22 @@ oci: build
 	python3 envoy/oci.py
 
 ## test: lint, native unit tests, then integration tests against real Envoy
-test: lint deny unit check-configs integration
+test: lint deny unit check-configs rules integration
+
+## rules: check the Prometheus rules (observability/prometheus/meshsplit-rules.yaml) and run their
+##        unit tests with promtool (Debian package `prometheus`); fails when promtool is missing
+PROMTOOL ?= $(shell command -v promtool 2>/dev/null)
+RULES    := observability/prometheus/meshsplit-rules.yaml
+rules:
+ifeq ($(PROMTOOL),)
+	@echo "error: promtool not found: install the prometheus package (Debian/Ubuntu:" \
+	  "apt-get install -y --no-install-recommends prometheus; macOS: brew install prometheus)," \
+	  "or set PROMTOOL=/path/to/promtool" >&2
+	@exit 1
+else
+	$(PROMTOOL) check rules $(RULES)
+	cd $(dir $(RULES)) && $(PROMTOOL) test rules meshsplit-rules.test.yaml
+endif
 
 ## wasm-test: the core's unit tests compiled to wasm32-wasip1, run under Node's WASI, so a
 ## difference between native and wasm32 arithmetic, hashing or floats cannot hide

@@ -59,8 +59,11 @@ class Prometheus:
             [binary, f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.port}"],
             stdout=self.log, stderr=subprocess.STDOUT)
-        ready = harness.wait_for(self.ready, timeout=20)
-        assert ready, self.log_path.read_text()[-3000:]
+        try:
+            assert harness.wait_for(self.ready, timeout=20), self.log_path.read_text()[-3000:]
+        except BaseException:
+            self.stop()
+            raise
 
     def ready(self):
         assert self.proc.poll() is None, self.log_path.read_text()[-3000:]

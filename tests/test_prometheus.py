@@ -166,6 +166,8 @@ def test_observed_share_recording_rule_matches_the_weights(setup):
     assert weight_share == pytest.approx({n: w / total for n, w in WEIGHTS.items()}), weight_share
     deviation = prometheus.query('meshsplit:share_deviation:ratio_rate1m{service="svc"}')
     assert set(deviation) == set(WEIGHTS) and all(abs(d) <= TOLERANCE for d in deviation.values()), deviation
+    # Nothing is wrong, so no alert is pending: in particular not MeshsplitShareOffWeight.
+    assert prometheus.api("alerts")["alerts"] == []
     # No upstream answered an error.
     errors = prometheus.query("meshsplit:cluster_errors:ratio_rate1m", by="envoy_cluster_name")
     assert errors == {name: 0.0 for name in WEIGHTS}, errors

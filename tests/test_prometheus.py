@@ -19,7 +19,8 @@ from test_guard import Load
 
 pytestmark = pytest.mark.builds("wasm", "native")
 
-RULES = pathlib.Path(__file__).resolve().parent.parent / "observability" / "prometheus" / "meshsplit-rules.yaml"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+RULES = ROOT / "observability" / "prometheus" / "meshsplit-rules.yaml"
 WEIGHTS = {"v1": 70, "v2": 20, "v3": 10}
 # The guard ejects v2 within its 2 s window once it fails, and keeps it out for 30 s: longer than
 # the wait below, so the ejected gauge stays 1 all along.
@@ -36,7 +37,9 @@ ALERT_BOUND_S = 8
 
 
 def prometheus_bin():
-    return shutil.which("prometheus") or ("/usr/bin/prometheus" if pathlib.Path("/usr/bin/prometheus").exists() else None)
+    """The prometheus server binary (Debian package `prometheus`), or None."""
+    debian = pathlib.Path("/usr/bin/prometheus")
+    return shutil.which("prometheus") or (str(debian) if debian.exists() else None)
 
 
 class Prometheus:
@@ -181,7 +184,8 @@ def test_an_ejection_by_the_guard_makes_the_ejection_alert_pending(setup):
     try:
         servers["v2"].status = 503
         # Ejected within the guard's window (2 s) plus the ticks.
-        assert harness.wait_for(lambda: envoy.stats(full).get(full) == 1, timeout=6), envoy.stats(full)
+        assert harness.wait_for(lambda: envoy.stats(full).get(full) == 1, timeout=6), \
+            envoy.stats(full)
         ejected_at = time.monotonic()
 
         def pending():
@@ -197,9 +201,9 @@ def test_an_ejection_by_the_guard_makes_the_ejection_alert_pending(setup):
         # Only v2: v1 and v3 are healthy.
         assert {a["labels"]["upstream"] for a in prometheus.alerts("MeshsplitUpstreamEjected")} == {"v2"}
         # The weight in force followed: 0 for v2, and the recorded weight share with it.
-        assert harness.wait_for(
-            lambda: prometheus.query('meshsplit:weight_share:ratio{service="svc",upstream="v2"}') == {"v2": 0.0},
-            timeout=5), prometheus.query('meshsplit:weight_share:ratio{service="svc"}')
+        v2_share = 'meshsplit:weight_share:ratio{service="svc",upstream="v2"}'
+        assert harness.wait_for(lambda: prometheus.query(v2_share) == {"v2": 0.0}, timeout=5), \
+            prometheus.query('meshsplit:weight_share:ratio{service="svc"}')
         print(f"ejection alert pending {waited:.1f} s after the ejected gauge showed in Envoy's stats")
     finally:
         load.close()

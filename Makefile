@@ -5,7 +5,7 @@ VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 CARGO   ?= cargo
 
-.PHONY: all build target venv configs test unit wasm-test lint deny integration demo live bench cli check-configs oci native native-test-hooks wasm-test-hooks ci clean
+.PHONY: all build target venv configs test unit wasm-test lint deny integration demo live bench cli check-configs oci native native-test-hooks wasm-test-hooks ci clean rules
 
 all: build
 
@@ -90,7 +90,24 @@ oci: build
 	python3 envoy/oci.py
 
 ## test: lint, native unit tests, then integration tests against real Envoy
-test: lint deny unit check-configs integration
+test: lint deny unit check-configs rules integration
+
+## rules: check the Prometheus rules (observability/prometheus/meshsplit-rules.yaml) and run their
+##        unit tests with promtool (Debian package `prometheus`, installed here when missing and
+##        apt-get can); where it cannot be installed the check is skipped loudly (CI=true: fails)
+RULES := observability/prometheus/meshsplit-rules.yaml
+rules:
+	@sh observability/prometheus/install-promtool.sh
+	@if command -v promtool >/dev/null; then \
+	  echo "promtool check rules $(RULES)" && promtool check rules $(RULES) && \
+	  cd $(dir $(RULES)) && promtool test rules meshsplit-rules.test.yaml; \
+	elif [ "$(CI)" = true ]; then \
+	  echo "error: promtool not found (Debian package prometheus)" >&2; exit 1; \
+	else \
+	  echo "!!!!! SKIPPED CHECK (tool missing): promtool not found: the Prometheus rules were not" \
+	    "checked; install the prometheus package (apt-get install --no-install-recommends" \
+	    "prometheus, or brew install prometheus) !!!!!" >&2; \
+	fi
 
 ## wasm-test: the core's unit tests compiled to wasm32-wasip1, run under Node's WASI, so a
 ## difference between native and wasm32 arithmetic, hashing or floats cannot hide

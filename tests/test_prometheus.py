@@ -1,0 +1,210 @@
+"""The shipped Prometheus rules (observability/prometheus/meshsplit-rules.yaml) in a real Prometheus
+that scrapes a real Envoy running meshsplit (wasm and native builds) every second: every rule
+evaluates without error, the observed-share recording rule matches the configured weights, and
+an ejection by the guard makes the ejection alert pending within a bounded wait."""
+import json
+import math
+import pathlib
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+import harness
+from test_bundle import require_tool
+from test_guard import Load
+
+pytestmark = pytest.mark.builds("wasm", "native")
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+RULES = ROOT / "observability" / "prometheus" / "meshsplit-rules.yaml"
+WEIGHTS = {"v1": 70, "v2": 20, "v3": 10}
+# The guard ejects v2 within its 2 s window once it fails, and keeps it out for 30 s: longer than
+# the wait below, so the ejected gauge stays 1 all along.
+GUARD = {"error_rate": 0.5, "min_requests": 20, "window_s": 2, "eject_s": 30, "max_ejected_percent": 50}
+PLUGIN = {"services": [{"name": "svc", "guard": GUARD, "upstreams": [
+    {"name": name, "cluster": name, "weight": weight} for name, weight in WEIGHTS.items()]}]}
+# Requests whose split the observed-share rule is checked on, and the tolerance: each upstream's
+# share within 0.04 of its weight's (the sampling's standard deviation is at most 0.0073 at this
+# size; the rest covers rate()'s extrapolation over series first scraped a second apart).
+SAMPLE, TOLERANCE = 4000, 0.04
+# From the ejected gauge in Envoy's stats to the alert pending in Prometheus: a scrape (1 s), an
+# evaluation of the rule (1 s), plus slack for a loaded machine.
+ALERT_BOUND_S = 8
+
+
+def prometheus_bin():
+    """The prometheus server binary (Debian package `prometheus`), or None."""
+    debian = pathlib.Path("/usr/bin/prometheus")
+    return shutil.which("prometheus") or (str(debian) if debian.exists() else None)
+
+
+class Prometheus:
+    """A Prometheus server on loopback with its own storage in `workdir`, scraping Envoy's admin
+    /stats/prometheus every second and evaluating the shipped rules every second."""
+
+    def __init__(self, binary, admin_port, workdir):
+        self.port = harness.free_port()
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(RULES)],
+            "scrape_configs": [{"job_name": "envoy", "metrics_path": "/stats/prometheus",
+                                "static_configs": [{"targets": [f"127.0.0.1:{admin_port}"]}]}],
+        }
+        config_path = workdir / "prometheus.yml"
+        config_path.write_text(json.dumps(config))  # JSON is YAML
+        self.log_path = workdir / "prometheus.log"
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [binary, f"--config.file={config_path}", f"--storage.tsdb.path={workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        try:
+            assert harness.wait_for(self.ready, timeout=20), self.log_path.read_text()[-3000:]
+        except BaseException:
+            self.stop()
+            raise
+
+    def ready(self):
+        assert self.proc.poll() is None, self.log_path.read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def api(self, path, **params):
+        url = f"http://127.0.0.1:{self.port}/api/v1/{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        with urllib.request.urlopen(url, timeout=5) as r:
+            body = json.load(r)
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr, by="upstream"):
+        """{value of label `by` (or "" if none): value} of an instant query."""
+        return {s["metric"].get(by, ""): float(s["value"][1])
+                for s in self.api("query", query=expr)["result"]}
+
+    def alerts(self, name):
+        return [a for a in self.api("alerts")["alerts"] if a["labels"]["alertname"] == name]
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def setup(build, tmp_path_factory):
+    """(Envoy, its upstream servers, Prometheus scraping it) for the build under test."""
+    binary = prometheus_bin()
+    if not binary:
+        require_tool(False, "prometheus (Debian package `prometheus`): the real-Prometheus test")
+    with harness.upstream_servers(*WEIGHTS) as servers:
+        ports = {n: s.server_port for n, s in servers.items()}
+        config = harness.bootstrap(PLUGIN, ports, harness.free_port(), harness.free_port(), build=build)
+        with harness.Envoy(config, tmp_path_factory.mktemp("envoy")) as envoy:
+            prometheus = Prometheus(binary, envoy.admin_port, tmp_path_factory.mktemp("prometheus"))
+            try:
+                yield envoy, servers, prometheus
+            finally:
+                prometheus.stop()
+
+
+def test_every_rule_loads_and_evaluates_without_error(setup):
+    envoy, _, prometheus = setup
+    harness.send(envoy.port, 50, {"Host": "svc"})
+
+    def rules():
+        return [r for g in prometheus.api("rules")["groups"] for r in g["rules"]]
+
+    # Every rule evaluated at least once (Prometheus reports lastEvaluation and health).
+    assert harness.wait_for(lambda: all(r.get("health") == "ok" for r in rules()), timeout=10), rules()
+    names = {r["name"] for r in rules()}
+    assert {"meshsplit:observed_share:ratio_rate1m", "MeshsplitUpstreamEjected",
+            "MeshsplitShareOffWeight"} <= names
+    assert all(not r.get("lastError") for r in rules()), [r for r in rules() if r.get("lastError")]
+    # The target is up: Prometheus parses all of Envoy's /stats/prometheus.
+    assert harness.wait_for(lambda: prometheus.query('up{job="envoy"}') == {"": 1.0}, timeout=10), \
+        prometheus.api("targets")
+
+
+def test_observed_share_recording_rule_matches_the_weights(setup):
+    envoy, _, prometheus = setup
+    # Every upstream's series must exist before the measured traffic (the wasm filter defines a
+    # counter on its first use), so rate() sees the whole of it.
+    harness.send(envoy.port, 200, {"Host": "svc"})
+    selector = 'meshsplit_requests_total{plugin="meshsplit",service="svc"}'
+    assert harness.wait_for(lambda: set(prometheus.query(selector)) == set(WEIGHTS), timeout=10), \
+        prometheus.query(selector)
+    time.sleep(2)
+    before = prometheus.query(selector)
+    seen = harness.send(envoy.port, SAMPLE, {"Host": "svc"})
+    assert sum(seen.values()) == SAMPLE and set(seen) == set(WEIGHTS), seen
+    expected_total = {n: before[n] for n in WEIGHTS}
+    # Flushed (half-second tick), scraped (1 s) and recorded (1 s).
+    for name, count in seen.items():
+        expected_total[name] += count
+    assert harness.wait_for(lambda: prometheus.query(selector) == expected_total, timeout=10), \
+        (prometheus.query(selector), expected_total)
+    time.sleep(2.5)
+    share = prometheus.query('meshsplit:observed_share:ratio_rate1m{service="svc"}')
+    total = sum(WEIGHTS.values())
+    assert set(share) == set(WEIGHTS), share
+    for name, weight in WEIGHTS.items():
+        assert abs(share[name] - weight / total) <= TOLERANCE, (name, share, seen)
+    assert math.isclose(sum(share.values()), 1.0, abs_tol=1e-9), share
+    print(f"observed share {share} of {SAMPLE} requests: {dict(seen)}")
+    # Configured vs observed: the weight in force's share, and the deviation within the tolerance.
+    weight_share = prometheus.query('meshsplit:weight_share:ratio{service="svc"}')
+    assert weight_share == pytest.approx({n: w / total for n, w in WEIGHTS.items()}), weight_share
+    deviation = prometheus.query('meshsplit:share_deviation:ratio_rate1m{service="svc"}')
+    assert set(deviation) == set(WEIGHTS) and all(abs(d) <= TOLERANCE for d in deviation.values()), deviation
+    # Nothing is wrong, so no alert is pending: in particular not MeshsplitShareOffWeight.
+    assert prometheus.api("alerts")["alerts"] == []
+    # No upstream answered an error.
+    errors = prometheus.query("meshsplit:cluster_errors:ratio_rate1m", by="envoy_cluster_name")
+    assert errors == {name: 0.0 for name in WEIGHTS}, errors
+
+
+def test_an_ejection_by_the_guard_makes_the_ejection_alert_pending(setup):
+    envoy, servers, prometheus = setup
+    assert prometheus.alerts("MeshsplitUpstreamEjected") == []
+    full = f"{harness.stats_prefix()}.meshsplit.meshsplit.svc.v2.ejected"
+    load = Load(envoy.port, limit_s=40)
+    try:
+        servers["v2"].status = 503
+        # Ejected within the guard's window (2 s) plus the ticks.
+        assert harness.wait_for(lambda: envoy.stats(full).get(full) == 1, timeout=6), \
+            envoy.stats(full)
+        ejected_at = time.monotonic()
+
+        def pending():
+            return [a for a in prometheus.alerts("MeshsplitUpstreamEjected")
+                    if a["labels"].get("upstream") == "v2" and a["state"] in ("pending", "firing")]
+
+        assert harness.wait_for(pending, timeout=ALERT_BOUND_S), prometheus.api("alerts")
+        waited = time.monotonic() - ejected_at
+        alert = pending()[0]
+        assert alert["labels"]["service"] == "svc" and alert["labels"]["plugin"] == "meshsplit", alert
+        assert alert["labels"]["severity"] == "warning", alert
+        assert "svc/v2" in alert["annotations"]["summary"], alert
+        # Only v2: v1 and v3 are healthy.
+        assert {a["labels"]["upstream"] for a in prometheus.alerts("MeshsplitUpstreamEjected")} == {"v2"}
+        # The weight in force followed: 0 for v2, and the recorded weight share with it.
+        v2_share = 'meshsplit:weight_share:ratio{service="svc",upstream="v2"}'
+        assert harness.wait_for(lambda: prometheus.query(v2_share) == {"v2": 0.0}, timeout=5), \
+            prometheus.query('meshsplit:weight_share:ratio{service="svc"}')
+        print(f"ejection alert pending {waited:.1f} s after the ejected gauge showed in Envoy's stats")
+    finally:
+        load.close()
+        servers["v2"].status = 200

@@ -1,6 +1,7 @@
 """The error-rate guard through real Envoy: a failing upstream is ejected within the window, its
 traffic moves to the others, and it comes back when it recovers; the caps hold."""
 import collections
+import contextlib
 import re
 import threading
 import time
@@ -84,50 +85,58 @@ def stat(envoy, name):
     return envoy.stats(full).get(full) or 0
 
 
-@pytest.mark.builds("wasm", "native")
-def test_a_failing_upstream_is_ejected_and_readmitted_when_it_recovers(build, wasm, tmp_path):
+@contextlib.contextmanager
+def guarded_envoy(tmp_path, **guard):
+    """Upstream servers v1 and v2 (set a server's `.status` to make it fail) behind an Envoy whose
+    service `svc` splits 50/50 between them under a guard; yields (servers, envoy)."""
     with harness.upstream_servers("v1", "v2") as servers:
         ports = {n: s.server_port for n, s in servers.items()}
-        config = harness.bootstrap(plugin({"v1": 50, "v2": 50}), ports, harness.free_port(),
-                                   harness.free_port())
+        config = harness.bootstrap(plugin({"v1": 50, "v2": 50}, **guard), ports,
+                                   harness.free_port(), harness.free_port())
         with harness.Envoy(config, tmp_path) as envoy:
-            load = Load(envoy.port)
-            try:
-                time.sleep(2)
-                healthy = load.since(0)
-                assert set(healthy) == {"v1", "v2"}, healthy
-                servers["v2"].status = 503
-                failing_at = time.monotonic()
-                # Within the window (+ 2 s for the ticks), v2 is ejected.
-                assert harness.wait_for(lambda: stat(envoy, "v2.ejections_total") == 1,
-                                        timeout=WINDOW_S + 2), "v2 not ejected in time"
-                ejected_at = time.monotonic()
-                time.sleep(EJECT_S - 2)
-                # While ejected: only v1 answers, and the gauge and the labelled series say so.
-                during = load.since(ejected_at + PROPAGATION_S)
-                assert during and set(during) == {"v1"}, during
-                assert stat(envoy, "v2.ejected") == 1
-                labels = frozenset({"plugin": "meshsplit", "service": "svc", "upstream": "v2"}.items())
-                # (The native build defines every upstream's series up front, at 0.)
-                ejections = prometheus_series(envoy, "meshsplit_ejections_total")
-                assert {k: v for k, v in ejections.items() if v} == {labels: 1}
-                assert prometheus_series(envoy, "meshsplit_ejected")[labels] == 1
-                # Only requests of the detection window failed.
-                failed = load.since(failing_at)[503]
-                assert 0 < failed <= sum(load.since(failing_at, ejected_at + PROPAGATION_S).values())
-                # v2 recovers; once readmitted (eject_s after its ejection) it gets its share back.
-                servers["v2"].status = 200
-                time.sleep(max(0.0, ejected_at + EJECT_S + PROPAGATION_S - time.monotonic()))
-                back_at = time.monotonic()
-                time.sleep(3)
-                share = load.since(back_at)
-                assert set(share) == {"v1", "v2"}, share
-                _, p = chi_square([share["v1"], share["v2"]], [50, 50])
-                assert p > stats.P_MIN, share
-                assert stat(envoy, "v2.ejected") == 0
-                assert stat(envoy, "v2.ejections_total") == 1
-            finally:
-                load.close()
+            yield servers, envoy
+
+
+@pytest.mark.builds("wasm", "native")
+def test_a_failing_upstream_is_ejected_and_readmitted_when_it_recovers(build, wasm, tmp_path):
+    with guarded_envoy(tmp_path) as (servers, envoy):
+        load = Load(envoy.port)
+        try:
+            time.sleep(2)
+            healthy = load.since(0)
+            assert set(healthy) == {"v1", "v2"}, healthy
+            servers["v2"].status = 503
+            failing_at = time.monotonic()
+            # Within the window (+ 2 s for the ticks), v2 is ejected.
+            assert harness.wait_for(lambda: stat(envoy, "v2.ejections_total") == 1,
+                                    timeout=WINDOW_S + 2), "v2 not ejected in time"
+            ejected_at = time.monotonic()
+            time.sleep(EJECT_S - 2)
+            # While ejected: only v1 answers, and the gauge and the labelled series say so.
+            during = load.since(ejected_at + PROPAGATION_S)
+            assert during and set(during) == {"v1"}, during
+            assert stat(envoy, "v2.ejected") == 1
+            labels = frozenset({"plugin": "meshsplit", "service": "svc", "upstream": "v2"}.items())
+            # (The native build defines every upstream's series up front, at 0.)
+            ejections = prometheus_series(envoy, "meshsplit_ejections_total")
+            assert {k: v for k, v in ejections.items() if v} == {labels: 1}
+            assert prometheus_series(envoy, "meshsplit_ejected")[labels] == 1
+            # Only requests of the detection window failed.
+            failed = load.since(failing_at)[503]
+            assert 0 < failed <= sum(load.since(failing_at, ejected_at + PROPAGATION_S).values())
+            # v2 recovers; once readmitted (eject_s after its ejection) it gets its share back.
+            servers["v2"].status = 200
+            time.sleep(max(0.0, ejected_at + EJECT_S + PROPAGATION_S - time.monotonic()))
+            back_at = time.monotonic()
+            time.sleep(3)
+            share = load.since(back_at)
+            assert set(share) == {"v1", "v2"}, share
+            _, p = chi_square([share["v1"], share["v2"]], [50, 50])
+            assert p > stats.P_MIN, share
+            assert stat(envoy, "v2.ejected") == 0
+            assert stat(envoy, "v2.ejections_total") == 1
+        finally:
+            load.close()
     log = envoy.log()
     assert re.search(r"guard: ejected svc/v2 for 6 s: \d+ % of \d+ requests failed in the last 2 s", log), log[-3000:]
     assert "guard: readmitted svc/v2 after 6 s" in log
@@ -148,43 +157,35 @@ def failing(every):
 def test_above_the_read_budget_the_guard_still_tells_a_rate_below_error_rate_from_one_above(build, wasm, tmp_path):
     # At this load each worker sees far more than 32 requests a second per upstream, so the wasm
     # guard reads a sample of the outcomes (one in 16 past its budget), each counted 16 times.
-    with harness.upstream_servers("v1", "v2") as servers:
-        ports = {n: s.server_port for n, s in servers.items()}
-        config = harness.bootstrap(plugin({"v1": 50, "v2": 50}), ports, harness.free_port(),
-                                   harness.free_port())
-        with harness.Envoy(config, tmp_path) as envoy:
-            load = Load(envoy.port)
-            try:
-                # A quarter of v2's answers fail, half the guard's error_rate: never ejected.
-                servers["v2"].status = failing((1, 4))
-                started = time.monotonic()
-                time.sleep(3 * WINDOW_S)
-                seen = load.since(started)
-                rate = sum(seen.values()) / (time.monotonic() - started)
-                workers = envoy.concurrency
-                assert rate / workers / 2 > 2 * 32, f"{rate:.0f} requests/s: too slow to sample"
-                assert seen[503] > 0, seen
-                assert stat(envoy, "v2.ejections_total") == 0
-                # Three quarters fail: ejected within the window, on sampled outcomes all the same.
-                servers["v2"].status = failing((3, 4))
-                assert harness.wait_for(lambda: stat(envoy, "v2.ejections_total") == 1,
-                                        timeout=WINDOW_S + 2), "v2 not ejected in time"
-            finally:
-                load.close()
+    with guarded_envoy(tmp_path) as (servers, envoy):
+        load = Load(envoy.port)
+        try:
+            # A quarter of v2's answers fail, half the guard's error_rate: never ejected.
+            servers["v2"].status = failing((1, 4))
+            started = time.monotonic()
+            time.sleep(3 * WINDOW_S)
+            seen = load.since(started)
+            rate = sum(seen.values()) / (time.monotonic() - started)
+            workers = envoy.concurrency
+            assert rate / workers / 2 > 2 * 32, f"{rate:.0f} requests/s: too slow to sample"
+            assert seen[503] > 0, seen
+            assert stat(envoy, "v2.ejections_total") == 0
+            # Three quarters fail: ejected within the window, on sampled outcomes all the same.
+            servers["v2"].status = failing((3, 4))
+            assert harness.wait_for(lambda: stat(envoy, "v2.ejections_total") == 1,
+                                    timeout=WINDOW_S + 2), "v2 not ejected in time"
+        finally:
+            load.close()
 
 
 @pytest.mark.builds("wasm", "native")
 @pytest.mark.parametrize("cap, ejected", [(50, 1), (100, 1), (40, 0)])
 def test_caps_hold_when_every_upstream_fails(build, wasm, tmp_path, cap, ejected):
     """All fail: never more than max_ejected_percent of the weight, never the last upstream."""
-    with harness.upstream_servers("v1", "v2") as servers:
-        for s in servers.values():
-            s.status = 503
-        ports = {n: s.server_port for n, s in servers.items()}
-        config = harness.bootstrap(plugin({"v1": 50, "v2": 50}, max_ejected_percent=cap), ports,
-                                   harness.free_port(), harness.free_port())
-        with harness.Envoy(config, tmp_path) as envoy:
-            load_for(envoy.port, WINDOW_S + 2.5)
-            total = sum(stat(envoy, f"{u}.ejections_total") for u in ("v1", "v2"))
-            now = sum(stat(envoy, f"{u}.ejected") for u in ("v1", "v2"))
-            assert (total, now) == (ejected, ejected)
+    with guarded_envoy(tmp_path, max_ejected_percent=cap) as (servers, envoy):
+        for server in servers.values():
+            server.status = 503
+        load_for(envoy.port, WINDOW_S + 2.5)
+        total = sum(stat(envoy, f"{u}.ejections_total") for u in ("v1", "v2"))
+        now = sum(stat(envoy, f"{u}.ejected") for u in ("v1", "v2"))
+        assert (total, now) == (ejected, ejected)

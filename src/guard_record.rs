@@ -220,10 +220,9 @@ pub fn claim_generation<H: Host + ?Sized>(host: &H, plugin: &str, fingerprint: u
 
 /// [`claim_generation`] under shared-data `key`.
 pub fn claim_generation_at<H: Host + ?Sized>(host: &H, key: &str, fingerprint: u64) -> Option<u64> {
-    let key = key.to_owned();
     for _ in 0..16 {
-        let Some((bytes, cas)) = host.shared_data(&key) else {
-            if !create_shared(host, &key, &encode_generation(1, fingerprint)) {
+        let Some((bytes, cas)) = host.shared_data(key) else {
+            if !create_shared(host, key, &encode_generation(1, fingerprint)) {
                 return None;
             }
             continue;
@@ -233,7 +232,7 @@ pub fn claim_generation_at<H: Host + ?Sized>(host: &H, key: &str, fingerprint: u
             return Some(generation);
         }
         let next = generation.saturating_add(1);
-        match host.set_shared_data(&key, &encode_generation(next, fingerprint), cas) {
+        match host.set_shared_data(key, &encode_generation(next, fingerprint), cas) {
             SharedWrite::Written => return Some(next),
             SharedWrite::CasMismatch => continue,
             SharedWrite::Failed => return None,

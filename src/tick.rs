@@ -274,10 +274,10 @@ fn set_weight_gauges<H: Host + ?Sized>(
     }
 }
 
-/// The name of the gauge of the weight in force of upstream `upstream` of `service`.
-pub fn weight_gauge_name(plugin: &str, service: &Service, upstream: usize) -> String {
+/// The prefix of upstream `upstream`'s stats: `meshsplit.<plugin>.<service>.<upstream>`.
+fn upstream_stat_prefix(plugin: &str, service: &Service, upstream: usize) -> String {
     format!(
-        "meshsplit.{}.{}.{}.weight",
+        "meshsplit.{}.{}.{}",
         stat_segment(plugin),
         stat_segment(&service.name),
         service
@@ -285,6 +285,11 @@ pub fn weight_gauge_name(plugin: &str, service: &Service, upstream: usize) -> St
             .get(upstream)
             .map_or_else(String::new, |u| stat_segment(&u.name))
     )
+}
+
+/// The name of the gauge of the weight in force of upstream `upstream` of `service`.
+pub fn weight_gauge_name(plugin: &str, service: &Service, upstream: usize) -> String {
+    format!("{}.weight", upstream_stat_prefix(plugin, service, upstream))
 }
 
 /// The shared-data keys of weight-gauge ownership start with this. They are per plugin only, not
@@ -401,17 +406,8 @@ impl GuardKeys {
             service.name.len(),
             service.name,
         );
-        let stats = service
-            .upstreams
-            .iter()
-            .map(|u| {
-                format!(
-                    "meshsplit.{}.{}.{}",
-                    stat_segment(plugin),
-                    stat_segment(&service.name),
-                    stat_segment(&u.name)
-                )
-            })
+        let stats = (0..service.upstreams.len())
+            .map(|u| upstream_stat_prefix(plugin, service, u))
             .collect();
         Self { record, stats }
     }

@@ -48,23 +48,14 @@ pub fn config_new(envoy: FilterConfig, name: &[u8], bytes: &[u8]) -> Option<Shar
             }
         }
     }
-    // The guard's records belong to the newest configuration of this filter name from now on.
-    let generation = crate::tick::claim(
-        &plan,
-        &plugin,
-        &StoreOnly {
-            namespace: &namespace,
-        },
-        crate::select::sticky_hash(bytes),
-    );
-    // The weight gauges belong to the newest configuration of this filter name from now on.
-    let gauge_generation = crate::tick::claim_gauges(
-        &StoreOnly {
-            namespace: &namespace,
-        },
-        &plugin,
-        crate::select::sticky_hash(bytes),
-    );
+    let store = StoreOnly {
+        namespace: &namespace,
+    };
+    let fingerprint = crate::select::sticky_hash(bytes);
+    // The guard's records and the weight gauges belong to the newest configuration of this
+    // filter name from now on.
+    let generation = crate::tick::claim(&plan, &plugin, &store, fingerprint);
+    let gauge_generation = crate::tick::claim_gauges(&store, &plugin, fingerprint);
     let (tick_gauges, tick_counter_names) = tick_stats(&plan, &plugin);
     for name in tick_gauges {
         if let Some(id) = envoy.define_gauge(&name) {

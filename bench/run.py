@@ -23,6 +23,7 @@ Adding a scenario: write a function returning (http_filters, routes) and decorat
 import argparse
 import concurrent.futures
 import datetime
+import functools
 import json
 import os
 import re
@@ -57,14 +58,14 @@ WEIGHTS = {"reviews_v1": 90, "reviews_v2": 10}
 
 SCENARIOS = {}
 # Scenarios that send everything to one cluster on purpose: no split to check.
-NO_SPLIT = {"A", "A'", "W", "R", "L", "S", "U", "H0", "H1", "H2", "H3", "HC", "RC", "LO", "LS"}
+NO_SPLIT = {"A", "A'", "W", "R", "L", "S", "U"}  # and the crossing floors (FLOORS)
 # The controls: identical copies of A and D, measured as scenarios of their own.
 CONTROLS = {"A'": "A", "D'": "D"}
 # Scenarios that cost milliseconds per request: few requests under callgrind.
 HEAVY = {"UW", "UN"}
 # Scenarios counted in instructions only: the floors that price one crossing each differ by a
 # few thousand instructions, below what CPU time resolves here; GS is a benchmark-only build.
-CALLGRIND_ONLY = {"H0", "H1", "H2", "H3", "HC", "RC", "LO", "LS", "GS"}
+CALLGRIND_ONLY = {"GS"}  # and the crossing floors (FLOORS)
 # Scenarios whose counted requests under callgrind are paced (requests a second, how many): GD at
 # 10 a second reads every stream's outcome (the guard's budget is 16 per upstream and 500 ms
 # tick), a rate-independent and so repeatable figure; GS is the sampled path.
@@ -184,44 +185,29 @@ def floor(module, calls):
     return [wasm_filter(EXAMPLES / module, calls)], floor_routes()
 
 
-@scenario("H0", "1 export", "floor: proxy_on_request_headers exported, no host call")
-def floor_one_export():
-    return floor("floor_headers_only.wasm", "none")
-
-
-@scenario("H1", "+empty read", "floor H0 + a header read that finds nothing (nothing allocated)")
-def floor_empty_read():
-    return floor("floor_headers_only.wasm", "get-missing")
-
-
-@scenario("H2", "+value read", "floor H0 + read :authority (the host allocates the copy in the VM)")
-def floor_value_read():
-    return floor("floor_headers_only.wasm", "get")
-
-
-@scenario("H3", "+2 writes", "floor H2 + write the cluster header and :authority")
-def floor_writes():
-    return floor("floor_headers_only.wasm", "get-set")
-
-
-@scenario("HC", "+create", "floor H3 + proxy_on_context_create exported")
-def floor_create():
-    return floor("floor_create.wasm", "get-set")
-
-
-@scenario("RC", "+code read", "raw floor R + the response.code property read at stream end")
-def floor_code_read():
-    return floor("raw_floor.wasm", "get-set-code")
-
-
-@scenario("LO", "log export", "floor HC + proxy_on_log exported instead of proxy_on_delete")
-def floor_log():
-    return floor("floor_log.wasm", "get-set")
-
-
-@scenario("LS", "+:status read", "floor LO + the :status response header read in proxy_on_log")
-def floor_status_read():
-    return floor("floor_log.wasm", "get-set-status")
+# The crossing floors: (key, label, title, module, host calls), each one export or one host call
+# away from the one before it.
+FLOORS = (
+    ("H0", "1 export", "floor: proxy_on_request_headers exported, no host call",
+     "floor_headers_only.wasm", "none"),
+    ("H1", "+empty read", "floor H0 + a header read that finds nothing (nothing allocated)",
+     "floor_headers_only.wasm", "get-missing"),
+    ("H2", "+value read", "floor H0 + read :authority (the host allocates the copy in the VM)",
+     "floor_headers_only.wasm", "get"),
+    ("H3", "+2 writes", "floor H2 + write the cluster header and :authority",
+     "floor_headers_only.wasm", "get-set"),
+    ("HC", "+create", "floor H3 + proxy_on_context_create exported", "floor_create.wasm", "get-set"),
+    ("RC", "+code read", "raw floor R + the response.code property read at stream end",
+     "raw_floor.wasm", "get-set-code"),
+    ("LO", "log export", "floor HC + proxy_on_log exported instead of proxy_on_delete",
+     "floor_log.wasm", "get-set"),
+    ("LS", "+:status read", "floor LO + the :status response header read in proxy_on_log",
+     "floor_log.wasm", "get-set-status"),
+)
+for _key, _label, _title, _module, _calls in FLOORS:
+    scenario(_key, _label, _title)(functools.partial(floor, _module, _calls))
+    NO_SPLIT.add(_key)
+    CALLGRIND_ONLY.add(_key)
 
 
 @scenario("D", "meshsplit", "meshsplit weighted 90/10 + authority rewrite")

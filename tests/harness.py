@@ -295,6 +295,16 @@ def validate(config_path):
     )
 
 
+def terminate(proc, timeout=10):
+    """Stops a server process: SIGTERM, and SIGKILL if it has not exited within `timeout` s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class Envoy:
     """A running Envoy on loopback. Use as a context manager."""
 
@@ -355,12 +365,7 @@ class Envoy:
         if self in RUNNING:
             RUNNING.remove(self)
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            terminate(self.proc)
 
     def stats(self, prefix=""):
         with urllib.request.urlopen(

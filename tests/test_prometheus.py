@@ -94,12 +94,7 @@ class Prometheus:
         return [a for a in self.api("alerts")["alerts"] if a["labels"]["alertname"] == name]
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        harness.terminate(self.proc)
         self.log.close()
 
 

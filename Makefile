@@ -5,7 +5,7 @@ VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 CARGO   ?= cargo
 
-.PHONY: all build target venv configs test unit wasm-test lint deny integration demo live bench cli check-configs oci native native-test-hooks wasm-test-hooks ci clean rules
+.PHONY: all build target venv configs test unit wasm-test lint deny integration demo live bench cli check-configs oci native native-test-hooks wasm-test-hooks ci clean rules dashboards
 
 all: build
 
@@ -108,6 +108,12 @@ rules:
 	    "checked; install the prometheus package (apt-get install --no-install-recommends" \
 	    "prometheus, or brew install prometheus) !!!!!" >&2; \
 	fi
+
+## dashboards: write the Grafana dashboard observability/grafana/meshsplit-dashboard.json from its
+##             code (observability/grafana/dashboard.py, Grafana Foundation SDK); tests fail when
+##             the committed JSON differs from what the code generates
+dashboards: venv
+	$(PYTHON) observability/grafana/dashboard.py --write
 
 ## wasm-test: the core's unit tests compiled to wasm32-wasip1, run under Node's WASI, so a
 ## difference between native and wasm32 arithmetic, hashing or floats cannot hide

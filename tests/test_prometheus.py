@@ -15,18 +15,29 @@ import pytest
 
 import harness
 from test_bundle import require_tool
+from test_dashboard import dashboard_module
 from test_guard import Load
 
 pytestmark = pytest.mark.builds("wasm", "native")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RULES = ROOT / "observability" / "prometheus" / "meshsplit-rules.yaml"
+DASHBOARD = ROOT / "observability" / "grafana" / "meshsplit-dashboard.json"
 WEIGHTS = {"v1": 70, "v2": 20, "v3": 10}
 # The guard ejects v2 within its 2 s window once it fails, and keeps it out for 30 s: longer than
 # the wait below, so the ejected gauge stays 1 all along.
 GUARD = {"error_rate": 0.5, "min_requests": 20, "window_s": 2, "eject_s": 30, "max_ejected_percent": 50}
-PLUGIN = {"services": [{"name": "svc", "guard": GUARD, "upstreams": [
-    {"name": name, "cluster": name, "weight": weight} for name, weight in WEIGHTS.items()]}]}
+# A rule only requests with `x-canary: true` match (the dashboard's rule panel reads its hits), and a
+# second service with a guarded rollout (its paused gauge exists only with both).
+PLUGIN = {"services": [
+    {"name": "svc", "guard": GUARD,
+     "upstreams": [{"name": name, "cluster": name, "weight": weight} for name, weight in WEIGHTS.items()],
+     "rules": [{"match": {"headers": [{"name": "x-canary", "exact": "true"}]}, "upstream": "v3"}]},
+    {"name": "ramp", "guard": GUARD,
+     "upstreams": [{"name": "v1", "cluster": "v1", "weight": 100}, {"name": "v2", "cluster": "v2", "weight": 0}],
+     "rollout": {"start": "2026-01-01T00:00:00Z", "steps": [
+         {"at_s": 0, "weights": {"v1": 90, "v2": 10}}, {"at_s": 315360000, "weights": {"v2": 100}}]}},
+]}
 # Requests whose split the observed-share rule is checked on, and the tolerance: each upstream's
 # share within 0.04 of its weight's (the sampling's standard deviation is at most 0.0073 at this
 # size; the rest covers rate()'s extrapolation over series first scraped a second apart).
@@ -203,3 +214,84 @@ def test_an_ejection_by_the_guard_makes_the_ejection_alert_pending(setup):
     finally:
         load.close()
         servers["v2"].status = 200
+
+
+# What Grafana puts in place of the dashboard's variables when it sends a query: this test's
+# plugin and service, every cluster, and its built-in intervals (a range as long as the test's).
+VARIABLES = {"$plugin": "meshsplit", "$service": "svc", "$cluster": ".*",
+             "$__rate_interval": "1m", "$__range": "10m"}
+# Panels that have data only after the event they count: a configuration refused by the wasm
+# filter (its counter is defined on the first refusal, and the native build has none).
+NEEDS_A_REFUSAL = {'panel "Refused configurations" A'}
+
+
+def test_every_dashboard_query_returns_data(setup):
+    """Each query of the committed dashboard (every panel target, annotation and variable) against
+    the real Prometheus: it runs without error and returns data for the service under test. Runs
+    after the ejection test, so the guard's series and the ejection alert are in range."""
+    envoy, _, prometheus = setup
+    harness.send(envoy.port, 100, {"Host": "svc"})
+    harness.send(envoy.port, 10, {"Host": "svc", "x-canary": "true"})
+    harness.send(envoy.port, 100, {"Host": "ramp"})
+    harness.send(envoy.port, 5, {"Host": "nowhere"})
+    model = json.loads(DASHBOARD.read_text())
+    queries = list(dashboard_module().queries(model))
+    assert len(queries) >= 15, queries
+    # The series of the traffic just sent reach the recording rules (flush, scrape, evaluation).
+    rule_hits = 'meshsplit:rule_share:ratio_rate1m{service="svc"}'
+    assert harness.wait_for(lambda: prometheus.query(rule_hits), timeout=10), rule_hits
+    unknown = "meshsplit:unknown_service:rate5m"
+    assert harness.wait_for(lambda: prometheus.query(unknown, by="plugin").get("meshsplit", 0) > 0,
+                            timeout=10), prometheus.query(unknown, by="plugin")
+    end = time.time()
+    empty = []
+    for where, expr in queries:
+        for name, value in VARIABLES.items():
+            expr = expr.replace(name, value)
+        assert "$" not in expr, (where, expr)
+        if expr.startswith("label_values("):
+            # Grafana's variable function: the values of a label over the series a selector matches.
+            selector, label = expr[len("label_values("):-1].rsplit(", ", 1)
+            data = prometheus.api(f"label/{label}/values", **{"match[]": selector})
+        else:
+            data = prometheus.api("query_range", query=expr, start=end - 600, end=end, step=1)["result"]
+        if not data:
+            empty.append((where, expr))
+    assert {where for where, _ in empty} == NEEDS_A_REFUSAL, empty
+
+
+@pytest.mark.builds("wasm")
+def test_a_refused_configuration_shows_on_the_dashboard_and_fires_its_alert(build, tmp_path):
+    """A live update the wasm filter refuses (ECDS file with an invalid weight): the dashboard's
+    refused-configurations panel reads 1 and MeshsplitConfigRefused fires (it has no `for`)."""
+    import test_reload
+    binary = prometheus_bin()
+    if not binary:
+        require_tool(False, "prometheus (Debian package `prometheus`): the real-Prometheus test")
+    ecds = tmp_path / "ecds"
+    ecds.mkdir()
+    good = test_reload.plugin({"v1": 1, "v2": 0})
+    test_reload.publish(ecds, 1, good)
+    (where, expr), = [(w, e) for w, e in dashboard_module().queries(json.loads(DASHBOARD.read_text()))
+                      if w in NEEDS_A_REFUSAL]
+    for name, value in VARIABLES.items():
+        expr = expr.replace(name, value)
+    with harness.upstreams("v1", "v2") as ports, \
+            harness.Envoy(test_reload.ecds_bootstrap(ecds, ports, good), tmp_path / "envoy") as envoy:
+        prometheus = Prometheus(binary, envoy.admin_port, tmp_path)
+        try:
+            assert harness.send(envoy.port, 10, {"Host": "svc"}) == {"v1": 10}
+            assert prometheus.alerts("MeshsplitConfigRefused") == []
+            test_reload.publish(ecds, 2, test_reload.plugin({"v1": 5000000, "v2": 1}))
+
+            def firing():
+                return [a for a in prometheus.alerts("MeshsplitConfigRefused") if a["state"] == "firing"]
+
+            assert harness.wait_for(firing, timeout=ALERT_BOUND_S + 5), prometheus.api("alerts")
+            assert firing()[0]["labels"]["plugin"] == "meshsplit", firing()
+            assert harness.wait_for(lambda: prometheus.query(expr, by="plugin") == {"meshsplit": 1.0},
+                                    timeout=5), (where, expr, prometheus.query(expr, by="plugin"))
+            # The last good configuration still serves.
+            assert harness.send(envoy.port, 10, {"Host": "svc"}) == {"v1": 10}
+        finally:
+            prometheus.stop()

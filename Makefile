@@ -162,8 +162,9 @@ lint: target
 integration: build native native-test-hooks wasm-test-hooks venv
 	$(PYTHON) -m pytest tests -q -rs
 
-## demo: start Envoy and sample upstreams on loopback, send traffic, print the split
-demo: build venv
+## demo: start Envoy and sample upstreams on loopback, send traffic, print the split and
+##       `meshsplit status` of that Envoy
+demo: build cli venv
 	$(PYTHON) envoy/demo.py
 
 ## live: Envoy with live config (envoy/envoy-live.yaml) and `meshsplit apply --watch` on

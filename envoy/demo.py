@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
 """meshsplit demo: starts Envoy (envoy/envoy.yaml with envoy/meshsplit.json as plugin config) and
 the sample upstreams on loopback, sends requests to every configured service and prints the
-observed split next to the configured weights. Stops everything it started.
+observed split next to the configured weights, then `meshsplit status` of that Envoy (when the
+CLI is built: `make cli`). Stops everything it started.
 
     demo.py [--requests N] [--keep]"""
 import argparse
 import json
 import socket
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+CLI = ROOT / "target" / "release" / "meshsplit"
 sys.path.insert(0, str(ROOT / "tests"))
 
 import harness  # noqa: E402  (tests/harness.py: starts Envoy and upstreams, sends requests)
@@ -56,8 +59,8 @@ def main():
             with harness.Envoy(config, workdir) as envoy:
                 print(f"Envoy {harness.envoy_version()} listening on 127.0.0.1:{listener} "
                       f"(admin 127.0.0.1:{admin}), plugin config envoy/meshsplit.json\n")
-                for service in plugin["services"]:
-                    report(envoy, service, args.requests)
+                sent = sum(report(envoy, service, args.requests) for service in plugin["services"])
+                show_status(envoy, admin, sent)
                 if args.keep:
                     host = service_host(plugin["services"][0])
                     print(f"Try: curl -s -H 'Host: {host}' http://127.0.0.1:{listener}/\n"
@@ -72,11 +75,32 @@ def main():
     return 0
 
 
+def show_status(envoy, admin, sent):
+    """Prints `meshsplit status` of the demo's Envoy: shares of everything counted since it
+    started (`--interval 0`), once the filter's tick has flushed every request to the stats."""
+    if not CLI.exists():
+        print("(build the CLI with `make cli` to see `meshsplit status` of this Envoy)")
+        return
+    def flushed():
+        stats = envoy.stats(harness.stats_prefix() + ".meshsplit.")
+        return sum(v for k, v in stats.items()
+                   if k.endswith(".requests_total") or k.endswith(".unknown_service_total")) >= sent
+
+    harness.wait_for(flushed, timeout=5)
+    command = [str(CLI), "status", "--admin", f"http://127.0.0.1:{admin}", "--interval", "0"]
+    print(f"$ meshsplit status --admin http://127.0.0.1:{admin} --interval 0")
+    out = subprocess.run(command, capture_output=True, text=True)
+    print(out.stdout.rstrip() if out.returncode == 0 else f"meshsplit status failed: {out.stderr.strip()}")
+    print()
+
+
 def service_host(service):
     return (service.get("hosts") or [service["name"]])[0]
 
 
 def report(envoy, service, requests):
+    """Sends `requests` to the service and prints the split; returns how many requests it sent
+    (with those of its rules)."""
     host = service_host(service)
     seen = harness.send(envoy.port, requests, {"Host": host})
     total_weight = sum(u["weight"] for u in service["upstreams"])
@@ -93,12 +117,15 @@ def report(envoy, service, requests):
     stat, p = chi_square(observed, [u["weight"] for u in service["upstreams"]])
     verdict = "consistent with the weights" if p > 0.001 else "NOT consistent with the weights"
     print(f"  chi-square {stat:.2f}, p = {p:.3f}: {verdict}")
-    report_rules(envoy, service, host)
+    sent = requests + report_rules(envoy, service, host)
     print()
+    return sent
 
 
 def report_rules(envoy, service, host, requests=100):
-    """Sends requests matching each header-only rule and shows where they went."""
+    """Sends requests matching each header-only rule and shows where they went; returns how many
+    requests it sent."""
+    sent = 0
     clusters = {u["name"]: u["cluster"] for u in service["upstreams"]}
     for index, rule in enumerate(service.get("rules", [])):
         conditions = rule["match"]
@@ -110,6 +137,8 @@ def report_rules(envoy, service, host, requests=100):
         print(f"  rule {index} ({shown} -> {rule['upstream']}): {requests} requests reached "
               + ", ".join(f"{name} {count}" for name, count in seen.items())
               + f" (expected all on {clusters[rule['upstream']]})")
+        sent += requests
+    return sent
 
 
 if __name__ == "__main__":

@@ -238,11 +238,12 @@ def variables():
 
 
 def annotations():
-    """Ejections and weight changes (rollout steps, live updates, readmissions) as marks on every
-    time series panel."""
-    ejection = (dash_b.AnnotationQuery().name("Ejections").datasource(DATASOURCE).enable(True)
+    """Ejections (a region while ejected) and weight changes (rollout steps, live updates,
+    ejections, readmissions) as marks on every time series panel."""
+    # A region for as long as the series is there: while the upstream is ejected in any Envoy.
+    ejection = (dash_b.AnnotationQuery().name("Ejected").datasource(DATASOURCE).enable(True)
                 .icon_color("red")
-                .expr(f'changes(meshsplit_ejections_total{{{SERVICE}}}[1m]) > 0'))
+                .expr(f'max by (service, upstream) (meshsplit_ejected{{{SERVICE}}}) == 1'))
     weight = (dash_b.AnnotationQuery().name("Weight changes").datasource(DATASOURCE).enable(True)
               .icon_color("blue")
               .expr(f'changes(meshsplit_weight{{{SERVICE}}}[1m]) > 0'))
@@ -251,7 +252,7 @@ def annotations():
 
 # Titles of the annotations, which the SDK's AnnotationQuery has no field for: Grafana's
 # Prometheus annotation reads them from the query object itself.
-ANNOTATION_TITLES = {"Ejections": "{{service}}/{{upstream}} ejected",
+ANNOTATION_TITLES = {"Ejected": "{{service}}/{{upstream}} ejected",
                      "Weight changes": "{{service}}/{{upstream}} weight changed"}
 
 

@@ -5,7 +5,7 @@ VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 CARGO   ?= cargo
 
-.PHONY: all build target venv configs test unit wasm-test lint deny integration demo live bench cli check-configs oci native native-test-hooks wasm-test-hooks ci clean rules dashboards
+.PHONY: all build target venv configs test unit wasm-test lint deny integration demo live bench cli check-configs oci native native-test-hooks wasm-test-hooks ci clean rules dashboards docs
 
 all: build
 
@@ -90,7 +90,7 @@ oci: build
 	python3 envoy/oci.py
 
 ## test: lint, native unit tests, then integration tests against real Envoy
-test: lint deny unit check-configs rules integration
+test: lint deny unit check-configs rules docs integration
 
 ## rules: check the Prometheus rules (observability/prometheus/meshsplit-rules.yaml) and run their
 ##        unit tests with promtool (Debian package `prometheus`, installed here when missing and
@@ -108,6 +108,11 @@ rules:
 	    "checked; install the prometheus package (apt-get install --no-install-recommends" \
 	    "prometheus, or brew install prometheus) !!!!!" >&2; \
 	fi
+
+## docs: the manual (docs/, mkdocs.yml) as a site in site/, built with MkDocs in strict mode:
+##       a broken link or anchor fails the build (part of `make test`)
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 ## dashboards: write the Grafana dashboard observability/grafana/meshsplit-dashboard.json from its
 ##             code (observability/grafana/dashboard.py, Grafana Foundation SDK); tests fail when

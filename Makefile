@@ -5,7 +5,7 @@ VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 CARGO   ?= cargo
 
-.PHONY: all build target venv configs test unit wasm-test lint deny integration demo live bench cli check-configs oci native native-test-hooks wasm-test-hooks ci clean rules dashboards docs
+.PHONY: all build target venv configs test unit wasm-test lint deny integration demo live bench cli check-configs oci native native-test-hooks wasm-test-hooks ci clean rules dashboards docs dist
 
 all: build
 
@@ -85,12 +85,13 @@ check-configs: cli
 	target/release/meshsplit check --skip-unrelated envoy/*.json envoy/*.yaml envoy/istio/*.yaml
 
 ## oci: target/meshsplit-oci.tar, the module as a Wasm OCI image for Istio (envoy/oci.py); prints
-##      the image digest and the module's sha256 (a WasmPlugin's `sha256`, see README "Istio")
+##      the image digest and the module's sha256 (a WasmPlugin's `sha256`, see docs/istio.md)
 oci: build
 	python3 envoy/oci.py
 
-## test: lint, native unit tests, then integration tests against real Envoy
-test: lint deny unit check-configs rules docs integration
+## test: lint, unit tests, config, rule and docs checks, integration tests against real Envoy,
+##       and the release files (make dist) with their checksums
+test: lint deny unit check-configs rules docs integration dist
 
 ## rules: check the Prometheus rules (observability/prometheus/meshsplit-rules.yaml) and run their
 ##        unit tests with promtool (Debian package `prometheus`, installed here when missing and
@@ -193,6 +194,22 @@ endif
 	@command -v callgrind_control >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(PYTHON) bench/run.py $(BENCH_ARGS)
+
+## dist: the release files in dist/, each named with the crate's version: the wasm module, the
+##       native module and the `meshsplit` CLI for the build machine's platform (linux-x86_64), the OCI archive, and SHA256SUMS
+##       (check with `cd dist && sha256sum -c SHA256SUMS`); docs/install.md says how to use each
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+DIST := dist
+PLATFORM := $(shell uname -s | tr '[:upper:]' '[:lower:]')-$(shell uname -m)
+dist: build native cli oci
+	rm -rf $(DIST) && mkdir -p $(DIST)
+	cp $(WASM) $(DIST)/meshsplit-$(VERSION).wasm
+	cp $(NATIVE) $(DIST)/libmeshsplit-$(VERSION)-$(PLATFORM).so
+	cp target/release/meshsplit $(DIST)/meshsplit-$(VERSION)-$(PLATFORM)
+	cp target/meshsplit-oci.tar $(DIST)/meshsplit-$(VERSION)-oci.tar
+	cd $(DIST) && sha256sum meshsplit-$(VERSION).wasm libmeshsplit-$(VERSION)-$(PLATFORM).so \
+	  meshsplit-$(VERSION)-$(PLATFORM) meshsplit-$(VERSION)-oci.tar > SHA256SUMS && sha256sum -c --quiet SHA256SUMS
+	@ls -l $(DIST)
 
 ci: test
 

@@ -42,7 +42,7 @@ def test_a_start_without_a_usable_file_is_served_by_default_config(wasm, tmp_pat
 
 def test_a_missing_file_is_refused_at_start_with_a_clear_error(wasm, tmp_path):
     """Envoy 1.40 insists on an existing file for path_config_source: make live creates an empty
-    one, and the README says so."""
+    one, and docs/operating.md says so."""
     ecds = tmp_path / "ecds"
     ecds.mkdir()
     with harness.upstreams(*CLUSTERS) as ports:

@@ -1,5 +1,5 @@
 """`make oci`: the module as a Wasm OCI image (envoy/oci.py), read back with skopeo, the tool the
-README pushes it with."""
+docs (docs/istio.md) push it with."""
 import hashlib
 import json
 import re

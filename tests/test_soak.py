@@ -6,7 +6,7 @@ Envoy's connection manager counted, and memory stayed flat after warm-up: the re
 four equal phases, the first one warm-up, and the VM's linear memory (wasm: the
 `meshsplit.vm_memory_bytes` gauge, every VM summed), Envoy's heap (`server.memory_allocated`)
 and Envoy's resident set (VmRSS) are read after each phase. The figures go to the test's output
-(`-s`) and to the README's "Safety" section.
+(`-s`) and to docs/safety-and-limits.md.
 
 SOAK_REQUESTS=N runs a shorter or longer soak (the aborts and resets stay at 1% each)."""
 import concurrent.futures
@@ -35,7 +35,7 @@ PHASES = 4
 WRK_SECONDS = 240  # the time bound of each phase's load; it normally ends on its count first
 
 # Growth allowed from the end of warm-up to the end, found by measurement with a margin (see
-# the README's "Safety" section for the figures): a leak of a few bytes per request would pass
+# docs/safety-and-limits.md for the figures): a leak of a few bytes per request would pass
 # these within the 150 000 requests after warm-up.
 MAX_VM_GROWTH = 256 * 1024
 MAX_HEAP_GROWTH = 4 * 1024 * 1024

@@ -176,7 +176,7 @@ def sticky_hash(data):
 
 
 def predicted_owner(key, upstreams):
-    """Weighted rendezvous hashing as documented in the README; `key` is text or raw bytes."""
+    """Weighted rendezvous hashing as documented in docs/strategies-and-rules.md; `key` is text or raw bytes."""
     key_hash = sticky_hash(key if isinstance(key, bytes) else key.encode())
     best, best_score = None, -1.0
     for u in upstreams:

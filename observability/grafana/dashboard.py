@@ -6,7 +6,7 @@ tests/test_prometheus.py runs every query below against a real Prometheus scrapi
     python observability/grafana/dashboard.py            # print the dashboard JSON
     python observability/grafana/dashboard.py --write    # write meshsplit-dashboard.json
 
-The queries read the series of README "Metrics" through the recording rules of
+The queries read the series of docs/observing-a-split.md through the recording rules of
 observability/prometheus/meshsplit-rules.yaml, so Prometheus must load those rules."""
 import json
 import pathlib

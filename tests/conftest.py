@@ -7,6 +7,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
+import stats  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -88,11 +89,27 @@ def pytest_runtest_makereport(item, call):
 TOOL_MISSING = "tool missing: "
 
 
+def pytest_sessionfinish(session):
+    """Fail the run when its chi-square checks together may fail a correct build more often than
+    the suite's budget allows (tests/stats.py)."""
+    spent = stats.CHECKS * stats.P_MIN
+    if spent > stats.FALSE_FAILURE_BUDGET:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        print(f"\nerror: {stats.CHECKS} chi-square checks at p < {stats.P_MIN:g} each may fail a "
+              f"correct build in {spent:.1e} of runs, over the budget of "
+              f"{stats.FALSE_FAILURE_BUDGET:g}: lower P_MIN in tests/stats.py (and check power)")
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_terminal_summary(terminalreporter):
     """End the report (after pytest's short summary) with a banner naming every check that was
     skipped, so a green run that left checks out says so."""
     result = yield
+    if stats.CHECKS:
+        terminalreporter.write_line(
+            f"{stats.CHECKS} chi-square checks at p < {stats.P_MIN:g}: a correct build fails this "
+            f"run by chance in at most {stats.CHECKS * stats.P_MIN:.1e} of runs "
+            f"(budget {stats.FALSE_FAILURE_BUDGET:g})")
     skipped = terminalreporter.stats.get("skipped", [])
     if not skipped:
         return result

@@ -1,11 +1,18 @@
 """Chi-square goodness of fit without third-party packages."""
 import math
 
-# Every chi-square check of the suite fails below this p-value. About a hundred run in one
-# `make test` (per build, some in loops): at 1e-6 each, a correct filter fails the suite by chance
-# less than once in 10 000 runs, while a deliberately wrong split of a few hundred requests (a
-# weight off by ten points) still gives a p-value far below it.
+# The suite's false-failure budget: a correct build may fail a `make test` run by chance at most
+# once in 10 000 runs. Every chi-square check fails below P_MIN, and the checks of one run add up
+# (a union bound): at 1e-6 each, up to 100 checks fit the budget. About ninety run per `make test`
+# (per build, some in loops); conftest.py counts them (CHECKS) and fails the run when their sum
+# exceeds the budget, so adding checks cannot silently spend it. Power stays: a deliberately wrong
+# split of the size the split tests send (90/10 served as 85/15 over 4000 requests) gives a
+# statistic near 111 against a critical value of 23.9 (p = 1e-6, one degree of freedom), and
+# tests/test_stats.py checks that such a split fails every time in 1000 simulated runs.
+FALSE_FAILURE_BUDGET = 1e-4
 P_MIN = 1e-6
+# Chi-square checks made so far in this process (each may fail a correct build with chance P_MIN).
+CHECKS = 0
 
 
 def chi2_sf(x, dof):
@@ -27,6 +34,8 @@ def chi2_sf(x, dof):
 def chi_square(observed, weights):
     """(statistic, p-value) of observed counts against expected proportions `weights`.
     Entries with weight 0 are left out (a test checks separately that they got nothing)."""
+    global CHECKS
+    CHECKS += 1
     pairs = [(o, w) for o, w in zip(observed, weights) if w > 0]
     n = sum(o for o, _ in pairs)
     total = sum(w for _, w in pairs)

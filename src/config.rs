@@ -3,7 +3,10 @@
 //! Nothing here is trusted: `plan.rs` validates these values and compiles them into the
 //! immutable [`crate::plan::Plan`] the request path reads.
 
-use serde::Deserialize;
+use core::fmt;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -17,20 +20,127 @@ pub struct RawConfig {
     pub services: Vec<RawService>,
 }
 
-/// `"authority"`, `{"header": NAME}` or `{"query": PARAM}`: serde's externally tagged form.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// `"authority"`, `{"header": NAME}` or `{"query": PARAM}`. Read by [`Source`], so a mistake is
+/// told in these words rather than serde's enum vocabulary.
+#[derive(Debug)]
 pub enum RawServiceFrom {
     Authority,
     Header(String),
     Query(String),
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
+impl<'de> Deserialize<'de> for RawServiceFrom {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const FORMS: Forms = Forms {
+            plain: Some("authority"),
+            keys: &["header", "query"],
+            expecting: r#""authority" or {"header": NAME} or {"query": NAME}"#,
+        };
+        Ok(match deserializer.deserialize_any(FORMS)? {
+            Source::Plain => Self::Authority,
+            Source::Keyed("header", name) => Self::Header(name),
+            Source::Keyed(_, name) => Self::Query(name),
+        })
+    }
+}
+
+/// The forms a source of a key may take: an optional plain string, and objects of exactly one of
+/// `keys` whose value is a string (`{"header": "x-user"}`).
+struct Forms {
+    plain: Option<&'static str>,
+    keys: &'static [&'static str],
+    /// The forms in the configuration's words, for messages: `expected <expecting>, got ...`.
+    expecting: &'static str,
+}
+
+/// A value read by [`Forms`]: the plain string, or the key (one of `Forms::keys`) and its value.
+enum Source {
+    Plain,
+    Keyed(&'static str, String),
+}
+
+impl<'de> Visitor<'de> for Forms {
+    type Value = Source;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Source, E> {
+        match self.plain {
+            Some(plain) if value == plain => Ok(Source::Plain),
+            _ => Err(E::custom(format_args!(
+                "expected {}, got the string {value:?}",
+                self.expecting
+            ))),
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Source, A::Error> {
+        let Some(key) = map.next_key::<String>()? else {
+            return Err(de::Error::custom(format_args!(
+                "expected {}, got an empty object",
+                self.expecting
+            )));
+        };
+        let Some(&known) = self.keys.iter().find(|k| **k == key) else {
+            return Err(de::Error::custom(format_args!(
+                "unknown key {key:?}, expected {}",
+                self.expecting
+            )));
+        };
+        let name: String = map.next_value()?;
+        if let Some(other) = map.next_key::<String>()? {
+            return Err(de::Error::custom(format_args!(
+                "expected {}, got an object with both {known:?} and {other:?}",
+                self.expecting
+            )));
+        }
+        Ok(Source::Keyed(known, name))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RawOnUnknown {
     Pass,
     Reject,
+}
+
+impl<'de> Deserialize<'de> for RawOnUnknown {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(OneOf {
+            choices: &[("pass", Self::Pass), ("reject", Self::Reject)],
+            expecting: r#""pass" or "reject""#,
+        })
+    }
+}
+
+/// A string out of a fixed set, read as any JSON value so that a value of another type is told
+/// as such (`expected "pass" or "reject", got true`) rather than as a JSON syntax error.
+struct OneOf<T: 'static> {
+    choices: &'static [(&'static str, T)],
+    expecting: &'static str,
+}
+
+impl<'de, T: Copy> Visitor<'de> for OneOf<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<T, E> {
+        self.choices
+            .iter()
+            .find(|(name, _)| *name == value)
+            .map(|&(_, choice)| choice)
+            .ok_or_else(|| {
+                E::custom(format_args!(
+                    "expected {}, got the string {value:?}",
+                    self.expecting
+                ))
+            })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,8 +228,7 @@ impl<'de> Deserialize<'de> for RawStepWeights {
     }
 }
 
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RawStrategy {
     Weighted,
     RoundRobin,
@@ -127,14 +236,44 @@ pub enum RawStrategy {
     Sticky,
 }
 
+impl<'de> Deserialize<'de> for RawStrategy {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(OneOf {
+            choices: &[
+                ("weighted", Self::Weighted),
+                ("round_robin", Self::RoundRobin),
+                ("least_request", Self::LeastRequest),
+                ("sticky", Self::Sticky),
+            ],
+            expecting: r#"one of "weighted", "round_robin", "least_request", "sticky""#,
+        })
+    }
+}
+
 /// Where a sticky service finds the key it hashes: `{"header": NAME}`, `{"cookie": NAME}` or
 /// `{"query": PARAM}`.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug)]
 pub enum RawHashOn {
     Header(String),
     Cookie(String),
     Query(String),
+}
+
+impl<'de> Deserialize<'de> for RawHashOn {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        const FORMS: Forms = Forms {
+            plain: None,
+            keys: &["header", "cookie", "query"],
+            expecting: r#"{"header": NAME} or {"cookie": NAME} or {"query": NAME}"#,
+        };
+        match deserializer.deserialize_any(FORMS)? {
+            Source::Keyed("header", name) => Ok(Self::Header(name)),
+            Source::Keyed("cookie", name) => Ok(Self::Cookie(name)),
+            Source::Keyed(_, name) => Ok(Self::Query(name)),
+            // FORMS has no plain form, so the visitor never returns it.
+            Source::Plain => Err(de::Error::custom(FORMS.expecting)),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

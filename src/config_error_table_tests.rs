@@ -4,8 +4,8 @@
 use super::*;
 
 /// A valid configuration that uses every field. Each case below damages one spot of it.
-/// `service_from` and `hash_on` come last in their objects on purpose: a variant written as a
-/// plain string is only detected once the whole value has been read.
+/// `service_from` and `hash_on` come last in their objects on purpose: that is where serde's enum
+/// reading once misplaced the path of a key source written as a plain string.
 const BASE: &str = r#"{
   "cluster_header": "x-meshsplit-cluster",
   "on_unknown_service": "reject",
@@ -67,9 +67,12 @@ fn cases() -> Vec<Case> {
         // ---- top level ----
         case(
             "cluster_header of the wrong type",
-            patch(r#""cluster_header": "x-meshsplit-cluster""#, r#""cluster_header": 7"#),
+            patch(
+                r#""cluster_header": "x-meshsplit-cluster""#,
+                r#""cluster_header": 7"#,
+            ),
             "cluster_header",
-            "invalid type: integer `7`, expected a string",
+            "expected a string, got the number 7",
         ),
         case(
             "cluster_header naming a header with request semantics",
@@ -87,37 +90,46 @@ fn cases() -> Vec<Case> {
             "misspelt top-level field",
             patch(r#""cluster_header""#, r#""cluster_headers""#),
             "cluster_headers",
-            "unknown field `cluster_headers`",
+            r#"unknown field "cluster_headers", expected one of "cluster_header", "service_from", "on_unknown_service", "services""#,
         ),
         case(
             "service_from: unknown variant",
-            patch(r#""service_from": {"header": "x-service"}"#, r#""service_from": "path""#),
+            patch(
+                r#""service_from": {"header": "x-service"}"#,
+                r#""service_from": "path""#,
+            ),
             "service_from",
-            "unknown variant `path`, expected one of `authority`, `header`, `query`",
+            r#"expected "authority" or {"header": NAME} or {"query": NAME}, got the string "path""#,
         ),
         case(
-            "service_from: a variant that needs a value, as a plain string, last in the object",
-            patch(r#""service_from": {"header": "x-service"}"#, r#""service_from": "header""#),
-            "service_from.header",
-            "invalid type: unit variant, expected newtype variant",
+            "service_from: a key source written as a plain string, last in the object",
+            patch(
+                r#""service_from": {"header": "x-service"}"#,
+                r#""service_from": "header""#,
+            ),
+            "service_from",
+            r#"expected "authority" or {"header": NAME} or {"query": NAME}, got the string "header""#,
         ),
         case(
             "service_from: two variant keys in one object",
-            patch(r#"{"header": "x-service"}"#, r#"{"header": "x-service", "query": "s"}"#),
+            patch(
+                r#"{"header": "x-service"}"#,
+                r#"{"header": "x-service", "query": "s"}"#,
+            ),
             "service_from",
-            "expected value",
+            r#"expected "authority" or {"header": NAME} or {"query": NAME}, got an object with both "header" and "query""#,
         ),
         case(
             "service_from: unknown variant key",
             patch(r#"{"header": "x-service"}"#, r#"{"cookie": "x-service"}"#),
             "service_from",
-            "unknown variant `cookie`, expected one of `authority`, `header`, `query`",
+            r#"unknown key "cookie", expected "authority" or {"header": NAME} or {"query": NAME}"#,
         ),
         case(
             "service_from: header of the wrong type",
             patch(r#"{"header": "x-service"}"#, r#"{"header": 7}"#),
             "service_from.header",
-            "invalid type: integer `7`, expected a string",
+            "expected a string, got the number 7",
         ),
         case(
             "service_from: query must not be empty",
@@ -129,38 +141,38 @@ fn cases() -> Vec<Case> {
             "on_unknown_service: unknown variant",
             patch(r#""reject""#, r#""drop""#),
             "on_unknown_service",
-            "unknown variant `drop`, expected `pass` or `reject`",
+            r#"expected "pass" or "reject", got the string "drop""#,
         ),
         case(
             "on_unknown_service of the wrong type",
             patch(r#""reject""#, "true"),
             "on_unknown_service",
-            "expected value",
+            r#"expected "pass" or "reject", got true"#,
         ),
         case(
             "services of the wrong type",
             r#"{"services": {"name": "reviews"}}"#.to_owned(),
             "services",
-            "invalid type: map, expected a sequence",
+            "expected a list, got an object",
         ),
         case(
             "services missing",
             r#"{"cluster_header": "x-meshsplit-cluster"}"#.to_owned(),
             "",
-            "missing field `services`",
+            r#"missing field "services""#,
         ),
         // ---- services[] ----
         case(
             "service name of the wrong type",
             patch(r#""name": "ratings""#, r#""name": 5"#),
             "services[1].name",
-            "invalid type: integer `5`, expected a string",
+            "expected a string, got the number 5",
         ),
         case(
             "service name missing",
             patch(r#""name": "ratings", "#, ""),
             "services[1]",
-            "missing field `name`",
+            r#"missing field "name""#,
         ),
         case(
             "service name not usable as a host when hosts is absent",
@@ -181,17 +193,20 @@ fn cases() -> Vec<Case> {
                 r#""hosts": "reviews""#,
             ),
             "services[0].hosts",
-            "invalid type: string \"reviews\", expected a sequence",
+            r#"expected a list, got the string "reviews""#,
         ),
         case(
             "hosts entry of the wrong type",
             patch(r#""reviews.default.svc.cluster.local""#, "7"),
             "services[0].hosts[1]",
-            "invalid type: integer `7`, expected a string",
+            "expected a string, got the number 7",
         ),
         case(
             "hosts entry with an empty label",
-            patch(r#""reviews.default.svc.cluster.local""#, r#""reviews..local""#),
+            patch(
+                r#""reviews.default.svc.cluster.local""#,
+                r#""reviews..local""#,
+            ),
             "services[0].hosts[1]",
             "empty label",
         ),
@@ -203,13 +218,19 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "hosts entry with a port and something after it",
-            patch(r#""reviews.default.svc.cluster.local""#, r#""reviews:80:1""#),
+            patch(
+                r#""reviews.default.svc.cluster.local""#,
+                r#""reviews:80:1""#,
+            ),
             "services[0].hosts[1]",
             "not a valid IPv6 address",
         ),
         case(
             "hosts entry with a wildcard",
-            patch(r#""reviews.default.svc.cluster.local""#, r#""*.example.com""#),
+            patch(
+                r#""reviews.default.svc.cluster.local""#,
+                r#""*.example.com""#,
+            ),
             "services[0].hosts[1]",
             "wildcards are not supported",
         ),
@@ -226,19 +247,22 @@ fn cases() -> Vec<Case> {
             "strategy: unknown variant",
             patch(r#""strategy": "sticky""#, r#""strategy": "random""#),
             "services[0].strategy",
-            "unknown variant `random`, expected one of `weighted`, `round_robin`, `least_request`, `sticky`",
+            r#"expected one of "weighted", "round_robin", "least_request", "sticky", got the string "random""#,
         ),
         case(
             "strategy of the wrong type",
             patch(r#""strategy": "sticky""#, r#""strategy": 3"#),
             "services[0].strategy",
-            "expected value",
+            r#"expected one of "weighted", "round_robin", "least_request", "sticky", got the number 3"#,
         ),
         case(
-            "hash_on: a variant that needs a value, as a plain string, last in the object",
-            patch(r#""hash_on": {"cookie": "session"}"#, r#""hash_on": "cookie""#),
-            "services[0].hash_on.cookie",
-            "invalid type: unit variant, expected newtype variant",
+            "hash_on: a key source written as a plain string, last in the object",
+            patch(
+                r#""hash_on": {"cookie": "session"}"#,
+                r#""hash_on": "cookie""#,
+            ),
+            "services[0].hash_on",
+            r#"expected {"header": NAME} or {"cookie": NAME} or {"query": NAME}, got the string "cookie""#,
         ),
         case(
             "hash_on: two variant keys in one object",
@@ -247,13 +271,13 @@ fn cases() -> Vec<Case> {
                 r#"{"cookie": "session", "header": "x-user"}"#,
             ),
             "services[0].hash_on",
-            "expected value",
+            r#"expected {"header": NAME} or {"cookie": NAME} or {"query": NAME}, got an object with both "cookie" and "header""#,
         ),
         case(
             "hash_on: unknown variant key",
             patch(r#"{"cookie": "session"}"#, r#"{"path": "session"}"#),
             "services[0].hash_on",
-            "unknown variant `path`, expected one of `header`, `cookie`, `query`",
+            r#"unknown key "path", expected {"header": NAME} or {"cookie": NAME} or {"query": NAME}"#,
         ),
         case(
             "hash_on: empty cookie name",
@@ -274,7 +298,7 @@ fn cases() -> Vec<Case> {
                 r#""upstreams": {"name": "r1"}"#,
             ),
             "services[1].upstreams",
-            "invalid type: map, expected a sequence",
+            "expected a list, got an object",
         ),
         case(
             "upstreams missing",
@@ -283,20 +307,20 @@ fn cases() -> Vec<Case> {
                 "",
             ),
             "services[1]",
-            "missing field `upstreams`",
+            r#"missing field "upstreams""#,
         ),
         // ---- upstreams[] ----
         case(
             "upstream name missing",
             patch(r#""name": "v2", "#, ""),
             "services[0].upstreams[1]",
-            "missing field `name`",
+            r#"missing field "name""#,
         ),
         case(
             "upstream name given twice in one object",
             patch(r#""name": "v2", "#, r#""name": "v2", "name": "v3", "#),
             "services[0].upstreams[1]",
-            "duplicate field `name`",
+            r#"duplicate field "name""#,
         ),
         case(
             "duplicate upstream names",
@@ -308,7 +332,7 @@ fn cases() -> Vec<Case> {
             "cluster of the wrong type",
             patch(r#""cluster": "reviews_v2""#, r#""cluster": null"#),
             "services[0].upstreams[1].cluster",
-            "invalid type: null, expected a string",
+            "expected a string, got null",
         ),
         case(
             "cluster with an invalid escape",
@@ -320,19 +344,19 @@ fn cases() -> Vec<Case> {
             "authority of the wrong type",
             patch(r#""reviews-v1.internal""#, r#"["reviews-v1.internal"]"#),
             "services[0].upstreams[0].authority",
-            "invalid type: sequence, expected a string",
+            "expected a string, got a list",
         ),
         case(
             "weight with a missing value",
             patch(r#""weight": 20"#, r#""weight": ,"#),
             "services[0].upstreams[1].weight",
-            "expected value",
+            "invalid JSON: expected a value",
         ),
         case(
             "weight garbled",
             patch(r#""weight": 20"#, r#""weight": twenty"#),
             "services[0].upstreams[1].weight",
-            "expected ident",
+            "invalid JSON: expected true, false or null",
         ),
         case(
             "weight: invalid number",
@@ -350,7 +374,7 @@ fn cases() -> Vec<Case> {
             "weight: integer beyond 64 bits",
             patch(r#""weight": 20"#, r#""weight": 99999999999999999999"#),
             "services[0].upstreams[1].weight",
-            "invalid type: floating point",
+            "expected a whole number (0 or more), got the number 1e+20",
         ),
         case(
             "weight above the maximum",
@@ -362,19 +386,19 @@ fn cases() -> Vec<Case> {
             "weight negative",
             patch(r#""weight": 20"#, r#""weight": -1"#),
             "services[0].upstreams[1].weight",
-            "invalid value: integer `-1`, expected u64",
+            "expected a whole number (0 or more), got the number -1",
         ),
         case(
             "weight as a string",
             patch(r#""weight": 20"#, r#""weight": "20""#),
             "services[0].upstreams[1].weight",
-            "invalid type: string \"20\", expected u64",
+            r#"expected a whole number (0 or more), got the string "20""#,
         ),
         case(
             "misspelt upstream field",
             patch(r#""weight": 20"#, r#""wieght": 20"#),
             "services[0].upstreams[1].wieght",
-            "unknown field `wieght`, expected one of `name`, `cluster`, `authority`, `weight`",
+            r#"unknown field "wieght", expected one of "name", "cluster", "authority", "weight""#,
         ),
         case(
             "upstream object with a trailing comma",
@@ -387,19 +411,19 @@ fn cases() -> Vec<Case> {
             "rules of the wrong type",
             patch(r#""rules": ["#, r#""rules": 1, "x": ["#),
             "services[0].rules",
-            "invalid type: integer `1`, expected a sequence",
+            "expected a list, got the number 1",
         ),
         case(
             "rule without match",
             patch(r#"{"match": "#, r#"{"when": "#),
             "services[0].rules[0].when",
-            "unknown field `when`, expected `match` or `upstream`",
+            r#"unknown field "when", expected "match" or "upstream""#,
         ),
         case(
             "match with a misspelt condition list",
             patch(r#""cookies": "#, r#""cookie": "#),
             "services[0].rules[0].match.cookie",
-            "unknown field `cookie`, expected one of `headers`, `cookies`, `query`",
+            r#"unknown field "cookie", expected one of "headers", "cookies", "query""#,
         ),
         case(
             "match with no condition",
@@ -418,7 +442,7 @@ fn cases() -> Vec<Case> {
             "headers of the wrong type",
             patch(r#""headers": ["#, r#""headers": {"name": "x"}, "y": ["#),
             "services[0].rules[0].match.headers",
-            "invalid type: map, expected a sequence",
+            "expected a list, got an object",
         ),
         case(
             "header name with an uppercase letter",
@@ -430,25 +454,25 @@ fn cases() -> Vec<Case> {
             "exact of the wrong type",
             patch(r#""exact": "true""#, r#""exact": true"#),
             "services[0].rules[0].match.headers[0].exact",
-            "invalid type: boolean `true`, expected a string",
+            "expected a string, got true",
         ),
         case(
             "prefix of the wrong type",
             patch(r#""prefix": "on""#, r#""prefix": 1"#),
             "services[0].rules[0].match.headers[1].prefix",
-            "invalid type: integer `1`, expected a string",
+            "expected a string, got the number 1",
         ),
         case(
             "present of the wrong type",
             patch(r#""present": true"#, r#""present": "yes""#),
             "services[0].rules[0].match.headers[2].present",
-            "invalid type: string \"yes\", expected a boolean",
+            r#"expected true or false, got the string "yes""#,
         ),
         case(
             "present false",
             patch(r#""present": true"#, r#""present": false"#),
             "services[0].rules[0].match.headers[2].present",
-            "only `true` is supported",
+            "only true is supported",
         ),
         case(
             "header condition with two tests",
@@ -460,13 +484,13 @@ fn cases() -> Vec<Case> {
             "cookie condition without exact",
             patch(r#"{"name": "beta", "exact": "1"}"#, r#"{"name": "beta"}"#),
             "services[0].rules[0].match.cookies[0]",
-            "missing field `exact`",
+            r#"missing field "exact""#,
         ),
         case(
             "query condition with a name of the wrong type",
             patch(r#""name": "version""#, r#""name": ["version"]"#),
             "services[0].rules[0].match.query[0].name",
-            "invalid type: sequence, expected a string",
+            "expected a string, got a list",
         ),
         case(
             "rule naming an upstream the service lacks",
@@ -478,27 +502,34 @@ fn cases() -> Vec<Case> {
             "rule upstream of the wrong type",
             patch(r#""upstream": "v2""#, r#""upstream": 2"#),
             "services[0].rules[0].upstream",
-            "invalid type: integer `2`, expected a string",
+            "expected a string, got the number 2",
         ),
         case(
             "rule without upstream",
-            patch(r#",
-         "upstream": "v2""#, ""),
+            patch(
+                r#",
+         "upstream": "v2""#,
+                "",
+            ),
             "services[0].rules[0]",
-            "missing field `upstream`",
+            r#"missing field "upstream""#,
         ),
         // ---- damage to the document itself ----
         case(
             "document truncated inside an upstream",
-            BASE.get(..BASE.find(r#""weight": 20"#).unwrap_or(0)).unwrap_or_default().to_owned(),
+            BASE.get(..BASE.find(r#""weight": 20"#).unwrap_or(0))
+                .unwrap_or_default()
+                .to_owned(),
             "services[0].upstreams[1]",
-            "EOF while parsing a value",
+            "invalid JSON: the document ends where a value should be",
         ),
         case(
             "document truncated inside a value",
-            BASE.get(..BASE.find("reviews_v2").unwrap_or(0)).unwrap_or_default().to_owned(),
+            BASE.get(..BASE.find("reviews_v2").unwrap_or(0))
+                .unwrap_or_default()
+                .to_owned(),
             "services[0].upstreams[1].cluster",
-            "EOF while parsing a string",
+            "invalid JSON: the document ends inside a string",
         ),
         // ---- guard and rollout ----
         case(
@@ -517,7 +548,7 @@ fn cases() -> Vec<Case> {
             "guard error_rate as a string",
             patch(r#""error_rate": 0.5"#, r#""error_rate": "half""#),
             "services[1].guard.error_rate",
-            "invalid type: string \"half\", expected f64",
+            r#"expected a number, got the string "half""#,
         ),
         case(
             "guard window_s of 0",
@@ -527,7 +558,10 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "guard max_ejected_percent above 100",
-            patch(r#""max_ejected_percent": 50"#, r#""max_ejected_percent": 101"#),
+            patch(
+                r#""max_ejected_percent": 50"#,
+                r#""max_ejected_percent": 101"#,
+            ),
             "services[1].guard.max_ejected_percent",
             "must be from 0 to 100, got 101",
         ),
@@ -535,17 +569,20 @@ fn cases() -> Vec<Case> {
             "unknown guard field",
             patch(r#""eject_s": 30"#, r#""eject": 30"#),
             "services[1].guard.eject",
-            "unknown field `eject`",
+            r#"unknown field "eject", expected one of "error_rate", "min_requests", "window_s", "eject_s", "max_ejected_percent", "failure_codes", "relative_margin""#,
         ),
         case(
             "guard without error_rate",
             patch(r#""error_rate": 0.5, "#, ""),
             "services[1].guard",
-            "missing field `error_rate`",
+            r#"missing field "error_rate""#,
         ),
         case(
             "rollout start that is not RFC 3339",
-            patch(r#""start": "2026-12-01T10:00:00Z""#, r#""start": "next monday""#),
+            patch(
+                r#""start": "2026-12-01T10:00:00Z""#,
+                r#""start": "next monday""#,
+            ),
             "services[1].rollout.start",
             "is not an RFC 3339 UTC time",
         ),
@@ -565,7 +602,7 @@ fn cases() -> Vec<Case> {
             "rollout step weight of the wrong type",
             patch(r#""weights": {"r1": 99}"#, r#""weights": {"r1": "lots"}"#),
             "services[1].rollout.steps[0].weights.r1",
-            "invalid type: string \"lots\", expected u64",
+            r#"expected a whole number (0 or more), got the string "lots""#,
         ),
         case(
             "rollout step whose weights sum to 0",
@@ -575,7 +612,10 @@ fn cases() -> Vec<Case> {
         ),
         case(
             "rollout without steps",
-            patch(r#""steps": [{"at_s": 0, "weights": {"r1": 99}}, {"at_s": 600, "weights": {"r1": 100}}]"#, r#""steps": []"#),
+            patch(
+                r#""steps": [{"at_s": 0, "weights": {"r1": 99}}, {"at_s": 600, "weights": {"r1": 100}}]"#,
+                r#""steps": []"#,
+            ),
             "services[1].rollout.steps",
             "must list at least one step",
         ),
@@ -589,9 +629,41 @@ fn cases() -> Vec<Case> {
             "not an object",
             "[]".to_owned(),
             "",
-            "expected struct RawConfig",
+            "expected an object, got 3 items",
         ),
     ]
+}
+
+/// Words of serde's and Rust's vocabulary an operator should never have to read.
+const JARGON: &[&str] = &[
+    "newtype",
+    "variant",
+    "struct",
+    "map",
+    "sequence",
+    "u64",
+    "u32",
+    "f64",
+    "usize",
+    "`",
+    "invalid type",
+    "invalid value",
+];
+
+#[test]
+fn no_message_speaks_serde() {
+    let mut failures = Vec::new();
+    for case in cases() {
+        if let Err(e) = Plan::from_json(case.json.as_bytes()) {
+            let message = e.to_string();
+            for word in JARGON {
+                if message.contains(word) {
+                    failures.push(format!("{}: {word:?} in {message:?}", case.what));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]

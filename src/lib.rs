@@ -20,6 +20,7 @@ pub mod request;
 pub mod rollout;
 pub mod route;
 pub mod select;
+mod serde_words;
 pub mod tick;
 // The core's tests also run compiled to wasm32 (make wasm-test): without the adapter.
 #[cfg(all(target_arch = "wasm32", not(test)))]

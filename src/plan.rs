@@ -463,8 +463,9 @@ impl Plan {
 }
 
 /// Deserializes the raw configuration, tracking the JSON path of the value being read so that
-/// a serde error names the field it is about: `services[0].upstreams[1].weight: invalid type:
-/// string "10", expected u64 at line 1 column 87`. serde's message is kept as it is.
+/// a serde error names the field it is about, in the configuration's words
+/// (`serde_words`): `services[0].upstreams[1].weight: expected a whole number (0 or more), got the
+/// string "10" at line 1 column 87`.
 ///
 /// `serde_path_to_error` costs the module 21.3 KB (202 949 to 224 276 bytes after
 /// `wasm-opt -Oz`; see bench/README.md) over a hand-written scanner that recovered the path from
@@ -473,12 +474,17 @@ impl Plan {
 /// keys in one object. Configure-time code only; the request path does not change.
 fn parse(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let raw: RawConfig = serde_path_to_error::deserialize(&mut deserializer)
-        .map_err(|e| ConfigError::new(json_path(e.path()), e.into_inner().to_string()))?;
+    let raw: RawConfig = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = json_path(e.path());
+        ConfigError::new(
+            path,
+            crate::serde_words::reword(&e.into_inner().to_string()),
+        )
+    })?;
     // Only white space may follow the document.
     deserializer
         .end()
-        .map_err(|e| ConfigError::new("", e.to_string()))?;
+        .map_err(|e| ConfigError::new("", crate::serde_words::reword(&e.to_string())))?;
     Ok(raw)
 }
 
@@ -941,22 +947,23 @@ fn compile_rule(path: &str, raw: &RawRule, upstreams: &[Upstream]) -> Result<Rul
     for (index, h) in m.headers.iter().enumerate() {
         let at = format!("{path}.match.headers[{index}]");
         check_rule_header_name(&format!("{at}.name"), &h.name)?;
-        let test =
-            match (&h.exact, &h.prefix, h.present) {
-                (Some(v), None, None) => HeaderTest::Exact(v.clone()),
-                (None, Some(v), None) => HeaderTest::Prefix(v.clone()),
-                (None, None, Some(true)) => HeaderTest::Present,
-                (None, None, Some(false)) => return Err(ConfigError::new(
+        let test = match (&h.exact, &h.prefix, h.present) {
+            (Some(v), None, None) => HeaderTest::Exact(v.clone()),
+            (None, Some(v), None) => HeaderTest::Prefix(v.clone()),
+            (None, None, Some(true)) => HeaderTest::Present,
+            (None, None, Some(false)) => {
+                return Err(ConfigError::new(
                     format!("{at}.present"),
-                    "only `true` is supported (a header that must be absent is not a condition)",
-                )),
-                _ => {
-                    return Err(ConfigError::new(
-                        at,
-                        "needs exactly one of \"exact\", \"prefix\" or \"present\": true",
-                    ))
-                }
-            };
+                    "only true is supported (a header that must be absent is not a condition)",
+                ))
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    at,
+                    "needs exactly one of \"exact\", \"prefix\" or \"present\": true",
+                ))
+            }
+        };
         conditions.push(Condition::Header {
             name: envoy_header_name(&h.name),
             test,

@@ -155,7 +155,10 @@ fn empty_configuration_is_an_error() {
 #[test]
 fn malformed_json_is_an_error() {
     let e = error(r#"{"services": ["#);
-    assert!(e.contains("EOF"), "{e}");
+    assert!(
+        e.contains("invalid JSON: the document ends inside a list"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -166,13 +169,13 @@ fn trailing_garbage_is_an_error() {
 
 #[test]
 fn missing_services_is_an_error() {
-    assert_eq!(error("{}"), "missing field `services` at line 1 column 2");
+    assert_eq!(error("{}"), "missing field \"services\" at line 1 column 2");
 }
 
 #[test]
 fn unknown_top_level_field_is_an_error_naming_it() {
     let e = error(r#"{"servics": []}"#);
-    assert!(e.starts_with("servics: unknown field `servics`"), "{e}");
+    assert!(e.starts_with("servics: unknown field \"servics\""), "{e}");
 }
 
 #[test]
@@ -181,7 +184,7 @@ fn unknown_upstream_field_is_an_error_with_its_path() {
         r#"{"name": "v1", "cluster": "a", "weight": 1, "wieght": 2}"#,
     ));
     assert!(
-        e.starts_with("services[0].upstreams[0].wieght: unknown field `wieght`"),
+        e.starts_with("services[0].upstreams[0].wieght: unknown field \"wieght\""),
         "{e}"
     );
 }
@@ -190,7 +193,7 @@ fn unknown_upstream_field_is_an_error_with_its_path() {
 fn unknown_service_field_is_an_error_with_its_path() {
     let e = error(&one_service(r#""host": ["x"],"#));
     assert!(
-        e.starts_with("services[0].host: unknown field `host`"),
+        e.starts_with("services[0].host: unknown field \"host\""),
         "{e}"
     );
 }
@@ -201,7 +204,9 @@ fn wrong_type_is_an_error_with_its_path() {
         r#"{"name": "v1", "cluster": "a", "weight": "10"}"#,
     ));
     assert!(
-        e.starts_with("services[0].upstreams[0].weight: invalid type: string \"10\""),
+        e.starts_with(
+            "services[0].upstreams[0].weight: expected a whole number (0 or more), got the string \"10\""
+        ),
         "{e}"
     );
 }
@@ -212,7 +217,9 @@ fn negative_weight_is_an_error() {
         r#"{"name": "v1", "cluster": "a", "weight": -1}"#,
     ));
     assert!(
-        e.starts_with("services[0].upstreams[0].weight: invalid value: integer `-1`"),
+        e.starts_with(
+            "services[0].upstreams[0].weight: expected a whole number (0 or more), got the number -1"
+        ),
         "{e}"
     );
 }
@@ -223,7 +230,9 @@ fn fractional_weight_is_an_error() {
         r#"{"name": "v1", "cluster": "a", "weight": 1.5}"#,
     ));
     assert!(
-        e.starts_with("services[0].upstreams[0].weight: invalid type: floating point"),
+        e.starts_with(
+            "services[0].upstreams[0].weight: expected a whole number (0 or more), got the number 1.5"
+        ),
         "{e}"
     );
 }
@@ -443,7 +452,7 @@ fn unsupported_strategy_is_an_error() {
     let e = error(&one_service(r#""strategy": "random","#));
     assert!(
         e.starts_with(
-            "services[0].strategy: unknown variant `random`, expected one of `weighted`, `round_robin`, `least_request`, `sticky`"
+            r#"services[0].strategy: expected one of "weighted", "round_robin", "least_request", "sticky", got the string "random""#
         ),
         "{e}"
     );
@@ -499,7 +508,7 @@ fn unknown_service_from_is_an_error() {
     ));
     assert!(
         e.starts_with(
-            "service_from: unknown variant `path`, expected one of `authority`, `header`, `query`"
+            r#"service_from: expected "authority" or {"header": NAME} or {"query": NAME}, got the string "path""#
         ),
         "{e}"
     );
@@ -507,10 +516,7 @@ fn unknown_service_from_is_an_error() {
         r#"{{"service_from": {{"cookie": "x"}}, {}"#,
         &one_service("")[1..]
     ));
-    assert!(
-        e.starts_with("service_from: unknown variant `cookie`"),
-        "{e}"
-    );
+    assert!(e.starts_with("service_from: unknown key \"cookie\""), "{e}");
 }
 
 #[test]
@@ -528,7 +534,7 @@ fn service_from_header_must_be_valid() {
         &one_service("")[1..]
     ));
     assert!(
-        e.starts_with("service_from.header: invalid type: integer `7`, expected a string"),
+        e.starts_with("service_from.header: expected a string, got the number 7"),
         "{e}"
     );
 }
@@ -549,7 +555,7 @@ fn unknown_on_unknown_service_is_an_error() {
         &one_service("")[1..]
     ));
     assert!(
-        e.starts_with("on_unknown_service: unknown variant `drop`, expected `pass` or `reject`"),
+        e.starts_with(r#"on_unknown_service: expected "pass" or "reject", got the string "drop""#),
         "{e}"
     );
 }
@@ -702,7 +708,7 @@ fn hash_on_with_unknown_source_is_an_error() {
         r#""strategy": "sticky", "hash_on": {"path": "x"},"#,
     ));
     assert!(
-        e.starts_with("services[0].hash_on: unknown variant `path`"),
+        e.starts_with("services[0].hash_on: unknown key \"path\""),
         "{e}"
     );
 }
@@ -770,7 +776,7 @@ fn rule_header_present_false_is_an_error() {
         r#""rules": [{"match": {"headers": [{"name": "x", "present": false}]}, "upstream": "v1"}],"#,
     ));
     assert!(
-        e.starts_with("services[0].rules[0].match.headers[0].present: only `true` is supported"),
+        e.starts_with("services[0].rules[0].match.headers[0].present: only true is supported"),
         "{e}"
     );
 }
@@ -781,7 +787,7 @@ fn rule_with_unknown_match_field_is_an_error() {
         r#""rules": [{"match": {"cookie": [{"name": "b", "exact": "1"}]}, "upstream": "v1"}],"#,
     ));
     assert!(
-        e.starts_with("services[0].rules[0].match.cookie: unknown field `cookie`"),
+        e.starts_with("services[0].rules[0].match.cookie: unknown field \"cookie\""),
         "{e}"
     );
 }
@@ -792,7 +798,7 @@ fn rule_without_upstream_is_an_error() {
         r#""rules": [{"match": {"query": [{"name": "v", "exact": "1"}]}}],"#,
     ));
     assert!(
-        e.starts_with("services[0].rules[0]: missing field `upstream`"),
+        e.starts_with("services[0].rules[0]: missing field \"upstream\""),
         "{e}"
     );
 }

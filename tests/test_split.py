@@ -179,7 +179,7 @@ def test_envoy_refuses_to_start_with_unknown_field(build, tmp_path):
     bad = {"services": [service("split", [("v1", 1, {"wieght": 3})])]}
     code, log = start_refused(bad, tmp_path)
     assert code != 0
-    assert "services[0].upstreams[0].wieght: unknown field `wieght`" in log, log[-5000:]
+    assert "services[0].upstreams[0].wieght: unknown field \"wieght\"" in log, log[-5000:]
 
 
 @pytest.mark.builds("specifier")

@@ -182,6 +182,27 @@ def test_envoy_refuses_to_start_with_unknown_field(build, tmp_path):
     assert "services[0].upstreams[0].wieght: unknown field \"wieght\"" in log, log[-5000:]
 
 
+@pytest.mark.parametrize("field,value,path,message", [
+    ("service_from", "header", "service_from",
+     'expected "authority" or {"header": NAME} or {"query": NAME}, got the string "header"'),
+    ("hash_on", "cookie", "services[0].hash_on",
+     'expected {"header": NAME} or {"cookie": NAME} or {"query": NAME}, got the string "cookie"'),
+])
+def test_a_key_source_written_as_a_plain_string_is_refused_in_plain_words(build, tmp_path, field,
+                                                                          value, path, message):
+    """What a new user writes first: the error names the field they wrote and says what it takes,
+    in the configuration's words (no serde vocabulary)."""
+    bad = {"services": [service("split", [("v1", 1, {})])]}
+    if field == "hash_on":
+        bad["services"][0].update(strategy="sticky", hash_on=value)
+    else:
+        bad[field] = value
+    code, log = start_refused(bad, tmp_path)
+    assert code != 0
+    assert f"invalid configuration: {path}: {message} at line 1 column " in log, log[-5000:]
+    assert "variant" not in log, log[-5000:]
+
+
 @pytest.mark.builds("specifier")
 def test_specifier_refuses_an_authority_rewrite_and_says_what_to_do_instead(build, tmp_path):
     code, log = start_refused(WEIGHTS, tmp_path)

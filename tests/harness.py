@@ -27,6 +27,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 ENVOY_DIR = ROOT / "envoy"
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "meshsplit.wasm"
+# The same filter exporting the response-headers callback, to assign cookies (`make build`).
+WASM_COOKIE = WASM.with_name("meshsplit-cookie.wasm")
 NATIVE = ROOT / "target" / "release" / "libmeshsplit.so"
 # The dynamic module with test hooks (`make native-test-hooks`; never shipped): a request header
 # `x-meshsplit-test-hook` moves its wall clock (`clock-offset-ms=N`) or makes it panic (`panic`).

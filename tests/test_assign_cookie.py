@@ -203,6 +203,28 @@ def test_the_cookie_has_exactly_the_attributes_configured(deploy):
         connection.close()
 
 
+def test_a_response_that_sets_the_cookie_itself_is_left_alone(build, tmp_path):
+    # The "application": the route adds the Set-Cookie a request asks for in x-app-cookie,
+    # before the response reaches meshsplit's response-headers callback.
+    with harness.upstreams("a") as ports:
+        config = harness.bootstrap(site({"a": 1}), ports, harness.free_port(), harness.free_port())
+        routes = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+            "typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+        routes[0]["response_headers_to_add"] = [{
+            "header": {"key": "set-cookie", "value": "%REQ(x-app-cookie)%"},
+            "append_action": "APPEND_IF_EXISTS_OR_ADD", "keep_empty_value": False}]
+        with harness.Envoy(config, tmp_path) as envoy:
+            connection = Connection(envoy.port)
+            try:
+                taken = connection.send({"Host": "web", "x-app-cookie": f"{COOKIE}=chosen; Path=/"})
+                assert taken.msg.get_all("set-cookie") == [f"{COOKIE}=chosen; Path=/"]
+                other = connection.send({"Host": "web", "x-app-cookie": "theme=dark"})
+                (theirs, ours) = sorted(other.msg.get_all("set-cookie"), key=len)
+                assert theirs == "theme=dark" and ours.startswith(f"{COOKIE}="), (theirs, ours)
+            finally:
+                connection.close()
+
+
 def refused(config, tmp_path):
     envoy = harness.Envoy(config, tmp_path).start(wait=False)
     try:

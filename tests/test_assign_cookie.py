@@ -4,7 +4,6 @@ on their first upstream, and a ramp moves only the visitors it must, into the ra
 The cluster specifier, which cannot touch responses, refuses the configuration, and so does
 meshsplit.wasm, which does not export the response-headers callback."""
 import concurrent.futures
-import http.client
 import http.cookiejar
 import json
 import math
@@ -16,6 +15,7 @@ import harness
 import stats
 from stats import chi_square
 from test_guard_updates import ecds_bootstrap_for, publish_for
+from test_split import start_refused
 
 pytestmark = pytest.mark.builds("wasm", "native")
 
@@ -64,31 +64,13 @@ class Visitor:
         return next((c for c in self.jar if c.name == COOKIE), None)
 
 
-class Connection:
-    """One keep-alive HTTP/1.1 connection to Envoy, reopened if it drops."""
-
-    def __init__(self, port):
-        self.port, self.conn = port, None
+class Connection(harness.Client):
+    """One keep-alive connection to Envoy whose answers must come from an upstream."""
 
     def send(self, headers):
-        for attempt in (0, 1):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-            try:
-                self.conn.request("GET", "/", headers=headers)
-                response = self.conn.getresponse()
-                response.body = response.read()
-                assert response.status == 200, (response.status, response.body)
-                return response
-            except (ConnectionError, http.client.HTTPException):
-                self.conn.close()
-                self.conn = None
-                if attempt:
-                    raise
-
-    def close(self):
-        if self.conn:
-            self.conn.close()
+        response = self.response("/", headers)
+        assert response.status == 200, (response.status, response.body)
+        return response
 
 
 def each_visitor(port, visitors, visit):
@@ -225,30 +207,19 @@ def test_a_response_that_sets_the_cookie_itself_is_left_alone(build, tmp_path):
                 connection.close()
 
 
-def refused(config, tmp_path):
-    envoy = harness.Envoy(config, tmp_path).start(wait=False)
-    try:
-        code = envoy.wait_exit()
-    finally:
-        envoy.stop()
-    return code, envoy.log()
-
-
 @pytest.mark.builds("specifier")
 def test_the_cluster_specifier_refuses_assign_cookie_and_says_why(build, tmp_path):
-    config = harness.bootstrap(site({"a": 1}), {}, harness.free_port(), harness.free_port())
-    code, log = refused(config, tmp_path)
+    code, log = start_refused(site({"a": 1}), tmp_path)
     assert code != 0
     assert ("invalid configuration: services[0].assign_cookie: assigning a cookie means setting "
             "it on the response, which a cluster specifier cannot touch") in log
 
 
 @pytest.mark.builds("wasm")
-def test_the_module_without_the_response_callback_refuses_assign_cookie(build, tmp_path):
-    config = harness.bootstrap(site({"a": 1}), {}, harness.free_port(), harness.free_port())
-    harness.wasm_filter(config)["typed_config"]["config"]["vm_config"]["code"]["local"][
-        "filename"] = str(harness.WASM_COOKIE.with_name("meshsplit.wasm"))
-    code, log = refused(config, tmp_path)
+def test_the_module_without_the_response_callback_refuses_assign_cookie(build, tmp_path,
+                                                                       monkeypatch):
+    monkeypatch.setattr(harness, "WASM", harness.WASM_COOKIE.with_name("meshsplit.wasm"))
+    code, log = start_refused(site({"a": 1}), tmp_path)
     assert code != 0
     assert ("invalid configuration: services[0].assign_cookie: this module does not export the "
             "response-headers callback") in log

@@ -5,7 +5,8 @@
 //! call crosses the VM boundary. The SDK exports every callback (context create, request and
 //! response headers/body/trailers, log, done, delete, ...), so each request pays for crossings
 //! this filter has no use for. This module exports only what the filter needs (context create,
-//! request headers, and delete for least-request bookkeeping and the guard). Measured in
+//! request headers, and delete for least-request bookkeeping and the guard; response headers
+//! only in meshsplit-cookie.wasm, feature `assign-cookie`). Measured in
 //! instructions under callgrind (`make bench`): the SDK floor costs 11 k instructions per request
 //! more than a raw floor making the same host calls (W − R), about seven times meshsplit's own
 //! code; `bench/README.md` has the per-crossing table.

@@ -409,6 +409,9 @@ impl<'a> ServicePreview<'a> {
         let service = self.service;
         let mut out = format!("\n{}: {}", service.name, strategy(service));
         match &service.strategy {
+            Strategy::Sticky { .. } if service.assign_cookie.is_some() => {
+                out.push_str(" (every simulated request a new visitor, routed by the id assigned)");
+            }
             Strategy::Sticky { .. } => {
                 let _ = write!(out, " (keys {} to {})", key(0), key(self.requests - 1));
             }

@@ -222,9 +222,15 @@ pub fn simulate(
 ) -> Simulated {
     let upstreams = plan.services.get(service).map_or(0, |s| s.upstreams.len());
     let rules = plan.services.get(service).map_or(0, |s| s.rules.len());
-    let hash_on = match plan.services.get(service).map(|s| &s.strategy) {
-        Some(Strategy::Sticky { hash_on, .. }) => Some(hash_on),
-        _ => None,
+    // A service that assigns its cookie: each simulated request is a new visitor without it,
+    // routed by the id the filter assigns, as in Envoy.
+    let hash_on = match plan.services.get(service) {
+        Some(s) if s.assign_cookie.is_some() => None,
+        Some(s) => match &s.strategy {
+            Strategy::Sticky { hash_on, .. } => Some(hash_on),
+            _ => None,
+        },
+        None => None,
     };
     let mut rng = generator(seed);
     let host = SimHost::default();
@@ -390,6 +396,18 @@ mod tests {
             service["hash_on"] = json!({"header": "x-user-id"});
         }
         plan(json!({"services": [service]}))
+    }
+
+    #[test]
+    fn a_service_assigning_its_cookie_is_simulated_as_new_visitors_split_by_weight() {
+        let plan = plan(json!({"services": [{"name": "svc", "strategy": "sticky",
+            "hash_on": {"cookie": "c"}, "assign_cookie": {},
+            "upstreams": [{"name": "a", "cluster": "a", "weight": 3},
+                          {"name": "b", "cluster": "b", "weight": 1}]}]}));
+        let simulated = simulate(&plan, 0, "svc", 4_000, 0, 1);
+        assert_eq!(simulated.counts.iter().sum::<u64>(), 4_000);
+        // Binomial(4000, 1/4): 1000 ± 27; a fixed seed, so a fixed count.
+        assert!((900..1100).contains(&simulated.counts[1]), "{simulated:?}");
     }
 
     #[test]

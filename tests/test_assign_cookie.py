@@ -14,6 +14,8 @@ import pytest
 import harness
 import stats
 from stats import chi_square
+from test_apply import meshsplit
+from test_cli import cli  # noqa: F401  (the session fixture that builds the command)
 from test_guard_updates import ecds_bootstrap_for, publish_for
 from test_split import start_refused
 
@@ -164,6 +166,23 @@ def test_a_ramp_moves_about_the_share_it_must_and_only_into_the_raised_upstream(
     expected = VISITORS * 0.2
     tolerance = 5 * math.sqrt(VISITORS * 0.2 * 0.8)
     assert abs(len(moves) - expected) <= tolerance, len(moves)
+    live["moved"] = len(moves) / VISITORS
+
+
+def test_preview_predicts_the_share_of_assigned_visitors_the_ramp_moved(live, cli, tmp_path):  # noqa: F811
+    assert "moved" in live, "runs after the ramp test"
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps(site(BEFORE)))
+    new.write_text(json.dumps(site(AFTER, probe="b")))
+    result = meshsplit(cli, "preview", new, "--against", old, "--json")
+    assert result.returncode == 0, result.stderr
+    web = json.loads(result.stdout)["services"][0]
+    keys = web["keys"]
+    assert keys["sample"] == "assigned visitor ids" and keys["sampled"] == 10_000
+    assert {m["to"] for m in keys["moves"]} == {"b"}, keys
+    # 10 000 sampled ids against 1 000 visitors through Envoy: the difference of the two shares
+    # has a standard deviation of 0.013 at 20 %; 5 of them.
+    assert abs(keys["fraction"] - live["moved"]) <= 0.066, (keys["fraction"], live["moved"])
 
 
 def test_the_cookie_has_exactly_the_attributes_configured(deploy):

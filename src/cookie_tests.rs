@@ -378,3 +378,30 @@ fn a_ten_to_thirty_raise_moves_about_the_share_the_weights_say() {
     let share = moved as f64 / n as f64;
     assert!((share - 0.15).abs() < 0.01, "{share}");
 }
+
+#[test]
+fn an_empty_cookie_counts_as_none_and_is_replaced() {
+    let mut vm = configured(&web([1, 1, 1], ""));
+    let (host, _) = visit(
+        &mut vm,
+        10,
+        &[(":authority", "web"), ("cookie", "mesh-web=")],
+    );
+    vm.response_headers(10, &host);
+    assert_eq!(assigned_id(&host).len(), ID_LEN);
+}
+
+#[test]
+fn a_sticky_service_that_does_not_assign_leaves_every_response_alone() {
+    let json = web([1, 1, 1], "").replace(
+        r#""assign_cookie": {"max_age_s": 60, "same_site": "Strict"},"#,
+        "",
+    );
+    let plan = Plan::from_json(json.as_bytes()).unwrap();
+    assert!(plan.services[0].assign_cookie.is_none());
+    let mut vm = configured(&json);
+    let (host, _) = visit(&mut vm, 10, &[(":authority", "web")]);
+    let before = host.call_count();
+    vm.response_headers(10, &host);
+    assert_eq!(host.call_count(), before);
+}

@@ -16,15 +16,25 @@ optimize = $(WASM_OPT) -Oz $(WASM_FEATURES) --strip-producers $(1) -o $(1).opt &
 WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
                  --enable-mutable-globals --enable-multivalue --enable-reference-types
 
-## build: the release module at target/wasm32-wasip1/release/meshsplit.wasm
+## build: the release module at target/wasm32-wasip1/release/meshsplit.wasm, and beside it
+##        meshsplit-cookie.wasm, the same filter that can assign cookies (feature `assign-cookie`:
+##        it exports the response-headers callback, which Envoy then calls on every stream, so
+##        services that assign no cookie load meshsplit.wasm; bench/README.md has the cost).
+##        Built in its own target directory, so neither build replaces the other's objects.
+WASM_COOKIE := target/$(TARGET)/release/meshsplit-cookie.wasm
 build: target
 	$(CARGO) build --release --target $(TARGET)
+	CARGO_TARGET_DIR=target/cookie-build $(CARGO) build --release --target $(TARGET) \
+	  --features assign-cookie
+	cp target/cookie-build/$(TARGET)/release/meshsplit.wasm $(WASM_COOKIE).tmp
+	mv $(WASM_COOKIE).tmp $(WASM_COOKIE)
 ifneq ($(WASM_OPT),)
 	$(call optimize,$(WASM))
+	$(call optimize,$(WASM_COOKIE))
 else
-	@echo "note: wasm-opt not found (package binaryen); the module is left unoptimized"
+	@echo "note: wasm-opt not found (package binaryen); the modules are left unoptimized"
 endif
-	@ls -l $(WASM)
+	@ls -l $(WASM) $(WASM_COOKIE)
 
 ## native: the Envoy dynamic module at target/release/libmeshsplit.so (HTTP filter and cluster
 ##         specifier in one library; envoy/envoy-native.yaml). Built with the `native` profile
@@ -160,6 +170,7 @@ lint: target
 	$(CARGO) clippy --locked --lib --features native -- -D warnings
 	$(CARGO) clippy --locked --lib --features test-hooks -- -D warnings
 	$(CARGO) clippy --locked --release --target $(TARGET) --features wasm-test-hooks -- -D warnings
+	$(CARGO) clippy --locked --release --target $(TARGET) --features assign-cookie -- -D warnings
 
 # -rs lists every skipped test with its reason; tests/conftest.py ends with a banner of the checks
 # that did not run (with CI=true a missing tool fails the run instead). Integration tests run
@@ -195,7 +206,7 @@ endif
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(PYTHON) bench/run.py $(BENCH_ARGS)
 
-## dist: the release files in dist/, each named with the crate's version: the wasm module, the
+## dist: the release files in dist/, each named with the crate's version: the wasm modules, the
 ##       native module and the `meshsplit` CLI for the build machine's platform (linux-x86_64), the OCI archive, and SHA256SUMS
 ##       (check with `cd dist && sha256sum -c SHA256SUMS`); docs/install.md says how to use each
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
@@ -204,10 +215,11 @@ PLATFORM := $(shell uname -s | tr '[:upper:]' '[:lower:]')-$(shell uname -m)
 dist: build native cli oci
 	rm -rf $(DIST) && mkdir -p $(DIST)
 	cp $(WASM) $(DIST)/meshsplit-$(VERSION).wasm
+	cp $(WASM_COOKIE) $(DIST)/meshsplit-cookie-$(VERSION).wasm
 	cp $(NATIVE) $(DIST)/libmeshsplit-$(VERSION)-$(PLATFORM).so
 	cp target/release/meshsplit $(DIST)/meshsplit-$(VERSION)-$(PLATFORM)
 	cp target/meshsplit-oci.tar $(DIST)/meshsplit-$(VERSION)-oci.tar
-	cd $(DIST) && sha256sum meshsplit-$(VERSION).wasm libmeshsplit-$(VERSION)-$(PLATFORM).so \
+	cd $(DIST) && sha256sum meshsplit-$(VERSION).wasm meshsplit-cookie-$(VERSION).wasm libmeshsplit-$(VERSION)-$(PLATFORM).so \
 	  meshsplit-$(VERSION)-$(PLATFORM) meshsplit-$(VERSION)-oci.tar > SHA256SUMS && sha256sum -c --quiet SHA256SUMS
 	@ls -l $(DIST)
 

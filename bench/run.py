@@ -58,7 +58,7 @@ WEIGHTS = {"reviews_v1": 90, "reviews_v2": 10}
 
 SCENARIOS = {}
 # Scenarios that send everything to one cluster on purpose: no split to check.
-NO_SPLIT = {"A", "A'", "W", "R", "L", "S", "U"}  # and the crossing floors (FLOORS)
+NO_SPLIT = {"A", "A'", "W", "R", "L", "S", "U", "SC"}  # and the crossing floors (FLOORS)
 # The controls: identical copies of A and D, measured as scenarios of their own.
 CONTROLS = {"A'": "A", "D'": "D"}
 # Scenarios that cost milliseconds per request: few requests under callgrind.
@@ -313,6 +313,32 @@ def meshsplit_least_request():
 def meshsplit_sticky():
     service = reviews_with(strategy="sticky", hash_on={"header": "x-user-id"})
     return [wasm_filter(harness.WASM, meshsplit_config([service]))], cluster_header_routes()
+
+
+# assign_cookie: the module that can assign cookies (meshsplit-cookie.wasm) exports
+# proxy_on_response_headers, which Envoy calls on every stream: DK is D on that module (what
+# services that assign no cookie would pay if it were the only module), SK a service assigning a
+# cookie to every request (none sends it back), SC the same service with the cookie sent.
+COOKIE_SERVICE = reviews_with(strategy="sticky", hash_on={"cookie": "mesh-web"},
+                              assign_cookie={"max_age_s": 3600})
+
+
+@scenario("DK", "cookie module", "D on meshsplit-cookie.wasm (response-headers callback exported)")
+def meshsplit_cookie_module():
+    return [wasm_filter(harness.WASM_COOKIE, meshsplit_config([REVIEWS]))], cluster_header_routes()
+
+
+@scenario("SK", "assign cookie", "meshsplit sticky on a cookie it assigns, every request without it")
+def meshsplit_assign_cookie():
+    return [wasm_filter(harness.WASM_COOKIE, meshsplit_config([COOKIE_SERVICE]))], \
+        cluster_header_routes()
+
+
+@scenario("SC", "assigned cookie sent", "SK with the cookie sent: routed by it, nothing set",
+          headers=["cookie: mesh-web=AAECAwQFBgcICQoLDA0ODw"])
+def meshsplit_assigned_cookie_sent():
+    return [wasm_filter(harness.WASM_COOKIE, meshsplit_config([COOKIE_SERVICE]))], \
+        cluster_header_routes()
 
 
 @scenario("U", "rules", "meshsplit weighted + 3 rules (header, cookie, query), none matching")
@@ -824,7 +850,8 @@ def configure_lines(log):
 
 
 def module_sizes():
-    files = {"meshsplit.wasm": harness.WASM, "meshsplit.wasm without counters (M)": UNCOUNTED_WASM,
+    files = {"meshsplit.wasm": harness.WASM, "meshsplit-cookie.wasm (DK, SK, SC)": harness.WASM_COOKIE,
+             "meshsplit.wasm without counters (M)": UNCOUNTED_WASM,
              "sdk_floor.wasm (W)": FLOOR_WASM, "raw_floor.wasm (R)": RAW_FLOOR_WASM,
              "libmeshsplit.so (N, K)": harness.NATIVE}
     return {name: path.stat().st_size for name, path in files.items() if path.exists()}
@@ -865,6 +892,9 @@ PAIRS = (("A'", "A", "control: A measured twice; noise floor"),
          ("GN", "N", "the guard on healthy upstreams, native filter"),
          ("L", "D", "least request over weighted"),
          ("S", "D", "sticky over weighted"),
+         ("DK", "D", "the response-headers callback exported, for a service assigning no cookie"),
+         ("SK", "S", "assigning a cookie (id, Set-Cookie) over sticky on a header"),
+         ("SC", "S", "sticky on an assigned cookie sent back over sticky on a header"),
          ("U", "D", "three rules over weighted"),
          ("G", "D", "round robin over weighted"),
          ("RO", "D", "a rollout in force"),

@@ -160,6 +160,32 @@ pub struct RawService {
     pub guard: Option<RawGuard>,
     #[serde(default)]
     pub rollout: Option<RawRollout>,
+    #[serde(default)]
+    pub assign_cookie: Option<RawAssignCookie>,
+}
+
+/// A sticky service on a cookie gives visitors without it one: see `cookie.rs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAssignCookie {
+    #[serde(default)]
+    pub max_age_s: Option<u64>,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub secure: Option<bool>,
+    #[serde(default)]
+    pub http_only: Option<bool>,
+    #[serde(default)]
+    pub same_site: Option<RawSameSite>,
+}
+
+/// The cookie's `SameSite` attribute, spelled as in `Set-Cookie`.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+pub enum RawSameSite {
+    Strict,
+    Lax,
+    None,
 }
 
 /// Moves traffic away from an upstream whose responses fail: see `guard.rs`.

@@ -14,6 +14,7 @@ const BASE: &str = r#"{
       "name": "reviews",
       "hosts": ["reviews", "reviews.default.svc.cluster.local"],
       "strategy": "sticky",
+      "assign_cookie": {"max_age_s": 3600, "path": "/", "secure": true, "http_only": true, "same_site": "Lax"},
       "upstreams": [
         {"name": "v1", "cluster": "reviews_v1", "authority": "reviews-v1.internal", "weight": 80},
         {"name": "v2", "cluster": "reviews_v2", "weight": 20}
@@ -278,6 +279,77 @@ fn cases() -> Vec<Case> {
             patch(r#"{"cookie": "session"}"#, r#"{"path": "session"}"#),
             "services[0].hash_on",
             r#"unknown key "path", expected {"header": NAME} or {"cookie": NAME} or {"query": NAME}"#,
+        ),
+        case(
+            "assign_cookie with hash_on a header",
+            patch(r#"{"cookie": "session"}"#, r#"{"header": "x-user"}"#),
+            "services[0].assign_cookie",
+            "only allowed with strategy \"sticky\" and \"hash_on\": {\"cookie\": NAME}",
+        ),
+        case(
+            "assign_cookie on a weighted service",
+            patch(
+                r#""strategy": "sticky","#,
+                r#""strategy": "weighted","#,
+            )
+            .replacen(r#",
+      "hash_on": {"cookie": "session"}"#, "", 1),
+            "services[0].assign_cookie",
+            "only allowed with strategy \"sticky\"",
+        ),
+        case(
+            "assign_cookie: a cookie name that cannot be set",
+            patch(r#"{"cookie": "session"}"#, r#"{"cookie": "my session"}"#),
+            "services[0].hash_on.cookie",
+            "cannot be set as a cookie name with assign_cookie",
+        ),
+        case(
+            "assign_cookie: unknown field",
+            patch(r#""same_site": "Lax"}"#, r#""same_site": "Lax", "domain": "x"}"#),
+            "services[0].assign_cookie.domain",
+            "unknown field `domain`",
+        ),
+        case(
+            "assign_cookie: same_site in lowercase",
+            patch(r#""same_site": "Lax""#, r#""same_site": "lax""#),
+            "services[0].assign_cookie.same_site",
+            "unknown variant `lax`, expected one of `Strict`, `Lax`, `None`",
+        ),
+        case(
+            "assign_cookie: SameSite=None without secure",
+            patch(r#""secure": true, "http_only": true, "same_site": "Lax""#, r#""secure": false, "same_site": "None""#),
+            "services[0].assign_cookie.same_site",
+            "\"None\" requires \"secure\": true",
+        ),
+        case(
+            "assign_cookie: max_age_s of 0",
+            patch(r#""max_age_s": 3600"#, r#""max_age_s": 0"#),
+            "services[0].assign_cookie.max_age_s",
+            "must be from 1 to 34560000",
+        ),
+        case(
+            "assign_cookie: max_age_s above 400 days",
+            patch(r#""max_age_s": 3600"#, r#""max_age_s": 34560001"#),
+            "services[0].assign_cookie.max_age_s",
+            "must be from 1 to 34560000",
+        ),
+        case(
+            "assign_cookie: a path that does not start with /",
+            patch(r#""path": "/""#, r#""path": "shop""#),
+            "services[0].assign_cookie.path",
+            "is not a cookie path: it must start with '/'",
+        ),
+        case(
+            "assign_cookie: a path with ';'",
+            patch(r#""path": "/""#, r#""path": "/a;b""#),
+            "services[0].assign_cookie.path",
+            "is not a cookie path",
+        ),
+        case(
+            "assign_cookie: secure not a boolean",
+            patch(r#""secure": true"#, r#""secure": "yes""#),
+            "services[0].assign_cookie.secure",
+            "invalid type: string \"yes\", expected a boolean",
         ),
         case(
             "hash_on: empty cookie name",

@@ -56,6 +56,15 @@ pub trait Host {
     fn response_flags(&self) -> Option<u64> {
         None
     }
+
+    /// At a stream's response headers: every copy of a response header. Hosts that never see
+    /// responses answer none.
+    fn response_header_values(&self, _name: &str) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
+    /// At a stream's response headers: adds a copy of a response header. Hosts that never see
+    /// responses ignore it.
+    fn add_response_header(&self, _name: &str, _value: &str) {}
 }
 
 /// Creates shared-data `key` holding `initial` if it does not exist yet, so that every later
@@ -146,6 +155,12 @@ impl<H: Host + ?Sized> Host for DefineOnce<'_, H> {
     fn response_flags(&self) -> Option<u64> {
         self.host.response_flags()
     }
+    fn response_header_values(&self, name: &str) -> Vec<Vec<u8>> {
+        self.host.response_header_values(name)
+    }
+    fn add_response_header(&self, name: &str, value: &str) {
+        self.host.add_response_header(name, value);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,6 +213,8 @@ mod fake {
         pub defines: RefCell<BTreeMap<String, u32>>,
         /// Makes the native store's create-if-absent available (`create_shared_data`).
         pub atomic_create: Cell<bool>,
+        /// The response headers a stream's response-headers callback sees and changes.
+        pub response_headers: RefCell<Vec<(String, Vec<u8>)>>,
     }
 
     impl FakeHost {
@@ -429,6 +446,25 @@ mod fake {
         fn response_flags(&self) -> Option<u64> {
             self.calls.borrow_mut().push("response flags".to_owned());
             self.response.get().1
+        }
+
+        fn response_header_values(&self, name: &str) -> Vec<Vec<u8>> {
+            self.calls
+                .borrow_mut()
+                .push(format!("get all response {name}"));
+            self.response_headers
+                .borrow()
+                .iter()
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .collect()
+        }
+
+        fn add_response_header(&self, name: &str, value: &str) {
+            self.calls.borrow_mut().push(format!("add response {name}"));
+            self.response_headers
+                .borrow_mut()
+                .push((name.to_owned(), value.as_bytes().to_vec()));
         }
 
         fn increment_counter(&self, id: u32, delta: u64) {

@@ -9,6 +9,7 @@ use std::rc::Rc;
 use rand_core::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 
+use crate::cookie::CookieId;
 use crate::guard;
 use crate::host::{DefineOnce, Host, MetricIds, SharedWrite};
 use crate::in_flight;
@@ -162,7 +163,25 @@ pub struct Instance {
     prune_from_ms: u64,
     /// Where the next beat's pruning of other owners' counts goes on (a count of slots).
     prune_cursor: usize,
+    /// Streams assigned a visitor id, until their response headers set the cookie (or they
+    /// end without).
+    cookies: BTreeMap<u32, PendingCookie>,
+    /// Whether the host calls [`Instance::response_headers`]: without, a plan that assigns
+    /// cookies is refused.
+    sees_responses: bool,
 }
+
+/// A cookie to set on a stream's response.
+struct PendingCookie {
+    plan: Rc<Plan>,
+    service: usize,
+    id: CookieId,
+}
+
+/// Why a module without the response-headers callback refuses `assign_cookie`.
+pub const NO_RESPONSES: &str = "this module does not export the response-headers callback, which \
+    would cost every request of every service a call into the VM; load meshsplit-cookie.wasm, \
+    the same filter with that callback, to assign cookies";
 
 /// How many least-request counts a beat checks for dead owners, so that a huge configuration
 /// spreads the work over several ticks.
@@ -212,7 +231,15 @@ impl Instance {
             owners_before: Vec::new(),
             prune_from_ms: 0,
             prune_cursor: 0,
+            cookies: BTreeMap::new(),
+            sees_responses: true,
         }
+    }
+
+    /// Tells whether the host calls [`Instance::response_headers`] (the wasm module built
+    /// without feature `assign-cookie` does not export that callback).
+    pub fn set_sees_responses(&mut self, sees: bool) {
+        self.sees_responses = sees;
     }
 
     /// Replaces the clock (tests, and hosts with a clock of their own).
@@ -253,6 +280,9 @@ impl Instance {
         host: &H,
     ) -> Result<Rc<Plan>, ConfigError> {
         let plan = Plan::from_json_named(bytes, plugin)?;
+        if !self.sees_responses {
+            plan.check_no_assign_cookie(NO_RESPONSES)?;
+        }
         let metric_ids = std::mem::take(&mut self.metric_ids);
         let result = self.install(
             root,
@@ -447,6 +477,16 @@ impl Instance {
             service, upstream, ..
         } = routed.counted
         {
+            if let Some(id) = routed.cookie {
+                self.cookies.insert(
+                    context,
+                    PendingCookie {
+                        plan: Rc::clone(&entry.plan),
+                        service,
+                        id,
+                    },
+                );
+            }
             let leased = routed.lease.is_some();
             let rng = &mut self.rng;
             let observed = entry.tick.observe(service, upstream, || rng.next_u32());
@@ -465,6 +505,25 @@ impl Instance {
             }
         }
         routed.verdict
+    }
+
+    /// Handles a stream's response headers: sets the cookie its request was assigned, if any.
+    /// Nothing else happens here, and streams without an assigned id cost one map lookup.
+    pub fn response_headers<H: Host + ?Sized>(&mut self, context: u32, host: &H) {
+        if self.cookies.is_empty() {
+            return;
+        }
+        let Some(pending) = self.cookies.remove(&context) else {
+            return;
+        };
+        if let Some(assign) = pending
+            .plan
+            .services
+            .get(pending.service)
+            .and_then(|s| s.assign_cookie.as_ref())
+        {
+            crate::cookie::on_response_headers(assign, &pending.id, host);
+        }
     }
 
     fn count_unplanned<H: Host + ?Sized>(&mut self, context: u32, host: &H) {
@@ -503,6 +562,10 @@ impl Instance {
             };
             entry.counters.flush(&entry.plan, &host);
             return true;
+        }
+        if !self.cookies.is_empty() {
+            // A stream that ended before its response headers (reset, aborted).
+            self.cookies.remove(&context);
         }
         if self.tracked.is_empty() {
             return false;

@@ -7,6 +7,7 @@
 //! (Envoy dynamic module; its ABI code only with the `native` feature).
 
 pub mod config;
+pub mod cookie;
 pub mod guard;
 pub mod guard_record;
 pub mod host;

@@ -11,6 +11,7 @@ use crate::config::{
     RawConfig, RawGuard, RawHashOn, RawOnUnknown, RawRollout, RawRule, RawService, RawServiceFrom,
     RawStrategy, RawUpstream,
 };
+use crate::cookie::AssignCookie;
 use crate::guard::Guard;
 use crate::request::{host_key_str, HostKey};
 use crate::rollout::{parse_start, Rollout, Step};
@@ -105,6 +106,8 @@ pub struct Service {
     pub rules: Vec<Rule>,
     pub guard: Option<Guard>,
     pub rollout: Option<Rollout>,
+    /// The cookie a sticky service on a cookie gives requests without one (`cookie.rs`).
+    pub assign_cookie: Option<AssignCookie>,
     /// The weights as configured, with their picker.
     configured: Weights,
     /// The weights in force when a rollout or the guard changed them (set on the housekeeping
@@ -434,7 +437,23 @@ impl Plan {
                 }
             }
         }
-        Ok(())
+        self.check_no_assign_cookie(
+            "assigning a cookie means setting it on the response, which a cluster specifier \
+             cannot touch (it only picks a cluster); use meshsplit as an HTTP filter \
+             (envoy.filters.http.dynamic_modules) for this service",
+        )
+    }
+
+    /// Refuses a plan that assigns cookies where responses are not seen; `why` says where
+    /// and what to do instead.
+    pub fn check_no_assign_cookie(&self, why: &str) -> Result<(), ConfigError> {
+        match self.services.iter().position(|s| s.assign_cookie.is_some()) {
+            Some(s) => Err(ConfigError::new(
+                format!("services[{s}].assign_cookie"),
+                why,
+            )),
+            None => Ok(()),
+        }
     }
 
     /// The service a parsed request host selects: its host with the port when the config
@@ -596,6 +615,7 @@ fn compile_service(path: &str, raw: &RawService, plugin: &str) -> Result<Service
         .as_ref()
         .map(|r| compile_rollout(&format!("{path}.rollout"), r, &upstreams))
         .transpose()?;
+    let assign_cookie = compile_assign_cookie(path, raw)?;
     Ok(Service {
         name: raw.name.clone(),
         upstreams,
@@ -603,6 +623,7 @@ fn compile_service(path: &str, raw: &RawService, plugin: &str) -> Result<Service
         rules,
         guard,
         rollout,
+        assign_cookie,
         configured,
         live: RefCell::new(None),
     })
@@ -828,6 +849,37 @@ fn compile_strategy(
             }
         }
     })
+}
+
+/// `assign_cookie`: only on a sticky service that hashes a cookie, whose name it sets.
+fn compile_assign_cookie(
+    path: &str,
+    raw: &RawService,
+) -> Result<Option<AssignCookie>, ConfigError> {
+    let Some(assign) = &raw.assign_cookie else {
+        return Ok(None);
+    };
+    let at = format!("{path}.assign_cookie");
+    let name = match (raw.strategy, &raw.hash_on) {
+        (Some(RawStrategy::Sticky), Some(RawHashOn::Cookie(name))) => name,
+        _ => {
+            return Err(ConfigError::new(
+                at,
+                "only allowed with strategy \"sticky\" and \"hash_on\": {\"cookie\": NAME}: \
+                 meshsplit assigns the cookie the service hashes",
+            ))
+        }
+    };
+    if !crate::cookie::is_token(name) {
+        return Err(ConfigError::new(
+            format!("{path}.hash_on.cookie"),
+            format!(
+                "{name:?} cannot be set as a cookie name with assign_cookie: use letters, \
+                 digits and !#$%&'*+-.^_`|~ only"
+            ),
+        ));
+    }
+    crate::cookie::compile(&at, name, assign).map(Some)
 }
 
 /// The shared-data key of one least-request counter. Each name is length-prefixed, so no choice

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 
 use rand_core::Rng;
 
+use crate::cookie::CookieId;
 use crate::host::Host;
 use crate::in_flight;
 use crate::metrics::Counted;
@@ -33,6 +34,9 @@ pub struct Routed {
     pub lease: Option<(usize, usize)>,
     /// What the request adds to the plan's counters.
     pub counted: Counted,
+    /// The visitor id assigned to a request without the cookie of a service with
+    /// `assign_cookie`: its response sets the cookie (see [`crate::cookie`]).
+    pub cookie: Option<CookieId>,
 }
 
 impl Routed {
@@ -43,6 +47,7 @@ impl Routed {
             counted: Counted::Unknown {
                 rejected: verdict == Verdict::Replied,
             },
+            cookie: None,
         }
     }
 }
@@ -66,7 +71,7 @@ where
     let Some((service_index, service)) = found else {
         return Routed::unknown(unknown_service(plan, key, host));
     };
-    let (upstream_index, leased, rule) = choose_upstream(service, rng, host, owner);
+    let (upstream_index, leased, rule, cookie) = choose_upstream(service, rng, host, owner);
     let Some(upstream) = service.upstreams.get(upstream_index) else {
         let mut routed = Routed::unknown(unknown_service(plan, key, host));
         routed.counted = Counted::Nothing;
@@ -85,17 +90,24 @@ where
             upstream: upstream_index,
             rule,
         },
+        cookie,
     }
 }
 
-/// The upstream index for a request of `service`, whether it took an in-flight count, and the
-/// index of the rule that chose it (`None`: the strategy did).
+/// The upstream index for a request of `service`, whether it took an in-flight count, the
+/// index of the rule that chose it (`None`: the strategy did), and the visitor id it was
+/// assigned (`assign_cookie`, without the cookie).
+///
+/// A request without the cookie is assigned an id even when a rule routes it: the rule decides
+/// this request, the id decides every later one no rule claims, so the visitor is on one
+/// upstream from its next request on, whichever request came first (without an id it would be
+/// assigned one by its first request that no rule claims, one request later at best).
 fn choose_upstream<H, R>(
     service: &Service,
     rng: &mut R,
     host: &H,
     owner: u32,
-) -> (usize, bool, Option<usize>)
+) -> (usize, bool, Option<usize>, Option<CookieId>)
 where
     H: Host + ?Sized,
     R: Rng + ?Sized,
@@ -106,6 +118,14 @@ where
         .iter()
         .position(|rule| rule.conditions.iter().all(|c| holds(c, &mut request)));
     let ruled = rule.and_then(|r| service.rules.get(r)).map(|r| r.upstream);
+    let cookie = match (&service.assign_cookie, &service.strategy) {
+        (Some(_), Strategy::Sticky { hash_on, .. })
+            if sticky_key(hash_on, &mut request).is_none() =>
+        {
+            Some(CookieId::random(rng))
+        }
+        _ => None,
+    };
     let in_force = service.weights();
     let weights: &[u32] = &in_force;
     // The least-request value read for the chosen upstream, reused to update it.
@@ -115,8 +135,12 @@ where
             Strategy::Weighted => None,
             Strategy::RoundRobin(state) => smooth_round_robin(weights, state),
             Strategy::Sticky { hash_on, ids } => {
-                let key = sticky_key(hash_on, &mut request)?;
-                rendezvous(&key, ids.iter().copied().zip(weights.iter().copied()))
+                let entries = ids.iter().copied().zip(weights.iter().copied());
+                match &cookie {
+                    // Routed by the id it is given, as its next requests will be.
+                    Some(id) => rendezvous(id.as_bytes(), entries),
+                    None => rendezvous(&sticky_key(hash_on, &mut request)?, entries),
+                }
             }
             Strategy::LeastRequest(slots) => {
                 let counts: Vec<in_flight::Seen> =
@@ -135,7 +159,7 @@ where
             .is_some_and(|slot| in_flight::acquire(host, slot, owner, seen)),
         _ => false,
     };
-    (index, leased, rule)
+    (index, leased, rule, cookie)
 }
 
 /// Conditions compare bytes: a configured value (UTF-8 text) matches exactly the request bytes

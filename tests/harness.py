@@ -27,6 +27,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 ENVOY_DIR = ROOT / "envoy"
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "meshsplit.wasm"
+# The same filter exporting the response-headers callback, to assign cookies (`make build`).
+WASM_COOKIE = WASM.with_name("meshsplit-cookie.wasm")
 NATIVE = ROOT / "target" / "release" / "libmeshsplit.so"
 # The dynamic module with test hooks (`make native-test-hooks`; never shipped): a request header
 # `x-meshsplit-test-hook` moves its wall clock (`clock-offset-ms=N`) or makes it panic (`panic`).
@@ -391,14 +393,20 @@ class Client:
 
     def get(self, path="/", headers=None):
         """Returns (status, headers dict, body bytes). Reconnects once if the connection dropped."""
+        resp = self.response(path, headers)
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.body
+
+    def response(self, path="/", headers=None):
+        """The http.client.HTTPResponse of a GET, its body read into `.body`: for what a dict of
+        headers cannot hold, such as several Set-Cookie. Reconnects once, as `get`."""
         for attempt in (0, 1):
             if self.conn is None:
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
             try:
                 self.conn.request("GET", path, headers=headers or {})
                 resp = self.conn.getresponse()
-                body = resp.read()
-                return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+                resp.body = resp.read()
+                return resp
             except (ConnectionError, http.client.HTTPException):
                 self.conn.close()
                 self.conn = None

@@ -55,6 +55,8 @@ struct ModuleHttpHeader {
 
 /// `envoy_dynamic_module_type_http_header_type_RequestHeader`.
 const REQUEST_HEADER: u32 = 0;
+/// `envoy_dynamic_module_type_http_header_type_ResponseHeader`.
+const RESPONSE_HEADER: u32 = 2;
 /// `envoy_dynamic_module_type_attribute_id_{ResponseCode,ResponseFlags}` (`response.code`,
 /// `response.flags`: Envoy's response flags as a bit set, e.g. 0x20 for UF).
 const ATTRIBUTE_RESPONSE_CODE: u32 = 15;
@@ -79,6 +81,12 @@ extern "C" {
         optional_size: *mut usize,
     ) -> bool;
     fn envoy_dynamic_module_callback_http_set_header(
+        filter_envoy_ptr: *mut c_void,
+        header_type: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_add_header(
         filter_envoy_ptr: *mut c_void,
         header_type: u32,
         key: ModuleBuffer,
@@ -422,6 +430,37 @@ impl Filter {
             envoy_dynamic_module_callback_http_filter_set_gauge(self.0, id, null(), 0, value)
         };
         result == METRICS_SUCCESS
+    }
+
+    /// Every copy of a response header, in order (in the response-headers hook).
+    pub fn response_header_values(self, name: &str) -> Vec<Vec<u8>> {
+        header_copies(|index, result, count| {
+            // SAFETY: as in request_header_values, on the response header map.
+            unsafe {
+                envoy_dynamic_module_callback_http_get_header(
+                    self.0,
+                    RESPONSE_HEADER,
+                    ModuleBuffer::of(name.as_bytes()),
+                    result,
+                    index,
+                    count,
+                )
+            }
+        })
+    }
+
+    /// Adds a copy of a response header (in the response-headers hook).
+    pub fn add_response_header(self, name: &str, value: &str) -> bool {
+        // SAFETY: the filter pointer of the running hook; key and value live for the call and
+        // Envoy copies them.
+        unsafe {
+            envoy_dynamic_module_callback_http_add_header(
+                self.0,
+                RESPONSE_HEADER,
+                ModuleBuffer::of(name.as_bytes()),
+                ModuleBuffer::of(value.as_bytes()),
+            )
+        }
     }
 
     /// The stream's response status (`response.code`), once a response was sent.
@@ -804,13 +843,24 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
     CONTINUE
 }
 
+/// Sets a cookie the stream's request was assigned (`assign_cookie`); nothing otherwise.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
+    filter_envoy_ptr: *mut c_void,
+    filter_module_ptr: *const c_void,
     _end_of_stream: bool,
 ) -> u32 {
-    CONTINUE
+    guarded(
+        "envoy_dynamic_module_on_http_filter_response_headers",
+        CONTINUE,
+        || {
+            // SAFETY: as in request_headers.
+            if let Some(stream) = unsafe { stream(filter_module_ptr) } {
+                filter::response_headers(stream, Filter(filter_envoy_ptr));
+            }
+            CONTINUE
+        },
+    )
 }
 
 #[no_mangle]

@@ -10,6 +10,7 @@ use super::host::{create_in, FilterHost, StoreOnly};
 use super::{
     initial_weight_gauges, namespace, record_outcome, tick_stats, with_plan, Counters, Source,
 };
+use crate::cookie::CookieId;
 use crate::guard;
 use crate::host::Host;
 use crate::in_flight::{self, PROCESS_OWNER};
@@ -130,6 +131,9 @@ pub struct Stream {
     /// The (service, upstream) of a guarded service this stream went to: its outcome feeds the
     /// guard when it ends.
     observed: Option<(usize, usize)>,
+    /// The visitor id assigned to this request, with its plan and service: the response sets
+    /// the cookie.
+    cookie: Option<(Rc<Plan>, usize, CookieId)>,
 }
 
 struct Lease {
@@ -145,6 +149,7 @@ pub fn stream_new(config: &SharedConfig) -> Stream {
         config: Arc::clone(config),
         lease: None,
         observed: None,
+        cookie: None,
     }
 }
 
@@ -199,6 +204,9 @@ pub fn request_headers(stream: &mut Stream, filter: Filter) -> Verdict {
         if guarded {
             stream.observed = Some((service, upstream));
         }
+        if let Some(id) = routed.cookie {
+            stream.cookie = Some((Rc::clone(&plan), service, id));
+        }
     }
     if let Some((service, upstream)) = routed.lease {
         stream.lease = Some(Lease {
@@ -213,6 +221,21 @@ pub fn request_headers(stream: &mut Stream, filter: Filter) -> Verdict {
         filter.clear_route_cache();
     }
     routed.verdict
+}
+
+/// The response headers: sets the cookie the request was assigned, unless the response sets
+/// one of that name already. Nothing for other streams.
+pub fn response_headers(stream: &mut Stream, filter: Filter) {
+    let Some((plan, service, id)) = stream.cookie.take() else {
+        return;
+    };
+    if let Some(assign) = plan
+        .services
+        .get(service)
+        .and_then(|s| s.assign_cookie.as_ref())
+    {
+        crate::cookie::on_response_headers(assign, &id, &stream.config.host(filter));
+    }
 }
 
 /// A request no plan decided (after a panic, or without a plan): it must not go where a

@@ -91,6 +91,16 @@ impl Host for FilterHost<'_> {
     fn response_flags(&self) -> Option<u64> {
         self.filter.response_flags()
     }
+
+    fn response_header_values(&self, name: &str) -> Vec<Vec<u8>> {
+        self.filter.response_header_values(name)
+    }
+
+    fn add_response_header(&self, name: &str, value: &str) {
+        if !self.filter.add_response_header(name, value) {
+            log::warn!("adding response header {name} failed");
+        }
+    }
 }
 
 /// `key` in `namespace`.

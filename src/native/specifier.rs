@@ -9,6 +9,8 @@
 //!   requests in flight; use the HTTP filter mode.
 //! - `guard`: for the same reason it never sees a response, so it cannot tell a failing
 //!   upstream; use the HTTP filter mode.
+//! - `assign_cookie`: the cookie is set on the response, which a cluster specifier cannot
+//!   touch; use the HTTP filter mode.
 //!
 //! A `rollout` works: with no timer in this ABI, its weights are put in force from the
 //! selections themselves, at most twice a second per worker (a clock read per selection of a

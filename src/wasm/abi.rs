@@ -5,7 +5,8 @@
 //! call crosses the VM boundary. The SDK exports every callback (context create, request and
 //! response headers/body/trailers, log, done, delete, ...), so each request pays for crossings
 //! this filter has no use for. This module exports only what the filter needs (context create,
-//! request headers, and delete for least-request bookkeeping and the guard). Measured in
+//! request headers, and delete for least-request bookkeeping and the guard; response headers
+//! only in meshsplit-cookie.wasm, feature `assign-cookie`). Measured in
 //! instructions under callgrind (`make bench`): the SDK floor costs 11 k instructions per request
 //! more than a raw floor making the same host calls (W − R), about seven times meshsplit's own
 //! code; `bench/README.md` has the per-crossing table.
@@ -26,6 +27,9 @@ const COUNTER: u32 = 0;
 const GAUGE: u32 = 1;
 /// `MapType::HttpRequestHeaders`.
 const REQUEST_HEADERS: u32 = 0;
+/// `MapType::HttpResponseHeaders`.
+#[cfg(feature = "assign-cookie")]
+const RESPONSE_HEADERS: u32 = 2;
 /// `BufferType::PluginConfiguration`.
 const PLUGIN_CONFIGURATION: u32 = 7;
 
@@ -59,6 +63,14 @@ extern "C" {
         value_size: usize,
     ) -> u32;
     fn proxy_remove_header_map_value(map_type: u32, key: *const u8, key_size: usize) -> u32;
+    #[cfg(feature = "assign-cookie")]
+    fn proxy_add_header_map_value(
+        map_type: u32,
+        key: *const u8,
+        key_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
     fn proxy_get_property(
         path: *const u8,
         path_size: usize,
@@ -246,6 +258,30 @@ pub fn request_headers() -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
     returned_buffer(status, data, size).and_then(|bytes| decode_pairs(&bytes))
 }
 
+/// Every response header, in order, as (name, value): one host call for the whole map.
+#[cfg(feature = "assign-cookie")]
+pub fn response_headers() -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let (mut data, mut size) = (null_mut(), 0);
+    // SAFETY: as in plugin_configuration.
+    let status = unsafe { proxy_get_header_map_pairs(RESPONSE_HEADERS, &mut data, &mut size) };
+    returned_buffer(status, data, size).and_then(|bytes| decode_pairs(&bytes))
+}
+
+/// Adds a copy of a response header.
+#[cfg(feature = "assign-cookie")]
+pub fn add_response_header(name: &str, value: &str) -> Result<(), u32> {
+    // SAFETY: pointers and lengths describe live strings for the duration of the call.
+    checked(unsafe {
+        proxy_add_header_map_value(
+            RESPONSE_HEADERS,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    })
+}
+
 /// proxy-wasm's serialized header map: a u32 count, then a (name size, value size) u32 pair per
 /// header, then each name and value followed by a NUL byte; all little-endian.
 fn decode_pairs(bytes: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -412,6 +448,21 @@ pub extern "C" fn proxy_on_tick(root_context_id: u32) {
 #[no_mangle]
 pub extern "C" fn proxy_on_delete(context_id: u32) {
     glue::on_context_delete(context_id);
+}
+
+/// Sets an assigned cookie on the response. Exported only by the module built with feature
+/// `assign-cookie` (meshsplit-cookie.wasm): Envoy calls a module's response-headers callback on
+/// every stream once it is exported, so the module that does not assign cookies leaves it out
+/// (bench/README.md has the cost). Always 0 (Continue).
+#[cfg(feature = "assign-cookie")]
+#[no_mangle]
+pub extern "C" fn proxy_on_response_headers(
+    context_id: u32,
+    _num_headers: usize,
+    _end_of_stream: u32,
+) -> u32 {
+    glue::on_stream_response_headers(context_id);
+    0
 }
 
 /// Returns 0 (Continue) or 1 (StopIteration, after a local reply).

@@ -62,6 +62,7 @@ fn with_vm<T>(f: impl FnOnce(&mut Instance) -> T) -> Option<T> {
         if slot.is_none() {
             let mut instance = Instance::new(seed());
             instance.set_monotonic_clock(abi::monotonic_ms);
+            instance.set_sees_responses(cfg!(feature = "assign-cookie"));
             *slot = Some(instance);
         }
         slot.as_mut().map(f)
@@ -167,6 +168,11 @@ pub fn on_stream_request_headers(context: u32) -> Verdict {
     #[cfg(feature = "wasm-test-hooks")]
     trap_if_asked();
     with_vm(|vm| vm.request_headers(context, &EnvoyHost)).unwrap_or(Verdict::Continue)
+}
+
+#[cfg(feature = "assign-cookie")]
+pub fn on_stream_response_headers(context: u32) {
+    with_vm(|vm| vm.response_headers(context, &EnvoyHost));
 }
 
 /// Test build only: `x-meshsplit-test-hook: panic` traps the VM, as a bug would.

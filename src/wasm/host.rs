@@ -77,4 +77,21 @@ impl Host for EnvoyHost {
     fn response_flags(&self) -> Option<u64> {
         abi::property_u64(b"response\0flags")
     }
+
+    #[cfg(feature = "assign-cookie")]
+    fn response_header_values(&self, name: &str) -> Vec<Vec<u8>> {
+        abi::response_headers()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(key, _)| key == name.as_bytes())
+            .map(|(_, value)| value)
+            .collect()
+    }
+
+    #[cfg(feature = "assign-cookie")]
+    fn add_response_header(&self, name: &str, value: &str) {
+        if let Err(status) = abi::add_response_header(name, value) {
+            log::warn!("adding response header {name}: status {status}");
+        }
+    }
 }

@@ -317,6 +317,13 @@ fn describe(service: &Service) -> String {
         },
     };
     let mut parts = vec![strategy, count(service.upstreams.len(), "upstream")];
+    if let Some(assign) = &service.assign_cookie {
+        // `cookie assigned (Max-Age=2592000; Path=/; HttpOnly; SameSite=Lax)`.
+        parts.push(format!(
+            "cookie assigned ({})",
+            assign.attributes.trim_start_matches("; ")
+        ));
+    }
     let drained = service.upstreams.iter().filter(|u| u.weight == 0).count();
     if drained > 0 {
         parts.push(format!("{drained} drained"));
@@ -457,6 +464,34 @@ mod tests {
         json!({"services": [{"name": "reviews", "upstreams": [
             {"name": "v1", "cluster": "reviews_v1", "weight": 1},
             {"name": "v2", "cluster": "reviews_v9", "weight": 1}]}]})
+    }
+
+    #[test]
+    fn an_assigned_cookie_is_summarized_with_its_attributes() {
+        let config = json!({"services": [
+            {"name": "web", "strategy": "sticky", "hash_on": {"cookie": "mesh-web"},
+             "assign_cookie": {"max_age_s": 600, "secure": true, "same_site": "None"},
+             "upstreams": [{"name": "v1", "cluster": "c", "weight": 1}]},
+        ]});
+        assert_eq!(
+            report(&config.to_string()),
+            [
+                "f: ok: 1 service (web: sticky on cookie mesh-web, 1 upstream, cookie assigned \
+                 (Max-Age=600; Path=/; Secure; HttpOnly; SameSite=None))"
+            ]
+        );
+    }
+
+    #[test]
+    fn assign_cookie_without_a_cookie_to_hash_is_rejected_as_by_the_filter() {
+        let text = assert_rejected_as_by_the_filter(
+            r#"{"services": [{"name": "web", "strategy": "sticky", "hash_on": {"header": "x-user"},
+                "assign_cookie": {}, "upstreams": [{"name": "v1", "cluster": "c", "weight": 1}]}]}"#,
+        );
+        assert!(
+            text.contains("services[0].assign_cookie: only allowed with strategy"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub struct Found {
     /// It configures the native build's route cluster specifier, which refuses what it cannot
     /// do (`Plan::check_cluster_specifier`).
     pub specifier: bool,
+    /// It is a wasm filter whose module is `meshsplit.wasm`, which does not export the
+    /// response-headers callback and so refuses `assign_cookie` (meshsplit-cookie.wasm does not).
+    pub no_responses: bool,
     /// Why a filter that is meshsplit (it runs meshsplit's module or is named like it) has no
     /// config that can be read: its configuration is missing, not a `StringValue`, or its
     /// `value` is not a string. Envoy would give the filter no config or refuse the file, so
@@ -74,6 +77,9 @@ impl Found {
         let plan = Plan::from_json_named(self.config.as_bytes(), &self.plugin)?;
         if self.specifier {
             plan.check_cluster_specifier()?;
+        }
+        if self.no_responses {
+            plan.check_no_assign_cookie(meshsplit::instance::NO_RESPONSES)?;
         }
         Ok(plan)
     }
@@ -126,6 +132,7 @@ fn from_document(document: &Document, place: &str, out: &mut Vec<Found>) {
             config: document.text.clone().unwrap_or_else(|| value.to_string()),
             clusters: None,
             specifier: false,
+            no_responses: false,
             broken: None,
             istio: false,
         });
@@ -212,6 +219,7 @@ fn plugin_config_object(holder: Option<&Value>, place: String, plugin: String) -
         config,
         clusters: None,
         specifier: false,
+        no_responses: false,
         broken: None,
         istio: true,
     }
@@ -254,6 +262,7 @@ fn from_container(
             plugin,
             config,
             specifier,
+            no_responses,
             broken,
         },
     ) in configs
@@ -272,6 +281,7 @@ fn from_container(
             config: config.to_owned(),
             clusters: clusters.cloned(),
             specifier,
+            no_responses,
             broken,
             istio: false,
         });
@@ -283,6 +293,7 @@ struct Embedded<'a> {
     plugin: &'a str,
     config: &'a str,
     specifier: bool,
+    no_responses: bool,
     /// Why the config of a meshsplit filter cannot be read (`config` is then empty).
     broken: Option<String>,
 }
@@ -357,6 +368,7 @@ fn native_configuration(map: &Map<String, Value>) -> Option<Option<Embedded<'_>>
             .unwrap_or_default(),
         config,
         specifier,
+        no_responses: false,
         broken,
     }))
 }
@@ -449,8 +461,26 @@ fn string_configuration<'a>(config: &'a Value, holder: Option<&str>) -> Option<E
             .unwrap_or_default(),
         config: text,
         specifier: false,
+        no_responses: module_is_lean(config),
         broken,
     })
+}
+
+/// Whether a wasm filter's `PluginConfig` loads `meshsplit.wasm` (a local file or URL of that
+/// name), the module without the response-headers callback.
+fn module_is_lean(config: &Value) -> bool {
+    let code = config.get("vm_config").and_then(|v| v.get("code"));
+    let source = code
+        .and_then(|c| c.get("local"))
+        .and_then(|l| l.get("filename"))
+        .or_else(|| {
+            code.and_then(|c| c.get("remote"))
+                .and_then(|r| r.get("http_uri"))
+                .and_then(|u| u.get("uri"))
+        })
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    source == "meshsplit.wasm" || source.ends_with("/meshsplit.wasm")
 }
 
 /// The elements of `value` if it is a list.
@@ -693,6 +723,7 @@ mod tests {
             config: config.to_owned(),
             clusters: None,
             specifier: false,
+            no_responses: false,
             broken: None,
             istio: false,
         };
@@ -700,6 +731,38 @@ mod tests {
         f.specifier = true;
         let err = f.plan().unwrap_err();
         assert_eq!(err.path, "services[0].upstreams[0].authority");
+    }
+
+    #[test]
+    fn assign_cookie_is_refused_by_meshsplit_wasm_and_the_specifier_not_meshsplit_cookie_wasm() {
+        let plugin = r#"{"services": [{"name": "web", "strategy": "sticky",
+            "hash_on": {"cookie": "mesh-web"}, "assign_cookie": {},
+            "upstreams": [{"name": "u", "cluster": "c", "weight": 1}]}]}"#;
+        let filter = |module: &str| {
+            json!({"name": "envoy.filters.http.wasm", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {"name": "meshsplit", "vm_config": {"code": {"local": {"filename": module}}},
+                           "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                             "value": plugin}}}})
+        };
+        let found = |module: &str| {
+            let document = Document {
+                value: json!({"http_filters": [filter(module)]}),
+                text: None,
+            };
+            extract(std::slice::from_ref(&document)).remove(0)
+        };
+        let err = found("/etc/envoy/meshsplit.wasm").plan().unwrap_err();
+        assert_eq!(err.path, "services[0].assign_cookie");
+        assert!(err.message.contains("load meshsplit-cookie.wasm"), "{err}");
+        assert!(found("/etc/envoy/meshsplit-cookie.wasm").plan().is_ok());
+        let mut specifier = found("/etc/envoy/meshsplit-cookie.wasm");
+        specifier.specifier = true;
+        assert!(specifier
+            .plan()
+            .unwrap_err()
+            .message
+            .contains("cannot touch"));
     }
 
     #[test]

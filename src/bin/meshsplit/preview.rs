@@ -286,6 +286,9 @@ fn selected(config: &Loaded, only: Option<&str>) -> Vec<usize> {
 /// `weighted`, `sticky on header x-user-id`, ...
 pub fn strategy(service: &Service) -> String {
     match &service.strategy {
+        Strategy::Sticky { hash_on, .. } if service.assign_cookie.is_some() => {
+            format!("sticky on {}, assigned", hash_on_text(hash_on))
+        }
         Strategy::Sticky { hash_on, .. } => format!("sticky on {}", hash_on_text(hash_on)),
         other => other.name().to_owned(),
     }
@@ -406,6 +409,9 @@ impl<'a> ServicePreview<'a> {
         let service = self.service;
         let mut out = format!("\n{}: {}", service.name, strategy(service));
         match &service.strategy {
+            Strategy::Sticky { .. } if service.assign_cookie.is_some() => {
+                out.push_str(" (every simulated request a new visitor, routed by the id assigned)");
+            }
             Strategy::Sticky { .. } => {
                 let _ = write!(out, " (keys {} to {})", key(0), key(self.requests - 1));
             }
@@ -872,7 +878,7 @@ fn route_one(config: &Loaded, index: usize, options: &RequestOptions, seed: u64)
             route.rule = rule;
             route.why = match rule.and_then(|r| svc.rules.get(r).map(|x| (r, x))) {
                 Some((r, matched)) => format!("rule {r}: {}", conditions(&matched.conditions)),
-                None => strategy_reason(svc, &request, seed),
+                None => strategy_reason(svc, &request, seed, outcome.cookie),
             };
         }
         Counted::Unknown { rejected } => {
@@ -890,7 +896,12 @@ fn route_one(config: &Loaded, index: usize, options: &RequestOptions, seed: u64)
     route
 }
 
-fn strategy_reason(service: &Service, request: &Request, seed: u64) -> String {
+fn strategy_reason(
+    service: &Service,
+    request: &Request,
+    seed: u64,
+    assigned: Option<meshsplit::cookie::CookieId>,
+) -> String {
     match &service.strategy {
         Strategy::Weighted => format!("strategy weighted: one random draw by weight (seed {seed})"),
         Strategy::RoundRobin(_) => "strategy round_robin: the first request of a cycle".to_owned(),
@@ -910,6 +921,12 @@ fn strategy_reason(service: &Service, request: &Request, seed: u64) -> String {
                     .map(|v| v.into_owned()),
             };
             match key.filter(|k| !k.is_empty()) {
+                None if assigned.is_some() => format!(
+                    "strategy sticky: the request has no {}, so it is assigned the id {:?} \
+                     (seed {seed}), routed by its hash, and the response sets the cookie",
+                    hash_on_text(hash_on),
+                    assigned.as_ref().map_or("", |id| id.as_str())
+                ),
                 Some(key) => format!(
                     "strategy sticky: the hash of {} {:?}",
                     hash_on_text(hash_on),
@@ -1257,7 +1274,8 @@ impl ServiceDiff {
         let movement = self.movement.as_ref().map(|m| {
             let fraction = |n: u64| n as f64 / m.keys.max(1) as f64;
             json!({
-                "sampled": m.keys, "moved": m.moved, "fraction": fraction(m.moved),
+                "sampled": m.keys, "sample": if m.assigned { "assigned visitor ids" } else { "user-N" },
+                "moved": m.moved, "fraction": fraction(m.moved),
                 "moves": m.flows.iter().map(|(from, to, n)| json!({
                     "from": from, "to": to, "keys": n, "fraction": fraction(*n)})).collect::<Vec<_>>(),
             })
@@ -1284,8 +1302,14 @@ impl ServiceDiff {
 /// `12.0 % of keys move: v1 → v2 11.9 %, v3 → v2 0.1 % (10000 sample keys)`.
 fn movement_text(m: &Movement) -> String {
     let share = |n: u64| percent(n as f64 / m.keys.max(1) as f64);
+    // Assigned visitors carry random ids: the sample is of such ids, not of known keys.
+    let (what, sample) = if m.assigned {
+        ("visitor", "sample visitor ids")
+    } else {
+        ("key", "sample keys")
+    };
     if m.moved == 0 {
-        return format!("no key moves ({} sample keys)", m.keys);
+        return format!("no {what} moves ({} {sample})", m.keys);
     }
     let flows: Vec<String> = m
         .flows
@@ -1293,7 +1317,7 @@ fn movement_text(m: &Movement) -> String {
         .map(|(from, to, n)| format!("{from} → {to} {}", share(*n)))
         .collect();
     format!(
-        "{} of keys move: {} ({} sample keys)",
+        "{} of {what}s move: {} ({} {sample})",
         share(m.moved),
         flows.join(", "),
         m.keys
@@ -1414,6 +1438,33 @@ mod tests {
         assert!(lines[1].contains(" of keys move: v1 → v2 "), "{text}");
         assert!(lines[1].ends_with("(2000 sample keys)"), "{text}");
         assert_eq!(lines.len(), 2);
+    }
+
+    #[test]
+    fn diff_of_an_assigned_cookie_shows_the_share_of_visitor_ids_that_move() {
+        let assigned = |weights: &[(&str, u32)]| {
+            let mut service = sticky(weights);
+            service["hash_on"] = json!({"cookie": "mesh-web"});
+            service["assign_cookie"] = json!({});
+            service
+        };
+        let old = config(json!([assigned(&[("v1", 90), ("v2", 10)])]));
+        let new = config(json!([assigned(&[("v1", 70), ("v2", 30)])]));
+        let text = diff(Some(&old), &new, None, 4_000).text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("reviews (sticky on cookie mesh-web, assigned): "),
+            "{text}"
+        );
+        assert!(lines[1].contains(" of visitors move: v1 → v2 "), "{text}");
+        assert!(lines[1].ends_with("(4000 sample visitor ids)"), "{text}");
+        let json = diff(Some(&old), &new, None, 4_000).json();
+        let keys = &json["services"][0]["keys"];
+        assert_eq!(keys["sample"], "assigned visitor ids");
+        assert!(
+            (0.17..0.23).contains(&keys["fraction"].as_f64().unwrap()),
+            "{json}"
+        );
     }
 
     #[test]

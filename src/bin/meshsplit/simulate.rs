@@ -128,6 +128,8 @@ pub struct Outcome {
     pub counted: Counted,
     /// The cluster header the filter wrote (`None`: removed, or a local reply).
     pub cluster: Option<String>,
+    /// The visitor id assigned (`assign_cookie`, a request without the cookie).
+    pub cookie: Option<meshsplit::cookie::CookieId>,
 }
 
 impl SimHost {
@@ -146,6 +148,7 @@ impl SimHost {
         Outcome {
             counted: routed.counted,
             cluster,
+            cookie: routed.cookie,
         }
     }
 }
@@ -219,9 +222,15 @@ pub fn simulate(
 ) -> Simulated {
     let upstreams = plan.services.get(service).map_or(0, |s| s.upstreams.len());
     let rules = plan.services.get(service).map_or(0, |s| s.rules.len());
-    let hash_on = match plan.services.get(service).map(|s| &s.strategy) {
-        Some(Strategy::Sticky { hash_on, .. }) => Some(hash_on),
-        _ => None,
+    // A service that assigns its cookie: each simulated request is a new visitor without it,
+    // routed by the id the filter assigns, as in Envoy.
+    let hash_on = match plan.services.get(service) {
+        Some(s) if s.assign_cookie.is_some() => None,
+        Some(s) => match &s.strategy {
+            Strategy::Sticky { hash_on, .. } => Some(hash_on),
+            _ => None,
+        },
+        None => None,
     };
     let mut rng = generator(seed);
     let host = SimHost::default();
@@ -303,14 +312,27 @@ fn gcd(a: u64, b: u64) -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Movement {
     pub keys: u64,
+    /// Whether the keys were visitor ids as `assign_cookie` assigns them (else `user-N`).
+    pub assigned: bool,
     /// Keys whose upstream changed.
     pub moved: u64,
     /// `(from, to, keys)` by upstream name, most keys first.
     pub flows: Vec<(String, String, u64)>,
 }
 
+/// Sample visitor `i`'s id as `assign_cookie` would assign it: 128 bits from a generator seeded
+/// with `i`, so every run shows the same ids. An assigned id is random, with no known keys to
+/// replay, so a ramp's effect on assigned visitors is the share of random ids that move.
+pub fn visitor_id(i: u64) -> String {
+    meshsplit::cookie::CookieId::random(&mut generator(i))
+        .as_str()
+        .to_owned()
+}
+
 /// Routes keys `user-0..user-{keys-1}` of one service through the old and the new plan (each
-/// with its own service key and `hash_on`) and counts the keys whose upstream changed.
+/// with its own service key and `hash_on`) and counts the keys whose upstream changed. When
+/// the new plan's service assigns its cookie (`assign_cookie`), the keys are sample visitor ids
+/// ([`visitor_id`]) instead: what its visitors carry.
 pub fn movement(old: (&Plan, usize, &str), new: (&Plan, usize, &str), keys: u64) -> Movement {
     let owner = |(plan, service, service_key): (&Plan, usize, &str), rng: &mut _, key: &str| {
         let host = SimHost::default();
@@ -329,8 +351,13 @@ pub fn movement(old: (&Plan, usize, &str), new: (&Plan, usize, &str), keys: u64)
     let mut rng = generator(0);
     let mut flows: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut moved = 0;
+    let assigned = new
+        .0
+        .services
+        .get(new.1)
+        .is_some_and(|s| s.assign_cookie.is_some());
     for i in 0..keys {
-        let key = key(i);
+        let key = if assigned { visitor_id(i) } else { key(i) };
         let before = owner(old, &mut rng, &key);
         let after = owner(new, &mut rng, &key);
         if before != after {
@@ -342,7 +369,12 @@ pub fn movement(old: (&Plan, usize, &str), new: (&Plan, usize, &str), keys: u64)
     let mut flows: Vec<(String, String, u64)> =
         flows.into_iter().map(|((f, t), n)| (f, t, n)).collect();
     flows.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| (&a.0, &a.1).cmp(&(&b.0, &b.1))));
-    Movement { keys, moved, flows }
+    Movement {
+        keys,
+        assigned,
+        moved,
+        flows,
+    }
 }
 
 #[cfg(test)]
@@ -364,6 +396,26 @@ mod tests {
             service["hash_on"] = json!({"header": "x-user-id"});
         }
         plan(json!({"services": [service]}))
+    }
+
+    #[test]
+    fn a_service_assigning_its_cookie_is_simulated_as_new_visitors_split_by_weight() {
+        let plan = plan(json!({"services": [{"name": "svc", "strategy": "sticky",
+            "hash_on": {"cookie": "c"}, "assign_cookie": {},
+            "upstreams": [{"name": "a", "cluster": "a", "weight": 3},
+                          {"name": "b", "cluster": "b", "weight": 1}]}]}));
+        let simulated = simulate(&plan, 0, "svc", 4_000, 0, 1);
+        assert_eq!(simulated.counts.iter().sum::<u64>(), 4_000);
+        // Binomial(4000, 1/4): 1000 ± 27; a fixed seed, so a fixed count.
+        assert!((900..1100).contains(&simulated.counts[1]), "{simulated:?}");
+    }
+
+    #[test]
+    fn sample_visitor_ids_look_assigned_and_are_the_same_every_run() {
+        let id = visitor_id(7);
+        assert_eq!(id.len(), meshsplit::cookie::ID_LEN);
+        assert_eq!(id, visitor_id(7));
+        assert_ne!(id, visitor_id(8));
     }
 
     #[test]
@@ -448,6 +500,7 @@ mod tests {
     fn same_weights_move_no_key() {
         let plan = one_service("sticky", &[("v1", 1), ("v2", 1)]);
         let m = movement((&plan, 0, "svc"), (&plan, 0, "svc"), 1_000);
+        assert!(!m.assigned);
         assert_eq!((m.moved, m.flows.len()), (0, 0));
     }
 

@@ -94,10 +94,12 @@ cli:
 check-configs: cli
 	target/release/meshsplit check --skip-unrelated envoy/*.json envoy/*.yaml envoy/istio/*.yaml
 
-## oci: target/meshsplit-oci.tar, the module as a Wasm OCI image for Istio (envoy/oci.py); prints
+## oci: target/meshsplit-oci.tar, the module as a Wasm OCI image for Istio (envoy/oci.py), and
+##      target/meshsplit-cookie-oci.tar of meshsplit-cookie.wasm; prints
 ##      the image digest and the module's sha256 (a WasmPlugin's `sha256`, see docs/istio.md)
 oci: build
 	python3 envoy/oci.py
+	python3 envoy/oci.py --module $(WASM_COOKIE) --out target/meshsplit-cookie-oci.tar
 
 ## test: lint, unit tests, config, rule and docs checks, integration tests against real Envoy,
 ##       and the release files (make dist) with their checksums
@@ -219,8 +221,9 @@ dist: build native cli oci
 	cp $(NATIVE) $(DIST)/libmeshsplit-$(VERSION)-$(PLATFORM).so
 	cp target/release/meshsplit $(DIST)/meshsplit-$(VERSION)-$(PLATFORM)
 	cp target/meshsplit-oci.tar $(DIST)/meshsplit-$(VERSION)-oci.tar
+	cp target/meshsplit-cookie-oci.tar $(DIST)/meshsplit-cookie-$(VERSION)-oci.tar
 	cd $(DIST) && sha256sum meshsplit-$(VERSION).wasm meshsplit-cookie-$(VERSION).wasm libmeshsplit-$(VERSION)-$(PLATFORM).so \
-	  meshsplit-$(VERSION)-$(PLATFORM) meshsplit-$(VERSION)-oci.tar > SHA256SUMS && sha256sum -c --quiet SHA256SUMS
+	  meshsplit-$(VERSION)-$(PLATFORM) meshsplit-$(VERSION)-oci.tar meshsplit-cookie-$(VERSION)-oci.tar > SHA256SUMS && sha256sum -c --quiet SHA256SUMS
 	@ls -l $(DIST)
 
 ci: test

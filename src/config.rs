@@ -8,15 +8,42 @@ use core::fmt;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
+/// The meshsplit plugin configuration: the services meshsplit splits, and how it finds which
+/// service a request asks for.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "schema",
+    schemars(rename = "meshsplit plugin configuration")
+)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    /// The JSON Schema an editor validates the file against
+    /// (`"$schema": "./meshsplit.schema.json"`); the filter ignores it.
+    #[serde(rename = "$schema", default)]
+    pub schema: Option<String>,
+    /// Request header the chosen cluster is written to; the route reads it with `cluster_header`.
+    /// A lowercase header name of the filter's own: the filter overwrites it on every request
+    /// (and removes it for unknown services), so it may not be a pseudo-header, an `x-envoy-`
+    /// header, nor a header that carries request semantics (`host`, `content-length`, `cookie`,
+    /// `authorization`, `x-forwarded-for`, ...; the plan checks these).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "x-meshsplit-cluster")))]
     pub cluster_header: Option<String>,
+    /// Where the service key comes from: `"authority"` (the `:authority`/`Host`),
+    /// `{"header": NAME}` (a request header) or `{"query": NAME}` (a URL-decoded query parameter
+    /// of `:path`, e.g. `/api?service=reviews`).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "authority")))]
     pub service_from: Option<RawServiceFrom>,
+    /// What happens when the key matches no service (or is missing). `"pass"`: remove any
+    /// client-sent cluster header and let Envoy route as without the filter. `"reject"`: answer
+    /// 404 with `{"error":"unknown service","service":"<key>"}`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "pass")))]
     pub on_unknown_service: Option<RawOnUnknown>,
+    /// The services, at least one; names unique.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub services: Vec<RawService>,
 }
 
@@ -143,86 +170,154 @@ impl<'de, T: Copy> Visitor<'de> for OneOf<T> {
     }
 }
 
+/// A service: the keys that select it and the upstreams its requests are split between.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "service"))]
 #[serde(deny_unknown_fields)]
 pub struct RawService {
+    /// Unique, non-empty. Without `hosts` it is the service's host, so it must then be a valid
+    /// host.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub name: String,
+    /// Keys that select this service (default: the name): DNS names, IPv4 literals or IPv6
+    /// literals (`[::1]`), each with an optional `:port` and trailing dot; matched
+    /// case-insensitively. A host without a port matches any port. No wildcards; a host belongs
+    /// to one service only.
     #[serde(default)]
     pub hosts: Option<Vec<String>>,
+    /// How requests that no rule claims pick an upstream.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "weighted")))]
     pub strategy: Option<RawStrategy>,
+    /// Where a `sticky` service finds the key it hashes; required with `sticky` and only
+    /// allowed there.
     #[serde(default)]
     pub hash_on: Option<RawHashOn>,
+    /// The upstreams, at least one; names unique; the weights must sum to more than 0.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub upstreams: Vec<RawUpstream>,
+    /// Match rules, tried in order before the strategy: the first whose conditions all hold
+    /// sends the request to its upstream.
     #[serde(default)]
     pub rules: Vec<RawRule>,
+    /// Move traffic away from an upstream that fails (or gets slow) by itself.
     #[serde(default)]
     pub guard: Option<RawGuard>,
+    /// Weights that follow a schedule of steps from an absolute start time.
     #[serde(default)]
     pub rollout: Option<RawRollout>,
+    /// Only with `strategy: "sticky"` and `hash_on: {"cookie": NAME}`: give a request without the
+    /// cookie a random id, route it by that id and set the cookie on the response (the wasm
+    /// build needs `meshsplit-cookie.wasm`; the cluster specifier refuses it).
     #[serde(default)]
     pub assign_cookie: Option<RawAssignCookie>,
 }
 
-/// A sticky service on a cookie gives visitors without it one: see `cookie.rs`.
+/// The attributes of the cookie meshsplit sets on a visitor without one (see `cookie.rs`).
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "assign_cookie"))]
 #[serde(deny_unknown_fields)]
 pub struct RawAssignCookie {
+    /// `Max-Age` in seconds, from 1 to 34 560 000 (400 days, the most browsers keep a cookie).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 34_560_000), extend("default" = 2_592_000)))]
     pub max_age_s: Option<u64>,
+    /// `Path`: starts with `/`, printable ASCII without spaces or `;`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "/")))]
     pub path: Option<String>,
+    /// `Secure`. Off by default: a browser never stores a Secure cookie from a plain-HTTP
+    /// response. Turn it on when visitors reach the site over HTTPS.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = false)))]
     pub secure: Option<bool>,
+    /// `HttpOnly`: no script needs a routing key.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = true)))]
     pub http_only: Option<bool>,
+    /// `SameSite`; `"None"` requires `secure: true`, as browsers do.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "Lax")))]
     pub same_site: Option<RawSameSite>,
 }
 
 /// The cookie's `SameSite` attribute, spelled as in `Set-Cookie`.
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "same_site"))]
 pub enum RawSameSite {
     Strict,
     Lax,
     None,
 }
 
-/// Moves traffic away from an upstream whose responses fail: see `guard.rs`.
+/// Moves traffic away from an upstream whose responses fail (see `guard.rs`): an upstream whose
+/// share of failures over the window exceeds `error_rate` is ejected (weight 0) for a time, then
+/// readmitted.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "guard"))]
 #[serde(deny_unknown_fields)]
 pub struct RawGuard {
+    /// Fraction of failed requests above which an upstream is ejected, in (0, 1).
+    #[cfg_attr(feature = "schema", schemars(extend("exclusiveMinimum" = 0, "exclusiveMaximum" = 1)))]
     pub error_rate: f64,
+    /// Fewest requests in the window for a decision.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = 20)))]
     pub min_requests: Option<u64>,
+    /// Seconds of outcomes considered, 1 to 3600.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 3600), extend("default" = 10)))]
     pub window_s: Option<u64>,
+    /// Seconds an ejection lasts the first time (longer when it repeats), 1 to 86 400.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 86_400), extend("default" = 30)))]
     pub eject_s: Option<u64>,
+    /// Most of the service's weight that may be ejected at once, in percent.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(max = 100), extend("default" = 50)))]
     pub max_ejected_percent: Option<u64>,
+    /// Response statuses that count as failures, each 400 to 599 (`[]`: only Envoy's upstream
+    /// failures count).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(inner(range(min = 400, max = 599)), extend("default" = [500, 502, 503, 504])))]
     pub failure_codes: Option<Vec<u16>>,
+    /// Relative mode: eject only when the failure rate exceeds the other upstreams' by more than
+    /// this, in [0, 1).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("minimum" = 0, "exclusiveMaximum" = 1)))]
     pub relative_margin: Option<f64>,
 }
 
-/// Weights that change on a schedule: see `rollout.rs`.
+/// Weights that change on a schedule (see `rollout.rs`). Before `start` the service's own
+/// weights apply; from each step's time its weights do.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "rollout"))]
 #[serde(deny_unknown_fields)]
 pub struct RawRollout {
-    /// RFC 3339 UTC time, e.g. `2026-12-01T10:00:00Z`.
+    /// When the schedule starts: an RFC 3339 UTC time, e.g. `2026-12-01T10:00:00Z`.
     pub start: String,
+    /// Move the weights linearly from each step to the next instead of in steps.
     #[serde(default)]
     pub interpolate: bool,
+    /// The steps, at least one, in increasing `at_s`.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub steps: Vec<RawStep>,
 }
 
+/// One step of a rollout.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "rollout_step"))]
 #[serde(deny_unknown_fields)]
 pub struct RawStep {
+    /// Seconds after `start` at which the step's weights apply.
     pub at_s: u64,
-    /// Upstream name to weight; upstreams not listed get 0.
+    /// Upstream name to weight (0 to 1 000 000); upstreams not listed get 0.
     pub weights: RawStepWeights,
 }
 
@@ -302,54 +397,178 @@ impl<'de> Deserialize<'de> for RawHashOn {
     }
 }
 
+/// A match rule: requests that meet every condition of `match` go to `upstream`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "rule"))]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
+    /// The conditions, all of which must hold (at least one).
     #[serde(rename = "match")]
     pub matcher: RawMatch,
+    /// The name of one of the service's upstreams (any weight, 0 included).
     pub upstream: String,
 }
 
-/// Every condition listed must hold.
+/// Conditions on a request; every condition listed must hold.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "match"))]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
+    /// Conditions on request headers.
     #[serde(default)]
     pub headers: Vec<RawHeaderMatch>,
+    /// Conditions on cookies (from the `cookie` header).
     #[serde(default)]
     pub cookies: Vec<RawValueMatch>,
+    /// Conditions on URL-decoded query parameters of `:path`.
     #[serde(default)]
     pub query: Vec<RawValueMatch>,
 }
 
-/// Exactly one of `exact`, `prefix` or `present: true`.
+/// A condition on a request header: exactly one of `exact`, `prefix` or `present: true`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "header_condition"))]
 #[serde(deny_unknown_fields)]
 pub struct RawHeaderMatch {
+    /// The header's name (case-insensitive).
     pub name: String,
+    /// The header equals this value.
     #[serde(default)]
     pub exact: Option<String>,
+    /// The header starts with this value.
     #[serde(default)]
     pub prefix: Option<String>,
+    /// `true`: the header is present, whatever its value (`false` is not a condition).
     #[serde(default)]
     pub present: Option<bool>,
 }
 
+/// A condition on a cookie or a query parameter: its value equals `exact`.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "value_condition"))]
 #[serde(deny_unknown_fields)]
 pub struct RawValueMatch {
+    /// The cookie's or parameter's name.
     pub name: String,
+    /// The value it must equal.
     pub exact: String,
 }
 
+/// An upstream: an Envoy cluster and its weight.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "upstream"))]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
+    /// Unique within the service.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub name: String,
+    /// Envoy cluster name written to the cluster header; non-empty, no control characters, no
+    /// surrounding spaces.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub cluster: String,
+    /// When set, `:authority` is rewritten to it for requests sent to this upstream; when absent
+    /// `:authority` is left as the client sent it.
     #[serde(default)]
     pub authority: Option<String>,
-    /// Wider than the allowed range so that an out-of-range weight gets a precise message
-    /// from validation instead of a generic integer-overflow error from serde.
+    /// Each request picks upstream i with probability weight[i] / sum(weights); 0 means drained:
+    /// never picked.
+    // Wider than the allowed range so that an out-of-range weight gets a precise message from
+    // validation instead of a generic integer-overflow error from serde.
+    #[cfg_attr(feature = "schema", schemars(range(max = 1_000_000)))]
     pub weight: u64,
+}
+
+/// JSON Schemas of the types read by hand above (`meshsplit schema`; the derived types take
+/// theirs from their fields and doc comments).
+#[cfg(feature = "schema")]
+mod schema {
+    use std::borrow::Cow;
+
+    use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+
+    use super::{RawHashOn, RawOnUnknown, RawServiceFrom, RawStepWeights, RawStrategy};
+
+    /// `{"KEY": NAME}` with a non-empty NAME.
+    fn keyed(key: &str, description: &str) -> serde_json::Value {
+        serde_json::json!({
+            "type": "object",
+            "description": description,
+            "properties": {key: {"type": "string", "minLength": 1}},
+            "required": [key],
+            "additionalProperties": false,
+        })
+    }
+
+    impl JsonSchema for RawServiceFrom {
+        fn schema_name() -> Cow<'static, str> {
+            "service_from".into()
+        }
+
+        fn json_schema(_: &mut SchemaGenerator) -> Schema {
+            json_schema!({
+                "oneOf": [
+                    {"const": "authority", "description": "The `:authority` (`Host`) of the request."},
+                    keyed("header", "A request header."),
+                    keyed("query", "A URL-decoded query parameter of `:path`."),
+                ]
+            })
+        }
+    }
+
+    impl JsonSchema for RawHashOn {
+        fn schema_name() -> Cow<'static, str> {
+            "hash_on".into()
+        }
+
+        fn json_schema(_: &mut SchemaGenerator) -> Schema {
+            json_schema!({
+                "oneOf": [
+                    keyed("header", "A request header."),
+                    keyed("cookie", "A cookie of the `cookie` header."),
+                    keyed("query", "A URL-decoded query parameter of `:path`."),
+                ]
+            })
+        }
+    }
+
+    impl JsonSchema for RawOnUnknown {
+        fn schema_name() -> Cow<'static, str> {
+            "on_unknown_service".into()
+        }
+
+        fn json_schema(_: &mut SchemaGenerator) -> Schema {
+            json_schema!({"type": "string", "enum": ["pass", "reject"]})
+        }
+    }
+
+    impl JsonSchema for RawStrategy {
+        fn schema_name() -> Cow<'static, str> {
+            "strategy".into()
+        }
+
+        fn json_schema(_: &mut SchemaGenerator) -> Schema {
+            json_schema!({
+                "type": "string",
+                "enum": ["weighted", "round_robin", "least_request", "sticky"],
+            })
+        }
+    }
+
+    impl JsonSchema for RawStepWeights {
+        fn schema_name() -> Cow<'static, str> {
+            "step_weights".into()
+        }
+
+        fn json_schema(_: &mut SchemaGenerator) -> Schema {
+            json_schema!({
+                "type": "object",
+                "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 1_000_000},
+            })
+        }
+    }
 }

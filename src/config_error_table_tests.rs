@@ -7,6 +7,7 @@ use super::*;
 /// `service_from` and `hash_on` come last in their objects on purpose: that is where serde's enum
 /// reading once misplaced the path of a key source written as a plain string.
 const BASE: &str = r#"{
+  "$schema": "./meshsplit.schema.json",
   "cluster_header": "x-meshsplit-cluster",
   "on_unknown_service": "reject",
   "services": [
@@ -91,7 +92,7 @@ fn cases() -> Vec<Case> {
             "misspelt top-level field",
             patch(r#""cluster_header""#, r#""cluster_headers""#),
             "cluster_headers",
-            r#"unknown field "cluster_headers", expected one of "cluster_header", "service_from", "on_unknown_service", "services""#,
+            r#"unknown field "cluster_headers", expected one of "$schema", "cluster_header", "service_from", "on_unknown_service", "services""#,
         ),
         case(
             "service_from: unknown variant",
@@ -707,7 +708,7 @@ fn cases() -> Vec<Case> {
             "not an object",
             "[]".to_owned(),
             "",
-            "expected an object, got 3 items",
+            "expected an object, got a list",
         ),
     ]
 }

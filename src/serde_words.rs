@@ -34,6 +34,11 @@ pub fn reword(message: &str) -> String {
         }
     } else if let Some(rest) = text.strip_prefix("invalid length ") {
         match rest.split_once(", expected ") {
+            // serde reads an object from a list by position, and says so in these words when
+            // the list runs out before a required field.
+            Some((_, expected)) if expected.starts_with("struct ") => {
+                "expected an object, got a list".to_owned()
+            }
             Some((length, expected)) => {
                 format!("expected {}, got {length} items", expected_words(expected))
             }
@@ -183,6 +188,10 @@ mod tests {
                 "expected an object, got a list",
             ),
             ("expected struct RawConfig", "expected an object"),
+            (
+                "invalid length 4, expected struct RawConfig with 5 elements",
+                "expected an object, got a list",
+            ),
             (
                 "trailing characters at line 3 column 1",
                 "trailing characters at line 3 column 1",

@@ -17,6 +17,7 @@ mod preview;
 mod replace;
 mod route_patches;
 mod schedule;
+mod schema;
 mod simulate;
 mod source;
 mod status;
@@ -29,7 +30,7 @@ mod fuzz;
 mod fuzz_tests;
 
 /// Check, preview and apply meshsplit plugin configurations before Envoy or Istio gets them;
-/// show the split in force from Envoy's stats.
+/// show the split in force from Envoy's stats; print the configuration's JSON Schema.
 #[derive(Debug, Parser)]
 #[command(name = "meshsplit", version)]
 struct Cli {
@@ -43,6 +44,7 @@ enum Command {
     Preview(preview::Args),
     Apply(apply::Args),
     Status(status::Args),
+    Schema(schema::Args),
 }
 
 /// How a command ended; the process exit code. A run that meets several outcomes ends with the
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         Command::Preview(args) => preview::run(args),
         Command::Apply(args) => apply::run(args),
         Command::Status(args) => status::run(args),
+        Command::Schema(args) => schema::run(args),
     };
     ExitCode::from(status as u8)
 }

@@ -56,7 +56,8 @@ pub struct RawService {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawGuard {
-    pub error_rate: f64,
+    #[serde(default)]
+    pub error_rate: Option<f64>,
     #[serde(default)]
     pub min_requests: Option<u64>,
     #[serde(default)]
@@ -69,6 +70,16 @@ pub struct RawGuard {
     pub failure_codes: Option<Vec<u16>>,
     #[serde(default)]
     pub relative_margin: Option<f64>,
+    #[serde(default)]
+    pub latency: Option<RawLatency>,
+}
+
+/// Ejects an upstream whose requests got slow: see `guard.rs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLatency {
+    pub percentile: f64,
+    pub threshold_ms: u64,
 }
 
 /// Weights that change on a schedule: see `rollout.rs`.

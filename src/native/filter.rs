@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::abi::{Filter, FilterConfig};
 use super::host::{create_in, FilterHost, StoreOnly};
 use super::{
-    initial_weight_gauges, namespace, record_outcome, tick_stats, with_plan, Counters, Source,
+    initial_weight_gauges, namespace, record_outcome, tick_stats, with_plan_timed, Counters, Source,
 };
 use crate::guard;
 use crate::host::Host;
@@ -130,6 +130,8 @@ pub struct Stream {
     /// The (service, upstream) of a guarded service this stream went to: its outcome feeds the
     /// guard when it ends.
     observed: Option<(usize, usize)>,
+    /// When its request headers came, if its service has a latency guard.
+    started: Option<std::time::Instant>,
 }
 
 struct Lease {
@@ -145,6 +147,7 @@ pub fn stream_new(config: &SharedConfig) -> Stream {
         config: Arc::clone(config),
         lease: None,
         observed: None,
+        started: None,
     }
 }
 
@@ -174,13 +177,14 @@ pub fn request_headers(stream: &mut Stream, filter: Filter) -> Verdict {
             filter.set_gauge(id, 0);
         }
     }
-    let routed = with_plan(config, &host, |plan, rng| {
+    let routed = with_plan_timed(config, &host, |plan, rng, now| {
         (
             on_request_headers(plan, rng, &host, PROCESS_OWNER),
             Rc::clone(plan),
+            now,
         )
     });
-    let Some((routed, plan)) = routed else {
+    let Some((routed, plan, now)) = routed else {
         // No plan on this thread (it could not be built, or a hook re-entered): no decision.
         log::error!("no plan to route a request with; failing closed");
         return fail_closed(config, filter);
@@ -192,12 +196,11 @@ pub fn request_headers(stream: &mut Stream, filter: Filter) -> Verdict {
         service, upstream, ..
     } = routed.counted
     {
-        let guarded = plan
-            .services
-            .get(service)
-            .is_some_and(|s| s.guard.is_some());
-        if guarded {
+        if let Some(guard) = plan.services.get(service).and_then(|s| s.guard.as_ref()) {
             stream.observed = Some((service, upstream));
+            if guard.latency.is_some() {
+                stream.started = now;
+            }
         }
     }
     if let Some((service, upstream)) = routed.lease {
@@ -255,7 +258,14 @@ pub fn stream_complete(stream: &mut Stream, filter: Filter) {
             None
         };
         if let Some(outcome) = guard::outcome(code, flags) {
-            record_outcome(&stream.config, &host, service, upstream, outcome);
+            record_outcome(
+                &stream.config,
+                &host,
+                service,
+                upstream,
+                outcome,
+                stream.started,
+            );
         }
     }
 }

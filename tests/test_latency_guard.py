@@ -11,6 +11,7 @@ import harness
 import stats
 from stats import chi_square
 from test_guard import PROPAGATION_S, Load, stat
+from test_split import start_refused
 
 WINDOW_S, EJECT_S = 2, 6
 # The slow upstream answers after this long; the threshold is well below it and well above
@@ -102,3 +103,11 @@ def test_caps_hold_when_every_upstream_is_slow(build, wasm, tmp_path, cap, eject
         if ejected == 0:
             # Not for want of requests: each upstream saw at least min_requests in a window.
             assert all(load.since(0)[u] >= 2 * 10 for u in ("v1", "v2")), load.since(0)
+
+
+@pytest.mark.builds("specifier")
+def test_specifier_refuses_a_latency_guard_as_any_guard(build, tmp_path):
+    code, log = start_refused(plugin(), tmp_path)
+    assert code != 0
+    assert ("invalid configuration: services[0].guard: the guard needs to see each response, which "
+            "a cluster specifier does not") in log, log[-5000:]

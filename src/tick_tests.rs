@@ -458,11 +458,19 @@ fn a_tick_reads_and_writes_one_value_per_service_whatever_the_window() {
 
 #[test]
 fn a_wall_clock_step_in_either_direction_does_not_change_how_long_an_ejection_lasts() {
-    for step_ms in [-3_600_000i64, -60_000, 60_000, 3_600_000] {
-        let p = plan(GUARD);
+    // An ejection for errors, and one for latency.
+    let cases = [GUARD, LATENCY].into_iter().flat_map(|guard| {
+        [-3_600_000i64, -60_000, 60_000, 3_600_000].map(|step_ms| (guard, step_ms))
+    });
+    for (guard, step_ms) in cases {
+        let p = plan(guard);
         let host = FakeHost::default();
         let mut tick = PlanTick::new(&p, None);
-        traffic(&mut tick, 10, true);
+        if guard == LATENCY {
+            timed_traffic(&mut tick, 10, 400);
+        } else {
+            traffic(&mut tick, 10, true);
+        }
         let mono = 5_000_000;
         tick.run(
             &p,
@@ -874,36 +882,6 @@ fn two_workers_deciding_at_once_on_latency_never_eject_the_last_upstream() {
         "{weights:?}"
     );
     assert_eq!(ejections.iter().sum::<u32>(), 1);
-}
-
-#[test]
-fn a_wall_clock_step_in_either_direction_does_not_change_a_latency_ejection() {
-    for step_ms in [-3_600_000i64, 3_600_000] {
-        let p = plan(LATENCY);
-        let host = FakeHost::default();
-        let mut tick = PlanTick::new(&p, None);
-        timed_traffic(&mut tick, 10, 400);
-        let mono = 5_000_000;
-        tick.run(
-            &p,
-            "p",
-            &host,
-            Now {
-                wall_ms: NOW_MS,
-                monotonic_ms: mono,
-            },
-        );
-        assert_eq!(weights(&p), [50, 0]);
-        let wall = NOW_MS.checked_add_signed(step_ms).unwrap();
-        let later = |ms| Now {
-            wall_ms: wall + ms,
-            monotonic_ms: mono + ms,
-        };
-        tick.run(&p, "p", &host, later(19_000));
-        assert_eq!(weights(&p), [50, 0], "step {step_ms}");
-        tick.run(&p, "p", &host, later(20_000));
-        assert_eq!(weights(&p), [50, 50], "step {step_ms}");
-    }
 }
 
 #[test]

@@ -339,15 +339,10 @@ fn a_paused_canary_never_ejects_the_last_upstream() {
 
 // ---- two workers deciding at once ----
 
-/// Worker A and worker B, each with `n` failing outcomes of every upstream in `failing`,
-/// decide in the same tick, A landing between B's read and B's write. Returns the weights
-/// both end with and the ejections counted.
-fn decide_at_once(p_a: &Plan, p_b: &Plan, failing: &[usize], n: usize) -> (Vec<u32>, Vec<u32>) {
-    decide_at_once_after(p_a, p_b, failing, n, status(true), None)
-}
-
-/// [`decide_at_once`], each outcome of a failing upstream being `outcome` after `elapsed_ms`.
-fn decide_at_once_after(
+/// Worker A and worker B, each with `n` failing outcomes (`outcome`, after `elapsed_ms`) of
+/// every upstream in `failing`, decide in the same tick, A landing between B's read and B's
+/// write. Returns the weights both end with and the ejections counted.
+fn decide_at_once(
     p_a: &Plan,
     p_b: &Plan,
     failing: &[usize],
@@ -396,33 +391,55 @@ fn decide_at_once_after(
     (weights(p_a), ejections)
 }
 
+/// What ejects, and an outcome that meets it: failures, or slow requests.
+fn conditions() -> [(&'static str, Outcome, Option<u64>); 2] {
+    [
+        (r#""error_rate": 0.5"#, status(true), None),
+        (
+            r#""latency": {"percentile": 95, "threshold_ms": 250}"#,
+            status(false),
+            Some(400),
+        ),
+    ]
+}
+
+/// A guard ejecting on `condition` with `max_ejected_percent`.
+fn guard_with(condition: &str, max_ejected_percent: u32) -> String {
+    format!(
+        r#""guard": {{{condition}, "min_requests": 10, "window_s": 5, "eject_s": 60,
+                      "max_ejected_percent": {max_ejected_percent}}},"#
+    )
+}
+
 #[test]
 fn two_workers_deciding_at_once_keep_the_cap() {
-    let guard = r#""guard": {"error_rate": 0.5, "min_requests": 10, "window_s": 5, "eject_s": 60,
-                              "max_ejected_percent": 50},"#;
-    let (p_a, p_b) = (three(guard), three(guard));
-    let (weights, ejections) = decide_at_once(&p_a, &p_b, &[0, 1, 2], 10);
-    // One upstream (a third of the weight) fits in 50 %; a second would not.
-    assert_eq!(
-        weights.iter().filter(|&&w| w == 0).count(),
-        1,
-        "{weights:?}"
-    );
-    assert_eq!(ejections.iter().sum::<u32>(), 1);
+    for (condition, outcome, elapsed_ms) in conditions() {
+        let guard = guard_with(condition, 50);
+        let (p_a, p_b) = (three(&guard), three(&guard));
+        let (weights, ejections) = decide_at_once(&p_a, &p_b, &[0, 1, 2], 10, outcome, elapsed_ms);
+        // One upstream (a third of the weight) fits in 50 %; a second would not.
+        assert_eq!(
+            weights.iter().filter(|&&w| w == 0).count(),
+            1,
+            "{condition}: {weights:?}"
+        );
+        assert_eq!(ejections.iter().sum::<u32>(), 1, "{condition}");
+    }
 }
 
 #[test]
 fn two_workers_deciding_at_once_never_eject_the_last_upstream() {
-    let guard = r#""guard": {"error_rate": 0.5, "min_requests": 10, "window_s": 5, "eject_s": 60,
-                              "max_ejected_percent": 100},"#;
-    let (p_a, p_b) = (plan(guard), plan(guard));
-    let (weights, ejections) = decide_at_once(&p_a, &p_b, &[0, 1], 10);
-    assert_eq!(
-        weights.iter().filter(|&&w| w == 0).count(),
-        1,
-        "{weights:?}"
-    );
-    assert_eq!(ejections.iter().sum::<u32>(), 1);
+    for (condition, outcome, elapsed_ms) in conditions() {
+        let guard = guard_with(condition, 100);
+        let (p_a, p_b) = (plan(&guard), plan(&guard));
+        let (weights, ejections) = decide_at_once(&p_a, &p_b, &[0, 1], 10, outcome, elapsed_ms);
+        assert_eq!(
+            weights.iter().filter(|&&w| w == 0).count(),
+            1,
+            "{condition}: {weights:?}"
+        );
+        assert_eq!(ejections.iter().sum::<u32>(), 1, "{condition}");
+    }
 }
 
 // ---- what a tick costs does not depend on the window ----
@@ -850,38 +867,6 @@ fn a_sampled_slow_outcome_counts_for_the_streams_it_stands_for() {
     );
     // Half slow: p95 above the threshold.
     assert_eq!(weights(&p), [50, 0]);
-}
-
-#[test]
-fn two_workers_deciding_at_once_on_latency_keep_the_cap() {
-    let guard = r#""guard": {"min_requests": 10, "window_s": 5, "eject_s": 60,
-                              "max_ejected_percent": 50,
-                              "latency": {"percentile": 95, "threshold_ms": 250}},"#;
-    let (p_a, p_b) = (three(guard), three(guard));
-    let (weights, ejections) =
-        decide_at_once_after(&p_a, &p_b, &[0, 1, 2], 10, status(false), Some(400));
-    assert_eq!(
-        weights.iter().filter(|&&w| w == 0).count(),
-        1,
-        "{weights:?}"
-    );
-    assert_eq!(ejections.iter().sum::<u32>(), 1);
-}
-
-#[test]
-fn two_workers_deciding_at_once_on_latency_never_eject_the_last_upstream() {
-    let guard = r#""guard": {"min_requests": 10, "window_s": 5, "eject_s": 60,
-                              "max_ejected_percent": 100,
-                              "latency": {"percentile": 95, "threshold_ms": 250}},"#;
-    let (p_a, p_b) = (plan(guard), plan(guard));
-    let (weights, ejections) =
-        decide_at_once_after(&p_a, &p_b, &[0, 1], 10, status(false), Some(400));
-    assert_eq!(
-        weights.iter().filter(|&&w| w == 0).count(),
-        1,
-        "{weights:?}"
-    );
-    assert_eq!(ejections.iter().sum::<u32>(), 1);
 }
 
 #[test]

@@ -147,26 +147,32 @@ fn rollout_steps_apply_on_the_tick_from_the_absolute_start() {
 
 #[test]
 fn an_ejected_upstream_the_rollout_is_raising_pauses_the_rollout() {
-    let p = plan(&format!("{ROLLOUT} {GUARD}"));
-    let start = p.services[0].rollout.as_ref().unwrap().start_ms;
-    let host = FakeHost::default();
-    let mut tick = PlanTick::new(&p, None);
-    tick.run(&p, "p", &host, at(start + 1000));
-    assert_eq!(weights(&p), [99, 1]);
-    // v2 fails while at 1 %: ejected, and the rollout holds at 99/1 (v2 at 0 while ejected).
-    for _ in 0..20 {
-        tick.record_outcome(0, 1, status(true), 1);
+    // Ejected for errors, or for latency.
+    for (guard, outcome, elapsed_ms) in [
+        (GUARD, status(true), None),
+        (LATENCY, status(false), Some(400)),
+    ] {
+        let p = plan(&format!("{ROLLOUT} {guard}"));
+        let start = p.services[0].rollout.as_ref().unwrap().start_ms;
+        let host = FakeHost::default();
+        let mut tick = PlanTick::new(&p, None);
+        tick.run(&p, "p", &host, at(start + 1000));
+        assert_eq!(weights(&p), [99, 1]);
+        // v2 fails while at 1 %: ejected, and the rollout holds at 99/1 (v2 at 0 while ejected).
+        for _ in 0..20 {
+            tick.record_timed_outcome(0, 1, outcome, 1, elapsed_ms);
+        }
+        tick.run(&p, "p", &host, at(start + 2000));
+        assert_eq!(weights(&p), [99, 0], "{guard}");
+        // The step to 75/25 comes while v2 is ejected: paused.
+        tick.run(&p, "p", &host, at(start + 12_000));
+        assert_eq!(weights(&p), [99, 0], "{guard}");
+        assert_eq!(host.gauge("meshsplit.p.svc.rollout_paused"), 1);
+        // Readmitted after eject_s: the schedule resumes where the clock is.
+        tick.run(&p, "p", &host, at(start + 22_000));
+        assert_eq!(weights(&p), [0, 100], "{guard}");
+        assert_eq!(host.gauge("meshsplit.p.svc.rollout_paused"), 0);
     }
-    tick.run(&p, "p", &host, at(start + 2000));
-    assert_eq!(weights(&p), [99, 0]);
-    // The step to 75/25 comes while v2 is ejected: paused.
-    tick.run(&p, "p", &host, at(start + 12_000));
-    assert_eq!(weights(&p), [99, 0]);
-    assert_eq!(host.gauge("meshsplit.p.svc.rollout_paused"), 1);
-    // Readmitted after eject_s: the schedule resumes where the clock is.
-    tick.run(&p, "p", &host, at(start + 22_000));
-    assert_eq!(weights(&p), [0, 100]);
-    assert_eq!(host.gauge("meshsplit.p.svc.rollout_paused"), 0);
 }
 
 thread_local! {
@@ -875,26 +881,4 @@ fn percentiles_are_written_as_given() {
     assert_eq!(percentile_text(99_900), "99.9");
     assert_eq!(percentile_text(99_990), "99.99");
     assert_eq!(percentile_text(50_005), "50.005");
-}
-
-#[test]
-fn a_latency_ejection_of_an_upstream_the_rollout_is_raising_pauses_the_rollout() {
-    let p = plan(&format!("{ROLLOUT} {LATENCY}"));
-    let start = p.services[0].rollout.as_ref().unwrap().start_ms;
-    let host = FakeHost::default();
-    let mut tick = PlanTick::new(&p, None);
-    tick.run(&p, "p", &host, at(start + 1000));
-    assert_eq!(weights(&p), [99, 1]);
-    // v2 is slow while at 1 %: ejected, and the rollout holds at 99/1 (v2 at 0 while ejected).
-    for _ in 0..20 {
-        tick.record_timed_outcome(0, 1, status(false), 1, Some(400));
-    }
-    tick.run(&p, "p", &host, at(start + 2000));
-    assert_eq!(weights(&p), [99, 0]);
-    tick.run(&p, "p", &host, at(start + 12_000));
-    assert_eq!(weights(&p), [99, 0]);
-    assert_eq!(host.gauge("meshsplit.p.svc.rollout_paused"), 1);
-    tick.run(&p, "p", &host, at(start + 22_000));
-    assert_eq!(weights(&p), [0, 100]);
-    assert_eq!(host.gauge("meshsplit.p.svc.rollout_paused"), 0);
 }

@@ -65,11 +65,12 @@ CONTROLS = {"A'": "A", "D'": "D"}
 HEAVY = {"UW", "UN"}
 # Scenarios counted in instructions only: the floors that price one crossing each differ by a
 # few thousand instructions, below what CPU time resolves here; GS is a benchmark-only build.
-CALLGRIND_ONLY = {"GS"}  # and the crossing floors (FLOORS)
+CALLGRIND_ONLY = {"GS", "GLS"}  # and the crossing floors (FLOORS)
 # Scenarios whose counted requests under callgrind are paced (requests a second, how many): GD at
 # 10 a second reads every stream's outcome (the guard's budget is 16 per upstream and 500 ms
-# tick), a rate-independent and so repeatable figure; GS is the sampled path.
-PACED = {"GD": (10, 300)}
+# tick), a rate-independent and so repeatable figure, as GL does with a latency guard too; GS
+# and GLS are the sampled paths.
+PACED = {"GD": (10, 300), "GL": (10, 300)}
 # What --quick runs under callgrind: the controls, a wasm, a native and a heavy scenario.
 QUICK_CALLGRIND = {"A", "A'", "D", "D'", "N", "UN"}
 # The scenario whose filters are being built: each wasm scenario gets its own vm_id, so copies
@@ -280,6 +281,28 @@ def meshsplit_guard():
 def meshsplit_guard_sampled():
     return [wasm_filter(SAMPLED_WASM, meshsplit_config([dict(REVIEWS, guard=GUARD)]))], \
         cluster_header_routes()
+
+
+# GD's guard with a latency condition too: a timed stream reads the clock when its request
+# headers come and when it ends (wasm); the native filter reuses its tick's clock reads.
+LATENCY_GUARD = dict(GUARD, latency={"percentile": 95, "threshold_ms": 250})
+
+
+@scenario("GL", "latency guard", "GD with a latency guard too (p95 above 250 ms)")
+def meshsplit_latency_guard():
+    return [wasm_filter(harness.WASM, meshsplit_config([dict(REVIEWS, guard=LATENCY_GUARD)]))], \
+        cluster_header_routes()
+
+
+@scenario("GLS", "latency guard sampled", "GL past the guard's budget: one stream in 16 timed and read (benchmark build)")
+def meshsplit_latency_guard_sampled():
+    return [wasm_filter(SAMPLED_WASM, meshsplit_config([dict(REVIEWS, guard=LATENCY_GUARD)]))], \
+        cluster_header_routes()
+
+
+@scenario("GLN", "native latency guard", "GN with a latency guard too (p95 above 250 ms)")
+def meshsplit_native_latency_guard():
+    return [native_filter([dict(REVIEWS, guard=LATENCY_GUARD)])], cluster_header_routes()
 
 
 @scenario("RO", "rollout", "meshsplit with a rollout in force (its last step: 90/10)")
@@ -884,12 +907,15 @@ PAIRS = (("A'", "A", "control: A measured twice; noise floor"),
          ("D", "C", "wasm filter over Lua; target D ≤ C"),
          ("GD", "D", "the guard, wasm, every outcome read (below 32 requests/s per worker and upstream)"),
          ("GS", "D", "the guard, wasm, past its budget: one outcome read in 16; target ≤ +3 k instructions"),
+         ("GL", "GD", "a latency condition on the guard, wasm, every stream timed: two clock reads"),
+         ("GLS", "GS", "a latency condition on the guard, wasm, past its budget: one stream in 16 timed"),
          ("W", "R", "what the SDK's extra exports cost"),
          ("D", "R", "meshsplit's own logic over the raw-ABI floor"),
          ("D", "M", "what the request counters cost"),
          ("K", "B", "cluster specifier over weighted_clusters"),
          ("N", "C", "native filter over Lua"),
          ("GN", "N", "the guard on healthy upstreams, native filter"),
+         ("GLN", "GN", "a latency condition on the guard, native filter (no clock read of its own)"),
          ("L", "D", "least request over weighted"),
          ("S", "D", "sticky over weighted"),
          ("DK", "D", "the response-headers callback exported, for a service assigning no cookie"),

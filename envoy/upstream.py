@@ -13,7 +13,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-def make_handler(name, delay=0.0):
+def make_handler(name):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         # Headers and body are written separately: without this every response waits for
@@ -21,6 +21,10 @@ def make_handler(name, delay=0.0):
         disable_nagle_algorithm = True
 
         def do_GET(self):
+            # Seconds before answering: the server's `delay`, which tests may change (or set to
+            # a function giving each answer's delay), as they do `status`.
+            delay = self.server.delay
+            delay = delay() if callable(delay) else delay
             if delay:
                 time.sleep(delay)
             body = json.dumps({
@@ -52,11 +56,13 @@ class Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
     status = 200
+    delay = 0.0
 
 
 def serve(name, port=0, bind="127.0.0.1", delay=0.0):
     """Starts an upstream in a background thread; returns the server (`.server_port`, `.shutdown()`)."""
-    server = Server((bind, port), make_handler(name, delay))
+    server = Server((bind, port), make_handler(name))
+    server.delay = delay
     threading.Thread(target=server.serve_forever, name=f"upstream-{name}", daemon=True).start()
     return server
 

@@ -261,9 +261,11 @@ pub enum RawSameSite {
 #[cfg_attr(feature = "schema", schemars(rename = "guard"))]
 #[serde(deny_unknown_fields)]
 pub struct RawGuard {
-    /// Fraction of failed requests above which an upstream is ejected, in (0, 1).
+    /// Fraction of failed requests above which an upstream is ejected, in (0, 1). Optional when
+    /// `latency` is given; at least one of the two is required.
+    #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(extend("exclusiveMinimum" = 0, "exclusiveMaximum" = 1)))]
-    pub error_rate: f64,
+    pub error_rate: Option<f64>,
     /// Fewest requests in the window for a decision.
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(extend("default" = 20)))]
@@ -286,10 +288,31 @@ pub struct RawGuard {
     #[cfg_attr(feature = "schema", schemars(inner(range(min = 400, max = 599)), extend("default" = [500, 502, 503, 504])))]
     pub failure_codes: Option<Vec<u16>>,
     /// Relative mode: eject only when the failure rate exceeds the other upstreams' by more than
-    /// this, in [0, 1).
+    /// this, in [0, 1). Only with `error_rate`.
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(extend("minimum" = 0, "exclusiveMaximum" = 1)))]
     pub relative_margin: Option<f64>,
+    /// Also eject an upstream whose requests got slow: when the `percentile` of their durations
+    /// over the window is above `threshold_ms`.
+    #[serde(default)]
+    pub latency: Option<RawLatency>,
+}
+
+/// Ejects an upstream whose requests got slow (see `guard.rs`): the time from the request's
+/// headers reaching meshsplit to the stream's end, per upstream over the guard's window and
+/// `min_requests`.
+#[derive(Debug, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(rename = "latency"))]
+#[serde(deny_unknown_fields)]
+pub struct RawLatency {
+    /// The percentile checked (nearest rank), in (0, 100] with at most three decimals.
+    #[cfg_attr(feature = "schema", schemars(extend("exclusiveMinimum" = 0, "maximum" = 100)))]
+    pub percentile: f64,
+    /// The upstream is ejected when that percentile is above this many milliseconds, 1 to
+    /// 3 600 000.
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 3_600_000)))]
+    pub threshold_ms: u64,
 }
 
 /// Weights that change on a schedule (see `rollout.rs`). Before `start` the service's own

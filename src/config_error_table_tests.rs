@@ -31,7 +31,8 @@ const BASE: &str = r#"{
       "hash_on": {"cookie": "session"}
     },
     {"name": "ratings", "upstreams": [{"name": "r1", "cluster": "ratings_v1", "weight": 1}],
-     "guard": {"error_rate": 0.5, "min_requests": 20, "window_s": 10, "eject_s": 30, "max_ejected_percent": 50},
+     "guard": {"error_rate": 0.5, "min_requests": 20, "window_s": 10, "eject_s": 30, "max_ejected_percent": 50,
+               "latency": {"percentile": 95, "threshold_ms": 250}},
      "rollout": {"start": "2026-12-01T10:00:00Z", "interpolate": true,
                  "steps": [{"at_s": 0, "weights": {"r1": 99}}, {"at_s": 600, "weights": {"r1": 100}}]}}
   ],
@@ -651,10 +652,74 @@ fn cases() -> Vec<Case> {
             r#"unknown field "eject", expected one of "error_rate", "min_requests", "window_s", "eject_s", "max_ejected_percent", "failure_codes", "relative_margin""#,
         ),
         case(
-            "guard without error_rate",
-            patch(r#""error_rate": 0.5, "#, ""),
+            "guard with neither error_rate nor latency",
+            patch(
+                r#""error_rate": 0.5, "min_requests": 20, "window_s": 10, "eject_s": 30, "max_ejected_percent": 50,
+               "latency": {"percentile": 95, "threshold_ms": 250}}"#,
+                r#""min_requests": 20}"#,
+            ),
             "services[1].guard",
-            r#"missing field "error_rate""#,
+            r#"needs "error_rate", "latency" or both"#,
+        ),
+        case(
+            "guard failure_codes without error_rate",
+            patch(r#""error_rate": 0.5, "#, r#""failure_codes": [500], "#),
+            "services[1].guard.failure_codes",
+            r#"has no "error_rate""#,
+        ),
+        case(
+            "guard relative_margin without error_rate",
+            patch(r#""error_rate": 0.5, "#, r#""relative_margin": 0.1, "#),
+            "services[1].guard.relative_margin",
+            r#"has no "error_rate""#,
+        ),
+        case(
+            "latency percentile of 0",
+            patch(r#""percentile": 95"#, r#""percentile": 0"#),
+            "services[1].guard.latency.percentile",
+            "must be above 0 and at most 100",
+        ),
+        case(
+            "latency percentile above 100",
+            patch(r#""percentile": 95"#, r#""percentile": 100.5"#),
+            "services[1].guard.latency.percentile",
+            "must be above 0 and at most 100",
+        ),
+        case(
+            "latency percentile with four decimals",
+            patch(r#""percentile": 95"#, r#""percentile": 99.9999"#),
+            "services[1].guard.latency.percentile",
+            "at most three decimals",
+        ),
+        case(
+            "latency percentile as a string",
+            patch(r#""percentile": 95"#, r#""percentile": "p95""#),
+            "services[1].guard.latency.percentile",
+            r#"expected a number, got the string "p95""#,
+        ),
+        case(
+            "latency threshold_ms of 0",
+            patch(r#""threshold_ms": 250"#, r#""threshold_ms": 0"#),
+            "services[1].guard.latency.threshold_ms",
+            "must be from 1 to 3600000, got 0",
+        ),
+        case(
+            "latency threshold_ms negative",
+            patch(r#""threshold_ms": 250"#, r#""threshold_ms": -5"#),
+            "services[1].guard.latency.threshold_ms",
+            "expected a whole number (0 or more), got the number -5",
+        ),
+        case(
+            "latency without threshold_ms",
+            patch(r#", "threshold_ms": 250"#, ""),
+            "services[1].guard.latency",
+            r#"missing field "threshold_ms""#,
+        ),
+        case(
+            "unknown latency field",
+            patch(r#""threshold_ms": 250"#, r#""threshold": 250"#),
+            "services[1].guard.latency.threshold",
+            r#"unknown field "threshold", expected "percentile" or "threshold_ms""#,
         ),
         case(
             "rollout start that is not RFC 3339",

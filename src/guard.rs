@@ -19,6 +19,15 @@
 //! upstreams, as canary analysis compares canary and baseline: it is ejected only when its
 //! failure rate exceeds theirs by the margin, so traffic that fails on every version ejects
 //! nothing.
+//!
+//! A latency guard (`latency`) ejects the same way an upstream whose requests got slow: the
+//! `percentile`-th percentile of the time from a request's headers reaching meshsplit to the
+//! end of its stream, over the same window and `min_requests`, above `threshold_ms`. The
+//! decision is exact without a histogram: the P-th percentile (nearest rank) of n durations is
+//! above T exactly when more than (100 - P) % of them are above T, so each slice counts the
+//! requests slower than the threshold beside the failures, and the guard compares that share
+//! with 100 - P. Durations are whole milliseconds of the monotonic clock (a request counts as
+//! slow when its duration, to the millisecond, exceeds `threshold_ms`).
 
 /// Most doublings of `eject_s` for an upstream that keeps failing.
 pub const MAX_BACKOFF: u32 = 5;
@@ -26,7 +35,8 @@ pub const MAX_BACKOFF: u32 = 5;
 /// A compiled `guard`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Guard {
-    pub error_rate: f64,
+    /// Eject above this share of failures (`None`: failures never eject).
+    pub error_rate: Option<f64>,
     pub min_requests: u64,
     pub window_s: u64,
     pub eject_s: u64,
@@ -35,6 +45,48 @@ pub struct Guard {
     pub failure_codes: Vec<u16>,
     /// Relative mode: eject only above the other admitted upstreams' failure rate plus this.
     pub relative_margin: Option<f64>,
+    /// Eject when a percentile of the requests' durations is above a threshold.
+    pub latency: Option<Latency>,
+}
+
+/// A compiled `guard.latency`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Latency {
+    /// The percentile, in thousandths (95 is 95 000, 99.9 is 99 900).
+    pub percentile_milli: u64,
+    pub threshold_ms: u64,
+}
+
+impl Latency {
+    /// Whether a request that took `elapsed_ms` counts as slow.
+    pub fn slow(&self, elapsed_ms: u64) -> bool {
+        elapsed_ms > self.threshold_ms
+    }
+
+    /// Whether the percentile of `requests` durations, `slow` of them slow, is above the
+    /// threshold: more than (100 - P) % of them are slow (exact integer arithmetic).
+    pub fn exceeded(&self, requests: u64, slow: u64) -> bool {
+        let allowed_milli = 100_000u64.saturating_sub(self.percentile_milli);
+        u128::from(slow) * 100_000 > u128::from(requests) * u128::from(allowed_milli)
+    }
+}
+
+/// Why an upstream was ejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Its share of failures was above `error_rate`.
+    Errors,
+    /// Its latency percentile was above `threshold_ms`.
+    Latency,
+}
+
+impl Reason {
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Errors => "errors",
+            Reason::Latency => "latency",
+        }
+    }
 }
 
 impl Guard {
@@ -55,47 +107,59 @@ pub fn slice_ms(window_s: u64) -> u64 {
     (window_s.saturating_mul(1000) / WINDOW_SLICES as u64).max(1)
 }
 
+/// Outcomes of some requests: how many, how many failed, how many were slower than the
+/// latency guard's threshold (0 without a latency guard).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub requests: u64,
+    pub failures: u64,
+    pub slow: u64,
+}
+
+impl Counts {
+    pub fn plus(self, other: Counts) -> Counts {
+        Counts {
+            requests: self.requests.saturating_add(other.requests),
+            failures: self.failures.saturating_add(other.failures),
+            slow: self.slow.saturating_add(other.slow),
+        }
+    }
+}
+
 /// Outcomes of one upstream in one slice: `slice` is the slice's number on the monotonic
 /// clock (monotonic milliseconds divided by the slice length).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Bucket {
     pub slice: u64,
-    pub requests: u64,
-    pub failures: u64,
+    pub counts: Counts,
 }
 
 impl Bucket {
-    /// This bucket with `requests` and `failures` of slice `slice` added (a bucket holding an
-    /// older slice starts afresh).
-    pub fn add(self, slice: u64, requests: u64, failures: u64) -> Self {
+    /// This bucket with `counts` of slice `slice` added (a bucket holding an older slice starts
+    /// afresh).
+    pub fn add(self, slice: u64, counts: Counts) -> Self {
         let base = if self.slice == slice {
-            self
+            self.counts
         } else {
-            Bucket {
-                slice,
-                ..Bucket::default()
-            }
+            Counts::default()
         };
         Bucket {
             slice,
-            requests: base.requests.saturating_add(requests),
-            failures: base.failures.saturating_add(failures),
+            counts: base.plus(counts),
         }
     }
 }
 
 /// Sum of the buckets of the last [`WINDOW_SLICES`] slices up to `now_slice`, counting only
 /// slices from `since_slice` on.
-pub fn window_totals(buckets: &[Bucket], now_slice: u64, since_slice: u64) -> (u64, u64) {
+pub fn window_totals(buckets: &[Bucket], now_slice: u64, since_slice: u64) -> Counts {
     let first = now_slice
         .saturating_sub(WINDOW_SLICES as u64 - 1)
         .max(since_slice);
     buckets
         .iter()
         .filter(|b| b.slice >= first && b.slice <= now_slice)
-        .fold((0, 0), |(r, f), b| {
-            (r.saturating_add(b.requests), f.saturating_add(b.failures))
-        })
+        .fold(Counts::default(), |sum, b| sum.plus(b.counts))
 }
 
 /// Ejection state of one upstream, shared by all workers. Times are seconds of the monotonic
@@ -129,16 +193,20 @@ pub struct Seen {
     pub weight: u32,
     pub requests: u64,
     pub failures: u64,
+    /// Requests slower than the latency guard's threshold.
+    pub slow: u64,
     pub ejection: Ejection,
 }
 
 /// A change of one upstream's ejection state.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Change {
-    /// Eject upstream `upstream` (its new state), having seen `rate` over `requests`.
+    /// Eject upstream `upstream` (its new state) for `reason`, having seen `rate` (of failures,
+    /// or of slow requests) over `requests`.
     Eject {
         upstream: usize,
         state: Ejection,
+        reason: Reason,
         rate: f64,
         requests: u64,
     },
@@ -171,8 +239,9 @@ impl Guard {
             .fold((0u64, 0u64), |(r, f), u| {
                 (r.saturating_add(u.requests), f.saturating_add(u.failures))
             });
-        // Worst first, so the cap ejects the upstreams that fail most.
-        let mut failing: Vec<(usize, f64, u64)> = Vec::new();
+        // Worst first, so the cap ejects the upstreams that fail most (errors and latency
+        // ranked together by their share of failed or slow requests).
+        let mut failing: Vec<(usize, f64, u64, Reason)> = Vec::new();
         for (index, u) in upstreams.iter().enumerate() {
             let ejection = u.ejection;
             if ejection.is_ejected(now_s) {
@@ -187,11 +256,14 @@ impl Guard {
                     },
                 });
             }
-            let rate = if u.requests == 0 {
-                0.0
-            } else {
-                u.failures as f64 / u.requests as f64
+            let share = |n: u64| {
+                if u.requests == 0 {
+                    0.0
+                } else {
+                    n as f64 / u.requests as f64
+                }
             };
+            let rate = share(u.failures);
             let worse_than_others = match self.relative_margin {
                 None => true,
                 Some(margin) => {
@@ -202,8 +274,17 @@ impl Guard {
                         && rate > others_failed as f64 / others as f64 + margin
                 }
             };
-            if u.requests >= self.min_requests && rate > self.error_rate && worse_than_others {
-                failing.push((index, rate, u.requests));
+            let enough = u.requests >= self.min_requests;
+            let errors = self
+                .error_rate
+                .is_some_and(|limit| enough && rate > limit && worse_than_others);
+            let slow = self
+                .latency
+                .is_some_and(|l| enough && l.exceeded(u.requests, u.slow));
+            if errors {
+                failing.push((index, rate, u.requests, Reason::Errors));
+            } else if slow {
+                failing.push((index, share(u.slow), u.requests, Reason::Latency));
             } else if ejection.times > 0
                 && now_s >= ejection.until_s.saturating_add(self.window_s)
                 && u.requests >= self.min_requests
@@ -225,7 +306,7 @@ impl Guard {
             // Higher rate first; on a tie, the lower upstream index.
             rate_a.total_cmp(&rate_b).then(up_b.cmp(&up_a))
         }) {
-            let (index, rate, requests) = failing.swap_remove(worst);
+            let (index, rate, requests, reason) = failing.swap_remove(worst);
             let Some(u) = upstreams.get(index) else {
                 continue;
             };
@@ -260,6 +341,7 @@ impl Guard {
                     readmission_reported: false,
                     since_wall_s: 0,
                 },
+                reason,
                 rate,
                 requests,
             });

@@ -8,11 +8,12 @@
 //! alive by long streams or a draining listener) add their outcomes and follow the ejections,
 //! but never decide with their old settings.
 
-use crate::guard::{Bucket, Ejection, WINDOW_SLICES};
+use crate::guard::{Bucket, Counts, Ejection, WINDOW_SLICES};
 use crate::host::{create_shared, Host, SharedWrite};
 
-/// Format of the encoding; a value of another format is read as empty.
-const FORMAT: u8 = 2;
+/// Format of the encoding; a value of another format is read as empty. (3: slices count slow
+/// requests too.)
+const FORMAT: u8 = 3;
 
 /// One upstream's part of the record, found by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,10 +33,10 @@ impl UpstreamRecord {
     }
 
     /// Adds outcomes seen in slice `slice`.
-    pub fn add(&mut self, slice: u64, requests: u64, failures: u64) {
+    pub fn add(&mut self, slice: u64, counts: Counts) {
         let at = usize::try_from(slice % WINDOW_SLICES as u64).unwrap_or(0);
         if let Some(bucket) = self.buckets.get_mut(at) {
-            *bucket = bucket.add(slice, requests, failures);
+            *bucket = bucket.add(slice, counts);
         }
     }
 }
@@ -105,7 +106,7 @@ impl Record {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(32 + self.upstreams.len() * 300);
+        let mut out = Vec::with_capacity(32 + self.upstreams.len() * 380);
         out.push(FORMAT);
         out.extend_from_slice(&self.generation.to_le_bytes());
         out.extend_from_slice(&self.slice_ms.to_le_bytes());
@@ -124,8 +125,9 @@ impl Record {
             out.extend_from_slice(&e.since_wall_s.to_le_bytes());
             for b in &upstream.buckets {
                 out.extend_from_slice(&b.slice.to_le_bytes());
-                out.extend_from_slice(&b.requests.to_le_bytes());
-                out.extend_from_slice(&b.failures.to_le_bytes());
+                out.extend_from_slice(&b.counts.requests.to_le_bytes());
+                out.extend_from_slice(&b.counts.failures.to_le_bytes());
+                out.extend_from_slice(&b.counts.slow.to_le_bytes());
             }
         }
         out
@@ -196,8 +198,11 @@ impl Reader<'_> {
         for bucket in &mut upstream.buckets {
             *bucket = Bucket {
                 slice: self.u64()?,
-                requests: self.u64()?,
-                failures: self.u64()?,
+                counts: Counts {
+                    requests: self.u64()?,
+                    failures: self.u64()?,
+                    slow: self.u64()?,
+                },
             };
         }
         Some(upstream)
@@ -263,6 +268,14 @@ mod tests {
     use super::*;
     use crate::host::FakeHost;
 
+    fn counts(requests: u64, failures: u64, slow: u64) -> Counts {
+        Counts {
+            requests,
+            failures,
+            slow,
+        }
+    }
+
     fn sample() -> Record {
         let mut record = Record {
             generation: 7,
@@ -276,8 +289,8 @@ mod tests {
             readmission_reported: true,
             since_wall_s: 1_800_000_000,
         };
-        record.upstreams[1].add(123, 10, 4);
-        record.upstreams[1].add(123, 1, 1);
+        record.upstreams[1].add(123, counts(10, 4, 2));
+        record.upstreams[1].add(123, counts(1, 1, 1));
         record
     }
 
@@ -291,7 +304,8 @@ mod tests {
         let cut = Record::decode(&bytes[..bytes.len() - 1]);
         assert_eq!(cut.upstreams, record.upstreams[..1]);
         let b = record.upstreams[1].buckets[3];
-        assert_eq!((b.slice, b.requests, b.failures), (123, 11, 5));
+        assert_eq!(b.slice, 123);
+        assert_eq!(b.counts, counts(11, 5, 3));
     }
 
     #[test]

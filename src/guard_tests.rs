@@ -2,13 +2,14 @@ use super::*;
 
 fn guard() -> Guard {
     Guard {
-        error_rate: 0.5,
+        error_rate: Some(0.5),
         min_requests: 20,
         window_s: 10,
         eject_s: 30,
         max_ejected_percent: 50,
         failure_codes: Guard::DEFAULT_FAILURE_CODES.to_vec(),
         relative_margin: None,
+        latency: None,
     }
 }
 
@@ -17,7 +18,16 @@ fn seen(weight: u32, requests: u64, failures: u64) -> Seen {
         weight,
         requests,
         failures,
+        slow: 0,
         ejection: Ejection::default(),
+    }
+}
+
+fn counts(requests: u64, failures: u64, slow: u64) -> Counts {
+    Counts {
+        requests,
+        failures,
+        slow,
     }
 }
 
@@ -33,21 +43,21 @@ fn ejected(changes: &[Change]) -> Vec<usize> {
 
 #[test]
 fn buckets_add_up_and_restart_on_a_new_slice() {
-    let b = Bucket::default().add(100, 3, 1).add(100, 2, 2);
+    let b = Bucket::default()
+        .add(100, counts(3, 1, 2))
+        .add(100, counts(2, 2, 1));
     assert_eq!(
         b,
         Bucket {
             slice: 100,
-            requests: 5,
-            failures: 3
+            counts: counts(5, 3, 3)
         }
     );
     assert_eq!(
-        b.add(101, 1, 0),
+        b.add(101, counts(1, 0, 1)),
         Bucket {
             slice: 101,
-            requests: 1,
-            failures: 0
+            counts: counts(1, 0, 1)
         }
     );
 }
@@ -57,15 +67,14 @@ fn window_counts_only_its_slices_and_those_since_readmission() {
     let buckets: Vec<Bucket> = (90..=100)
         .map(|s| Bucket {
             slice: s,
-            requests: 10,
-            failures: s - 90,
+            counts: counts(10, s - 90, 1),
         })
         .collect();
     // Slices 91..=100.
-    assert_eq!(window_totals(&buckets, 100, 0), (100, 55));
+    assert_eq!(window_totals(&buckets, 100, 0), counts(100, 55, 10));
     // Readmitted in slice 98: slices 98..=100.
-    assert_eq!(window_totals(&buckets, 100, 98), (30, 27));
-    assert_eq!(window_totals(&buckets, 200, 0), (0, 0));
+    assert_eq!(window_totals(&buckets, 100, 98), counts(30, 27, 3));
+    assert_eq!(window_totals(&buckets, 200, 0), Counts::default());
 }
 
 #[test]
@@ -94,6 +103,7 @@ fn a_failing_upstream_is_ejected_and_its_weight_goes_to_the_others() {
                 readmission_reported: false,
                 since_wall_s: 0,
             },
+            reason: Reason::Errors,
             rate: 0.6,
             requests: 100,
         }]
@@ -182,6 +192,7 @@ fn readmission_is_reported_once_and_failing_again_backs_off() {
                 readmission_reported: false,
                 since_wall_s: 0,
             },
+            reason: Reason::Errors,
             rate: 1.0,
             requests: 40,
         }]
@@ -294,4 +305,171 @@ fn relative_mode_ejects_only_an_upstream_worse_than_the_others() {
         ejected(&guard().decide(1000, &[seen(50, 100, 100), seen(50, 100, 100)])),
         [0]
     );
+}
+
+// ---- the latency condition ----
+
+fn latency_guard(percentile_milli: u64, threshold_ms: u64) -> Guard {
+    Guard {
+        error_rate: None,
+        latency: Some(Latency {
+            percentile_milli,
+            threshold_ms,
+        }),
+        ..guard()
+    }
+}
+
+fn slow(weight: u32, requests: u64, slow: u64) -> Seen {
+    Seen {
+        slow,
+        ..seen(weight, requests, 0)
+    }
+}
+
+/// The nearest-rank percentile of `durations`, computed the long way.
+fn nearest_rank(durations: &[u64], percentile_milli: u64) -> u64 {
+    let mut sorted = durations.to_vec();
+    sorted.sort_unstable();
+    let n = sorted.len() as u64;
+    // The smallest rank r with r / n >= P / 100.
+    let rank = (n * percentile_milli).div_ceil(100_000).max(1);
+    sorted[usize::try_from(rank - 1).unwrap()]
+}
+
+#[test]
+fn the_percentile_is_above_the_threshold_exactly_when_more_than_its_complement_are_slow() {
+    // Every count of slow requests among n, for several percentiles and thresholds, against the
+    // percentile computed from the durations themselves.
+    for percentile_milli in [50_000, 90_000, 95_000, 99_000, 99_900, 100_000] {
+        for n in [1u64, 19, 20, 21, 100, 1000, 1001] {
+            for slow_count in 0..=n.min(120) {
+                let durations: Vec<u64> = (0..n)
+                    .map(|i| if i < slow_count { 400 } else { 3 })
+                    .collect();
+                let latency = Latency {
+                    percentile_milli,
+                    threshold_ms: 250,
+                };
+                assert_eq!(
+                    latency.exceeded(n, slow_count),
+                    nearest_rank(&durations, percentile_milli) > 250,
+                    "p{percentile_milli}/1000, {slow_count} slow of {n}"
+                );
+            }
+        }
+    }
+    // The threshold itself is not slow: only above it.
+    let l = Latency {
+        percentile_milli: 95_000,
+        threshold_ms: 250,
+    };
+    assert!(!l.slow(250) && l.slow(251) && !l.slow(0));
+}
+
+#[test]
+fn a_slow_upstream_is_ejected_for_latency_and_a_fast_one_is_not() {
+    let g = latency_guard(95_000, 250);
+    // 6 of 100 slow (over 5 %): p95 is above 250 ms.
+    let changes = g.decide(1000, &[slow(50, 100, 0), slow(50, 100, 6)]);
+    assert_eq!(
+        changes,
+        [Change::Eject {
+            upstream: 1,
+            state: Ejection {
+                since_s: 1000,
+                until_s: 1030,
+                times: 0,
+                readmission_reported: false,
+                since_wall_s: 0,
+            },
+            reason: Reason::Latency,
+            rate: 0.06,
+            requests: 100,
+        }]
+    );
+    // Exactly 5 % slow: p95 is still a fast request.
+    assert_eq!(g.decide(1000, &[slow(50, 100, 0), slow(50, 100, 5)]), []);
+    // Too few requests, however slow.
+    assert_eq!(g.decide(1000, &[slow(50, 100, 0), slow(50, 19, 19)]), []);
+    // Without an error rate, failures never eject.
+    assert_eq!(g.decide(1000, &[seen(50, 100, 0), seen(50, 100, 100)]), []);
+}
+
+#[test]
+fn with_both_conditions_either_ejects_and_errors_are_named_first() {
+    let g = Guard {
+        latency: Some(Latency {
+            percentile_milli: 95_000,
+            threshold_ms: 250,
+        }),
+        ..guard()
+    };
+    let reasons = |ups: &[Seen]| -> Vec<(usize, Reason)> {
+        g.decide(1000, ups)
+            .iter()
+            .filter_map(|c| match c {
+                Change::Eject {
+                    upstream, reason, ..
+                } => Some((*upstream, *reason)),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut both = slow(50, 100, 100);
+    both.failures = 60;
+    assert_eq!(
+        reasons(&[slow(50, 100, 0), slow(50, 100, 10)]),
+        [(1, Reason::Latency)]
+    );
+    assert_eq!(
+        reasons(&[slow(50, 100, 0), seen(50, 100, 60)]),
+        [(1, Reason::Errors)]
+    );
+    assert_eq!(reasons(&[slow(50, 100, 0), both]), [(1, Reason::Errors)]);
+}
+
+#[test]
+fn latency_ejections_keep_the_caps_and_back_off_like_errors() {
+    let g = latency_guard(95_000, 250);
+    // Every upstream slow: 50 % of the weight at most, the slowest first.
+    let all = [
+        slow(25, 100, 90),
+        slow(25, 100, 95),
+        slow(25, 100, 80),
+        slow(25, 100, 70),
+    ];
+    assert_eq!(ejected(&g.decide(1000, &all)), [1, 0]);
+    let everything = Guard {
+        max_ejected_percent: 100,
+        ..g.clone()
+    };
+    // 100 % allowed, and still the last upstream with weight stays.
+    assert_eq!(ejected(&everything.decide(1000, &all)), [1, 0, 2]);
+    // Slow again within a window of its readmission: twice as long.
+    let mut up = slow(50, 40, 40);
+    up.ejection = Ejection {
+        since_s: 1000,
+        until_s: 1030,
+        times: 0,
+        readmission_reported: true,
+        since_wall_s: 0,
+    };
+    let Change::Eject { state, reason, .. } = g.decide(1035, &[slow(50, 100, 0), up])[0] else {
+        panic!("not ejected");
+    };
+    assert_eq!(
+        (state.times, state.until_s, reason),
+        (1, 1095, Reason::Latency)
+    );
+    // A fast window after readmission forgives the backoff.
+    let mut healed = slow(50, 40, 0);
+    healed.ejection = Ejection {
+        times: 2,
+        ..up.ejection
+    };
+    assert!(matches!(
+        g.decide(1040, &[slow(50, 1, 0), healed])[..],
+        [Change::Forgive { upstream: 1, .. }]
+    ));
 }

@@ -196,6 +196,9 @@ struct Tracked {
     leased: bool,
     /// How many streams its outcome counts for in the service's guard (0: not read).
     observed: u32,
+    /// When its request headers came (monotonic ms), for a latency guard's streams whose
+    /// outcome is read: the only clock reads of the request path.
+    started_ms: Option<u64>,
 }
 
 struct RootPlan {
@@ -490,6 +493,7 @@ impl Instance {
             let leased = routed.lease.is_some();
             let rng = &mut self.rng;
             let observed = entry.tick.observe(service, upstream, || rng.next_u32());
+            let started_ms = (observed > 0 && entry.tick.timed(service)).then(self.monotonic);
             if leased || observed > 0 {
                 self.tracked.insert(
                     context,
@@ -500,6 +504,7 @@ impl Instance {
                         upstream,
                         leased,
                         observed,
+                        started_ms,
                     },
                 );
             }
@@ -587,6 +592,9 @@ impl Instance {
             }
         }
         if stream.observed > 0 {
+            let elapsed_ms = stream
+                .started_ms
+                .map(|started| (self.monotonic)().saturating_sub(started));
             // One property read for a stream that got a response; the flags only without one.
             let status = host.response_code().filter(|&code| code > 0);
             let flags = if guard::needs_flags(status) {
@@ -597,11 +605,12 @@ impl Instance {
             let outcome = guard::outcome(status, flags);
             let entry = self.roots.iter_mut().find(|r| r.id == stream.root);
             if let (Some(outcome), Some(entry)) = (outcome, entry) {
-                entry.tick.record_outcome(
+                entry.tick.record_timed_outcome(
                     stream.service,
                     stream.upstream,
                     outcome,
                     stream.observed,
+                    elapsed_ms,
                 );
             }
         }

@@ -810,7 +810,11 @@ fn past_the_budget_a_guarded_stream_ends_without_an_outcome_read_unless_sampled(
         .map(|(_, v)| v)
         .expect("the guard's record");
     let record = crate::guard_record::Record::decode(bytes);
-    let requests: u64 = record.upstreams[0].buckets.iter().map(|b| b.requests).sum();
+    let requests: u64 = record.upstreams[0]
+        .buckets
+        .iter()
+        .map(|b| b.counts.requests)
+        .sum();
     assert_eq!(requests, u64::try_from(budget + 16 * sampled).unwrap());
 }
 
@@ -891,4 +895,179 @@ fn an_ejection_sets_the_weight_gauge_to_zero_on_the_tick() {
     assert_eq!(weight(&worker, "v2"), 50);
     vm.tick(1, &worker);
     assert_eq!([weight(&worker, "v1"), weight(&worker, "v2")], [50, 0]);
+}
+
+// ---- the latency guard: a clock read when a timed stream starts and one when it ends ----
+
+thread_local! {
+    /// The monotonic clock of the latency tests, and how often it was read.
+    static MONO_MS: std::cell::Cell<u64> = const { std::cell::Cell::new(5_000_000) };
+    static MONO_READS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    static WALL_MS: std::cell::Cell<u64> = const { std::cell::Cell::new(1_800_000_000_000) };
+}
+
+fn mono_clock() -> u64 {
+    MONO_READS.with(|n| n.set(n.get() + 1));
+    MONO_MS.with(std::cell::Cell::get)
+}
+
+fn mono_reads() -> u32 {
+    MONO_READS.with(std::cell::Cell::get)
+}
+
+/// Moves the monotonic clock by `mono` and the wall clock by `wall` milliseconds.
+fn step_clocks(mono: i64, wall: i64) {
+    MONO_MS.with(|c| c.set(c.get().saturating_add_signed(mono)));
+    WALL_MS.with(|c| c.set(c.get().saturating_add_signed(wall)));
+}
+
+const LATENCY_GUARDED: &str = r#"{"services": [{"name": "svc", "upstreams": [
+    {"name": "v1", "cluster": "c1", "weight": 50},
+    {"name": "v2", "cluster": "c2", "weight": 50}],
+    "guard": {"min_requests": 10, "window_s": 5, "eject_s": 60,
+              "latency": {"percentile": 90, "threshold_ms": 250}}}]}"#;
+
+fn timed_vm(config: &str, worker: &FakeHost) -> Instance {
+    let mut vm = Instance::new([9; 32]);
+    vm.set_monotonic_clock(mono_clock);
+    vm.set_clock(|| WALL_MS.with(std::cell::Cell::get));
+    vm.configure(1, config.as_bytes(), "meshsplit", worker)
+        .unwrap();
+    vm
+}
+
+/// One stream of root 1: its request headers, then (v2's taking `v2_ms`, v1's 1 ms, with the
+/// wall clock stepped by `wall_step_ms` meanwhile) its end with a 200. Returns the cluster it
+/// went to and the host calls and clock reads its end made.
+fn timed_stream(
+    vm: &mut Instance,
+    worker: &FakeHost,
+    context: u32,
+    v2_ms: i64,
+    wall_step_ms: i64,
+) -> (String, Vec<String>, u32) {
+    vm.stream_created(context, 1);
+    let host = svc_host(worker);
+    host.response.set((Some(200), None));
+    vm.request_headers(context, &host);
+    let cluster = host.header("x-meshsplit-cluster").unwrap_or_default();
+    step_clocks(if cluster == "c2" { v2_ms } else { 1 }, wall_step_ms);
+    let (before, reads) = (host.call_count(), mono_reads());
+    vm.context_deleted(context, &host);
+    let calls = host.calls.borrow()[before..].to_vec();
+    (cluster, calls, mono_reads() - reads)
+}
+
+#[test]
+fn a_timed_stream_reads_the_clock_once_at_each_end_and_nothing_else() {
+    let worker = FakeHost::default();
+    let mut vm = timed_vm(LATENCY_GUARDED, &worker);
+    let reads = mono_reads();
+    vm.stream_created(100, 1);
+    let host = svc_host(&worker);
+    vm.request_headers(100, &host);
+    // Routing makes the calls it always makes; the start is one clock read.
+    assert_eq!(mono_reads() - reads, 1);
+    assert!(host.calls.borrow().iter().all(|c| !c.contains("response")));
+    host.response.set((Some(200), None));
+    let before = host.call_count();
+    let reads = mono_reads();
+    vm.context_deleted(100, &host);
+    assert_eq!(host.calls.borrow()[before..], ["response code"]);
+    assert_eq!(mono_reads() - reads, 1);
+}
+
+#[test]
+fn streams_without_a_latency_guard_read_no_clock() {
+    let worker = FakeHost::default();
+    for config in [GUARDED, UNGUARDED] {
+        let mut vm = timed_vm(config, &worker);
+        for context in 100..140 {
+            let (_, _, end_reads) = timed_stream(&mut vm, &worker, context, 400, 0);
+            assert_eq!(end_reads, 0, "{config}");
+        }
+        let reads = mono_reads();
+        vm.stream_created(200, 1);
+        vm.request_headers(200, &svc_host(&worker));
+        assert_eq!(mono_reads(), reads, "{config}");
+    }
+}
+
+#[test]
+fn past_the_budget_only_sampled_streams_are_timed() {
+    let worker = FakeHost::default();
+    let mut vm = timed_vm(LATENCY_GUARDED, &worker);
+    let mut timed = 0;
+    let mut read = 0;
+    for context in 100..100 + 16 * 100 {
+        let (_, calls, reads) = timed_stream(&mut vm, &worker, context, 1, 0);
+        // A stream's end reads the clock exactly when it reads the outcome.
+        assert_eq!(u32::from(!calls.is_empty()), reads, "{calls:?}");
+        timed += reads;
+        read += u32::from(!calls.is_empty());
+    }
+    assert_eq!(timed, read);
+    assert!(timed < 16 * 100 / 4, "{timed} of 1600 streams timed");
+}
+
+/// The guard record's window totals of `upstream` (requests, slow).
+fn recorded(worker: &FakeHost, upstream: usize) -> (u64, u64) {
+    let (bytes, _) = worker
+        .shared
+        .borrow()
+        .iter()
+        .find(|(key, _)| key.contains("guard"))
+        .map(|(_, v)| v.clone())
+        .expect("the guard's record");
+    let record = crate::guard_record::Record::decode(&bytes);
+    let buckets = &record.upstreams[upstream].buckets;
+    (
+        buckets.iter().map(|b| b.counts.requests).sum(),
+        buckets.iter().map(|b| b.counts.slow).sum(),
+    )
+}
+
+#[test]
+fn a_slow_upstream_is_ejected_on_the_tick_and_a_wall_clock_step_changes_no_duration() {
+    // Whichever way the wall clock steps while streams are in flight, v2's 400 ms are slow
+    // and v1's 1 ms are not: durations follow the monotonic clock alone.
+    for wall_step_ms in [-3_600_000i64, 3_600_000] {
+        let worker = FakeHost::default();
+        let mut vm = timed_vm(LATENCY_GUARDED, &worker);
+        let mut to_v2 = 0;
+        let mut context = 100;
+        while to_v2 < 10 {
+            context += 1;
+            let (cluster, _, _) = timed_stream(&mut vm, &worker, context, 400, wall_step_ms);
+            to_v2 += u32::from(cluster == "c2");
+        }
+        vm.tick(1, &worker);
+        let (v2_requests, v2_slow) = recorded(&worker, 1);
+        assert_eq!((v2_requests, v2_slow), (10, 10), "step {wall_step_ms}");
+        let (_, v1_slow) = recorded(&worker, 0);
+        assert_eq!(v1_slow, 0, "step {wall_step_ms}");
+        assert_eq!(worker.gauge("meshsplit.meshsplit.svc.v2.ejected"), 1);
+        assert_eq!(
+            worker.counter("meshsplit.meshsplit.svc.v2.ejections_total"),
+            1
+        );
+        assert_eq!(weight(&worker, "v2"), 0);
+    }
+}
+
+#[test]
+fn a_monotonic_reading_that_goes_back_counts_as_no_time() {
+    let worker = FakeHost::default();
+    let mut vm = timed_vm(LATENCY_GUARDED, &worker);
+    let mut context = 100;
+    let mut to_v2 = 0;
+    while to_v2 < 10 {
+        context += 1;
+        // v2's streams end "before" they started: 0 ms, not slow, and no overflow.
+        let (cluster, _, _) = timed_stream(&mut vm, &worker, context, -1000, 0);
+        to_v2 += u32::from(cluster == "c2");
+    }
+    vm.tick(1, &worker);
+    assert_eq!(recorded(&worker, 1), (10, 0));
+    assert_eq!(weight(&worker, "v2"), 50);
 }

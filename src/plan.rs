@@ -8,11 +8,11 @@ use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::config::{
-    RawConfig, RawGuard, RawHashOn, RawOnUnknown, RawRollout, RawRule, RawService, RawServiceFrom,
-    RawStrategy, RawUpstream,
+    RawConfig, RawGuard, RawHashOn, RawLatency, RawOnUnknown, RawRollout, RawRule, RawService,
+    RawServiceFrom, RawStrategy, RawUpstream,
 };
 use crate::cookie::AssignCookie;
-use crate::guard::Guard;
+use crate::guard::{Guard, Latency};
 use crate::request::{host_key_str, HostKey};
 use crate::rollout::{parse_start, Rollout, Step};
 use crate::select::{sticky_hash, WeightedPicker};
@@ -630,8 +630,17 @@ fn compile_service(path: &str, raw: &RawService, plugin: &str) -> Result<Service
 }
 
 fn compile_guard(path: &str, raw: &RawGuard) -> Result<Guard, ConfigError> {
+    if raw.error_rate.is_none() && raw.latency.is_none() {
+        return Err(ConfigError::new(
+            path.to_owned(),
+            r#"needs "error_rate", "latency" or both (what ejects an upstream)"#,
+        ));
+    }
     // A failure share cannot exceed 1, so an error_rate of 1 could never eject anything.
-    if !(raw.error_rate > 0.0 && raw.error_rate < 1.0) {
+    if raw
+        .error_rate
+        .is_some_and(|rate| !(rate > 0.0 && rate < 1.0))
+    {
         return Err(ConfigError::new(
             format!("{path}.error_rate"),
             // The value itself is not shown: formatting a float would cost the module ~10 KB.
@@ -639,6 +648,24 @@ fn compile_guard(path: &str, raw: &RawGuard) -> Result<Guard, ConfigError> {
              above 1 cannot happen, so 1 would never eject)",
         ));
     }
+    // What judges failures means nothing without a failure rate to judge them by.
+    if raw.error_rate.is_none() {
+        let judging = [
+            ("failure_codes", raw.failure_codes.is_some()),
+            ("relative_margin", raw.relative_margin.is_some()),
+        ];
+        if let Some((field, _)) = judging.iter().find(|(_, given)| *given) {
+            return Err(ConfigError::new(
+                format!("{path}.{field}"),
+                r#"judges failures, and this guard has no "error_rate" to eject on them"#,
+            ));
+        }
+    }
+    let latency = raw
+        .latency
+        .as_ref()
+        .map(|l| compile_latency(&format!("{path}.latency"), l))
+        .transpose()?;
     let within = |field: &str, value: Option<u64>, default: u64, min: u64, max: u64| {
         let value = value.unwrap_or(default);
         if (min..=max).contains(&value) {
@@ -674,6 +701,7 @@ fn compile_guard(path: &str, raw: &RawGuard) -> Result<Guard, ConfigError> {
         failure_codes,
         relative_margin: raw.relative_margin,
         error_rate: raw.error_rate,
+        latency,
         min_requests: within(
             "min_requests",
             raw.min_requests,
@@ -690,6 +718,27 @@ fn compile_guard(path: &str, raw: &RawGuard) -> Result<Guard, ConfigError> {
             0,
             100,
         )?,
+    })
+}
+
+fn compile_latency(path: &str, raw: &RawLatency) -> Result<Latency, ConfigError> {
+    // In thousandths, so that deciding is integer arithmetic.
+    let milli = raw.percentile * 1000.0;
+    if !(raw.percentile > 0.0 && raw.percentile <= 100.0) || (milli - milli.round()).abs() > 1e-6 {
+        return Err(ConfigError::new(
+            format!("{path}.percentile"),
+            "must be above 0 and at most 100, with at most three decimals (95, 99.9)",
+        ));
+    }
+    if !(1..=3_600_000).contains(&raw.threshold_ms) {
+        return Err(ConfigError::new(
+            format!("{path}.threshold_ms"),
+            format!("must be from 1 to 3600000, got {}", raw.threshold_ms),
+        ));
+    }
+    Ok(Latency {
+        percentile_milli: milli.round() as u64,
+        threshold_ms: raw.threshold_ms,
     })
 }
 

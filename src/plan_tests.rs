@@ -1180,3 +1180,14 @@ fn a_header_named_host_is_read_as_the_authority_as_envoy_keeps_it() {
         matches!(&service.rules[0].conditions[0], Condition::Header { name, .. } if name == ":authority")
     );
 }
+
+#[test]
+fn a_cluster_specifier_refuses_a_latency_only_guard_as_any_guard() {
+    let p = plan(
+        r#"{"services": [{"name": "s", "upstreams": [{"name": "a", "cluster": "a", "weight": 1}],
+            "guard": {"latency": {"percentile": 95, "threshold_ms": 250}}}]}"#,
+    );
+    let err = p.check_cluster_specifier().unwrap_err();
+    assert_eq!(err.path, "services[0].guard");
+    assert!(err.message.contains("needs to see each response"), "{err}");
+}

@@ -14,7 +14,8 @@
 //! and ejections follow the monotonic clock, which a change of the wall clock does not move.
 
 use crate::guard::{
-    admitted_weights, slice_ms, window_totals, Change, Ejection, Guard, Outcome, Seen,
+    admitted_weights, slice_ms, window_totals, Change, Counts, Ejection, Guard, Outcome, Reason,
+    Seen,
 };
 use crate::guard_record::{claim_generation, claim_generation_at, newest_generation, Record};
 use crate::host::{create_shared, Host, SharedWrite};
@@ -54,9 +55,9 @@ pub const SAMPLE_ONE_IN: u32 = 16;
 /// Per-VM tick state of one service with a guard or a rollout.
 #[derive(Debug, Clone, Default)]
 struct ServiceTick {
-    /// Outcomes seen by this VM since its last tick, per upstream: (requests, failures), each
-    /// sampled outcome counted for the streams it stands for.
-    pending: Box<[(u64, u64)]>,
+    /// Outcomes seen by this VM since its last tick, per upstream, each sampled outcome
+    /// counted for the streams it stands for.
+    pending: Box<[Counts]>,
     /// Streams per upstream chosen for an outcome read since this VM's last tick.
     observing: Box<[u32]>,
     /// Gauge ids and last values set: ejected per upstream, then the rollout pause.
@@ -107,7 +108,7 @@ impl PlanTick {
                         };
                     }
                     ServiceTick {
-                        pending: vec![(0, 0); n].into(),
+                        pending: vec![Counts::default(); n].into(),
                         observing: vec![0; n].into(),
                         ejected_gauges: vec![None; n].into(),
                         paused_gauge: None,
@@ -154,6 +155,15 @@ impl PlanTick {
         }
     }
 
+    /// Whether the streams of `service` that [`PlanTick::observe`] chose are to be timed: its
+    /// guard has a latency condition.
+    pub fn timed(&self, service: usize) -> bool {
+        self.services
+            .get(service)
+            .and_then(|s| s.guard.as_ref())
+            .is_some_and(|g| g.latency.is_some())
+    }
+
     /// A stream of a guarded service ended with `outcome` ([`crate::guard::outcome`]), judged
     /// by the service's guard; it counts for `streams` streams ([`PlanTick::observe`]).
     pub fn record_outcome(
@@ -163,13 +173,37 @@ impl PlanTick {
         outcome: Outcome,
         streams: u32,
     ) {
+        self.record_timed_outcome(service, upstream, outcome, streams, None);
+    }
+
+    /// [`PlanTick::record_outcome`] of a stream that took `elapsed_ms` from its request headers
+    /// to its end (`None`: not timed), judged by a latency guard too.
+    pub fn record_timed_outcome(
+        &mut self,
+        service: usize,
+        upstream: usize,
+        outcome: Outcome,
+        streams: u32,
+        elapsed_ms: Option<u64>,
+    ) {
         let Some(state) = self.services.get_mut(service) else {
             return;
         };
-        let failed = state.guard.as_ref().is_some_and(|g| g.failed(outcome));
-        if let Some((requests, failures)) = state.pending.get_mut(upstream) {
-            *requests += u64::from(streams);
-            *failures += if failed { u64::from(streams) } else { 0 };
+        let Some(guard) = &state.guard else {
+            return;
+        };
+        let failed = guard.failed(outcome);
+        let slow = match (&guard.latency, elapsed_ms) {
+            (Some(latency), Some(ms)) => latency.slow(ms),
+            _ => false,
+        };
+        let n = u64::from(streams);
+        if let Some(pending) = state.pending.get_mut(upstream) {
+            *pending = pending.plus(Counts {
+                requests: n,
+                failures: if failed { n } else { 0 },
+                slow: if slow { n } else { 0 },
+            });
         }
     }
 
@@ -401,7 +435,7 @@ struct GuardKeys {
 impl GuardKeys {
     fn new(plugin: &str, service: &Service) -> Self {
         let record = format!(
-            "meshsplit/guard/v2/{}:{plugin}/{}:{}",
+            "meshsplit/guard/v3/{}:{plugin}/{}:{}",
             plugin.len(),
             service.name.len(),
             service.name,
@@ -524,12 +558,12 @@ fn guard_tick<H: Host + ?Sized>(
         let slice_len = record.slice_ms.max(1);
         let slice = now.monotonic_ms / slice_len;
         let at = record.positions(&names);
-        for (position, &(requests, failures)) in at.iter().zip(state.pending.iter()) {
-            if requests == 0 {
+        for (position, &counts) in at.iter().zip(state.pending.iter()) {
+            if counts.requests == 0 {
                 continue;
             }
             if let Some(upstream) = position.and_then(|i| record.upstreams.get_mut(i)) {
-                upstream.add(slice, requests, failures);
+                upstream.add(slice, counts);
                 dirty = true;
             }
         }
@@ -549,11 +583,12 @@ fn guard_tick<H: Host + ?Sized>(
                         .map_or(&[][..], |r| &r.buckets[..]);
                     // Only slices that began at or after the readmission count.
                     let since = ejection.until_s.saturating_mul(1000).div_ceil(slice_len);
-                    let (requests, failures) = window_totals(buckets, slice, since);
+                    let counts = window_totals(buckets, slice, since);
                     Seen {
                         weight: in_force.get(u).copied().unwrap_or(0),
-                        requests,
-                        failures,
+                        requests: counts.requests,
+                        failures: counts.failures,
+                        slow: counts.slow,
                         ejection: *ejection,
                     }
                 })
@@ -563,6 +598,7 @@ fn guard_tick<H: Host + ?Sized>(
                     Change::Eject {
                         upstream,
                         state,
+                        reason,
                         rate,
                         requests,
                     } => Change::Eject {
@@ -571,6 +607,7 @@ fn guard_tick<H: Host + ?Sized>(
                             since_wall_s: now.wall_ms / 1000,
                             ..state
                         },
+                        reason,
                         rate,
                         requests,
                     },
@@ -603,7 +640,7 @@ fn guard_tick<H: Host + ?Sized>(
     })?;
     // Written (or nothing to write): this VM's outcomes are in, and its changes landed.
     for pending in state.pending.iter_mut() {
-        *pending = (0, 0);
+        *pending = Counts::default();
     }
     for change in &changes {
         report(guard, keys, service, host, change);
@@ -647,20 +684,35 @@ fn report<H: Host + ?Sized>(
     };
     match change {
         Change::Eject {
+            reason,
             rate,
             requests,
             state,
             ..
         } => {
             // Percentages as integers: formatting floats would cost the module ~10 KB.
+            let seen = match (reason, &guard.latency) {
+                (Reason::Latency, Some(latency)) => format!(
+                    "{} % of {requests} requests took longer than {} ms in the last {} s \
+                     (p{} above {} ms)",
+                    percent(*rate),
+                    latency.threshold_ms,
+                    guard.window_s,
+                    percentile_text(latency.percentile_milli),
+                    latency.threshold_ms,
+                ),
+                _ => format!(
+                    "{} % of {requests} requests failed in the last {} s (error_rate {} %)",
+                    percent(*rate),
+                    guard.window_s,
+                    percent(guard.error_rate.unwrap_or(0.0)),
+                ),
+            };
             log::warn!(
-                "guard: ejected {}/{name} for {} s: {} % of {requests} requests failed \
-                 in the last {} s (error_rate {} %); ejection {} in a row",
+                "guard: ejected {}/{name} for {} s: {seen}; reason {}, ejection {} in a row",
                 service.name,
                 state.until_s.saturating_sub(state.since_s),
-                percent(*rate),
-                guard.window_s,
-                percent(guard.error_rate),
+                reason.name(),
                 state.times + 1
             );
             if let Some(id) = host.define_counter(&keys.stat(upstream, "ejections_total")) {
@@ -674,6 +726,16 @@ fn report<H: Host + ?Sized>(
         ),
         Change::Forgive { .. } => {}
     }
+}
+
+/// A percentile given in thousandths, as written (`95`, `99.9`), without float formatting.
+pub fn percentile_text(milli: u64) -> String {
+    let (whole, rest) = (milli / 1000, milli % 1000);
+    if rest == 0 {
+        return whole.to_string();
+    }
+    let decimals = format!("{rest:03}");
+    format!("{whole}.{}", decimals.trim_end_matches('0'))
 }
 
 /// A fraction as a whole percentage, rounded.

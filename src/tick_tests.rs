@@ -147,26 +147,32 @@ fn rollout_steps_apply_on_the_tick_from_the_absolute_start() {
 
 #[test]
 fn an_ejected_upstream_the_rollout_is_raising_pauses_the_rollout() {
-    let p = plan(&format!("{ROLLOUT} {GUARD}"));
-    let start = p.services[0].rollout.as_ref().unwrap().start_ms;
-    let host = FakeHost::default();
-    let mut tick = PlanTick::new(&p, None);
-    tick.run(&p, "p", &host, at(start + 1000));
-    assert_eq!(weights(&p), [99, 1]);
-    // v2 fails while at 1 %: ejected, and the rollout holds at 99/1 (v2 at 0 while ejected).
-    for _ in 0..20 {
-        tick.record_outcome(0, 1, status(true), 1);
+    // Ejected for errors, or for latency.
+    for (guard, outcome, elapsed_ms) in [
+        (GUARD, status(true), None),
+        (LATENCY, status(false), Some(400)),
+    ] {
+        let p = plan(&format!("{ROLLOUT} {guard}"));
+        let start = p.services[0].rollout.as_ref().unwrap().start_ms;
+        let host = FakeHost::default();
+        let mut tick = PlanTick::new(&p, None);
+        tick.run(&p, "p", &host, at(start + 1000));
+        assert_eq!(weights(&p), [99, 1]);
+        // v2 fails while at 1 %: ejected, and the rollout holds at 99/1 (v2 at 0 while ejected).
+        for _ in 0..20 {
+            tick.record_timed_outcome(0, 1, outcome, 1, elapsed_ms);
+        }
+        tick.run(&p, "p", &host, at(start + 2000));
+        assert_eq!(weights(&p), [99, 0], "{guard}");
+        // The step to 75/25 comes while v2 is ejected: paused.
+        tick.run(&p, "p", &host, at(start + 12_000));
+        assert_eq!(weights(&p), [99, 0], "{guard}");
+        assert_eq!(host.gauge("meshsplit.p.svc.rollout_paused"), 1);
+        // Readmitted after eject_s: the schedule resumes where the clock is.
+        tick.run(&p, "p", &host, at(start + 22_000));
+        assert_eq!(weights(&p), [0, 100], "{guard}");
+        assert_eq!(host.gauge("meshsplit.p.svc.rollout_paused"), 0);
     }
-    tick.run(&p, "p", &host, at(start + 2000));
-    assert_eq!(weights(&p), [99, 0]);
-    // The step to 75/25 comes while v2 is ejected: paused.
-    tick.run(&p, "p", &host, at(start + 12_000));
-    assert_eq!(weights(&p), [99, 0]);
-    assert_eq!(host.gauge("meshsplit.p.svc.rollout_paused"), 1);
-    // Readmitted after eject_s: the schedule resumes where the clock is.
-    tick.run(&p, "p", &host, at(start + 22_000));
-    assert_eq!(weights(&p), [0, 100]);
-    assert_eq!(host.gauge("meshsplit.p.svc.rollout_paused"), 0);
 }
 
 thread_local! {
@@ -339,10 +345,17 @@ fn a_paused_canary_never_ejects_the_last_upstream() {
 
 // ---- two workers deciding at once ----
 
-/// Worker A and worker B, each with `n` failing outcomes of every upstream in `failing`,
-/// decide in the same tick, A landing between B's read and B's write. Returns the weights
-/// both end with and the ejections counted.
-fn decide_at_once(p_a: &Plan, p_b: &Plan, failing: &[usize], n: usize) -> (Vec<u32>, Vec<u32>) {
+/// Worker A and worker B, each with `n` failing outcomes (`outcome`, after `elapsed_ms`) of
+/// every upstream in `failing`, decide in the same tick, A landing between B's read and B's
+/// write. Returns the weights both end with and the ejections counted.
+fn decide_at_once(
+    p_a: &Plan,
+    p_b: &Plan,
+    failing: &[usize],
+    n: usize,
+    outcome: Outcome,
+    elapsed_ms: Option<u64>,
+) -> (Vec<u32>, Vec<u32>) {
     let worker_a = FakeHost::default();
     let worker_b = worker_a.sibling(&[]);
     let mut a = PlanTick::new(p_a, None);
@@ -353,7 +366,7 @@ fn decide_at_once(p_a: &Plan, p_b: &Plan, failing: &[usize], n: usize) -> (Vec<u
     for tick in [&mut a, &mut b] {
         for _ in 0..n {
             for &u in failing {
-                tick.record_outcome(0, u, status(true), 1);
+                tick.record_timed_outcome(0, u, outcome, 1, elapsed_ms);
             }
         }
     }
@@ -384,33 +397,55 @@ fn decide_at_once(p_a: &Plan, p_b: &Plan, failing: &[usize], n: usize) -> (Vec<u
     (weights(p_a), ejections)
 }
 
+/// What ejects, and an outcome that meets it: failures, or slow requests.
+fn conditions() -> [(&'static str, Outcome, Option<u64>); 2] {
+    [
+        (r#""error_rate": 0.5"#, status(true), None),
+        (
+            r#""latency": {"percentile": 95, "threshold_ms": 250}"#,
+            status(false),
+            Some(400),
+        ),
+    ]
+}
+
+/// A guard ejecting on `condition` with `max_ejected_percent`.
+fn guard_with(condition: &str, max_ejected_percent: u32) -> String {
+    format!(
+        r#""guard": {{{condition}, "min_requests": 10, "window_s": 5, "eject_s": 60,
+                      "max_ejected_percent": {max_ejected_percent}}},"#
+    )
+}
+
 #[test]
 fn two_workers_deciding_at_once_keep_the_cap() {
-    let guard = r#""guard": {"error_rate": 0.5, "min_requests": 10, "window_s": 5, "eject_s": 60,
-                              "max_ejected_percent": 50},"#;
-    let (p_a, p_b) = (three(guard), three(guard));
-    let (weights, ejections) = decide_at_once(&p_a, &p_b, &[0, 1, 2], 10);
-    // One upstream (a third of the weight) fits in 50 %; a second would not.
-    assert_eq!(
-        weights.iter().filter(|&&w| w == 0).count(),
-        1,
-        "{weights:?}"
-    );
-    assert_eq!(ejections.iter().sum::<u32>(), 1);
+    for (condition, outcome, elapsed_ms) in conditions() {
+        let guard = guard_with(condition, 50);
+        let (p_a, p_b) = (three(&guard), three(&guard));
+        let (weights, ejections) = decide_at_once(&p_a, &p_b, &[0, 1, 2], 10, outcome, elapsed_ms);
+        // One upstream (a third of the weight) fits in 50 %; a second would not.
+        assert_eq!(
+            weights.iter().filter(|&&w| w == 0).count(),
+            1,
+            "{condition}: {weights:?}"
+        );
+        assert_eq!(ejections.iter().sum::<u32>(), 1, "{condition}");
+    }
 }
 
 #[test]
 fn two_workers_deciding_at_once_never_eject_the_last_upstream() {
-    let guard = r#""guard": {"error_rate": 0.5, "min_requests": 10, "window_s": 5, "eject_s": 60,
-                              "max_ejected_percent": 100},"#;
-    let (p_a, p_b) = (plan(guard), plan(guard));
-    let (weights, ejections) = decide_at_once(&p_a, &p_b, &[0, 1], 10);
-    assert_eq!(
-        weights.iter().filter(|&&w| w == 0).count(),
-        1,
-        "{weights:?}"
-    );
-    assert_eq!(ejections.iter().sum::<u32>(), 1);
+    for (condition, outcome, elapsed_ms) in conditions() {
+        let guard = guard_with(condition, 100);
+        let (p_a, p_b) = (plan(&guard), plan(&guard));
+        let (weights, ejections) = decide_at_once(&p_a, &p_b, &[0, 1], 10, outcome, elapsed_ms);
+        assert_eq!(
+            weights.iter().filter(|&&w| w == 0).count(),
+            1,
+            "{condition}: {weights:?}"
+        );
+        assert_eq!(ejections.iter().sum::<u32>(), 1, "{condition}");
+    }
 }
 
 // ---- what a tick costs does not depend on the window ----
@@ -435,8 +470,8 @@ fn a_tick_reads_and_writes_one_value_per_service_whatever_the_window() {
     assert_eq!(
         short,
         [
-            "shared get meshsplit/guard/v2/1:p/3:svc".to_owned(),
-            "shared set meshsplit/guard/v2/1:p/3:svc".to_owned()
+            "shared get meshsplit/guard/v3/1:p/3:svc".to_owned(),
+            "shared set meshsplit/guard/v3/1:p/3:svc".to_owned()
         ]
     );
     assert_eq!(tick_calls(3600), short);
@@ -446,11 +481,19 @@ fn a_tick_reads_and_writes_one_value_per_service_whatever_the_window() {
 
 #[test]
 fn a_wall_clock_step_in_either_direction_does_not_change_how_long_an_ejection_lasts() {
-    for step_ms in [-3_600_000i64, -60_000, 60_000, 3_600_000] {
-        let p = plan(GUARD);
+    // An ejection for errors, and one for latency.
+    let cases = [GUARD, LATENCY].into_iter().flat_map(|guard| {
+        [-3_600_000i64, -60_000, 60_000, 3_600_000].map(|step_ms| (guard, step_ms))
+    });
+    for (guard, step_ms) in cases {
+        let p = plan(guard);
         let host = FakeHost::default();
         let mut tick = PlanTick::new(&p, None);
-        traffic(&mut tick, 10, true);
+        if guard == LATENCY {
+            timed_traffic(&mut tick, 10, 400);
+        } else {
+            traffic(&mut tick, 10, true);
+        }
         let mono = 5_000_000;
         tick.run(
             &p,
@@ -523,10 +566,14 @@ fn an_older_configuration_still_alive_adds_outcomes_but_never_decides() {
     assert_eq!(weights(&new), [50, 50]);
     assert_eq!(host.counter("meshsplit.p.svc.v2.ejections_total"), 0);
     // Both plans' outcomes are in the new configuration's window (40 requests of v2).
-    let (bytes, _) = host.shared_data("meshsplit/guard/v2/1:p/3:svc").unwrap();
+    let (bytes, _) = host.shared_data("meshsplit/guard/v3/1:p/3:svc").unwrap();
     let record = Record::decode(&bytes);
     assert_eq!(record.slice_ms, 1000);
-    let v2: u64 = record.upstreams[1].buckets.iter().map(|b| b.requests).sum();
+    let v2: u64 = record.upstreams[1]
+        .buckets
+        .iter()
+        .map(|b| b.counts.requests)
+        .sum();
     assert_eq!(v2, 40);
     // When the new configuration's rate is crossed, it ejects, and the old plan follows.
     for _ in 0..400 {
@@ -592,8 +639,8 @@ fn a_sampled_outcome_counts_for_the_streams_it_stands_for() {
     let requests_failures = |u: usize| -> (u64, u64) {
         let buckets = &record.upstreams[u].buckets;
         (
-            buckets.iter().map(|b| b.requests).sum(),
-            buckets.iter().map(|b| b.failures).sum(),
+            buckets.iter().map(|b| b.counts.requests).sum(),
+            buckets.iter().map(|b| b.counts.failures).sum(),
         )
     };
     assert_eq!(requests_failures(1), (32, 32));
@@ -724,4 +771,114 @@ fn an_older_guarded_configuration_never_sets_the_weight_gauges() {
     old_tick.run(&old, "p", &host, at(NOW_MS + 2000));
     assert_eq!(weights(&old), [50, 0]);
     assert!(gauge_sets(&host).is_empty());
+}
+
+// ---- the latency condition ----
+
+const LATENCY: &str = r#""guard": {"min_requests": 10, "window_s": 5, "eject_s": 20,
+    "latency": {"percentile": 95, "threshold_ms": 250}},"#;
+
+/// `n` timed outcomes of each upstream seen by `tick`, all 200s: v1's in 5 ms, v2's in `v2_ms`.
+fn timed_traffic(tick: &mut PlanTick, n: usize, v2_ms: u64) {
+    for _ in 0..n {
+        tick.record_timed_outcome(0, 0, status(false), 1, Some(5));
+        tick.record_timed_outcome(0, 1, status(false), 1, Some(v2_ms));
+    }
+}
+
+#[test]
+fn a_slow_upstream_is_ejected_across_workers_and_readmitted_fast() {
+    let plan_a = plan(LATENCY);
+    let plan_b = plan(LATENCY);
+    let worker_a = FakeHost::default();
+    let worker_b = worker_a.sibling(&[]);
+    let (mut a, mut b) = (PlanTick::new(&plan_a, None), PlanTick::new(&plan_b, None));
+    // Each worker alone has too few requests; together they cross min_requests.
+    timed_traffic(&mut a, 6, 400);
+    a.run(&plan_a, "p", &worker_a, at(NOW_MS));
+    assert_eq!(weights(&plan_a), [50, 50]);
+    timed_traffic(&mut b, 6, 400);
+    b.run(&plan_b, "p", &worker_b, at(NOW_MS + 400));
+    assert_eq!(weights(&plan_b), [50, 0]);
+    a.run(&plan_a, "p", &worker_a, at(NOW_MS + 1000));
+    assert_eq!(weights(&plan_a), [50, 0]);
+    assert_eq!(worker_a.counter("meshsplit.p.svc.v2.ejections_total"), 1);
+    assert_eq!(worker_a.gauge("meshsplit.p.svc.v2.ejected"), 1);
+    // Back after eject_s; fast again, it stays.
+    a.run(&plan_a, "p", &worker_a, at(NOW_MS + 20_000));
+    assert_eq!(weights(&plan_a), [50, 50]);
+    timed_traffic(&mut a, 20, 250);
+    a.run(&plan_a, "p", &worker_a, at(NOW_MS + 21_000));
+    assert_eq!(weights(&plan_a), [50, 50]);
+    assert_eq!(worker_a.counter("meshsplit.p.svc.v2.ejections_total"), 1);
+}
+
+#[test]
+fn only_outcomes_timed_above_the_threshold_count_as_slow() {
+    let p = plan(LATENCY);
+    let host = FakeHost::default();
+    let mut tick = PlanTick::new(&p, None);
+    assert!(tick.timed(0));
+    for elapsed in [None, Some(0), Some(250)] {
+        for _ in 0..20 {
+            tick.record_timed_outcome(0, 1, status(false), 1, elapsed);
+        }
+    }
+    // One slow request of 61 (1.6 %): p95 is fast.
+    tick.record_timed_outcome(0, 1, status(false), 1, Some(251));
+    tick.run(&p, "p", &host, at(NOW_MS));
+    assert_eq!(weights(&p), [50, 50]);
+    let (bytes, _) = host.shared_data("meshsplit/guard/v3/1:p/3:svc").unwrap();
+    let record = Record::decode(&bytes);
+    let slow: u64 = record.upstreams[1]
+        .buckets
+        .iter()
+        .map(|b| b.counts.slow)
+        .sum();
+    let requests: u64 = record.upstreams[1]
+        .buckets
+        .iter()
+        .map(|b| b.counts.requests)
+        .sum();
+    assert_eq!((requests, slow), (61, 1));
+    // Failures of a guard without error_rate eject nothing.
+    let mut tick = PlanTick::new(&p, None);
+    traffic(&mut tick, 50, true);
+    tick.run(&p, "p", &host, at(NOW_MS + 500));
+    assert_eq!(weights(&p), [50, 50]);
+    assert!(!PlanTick::new(&plan(GUARD), None).timed(0));
+}
+
+#[test]
+fn a_sampled_slow_outcome_counts_for_the_streams_it_stands_for() {
+    let p = plan(LATENCY);
+    let host = FakeHost::default();
+    let mut tick = PlanTick::new(&p, None);
+    tick.record_timed_outcome(0, 1, status(false), 16, Some(300));
+    tick.record_timed_outcome(0, 1, status(false), 16, Some(3));
+    tick.run(&p, "p", &host, at(NOW_MS));
+    let (bytes, _) = host.shared_data("meshsplit/guard/v3/1:p/3:svc").unwrap();
+    let record = Record::decode(&bytes);
+    let b = record.upstreams[1]
+        .buckets
+        .iter()
+        .find(|b| b.counts.requests > 0);
+    assert_eq!(
+        b.map(|b| b.counts),
+        Some(Counts {
+            requests: 32,
+            failures: 0,
+            slow: 16
+        })
+    );
+    // Half slow: p95 above the threshold.
+    assert_eq!(weights(&p), [50, 0]);
+}
+
+#[test]
+fn percentiles_are_written_as_given() {
+    assert_eq!(percentile_text(95_000), "95");
+    assert_eq!(percentile_text(99_900), "99.9");
+    assert_eq!(percentile_text(99_990), "99.99");
+    assert_eq!(percentile_text(50_005), "50.005");
 }

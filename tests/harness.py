@@ -429,7 +429,8 @@ def upstreams(*names, delay=0.0, delays=None):
 @contextlib.contextmanager
 def upstream_servers(*names, delay=0.0, delays=None):
     """Like `upstreams`, yielding the servers themselves: set a server's `.status` (e.g. 503) to
-    make it fail."""
+    make it fail, or its `.delay` (seconds) to make it slow; either may be a function called
+    for each answer."""
     delays = delays or {}
     servers = {name: upstream.serve(name, 0, delay=delays.get(name, delay)) for name in names}
     try:

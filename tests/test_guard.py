@@ -80,6 +80,20 @@ def answers_after_ejection(envoy, upstream, timeout):
         load.close()
 
 
+def assert_readmitted_at_weight(envoy, load, readmitted_at):
+    """Under `load`, once every worker has readmitted v2 (ejected until `readmitted_at`), v1 and
+    v2 share 3 s of traffic 50/50 (chi-square), and v2 was ejected once."""
+    time.sleep(max(0.0, readmitted_at + PROPAGATION_S - time.monotonic()))
+    back_at = time.monotonic()
+    time.sleep(3)
+    share = load.since(back_at)
+    assert set(share) == {"v1", "v2"}, share
+    _, p = chi_square([share["v1"], share["v2"]], [50, 50])
+    assert p > stats.P_MIN, share
+    assert stat(envoy, "v2.ejected") == 0
+    assert stat(envoy, "v2.ejections_total") == 1
+
+
 def stat(envoy, name):
     full = f"{harness.stats_prefix()}.meshsplit.meshsplit.svc.{name}"
     return envoy.stats(full).get(full) or 0
@@ -126,15 +140,7 @@ def test_a_failing_upstream_is_ejected_and_readmitted_when_it_recovers(build, wa
             assert 0 < failed <= sum(load.since(failing_at, ejected_at + PROPAGATION_S).values())
             # v2 recovers; once readmitted (eject_s after its ejection) it gets its share back.
             servers["v2"].status = 200
-            time.sleep(max(0.0, ejected_at + EJECT_S + PROPAGATION_S - time.monotonic()))
-            back_at = time.monotonic()
-            time.sleep(3)
-            share = load.since(back_at)
-            assert set(share) == {"v1", "v2"}, share
-            _, p = chi_square([share["v1"], share["v2"]], [50, 50])
-            assert p > stats.P_MIN, share
-            assert stat(envoy, "v2.ejected") == 0
-            assert stat(envoy, "v2.ejections_total") == 1
+            assert_readmitted_at_weight(envoy, load, ejected_at + EJECT_S)
         finally:
             load.close()
     log = envoy.log()

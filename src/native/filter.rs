@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::abi::{Filter, FilterConfig};
 use super::host::{create_in, FilterHost, StoreOnly};
 use super::{
-    initial_weight_gauges, namespace, record_outcome, tick_stats, with_plan, Counters, Source,
+    initial_weight_gauges, namespace, record_outcome, tick_stats, with_plan_timed, Counters, Source,
 };
 use crate::cookie::CookieId;
 use crate::guard;
@@ -134,6 +134,8 @@ pub struct Stream {
     /// The visitor id assigned to this request, with its plan and service: the response sets
     /// the cookie.
     cookie: Option<(Rc<Plan>, usize, CookieId)>,
+    /// When its request headers came, if its service has a latency guard.
+    started: Option<std::time::Instant>,
 }
 
 struct Lease {
@@ -150,6 +152,7 @@ pub fn stream_new(config: &SharedConfig) -> Stream {
         lease: None,
         observed: None,
         cookie: None,
+        started: None,
     }
 }
 
@@ -179,13 +182,14 @@ pub fn request_headers(stream: &mut Stream, filter: Filter) -> Verdict {
             filter.set_gauge(id, 0);
         }
     }
-    let routed = with_plan(config, &host, |plan, rng| {
+    let routed = with_plan_timed(config, &host, |plan, rng, now| {
         (
             on_request_headers(plan, rng, &host, PROCESS_OWNER),
             Rc::clone(plan),
+            now,
         )
     });
-    let Some((routed, plan)) = routed else {
+    let Some((routed, plan, now)) = routed else {
         // No plan on this thread (it could not be built, or a hook re-entered): no decision.
         log::error!("no plan to route a request with; failing closed");
         return fail_closed(config, filter);
@@ -197,12 +201,11 @@ pub fn request_headers(stream: &mut Stream, filter: Filter) -> Verdict {
         service, upstream, ..
     } = routed.counted
     {
-        let guarded = plan
-            .services
-            .get(service)
-            .is_some_and(|s| s.guard.is_some());
-        if guarded {
+        if let Some(guard) = plan.services.get(service).and_then(|s| s.guard.as_ref()) {
             stream.observed = Some((service, upstream));
+            if guard.latency.is_some() {
+                stream.started = now;
+            }
         }
         if let Some(id) = routed.cookie {
             stream.cookie = Some((Rc::clone(&plan), service, id));
@@ -278,7 +281,14 @@ pub fn stream_complete(stream: &mut Stream, filter: Filter) {
             None
         };
         if let Some(outcome) = guard::outcome(code, flags) {
-            record_outcome(&stream.config, &host, service, upstream, outcome);
+            record_outcome(
+                &stream.config,
+                &host,
+                service,
+                upstream,
+                outcome,
+                stream.started,
+            );
         }
     }
 }

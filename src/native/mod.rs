@@ -375,8 +375,14 @@ mod worker {
         /// [`TICK`] per worker. A worker without traffic does not tick; its next stream
         /// ticks first. When it is due follows the monotonic clock; the tick itself gets the
         /// wall clock, which rollouts are written in.
-        fn run_if_due<H: Host + ?Sized>(&mut self, plan: &Plan, plugin: &str, host: &H) {
-            self.run_if_due_at(plan, plugin, host, Instant::now(), clock::wall_ms);
+        fn run_if_due<H: Host + ?Sized>(
+            &mut self,
+            plan: &Plan,
+            plugin: &str,
+            host: &H,
+            now: Instant,
+        ) {
+            self.run_if_due_at(plan, plugin, host, now, clock::wall_ms);
         }
 
         /// [`Self::run_if_due`] at `now`; `wall_ms` is read only when the tick runs. Returns
@@ -432,6 +438,17 @@ mod worker {
         host: &H,
         f: impl FnOnce(&Rc<Plan>, &mut Xoshiro256PlusPlus) -> T,
     ) -> Option<T> {
+        with_plan_timed(source, host, |plan, rng, _| f(plan, rng))
+    }
+
+    /// [`with_plan`], giving `f` the monotonic time the tick's schedule was checked at (`None`
+    /// for a plan without rollouts or guards, which reads no clock): a latency guard's streams
+    /// start then, at no clock read of their own.
+    pub fn with_plan_timed<H: Host + ?Sized, T>(
+        source: &Source,
+        host: &H,
+        f: impl FnOnce(&Rc<Plan>, &mut Xoshiro256PlusPlus, Option<Instant>) -> T,
+    ) -> Option<T> {
         WORKER.with(|cell| {
             let mut worker = cell.try_borrow_mut().ok()?;
             let worker = &mut *worker;
@@ -445,10 +462,13 @@ mod worker {
                 worker.plans.insert(source.id, entry);
             }
             let entry = worker.plans.get_mut(&source.id)?;
+            let mut now = None;
             if let Some(ticking) = &mut entry.tick {
-                ticking.run_if_due(&entry.plan, &source.plugin, host);
+                let at = Instant::now();
+                now = Some(at);
+                ticking.run_if_due(&entry.plan, &source.plugin, host, at);
             }
-            Some(f(&entry.plan, &mut worker.rng))
+            Some(f(&entry.plan, &mut worker.rng, now))
         })
     }
 
@@ -486,14 +506,16 @@ mod worker {
     }
 
     /// A stream of a guarded service of `source` ended on this thread (`failed` as
-    /// [`crate::guard::outcome`] says). Runs the tick too when it is due, so a busy worker
-    /// reports its outcomes within a tick.
+    /// [`crate::guard::outcome`] says), having started at `started` when its service has a
+    /// latency guard. Runs the tick too when it is due, so a busy worker reports its outcomes
+    /// within a tick. One clock read, which both the stream's duration and the tick use.
     pub fn record_outcome<H: Host + ?Sized>(
         source: &Source,
         host: &H,
         service: usize,
         upstream: usize,
         outcome: crate::guard::Outcome,
+        started: Option<Instant>,
     ) {
         WORKER.with(|cell| {
             let Ok(mut worker) = cell.try_borrow_mut() else {
@@ -503,8 +525,15 @@ mod worker {
                 return;
             };
             if let Some(ticking) = &mut entry.tick {
-                ticking.tick.record_outcome(service, upstream, outcome, 1);
-                ticking.run_if_due(&entry.plan, &source.plugin, host);
+                let now = Instant::now();
+                let elapsed_ms = started.map(|started| {
+                    u64::try_from(now.saturating_duration_since(started).as_millis())
+                        .unwrap_or(u64::MAX)
+                });
+                ticking
+                    .tick
+                    .record_timed_outcome(service, upstream, outcome, 1, elapsed_ms);
+                ticking.run_if_due(&entry.plan, &source.plugin, host, now);
             }
         });
     }

@@ -4,7 +4,7 @@
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
-use meshsplit::guard::Guard;
+use meshsplit::guard::{Guard, Latency};
 use meshsplit::plan::{HashOn, Plan, Service, Strategy};
 
 use crate::ecds;
@@ -332,9 +332,11 @@ fn describe(service: &Service) -> String {
         parts.push(count(service.rules.len(), "rule"));
     }
     if let Some(guard) = &service.guard {
+        let mut limits: Vec<String> = guard.error_rate.map(rate_percent).into_iter().collect();
+        limits.extend(guard.latency.as_ref().map(latency_text));
         parts.push(format!(
             "guard {} over {} s",
-            rate_percent(guard.error_rate),
+            limits.join(", "),
             guard.window_s
         ));
     }
@@ -351,12 +353,32 @@ pub(crate) fn rate_percent(rate: f64) -> String {
     format!("{text} %")
 }
 
+/// A latency guard's condition in words: `p95 above 250 ms`.
+pub(crate) fn latency_text(latency: &Latency) -> String {
+    format!(
+        "p{} above {} ms",
+        meshsplit::tick::percentile_text(latency.percentile_milli),
+        latency.threshold_ms
+    )
+}
+
 /// A guard's settings in words, for `preview`.
 pub(crate) fn guard_text(guard: &Guard) -> String {
+    let mut conditions: Vec<String> = guard
+        .error_rate
+        .map(|rate| format!("above {} errors", rate_percent(rate)))
+        .into_iter()
+        .collect();
+    conditions.extend(
+        guard
+            .latency
+            .as_ref()
+            .map(|l| format!("with {}", latency_text(l))),
+    );
     let mut text = format!(
-        "ejects an upstream above {} errors over {} s (at least {} requests) for {} s, \
+        "ejects an upstream {} over {} s (at least {} requests) for {} s, \
          doubling on repeat; at most {} % of the weight",
-        rate_percent(guard.error_rate),
+        conditions.join(" or "),
         guard.window_s,
         guard.min_requests,
         guard.eject_s,
@@ -560,6 +582,54 @@ mod tests {
         assert_eq!(rate_percent(0.025), "2.5 %");
         assert_eq!(rate_percent(0.0001), "0.01 %");
         assert_eq!(rate_percent(1.0), "100 %");
+    }
+
+    #[test]
+    fn latency_guards_are_summarized_and_validated() {
+        let service = |guard: serde_json::Value| {
+            json!({"services": [{"name": "web", "guard": guard,
+                "upstreams": [{"name": "v1", "cluster": "a", "weight": 1}]}]})
+            .to_string()
+        };
+        assert_eq!(
+            report(&service(json!({"error_rate": 0.05, "window_s": 20,
+                "latency": {"percentile": 95, "threshold_ms": 250}}))),
+            ["f: ok: 1 service (web: weighted, 1 upstream, guard 5 %, p95 above 250 ms over 20 s)"]
+        );
+        assert_eq!(
+            report(&service(
+                json!({"latency": {"percentile": 99.9, "threshold_ms": 800}})
+            )),
+            ["f: ok: 1 service (web: weighted, 1 upstream, guard p99.9 above 800 ms over 10 s)"]
+        );
+        let plan = Plan::from_json(
+            service(
+                json!({"error_rate": 0.05, "latency": {"percentile": 95, "threshold_ms": 250}}),
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let text = guard_text(plan.services[0].guard.as_ref().unwrap());
+        assert!(
+            text.starts_with(
+                "ejects an upstream above 5 % errors or with p95 above 250 ms over 10 s"
+            ),
+            "{text}"
+        );
+        for (guard, path) in [
+            (json!({}), r#"guard: needs "error_rate", "latency" or both"#),
+            (
+                json!({"latency": {"percentile": 0, "threshold_ms": 250}}),
+                "guard.latency.percentile: ",
+            ),
+            (
+                json!({"latency": {"percentile": 95}}),
+                "guard.latency: missing field `threshold_ms`",
+            ),
+        ] {
+            let line = &report(&service(guard))[0];
+            assert!(line.contains(&format!("services[0].{path}")), "{line}");
+        }
     }
 
     #[test]

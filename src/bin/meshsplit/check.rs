@@ -624,7 +624,7 @@ mod tests {
             ),
             (
                 json!({"latency": {"percentile": 95}}),
-                "guard.latency: missing field `threshold_ms`",
+                r#"guard.latency: missing field "threshold_ms""#,
             ),
         ] {
             let line = &report(&service(guard))[0];

@@ -222,7 +222,7 @@ def test_guard_settings_show_in_preview_and_check(cli, tmp_path):  # noqa: F811
             "request fails)\n") in text, text
     service = json.loads(preview(cli, config, "--json"))["configs"][0]["services"][0]
     assert service["guard"] == {"error_rate": 0.05, "min_requests": 20, "window_s": 20,
-                                "eject_s": 60, "max_ejected_percent": 50}
+                                "eject_s": 60, "max_ejected_percent": 50, "latency": None}
     result = meshsplit(cli, "check", config)
     assert result.stdout == (f"{config}: ok: 1 service (svc: weighted, 3 upstreams, 1 drained, "
                              "guard 5 % over 20 s, rollout 3 steps)\n"), result.stdout

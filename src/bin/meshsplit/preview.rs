@@ -644,10 +644,17 @@ impl<'a> ServicePreview<'a> {
             })
         });
         let guard = service.guard.as_ref().map(|g| {
+            // The percentile as written (thousandths back to a number: 95, 99.9).
+            let latency = g.latency.map(|l| {
+                json!({
+                    "percentile": l.percentile_milli as f64 / 1000.0,
+                    "threshold_ms": l.threshold_ms,
+                })
+            });
             json!({
                 "error_rate": g.error_rate, "min_requests": g.min_requests,
                 "window_s": g.window_s, "eject_s": g.eject_s,
-                "max_ejected_percent": g.max_ejected_percent,
+                "max_ejected_percent": g.max_ejected_percent, "latency": latency,
             })
         });
         let rollout = self.rollout.as_ref().map(|r| {
@@ -1574,6 +1581,26 @@ mod tests {
                    {"at_s": 0, "weights": {"v1": 99, "v2": 1}},
                    {"at_s": 600, "weights": {"v1": 75, "v2": 25}},
                    {"at_s": 1800, "weights": {"v2": 100}}]}})
+    }
+
+    #[test]
+    fn a_latency_guard_is_shown_in_text_and_json() {
+        let c = config(json!([{"name": "web", "upstreams": [
+                {"name": "v1", "cluster": "web_v1", "weight": 90},
+                {"name": "v2", "cluster": "web_v2", "weight": 10}],
+               "guard": {"latency": {"percentile": 99.9, "threshold_ms": 250}}}]));
+        let preview = ServicePreview::simulate(&c, 0, 100, 1, NO_CLOCK).unwrap();
+        let text = preview.text();
+        assert!(
+            text.contains("  guard: ejects an upstream with p99.9 above 250 ms over 10 s"),
+            "{text}"
+        );
+        let guard = &preview.json()["guard"];
+        assert_eq!(guard["error_rate"], Value::Null);
+        assert_eq!(
+            guard["latency"],
+            json!({"percentile": 99.9, "threshold_ms": 250})
+        );
     }
 
     #[test]

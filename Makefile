@@ -5,7 +5,7 @@ VENV    := .venv
 PYTHON  := $(VENV)/bin/python
 CARGO   ?= cargo
 
-.PHONY: all build target venv configs test unit wasm-test lint deny integration demo live bench cli check-configs oci native native-test-hooks wasm-test-hooks ci clean rules dashboards docs dist
+.PHONY: all build target venv configs test unit wasm-test lint deny integration demo live bench cli check-configs oci native native-test-hooks wasm-test-hooks ci clean rules dashboards docs dist schema
 
 all: build
 
@@ -121,6 +121,14 @@ rules:
 	    "checked; install the prometheus package (apt-get install --no-install-recommends" \
 	    "prometheus, or brew install prometheus) !!!!!" >&2; \
 	fi
+
+## schema: write docs/meshsplit.schema.json (`meshsplit schema`: the plugin configuration's JSON
+##         Schema, from the config types) and the field reference in docs/configuration.md
+##         generated from it (tools/config_reference.py); tests fail when either is stale
+schema: cli venv
+	target/release/meshsplit schema > docs/meshsplit.schema.json.tmp
+	mv docs/meshsplit.schema.json.tmp docs/meshsplit.schema.json
+	$(PYTHON) tools/config_reference.py --write
 
 ## docs: the manual (docs/, mkdocs.yml) as a site in site/, built with MkDocs in strict mode:
 ##       a broken link or anchor fails the build (part of `make test`)

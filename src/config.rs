@@ -24,11 +24,19 @@ pub struct RawConfig {
     pub schema: Option<String>,
     /// Request header the chosen cluster is written to; the route reads it with `cluster_header`.
     /// A lowercase header name of the filter's own: the filter overwrites it on every request
-    /// (and removes it for unknown services), so it may not be a pseudo-header, an `x-envoy-`
-    /// header, nor a header that carries request semantics (`host`, `content-length`, `cookie`,
-    /// `authorization`, `x-forwarded-for`, ...; the plan checks these).
+    /// (and removes it for unknown services), so it may not be a pseudo-header, any `x-envoy-`
+    /// header (Envoy's own; some steer routing, such as `x-envoy-original-dst-host`), nor one of
+    /// these headers that carry request semantics: `host`; framing and connection:
+    /// `content-length`, `transfer-encoding`, `te`, `trailer`, `connection`, `keep-alive`,
+    /// `proxy-connection`, `upgrade`, `expect`, `http2-settings`; the body: `content-type`,
+    /// `content-encoding`; credentials: `authorization`, `proxy-authorization`, `cookie`; the
+    /// client and the request: `x-forwarded-for`, `x-forwarded-proto`, `x-forwarded-host`,
+    /// `x-forwarded-port`, `forwarded`, `via`, `x-request-id`.
     #[serde(default)]
-    #[cfg_attr(feature = "schema", schemars(extend("default" = "x-meshsplit-cluster")))]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(schema_with = "schema::cluster_header", extend("default" = "x-meshsplit-cluster"))
+    )]
     pub cluster_header: Option<String>,
     /// Where the service key comes from: `"authority"` (the `:authority`/`Host`),
     /// `{"header": NAME}` (a request header) or `{"query": NAME}` (a URL-decoded query parameter
@@ -38,7 +46,8 @@ pub struct RawConfig {
     pub service_from: Option<RawServiceFrom>,
     /// What happens when the key matches no service (or is missing). `"pass"`: remove any
     /// client-sent cluster header and let Envoy route as without the filter. `"reject"`: answer
-    /// 404 with `{"error":"unknown service","service":"<key>"}`.
+    /// 404 with `{"error":"unknown service","service":"<key>"}` (`application/json`; the key as
+    /// matched: lowercase, without port; `null` when the request had none).
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(extend("default" = "pass")))]
     pub on_unknown_service: Option<RawOnUnknown>,
@@ -173,17 +182,42 @@ impl<'de, T: Copy> Visitor<'de> for OneOf<T> {
 /// A service: the keys that select it and the upstreams its requests are split between.
 #[derive(Debug, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[cfg_attr(feature = "schema", schemars(rename = "service"))]
+#[cfg_attr(
+    feature = "schema",
+    schemars(
+        rename = "service",
+        extend("allOf" = [
+            {
+                "if": {"properties": {"hash_on": {"type": "object"}}, "required": ["hash_on"]},
+                "then": {"properties": {"strategy": {"const": "sticky"}}, "required": ["strategy"]}
+            },
+            {
+                "if": {"properties": {"assign_cookie": {"type": "object"}}, "required": ["assign_cookie"]},
+                "then": {
+                    "properties": {
+                        "strategy": {"const": "sticky"},
+                        "hash_on": {"required": ["cookie"]}
+                    },
+                    "required": ["strategy", "hash_on"]
+                }
+            }
+        ])
+    )
+)]
 #[serde(deny_unknown_fields)]
 pub struct RawService {
     /// Unique, non-empty. Without `hosts` it is the service's host, so it must then be a valid
     /// host.
     #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
     pub name: String,
-    /// Keys that select this service (default: the name): DNS names, IPv4 literals or IPv6
-    /// literals (`[::1]`), each with an optional `:port` and trailing dot; matched
-    /// case-insensitively. A host without a port matches any port. No wildcards; a host belongs
-    /// to one service only.
+    /// Keys that select this service (default: the name): DNS names (letters, digits, `-` inside
+    /// a label, and `_`; no empty labels; labels up to 63 characters, names up to 253), IPv4
+    /// literals (`10.0.0.1`), or IPv6 literals written `[::1]` or `::1`, each with an optional
+    /// `:port` and trailing dot. Matched case-insensitively, IPv6 literals in canonical form
+    /// (`[0:0::1]` is `[::1]`). A host without a port matches the name on any port; a host with a
+    /// port matches that port only. Wildcards (`*`, `*.example.com`) are not supported and are an
+    /// error: list each host explicitly. A host may belong to one service only. The same matching
+    /// applies to keys from `service_from` header and query modes.
     #[serde(default)]
     pub hosts: Option<Vec<String>>,
     /// How requests that no rule claims pick an upstream.
@@ -217,7 +251,16 @@ pub struct RawService {
 /// The attributes of the cookie meshsplit sets on a visitor without one (see `cookie.rs`).
 #[derive(Debug, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[cfg_attr(feature = "schema", schemars(rename = "assign_cookie"))]
+#[cfg_attr(
+    feature = "schema",
+    schemars(
+        rename = "assign_cookie",
+        extend(
+            "if" = {"properties": {"same_site": {"const": "None"}}, "required": ["same_site"]},
+            "then" = {"properties": {"secure": {"const": true}}, "required": ["secure"]}
+        )
+    )
+)]
 #[serde(deny_unknown_fields)]
 pub struct RawAssignCookie {
     /// `Max-Age` in seconds, from 1 to 34 560 000 (400 days, the most browsers keep a cookie).
@@ -226,7 +269,7 @@ pub struct RawAssignCookie {
     pub max_age_s: Option<u64>,
     /// `Path`: starts with `/`, printable ASCII without spaces or `;`.
     #[serde(default)]
-    #[cfg_attr(feature = "schema", schemars(extend("default" = "/")))]
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = r"^/[!-:<-~]*$"), extend("default" = "/")))]
     pub path: Option<String>,
     /// `Secure`. Off by default: a browser never stores a Secure cookie from a plain-HTTP
     /// response. Turn it on when visitors reach the site over HTTPS.
@@ -258,7 +301,16 @@ pub enum RawSameSite {
 /// readmitted.
 #[derive(Debug, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[cfg_attr(feature = "schema", schemars(rename = "guard"))]
+#[cfg_attr(
+    feature = "schema",
+    schemars(
+        rename = "guard",
+        extend(
+            "anyOf" = [{"required": ["error_rate"]}, {"required": ["latency"]}],
+            "dependentRequired" = {"failure_codes": ["error_rate"], "relative_margin": ["error_rate"]}
+        )
+    )
+)]
 #[serde(deny_unknown_fields)]
 pub struct RawGuard {
     /// Fraction of failed requests above which an upstream is ejected, in (0, 1). Optional when
@@ -436,7 +488,7 @@ pub struct RawRule {
 /// Conditions on a request; every condition listed must hold.
 #[derive(Debug, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[cfg_attr(feature = "schema", schemars(rename = "match"))]
+#[cfg_attr(feature = "schema", schemars(rename = "match", extend("minProperties" = 1)))]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
     /// Conditions on request headers.
@@ -453,10 +505,17 @@ pub struct RawMatch {
 /// A condition on a request header: exactly one of `exact`, `prefix` or `present: true`.
 #[derive(Debug, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[cfg_attr(feature = "schema", schemars(rename = "header_condition"))]
+#[cfg_attr(
+    feature = "schema",
+    schemars(
+        rename = "header_condition",
+        extend("oneOf" = [{"required": ["exact"]}, {"required": ["prefix"]}, {"required": ["present"]}])
+    )
+)]
 #[serde(deny_unknown_fields)]
 pub struct RawHeaderMatch {
-    /// The header's name (case-insensitive).
+    /// The header's name, lowercase (a pseudo-header such as `:path` too).
+    #[cfg_attr(feature = "schema", schemars(regex(pattern = schema::RULE_HEADER_NAME)))]
     pub name: String,
     /// The header equals this value.
     #[serde(default)]
@@ -466,6 +525,7 @@ pub struct RawHeaderMatch {
     pub prefix: Option<String>,
     /// `true`: the header is present, whatever its value (`false` is not a condition).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("const" = true)))]
     pub present: Option<bool>,
 }
 
@@ -516,14 +576,38 @@ mod schema {
 
     use super::{RawHashOn, RawOnUnknown, RawServiceFrom, RawStepWeights, RawStrategy};
 
-    /// `{"KEY": NAME}` with a non-empty NAME.
+    /// A lowercase header name, as `plan::check_header_name` accepts it (HTTP token characters).
+    pub const HEADER_NAME: &str = r"^[a-z0-9!#$%&'*+.^_`|~-]+$";
+    /// A rule's header name: the same, or a pseudo-header (`:path`).
+    pub const RULE_HEADER_NAME: &str = r"^:?[a-z0-9!#$%&'*+.^_`|~-]+$";
+
+    /// `{"KEY": NAME}` with a non-empty NAME; a header name is lowercase.
     fn keyed(key: &str, description: &str) -> serde_json::Value {
+        let name = if key == "header" {
+            serde_json::json!({"type": "string", "minLength": 1, "pattern": HEADER_NAME})
+        } else {
+            serde_json::json!({"type": "string", "minLength": 1})
+        };
         serde_json::json!({
             "type": "object",
             "description": description,
-            "properties": {key: {"type": "string", "minLength": 1}},
+            "properties": {key: name},
             "required": [key],
             "additionalProperties": false,
+        })
+    }
+
+    /// `cluster_header`: a header name that is not one of the headers the plan reserves
+    /// (`plan::RESERVED_HEADERS`, Envoy's `x-envoy-`).
+    pub fn cluster_header(_: &mut SchemaGenerator) -> Schema {
+        let reserved: Vec<&str> = crate::plan::RESERVED_HEADERS
+            .iter()
+            .map(|(name, _)| *name)
+            .collect();
+        json_schema!({
+            "type": "string",
+            "pattern": HEADER_NAME,
+            "not": {"anyOf": [{"enum": reserved}, {"pattern": "^x-envoy-"}]},
         })
     }
 

@@ -1180,7 +1180,7 @@ const FORWARDING: &str = "it identifies the client or the request to Envoy and u
 /// Request headers the cluster header must not be, with the reason. The filter overwrites the
 /// cluster header on every request (and removes it for unknown services), so any header that
 /// means something to Envoy, to the upstream or to the HTTP exchange itself would be destroyed.
-const RESERVED_HEADERS: &[(&str, &str)] = &[
+pub(crate) const RESERVED_HEADERS: &[(&str, &str)] = &[
     ("host", "it is the request's authority"),
     ("content-length", FRAMING),
     ("transfer-encoding", FRAMING),

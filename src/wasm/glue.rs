@@ -1,8 +1,8 @@
 //! The wasm build's glue: the instance behind the exported callbacks (a wasm VM is
-//! single-threaded) and the host logger. `abi.rs` calls these functions.
+//! single-threaded) and the host logger. `exports.rs` calls these functions.
 use std::cell::{Cell, RefCell};
 
-use super::abi;
+use super::imports;
 use super::host::EnvoyHost;
 use crate::host::Host;
 use crate::instance::{
@@ -47,8 +47,8 @@ impl log::Log for HostLogger {
     }
     fn log(&self, record: &log::Record<'_>) {
         match record.args().as_str() {
-            Some(message) => abi::log(record.level(), message),
-            None => abi::log(record.level(), &record.args().to_string()),
+            Some(message) => imports::log(record.level(), message),
+            None => imports::log(record.level(), &record.args().to_string()),
         }
     }
     fn flush(&self) {}
@@ -61,7 +61,7 @@ fn with_vm<T>(f: impl FnOnce(&mut Instance) -> T) -> Option<T> {
         let mut slot = cell.try_borrow_mut().ok()?;
         if slot.is_none() {
             let mut instance = Instance::new(seed());
-            instance.set_monotonic_clock(abi::monotonic_ms);
+            instance.set_monotonic_clock(imports::monotonic_ms);
             instance.set_sees_responses(cfg!(feature = "assign-cookie"));
             *slot = Some(instance);
         }
@@ -88,13 +88,15 @@ pub fn on_vm_start() {
         log::set_max_level(log::LevelFilter::Trace);
     }
     std::panic::set_hook(Box::new(|info| {
-        abi::log(log::Level::Error, &format!("panic: {info}"))
+        imports::log(log::Level::Error, &format!("panic: {info}"))
     }));
 }
 
-pub fn on_configure(root: u32, bytes: &[u8]) -> bool {
+pub fn on_configure(root: u32) -> bool {
     let started = std::time::Instant::now();
-    let plugin = abi::plugin_name().unwrap_or_else(|| "meshsplit".to_owned());
+    let configuration = imports::plugin_configuration();
+    let bytes = configuration.as_slice();
+    let plugin = imports::plugin_name().unwrap_or_else(|| "meshsplit".to_owned());
     let fingerprint = config_fingerprint(bytes);
     let now_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -102,7 +104,7 @@ pub fn on_configure(root: u32, bytes: &[u8]) -> bool {
     let result = with_vm(|vm| match vm.configure(root, bytes, &plugin, &EnvoyHost) {
         Ok(plan) => {
             // The housekeeping tick of this root context: counters are flushed on it.
-            if let Err(status) = abi::set_tick_period_milliseconds(TICK_MS) {
+            if let Err(status) = imports::set_tick_period_milliseconds(TICK_MS) {
                 log::warn!("no housekeeping tick (status {status}): counters stay at 0");
             }
             if first_to_accept(&EnvoyHost, &plugin, &fingerprint, now_s) {

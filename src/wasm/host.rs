@@ -1,6 +1,6 @@
 //! [`Host`] over the proxy-wasm ABI: the host calls of the stream (or root context) whose
 //! callback is running.
-use super::abi;
+use super::imports;
 use crate::host::{Host, SharedWrite};
 
 /// Host calls of the stream whose callback is running.
@@ -8,13 +8,13 @@ pub struct EnvoyHost;
 
 impl Host for EnvoyHost {
     fn request_header(&self, name: &str) -> Option<Vec<u8>> {
-        abi::request_header(name)
+        imports::request_header(name)
     }
 
     /// proxy-wasm's `get_header_map_value` answers the first copy only: every copy needs the
     /// whole map (one call).
     fn request_header_values(&self, name: &str) -> Vec<Vec<u8>> {
-        abi::request_headers()
+        imports::request_headers()
             .unwrap_or_default()
             .into_iter()
             .filter(|(key, _)| key == name.as_bytes())
@@ -23,17 +23,17 @@ impl Host for EnvoyHost {
     }
 
     fn request_headers(&self) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
-        abi::request_headers()
+        imports::request_headers()
     }
 
     fn set_request_header(&self, name: &str, value: Option<&str>) {
-        if let Err(status) = abi::set_request_header(name, value) {
+        if let Err(status) = imports::set_request_header(name, value) {
             log::warn!("writing request header {name}: status {status}");
         }
     }
 
     fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
-        match abi::send_local_response(status, headers, body) {
+        match imports::send_local_response(status, headers, body) {
             Ok(()) => true,
             Err(err) => {
                 log::warn!("sending local reply {status}: status {err}");
@@ -43,44 +43,44 @@ impl Host for EnvoyHost {
     }
 
     fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        abi::shared_data(key)
+        imports::shared_data(key)
     }
 
     fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> SharedWrite {
-        abi::set_shared_data(key, value, cas)
+        imports::set_shared_data(key, value, cas)
     }
 
     fn define_gauge(&self, name: &str) -> Option<u32> {
-        abi::define_gauge(name)
+        imports::define_gauge(name)
     }
 
     fn add_to_gauge(&self, id: u32, delta: i64) {
-        abi::add_to_metric(id, delta);
+        imports::add_to_metric(id, delta);
     }
 
     fn define_counter(&self, name: &str) -> Option<u32> {
-        abi::define_counter(name)
+        imports::define_counter(name)
     }
 
     fn increment_counter(&self, id: u32, delta: u64) {
-        abi::add_to_metric(id, i64::try_from(delta).unwrap_or(i64::MAX));
+        imports::add_to_metric(id, i64::try_from(delta).unwrap_or(i64::MAX));
     }
 
     fn set_gauge(&self, id: u32, value: u64) {
-        abi::record_metric(id, value);
+        imports::record_metric(id, value);
     }
 
     fn response_code(&self) -> Option<u64> {
-        abi::property_u64(b"response\0code")
+        imports::property_u64(b"response\0code")
     }
 
     fn response_flags(&self) -> Option<u64> {
-        abi::property_u64(b"response\0flags")
+        imports::property_u64(b"response\0flags")
     }
 
     #[cfg(feature = "assign-cookie")]
     fn response_header_values(&self, name: &str) -> Vec<Vec<u8>> {
-        abi::response_headers()
+        imports::response_headers()
             .unwrap_or_default()
             .into_iter()
             .filter(|(key, _)| key == name.as_bytes())
@@ -90,7 +90,7 @@ impl Host for EnvoyHost {
 
     #[cfg(feature = "assign-cookie")]
     fn add_response_header(&self, name: &str, value: &str) {
-        if let Err(status) = abi::add_response_header(name, value) {
+        if let Err(status) = imports::add_response_header(name, value) {
             log::warn!("adding response header {name}: status {status}");
         }
     }

@@ -1,7 +1,9 @@
-//! The wasm build (proxy-wasm ABI): imports and exports with all their `unsafe` (`abi`), the
-//! glue the exported callbacks call (`glue`), and the host calls behind the core's `Host`
-//! trait (`host`). Arrows point to the core only.
+//! The wasm build (proxy-wasm ABI). The arrows run one way: the exported callbacks (`exports`)
+//! call the glue (`glue`), which drives the core through the host calls behind its `Host` trait
+//! (`host`), which are the ABI's imports (`imports`). All `unsafe` code is in `exports` and
+//! `imports`.
 
-mod abi;
+mod exports;
 mod glue;
 mod host;
+mod imports;

@@ -1,5 +1,6 @@
-//! The proxy-wasm ABI (0.2.1), by hand: the host functions meshsplit imports and the callbacks
-//! it exports. All `unsafe` code of the crate is here, behind small safe functions.
+//! The proxy-wasm ABI (0.2.1), by hand, its first half: the host functions meshsplit imports,
+//! each behind a small safe function. `exports.rs` has the callbacks the module exports; the
+//! arrows run one way: exports -> glue -> host -> imports.
 //!
 //! Why not the SDK's dispatcher: the host only calls the callbacks a module exports, and each
 //! call crosses the VM boundary. The SDK exports every callback (context create, request and
@@ -12,12 +13,9 @@
 //! code; `bench/README.md` has the per-crossing table.
 #![allow(unsafe_code)]
 
-use std::alloc::{alloc, Layout};
 use std::ptr::{null, null_mut};
 
-use super::glue;
 use crate::host::SharedWrite;
-use crate::route::Verdict;
 
 /// proxy-wasm status codes used here.
 const STATUS_OK: u32 = 0;
@@ -129,7 +127,8 @@ fn checked(status: u32) -> Result<(), u32> {
     }
 }
 
-/// Takes ownership of a buffer the host filled through [`proxy_on_memory_allocate`].
+/// Takes ownership of a buffer the host filled through `proxy_on_memory_allocate`
+/// (`exports.rs`), which allocates with the global allocator and this layout.
 fn take_host_buffer(data: *mut u8, size: usize) -> Vec<u8> {
     if data.is_null() {
         return Vec::new();
@@ -385,95 +384,5 @@ pub fn monotonic_ms() -> u64 {
         nanos / 1_000_000
     } else {
         0
-    }
-}
-
-// ---- exported callbacks ------------------------------------------------------------------------
-
-extern "C" {
-    fn __wasm_call_ctors();
-}
-
-/// WASI reactor initialization, called by the host once after instantiation.
-#[no_mangle]
-pub extern "C" fn _initialize() {
-    // SAFETY: the linker-generated constructor function, called once as WASI reactors require.
-    unsafe { __wasm_call_ctors() };
-}
-
-/// Marks the ABI version this module speaks.
-#[no_mangle]
-pub extern "C" fn proxy_abi_version_0_2_1() {}
-
-/// The host allocates every buffer it returns to us through this.
-#[no_mangle]
-pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
-    if size == 0 {
-        return std::ptr::NonNull::<u8>::dangling().as_ptr();
-    }
-    match Layout::array::<u8>(size) {
-        // SAFETY: non-zero size; ownership goes to the host and comes back in take_host_buffer,
-        // which frees it as a Box<[u8]> of the same length (same layout).
-        Ok(layout) => unsafe { alloc(layout) },
-        Err(_) => null_mut(),
-    }
-}
-
-#[no_mangle]
-pub extern "C" fn proxy_on_vm_start(_root_context_id: u32, _vm_configuration_size: usize) -> u32 {
-    glue::on_vm_start();
-    1
-}
-
-#[no_mangle]
-pub extern "C" fn proxy_on_configure(
-    root_context_id: u32,
-    _plugin_configuration_size: usize,
-) -> u32 {
-    u32::from(glue::on_configure(root_context_id, &plugin_configuration()))
-}
-
-#[no_mangle]
-pub extern "C" fn proxy_on_context_create(context_id: u32, parent_context_id: u32) {
-    glue::on_context_create(context_id, parent_context_id);
-}
-
-/// The housekeeping tick of a root context (root contexts only: no per-request cost).
-#[no_mangle]
-pub extern "C" fn proxy_on_tick(root_context_id: u32) {
-    glue::on_tick(root_context_id);
-}
-
-/// Called when a stream ends, however it ends: gives back in-flight counts.
-#[no_mangle]
-pub extern "C" fn proxy_on_delete(context_id: u32) {
-    glue::on_context_delete(context_id);
-}
-
-/// Sets an assigned cookie on the response. Exported only by the module built with feature
-/// `assign-cookie` (meshsplit-cookie.wasm): Envoy calls a module's response-headers callback on
-/// every stream once it is exported, so the module that does not assign cookies leaves it out
-/// (bench/README.md has the cost). Always 0 (Continue).
-#[cfg(feature = "assign-cookie")]
-#[no_mangle]
-pub extern "C" fn proxy_on_response_headers(
-    context_id: u32,
-    _num_headers: usize,
-    _end_of_stream: u32,
-) -> u32 {
-    glue::on_stream_response_headers(context_id);
-    0
-}
-
-/// Returns 0 (Continue) or 1 (StopIteration, after a local reply).
-#[no_mangle]
-pub extern "C" fn proxy_on_request_headers(
-    context_id: u32,
-    _num_headers: usize,
-    _end_of_stream: u32,
-) -> u32 {
-    match glue::on_stream_request_headers(context_id) {
-        Verdict::Continue => 0,
-        Verdict::Replied => 1,
     }
 }

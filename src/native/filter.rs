@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::abi::{Filter, FilterConfig};
 use super::host::{create_in, FilterHost, StoreOnly};
+use super::imports::{Filter, FilterConfig};
 use super::{
     initial_weight_gauges, namespace, record_outcome, tick_stats, with_plan_timed, Counters, Source,
 };

@@ -1,7 +1,7 @@
 //! Fuzz target of the native build's hooks (see `fuzz.rs`), driven without Envoy: this file
-//! defines Envoy's side of the ABI (every callback `abi.rs` declares, over one fake per thread)
+//! defines Envoy's side of the ABI (every callback `imports.rs` declares, over one fake per thread)
 //! and calls the exported hooks with buffers over arbitrary bytes, as Envoy would. It is a child
-//! of `abi` because it builds the ABI's buffers. A new callback in `abi.rs` needs a fake here, or
+//! of `exports` because it calls the hooks and builds the ABI's buffers (`imports`). A new callback in `imports.rs` needs a fake here, or
 //! the test binary does not link.
 
 use std::cell::RefCell;

@@ -9,7 +9,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
-use super::abi::{Filter, Selection, SpecifierConfig};
+use super::imports::{Filter, Selection, SpecifierConfig};
 use super::store;
 use crate::host::{Host, SharedWrite};
 

@@ -1,7 +1,9 @@
-//! The native build (an Envoy dynamic module, `libmeshsplit.so`): the ABI's declarations and
-//! exported hooks with all their `unsafe` (`abi`), the HTTP filter glue (`filter`), the cluster
-//! specifier glue (`specifier`), the host calls behind the core's `Host` trait (`host`) and the
-//! process-wide shared data the least-request counts use (`store`). Arrows point to the core only.
+//! The native build (an Envoy dynamic module, `libmeshsplit.so`). The arrows run one way: the
+//! exported hooks (`exports`) call the HTTP filter glue (`filter`) and the cluster specifier glue
+//! (`specifier`), which drive the core through the host calls behind its `Host` trait (`host`),
+//! which are the ABI's callbacks into Envoy (`imports`); the process-wide shared data the
+//! least-request counts and the guard use is `store`. All `unsafe` code is in `exports` and
+//! `imports`.
 //!
 //! Threading: Envoy creates a config on the main thread and uses it on every worker at once. The
 //! core's `Plan` keeps per-worker state in `Cell`s (round-robin positions, gauge ids) and is not
@@ -10,15 +12,17 @@
 //! generator: the same arrangement as one wasm VM per worker.
 
 #[cfg(feature = "native")]
-mod abi;
-#[cfg(feature = "native")]
 mod clock;
+#[cfg(feature = "native")]
+mod exports;
 #[cfg(feature = "native")]
 mod filter;
 #[cfg(feature = "test-hooks")]
 mod hooks;
 #[cfg(feature = "native")]
 mod host;
+#[cfg(feature = "native")]
+mod imports;
 #[cfg(feature = "native")]
 mod specifier;
 mod store;
@@ -244,7 +248,7 @@ mod worker {
     use rand_xoshiro::Xoshiro256PlusPlus;
 
     use super::host::StoreOnly;
-    use super::{abi, clock};
+    use super::{clock, imports};
     use crate::host::Host;
     use crate::metrics::Counted;
     use crate::plan::{stat_segment, OnUnknownService, Plan, Strategy};
@@ -622,15 +626,15 @@ mod worker {
 
     impl log::Log for EnvoyLogger {
         fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-            abi::log_enabled(metadata.level())
+            imports::log_enabled(metadata.level())
         }
         fn log(&self, record: &log::Record<'_>) {
             if !self.enabled(record.metadata()) {
                 return;
             }
             match record.args().as_str() {
-                Some(message) => abi::log(record.level(), message),
-                None => abi::log(record.level(), &record.args().to_string()),
+                Some(message) => imports::log(record.level(), message),
+                None => imports::log(record.level(), &record.args().to_string()),
             }
         }
         fn flush(&self) {}
@@ -644,7 +648,7 @@ mod worker {
             log::set_max_level(log::LevelFilter::Trace);
         }
         std::panic::set_hook(Box::new(|info| {
-            abi::log(log::Level::Error, &format!("panic: {info}"))
+            imports::log(log::Level::Error, &format!("panic: {info}"))
         }));
     }
 

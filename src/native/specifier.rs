@@ -39,9 +39,9 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use super::abi::{Selection, SpecifierConfig};
 use super::filter::plugin_name;
 use super::host::{Decision, SelectionHost, SpecifierTick, StoreOnly};
+use super::imports::{Selection, SpecifierConfig};
 use super::{initial_weight_gauges, namespace, with_plan, Counters, Source};
 use crate::in_flight::PROCESS_OWNER;
 use crate::instance::{config_fingerprint, config_summary};

@@ -2,8 +2,8 @@
 //! single-threaded) and the host logger. `exports.rs` calls these functions.
 use std::cell::{Cell, RefCell};
 
-use super::imports;
 use super::host::EnvoyHost;
+use super::imports;
 use crate::host::Host;
 use crate::instance::{
     config_fingerprint, config_summary, first_to_accept, first_to_refuse, Instance,

@@ -1,6 +1,8 @@
-//! Envoy's dynamic-module ABI (Envoy 1.40, ABI `v0.2.0`), by hand: the callbacks meshsplit calls
-//! and the event hooks it exports. All `unsafe` code of the native build is here, behind small
-//! safe functions; `filter.rs` and `specifier.rs` only see slices, strings and opaque handles.
+//! Envoy's dynamic-module ABI (Envoy 1.40, ABI `v0.2.0`), by hand, its first half: the callbacks
+//! meshsplit calls into Envoy and the handles they take, behind small safe functions;
+//! `filter.rs` and `specifier.rs` only see slices, strings and opaque handles. `exports.rs` has
+//! the event hooks Envoy calls. The arrows run one way: exports -> filter, specifier -> host ->
+//! imports. All `unsafe` code of the native build is in these two files.
 //!
 //! Every declaration below follows `source/extensions/dynamic_modules/abi/abi.h` of the 1.40
 //! release; every callback is one that `nm -D` lists in the 1.40.0 binary. C enums are `int`
@@ -9,30 +11,22 @@
 #![allow(unsafe_code)]
 
 use std::ffi::c_void;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::{null, null_mut};
-
-use super::{filter, specifier};
-use crate::route::Verdict;
-
-/// The ABI version this module was written against; Envoy 1.40.0 logs
-/// "Dynamic module ABI version v0.2.0 matched." when it agrees.
-const ABI_VERSION: &[u8] = b"v0.2.0\0";
 
 /// `envoy_dynamic_module_type_envoy_buffer`: bytes owned by Envoy.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct EnvoyBuffer {
-    ptr: *const u8,
-    length: usize,
+    pub(super) ptr: *const u8,
+    pub(super) length: usize,
 }
 
 /// `envoy_dynamic_module_type_module_buffer`: bytes owned by the module.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct ModuleBuffer {
-    ptr: *const u8,
-    length: usize,
+pub(super) struct ModuleBuffer {
+    pub(super) ptr: *const u8,
+    pub(super) length: usize,
 }
 
 impl ModuleBuffer {
@@ -46,27 +40,23 @@ impl ModuleBuffer {
 
 /// `envoy_dynamic_module_type_module_http_header`.
 #[repr(C)]
-struct ModuleHttpHeader {
-    key_ptr: *const u8,
-    key_length: usize,
-    value_ptr: *const u8,
-    value_length: usize,
+pub(super) struct ModuleHttpHeader {
+    pub(super) key_ptr: *const u8,
+    pub(super) key_length: usize,
+    pub(super) value_ptr: *const u8,
+    pub(super) value_length: usize,
 }
 
 /// `envoy_dynamic_module_type_http_header_type_RequestHeader`.
-const REQUEST_HEADER: u32 = 0;
+pub(super) const REQUEST_HEADER: u32 = 0;
 /// `envoy_dynamic_module_type_http_header_type_ResponseHeader`.
-const RESPONSE_HEADER: u32 = 2;
+pub(super) const RESPONSE_HEADER: u32 = 2;
 /// `envoy_dynamic_module_type_attribute_id_{ResponseCode,ResponseFlags}` (`response.code`,
 /// `response.flags`: Envoy's response flags as a bit set, e.g. 0x20 for UF).
-const ATTRIBUTE_RESPONSE_CODE: u32 = 15;
-const ATTRIBUTE_RESPONSE_FLAGS: u32 = 17;
+pub(super) const ATTRIBUTE_RESPONSE_CODE: u32 = 15;
+pub(super) const ATTRIBUTE_RESPONSE_FLAGS: u32 = 17;
 /// `envoy_dynamic_module_type_metrics_result_Success`.
-const METRICS_SUCCESS: u32 = 0;
-/// `envoy_dynamic_module_type_on_http_filter_request_headers_status_{Continue,StopIteration}`;
-/// `Continue` (0) is also the continue status of the body and trailer hooks.
-const CONTINUE: u32 = 0;
-const STOP_ITERATION: u32 = 1;
+pub(super) const METRICS_SUCCESS: u32 = 0;
 
 extern "C" {
     fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
@@ -208,20 +198,20 @@ extern "C" {
 
 /// Envoy's HTTP filter (one stream), valid for the duration of the hook it was passed to.
 #[derive(Clone, Copy)]
-pub struct Filter(*mut c_void);
+pub struct Filter(pub(super) *mut c_void);
 
 /// Envoy's HTTP filter config, valid during `envoy_dynamic_module_on_http_filter_config_new`.
 #[derive(Clone, Copy)]
-pub struct FilterConfig(*mut c_void);
+pub struct FilterConfig(pub(super) *mut c_void);
 
 /// One cluster selection, valid for the duration of `envoy_dynamic_module_on_cluster_specifier_select`.
 #[derive(Clone, Copy)]
-pub struct Selection(*mut c_void);
+pub struct Selection(pub(super) *mut c_void);
 
 /// Envoy's cluster specifier config: it outlives the module's config object, which Envoy
 /// destroys first.
 #[derive(Clone, Copy)]
-pub struct SpecifierConfig(*mut c_void);
+pub struct SpecifierConfig(pub(super) *mut c_void);
 
 // SAFETY: Envoy creates the cluster specifier config on the main thread and keeps it alive until
 // after `envoy_dynamic_module_on_cluster_specifier_config_destroy`; the only call made through it
@@ -235,7 +225,7 @@ unsafe impl Sync for SpecifierConfig {}
 // ---- safe wrappers over the callbacks -----------------------------------------------------------
 
 /// Log levels of `envoy_dynamic_module_type_log_level`.
-fn level_number(level: log::Level) -> u32 {
+pub(super) fn level_number(level: log::Level) -> u32 {
     match level {
         log::Level::Trace => 0,
         log::Level::Debug => 1,
@@ -259,7 +249,7 @@ pub fn log_enabled(level: log::Level) -> bool {
 }
 
 /// Copies an Envoy buffer that a callback returned; `None` when it is null.
-fn copied(buffer: EnvoyBuffer) -> Option<Vec<u8>> {
+pub(super) fn copied(buffer: EnvoyBuffer) -> Option<Vec<u8>> {
     if buffer.ptr.is_null() {
         return None;
     }
@@ -270,7 +260,9 @@ fn copied(buffer: EnvoyBuffer) -> Option<Vec<u8>> {
 
 /// Every copy of a header, in order, through `get(index, result, count)`: one ABI call per copy,
 /// which also tells how many copies there are.
-fn header_copies(mut get: impl FnMut(usize, &mut EnvoyBuffer, &mut usize) -> bool) -> Vec<Vec<u8>> {
+pub(super) fn header_copies(
+    mut get: impl FnMut(usize, &mut EnvoyBuffer, &mut usize) -> bool,
+) -> Vec<Vec<u8>> {
     let mut values = Vec::new();
     let mut count = 1usize;
     let mut index = 0usize;
@@ -487,11 +479,15 @@ impl Filter {
 
 /// The ABI's metric definition callbacks (counter or gauge, filter or specifier config): all
 /// take the config, a name, no labels, and return the id through an out-parameter.
-type DefineMetric =
+pub(super) type DefineMetric =
     unsafe extern "C" fn(*mut c_void, ModuleBuffer, *const ModuleBuffer, usize, *mut usize) -> u32;
 
 /// Defines a metric without labels on a config that Envoy is creating.
-fn define_metric(define: DefineMetric, config: *mut c_void, name: &str) -> Option<usize> {
+pub(super) fn define_metric(
+    define: DefineMetric,
+    config: *mut c_void,
+    name: &str,
+) -> Option<usize> {
     let mut id = 0;
     // SAFETY: `config` is the config pointer Envoy passed to the config_new hook that is
     // running; the name lives for the call; no labels (null, 0); `id` is a local out-parameter.
@@ -624,410 +620,3 @@ impl SpecifierConfig {
         result == METRICS_SUCCESS
     }
 }
-
-// ---- exported event hooks ------------------------------------------------------------------------
-
-/// Runs `f`, turning a panic into `fallback` and an error line: no panic may unwind into Envoy.
-fn guarded<T>(hook: &str, fallback: T, f: impl FnOnce() -> T) -> T {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(value) => value,
-        Err(_) => {
-            log(
-                log::Level::Error,
-                &format!("{hook}: panicked; failing closed"),
-            );
-            fallback
-        }
-    }
-}
-
-/// Bytes of an Envoy buffer passed to a hook, valid for the duration of the hook.
-///
-/// # Safety
-/// `buffer` must describe `length` readable bytes (or have a null pointer) that outlive `'a`.
-unsafe fn envoy_bytes<'a>(buffer: EnvoyBuffer) -> &'a [u8] {
-    if buffer.ptr.is_null() {
-        return &[];
-    }
-    // SAFETY: guaranteed by the caller.
-    unsafe { std::slice::from_raw_parts(buffer.ptr, buffer.length) }
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
-    guarded("envoy_dynamic_module_on_program_init", null(), || {
-        super::on_program_init();
-        ABI_VERSION.as_ptr()
-    })
-}
-
-/// A module-side config handed to Envoy as an opaque pointer (boxed), or null to refuse it.
-fn to_envoy<T>(config: Option<T>) -> *const c_void {
-    match config {
-        Some(config) => Box::into_raw(Box::new(config)) as *const c_void,
-        None => null(),
-    }
-}
-
-/// Frees a config that [`to_envoy`] handed to Envoy (null: nothing to free).
-///
-/// # Safety
-/// `ptr` is null or came from `to_envoy::<T>`, and is not used again.
-unsafe fn drop_from_envoy<T>(ptr: *const c_void) {
-    if !ptr.is_null() {
-        // SAFETY: per this function's contract, `ptr` is a `Box<T>` from `to_envoy::<T>`.
-        drop(unsafe { Box::from_raw(ptr as *mut T) });
-    }
-}
-
-/// Returns the module's config (an `Arc<filter::Config>` boxed), or null to refuse the config.
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
-    config_envoy_ptr: *mut c_void,
-    name: EnvoyBuffer,
-    config: EnvoyBuffer,
-) -> *const c_void {
-    guarded(
-        "envoy_dynamic_module_on_http_filter_config_new",
-        null(),
-        || {
-            // SAFETY: Envoy's name and config buffers live for the duration of this hook.
-            let (name, config) = unsafe { (envoy_bytes(name), envoy_bytes(config)) };
-            to_envoy(filter::config_new(
-                FilterConfig(config_envoy_ptr),
-                name,
-                config,
-            ))
-        },
-    )
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
-    config_module_ptr: *const c_void,
-) {
-    guarded(
-        "envoy_dynamic_module_on_http_filter_config_destroy",
-        (),
-        || {
-            // SAFETY: Envoy passes back what on_http_filter_config_new returned, once.
-            unsafe { drop_from_envoy::<filter::SharedConfig>(config_module_ptr) }
-        },
-    )
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
-    config_module_ptr: *const c_void,
-    _filter_envoy_ptr: *mut c_void,
-) -> *const c_void {
-    guarded("envoy_dynamic_module_on_http_filter_new", null(), || {
-        if config_module_ptr.is_null() {
-            return null();
-        }
-        // SAFETY: the config pointer came from config_new and Envoy keeps it alive while any of
-        // its filters exist; it is only read.
-        let config = unsafe { &*(config_module_ptr as *const filter::SharedConfig) };
-        Box::into_raw(Box::new(filter::stream_new(config))) as *const c_void
-    })
-}
-
-/// The stream object of a hook.
-///
-/// # Safety
-/// `filter_module_ptr` must be a pointer returned by `envoy_dynamic_module_on_http_filter_new`
-/// that Envoy has not destroyed; Envoy calls one stream's hooks on one thread, one at a time.
-unsafe fn stream<'a>(filter_module_ptr: *const c_void) -> Option<&'a mut filter::Stream> {
-    // SAFETY: guaranteed by the caller.
-    unsafe { (filter_module_ptr as *mut filter::Stream).as_mut() }
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
-    filter_envoy_ptr: *mut c_void,
-    filter_module_ptr: *const c_void,
-    _end_of_stream: bool,
-) -> u32 {
-    const HOOK: &str = "envoy_dynamic_module_on_http_filter_request_headers";
-    let filter = Filter(filter_envoy_ptr);
-    let status = |verdict| match verdict {
-        Verdict::Continue => CONTINUE,
-        Verdict::Replied => STOP_ITERATION,
-    };
-    let decided = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: Envoy passes the pointer it got from on_http_filter_new.
-        let Some(stream) = (unsafe { stream(filter_module_ptr) }) else {
-            return CONTINUE;
-        };
-        status(filter::request_headers(stream, filter))
-    }));
-    match decided {
-        Ok(status) => status,
-        Err(_) => {
-            // Fail closed for real: no client-sent cluster header survives, and `reject`
-            // answers as for an unknown service (the config is immutable, so a panic cannot
-            // have left it half-changed).
-            log(
-                log::Level::Error,
-                &format!("{HOOK}: panicked; failing closed"),
-            );
-            let closed = catch_unwind(AssertUnwindSafe(|| {
-                // SAFETY: as above; the hook that panicked holds no reference to the stream
-                // any more.
-                match unsafe { stream(filter_module_ptr) } {
-                    Some(stream) => {
-                        status(filter::fail_closed(filter::stream_config(stream), filter))
-                    }
-                    None => CONTINUE,
-                }
-            }));
-            closed.unwrap_or_else(|_| {
-                // Even that panicked: answer 503 rather than let the request go anywhere.
-                log(
-                    log::Level::Error,
-                    &format!("{HOOK}: failing closed panicked; answering 503"),
-                );
-                filter.send_response(503, &[], b"");
-                STOP_ITERATION
-            })
-        }
-    }
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
-    filter_envoy_ptr: *mut c_void,
-    filter_module_ptr: *const c_void,
-) {
-    guarded(
-        "envoy_dynamic_module_on_http_filter_stream_complete",
-        (),
-        || {
-            // SAFETY: as in request_headers.
-            if let Some(stream) = unsafe { stream(filter_module_ptr) } {
-                filter::stream_complete(stream, Filter(filter_envoy_ptr));
-            }
-        },
-    )
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter_module_ptr: *const c_void) {
-    guarded("envoy_dynamic_module_on_http_filter_destroy", (), || {
-        if !filter_module_ptr.is_null() {
-            // SAFETY: the pointer came from Box::into_raw in on_http_filter_new; Envoy destroys
-            // each filter once, after its last hook.
-            let stream = unsafe { Box::from_raw(filter_module_ptr as *mut filter::Stream) };
-            filter::stream_destroy(*stream);
-        }
-    })
-}
-
-// Hooks Envoy requires of every HTTP filter module, which meshsplit does not use: each lets the
-// stream go on untouched. Their arguments are not read.
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _end_of_stream: bool,
-) -> u32 {
-    CONTINUE
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-) -> u32 {
-    CONTINUE
-}
-
-/// Sets a cookie the stream's request was assigned (`assign_cookie`); nothing otherwise.
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
-    filter_envoy_ptr: *mut c_void,
-    filter_module_ptr: *const c_void,
-    _end_of_stream: bool,
-) -> u32 {
-    guarded(
-        "envoy_dynamic_module_on_http_filter_response_headers",
-        CONTINUE,
-        || {
-            // SAFETY: as in request_headers.
-            if let Some(stream) = unsafe { stream(filter_module_ptr) } {
-                filter::response_headers(stream, Filter(filter_envoy_ptr));
-            }
-            CONTINUE
-        },
-    )
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _end_of_stream: bool,
-) -> u32 {
-    CONTINUE
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-) -> u32 {
-    CONTINUE
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _event_id: u64,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _callout_id: u64,
-    _result: u32,
-    _headers: *const c_void,
-    _headers_size: usize,
-    _body_chunks: *const c_void,
-    _body_chunks_size: usize,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _stream_id: u64,
-    _headers: *const c_void,
-    _headers_size: usize,
-    _end_stream: bool,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _stream_id: u64,
-    _data: *const c_void,
-    _data_size: usize,
-    _end_stream: bool,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _stream_id: u64,
-    _trailers: *const c_void,
-    _trailers_size: usize,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _stream_id: u64,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-    _stream_id: u64,
-    _reason: u32,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-) {
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
-) {
-}
-
-// ---- cluster specifier -------------------------------------------------------------------------
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_cluster_specifier_config_new(
-    config_envoy_ptr: *mut c_void,
-    name: EnvoyBuffer,
-    config: EnvoyBuffer,
-) -> *const c_void {
-    guarded(
-        "envoy_dynamic_module_on_cluster_specifier_config_new",
-        null(),
-        || {
-            // SAFETY: Envoy's name and config buffers live for the duration of this hook.
-            let (name, config) = unsafe { (envoy_bytes(name), envoy_bytes(config)) };
-            to_envoy(specifier::config_new(
-                SpecifierConfig(config_envoy_ptr),
-                name,
-                config,
-            ))
-        },
-    )
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_cluster_specifier_config_destroy(
-    config_module_ptr: *const c_void,
-) {
-    guarded(
-        "envoy_dynamic_module_on_cluster_specifier_config_destroy",
-        (),
-        || {
-            // SAFETY: Envoy passes back what on_cluster_specifier_config_new returned, once.
-            unsafe { drop_from_envoy::<specifier::SharedConfig>(config_module_ptr) }
-        },
-    )
-}
-
-/// Returns whether a decision was made (a cluster, or a not-found status for the route).
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_cluster_specifier_select(
-    config_module_ptr: *const c_void,
-    context_envoy_ptr: *mut c_void,
-) -> bool {
-    const HOOK: &str = "envoy_dynamic_module_on_cluster_specifier_select";
-    if config_module_ptr.is_null() {
-        return false;
-    }
-    // SAFETY: the config pointer came from config_new and outlives every route entry Envoy
-    // creates with it; it is only read (shared across workers: the config is Sync).
-    let config = unsafe { &*(config_module_ptr as *const specifier::SharedConfig) };
-    let selection = Selection(context_envoy_ptr);
-    match catch_unwind(AssertUnwindSafe(|| specifier::select(config, selection))) {
-        Ok(decided) => decided,
-        Err(_) => {
-            // No cluster; with `reject` the unknown-service status (see specifier::fail_closed).
-            log(
-                log::Level::Error,
-                &format!("{HOOK}: panicked; failing closed"),
-            );
-            guarded(HOOK, false, || specifier::fail_closed(config, selection))
-        }
-    }
-}
-
-#[cfg(test)]
-#[path = "fuzz_tests.rs"]
-mod fuzz_tests;

@@ -598,9 +598,9 @@ mod schema {
     }
 
     /// `cluster_header`: a header name that is not one of the headers the plan reserves
-    /// (`plan::RESERVED_HEADERS`, Envoy's `x-envoy-`).
+    /// (`reserved_headers.rs`, Envoy's `x-envoy-`).
     pub fn cluster_header(_: &mut SchemaGenerator) -> Schema {
-        let reserved: Vec<&str> = crate::plan::RESERVED_HEADERS
+        let reserved: Vec<&str> = crate::reserved_headers::RESERVED_HEADERS
             .iter()
             .map(|(name, _)| *name)
             .collect();

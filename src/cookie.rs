@@ -12,8 +12,8 @@
 use rand_core::Rng;
 
 use crate::config::{RawAssignCookie, RawSameSite};
+use crate::config_error::ConfigError;
 use crate::host::Host;
-use crate::plan::ConfigError;
 
 /// Characters of an id: 128 bits in sextets, rounded up.
 pub const ID_LEN: usize = 22;

@@ -7,6 +7,7 @@
 //! (Envoy dynamic module; its ABI code only with the `native` feature).
 
 pub mod config;
+mod config_error;
 pub mod cookie;
 pub mod guard;
 pub mod guard_record;
@@ -18,6 +19,7 @@ pub mod metrics;
 mod native;
 pub mod plan;
 pub mod request;
+mod reserved_headers;
 pub mod rollout;
 pub mod route;
 pub mod select;

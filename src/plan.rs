@@ -4,16 +4,17 @@
 //! `services[0].upstreams[1].weight: must be at most 1000000, got 5000000`.
 
 use std::cell::{Cell, Ref, RefCell};
-use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::config::{
     RawConfig, RawGuard, RawHashOn, RawLatency, RawOnUnknown, RawRollout, RawRule, RawService,
     RawServiceFrom, RawStrategy, RawUpstream,
 };
+pub use crate::config_error::ConfigError;
 use crate::cookie::AssignCookie;
 use crate::guard::{Guard, Latency};
 use crate::request::{host_key_str, HostKey};
+use crate::reserved_headers::RESERVED_HEADERS;
 use crate::rollout::{parse_start, Rollout, Step};
 use crate::select::{sticky_hash, WeightedPicker};
 use serde_path_to_error::Segment;
@@ -45,34 +46,6 @@ fn at_most(path: impl Into<String>, what: &str, len: usize, max: usize) -> Resul
     }
     Ok(())
 }
-
-/// A configuration problem: where (JSON path) and what.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub path: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// Where the service key of a request comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1171,40 +1144,6 @@ fn host_keys(path: &str, raw: &RawService) -> Result<Vec<(String, String)>, Conf
     }
     Ok(keys)
 }
-
-const FRAMING: &str = "it frames the request or controls the connection";
-const BODY: &str = "it describes the request body";
-const CREDENTIALS: &str = "it carries the client's credentials or cookies";
-const FORWARDING: &str = "it identifies the client or the request to Envoy and upstreams";
-
-/// Request headers the cluster header must not be, with the reason. The filter overwrites the
-/// cluster header on every request (and removes it for unknown services), so any header that
-/// means something to Envoy, to the upstream or to the HTTP exchange itself would be destroyed.
-pub(crate) const RESERVED_HEADERS: &[(&str, &str)] = &[
-    ("host", "it is the request's authority"),
-    ("content-length", FRAMING),
-    ("transfer-encoding", FRAMING),
-    ("te", FRAMING),
-    ("trailer", FRAMING),
-    ("connection", FRAMING),
-    ("keep-alive", FRAMING),
-    ("proxy-connection", FRAMING),
-    ("upgrade", FRAMING),
-    ("expect", FRAMING),
-    ("http2-settings", FRAMING),
-    ("content-type", BODY),
-    ("content-encoding", BODY),
-    ("authorization", CREDENTIALS),
-    ("proxy-authorization", CREDENTIALS),
-    ("cookie", CREDENTIALS),
-    ("x-forwarded-for", FORWARDING),
-    ("x-forwarded-proto", FORWARDING),
-    ("x-forwarded-host", FORWARDING),
-    ("x-forwarded-port", FORWARDING),
-    ("forwarded", FORWARDING),
-    ("via", FORWARDING),
-    ("x-request-id", FORWARDING),
-];
 
 /// A header name the filter may own: valid, and not one that carries request semantics.
 fn check_cluster_header(name: &str) -> Result<(), ConfigError> {

@@ -56,7 +56,7 @@ pub struct Args {
     pub to: PathBuf,
     /// Keep running and apply CONFIG again whenever it changes.
     #[arg(long)]
-    watch: bool,
+    pub watch: bool,
     /// With --watch: how long CONFIG must stay unchanged (content, size and modification time)
     /// before it is applied.
     #[arg(long, value_name = "MS", default_value_t = 300,
@@ -84,16 +84,21 @@ pub struct Args {
     keys: u64,
 }
 
-pub fn run(args: &Args) -> Status {
-    if !args.to.exists() && args.module.is_none() {
-        return Failure::usage(format!(
+/// A usage error when the ECDS file does not exist and no `--module` says how to create it.
+pub fn missing_target(args: &Args) -> Option<Status> {
+    (!args.to.exists() && args.module.is_none()).then(|| {
+        Failure::usage(format!(
             "{}: no such file; give --module PATH to create it with a new resource",
             args.to.display()
         ))
-        .report();
-    }
-    if args.watch {
-        return crate::watch::run(args);
+        .report()
+    })
+}
+
+/// `meshsplit apply` without `--watch` (`main.rs` sends `--watch` to `watch::run`).
+pub fn run(args: &Args) -> Status {
+    if let Some(status) = missing_target(args) {
+        return status;
     }
     let name = args.config.display().to_string();
     let loaded = find(&args.config)

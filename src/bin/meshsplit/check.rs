@@ -10,6 +10,7 @@ use meshsplit::plan::{HashOn, Plan, Service, Strategy};
 use crate::ecds;
 use crate::extract::{extract, Clusters, Found};
 use crate::output::say_err;
+use crate::report::Line;
 use crate::route_patches;
 use crate::source::{decode, parse};
 use crate::Status;
@@ -48,25 +49,6 @@ pub struct Args {
     /// when no file holds one), e.g. to check a whole directory of manifests.
     #[arg(long)]
     skip_unrelated: bool,
-}
-
-/// One line of the report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Line {
-    Valid(String),
-    Invalid(String),
-    Warning(String),
-    Note(String),
-}
-
-impl Line {
-    fn status(&self, strict: bool) -> Status {
-        match self {
-            Line::Valid(_) | Line::Note(_) => Status::Ok,
-            Line::Warning(_) if !strict => Status::Ok,
-            Line::Warning(_) | Line::Invalid(_) => Status::Invalid,
-        }
-    }
 }
 
 impl std::fmt::Display for Line {

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use meshsplit::plan::Plan;
 use serde_json::Value;
 
-use crate::check::{check_one, read, Line};
+use crate::check::{check_one, read};
 use crate::extract::{extract, Found};
 use crate::output::{say, say_err};
+use crate::report::Line;
 use crate::source::parse;
 use crate::Status;
 

@@ -15,6 +15,7 @@ mod load;
 mod output;
 mod preview;
 mod replace;
+mod report;
 mod route_patches;
 mod schedule;
 mod schema;
@@ -64,6 +65,7 @@ fn main() -> ExitCode {
     let status = match &cli.command {
         Command::Check(args) => check::run(args),
         Command::Preview(args) => preview::run(args),
+        Command::Apply(args) if args.watch => watch::run(args),
         Command::Apply(args) => apply::run(args),
         Command::Status(args) => status::run(args),
         Command::Schema(args) => schema::run(args),

@@ -16,7 +16,7 @@
 
 use serde_json::Value;
 
-use crate::check::Line;
+use crate::report::Line;
 use crate::source::Document;
 
 const ROUTE_TARGETS: [&str; 3] = ["HTTP_ROUTE", "VIRTUAL_HOST", "ROUTE_CONFIGURATION"];

@@ -55,6 +55,9 @@ fn now() -> String {
 /// finished, quiet does. A writer that pauses longer than the settle time mid-file cannot be
 /// told from one that finished: raise --settle-ms for such writers, or save by rename.
 pub fn run(args: &Args) -> Status {
+    if let Some(status) = crate::apply::missing_target(args) {
+        return status;
+    }
     if args.config.as_os_str() == "-" {
         return Failure::usage("--watch needs CONFIG to be a file, not standard input").report();
     }

@@ -309,13 +309,18 @@ impl Filter {
 
     /// Every copy of a request header, in order.
     pub fn request_header_values(self, name: &str) -> Vec<Vec<u8>> {
+        self.header_values(REQUEST_HEADER, name)
+    }
+
+    /// Every copy of a header of the map `header_type` (request or response), in order.
+    fn header_values(self, header_type: u32, name: &str) -> Vec<Vec<u8>> {
         header_copies(|index, result, count| {
             // SAFETY: as in request_header; `count` is a local out-parameter for the number of
-            // copies.
+            // copies, and the response map is only asked for in the response-headers hook.
             unsafe {
                 envoy_dynamic_module_callback_http_get_header(
                     self.0,
-                    REQUEST_HEADER,
+                    header_type,
                     ModuleBuffer::of(name.as_bytes()),
                     result,
                     index,
@@ -426,19 +431,7 @@ impl Filter {
 
     /// Every copy of a response header, in order (in the response-headers hook).
     pub fn response_header_values(self, name: &str) -> Vec<Vec<u8>> {
-        header_copies(|index, result, count| {
-            // SAFETY: as in request_header_values, on the response header map.
-            unsafe {
-                envoy_dynamic_module_callback_http_get_header(
-                    self.0,
-                    RESPONSE_HEADER,
-                    ModuleBuffer::of(name.as_bytes()),
-                    result,
-                    index,
-                    count,
-                )
-            }
-        })
+        self.header_values(RESPONSE_HEADER, name)
     }
 
     /// Adds a copy of a response header (in the response-headers hook).

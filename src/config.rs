@@ -127,10 +127,14 @@ impl<'de> Visitor<'de> for Forms {
         };
         let name: String = map.next_value()?;
         if let Some(other) = map.next_key::<String>()? {
-            return Err(de::Error::custom(format_args!(
-                "expected {}, got an object with both {known:?} and {other:?}",
-                self.expecting
-            )));
+            return Err(if other == known {
+                de::Error::custom(format_args!("the key {known:?} twice"))
+            } else {
+                de::Error::custom(format_args!(
+                    "expected {}, got an object with both {known:?} and {other:?}",
+                    self.expecting
+                ))
+            });
         }
         Ok(Source::Keyed(known, name))
     }
@@ -287,13 +291,24 @@ pub struct RawAssignCookie {
 }
 
 /// The cookie's `SameSite` attribute, spelled as in `Set-Cookie`.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[cfg_attr(feature = "schema", schemars(rename = "same_site"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RawSameSite {
     Strict,
     Lax,
     None,
+}
+
+impl<'de> Deserialize<'de> for RawSameSite {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(OneOf {
+            choices: &[
+                ("Strict", Self::Strict),
+                ("Lax", Self::Lax),
+                ("None", Self::None),
+            ],
+            expecting: r#"one of "Strict", "Lax", "None""#,
+        })
+    }
 }
 
 /// Moves traffic away from an upstream whose responses fail (see `guard.rs`): an upstream whose
@@ -306,8 +321,20 @@ pub enum RawSameSite {
     schemars(
         rename = "guard",
         extend(
-            "anyOf" = [{"required": ["error_rate"]}, {"required": ["latency"]}],
-            "dependentRequired" = {"failure_codes": ["error_rate"], "relative_margin": ["error_rate"]}
+            "anyOf" = [
+                {"properties": {"error_rate": {"type": "number"}}, "required": ["error_rate"]},
+                {"properties": {"latency": {"type": "object"}}, "required": ["latency"]}
+            ],
+            "allOf" = [
+                {
+                    "if": {"properties": {"failure_codes": {"type": "array"}}, "required": ["failure_codes"]},
+                    "then": {"properties": {"error_rate": {"type": "number"}}, "required": ["error_rate"]}
+                },
+                {
+                    "if": {"properties": {"relative_margin": {"type": "number"}}, "required": ["relative_margin"]},
+                    "then": {"properties": {"error_rate": {"type": "number"}}, "required": ["error_rate"]}
+                }
+            ]
         )
     )
 )]
@@ -488,7 +515,17 @@ pub struct RawRule {
 /// Conditions on a request; every condition listed must hold.
 #[derive(Debug, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[cfg_attr(feature = "schema", schemars(rename = "match", extend("minProperties" = 1)))]
+#[cfg_attr(
+    feature = "schema",
+    schemars(
+        rename = "match",
+        extend("anyOf" = [
+            {"properties": {"headers": {"minItems": 1}}, "required": ["headers"]},
+            {"properties": {"cookies": {"minItems": 1}}, "required": ["cookies"]},
+            {"properties": {"query": {"minItems": 1}}, "required": ["query"]}
+        ])
+    )
+)]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
     /// Conditions on request headers.
@@ -509,7 +546,11 @@ pub struct RawMatch {
     feature = "schema",
     schemars(
         rename = "header_condition",
-        extend("oneOf" = [{"required": ["exact"]}, {"required": ["prefix"]}, {"required": ["present"]}])
+        extend("oneOf" = [
+            {"properties": {"exact": {"type": "string"}}, "required": ["exact"]},
+            {"properties": {"prefix": {"type": "string"}}, "required": ["prefix"]},
+            {"properties": {"present": {"const": true}}, "required": ["present"]}
+        ])
     )
 )]
 #[serde(deny_unknown_fields)]
@@ -525,7 +566,7 @@ pub struct RawHeaderMatch {
     pub prefix: Option<String>,
     /// `true`: the header is present, whatever its value (`false` is not a condition).
     #[serde(default)]
-    #[cfg_attr(feature = "schema", schemars(extend("const" = true)))]
+    #[cfg_attr(feature = "schema", schemars(extend("enum" = [true, null])))]
     pub present: Option<bool>,
 }
 
@@ -574,7 +615,9 @@ mod schema {
 
     use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 
-    use super::{RawHashOn, RawOnUnknown, RawServiceFrom, RawStepWeights, RawStrategy};
+    use super::{
+        RawHashOn, RawOnUnknown, RawSameSite, RawServiceFrom, RawStepWeights, RawStrategy,
+    };
 
     /// A lowercase header name, as `plan::check_header_name` accepts it (HTTP token characters).
     pub const HEADER_NAME: &str = r"^[a-z0-9!#$%&'*+.^_`|~-]+$";
@@ -604,11 +647,27 @@ mod schema {
             .iter()
             .map(|(name, _)| *name)
             .collect();
+        // `null` is the default, as for every optional field.
         json_schema!({
-            "type": "string",
-            "pattern": HEADER_NAME,
-            "not": {"anyOf": [{"enum": reserved}, {"pattern": "^x-envoy-"}]},
+            "anyOf": [
+                {
+                    "type": "string",
+                    "pattern": HEADER_NAME,
+                    "not": {"anyOf": [{"enum": reserved}, {"pattern": "^x-envoy-"}]},
+                },
+                {"type": "null"},
+            ]
         })
+    }
+
+    impl JsonSchema for RawSameSite {
+        fn schema_name() -> Cow<'static, str> {
+            "same_site".into()
+        }
+
+        fn json_schema(_: &mut SchemaGenerator) -> Schema {
+            json_schema!({"type": "string", "enum": ["Strict", "Lax", "None"]})
+        }
     }
 
     impl JsonSchema for RawServiceFrom {

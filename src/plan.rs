@@ -815,7 +815,7 @@ fn compile_strategy(
         (None, RawStrategy::Sticky) => {
             return Err(ConfigError::new(
                 format!("{path}.hash_on"),
-                "required with strategy \"sticky\": {\"header\": NAME}, {\"cookie\": NAME} or {\"query\": PARAM}",
+                "required with strategy \"sticky\": {\"header\": NAME}, {\"cookie\": NAME} or {\"query\": NAME}",
             ))
         }
         (Some(_), RawStrategy::Weighted | RawStrategy::RoundRobin | RawStrategy::LeastRequest) => {

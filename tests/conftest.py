@@ -95,7 +95,7 @@ def pytest_sessionfinish(session):
     spent = stats.CHECKS * stats.P_MIN
     if spent > stats.FALSE_FAILURE_BUDGET:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        print(f"\nerror: {stats.CHECKS} chi-square checks at p < {stats.P_MIN:g} each may fail a "
+        print(f"\nerror: {stats.CHECKS} statistical checks at p < {stats.P_MIN:g} each may fail a "
               f"correct build in {spent:.1e} of runs, over the budget of "
               f"{stats.FALSE_FAILURE_BUDGET:g}: lower P_MIN in tests/stats.py (and check power)")
 
@@ -107,7 +107,7 @@ def pytest_terminal_summary(terminalreporter):
     result = yield
     if stats.CHECKS:
         terminalreporter.write_line(
-            f"{stats.CHECKS} chi-square checks at p < {stats.P_MIN:g}: a correct build fails this "
+            f"{stats.CHECKS} statistical checks at p < {stats.P_MIN:g}: a correct build fails this "
             f"run by chance in at most {stats.CHECKS * stats.P_MIN:.1e} of runs "
             f"(budget {stats.FALSE_FAILURE_BUDGET:g})")
     skipped = terminalreporter.stats.get("skipped", [])

@@ -165,6 +165,7 @@ def test_a_ramp_moves_about_the_share_it_must_and_only_into_the_raised_upstream(
     # million runs, the suite's threshold (stats.P_MIN).
     expected = VISITORS * 0.2
     tolerance = 5 * math.sqrt(VISITORS * 0.2 * 0.8)
+    stats.count_check()
     assert abs(len(moves) - expected) <= tolerance, len(moves)
     live["moved"] = len(moves) / VISITORS
 
@@ -182,6 +183,7 @@ def test_preview_predicts_the_share_of_assigned_visitors_the_ramp_moved(live, cl
     assert {m["to"] for m in keys["moves"]} == {"b"}, keys
     # 10 000 sampled ids against 1 000 visitors through Envoy: the difference of the two shares
     # has a standard deviation of 0.013 at 20 %; 5 of them.
+    stats.count_check()
     assert abs(keys["fraction"] - live["moved"]) <= 0.066, (keys["fraction"], live["moved"])
 
 

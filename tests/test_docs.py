@@ -51,16 +51,30 @@ def test_the_readme_links_resolve():
             assert anchor in anchors(target.read_text()), link
 
 
-def configurations():
-    """(page, JSON) of every fenced JSON block that is a whole plugin configuration."""
+def json_blocks():
+    """(page, text) of every fenced JSON block of the README and the manual."""
     for page in [README, *sorted(DOCS.glob("*.md"))]:
         for block in re.findall(r"```json\n(.*?)```", page.read_text(), re.S):
-            try:
-                config = json.loads(block)
-            except ValueError:
-                continue
-            if isinstance(config, dict) and "services" in config:
-                yield page.relative_to(ROOT), block
+            yield page.relative_to(ROOT), block
+
+
+def configurations():
+    """(page, JSON) of every fenced JSON block that is a plugin configuration: a whole one, or a
+    service alone (checked as the only service of a configuration)."""
+    for page, block in json_blocks():
+        config = json.loads(block)
+        if isinstance(config, dict) and "services" in config:
+            yield page, block
+        elif isinstance(config, dict) and "upstreams" in config:
+            yield page, json.dumps({"services": [config]})
+
+
+def test_every_json_block_in_the_docs_is_json():
+    for page, block in json_blocks():
+        try:
+            json.loads(block)
+        except ValueError as e:
+            raise AssertionError(f"{page}: a ```json block that is not JSON ({e}):\n{block}") from e
 
 
 CONFIGURATIONS = list(configurations())

@@ -14,6 +14,7 @@ import urllib.request
 import pytest
 
 import harness
+import stats
 from test_bundle import require_tool
 from test_dashboard import dashboard_module
 from test_guard import Load
@@ -166,6 +167,8 @@ def test_observed_share_recording_rule_matches_the_weights(setup):
     share = prometheus.query('meshsplit:observed_share:ratio_rate1m{service="svc"}')
     total = sum(WEIGHTS.values())
     assert set(share) == set(WEIGHTS), share
+    # One check per upstream, each at 5.5 standard deviations or more (see TOLERANCE).
+    stats.count_check(len(WEIGHTS))
     for name, weight in WEIGHTS.items():
         assert abs(share[name] - weight / total) <= TOLERANCE, (name, share, seen)
     assert math.isclose(sum(share.values()), 1.0, abs_tol=1e-9), share

@@ -127,3 +127,49 @@ def test_most_of_the_table_is_expressed_in_the_schema():
     print(f"{refused} cases refused by the schema, {plan_only} checked by the plan only, "
           f"{len(verdicts) - refused - plan_only} not JSON")
     assert refused > 2 * plan_only, (refused, plan_only)
+
+
+# Valid configurations with `null` where a field is optional (YAML's `key:` with no value gives
+# them): the plan accepts each, so the schema must too, or editors would flag valid files.
+NULLS = [
+    {"cluster_header": None},
+    {"service_from": None, "on_unknown_service": None},
+    {"services[0]": {"strategy": None, "hash_on": None, "hosts": None, "guard": None,
+                     "rollout": None, "assign_cookie": None}},
+    {"rule": {"name": "x-user", "exact": "a", "prefix": None, "present": None}},
+    {"rule": {"name": "x-user", "exact": None, "prefix": "a"}},
+    {"guard": {"error_rate": None, "failure_codes": None, "relative_margin": None,
+               "latency": {"percentile": 95, "threshold_ms": 250}}},
+    {"cookie": {"max_age_s": None, "path": None, "secure": None, "http_only": None,
+                "same_site": None}},
+]
+
+
+def with_nulls(change):
+    config = {"services": [{"name": "web", "upstreams": [
+        {"name": "v1", "cluster": "web_v1", "weight": 90, "authority": None},
+        {"name": "v2", "cluster": "web_v2", "weight": 10}]}]}
+    service = config["services"][0]
+    for key, value in change.items():
+        if key == "services[0]":
+            service.update(value)
+        elif key == "rule":
+            service["rules"] = [{"match": {"headers": [value]}, "upstream": "v2"}]
+        elif key == "guard":
+            service["guard"] = value
+        elif key == "cookie":
+            service.update(strategy="sticky", hash_on={"cookie": "mesh"}, assign_cookie=value)
+        else:
+            config[key] = value
+    return config
+
+
+@pytest.mark.parametrize("change", NULLS, ids=[",".join(c) for c in NULLS])
+def test_nulls_the_plan_accepts_the_schema_accepts(validator, change, tmp_path):
+    config = with_nulls(change)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    out = subprocess.run([str(CLI), "check", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, (config, out.stdout, out.stderr)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(config)]
+    assert not errors, (config, errors)

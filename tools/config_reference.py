@@ -54,7 +54,7 @@ def describe_type(schema, node):
     `list of upstream`, an object name, or the forms of a key source."""
     node = resolve(schema, node)
     if "enum" in node:
-        return " or ".join(f'`"{v}"`' for v in node["enum"])
+        return " or ".join(f"`{json.dumps(v)}`" for v in node["enum"] if v is not None)
     if "oneOf" in node:
         forms = []
         for branch in node["oneOf"]:

@@ -65,14 +65,18 @@ pub enum RawServiceFrom {
     Query(String),
 }
 
+impl RawServiceFrom {
+    /// What the reader accepts, and the schema says (`schema` below).
+    const FORMS: Forms = Forms {
+        plain: Some("authority"),
+        keys: &["header", "query"],
+        expecting: r#""authority" or {"header": NAME} or {"query": NAME}"#,
+    };
+}
+
 impl<'de> Deserialize<'de> for RawServiceFrom {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        const FORMS: Forms = Forms {
-            plain: Some("authority"),
-            keys: &["header", "query"],
-            expecting: r#""authority" or {"header": NAME} or {"query": NAME}"#,
-        };
-        Ok(match deserializer.deserialize_any(FORMS)? {
+        Ok(match deserializer.deserialize_any(Self::FORMS)? {
             Source::Plain => Self::Authority,
             Source::Keyed("header", name) => Self::Header(name),
             Source::Keyed(_, name) => Self::Query(name),
@@ -146,12 +150,17 @@ pub enum RawOnUnknown {
     Reject,
 }
 
+impl RawOnUnknown {
+    /// What the reader accepts, and the schema says (`schema` below).
+    const ONE_OF: OneOf<Self> = OneOf {
+        choices: &[("pass", Self::Pass), ("reject", Self::Reject)],
+        expecting: r#""pass" or "reject""#,
+    };
+}
+
 impl<'de> Deserialize<'de> for RawOnUnknown {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(OneOf {
-            choices: &[("pass", Self::Pass), ("reject", Self::Reject)],
-            expecting: r#""pass" or "reject""#,
-        })
+        deserializer.deserialize_any(Self::ONE_OF)
     }
 }
 
@@ -298,16 +307,21 @@ pub enum RawSameSite {
     None,
 }
 
+impl RawSameSite {
+    /// What the reader accepts, and the schema says (`schema` below).
+    const ONE_OF: OneOf<Self> = OneOf {
+        choices: &[
+            ("Strict", Self::Strict),
+            ("Lax", Self::Lax),
+            ("None", Self::None),
+        ],
+        expecting: r#"one of "Strict", "Lax", "None""#,
+    };
+}
+
 impl<'de> Deserialize<'de> for RawSameSite {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(OneOf {
-            choices: &[
-                ("Strict", Self::Strict),
-                ("Lax", Self::Lax),
-                ("None", Self::None),
-            ],
-            expecting: r#"one of "Strict", "Lax", "None""#,
-        })
+        deserializer.deserialize_any(Self::ONE_OF)
     }
 }
 
@@ -459,17 +473,22 @@ pub enum RawStrategy {
     Sticky,
 }
 
+impl RawStrategy {
+    /// What the reader accepts, and the schema says (`schema` below).
+    const ONE_OF: OneOf<Self> = OneOf {
+        choices: &[
+            ("weighted", Self::Weighted),
+            ("round_robin", Self::RoundRobin),
+            ("least_request", Self::LeastRequest),
+            ("sticky", Self::Sticky),
+        ],
+        expecting: r#"one of "weighted", "round_robin", "least_request", "sticky""#,
+    };
+}
+
 impl<'de> Deserialize<'de> for RawStrategy {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(OneOf {
-            choices: &[
-                ("weighted", Self::Weighted),
-                ("round_robin", Self::RoundRobin),
-                ("least_request", Self::LeastRequest),
-                ("sticky", Self::Sticky),
-            ],
-            expecting: r#"one of "weighted", "round_robin", "least_request", "sticky""#,
-        })
+        deserializer.deserialize_any(Self::ONE_OF)
     }
 }
 
@@ -482,19 +501,23 @@ pub enum RawHashOn {
     Query(String),
 }
 
+impl RawHashOn {
+    /// What the reader accepts, and the schema says (`schema` below).
+    const FORMS: Forms = Forms {
+        plain: None,
+        keys: &["header", "cookie", "query"],
+        expecting: r#"{"header": NAME} or {"cookie": NAME} or {"query": NAME}"#,
+    };
+}
+
 impl<'de> Deserialize<'de> for RawHashOn {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        const FORMS: Forms = Forms {
-            plain: None,
-            keys: &["header", "cookie", "query"],
-            expecting: r#"{"header": NAME} or {"cookie": NAME} or {"query": NAME}"#,
-        };
-        match deserializer.deserialize_any(FORMS)? {
+        match deserializer.deserialize_any(Self::FORMS)? {
             Source::Keyed("header", name) => Ok(Self::Header(name)),
             Source::Keyed("cookie", name) => Ok(Self::Cookie(name)),
             Source::Keyed(_, name) => Ok(Self::Query(name)),
             // FORMS has no plain form, so the visitor never returns it.
-            Source::Plain => Err(de::Error::custom(FORMS.expecting)),
+            Source::Plain => Err(de::Error::custom(Self::FORMS.expecting)),
         }
     }
 }
@@ -640,6 +663,30 @@ mod schema {
         })
     }
 
+    /// The schema of a key source: its plain string (only `service_from` has one, the authority),
+    /// then an object of each key.
+    fn forms(forms: &super::Forms) -> Schema {
+        let plain = forms.plain.map(|plain| {
+            serde_json::json!({"const": plain, "description": "The `:authority` (`Host`) of the request."})
+        });
+        let keyed = forms.keys.iter().map(|&key| {
+            let description = match key {
+                "header" => "A request header.",
+                "cookie" => "A cookie of the `cookie` header.",
+                _ => "A URL-decoded query parameter of `:path`.",
+            };
+            keyed(key, description)
+        });
+        let branches: Vec<serde_json::Value> = plain.into_iter().chain(keyed).collect();
+        json_schema!({"oneOf": branches})
+    }
+
+    /// The schema of a string out of a fixed set.
+    fn one_of<T>(one_of: &super::OneOf<T>) -> Schema {
+        let names: Vec<&str> = one_of.choices.iter().map(|(name, _)| *name).collect();
+        json_schema!({"type": "string", "enum": names})
+    }
+
     /// `cluster_header`: a header name that is not one of the headers the plan reserves
     /// (`reserved_headers.rs`, Envoy's `x-envoy-`).
     pub fn cluster_header(_: &mut SchemaGenerator) -> Schema {
@@ -666,7 +713,7 @@ mod schema {
         }
 
         fn json_schema(_: &mut SchemaGenerator) -> Schema {
-            json_schema!({"type": "string", "enum": ["Strict", "Lax", "None"]})
+            one_of(&RawSameSite::ONE_OF)
         }
     }
 
@@ -676,13 +723,7 @@ mod schema {
         }
 
         fn json_schema(_: &mut SchemaGenerator) -> Schema {
-            json_schema!({
-                "oneOf": [
-                    {"const": "authority", "description": "The `:authority` (`Host`) of the request."},
-                    keyed("header", "A request header."),
-                    keyed("query", "A URL-decoded query parameter of `:path`."),
-                ]
-            })
+            forms(&RawServiceFrom::FORMS)
         }
     }
 
@@ -692,13 +733,7 @@ mod schema {
         }
 
         fn json_schema(_: &mut SchemaGenerator) -> Schema {
-            json_schema!({
-                "oneOf": [
-                    keyed("header", "A request header."),
-                    keyed("cookie", "A cookie of the `cookie` header."),
-                    keyed("query", "A URL-decoded query parameter of `:path`."),
-                ]
-            })
+            forms(&RawHashOn::FORMS)
         }
     }
 
@@ -708,7 +743,7 @@ mod schema {
         }
 
         fn json_schema(_: &mut SchemaGenerator) -> Schema {
-            json_schema!({"type": "string", "enum": ["pass", "reject"]})
+            one_of(&RawOnUnknown::ONE_OF)
         }
     }
 
@@ -718,10 +753,7 @@ mod schema {
         }
 
         fn json_schema(_: &mut SchemaGenerator) -> Schema {
-            json_schema!({
-                "type": "string",
-                "enum": ["weighted", "round_robin", "least_request", "sticky"],
-            })
+            one_of(&RawStrategy::ONE_OF)
         }
     }
 

@@ -230,8 +230,8 @@ dist: build native cli oci
 	cp target/release/meshsplit $(DIST)/meshsplit-$(VERSION)-$(PLATFORM)
 	cp target/meshsplit-oci.tar $(DIST)/meshsplit-$(VERSION)-oci.tar
 	cp target/meshsplit-cookie-oci.tar $(DIST)/meshsplit-cookie-$(VERSION)-oci.tar
-	cd $(DIST) && sha256sum meshsplit-$(VERSION).wasm meshsplit-cookie-$(VERSION).wasm libmeshsplit-$(VERSION)-$(PLATFORM).so \
-	  meshsplit-$(VERSION)-$(PLATFORM) meshsplit-$(VERSION)-oci.tar meshsplit-cookie-$(VERSION)-oci.tar > SHA256SUMS && sha256sum -c --quiet SHA256SUMS
+	# dist/ holds exactly the files copied above (it was emptied first): sum them all.
+	cd $(DIST) && files=$$(ls) && sha256sum -- $$files > SHA256SUMS && sha256sum -c --quiet SHA256SUMS
 	@ls -l $(DIST)
 
 ci: test

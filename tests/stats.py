@@ -42,8 +42,7 @@ def chi2_sf(x, dof):
 def chi_square(observed, weights):
     """(statistic, p-value) of observed counts against expected proportions `weights`.
     Entries with weight 0 are left out (a test checks separately that they got nothing)."""
-    global CHECKS
-    CHECKS += 1
+    count_check()
     pairs = [(o, w) for o, w in zip(observed, weights) if w > 0]
     n = sum(o for o, _ in pairs)
     total = sum(w for _, w in pairs)

@@ -223,6 +223,14 @@ def test_an_ejection_by_the_guard_makes_the_ejection_alert_pending(setup):
 # plugin, every cluster, and its built-in intervals (a range as long as the test's); `$service`
 # takes each service in turn, as the repeated row does.
 VARIABLES = {"$plugin": "meshsplit", "$cluster": ".*", "$__rate_interval": "1m", "$__range": "10m"}
+
+
+def substituted(expr, service="svc"):
+    """A dashboard query as Grafana sends it for `service`: every variable replaced."""
+    for name, value in {**VARIABLES, "$service": service}.items():
+        expr = expr.replace(name, value)
+    assert "$" not in expr, expr
+    return expr
 SERVICES = ("svc", "ramp")
 # Panels that have data only after the event they count: a configuration refused by the wasm
 # filter (its counter is defined on the first refusal, and the native build has none).
@@ -252,9 +260,6 @@ def test_every_dashboard_query_returns_data(setup):
     end = time.time()
 
     def data(expr):
-        for name, value in VARIABLES.items():
-            expr = expr.replace(name, value)
-        assert "$" not in expr, expr
         if expr.startswith("label_values("):
             # Grafana's variable function: the values of a label over the series a selector matches.
             selector, label = expr[len("label_values("):-1].rsplit(", ", 1)
@@ -264,7 +269,7 @@ def test_every_dashboard_query_returns_data(setup):
     # A query has data when it returns some for one of the services: the paused-rollout gauge
     # exists only for `ramp` (the service with a rollout), rule hits only for `svc`.
     empty = [(where, expr) for where, expr in queries
-             if not any(data(expr.replace("$service", service)) for service in SERVICES)]
+             if not any(data(substituted(expr, service)) for service in SERVICES)]
     assert {where for where, _ in empty} == NEEDS_A_REFUSAL, empty
 
 
@@ -283,9 +288,7 @@ def test_a_refused_configuration_shows_on_the_dashboard_and_fires_its_alert(buil
     test_reload.publish(ecds, 1, good)
     (where, expr), = [(w, e) for w, e in dashboard_module().queries(json.loads(DASHBOARD.read_text()))
                       if w in NEEDS_A_REFUSAL]
-    for name, value in VARIABLES.items():
-        expr = expr.replace(name, value)
-    assert "$" not in expr, expr
+    expr = substituted(expr)
     with harness.upstreams("v1", "v2") as ports, \
             harness.Envoy(test_reload.ecds_bootstrap(ecds, ports, good), envoy_dir) as envoy:
         prometheus = Prometheus(binary, envoy.admin_port, tmp_path)

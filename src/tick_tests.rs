@@ -74,18 +74,24 @@ fn statuses_a_client_provokes_eject_nothing_unless_listed() {
     assert_eq!(weights(&plan), [50, 0]);
 }
 
-#[test]
-fn a_failing_upstream_is_ejected_across_workers_and_readmitted() {
-    let plan_a = plan(GUARD);
-    let plan_b = plan(GUARD);
+/// Two workers' outcomes that meet the guard's condition eject v2 together, the other worker
+/// follows, and after `eject_s` v2 is back and stays back under `good` outcomes: the same for
+/// failures and for slow requests.
+fn ejected_across_workers_and_readmitted(
+    guard: &str,
+    bad: impl Fn(&mut PlanTick, usize),
+    good: impl Fn(&mut PlanTick, usize),
+) {
+    let plan_a = plan(guard);
+    let plan_b = plan(guard);
     let worker_a = FakeHost::default();
     let worker_b = worker_a.sibling(&[]);
     let (mut a, mut b) = (PlanTick::new(&plan_a, None), PlanTick::new(&plan_b, None));
     // Each worker alone has too few requests; together they cross min_requests.
-    traffic(&mut a, 6, true);
+    bad(&mut a, 6);
     a.run(&plan_a, "p", &worker_a, at(NOW_MS));
     assert_eq!(weights(&plan_a), [50, 50]);
-    traffic(&mut b, 6, true);
+    bad(&mut b, 6);
     b.run(&plan_b, "p", &worker_b, at(NOW_MS + 400));
     assert_eq!(weights(&plan_b), [50, 0]);
     // The other worker follows on its next tick.
@@ -93,14 +99,23 @@ fn a_failing_upstream_is_ejected_across_workers_and_readmitted() {
     assert_eq!(weights(&plan_a), [50, 0]);
     assert_eq!(worker_a.counter("meshsplit.p.svc.v2.ejections_total"), 1);
     assert_eq!(worker_a.gauge("meshsplit.p.svc.v2.ejected"), 1);
-    // After eject_s it is back, and its old failures do not eject it again.
+    // After eject_s it is back, and its old outcomes do not eject it again.
     a.run(&plan_a, "p", &worker_a, at(NOW_MS + 20_000));
     assert_eq!(weights(&plan_a), [50, 50]);
-    traffic(&mut a, 20, false);
+    good(&mut a, 20);
     a.run(&plan_a, "p", &worker_a, at(NOW_MS + 21_000));
     assert_eq!(weights(&plan_a), [50, 50]);
     assert_eq!(worker_a.gauge("meshsplit.p.svc.v2.ejected"), 0);
     assert_eq!(worker_a.counter("meshsplit.p.svc.v2.ejections_total"), 1);
+}
+
+#[test]
+fn a_failing_upstream_is_ejected_across_workers_and_readmitted() {
+    ejected_across_workers_and_readmitted(
+        GUARD,
+        |tick, n| traffic(tick, n, true),
+        |tick, n| traffic(tick, n, false),
+    );
 }
 
 #[test]
@@ -788,29 +803,11 @@ fn timed_traffic(tick: &mut PlanTick, n: usize, v2_ms: u64) {
 
 #[test]
 fn a_slow_upstream_is_ejected_across_workers_and_readmitted_fast() {
-    let plan_a = plan(LATENCY);
-    let plan_b = plan(LATENCY);
-    let worker_a = FakeHost::default();
-    let worker_b = worker_a.sibling(&[]);
-    let (mut a, mut b) = (PlanTick::new(&plan_a, None), PlanTick::new(&plan_b, None));
-    // Each worker alone has too few requests; together they cross min_requests.
-    timed_traffic(&mut a, 6, 400);
-    a.run(&plan_a, "p", &worker_a, at(NOW_MS));
-    assert_eq!(weights(&plan_a), [50, 50]);
-    timed_traffic(&mut b, 6, 400);
-    b.run(&plan_b, "p", &worker_b, at(NOW_MS + 400));
-    assert_eq!(weights(&plan_b), [50, 0]);
-    a.run(&plan_a, "p", &worker_a, at(NOW_MS + 1000));
-    assert_eq!(weights(&plan_a), [50, 0]);
-    assert_eq!(worker_a.counter("meshsplit.p.svc.v2.ejections_total"), 1);
-    assert_eq!(worker_a.gauge("meshsplit.p.svc.v2.ejected"), 1);
-    // Back after eject_s; fast again, it stays.
-    a.run(&plan_a, "p", &worker_a, at(NOW_MS + 20_000));
-    assert_eq!(weights(&plan_a), [50, 50]);
-    timed_traffic(&mut a, 20, 250);
-    a.run(&plan_a, "p", &worker_a, at(NOW_MS + 21_000));
-    assert_eq!(weights(&plan_a), [50, 50]);
-    assert_eq!(worker_a.counter("meshsplit.p.svc.v2.ejections_total"), 1);
+    ejected_across_workers_and_readmitted(
+        LATENCY,
+        |tick, n| timed_traffic(tick, n, 400),
+        |tick, n| timed_traffic(tick, n, 250),
+    );
 }
 
 #[test]

@@ -347,6 +347,10 @@ impl<'de> Deserialize<'de> for RawSameSite {
                 {
                     "if": {"properties": {"relative_margin": {"type": "number"}}, "required": ["relative_margin"]},
                     "then": {"properties": {"error_rate": {"type": "number"}}, "required": ["error_rate"]}
+                },
+                {
+                    "if": {"properties": {"abandoned_after_ms": {"type": "integer"}}, "required": ["abandoned_after_ms"]},
+                    "then": {"properties": {"error_rate": {"type": "number"}}, "required": ["error_rate"]}
                 }
             ]
         )
@@ -389,6 +393,13 @@ pub struct RawGuard {
     /// over the window is above `threshold_ms`.
     #[serde(default)]
     pub latency: Option<RawLatency>,
+    /// A request the client abandons (resets, times out) with no response after waiting at least
+    /// this many milliseconds counts as a failure of its upstream: a version that hangs is
+    /// ejected even when clients give up before Envoy does. 0 to 3 600 000; 0: abandoned
+    /// requests never count as failures. Only with `error_rate`.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(max = 3_600_000), extend("default" = 500)))]
+    pub abandoned_after_ms: Option<u64>,
 }
 
 /// Ejects an upstream whose requests got slow (see `guard.rs`): the time from the request's

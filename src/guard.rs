@@ -47,6 +47,9 @@ pub struct Guard {
     pub relative_margin: Option<f64>,
     /// Eject when a percentile of the requests' durations is above a threshold.
     pub latency: Option<Latency>,
+    /// A request the client abandoned with no response after waiting at least this many
+    /// milliseconds counts as a failure (0: abandoned requests never count as failures).
+    pub abandoned_after_ms: u64,
 }
 
 /// A compiled `guard.latency`.
@@ -61,6 +64,11 @@ impl Latency {
     /// Whether a request that took `elapsed_ms` counts as slow.
     pub fn slow(&self, elapsed_ms: u64) -> bool {
         elapsed_ms > self.threshold_ms
+    }
+
+    /// The share of slow requests the percentile allows: (100 - P) %.
+    pub fn allowed_share(&self) -> f64 {
+        100_000u64.saturating_sub(self.percentile_milli) as f64 / 100_000.0
     }
 
     /// Whether the percentile of `requests` durations, `slow` of them slow, is above the
@@ -96,6 +104,7 @@ impl Guard {
     pub const DEFAULT_WINDOW_S: u64 = 10;
     pub const DEFAULT_EJECT_S: u64 = 30;
     pub const DEFAULT_MAX_EJECTED_PERCENT: u64 = 50;
+    pub const DEFAULT_ABANDONED_AFTER_MS: u64 = 500;
 }
 
 /// A window is counted in this many slices of `window_s / WINDOW_SLICES` each, so a tick reads
@@ -108,22 +117,79 @@ pub fn slice_ms(window_s: u64) -> u64 {
 }
 
 /// Outcomes of some requests: how many, how many failed, how many were slower than the
-/// latency guard's threshold (0 without a latency guard).
+/// latency guard's threshold (0 without a latency guard). With sampling these are estimates
+/// (each sampled outcome counted for the streams it stands for) and `read` holds the outcomes
+/// actually read, which the guard's evidence bound judges ([`Evidence`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
     pub requests: u64,
     pub failures: u64,
     pub slow: u64,
+    pub read: Read,
 }
 
-impl Counts {
-    pub fn plus(self, other: Counts) -> Counts {
-        Counts {
+/// The outcomes actually read: the same as the estimate when nothing was sampled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Read {
+    pub requests: u64,
+    pub failures: u64,
+    pub slow: u64,
+}
+
+impl Read {
+    pub fn plus(self, other: Read) -> Read {
+        Read {
             requests: self.requests.saturating_add(other.requests),
             failures: self.failures.saturating_add(other.failures),
             slow: self.slow.saturating_add(other.slow),
         }
     }
+}
+
+impl Counts {
+    /// Exact counts: every outcome read.
+    pub fn exact(requests: u64, failures: u64, slow: u64) -> Counts {
+        Counts {
+            requests,
+            failures,
+            slow,
+            read: Read {
+                requests,
+                failures,
+                slow,
+            },
+        }
+    }
+
+    pub fn plus(self, other: Counts) -> Counts {
+        Counts {
+            requests: self.requests.saturating_add(other.requests),
+            failures: self.failures.saturating_add(other.failures),
+            slow: self.slow.saturating_add(other.slow),
+            read: self.read.plus(other.read),
+        }
+    }
+}
+
+/// One-sided z of the evidence bound for sampled windows: 3 standard errors (a healthy upstream
+/// passes it by chance about once in 740 independent windows at the limit itself, far less
+/// below it).
+pub const EVIDENCE_Z: f64 = 3.0;
+
+/// Whether `k` of `n` outcomes read show a share above `limit` beyond chance: the Wilson score
+/// interval's lower bound at [`EVIDENCE_Z`] is above it. Without sampling every outcome is
+/// read and the plain share decides; with sampling one read outcome stands for many streams,
+/// so a decision must rest on enough outcomes actually read.
+pub fn evident(k: u64, n: u64, limit: f64) -> bool {
+    if n == 0 {
+        return false;
+    }
+    let n = n as f64;
+    let p = k as f64 / n;
+    let z2 = EVIDENCE_Z * EVIDENCE_Z;
+    let centre = p + z2 / (2.0 * n);
+    let spread = EVIDENCE_Z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    (centre - spread) / (1.0 + z2 / n) > limit
 }
 
 /// Outcomes of one upstream in one slice: `slice` is the slice's number on the monotonic
@@ -162,16 +228,17 @@ pub fn window_totals(buckets: &[Bucket], now_slice: u64, since_slice: u64) -> Co
         .fold(Counts::default(), |sum, b| sum.plus(b.counts))
 }
 
-/// Ejection state of one upstream, shared by all workers. Times are seconds of the monotonic
-/// clock (shared by every worker of one Envoy, and never stepped), so a change of the wall
-/// clock neither lengthens nor shortens an ejection; `since_wall_s` only tells a rollout which
-/// of its steps was in force when the ejection began.
+/// Ejection state of one upstream, shared by all workers. Times are milliseconds of the
+/// monotonic clock (shared by every worker of one Envoy, and never stepped), so a change of the
+/// wall clock neither lengthens nor shortens an ejection, and an ejection lasts `eject_s` to the
+/// tick; `since_wall_s` only tells a rollout which of its steps was in force when the ejection
+/// began.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Ejection {
-    /// When the current or last ejection started (monotonic seconds; 0: never ejected).
-    pub since_s: u64,
+    /// When the current or last ejection started (monotonic ms; 0: never ejected).
+    pub since_ms: u64,
     /// Until when it is (or was) ejected; outcomes count again from then on.
-    pub until_s: u64,
+    pub until_ms: u64,
     /// Ejections in a row without a healthy window in between.
     pub times: u32,
     /// Whether its readmission after the last ejection was reported.
@@ -181,8 +248,8 @@ pub struct Ejection {
 }
 
 impl Ejection {
-    pub fn is_ejected(&self, now_s: u64) -> bool {
-        now_s < self.until_s
+    pub fn is_ejected(&self, now_ms: u64) -> bool {
+        now_ms < self.until_ms
     }
 }
 
@@ -195,6 +262,8 @@ pub struct Seen {
     pub failures: u64,
     /// Requests slower than the latency guard's threshold.
     pub slow: u64,
+    /// The outcomes actually read (the same as the three above without sampling).
+    pub read: Read,
     pub ejection: Ejection,
 }
 
@@ -217,25 +286,26 @@ pub enum Change {
 }
 
 impl Guard {
-    /// The changes to make at `now_s`, given every upstream's window totals (counted from its
-    /// last readmission) and state.
-    pub fn decide(&self, now_s: u64, upstreams: &[Seen]) -> Vec<Change> {
+    /// The changes to make at `now_ms` (monotonic), given every upstream's window totals
+    /// (counted from its last readmission) and state.
+    pub fn decide(&self, now_ms: u64, upstreams: &[Seen]) -> Vec<Change> {
+        let window_ms = self.window_s.saturating_mul(1000);
         let mut changes = Vec::new();
         let total: u64 = upstreams.iter().map(|u| u64::from(u.weight)).sum();
         let mut ejected_weight: u64 = upstreams
             .iter()
-            .filter(|u| u.ejection.is_ejected(now_s))
+            .filter(|u| u.ejection.is_ejected(now_ms))
             .map(|u| u64::from(u.weight))
             .sum();
         let mut admitted_with_weight = upstreams
             .iter()
-            .filter(|u| u.weight > 0 && !u.ejection.is_ejected(now_s))
+            .filter(|u| u.weight > 0 && !u.ejection.is_ejected(now_ms))
             .count();
         // The admitted upstreams' combined counts: in relative mode each is compared with the
         // others' (these minus its own).
         let (admitted_requests, admitted_failures) = upstreams
             .iter()
-            .filter(|u| !u.ejection.is_ejected(now_s))
+            .filter(|u| !u.ejection.is_ejected(now_ms))
             .fold((0u64, 0u64), |(r, f), u| {
                 (r.saturating_add(u.requests), f.saturating_add(u.failures))
             });
@@ -244,10 +314,10 @@ impl Guard {
         let mut failing: Vec<(usize, f64, u64, Reason)> = Vec::new();
         for (index, u) in upstreams.iter().enumerate() {
             let ejection = u.ejection;
-            if ejection.is_ejected(now_s) {
+            if ejection.is_ejected(now_ms) {
                 continue;
             }
-            if ejection.until_s > 0 && !ejection.readmission_reported {
+            if ejection.until_ms > 0 && !ejection.readmission_reported {
                 changes.push(Change::Readmit {
                     upstream: index,
                     state: Ejection {
@@ -275,18 +345,22 @@ impl Guard {
                 }
             };
             let enough = u.requests >= self.min_requests;
-            let errors = self
-                .error_rate
-                .is_some_and(|limit| enough && rate > limit && worse_than_others);
-            let slow = self
-                .latency
-                .is_some_and(|l| enough && l.exceeded(u.requests, u.slow));
+            // With sampling (fewer outcomes read than estimated) the outcomes read must show
+            // the excess beyond chance ([`evident`]); without, every outcome was read.
+            let sampled = u.read.requests < u.requests;
+            let shown = |k: u64, limit: f64| !sampled || evident(k, u.read.requests, limit);
+            let errors = self.error_rate.is_some_and(|limit| {
+                enough && rate > limit && worse_than_others && shown(u.read.failures, limit)
+            });
+            let slow = self.latency.is_some_and(|l| {
+                enough && l.exceeded(u.requests, u.slow) && shown(u.read.slow, l.allowed_share())
+            });
             if errors {
                 failing.push((index, rate, u.requests, Reason::Errors));
             } else if slow {
                 failing.push((index, share(u.slow), u.requests, Reason::Latency));
             } else if ejection.times > 0
-                && now_s >= ejection.until_s.saturating_add(self.window_s)
+                && now_ms >= ejection.until_ms.saturating_add(window_ms)
                 && u.requests >= self.min_requests
             {
                 changes.push(Change::Forgive {
@@ -319,13 +393,13 @@ impl Guard {
             }
             // Failing again within a window of its readmission: back off further.
             let again =
-                u.ejection.until_s > 0 && now_s < u.ejection.until_s.saturating_add(self.window_s);
+                u.ejection.until_ms > 0 && now_ms < u.ejection.until_ms.saturating_add(window_ms);
             let times = if again {
                 (u.ejection.times + 1).min(MAX_BACKOFF)
             } else {
                 0
             };
-            let duration = self.eject_s.saturating_mul(1 << times);
+            let duration_ms = self.eject_s.saturating_mul(1000).saturating_mul(1 << times);
             ejected_weight += weight;
             if u.weight > 0 {
                 admitted_with_weight -= 1;
@@ -335,8 +409,8 @@ impl Guard {
             changes.push(Change::Eject {
                 upstream: index,
                 state: Ejection {
-                    since_s: now_s,
-                    until_s: now_s.saturating_add(duration),
+                    since_ms: now_ms,
+                    until_ms: now_ms.saturating_add(duration_ms),
                     times,
                     readmission_reported: false,
                     since_wall_s: 0,
@@ -352,12 +426,12 @@ impl Guard {
 
 /// `weights` with every ejected upstream set to 0: their share goes to the others in
 /// proportion to their weights.
-pub fn admitted_weights(weights: &[u32], states: &[Ejection], now_s: u64) -> Vec<u32> {
+pub fn admitted_weights(weights: &[u32], states: &[Ejection], now_ms: u64) -> Vec<u32> {
     weights
         .iter()
         .zip(states.iter().map(Some).chain(std::iter::repeat(None)))
         .map(|(&w, state)| {
-            if state.is_some_and(|s| s.is_ejected(now_s)) {
+            if state.is_some_and(|s| s.is_ejected(now_ms)) {
                 0
             } else {
                 w
@@ -371,13 +445,16 @@ pub fn admitted_weights(weights: &[u32], states: &[Ejection], now_s: u64) -> Vec
 /// overflow (UO).
 pub const UPSTREAM_FAILURE_FLAGS: u64 = 0x2 | 0x4 | 0x10 | 0x20 | 0x40 | 0x80;
 
-/// What a finished stream says, before a guard's `failure_codes` judge it.
+/// What a finished stream says, before a guard judges it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Envoy flagged an upstream failure (it may have answered 503 or 504 itself).
     UpstreamFailure,
     /// The upstream answered with this status.
     Status(u16),
+    /// No response at all and nothing that blames the upstream: the client went away (reset,
+    /// timed out, closed) before the response headers.
+    Abandoned,
 }
 
 /// Whether a stream's flags must be read: without a status, or with a 5xx one (Envoy's own
@@ -386,25 +463,57 @@ pub fn needs_flags(status: Option<u64>) -> bool {
     !matches!(status, Some(code) if (1..500).contains(&code))
 }
 
-/// What a finished stream says (`flags` read as [`needs_flags`] says); `None` when nothing (the
-/// client went away before any response: that says nothing about the upstream).
-pub fn outcome(status: Option<u64>, flags: Option<u64>) -> Option<Outcome> {
+/// What a finished stream says (`flags` read as [`needs_flags`] says).
+pub fn outcome(status: Option<u64>, flags: Option<u64>) -> Outcome {
     if flags.is_some_and(|f| f & UPSTREAM_FAILURE_FLAGS != 0) {
-        return Some(Outcome::UpstreamFailure);
+        return Outcome::UpstreamFailure;
     }
     match status {
-        Some(code) if code > 0 => Some(Outcome::Status(u16::try_from(code).unwrap_or(u16::MAX))),
-        _ => None,
+        Some(code) if code > 0 => Outcome::Status(u16::try_from(code).unwrap_or(u16::MAX)),
+        _ => Outcome::Abandoned,
     }
 }
 
+/// How a guard counts one stream: whether it failed, whether it was slow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Verdict {
+    pub failed: bool,
+    pub slow: bool,
+}
+
 impl Guard {
-    /// Whether `outcome` counts as a failure for this guard.
-    pub fn failed(&self, outcome: Outcome) -> bool {
+    /// How this guard counts a stream that ended with `outcome` after `elapsed_ms` (`None`: not
+    /// timed); `None` when it does not count at all.
+    ///
+    /// An abandoned request counts only once it waited long enough to say something about the
+    /// upstream: as a failure from `abandoned_after_ms`, as slow (with a latency condition)
+    /// above `threshold_ms`. A client that gives up sooner, as a quick client timeout does
+    /// before a healthy answer, says nothing and counts for nothing.
+    pub fn judge(&self, outcome: Outcome, elapsed_ms: Option<u64>) -> Option<Verdict> {
+        let slow = match (&self.latency, elapsed_ms) {
+            (Some(latency), Some(ms)) => latency.slow(ms),
+            _ => false,
+        };
         match outcome {
-            Outcome::UpstreamFailure => true,
-            Outcome::Status(code) => self.failure_codes.binary_search(&code).is_ok(),
+            Outcome::UpstreamFailure => Some(Verdict { failed: true, slow }),
+            Outcome::Status(code) => Some(Verdict {
+                failed: self.failure_codes.binary_search(&code).is_ok(),
+                slow,
+            }),
+            Outcome::Abandoned => {
+                let waited = elapsed_ms?;
+                let failed = self.error_rate.is_some()
+                    && self.abandoned_after_ms > 0
+                    && waited >= self.abandoned_after_ms;
+                (failed || slow).then_some(Verdict { failed, slow })
+            }
         }
+    }
+
+    /// Whether an abandoned request needs timing to count: the guard counts abandoned
+    /// requests as failures, or has a latency condition.
+    pub fn times_streams(&self) -> bool {
+        self.latency.is_some() || (self.error_rate.is_some() && self.abandoned_after_ms > 0)
     }
 }
 

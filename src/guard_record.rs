@@ -8,12 +8,12 @@
 //! alive by long streams or a draining listener) add their outcomes and follow the ejections,
 //! but never decide with their old settings.
 
-use crate::guard::{Bucket, Counts, Ejection, WINDOW_SLICES};
+use crate::guard::{Bucket, Counts, Ejection, Read, WINDOW_SLICES};
 use crate::host::{create_shared, Host, SharedWrite};
 
 /// Format of the encoding; a value of another format is read as empty. (3: slices count slow
-/// requests too.)
-const FORMAT: u8 = 3;
+/// requests too; 4: ejection times in milliseconds, and slices count the outcomes read.)
+const FORMAT: u8 = 4;
 
 /// One upstream's part of the record, found by name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -106,7 +106,7 @@ impl Record {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(32 + self.upstreams.len() * 380);
+        let mut out = Vec::with_capacity(32 + self.upstreams.len() * 620);
         out.push(FORMAT);
         out.extend_from_slice(&self.generation.to_le_bytes());
         out.extend_from_slice(&self.slice_ms.to_le_bytes());
@@ -118,8 +118,8 @@ impl Record {
             out.extend_from_slice(&len.to_le_bytes());
             out.extend_from_slice(name.get(..usize::from(len)).unwrap_or(name));
             let e = &upstream.ejection;
-            out.extend_from_slice(&e.since_s.to_le_bytes());
-            out.extend_from_slice(&e.until_s.to_le_bytes());
+            out.extend_from_slice(&e.since_ms.to_le_bytes());
+            out.extend_from_slice(&e.until_ms.to_le_bytes());
             out.extend_from_slice(&e.times.to_le_bytes());
             out.push(u8::from(e.readmission_reported));
             out.extend_from_slice(&e.since_wall_s.to_le_bytes());
@@ -128,6 +128,10 @@ impl Record {
                 out.extend_from_slice(&b.counts.requests.to_le_bytes());
                 out.extend_from_slice(&b.counts.failures.to_le_bytes());
                 out.extend_from_slice(&b.counts.slow.to_le_bytes());
+                let read = &b.counts.read;
+                out.extend_from_slice(&read.requests.to_le_bytes());
+                out.extend_from_slice(&read.failures.to_le_bytes());
+                out.extend_from_slice(&read.slow.to_le_bytes());
             }
         }
         out
@@ -189,8 +193,8 @@ impl Reader<'_> {
         self.at += len;
         let mut upstream = UpstreamRecord::new(&String::from_utf8_lossy(name));
         upstream.ejection = Ejection {
-            since_s: self.u64()?,
-            until_s: self.u64()?,
+            since_ms: self.u64()?,
+            until_ms: self.u64()?,
             times: self.u32()?,
             readmission_reported: self.u8()? != 0,
             since_wall_s: self.u64()?,
@@ -202,6 +206,11 @@ impl Reader<'_> {
                     requests: self.u64()?,
                     failures: self.u64()?,
                     slow: self.u64()?,
+                    read: Read {
+                        requests: self.u64()?,
+                        failures: self.u64()?,
+                        slow: self.u64()?,
+                    },
                 },
             };
         }
@@ -268,11 +277,17 @@ mod tests {
     use super::*;
     use crate::host::FakeHost;
 
+    /// Counts whose outcomes read differ from the estimate, so both round-trip.
     fn counts(requests: u64, failures: u64, slow: u64) -> Counts {
         Counts {
             requests,
             failures,
             slow,
+            read: Read {
+                requests: requests + 100,
+                failures: failures + 200,
+                slow: slow + 300,
+            },
         }
     }
 
@@ -283,8 +298,8 @@ mod tests {
             upstreams: vec![UpstreamRecord::new("v1"), UpstreamRecord::new("v2")],
         };
         record.upstreams[1].ejection = Ejection {
-            since_s: 5,
-            until_s: 35,
+            since_ms: 5_000,
+            until_ms: 35_250,
             times: 2,
             readmission_reported: true,
             since_wall_s: 1_800_000_000,
@@ -305,7 +320,18 @@ mod tests {
         assert_eq!(cut.upstreams, record.upstreams[..1]);
         let b = record.upstreams[1].buckets[3];
         assert_eq!(b.slice, 123);
-        assert_eq!(b.counts, counts(11, 5, 3));
+        assert_eq!(
+            (b.counts.requests, b.counts.failures, b.counts.slow),
+            (11, 5, 3)
+        );
+        assert_eq!(
+            b.counts.read,
+            Read {
+                requests: 211,
+                failures: 405,
+                slow: 603
+            }
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ fn guard() -> Guard {
         failure_codes: Guard::DEFAULT_FAILURE_CODES.to_vec(),
         relative_margin: None,
         latency: None,
+        abandoned_after_ms: Guard::DEFAULT_ABANDONED_AFTER_MS,
     }
 }
 
@@ -19,15 +20,23 @@ fn seen(weight: u32, requests: u64, failures: u64) -> Seen {
         requests,
         failures,
         slow: 0,
+        read: Read {
+            requests,
+            failures,
+            slow: 0,
+        },
         ejection: Ejection::default(),
     }
 }
 
 fn counts(requests: u64, failures: u64, slow: u64) -> Counts {
-    Counts {
-        requests,
-        failures,
-        slow,
+    Counts::exact(requests, failures, slow)
+}
+
+impl Guard {
+    /// Whether `outcome` counts as a failure when it is not timed.
+    fn failed(&self, outcome: Outcome) -> bool {
+        self.judge(outcome, None).is_some_and(|v| v.failed)
     }
 }
 
@@ -83,22 +92,22 @@ fn a_window_is_ten_slices_whatever_its_length() {
     assert_eq!(slice_ms(10), 1000);
     assert_eq!(slice_ms(3600), 360_000);
     let e = Ejection {
-        until_s: 35,
+        until_ms: 35_000,
         ..Ejection::default()
     };
-    assert!(e.is_ejected(34) && !e.is_ejected(35));
+    assert!(e.is_ejected(34_000) && !e.is_ejected(35_000));
 }
 
 #[test]
 fn a_failing_upstream_is_ejected_and_its_weight_goes_to_the_others() {
-    let changes = guard().decide(1000, &[seen(50, 100, 0), seen(50, 100, 60)]);
+    let changes = guard().decide(1_000_000, &[seen(50, 100, 0), seen(50, 100, 60)]);
     assert_eq!(
         changes,
         [Change::Eject {
             upstream: 1,
             state: Ejection {
-                since_s: 1000,
-                until_s: 1030,
+                since_ms: 1_000_000,
+                until_ms: 1_030_000,
                 times: 0,
                 readmission_reported: false,
                 since_wall_s: 0,
@@ -111,21 +120,21 @@ fn a_failing_upstream_is_ejected_and_its_weight_goes_to_the_others() {
     let states = [
         Ejection::default(),
         Ejection {
-            until_s: 1030,
+            until_ms: 1_030_000,
             ..Ejection::default()
         },
     ];
-    assert_eq!(admitted_weights(&[50, 50], &states, 1000), [50, 0]);
-    assert_eq!(admitted_weights(&[50, 50], &states, 1030), [50, 50]);
+    assert_eq!(admitted_weights(&[50, 50], &states, 1_000_000), [50, 0]);
+    assert_eq!(admitted_weights(&[50, 50], &states, 1_030_000), [50, 50]);
 }
 
 #[test]
 fn too_few_requests_or_a_rate_at_the_threshold_do_not_eject() {
     assert!(guard()
-        .decide(1000, &[seen(1, 100, 0), seen(1, 19, 19)])
+        .decide(1_000_000, &[seen(1, 100, 0), seen(1, 19, 19)])
         .is_empty());
     assert!(guard()
-        .decide(1000, &[seen(1, 100, 0), seen(1, 100, 50)])
+        .decide(1_000_000, &[seen(1, 100, 0), seen(1, 100, 50)])
         .is_empty());
 }
 
@@ -138,15 +147,15 @@ fn never_more_than_max_ejected_percent_and_never_the_last_upstream() {
         seen(25, 100, 80),
         seen(25, 100, 70),
     ];
-    assert_eq!(ejected(&guard().decide(1000, &all)), [1, 0]);
+    assert_eq!(ejected(&guard().decide(1_000_000, &all)), [1, 0]);
     // 100 % allowed, but the last upstream with weight stays.
     let g = Guard {
         max_ejected_percent: 100,
         ..guard()
     };
-    assert_eq!(ejected(&g.decide(1000, &all)), [1, 0, 2]);
+    assert_eq!(ejected(&g.decide(1_000_000, &all)), [1, 0, 2]);
     assert_eq!(
-        ejected(&g.decide(1000, &[seen(1, 100, 100)])),
+        ejected(&g.decide(1_000_000, &[seen(1, 100, 100)])),
         Vec::<usize>::new()
     );
 }
@@ -155,15 +164,15 @@ fn never_more_than_max_ejected_percent_and_never_the_last_upstream() {
 fn readmission_is_reported_once_and_failing_again_backs_off() {
     let g = guard();
     let back = Ejection {
-        since_s: 1000,
-        until_s: 1030,
+        since_ms: 1_000_000,
+        until_ms: 1_030_000,
         times: 0,
         readmission_reported: false,
         since_wall_s: 0,
     };
     let mut up = seen(50, 0, 0);
     up.ejection = back;
-    let changes = g.decide(1030, &[seen(50, 100, 0), up]);
+    let changes = g.decide(1_030_000, &[seen(50, 100, 0), up]);
     assert_eq!(
         changes,
         [Change::Readmit {
@@ -180,14 +189,14 @@ fn readmission_is_reported_once_and_failing_again_backs_off() {
         readmission_reported: true,
         ..back
     };
-    let changes = g.decide(1035, &[seen(50, 100, 0), up]);
+    let changes = g.decide(1_035_000, &[seen(50, 100, 0), up]);
     assert_eq!(
         changes,
         [Change::Eject {
             upstream: 1,
             state: Ejection {
-                since_s: 1035,
-                until_s: 1095,
+                since_ms: 1_035_000,
+                until_ms: 1_095_000,
                 times: 1,
                 readmission_reported: false,
                 since_wall_s: 0,
@@ -202,12 +211,12 @@ fn readmission_is_reported_once_and_failing_again_backs_off() {
         times: MAX_BACKOFF,
         ..up.ejection
     };
-    let Change::Eject { state, .. } = g.decide(1035, &[seen(50, 100, 0), up])[0] else {
+    let Change::Eject { state, .. } = g.decide(1_035_000, &[seen(50, 100, 0), up])[0] else {
         panic!("not ejected");
     };
     assert_eq!(
-        (state.times, state.until_s - 1035),
-        (MAX_BACKOFF, 30 << MAX_BACKOFF)
+        (state.times, state.until_ms - 1_035_000),
+        (MAX_BACKOFF, 30_000 << MAX_BACKOFF)
     );
 }
 
@@ -215,15 +224,15 @@ fn readmission_is_reported_once_and_failing_again_backs_off() {
 fn a_healthy_window_after_readmission_forgives_the_backoff() {
     let mut up = seen(50, 40, 0);
     up.ejection = Ejection {
-        since_s: 900,
-        until_s: 1000,
+        since_ms: 900_000,
+        until_ms: 1_000_000,
         times: 2,
         readmission_reported: true,
         since_wall_s: 0,
     };
-    assert_eq!(guard().decide(1005, &[seen(50, 1, 0), up]), []);
+    assert_eq!(guard().decide(1_005_000, &[seen(50, 1, 0), up]), []);
     assert_eq!(
-        guard().decide(1010, &[seen(50, 1, 0), up]),
+        guard().decide(1_010_000, &[seen(50, 1, 0), up]),
         [Change::Forgive {
             upstream: 1,
             state: Ejection {
@@ -237,14 +246,16 @@ fn a_healthy_window_after_readmission_forgives_the_backoff() {
 #[test]
 fn outcomes_blame_only_the_upstream() {
     let g = guard();
-    let failed = |status, flags| outcome(status, flags).map(|o| g.failed(o));
+    let failed = |status, flags| g.judge(outcome(status, flags), None).map(|v| v.failed);
     assert_eq!(failed(Some(200), Some(0)), Some(false));
     assert_eq!(failed(Some(404), None), Some(false));
     assert_eq!(failed(Some(503), Some(0x20)), Some(true));
-    // Reset before any response: upstream reset counts, a client abort (DC) does not.
+    // Reset before any response: upstream reset counts; a client abort (DC) that was not
+    // timed says nothing.
     assert_eq!(failed(None, Some(0x10)), Some(true));
     assert_eq!(failed(Some(0), Some(0x4000)), None);
     assert_eq!(failed(None, None), None);
+    assert_eq!(outcome(Some(0), Some(0x4000)), Outcome::Abandoned);
 }
 
 #[test]
@@ -262,10 +273,7 @@ fn by_default_only_statuses_of_upstream_health_fail() {
         failure_codes: vec![500],
         ..guard()
     };
-    assert_eq!(
-        outcome(Some(503), Some(0x20)),
-        Some(Outcome::UpstreamFailure)
-    );
+    assert_eq!(outcome(Some(503), Some(0x20)), Outcome::UpstreamFailure);
     assert!(only_500.failed(Outcome::UpstreamFailure));
     assert!(!only_500.failed(Outcome::Status(503)));
     assert!(only_500.failed(Outcome::Status(500)));
@@ -282,27 +290,27 @@ fn relative_mode_ejects_only_an_upstream_worse_than_the_others() {
     };
     // Everything fails everywhere: nothing is worse than the rest.
     assert_eq!(
-        ejected(&g.decide(1000, &[seen(50, 100, 100), seen(50, 100, 100)])),
+        ejected(&g.decide(1_000_000, &[seen(50, 100, 100), seen(50, 100, 100)])),
         Vec::<usize>::new()
     );
     // A regression on the canary: 90 % against 10 %.
     assert_eq!(
-        ejected(&g.decide(1000, &[seen(90, 900, 90), seen(10, 100, 90)])),
+        ejected(&g.decide(1_000_000, &[seen(90, 900, 90), seen(10, 100, 90)])),
         [1]
     );
     // Within the margin (70 % against 55 %): kept.
     assert_eq!(
-        ejected(&g.decide(1000, &[seen(50, 100, 55), seen(50, 100, 70)])),
+        ejected(&g.decide(1_000_000, &[seen(50, 100, 55), seen(50, 100, 70)])),
         Vec::<usize>::new()
     );
     // Nothing to compare with (the others saw fewer than min_requests): kept.
     assert_eq!(
-        ejected(&g.decide(1000, &[seen(50, 10, 0), seen(50, 100, 100)])),
+        ejected(&g.decide(1_000_000, &[seen(50, 10, 0), seen(50, 100, 100)])),
         Vec::<usize>::new()
     );
     // The absolute mode ejects the same canary whatever the others do.
     assert_eq!(
-        ejected(&guard().decide(1000, &[seen(50, 100, 100), seen(50, 100, 100)])),
+        ejected(&guard().decide(1_000_000, &[seen(50, 100, 100), seen(50, 100, 100)])),
         [0]
     );
 }
@@ -321,9 +329,11 @@ fn latency_guard(percentile_milli: u64, threshold_ms: u64) -> Guard {
 }
 
 fn slow(weight: u32, requests: u64, slow: u64) -> Seen {
+    let base = seen(weight, requests, 0);
     Seen {
         slow,
-        ..seen(weight, requests, 0)
+        read: Read { slow, ..base.read },
+        ..base
     }
 }
 
@@ -371,14 +381,14 @@ fn the_percentile_is_above_the_threshold_exactly_when_more_than_its_complement_a
 fn a_slow_upstream_is_ejected_for_latency_and_a_fast_one_is_not() {
     let g = latency_guard(95_000, 250);
     // 6 of 100 slow (over 5 %): p95 is above 250 ms.
-    let changes = g.decide(1000, &[slow(50, 100, 0), slow(50, 100, 6)]);
+    let changes = g.decide(1_000_000, &[slow(50, 100, 0), slow(50, 100, 6)]);
     assert_eq!(
         changes,
         [Change::Eject {
             upstream: 1,
             state: Ejection {
-                since_s: 1000,
-                until_s: 1030,
+                since_ms: 1_000_000,
+                until_ms: 1_030_000,
                 times: 0,
                 readmission_reported: false,
                 since_wall_s: 0,
@@ -389,11 +399,20 @@ fn a_slow_upstream_is_ejected_for_latency_and_a_fast_one_is_not() {
         }]
     );
     // Exactly 5 % slow: p95 is still a fast request.
-    assert_eq!(g.decide(1000, &[slow(50, 100, 0), slow(50, 100, 5)]), []);
+    assert_eq!(
+        g.decide(1_000_000, &[slow(50, 100, 0), slow(50, 100, 5)]),
+        []
+    );
     // Too few requests, however slow.
-    assert_eq!(g.decide(1000, &[slow(50, 100, 0), slow(50, 19, 19)]), []);
+    assert_eq!(
+        g.decide(1_000_000, &[slow(50, 100, 0), slow(50, 19, 19)]),
+        []
+    );
     // Without an error rate, failures never eject.
-    assert_eq!(g.decide(1000, &[seen(50, 100, 0), seen(50, 100, 100)]), []);
+    assert_eq!(
+        g.decide(1_000_000, &[seen(50, 100, 0), seen(50, 100, 100)]),
+        []
+    );
 }
 
 #[test]
@@ -406,7 +425,7 @@ fn with_both_conditions_either_ejects_and_errors_are_named_first() {
         ..guard()
     };
     let reasons = |ups: &[Seen]| -> Vec<(usize, Reason)> {
-        g.decide(1000, ups)
+        g.decide(1_000_000, ups)
             .iter()
             .filter_map(|c| match c {
                 Change::Eject {
@@ -439,28 +458,29 @@ fn latency_ejections_keep_the_caps_and_back_off_like_errors() {
         slow(25, 100, 80),
         slow(25, 100, 70),
     ];
-    assert_eq!(ejected(&g.decide(1000, &all)), [1, 0]);
+    assert_eq!(ejected(&g.decide(1_000_000, &all)), [1, 0]);
     let everything = Guard {
         max_ejected_percent: 100,
         ..g.clone()
     };
     // 100 % allowed, and still the last upstream with weight stays.
-    assert_eq!(ejected(&everything.decide(1000, &all)), [1, 0, 2]);
+    assert_eq!(ejected(&everything.decide(1_000_000, &all)), [1, 0, 2]);
     // Slow again within a window of its readmission: twice as long.
     let mut up = slow(50, 40, 40);
     up.ejection = Ejection {
-        since_s: 1000,
-        until_s: 1030,
+        since_ms: 1_000_000,
+        until_ms: 1_030_000,
         times: 0,
         readmission_reported: true,
         since_wall_s: 0,
     };
-    let Change::Eject { state, reason, .. } = g.decide(1035, &[slow(50, 100, 0), up])[0] else {
+    let Change::Eject { state, reason, .. } = g.decide(1_035_000, &[slow(50, 100, 0), up])[0]
+    else {
         panic!("not ejected");
     };
     assert_eq!(
-        (state.times, state.until_s, reason),
-        (1, 1095, Reason::Latency)
+        (state.times, state.until_ms, reason),
+        (1, 1_095_000, Reason::Latency)
     );
     // A fast window after readmission forgives the backoff.
     let mut healed = slow(50, 40, 0);
@@ -469,7 +489,101 @@ fn latency_ejections_keep_the_caps_and_back_off_like_errors() {
         ..up.ejection
     };
     assert!(matches!(
-        g.decide(1040, &[slow(50, 1, 0), healed])[..],
+        g.decide(1_040_000, &[slow(50, 1, 0), healed])[..],
         [Change::Forgive { upstream: 1, .. }]
     ));
+}
+
+#[test]
+fn an_abandoned_request_counts_only_once_it_waited_long_enough() {
+    let g = Guard {
+        latency: Some(Latency {
+            percentile_milli: 90_000,
+            threshold_ms: 200,
+        }),
+        ..guard()
+    };
+    let judge = |ms| g.judge(Outcome::Abandoned, ms);
+    // A client that gives up quickly, before a healthy answer, says nothing about the upstream.
+    assert_eq!(judge(Some(20)), None);
+    assert_eq!(judge(Some(200)), None);
+    // Past the latency threshold it was slow; from abandoned_after_ms (500) it failed.
+    assert_eq!(
+        judge(Some(201)),
+        Some(Verdict {
+            failed: false,
+            slow: true
+        })
+    );
+    assert_eq!(
+        judge(Some(500)),
+        Some(Verdict {
+            failed: true,
+            slow: true
+        })
+    );
+    // Not timed: nothing to judge by.
+    assert_eq!(judge(None), None);
+    // An error guard alone counts the hang as a failure; with abandoned_after_ms 0 it does not.
+    let errors_only = guard();
+    assert!(errors_only.times_streams());
+    assert_eq!(errors_only.judge(Outcome::Abandoned, Some(499)), None);
+    assert_eq!(
+        errors_only.judge(Outcome::Abandoned, Some(2_000)),
+        Some(Verdict {
+            failed: true,
+            slow: false
+        })
+    );
+    let off = Guard {
+        abandoned_after_ms: 0,
+        ..guard()
+    };
+    assert!(!off.times_streams());
+    assert_eq!(off.judge(Outcome::Abandoned, Some(60_000)), None);
+    // A latency guard without error_rate counts a long wait as slow, never as a failure.
+    let latency_only = Guard {
+        error_rate: None,
+        ..g.clone()
+    };
+    assert_eq!(
+        latency_only.judge(Outcome::Abandoned, Some(60_000)),
+        Some(Verdict {
+            failed: false,
+            slow: true
+        })
+    );
+    // An answered request is judged by its status, however long it took.
+    assert_eq!(
+        g.judge(Outcome::Status(200), Some(20)),
+        Some(Verdict::default())
+    );
+}
+
+#[test]
+fn sampled_windows_eject_only_on_evidence_read() {
+    // The Wilson bound: 1 failure of 30 read is no evidence of a rate above 5 %; 25 of 100 is.
+    assert!(!evident(1, 30, 0.05));
+    assert!(!evident(3, 30, 0.05));
+    assert!(evident(25, 100, 0.05));
+    assert!(!evident(0, 0, 0.05));
+    // An estimate of 16 failures of 100 from one sampled failure ejects nothing.
+    let mut up = seen(50, 100, 16);
+    up.read = Read {
+        requests: 28,
+        failures: 1,
+        slow: 0,
+    };
+    let g = Guard {
+        error_rate: Some(0.05),
+        ..guard()
+    };
+    assert_eq!(g.decide(1_000_000, &[seen(50, 100, 0), up]), []);
+    // The same estimate from outcomes that show it is ejected.
+    up.read = Read {
+        requests: 100,
+        failures: 16,
+        slow: 0,
+    };
+    assert_eq!(ejected(&g.decide(1_000_000, &[seen(50, 200, 0), up])), [1]);
 }

@@ -604,7 +604,7 @@ impl Instance {
             };
             let outcome = guard::outcome(status, flags);
             let entry = self.roots.iter_mut().find(|r| r.id == stream.root);
-            if let (Some(outcome), Some(entry)) = (outcome, entry) {
+            if let Some(entry) = entry {
                 entry.tick.record_timed_outcome(
                     stream.service,
                     stream.upstream,

@@ -977,10 +977,17 @@ fn a_timed_stream_reads_the_clock_once_at_each_end_and_nothing_else() {
     assert_eq!(mono_reads() - reads, 1);
 }
 
+/// GUARDED without counting abandoned requests: nothing to time.
+const GUARDED_UNTIMED: &str = r#"{"services": [{"name": "svc", "upstreams": [
+    {"name": "v1", "cluster": "c1", "weight": 50},
+    {"name": "v2", "cluster": "c2", "weight": 50}],
+    "guard": {"error_rate": 0.5, "min_requests": 10, "window_s": 5, "eject_s": 60,
+              "abandoned_after_ms": 0}}]}"#;
+
 #[test]
-fn streams_without_a_latency_guard_read_no_clock() {
+fn streams_with_nothing_to_time_read_no_clock() {
     let worker = FakeHost::default();
-    for config in [GUARDED, UNGUARDED] {
+    for config in [GUARDED_UNTIMED, UNGUARDED] {
         let mut vm = timed_vm(config, &worker);
         for context in 100..140 {
             let (_, _, end_reads) = timed_stream(&mut vm, &worker, context, 400, 0);

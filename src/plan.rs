@@ -626,6 +626,7 @@ fn compile_guard(path: &str, raw: &RawGuard) -> Result<Guard, ConfigError> {
         let judging = [
             ("failure_codes", raw.failure_codes.is_some()),
             ("relative_margin", raw.relative_margin.is_some()),
+            ("abandoned_after_ms", raw.abandoned_after_ms.is_some()),
         ];
         if let Some((field, _)) = judging.iter().find(|(_, given)| *given) {
             return Err(ConfigError::new(
@@ -690,6 +691,13 @@ fn compile_guard(path: &str, raw: &RawGuard) -> Result<Guard, ConfigError> {
             Guard::DEFAULT_MAX_EJECTED_PERCENT,
             0,
             100,
+        )?,
+        abandoned_after_ms: within(
+            "abandoned_after_ms",
+            raw.abandoned_after_ms,
+            Guard::DEFAULT_ABANDONED_AFTER_MS,
+            0,
+            3_600_000,
         )?,
     })
 }

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use rand_core::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 
-use crate::guard::{Change, Ejection, Guard, Latency, Seen};
+use crate::guard::{Change, Ejection, Guard, Latency, Read, Seen};
 use crate::request::{cookie_value, host_key, query_param};
 use crate::rollout::{Phase, Rollout, Step};
 use crate::select::{least_request, rendezvous, smooth_round_robin, sticky_hash, WeightedPicker};
@@ -261,14 +261,16 @@ proptest! {
         // Both conditions: the slow requests are those that did not fail, so some upstreams
         // are ejected for errors and others for latency, under the one cap.
         let guard = Guard { error_rate: Some(0.5), min_requests: 1, window_s: 10, eject_s: 30, max_ejected_percent: cap, failure_codes: vec![500], relative_margin: None,
-                            latency: Some(Latency { percentile_milli: 90_000, threshold_ms: 250 }) };
-        let now = 1_000;
+                            latency: Some(Latency { percentile_milli: 90_000, threshold_ms: 250 }),
+                            abandoned_after_ms: 500 };
+        let now = 1_000_000;
         let seen: Vec<Seen> = upstreams.iter().zip(&ejected).map(|(&(weight, requests, failed), &out)| Seen {
             weight,
             requests,
             failures: failed.min(requests),
             slow: requests - failed.min(requests),
-            ejection: if out { Ejection { since_s: 990, until_s: 1010, times: 0, readmission_reported: false, since_wall_s: 0 } } else { Ejection::default() },
+            read: Read { requests, failures: failed.min(requests), slow: requests - failed.min(requests) },
+            ejection: if out { Ejection { since_ms: 990_000, until_ms: 1_010_000, times: 0, readmission_reported: false, since_wall_s: 0 } } else { Ejection::default() },
         }).collect();
         let total: u64 = seen.iter().map(|s| u64::from(s.weight)).sum();
         let before: u64 = seen.iter().filter(|s| s.ejection.is_ejected(now)).map(|s| u64::from(s.weight)).sum();

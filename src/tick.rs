@@ -14,8 +14,8 @@
 //! and ejections follow the monotonic clock, which a change of the wall clock does not move.
 
 use crate::guard::{
-    admitted_weights, slice_ms, window_totals, Change, Counts, Ejection, Guard, Outcome, Reason,
-    Seen,
+    admitted_weights, slice_ms, window_totals, Change, Counts, Ejection, Guard, Outcome, Read,
+    Reason, Seen,
 };
 use crate::guard_record::{claim_generation, claim_generation_at, newest_generation, Record};
 use crate::host::{create_shared, Host, SharedWrite};
@@ -67,6 +67,10 @@ struct ServiceTick {
     weight_gauges: Box<[Option<(u32, u64)>]>,
     /// The guard's, to judge outcomes (`None`: not guarded).
     guard: Option<Guard>,
+    /// The ejection states of the last tick that read the record: kept in force when a tick
+    /// cannot read or write it (its compare-and-swap gave up, or a write failed), so an ejected
+    /// upstream never gets traffic back for a tick by accident.
+    last_ejections: Vec<Ejection>,
 }
 
 /// Per-VM tick state of one plan.
@@ -114,6 +118,7 @@ impl PlanTick {
                         paused_gauge: None,
                         weight_gauges,
                         guard: s.guard.clone(),
+                        last_ejections: Vec::new(),
                     }
                 })
                 .collect(),
@@ -156,12 +161,12 @@ impl PlanTick {
     }
 
     /// Whether the streams of `service` that [`PlanTick::observe`] chose are to be timed: its
-    /// guard has a latency condition.
+    /// guard has a latency condition or counts abandoned requests ([`Guard::times_streams`]).
     pub fn timed(&self, service: usize) -> bool {
         self.services
             .get(service)
             .and_then(|s| s.guard.as_ref())
-            .is_some_and(|g| g.latency.is_some())
+            .is_some_and(Guard::times_streams)
     }
 
     /// A stream of a guarded service ended with `outcome` ([`crate::guard::outcome`]), judged
@@ -192,17 +197,21 @@ impl PlanTick {
         let Some(guard) = &state.guard else {
             return;
         };
-        let failed = guard.failed(outcome);
-        let slow = match (&guard.latency, elapsed_ms) {
-            (Some(latency), Some(ms)) => latency.slow(ms),
-            _ => false,
+        let Some(verdict) = guard.judge(outcome, elapsed_ms) else {
+            return;
         };
         let n = u64::from(streams);
+        let (failed, slow) = (u64::from(verdict.failed), u64::from(verdict.slow));
         if let Some(pending) = state.pending.get_mut(upstream) {
             *pending = pending.plus(Counts {
                 requests: n,
-                failures: if failed { n } else { 0 },
-                slow: if slow { n } else { 0 },
+                failures: failed * n,
+                slow: slow * n,
+                read: Read {
+                    requests: 1,
+                    failures: failed,
+                    slow,
+                },
             });
         }
     }
@@ -212,7 +221,7 @@ impl PlanTick {
     /// force change, the others once, on the plan's first tick. Only the plugin's newest
     /// configuration sets them (for a guarded service, the one that decides for its guard).
     pub fn run<H: Host + ?Sized>(&mut self, plan: &Plan, plugin: &str, host: &H, now: Now) {
-        let now_s = now.monotonic_ms / 1000;
+        let now_ms = now.monotonic_ms;
         // Whether this plan's configuration is the plugin's newest: read at most once a tick,
         // and only when a service without a guard has gauges to set.
         let mut newest: Option<bool> = None;
@@ -245,18 +254,18 @@ impl PlanTick {
                     now,
                     self.generation,
                 );
-                let ejections = ticked
-                    .as_ref()
-                    .map(|t| t.ejections.as_slice())
-                    .unwrap_or(&[]);
+                if let Some(t) = &ticked {
+                    state.last_ejections.clone_from(&t.ejections);
+                }
+                let ejections = state.last_ejections.as_slice();
                 let deciding = ticked.as_ref().is_some_and(|t| t.deciding);
                 owns = deciding;
-                let frozen = paused_weights(service, &weights, ejections, now_s);
+                let frozen = paused_weights(service, &weights, ejections, now_ms);
                 let paused = frozen.is_some();
                 if let Some(frozen) = frozen {
                     weights = frozen;
                 }
-                let admitted = admitted_weights(&weights, ejections, now_s);
+                let admitted = admitted_weights(&weights, ejections, now_ms);
                 if admitted.iter().any(|&w| w > 0) {
                     weights = admitted;
                 }
@@ -264,7 +273,7 @@ impl PlanTick {
                 // alive must not set them back to what it believes.
                 if deciding {
                     for (u, ejection) in ejections.iter().enumerate() {
-                        let value = u64::from(ejection.is_ejected(now_s));
+                        let value = u64::from(ejection.is_ejected(now_ms));
                         if let Some(gauge) = state.ejected_gauges.get_mut(u) {
                             set_gauge(host, gauge, value, || keys.stat(u, "ejected"));
                         }
@@ -404,13 +413,13 @@ fn paused_weights(
     service: &Service,
     weights: &[u32],
     ejections: &[Ejection],
-    now_s: u64,
+    now_ms: u64,
 ) -> Option<Vec<u32>> {
     let rollout = service.rollout.as_ref()?;
     let since_s = ejections
         .iter()
         .enumerate()
-        .filter(|(_, e)| e.is_ejected(now_s))
+        .filter(|(_, e)| e.is_ejected(now_ms))
         .filter_map(|(u, e)| {
             let then = match rollout.at(e.since_wall_s.saturating_mul(1000)) {
                 Phase::Weights(w) => w.get(u).copied(),
@@ -435,7 +444,7 @@ struct GuardKeys {
 impl GuardKeys {
     fn new(plugin: &str, service: &Service) -> Self {
         let record = format!(
-            "meshsplit/guard/v3/{}:{plugin}/{}:{}",
+            "meshsplit/guard/v4/{}:{plugin}/{}:{}",
             plugin.len(),
             service.name.len(),
             service.name,
@@ -539,7 +548,7 @@ fn guard_tick<H: Host + ?Sized>(
     now: Now,
     generation: Option<u64>,
 ) -> Option<Ticked> {
-    let now_s = now.monotonic_ms / 1000;
+    let now_ms = now.monotonic_ms;
     let names: Vec<&str> = service.upstreams.iter().map(|u| u.name.as_str()).collect();
     let own_slice_ms = slice_ms(guard.window_s);
     let mut changes = Vec::new();
@@ -571,7 +580,7 @@ fn guard_tick<H: Host + ?Sized>(
         if deciding {
             let ejections = ejections_at(&record, &at);
             // The weights in force: a paused rollout's, not the step the clock is at.
-            let in_force = paused_weights(service, rollout_weights, &ejections, now_s)
+            let in_force = paused_weights(service, rollout_weights, &ejections, now_ms)
                 .unwrap_or_else(|| rollout_weights.to_vec());
             let seen: Vec<Seen> = at
                 .iter()
@@ -582,18 +591,19 @@ fn guard_tick<H: Host + ?Sized>(
                         .and_then(|i| record.upstreams.get(i))
                         .map_or(&[][..], |r| &r.buckets[..]);
                     // Only slices that began at or after the readmission count.
-                    let since = ejection.until_s.saturating_mul(1000).div_ceil(slice_len);
+                    let since = ejection.until_ms.div_ceil(slice_len);
                     let counts = window_totals(buckets, slice, since);
                     Seen {
                         weight: in_force.get(u).copied().unwrap_or(0),
                         requests: counts.requests,
                         failures: counts.failures,
                         slow: counts.slow,
+                        read: counts.read,
                         ejection: *ejection,
                     }
                 })
                 .collect();
-            for change in guard.decide(now_s, &seen) {
+            for change in guard.decide(now_ms, &seen) {
                 let change = match change {
                     Change::Eject {
                         upstream,
@@ -711,7 +721,7 @@ fn report<H: Host + ?Sized>(
             log::warn!(
                 "guard: ejected {}/{name} for {} s: {seen}; reason {}, ejection {} in a row",
                 service.name,
-                state.until_s.saturating_sub(state.since_s),
+                seconds(state.until_ms.saturating_sub(state.since_ms)),
                 reason.name(),
                 state.times + 1
             );
@@ -722,7 +732,7 @@ fn report<H: Host + ?Sized>(
         Change::Readmit { state, .. } => log::info!(
             "guard: readmitted {}/{name} after {} s",
             service.name,
-            state.until_s.saturating_sub(state.since_s)
+            seconds(state.until_ms.saturating_sub(state.since_ms))
         ),
         Change::Forgive { .. } => {}
     }
@@ -736,6 +746,11 @@ pub fn percentile_text(milli: u64) -> String {
     }
     let decimals = format!("{rest:03}");
     format!("{whole}.{}", decimals.trim_end_matches('0'))
+}
+
+/// Milliseconds as whole seconds, rounded (ejections last whole seconds).
+fn seconds(ms: u64) -> u64 {
+    ms.saturating_add(500) / 1000
 }
 
 /// A fraction as a whole percentage, rounded.

@@ -99,8 +99,11 @@ fn ejected_across_workers_and_readmitted(
     assert_eq!(weights(&plan_a), [50, 0]);
     assert_eq!(worker_a.counter("meshsplit.p.svc.v2.ejections_total"), 1);
     assert_eq!(worker_a.gauge("meshsplit.p.svc.v2.ejected"), 1);
-    // After eject_s it is back, and its old outcomes do not eject it again.
-    a.run(&plan_a, "p", &worker_a, at(NOW_MS + 20_000));
+    // Ejected at NOW_MS + 400 for eject_s (20 s) to the millisecond: still out 1 ms before,
+    // back at 20 s, and its old outcomes do not eject it again.
+    a.run(&plan_a, "p", &worker_a, at(NOW_MS + 20_399));
+    assert_eq!(weights(&plan_a), [50, 0]);
+    a.run(&plan_a, "p", &worker_a, at(NOW_MS + 20_400));
     assert_eq!(weights(&plan_a), [50, 50]);
     good(&mut a, 20);
     a.run(&plan_a, "p", &worker_a, at(NOW_MS + 21_000));
@@ -275,7 +278,7 @@ fn an_ejection_is_always_a_compare_and_swap_even_on_a_record_never_written() {
     let writes = writes.borrow();
     let ejections: Vec<u32> = writes
         .iter()
-        .filter(|(record, _)| record.upstreams.iter().any(|u| u.ejection.until_s > 0))
+        .filter(|(record, _)| record.upstreams.iter().any(|u| u.ejection.until_ms > 0))
         .map(|&(_, cas)| cas)
         .collect();
     assert_eq!(ejections.len(), 1, "{writes:?}");
@@ -485,8 +488,8 @@ fn a_tick_reads_and_writes_one_value_per_service_whatever_the_window() {
     assert_eq!(
         short,
         [
-            "shared get meshsplit/guard/v3/1:p/3:svc".to_owned(),
-            "shared set meshsplit/guard/v3/1:p/3:svc".to_owned()
+            "shared get meshsplit/guard/v4/1:p/3:svc".to_owned(),
+            "shared set meshsplit/guard/v4/1:p/3:svc".to_owned()
         ]
     );
     assert_eq!(tick_calls(3600), short);
@@ -581,7 +584,7 @@ fn an_older_configuration_still_alive_adds_outcomes_but_never_decides() {
     assert_eq!(weights(&new), [50, 50]);
     assert_eq!(host.counter("meshsplit.p.svc.v2.ejections_total"), 0);
     // Both plans' outcomes are in the new configuration's window (40 requests of v2).
-    let (bytes, _) = host.shared_data("meshsplit/guard/v3/1:p/3:svc").unwrap();
+    let (bytes, _) = host.shared_data("meshsplit/guard/v4/1:p/3:svc").unwrap();
     let record = Record::decode(&bytes);
     assert_eq!(record.slice_ms, 1000);
     let v2: u64 = record.upstreams[1]
@@ -825,7 +828,7 @@ fn only_outcomes_timed_above_the_threshold_count_as_slow() {
     tick.record_timed_outcome(0, 1, status(false), 1, Some(251));
     tick.run(&p, "p", &host, at(NOW_MS));
     assert_eq!(weights(&p), [50, 50]);
-    let (bytes, _) = host.shared_data("meshsplit/guard/v3/1:p/3:svc").unwrap();
+    let (bytes, _) = host.shared_data("meshsplit/guard/v4/1:p/3:svc").unwrap();
     let record = Record::decode(&bytes);
     let slow: u64 = record.upstreams[1]
         .buckets
@@ -843,7 +846,10 @@ fn only_outcomes_timed_above_the_threshold_count_as_slow() {
     traffic(&mut tick, 50, true);
     tick.run(&p, "p", &host, at(NOW_MS + 500));
     assert_eq!(weights(&p), [50, 50]);
-    assert!(!PlanTick::new(&plan(GUARD), None).timed(0));
+    // An error guard times its streams to count abandoned requests, unless told not to.
+    assert!(PlanTick::new(&plan(GUARD), None).timed(0));
+    let untimed = r#""guard": {"error_rate": 0.5, "abandoned_after_ms": 0},"#;
+    assert!(!PlanTick::new(&plan(untimed), None).timed(0));
 }
 
 #[test]
@@ -854,21 +860,34 @@ fn a_sampled_slow_outcome_counts_for_the_streams_it_stands_for() {
     tick.record_timed_outcome(0, 1, status(false), 16, Some(300));
     tick.record_timed_outcome(0, 1, status(false), 16, Some(3));
     tick.run(&p, "p", &host, at(NOW_MS));
-    let (bytes, _) = host.shared_data("meshsplit/guard/v3/1:p/3:svc").unwrap();
+    let (bytes, _) = host.shared_data("meshsplit/guard/v4/1:p/3:svc").unwrap();
     let record = Record::decode(&bytes);
     let b = record.upstreams[1]
         .buckets
         .iter()
         .find(|b| b.counts.requests > 0);
+    // Two outcomes read, standing for 32 streams.
     assert_eq!(
         b.map(|b| b.counts),
         Some(Counts {
             requests: 32,
             failures: 0,
-            slow: 16
+            slow: 16,
+            read: Read {
+                requests: 2,
+                failures: 0,
+                slow: 1
+            }
         })
     );
-    // Half slow: p95 above the threshold.
+    // Half slow by the estimate, but two outcomes read are no evidence: nothing is ejected.
+    assert_eq!(weights(&p), [50, 50]);
+    // Ten more read, half slow again: now the outcomes read show it.
+    for _ in 0..5 {
+        tick.record_timed_outcome(0, 1, status(false), 16, Some(300));
+        tick.record_timed_outcome(0, 1, status(false), 16, Some(3));
+    }
+    tick.run(&p, "p", &host, at(NOW_MS + 100));
     assert_eq!(weights(&p), [50, 0]);
 }
 
@@ -878,4 +897,172 @@ fn percentiles_are_written_as_given() {
     assert_eq!(percentile_text(99_900), "99.9");
     assert_eq!(percentile_text(99_990), "99.99");
     assert_eq!(percentile_text(50_005), "50.005");
+}
+
+/// Traffic of one upstream in the sampling simulation.
+#[derive(Clone, Copy)]
+struct Flow {
+    /// Requests per 500 ms tick, or `burst` every 20 s (40 ticks) and nothing in between.
+    per_tick: u32,
+    burst: bool,
+    /// Chance that a request fails.
+    fails: f64,
+}
+
+/// One hour (7 200 ticks of 500 ms, one worker) of the real tick path: outcomes go through
+/// `PlanTick::observe` (sampled: the wasm build's reads) or are all counted (exact: the native
+/// build's), then `run` decides. An ejected upstream gets no traffic. Returns each upstream's
+/// ejections and the first ejection's time (ms after the start) of each.
+fn simulate(
+    window_s: u64,
+    weights: [u32; 2],
+    flows: [Flow; 2],
+    sampled: bool,
+    seed: u64,
+) -> ([u64; 2], [Option<u64>; 2]) {
+    use rand_core::{Rng, SeedableRng};
+    let json = format!(
+        r#"{{"services": [{{"name": "svc", "guard": {{"error_rate": 0.05, "min_requests": 20,
+            "window_s": {window_s}, "eject_s": 30, "max_ejected_percent": 50}},
+            "upstreams": [{{"name": "v1", "cluster": "c1", "weight": {}}},
+                          {{"name": "v2", "cluster": "c2", "weight": {}}}]}}]}}"#,
+        weights[0], weights[1]
+    );
+    let plan = Plan::from_json(json.as_bytes()).unwrap();
+    let host = FakeHost::default();
+    let mut tick = PlanTick::new(&plan, None);
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed);
+    let mut first = [None; 2];
+    for n in 0..7_200u64 {
+        let in_force = weights_of(&plan);
+        for (u, flow) in flows.iter().enumerate() {
+            if in_force[u] == 0 {
+                continue;
+            }
+            let count = match (flow.burst, n % 40) {
+                (false, _) => flow.per_tick,
+                (true, 0) => flow.per_tick,
+                (true, _) => 0,
+            };
+            for _ in 0..count {
+                let draw = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                let failed = draw < flow.fails;
+                let streams = if sampled {
+                    tick.observe(0, u, || rng.next_u32())
+                } else {
+                    1
+                };
+                if streams > 0 {
+                    tick.record_outcome(0, u, status(failed), streams);
+                }
+            }
+        }
+        tick.run(&plan, "p", &host, at(NOW_MS + n * 500));
+        for (u, name) in ["v1", "v2"].iter().enumerate() {
+            if first[u].is_none()
+                && host.counter(&format!("meshsplit.p.svc.{name}.ejections_total")) > 0
+            {
+                first[u] = Some(n * 500);
+            }
+        }
+    }
+    let ejections =
+        ["v1", "v2"].map(|name| host.counter(&format!("meshsplit.p.svc.{name}.ejections_total")));
+    (ejections, first)
+}
+
+fn weights_of(plan: &Plan) -> Vec<u32> {
+    plan.services[0].weights().to_vec()
+}
+
+/// Healthy upstreams (1 % errors, guard `error_rate 0.05`): sampled outcome reads eject no
+/// more often than exact counting, row by row, in an hour of the real tick path (seeded).
+#[test]
+fn sampling_ejects_healthy_upstreams_no_more_often_than_exact_counting() {
+    let steady = |per_tick| Flow {
+        per_tick,
+        burst: false,
+        fails: 0.01,
+    };
+    let rows: [(&str, u64, [u32; 2], [Flow; 2]); 6] = [
+        ("window 10 s, 40/s each", 10, [50, 50], [steady(20); 2]),
+        ("window 10 s, 100/s each", 10, [50, 50], [steady(50); 2]),
+        ("window 1 s, 100/s each", 1, [50, 50], [steady(50); 2]),
+        ("window 1 s, 400/s each", 1, [50, 50], [steady(200); 2]),
+        (
+            "bursts of 200 every 20 s",
+            10,
+            [50, 50],
+            [Flow {
+                per_tick: 200,
+                burst: true,
+                fails: 0.01,
+            }; 2],
+        ),
+        (
+            "10 % canary, 360/s and 40/s",
+            10,
+            [90, 10],
+            [steady(180), steady(20)],
+        ),
+    ];
+    for (seed, (name, window_s, weights, flows)) in rows.into_iter().enumerate() {
+        let seed = 0x5eed + seed as u64;
+        let (exact, _) = simulate(window_s, weights, flows, false, seed);
+        let (sampled, _) = simulate(window_s, weights, flows, true, seed);
+        println!("{name}: ejections per hour exact {exact:?}, sampled {sampled:?}");
+        for u in 0..2 {
+            assert!(
+                sampled[u] <= exact[u],
+                "{name}: sampled {sampled:?} against exact {exact:?}"
+            );
+        }
+    }
+}
+
+/// A canary failing 25 % is still ejected within its window plus a second, sampled or exact, at
+/// the rates of the table above.
+#[test]
+fn a_canary_failing_a_quarter_is_ejected_within_window_and_a_second_when_sampled() {
+    let flow = |per_tick, fails| Flow {
+        per_tick,
+        burst: false,
+        fails,
+    };
+    for (window_s, weights, flows) in [
+        (10, [90, 10], [flow(180, 0.01), flow(20, 0.25)]),
+        (10, [50, 50], [flow(50, 0.01), flow(50, 0.25)]),
+        (1, [50, 50], [flow(50, 0.01), flow(50, 0.25)]),
+        (1, [50, 50], [flow(200, 0.01), flow(200, 0.25)]),
+    ] {
+        for sampled in [false, true] {
+            let (_, first) = simulate(window_s, weights, flows, sampled, 7);
+            let limit = window_s * 1000 + 1000;
+            assert!(
+                first[1].is_some_and(|ms| ms <= limit),
+                "window {window_s} s, {flows_per:?}/tick, sampled {sampled}: first ejection at {:?} ms",
+                first[1],
+                flows_per = flows.map(|f| f.per_tick)
+            );
+        }
+    }
+}
+
+/// A tick whose compare-and-swap gives up (every write loses a race) keeps the ejections of the
+/// last tick in force: the ejected upstream gets no traffic back for that tick.
+#[test]
+fn a_tick_that_cannot_write_keeps_the_last_decision_in_force() {
+    let plan = plan(GUARD);
+    let host = FakeHost::default();
+    let mut tick = PlanTick::new(&plan, None);
+    traffic(&mut tick, 20, true);
+    tick.run(&plan, "p", &host, at(NOW_MS));
+    assert_eq!(weights(&plan), [50, 0]);
+    traffic(&mut tick, 20, false);
+    host.cas_conflicts.set(1_000);
+    tick.run(&plan, "p", &host, at(NOW_MS + 500));
+    assert_eq!(weights(&plan), [50, 0]);
+    host.cas_conflicts.set(0);
+    tick.run(&plan, "p", &host, at(NOW_MS + 1_000));
+    assert_eq!(weights(&plan), [50, 0]);
 }

@@ -203,7 +203,7 @@ pub fn request_headers(stream: &mut Stream, filter: Filter) -> Verdict {
     {
         if let Some(guard) = plan.services.get(service).and_then(|s| s.guard.as_ref()) {
             stream.observed = Some((service, upstream));
-            if guard.latency.is_some() {
+            if guard.times_streams() {
                 stream.started = now;
             }
         }
@@ -280,16 +280,14 @@ pub fn stream_complete(stream: &mut Stream, filter: Filter) {
         } else {
             None
         };
-        if let Some(outcome) = guard::outcome(code, flags) {
-            record_outcome(
-                &stream.config,
-                &host,
-                service,
-                upstream,
-                outcome,
-                stream.started,
-            );
-        }
+        record_outcome(
+            &stream.config,
+            &host,
+            service,
+            upstream,
+            guard::outcome(code, flags),
+            stream.started,
+        );
     }
 }
 

@@ -14,8 +14,8 @@
 //! and ejections follow the monotonic clock, which a change of the wall clock does not move.
 
 use crate::guard::{
-    admitted_weights, slice_ms, window_totals, Change, Counts, Ejection, Guard, Outcome, Read,
-    Reason, Seen,
+    admitted_weights, slice_ms, window_totals, Bucket, Change, Counts, Ejection, Guard, Outcome,
+    Read, Reason, Seen, WINDOW_SLICES,
 };
 use crate::guard_record::{claim_generation, claim_generation_at, newest_generation, Record};
 use crate::host::{create_shared, Host, SharedWrite};
@@ -56,8 +56,12 @@ pub const SAMPLE_ONE_IN: u32 = 16;
 #[derive(Debug, Clone, Default)]
 struct ServiceTick {
     /// Outcomes seen by this VM since its last tick, per upstream, each sampled outcome
-    /// counted for the streams it stands for.
+    /// counted for the streams it stands for: filed in the slice of the tick that adds them.
     pending: Box<[Counts]>,
+    /// The same, stamped with the slice (of this plan's guard) in which each outcome happened:
+    /// they count in that slice's window however late the next tick comes (the native build,
+    /// whose workers tick only from their streams).
+    stamped: Box<[[Bucket; WINDOW_SLICES]]>,
     /// Streams per upstream chosen for an outcome read since this VM's last tick.
     observing: Box<[u32]>,
     /// Gauge ids and last values set: ejected per upstream, then the rollout pause.
@@ -113,6 +117,7 @@ impl PlanTick {
                     }
                     ServiceTick {
                         pending: vec![Counts::default(); n].into(),
+                        stamped: vec![[Bucket::default(); WINDOW_SLICES]; n].into(),
                         observing: vec![0; n].into(),
                         ejected_gauges: vec![None; n].into(),
                         paused_gauge: None,
@@ -191,6 +196,20 @@ impl PlanTick {
         streams: u32,
         elapsed_ms: Option<u64>,
     ) {
+        self.record_outcome_at(service, upstream, outcome, streams, elapsed_ms, None);
+    }
+
+    /// [`PlanTick::record_timed_outcome`] of a stream that ended at `at_ms` on the guard's
+    /// monotonic clock (`None`: at the next tick): it counts in the window of that moment.
+    pub fn record_outcome_at(
+        &mut self,
+        service: usize,
+        upstream: usize,
+        outcome: Outcome,
+        streams: u32,
+        elapsed_ms: Option<u64>,
+        at_ms: Option<u64>,
+    ) {
         let Some(state) = self.services.get_mut(service) else {
             return;
         };
@@ -202,17 +221,30 @@ impl PlanTick {
         };
         let n = u64::from(streams);
         let (failed, slow) = (u64::from(verdict.failed), u64::from(verdict.slow));
-        if let Some(pending) = state.pending.get_mut(upstream) {
-            *pending = pending.plus(Counts {
-                requests: n,
-                failures: failed * n,
-                slow: slow * n,
-                read: Read {
-                    requests: 1,
-                    failures: failed,
-                    slow,
-                },
-            });
+        let counts = Counts {
+            requests: n,
+            failures: failed * n,
+            slow: slow * n,
+            read: Read {
+                requests: 1,
+                failures: failed,
+                slow,
+            },
+        };
+        match at_ms {
+            None => {
+                if let Some(pending) = state.pending.get_mut(upstream) {
+                    *pending = pending.plus(counts);
+                }
+            }
+            Some(ms) => {
+                let slice = ms / slice_ms(guard.window_s);
+                let at = usize::try_from(slice % WINDOW_SLICES as u64).unwrap_or(0);
+                if let Some(bucket) = state.stamped.get_mut(upstream).and_then(|r| r.get_mut(at)) {
+                    // A bucket of an older slice (out of the window by now) starts afresh.
+                    *bucket = bucket.add(slice, counts);
+                }
+            }
         }
     }
 
@@ -567,12 +599,29 @@ fn guard_tick<H: Host + ?Sized>(
         let slice_len = record.slice_ms.max(1);
         let slice = now.monotonic_ms / slice_len;
         let at = record.positions(&names);
-        for (position, &counts) in at.iter().zip(state.pending.iter()) {
-            if counts.requests == 0 {
+        // Stamped outcomes go to the slice they happened in, when it is of this length and still
+        // in the window; otherwise to the current one.
+        let same_slices = record.slice_ms == own_slice_ms;
+        let oldest = slice.saturating_sub(WINDOW_SLICES as u64 - 1);
+        for ((position, &counts), stamped) in at
+            .iter()
+            .zip(state.pending.iter())
+            .zip(state.stamped.iter())
+        {
+            let Some(upstream) = position.and_then(|i| record.upstreams.get_mut(i)) else {
                 continue;
-            }
-            if let Some(upstream) = position.and_then(|i| record.upstreams.get_mut(i)) {
+            };
+            if counts.requests > 0 {
                 upstream.add(slice, counts);
+                dirty = true;
+            }
+            for bucket in stamped.iter().filter(|b| b.counts.requests > 0) {
+                match (same_slices, bucket.slice) {
+                    (true, s) if s > slice => upstream.add(slice, bucket.counts),
+                    (true, s) if s >= oldest => upstream.add(s, bucket.counts),
+                    (true, _) => continue,
+                    (false, _) => upstream.add(slice, bucket.counts),
+                }
                 dirty = true;
             }
         }
@@ -651,6 +700,9 @@ fn guard_tick<H: Host + ?Sized>(
     // Written (or nothing to write): this VM's outcomes are in, and its changes landed.
     for pending in state.pending.iter_mut() {
         *pending = Counts::default();
+    }
+    for stamped in state.stamped.iter_mut() {
+        *stamped = [Bucket::default(); WINDOW_SLICES];
     }
     for change in &changes {
         report(guard, keys, service, host, change);

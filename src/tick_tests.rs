@@ -1066,3 +1066,26 @@ fn a_tick_that_cannot_write_keeps_the_last_decision_in_force() {
     tick.run(&plan, "p", &host, at(NOW_MS + 1_000));
     assert_eq!(weights(&plan), [50, 0]);
 }
+
+/// Outcomes stamped with the moment they happened count in that moment's window: failures 21 s
+/// old (window 5 s) eject nothing at a late tick, failures 3 s old still do.
+#[test]
+fn stamped_outcomes_count_in_the_window_of_their_moment() {
+    let stamped = |tick: &mut PlanTick, at_ms: u64| {
+        for _ in 0..20 {
+            tick.record_outcome_at(0, 0, status(false), 1, None, Some(at_ms));
+            tick.record_outcome_at(0, 1, status(true), 1, None, Some(at_ms));
+        }
+    };
+    for (age_ms, ejected) in [(21_000, false), (3_000, true)] {
+        let plan = plan(GUARD);
+        let host = FakeHost::default();
+        let mut tick = PlanTick::new(&plan, None);
+        // A first tick files the record (its slices are this guard's).
+        tick.run(&plan, "p", &host, at(NOW_MS));
+        stamped(&mut tick, NOW_MS + 100);
+        tick.run(&plan, "p", &host, at(NOW_MS + 100 + age_ms));
+        let expected: &[u32] = if ejected { &[50, 0] } else { &[50, 50] };
+        assert_eq!(weights(&plan), expected, "{age_ms} ms old");
+    }
+}

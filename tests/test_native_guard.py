@@ -1,6 +1,7 @@
 """The guard where the builds differ: the cluster specifier refuses it (it never sees a response),
 and the filters count Envoy's own answers for an upstream they cannot reach as failures."""
 import re
+import time
 
 import pytest
 
@@ -34,3 +35,34 @@ def test_an_upstream_that_refuses_connections_is_ejected(build, tmp_path):
             assert stat(envoy, "v2.ejections_total") == 1
             assert stat(envoy, "v1.ejected") == 0
     assert re.search(r"guard: ejected svc/v2 for 30 s: 100 % of \d+ requests failed", envoy.log())
+
+
+@pytest.mark.builds("native")
+def test_failures_count_in_the_window_of_their_moment_however_late_the_next_tick(build, tmp_path):
+    """A native worker ticks only from its streams. One worker (concurrency 1) sees a burst of
+    503s from v2 between two of its ticks, then no traffic for 2.5 s (the window is 1 s), then v2
+    is healthy and one request comes: the burst is out of the window by then and ejects nothing.
+    (Filed at the late tick instead, the burst's failures would eject v2 then.) The burst must
+    fall between two ticks (500 ms apart): on a loaded machine that may take more than one try,
+    up to five; a try whose tick ran mid-burst (v2 ejected at once) is discarded."""
+    guard = {"error_rate": 0.5, "min_requests": 10, "window_s": 1, "eject_s": 30}
+    plugin = {"services": [dict(GUARDED["services"][0], guard=guard)]}
+    for attempt in range(5):
+        with harness.upstream_servers("v1", "v2") as servers:
+            ports = {n: s.server_port for n, s in servers.items()}
+            config = harness.bootstrap(plugin, ports, harness.free_port(), harness.free_port())
+            with harness.Envoy(config, tmp_path, concurrency=1) as envoy:
+                # A first request runs the worker's tick: the next is due 500 ms later.
+                harness.send(envoy.port, 1, {"Host": "svc"}, connections=1)
+                servers["v2"].status = 503
+                burst = harness.send(envoy.port, 60, {"Host": "svc"}, connections=6)
+                assert sum(n for k, n in burst.items() if isinstance(k, tuple) and k[0] == 503) >= 10, burst
+                if stat(envoy, "v2.ejections_total"):
+                    continue
+                time.sleep(2.5)
+                servers["v2"].status = 200
+                harness.send(envoy.port, 1, {"Host": "svc"}, connections=1)
+                time.sleep(0.2)
+                assert stat(envoy, "v2.ejections_total") == 0, envoy.log()[-3000:]
+                return
+    pytest.fail("every burst straddled a tick in five tries")

@@ -534,9 +534,17 @@ mod worker {
                     u64::try_from(now.saturating_duration_since(started).as_millis())
                         .unwrap_or(u64::MAX)
                 });
-                ticking
-                    .tick
-                    .record_timed_outcome(service, upstream, outcome, 1, elapsed_ms);
+                // Stamped with the moment it ended: it counts in that moment's window, however
+                // late this worker's next tick comes.
+                let at_ms = crate::tick::process_monotonic_ms();
+                ticking.tick.record_outcome_at(
+                    service,
+                    upstream,
+                    outcome,
+                    1,
+                    elapsed_ms,
+                    Some(at_ms),
+                );
                 ticking.run_if_due(&entry.plan, &source.plugin, host, now);
             }
         });

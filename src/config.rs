@@ -351,6 +351,10 @@ impl<'de> Deserialize<'de> for RawSameSite {
                 {
                     "if": {"properties": {"abandoned_after_ms": {"type": "integer"}}, "required": ["abandoned_after_ms"]},
                     "then": {"properties": {"error_rate": {"type": "number"}}, "required": ["error_rate"]}
+                },
+                {
+                    "if": {"properties": {"grpc_failure_codes": {"type": "array"}}, "required": ["grpc_failure_codes"]},
+                    "then": {"properties": {"error_rate": {"type": "number"}}, "required": ["error_rate"]}
                 }
             ]
         )
@@ -400,6 +404,13 @@ pub struct RawGuard {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(range(max = 3_600_000), extend("default" = 500)))]
     pub abandoned_after_ms: Option<u64>,
+    /// gRPC statuses that count as failures when a gRPC call is answered (HTTP 200 with a
+    /// `grpc-status`), each 0 to 16 (`[]`: no gRPC status counts). The default is what says
+    /// the server is unhealthy or broken: UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE,
+    /// DATA_LOSS. Only with `error_rate`.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(inner(range(max = 16)), extend("default" = [2, 4, 13, 14, 15])))]
+    pub grpc_failure_codes: Option<Vec<u16>>,
 }
 
 /// Ejects an upstream whose requests got slow (see `guard.rs`): the time from the request's
@@ -417,6 +428,12 @@ pub struct RawLatency {
     /// 3 600 000.
     #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 3_600_000)))]
     pub threshold_ms: u64,
+    /// Relative mode: eject for latency only when the upstream's share of requests slower than
+    /// `threshold_ms` exceeds the other upstreams' share by more than this, in [0, 1); versions
+    /// that are slow alike (long polls, streams) eject nothing.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("minimum" = 0, "exclusiveMaximum" = 1)))]
+    pub relative_margin: Option<f64>,
 }
 
 /// Weights that change on a schedule (see `rollout.rs`). Before `start` the service's own

@@ -50,6 +50,11 @@ pub struct Guard {
     /// A request the client abandoned with no response after waiting at least this many
     /// milliseconds counts as a failure (0: abandoned requests never count as failures).
     pub abandoned_after_ms: u64,
+    /// gRPC statuses (`grpc-status`) that count as failures (sorted, no duplicates).
+    pub grpc_failure_codes: Vec<u16>,
+    /// Relative latency: eject for latency only when an upstream's share of slow requests
+    /// exceeds the other admitted upstreams' by more than this.
+    pub latency_relative_margin: Option<f64>,
 }
 
 /// A compiled `guard.latency`.
@@ -105,6 +110,13 @@ impl Guard {
     pub const DEFAULT_EJECT_S: u64 = 30;
     pub const DEFAULT_MAX_EJECTED_PERCENT: u64 = 50;
     pub const DEFAULT_ABANDONED_AFTER_MS: u64 = 500;
+    /// gRPC statuses that count as failures unless `grpc_failure_codes` says otherwise: what
+    /// says the server is unhealthy or broken, UNKNOWN (2), DEADLINE_EXCEEDED (4), INTERNAL
+    /// (13), UNAVAILABLE (14) and DATA_LOSS (15); not what a client provokes at will
+    /// (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED, UNAUTHENTICATED,
+    /// FAILED_PRECONDITION, OUT_OF_RANGE) nor what a server answers by design (CANCELLED,
+    /// RESOURCE_EXHAUSTED, ABORTED, UNIMPLEMENTED).
+    pub const DEFAULT_GRPC_FAILURE_CODES: [u16; 5] = [2, 4, 13, 14, 15];
 }
 
 /// A window is counted in this many slices of `window_s / WINDOW_SLICES` each, so a tick reads
@@ -303,11 +315,15 @@ impl Guard {
             .count();
         // The admitted upstreams' combined counts: in relative mode each is compared with the
         // others' (these minus its own).
-        let (admitted_requests, admitted_failures) = upstreams
+        let (admitted_requests, admitted_failures, admitted_slow) = upstreams
             .iter()
             .filter(|u| !u.ejection.is_ejected(now_ms))
-            .fold((0u64, 0u64), |(r, f), u| {
-                (r.saturating_add(u.requests), f.saturating_add(u.failures))
+            .fold((0u64, 0u64, 0u64), |(r, f, s), u| {
+                (
+                    r.saturating_add(u.requests),
+                    f.saturating_add(u.failures),
+                    s.saturating_add(u.slow),
+                )
             });
         // Worst first, so the cap ejects the upstreams that fail most (errors and latency
         // ranked together by their share of failed or slow requests).
@@ -334,16 +350,20 @@ impl Guard {
                 }
             };
             let rate = share(u.failures);
-            let worse_than_others = match self.relative_margin {
+            // In relative mode a share (of failures, or of slow requests) counts only when it
+            // exceeds the other admitted upstreams' by the margin; without enough traffic
+            // elsewhere there is nothing to compare with.
+            let others = admitted_requests.saturating_sub(u.requests);
+            let worse = |margin: Option<f64>, own: u64, admitted: u64| match margin {
                 None => true,
                 Some(margin) => {
-                    let others = admitted_requests.saturating_sub(u.requests);
-                    let others_failed = admitted_failures.saturating_sub(u.failures);
-                    // Without enough traffic elsewhere there is nothing to compare with.
+                    let theirs = admitted.saturating_sub(own);
                     others >= self.min_requests
-                        && rate > others_failed as f64 / others as f64 + margin
+                        && share(own) > theirs as f64 / others as f64 + margin
                 }
             };
+            let worse_than_others = worse(self.relative_margin, u.failures, admitted_failures);
+            let slower_than_others = worse(self.latency_relative_margin, u.slow, admitted_slow);
             let enough = u.requests >= self.min_requests;
             // With sampling (fewer outcomes read than estimated) the outcomes read must show
             // the excess beyond chance ([`evident`]); without, every outcome was read.
@@ -353,7 +373,10 @@ impl Guard {
                 enough && rate > limit && worse_than_others && shown(u.read.failures, limit)
             });
             let slow = self.latency.is_some_and(|l| {
-                enough && l.exceeded(u.requests, u.slow) && shown(u.read.slow, l.allowed_share())
+                enough
+                    && l.exceeded(u.requests, u.slow)
+                    && slower_than_others
+                    && shown(u.read.slow, l.allowed_share())
             });
             if errors {
                 failing.push((index, rate, u.requests, Reason::Errors));
@@ -452,6 +475,9 @@ pub enum Outcome {
     UpstreamFailure,
     /// The upstream answered with this status.
     Status(u16),
+    /// A gRPC call the upstream answered (HTTP 200) with this `grpc-status` (in its trailers,
+    /// or in its headers for a trailers-only response).
+    Grpc(u16),
     /// No response at all and nothing that blames the upstream: the client went away (reset,
     /// timed out, closed) before the response headers.
     Abandoned,
@@ -471,6 +497,16 @@ pub fn outcome(status: Option<u64>, flags: Option<u64>) -> Outcome {
     match status {
         Some(code) if code > 0 => Outcome::Status(u16::try_from(code).unwrap_or(u16::MAX)),
         _ => Outcome::Abandoned,
+    }
+}
+
+/// [`outcome`] of a gRPC call: an HTTP 200 with a `grpc-status` is judged by that status.
+pub fn grpc_outcome(status: Option<u64>, flags: Option<u64>, grpc_status: Option<u64>) -> Outcome {
+    match (outcome(status, flags), grpc_status) {
+        (Outcome::Status(200), Some(code)) => {
+            Outcome::Grpc(u16::try_from(code).unwrap_or(u16::MAX))
+        }
+        (other, _) => other,
     }
 }
 
@@ -498,6 +534,10 @@ impl Guard {
             Outcome::UpstreamFailure => Some(Verdict { failed: true, slow }),
             Outcome::Status(code) => Some(Verdict {
                 failed: self.failure_codes.binary_search(&code).is_ok(),
+                slow,
+            }),
+            Outcome::Grpc(code) => Some(Verdict {
+                failed: self.grpc_failure_codes.binary_search(&code).is_ok(),
                 slow,
             }),
             Outcome::Abandoned => {

@@ -11,6 +11,8 @@ fn guard() -> Guard {
         relative_margin: None,
         latency: None,
         abandoned_after_ms: Guard::DEFAULT_ABANDONED_AFTER_MS,
+        grpc_failure_codes: Guard::DEFAULT_GRPC_FAILURE_CODES.to_vec(),
+        latency_relative_margin: None,
     }
 }
 
@@ -586,4 +588,70 @@ fn sampled_windows_eject_only_on_evidence_read() {
         slow: 0,
     };
     assert_eq!(ejected(&g.decide(1_000_000, &[seen(50, 200, 0), up])), [1]);
+}
+
+#[test]
+fn grpc_calls_are_judged_by_their_grpc_status() {
+    let g = guard();
+    // UNAVAILABLE in an HTTP 200 fails; OK and what a client provokes (INVALID_ARGUMENT,
+    // NOT_FOUND) do not.
+    let failed = |grpc| {
+        g.judge(grpc_outcome(Some(200), Some(0), grpc), None)
+            .map(|v| v.failed)
+    };
+    assert_eq!(failed(Some(14)), Some(true));
+    for code in [2, 4, 13, 15] {
+        assert_eq!(failed(Some(code)), Some(true), "{code}");
+    }
+    for code in [0, 1, 3, 5, 6, 7, 8, 9, 10, 11, 12, 16] {
+        assert_eq!(failed(Some(code)), Some(false), "{code}");
+    }
+    // Not a gRPC call: the HTTP status decides.
+    assert_eq!(failed(None), Some(false));
+    // An upstream failure stays one; a 503 is judged by the HTTP codes.
+    assert_eq!(
+        grpc_outcome(Some(503), Some(0x20), Some(14)),
+        Outcome::UpstreamFailure
+    );
+    assert_eq!(
+        grpc_outcome(Some(503), Some(0), Some(14)),
+        Outcome::Status(503)
+    );
+    let only_internal = Guard {
+        grpc_failure_codes: vec![13],
+        ..guard()
+    };
+    assert!(only_internal.failed(Outcome::Grpc(13)) && !only_internal.failed(Outcome::Grpc(14)));
+}
+
+#[test]
+fn relative_latency_ejects_only_a_version_slower_than_the_rest() {
+    let g = Guard {
+        error_rate: None,
+        latency: Some(Latency {
+            percentile_milli: 90_000,
+            threshold_ms: 250,
+        }),
+        latency_relative_margin: Some(0.1),
+        ..guard()
+    };
+    // Both hold 15 % of their requests (long polls): p90 above the threshold on both, alike.
+    assert_eq!(
+        g.decide(1_000_000, &[slow(50, 100, 15), slow(50, 100, 15)]),
+        []
+    );
+    // Without the relative mode both would be candidates, and one ejected.
+    let absolute = Guard {
+        latency_relative_margin: None,
+        ..g.clone()
+    };
+    assert_eq!(
+        ejected(&absolute.decide(1_000_000, &[slow(50, 100, 15), slow(50, 100, 15)])),
+        [0]
+    );
+    // A version clearly slower than the rest is still ejected.
+    assert_eq!(
+        ejected(&g.decide(1_000_000, &[slow(50, 100, 15), slow(50, 100, 60)])),
+        [1]
+    );
 }

@@ -627,6 +627,7 @@ fn compile_guard(path: &str, raw: &RawGuard) -> Result<Guard, ConfigError> {
             ("failure_codes", raw.failure_codes.is_some()),
             ("relative_margin", raw.relative_margin.is_some()),
             ("abandoned_after_ms", raw.abandoned_after_ms.is_some()),
+            ("grpc_failure_codes", raw.grpc_failure_codes.is_some()),
         ];
         if let Some((field, _)) = judging.iter().find(|(_, given)| *given) {
             return Err(ConfigError::new(
@@ -663,6 +664,27 @@ fn compile_guard(path: &str, raw: &RawGuard) -> Result<Guard, ConfigError> {
     }
     failure_codes.sort_unstable();
     failure_codes.dedup();
+    let mut grpc_failure_codes = raw
+        .grpc_failure_codes
+        .clone()
+        .unwrap_or_else(|| Guard::DEFAULT_GRPC_FAILURE_CODES.to_vec());
+    if let Some(code) = grpc_failure_codes.iter().find(|c| **c > 16) {
+        return Err(ConfigError::new(
+            format!("{path}.grpc_failure_codes"),
+            format!("{code} is not a gRPC status (0 to 16)"),
+        ));
+    }
+    grpc_failure_codes.sort_unstable();
+    grpc_failure_codes.dedup();
+    let latency_relative_margin = raw.latency.as_ref().and_then(|l| l.relative_margin);
+    if let Some(margin) = latency_relative_margin {
+        if !(0.0..1.0).contains(&margin) {
+            return Err(ConfigError::new(
+                format!("{path}.latency.relative_margin"),
+                "must be at least 0 and below 1 (a difference of shares of slow requests)",
+            ));
+        }
+    }
     if let Some(margin) = raw.relative_margin {
         if !(0.0..1.0).contains(&margin) {
             return Err(ConfigError::new(
@@ -673,6 +695,8 @@ fn compile_guard(path: &str, raw: &RawGuard) -> Result<Guard, ConfigError> {
     }
     Ok(Guard {
         failure_codes,
+        grpc_failure_codes,
+        latency_relative_margin,
         relative_margin: raw.relative_margin,
         error_rate: raw.error_rate,
         latency,

@@ -262,7 +262,7 @@ proptest! {
         // are ejected for errors and others for latency, under the one cap.
         let guard = Guard { error_rate: Some(0.5), min_requests: 1, window_s: 10, eject_s: 30, max_ejected_percent: cap, failure_codes: vec![500], relative_margin: None,
                             latency: Some(Latency { percentile_milli: 90_000, threshold_ms: 250 }),
-                            abandoned_after_ms: 500 };
+                            abandoned_after_ms: 500, grpc_failure_codes: vec![14], latency_relative_margin: None };
         let now = 1_000_000;
         let seen: Vec<Seen> = upstreams.iter().zip(&ejected).map(|(&(weight, requests, failed), &out)| Seen {
             weight,

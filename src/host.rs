@@ -57,6 +57,16 @@ pub trait Host {
         None
     }
 
+    /// At a stream's response headers: the first copy of a response header. Hosts that never
+    /// see responses answer none.
+    fn response_header(&self, _name: &str) -> Option<Vec<u8>> {
+        None
+    }
+    /// At a stream's response trailers: the first copy of a trailer.
+    fn response_trailer(&self, _name: &str) -> Option<Vec<u8>> {
+        None
+    }
+
     /// At a stream's response headers: every copy of a response header. Hosts that never see
     /// responses answer none.
     fn response_header_values(&self, _name: &str) -> Vec<Vec<u8>> {
@@ -155,6 +165,12 @@ impl<H: Host + ?Sized> Host for DefineOnce<'_, H> {
     fn response_flags(&self) -> Option<u64> {
         self.host.response_flags()
     }
+    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.host.response_header(name)
+    }
+    fn response_trailer(&self, name: &str) -> Option<Vec<u8>> {
+        self.host.response_trailer(name)
+    }
     fn response_header_values(&self, name: &str) -> Vec<Vec<u8>> {
         self.host.response_header_values(name)
     }
@@ -215,6 +231,8 @@ mod fake {
         pub atomic_create: Cell<bool>,
         /// The response headers a stream's response-headers callback sees and changes.
         pub response_headers: RefCell<Vec<(String, Vec<u8>)>>,
+        /// The response trailers `response_trailer` reads.
+        pub response_trailers: RefCell<Vec<(String, Vec<u8>)>>,
     }
 
     impl FakeHost {
@@ -446,6 +464,24 @@ mod fake {
         fn response_flags(&self) -> Option<u64> {
             self.calls.borrow_mut().push("response flags".to_owned());
             self.response.get().1
+        }
+
+        fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+            self.calls.borrow_mut().push(format!("get response {name}"));
+            self.response_headers
+                .borrow()
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }
+
+        fn response_trailer(&self, name: &str) -> Option<Vec<u8>> {
+            self.calls.borrow_mut().push(format!("get trailer {name}"));
+            self.response_trailers
+                .borrow()
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
         }
 
         fn response_header_values(&self, name: &str) -> Vec<Vec<u8>> {

@@ -196,9 +196,15 @@ struct Tracked {
     leased: bool,
     /// How many streams its outcome counts for in the service's guard (0: not read).
     observed: u32,
-    /// When its request headers came (monotonic ms), for a latency guard's streams whose
-    /// outcome is read: the only clock reads of the request path.
+    /// When its request headers came (monotonic ms), for the streams whose outcome is read
+    /// of a guard that times them: the only clock reads of the request path.
     started_ms: Option<u64>,
+    /// When its response headers came (monotonic ms): a timed stream's duration ends there
+    /// (time to first byte). Only a host that calls [`Instance::response_headers`] sets it.
+    first_byte_ms: Option<u64>,
+    /// Its `grpc-status` (trailers-only headers, or trailers) when it is a gRPC call whose
+    /// outcome is read; only a host that sees responses reads it.
+    grpc_status: Option<u64>,
 }
 
 struct RootPlan {
@@ -505,6 +511,8 @@ impl Instance {
                         leased,
                         observed,
                         started_ms,
+                        first_byte_ms: None,
+                        grpc_status: None,
                     },
                 );
             }
@@ -515,6 +523,26 @@ impl Instance {
     /// Handles a stream's response headers: sets the cookie its request was assigned, if any.
     /// Nothing else happens here, and streams without an assigned id cost one map lookup.
     pub fn response_headers<H: Host + ?Sized>(&mut self, context: u32, host: &H) {
+        if !self.tracked.is_empty() {
+            if let Some(stream) = self.tracked.get_mut(&context) {
+                if stream.observed > 0 {
+                    // Its duration ends at its first byte; a trailers-only gRPC answer carries
+                    // its status here.
+                    if stream.started_ms.is_some() {
+                        stream.first_byte_ms = Some((self.monotonic)());
+                    }
+                    let judges_failures = stream
+                        .plan
+                        .services
+                        .get(stream.service)
+                        .and_then(|s| s.guard.as_ref())
+                        .is_some_and(|g| g.error_rate.is_some());
+                    if judges_failures {
+                        stream.grpc_status = grpc_status(host.response_header("grpc-status"));
+                    }
+                }
+            }
+        }
         if self.cookies.is_empty() {
             return;
         }
@@ -528,6 +556,21 @@ impl Instance {
             .and_then(|s| s.assign_cookie.as_ref())
         {
             crate::cookie::on_response_headers(assign, &pending.id, host);
+        }
+    }
+
+    /// A stream's response trailers: a gRPC call whose outcome is read takes its status from
+    /// its `grpc-status` trailer.
+    pub fn response_trailers<H: Host + ?Sized>(&mut self, context: u32, host: &H) {
+        if self.tracked.is_empty() {
+            return;
+        }
+        if let Some(stream) = self.tracked.get_mut(&context) {
+            if stream.observed > 0 {
+                if let Some(code) = grpc_status(host.response_trailer("grpc-status")) {
+                    stream.grpc_status = Some(code);
+                }
+            }
         }
     }
 
@@ -592,9 +635,13 @@ impl Instance {
             }
         }
         if stream.observed > 0 {
-            let elapsed_ms = stream
-                .started_ms
-                .map(|started| (self.monotonic)().saturating_sub(started));
+            // To its first byte when the host saw it, else to its end.
+            let elapsed_ms = stream.started_ms.map(|started| {
+                stream
+                    .first_byte_ms
+                    .unwrap_or_else(self.monotonic)
+                    .saturating_sub(started)
+            });
             // One property read for a stream that got a response; the flags only without one.
             let status = host.response_code().filter(|&code| code > 0);
             let flags = if guard::needs_flags(status) {
@@ -602,7 +649,7 @@ impl Instance {
             } else {
                 None
             };
-            let outcome = guard::outcome(status, flags);
+            let outcome = guard::grpc_outcome(status, flags, stream.grpc_status);
             let entry = self.roots.iter_mut().find(|r| r.id == stream.root);
             if let Some(entry) = entry {
                 entry.tick.record_timed_outcome(
@@ -616,6 +663,11 @@ impl Instance {
         }
         false
     }
+}
+
+/// A `grpc-status` value: a decimal status.
+fn grpc_status(value: Option<Vec<u8>>) -> Option<u64> {
+    std::str::from_utf8(&value?).ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]

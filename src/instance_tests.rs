@@ -1078,3 +1078,90 @@ fn a_monotonic_reading_that_goes_back_counts_as_no_time() {
     assert_eq!(recorded(&worker, 1), (10, 0));
     assert_eq!(weight(&worker, "v2"), 50);
 }
+
+/// Streams of root 1 until `n` went to v2, each answered HTTP 200; v2's `grpc-status` 14
+/// (UNAVAILABLE) in the trailers or, when `trailers_only`, in the response headers; v1's 0.
+fn grpc_v2_unavailable(vm: &mut Instance, worker: &FakeHost, n: usize, trailers_only: bool) {
+    let mut failed = 0;
+    for context in 100..10_000 {
+        if failed == n {
+            return;
+        }
+        vm.stream_created(context, 1);
+        let host = svc_host(worker);
+        vm.request_headers(context, &host);
+        let to_v2 = host.header("x-meshsplit-cluster").as_deref() == Some("c2");
+        let status = if to_v2 { "14" } else { "0" };
+        let map = if trailers_only {
+            &host.response_headers
+        } else {
+            &host.response_trailers
+        };
+        map.borrow_mut()
+            .push(("grpc-status".to_owned(), status.as_bytes().to_vec()));
+        vm.response_headers(context, &host);
+        if !trailers_only {
+            vm.response_trailers(context, &host);
+        }
+        host.response.set((Some(200), None));
+        vm.context_deleted(context, &host);
+        failed += usize::from(to_v2);
+    }
+    panic!("only {failed} of {n} requests went to v2");
+}
+
+#[test]
+fn a_grpc_upstream_answering_unavailable_is_ejected_from_trailers_or_trailers_only_headers() {
+    for trailers_only in [false, true] {
+        let worker = FakeHost::default();
+        let mut vm = Instance::new([5; 32]);
+        vm.configure(1, GUARDED.as_bytes(), "meshsplit", &worker)
+            .unwrap();
+        grpc_v2_unavailable(&mut vm, &worker, 20, trailers_only);
+        vm.tick(1, &worker);
+        assert_eq!(
+            worker.gauge("meshsplit.meshsplit.svc.v2.ejected"),
+            1,
+            "trailers only: {trailers_only}"
+        );
+        assert_eq!(worker.gauge("meshsplit.meshsplit.svc.v1.ejected"), 0);
+    }
+}
+
+#[test]
+fn a_module_that_sees_no_responses_judges_grpc_calls_by_their_http_status() {
+    // Without the response callbacks (the lean module) the grpc-status is never read: HTTP 200s.
+    let worker = FakeHost::default();
+    let mut vm = Instance::new([5; 32]);
+    vm.configure(1, GUARDED.as_bytes(), "meshsplit", &worker)
+        .unwrap();
+    for context in 100..200 {
+        vm.stream_created(context, 1);
+        let host = svc_host(&worker);
+        vm.request_headers(context, &host);
+        host.response.set((Some(200), None));
+        vm.context_deleted(context, &host);
+    }
+    vm.tick(1, &worker);
+    assert_eq!(worker.gauge("meshsplit.meshsplit.svc.v2.ejected"), 0);
+}
+
+#[test]
+fn a_timed_stream_ends_at_its_first_byte_when_the_host_shows_the_response() {
+    // A stream whose headers come at once and whose body streams for 10 s is not slow.
+    let worker = FakeHost::default();
+    let mut vm = timed_vm(LATENCY_GUARDED, &worker);
+    for context in 100..140 {
+        vm.stream_created(context, 1);
+        let host = svc_host(&worker);
+        vm.request_headers(context, &host);
+        step_clocks(5, 0);
+        vm.response_headers(context, &host);
+        step_clocks(10_000, 0);
+        host.response.set((Some(200), None));
+        vm.context_deleted(context, &host);
+    }
+    vm.tick(1, &worker);
+    assert_eq!(worker.gauge("meshsplit.meshsplit.svc.v1.ejected"), 0);
+    assert_eq!(worker.gauge("meshsplit.meshsplit.svc.v2.ejected"), 0);
+}

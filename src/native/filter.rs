@@ -134,8 +134,13 @@ pub struct Stream {
     /// The visitor id assigned to this request, with its plan and service: the response sets
     /// the cookie.
     cookie: Option<(Rc<Plan>, usize, CookieId)>,
-    /// When its request headers came, if its service has a latency guard.
+    /// When its request headers came, if its service's guard times its streams.
     started: Option<std::time::Instant>,
+    /// When its response headers came (time to first byte), if timed.
+    first_byte: Option<std::time::Instant>,
+    /// Whether it is a gRPC call (`content-type: application/grpc...`) of a guarded service:
+    /// its grpc-status is read when it ends.
+    grpc: bool,
 }
 
 struct Lease {
@@ -153,6 +158,8 @@ pub fn stream_new(config: &SharedConfig) -> Stream {
         observed: None,
         cookie: None,
         started: None,
+        first_byte: None,
+        grpc: false,
     }
 }
 
@@ -206,6 +213,10 @@ pub fn request_headers(stream: &mut Stream, filter: Filter) -> Verdict {
             if guard.times_streams() {
                 stream.started = now;
             }
+            stream.grpc = guard.error_rate.is_some()
+                && filter
+                    .request_header("content-type")
+                    .is_some_and(|v| v.starts_with(b"application/grpc"));
         }
         if let Some(id) = routed.cookie {
             stream.cookie = Some((Rc::clone(&plan), service, id));
@@ -229,6 +240,11 @@ pub fn request_headers(stream: &mut Stream, filter: Filter) -> Verdict {
 /// The response headers: sets the cookie the request was assigned, unless the response sets
 /// one of that name already. Nothing for other streams.
 pub fn response_headers(stream: &mut Stream, filter: Filter) {
+    // A timed stream's duration ends here, at its first byte: a response whose headers come at
+    // once and whose body streams (a download, a server stream, a WebSocket) is not slow.
+    if stream.started.is_some() && stream.first_byte.is_none() {
+        stream.first_byte = Some(std::time::Instant::now());
+    }
     let Some((plan, service, id)) = stream.cookie.take() else {
         return;
     };
@@ -280,13 +296,20 @@ pub fn stream_complete(stream: &mut Stream, filter: Filter) {
         } else {
             None
         };
+        // A gRPC call answered with HTTP 200: its grpc-status (trailers, or the headers of a
+        // trailers-only response) decides.
+        let grpc = if stream.grpc && code == Some(200) {
+            filter.response_grpc_status()
+        } else {
+            None
+        };
         record_outcome(
             &stream.config,
             &host,
             service,
             upstream,
-            guard::outcome(code, flags),
-            stream.started,
+            guard::grpc_outcome(code, flags, grpc),
+            stream.started.map(|started| (started, stream.first_byte)),
         );
     }
 }

@@ -55,6 +55,9 @@ pub(super) const RESPONSE_HEADER: u32 = 2;
 /// `response.flags`: Envoy's response flags as a bit set, e.g. 0x20 for UF).
 pub(super) const ATTRIBUTE_RESPONSE_CODE: u32 = 15;
 pub(super) const ATTRIBUTE_RESPONSE_FLAGS: u32 = 17;
+/// `envoy_dynamic_module_type_attribute_id_ResponseGrpcStatus` (`response.grpc_status`: from the
+/// trailers, else the headers of a trailers-only response, else inferred from `:status`).
+pub(super) const ATTRIBUTE_RESPONSE_GRPC_STATUS: u32 = 18;
 /// `envoy_dynamic_module_type_metrics_result_Success`.
 pub(super) const METRICS_SUCCESS: u32 = 0;
 
@@ -456,6 +459,12 @@ impl Filter {
     /// The stream's response flags (`response.flags`), as the wasm build reads them.
     pub fn response_flags(self) -> Option<u64> {
         self.attribute_int(ATTRIBUTE_RESPONSE_FLAGS)
+    }
+
+    /// The stream's gRPC status (`response.grpc_status`), read at stream end of gRPC calls only:
+    /// for a response without `grpc-status` Envoy infers one from `:status`.
+    pub fn response_grpc_status(self) -> Option<u64> {
+        self.attribute_int(ATTRIBUTE_RESPONSE_GRPC_STATUS)
     }
 
     /// An integer attribute of the stream. Envoy 1.40 answers `response.code` and

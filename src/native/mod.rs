@@ -509,17 +509,17 @@ mod worker {
         })
     }
 
-    /// A stream of a guarded service of `source` ended on this thread (`failed` as
-    /// [`crate::guard::outcome`] says), having started at `started` when its service has a
-    /// latency guard. Runs the tick too when it is due, so a busy worker reports its outcomes
-    /// within a tick. One clock read, which both the stream's duration and the tick use.
+    /// A stream of a guarded service of `source` ended on this thread with `outcome`; `timed`:
+    /// when it started and when its first byte came (if it did), when its guard times streams.
+    /// Runs the tick too when it is due, so a busy worker reports its outcomes within a tick.
+    /// One clock read, which the stream's duration, its slice and the tick use.
     pub fn record_outcome<H: Host + ?Sized>(
         source: &Source,
         host: &H,
         service: usize,
         upstream: usize,
         outcome: crate::guard::Outcome,
-        started: Option<Instant>,
+        timed: Option<(Instant, Option<Instant>)>,
     ) {
         WORKER.with(|cell| {
             let Ok(mut worker) = cell.try_borrow_mut() else {
@@ -530,8 +530,10 @@ mod worker {
             };
             if let Some(ticking) = &mut entry.tick {
                 let now = Instant::now();
-                let elapsed_ms = started.map(|started| {
-                    u64::try_from(now.saturating_duration_since(started).as_millis())
+                // To its first byte when it had one, else to its end (an abandoned request).
+                let elapsed_ms = timed.map(|(started, first_byte)| {
+                    let ended = first_byte.unwrap_or(now);
+                    u64::try_from(ended.saturating_duration_since(started).as_millis())
                         .unwrap_or(u64::MAX)
                 });
                 // Stamped with the moment it ended: it counts in that moment's window, however

@@ -84,6 +84,16 @@ pub extern "C" fn proxy_on_response_headers(
     0
 }
 
+/// A guarded gRPC call's `grpc-status` trailer. Exported only by meshsplit-cookie.wasm, with the
+/// response-headers callback; Envoy calls it only for responses that have trailers (gRPC
+/// calls), so plain HTTP streams pay nothing for it. Always 0 (Continue).
+#[cfg(feature = "assign-cookie")]
+#[no_mangle]
+pub extern "C" fn proxy_on_response_trailers(context_id: u32, _num_trailers: usize) -> u32 {
+    glue::on_stream_response_trailers(context_id);
+    0
+}
+
 /// Returns 0 (Continue) or 1 (StopIteration, after a local reply).
 #[no_mangle]
 pub extern "C" fn proxy_on_request_headers(

@@ -177,6 +177,11 @@ pub fn on_stream_response_headers(context: u32) {
     with_vm(|vm| vm.response_headers(context, &EnvoyHost));
 }
 
+#[cfg(feature = "assign-cookie")]
+pub fn on_stream_response_trailers(context: u32) {
+    with_vm(|vm| vm.response_trailers(context, &EnvoyHost));
+}
+
 /// Test build only: `x-meshsplit-test-hook: panic` traps the VM, as a bug would.
 #[cfg(feature = "wasm-test-hooks")]
 #[allow(clippy::panic)]

@@ -89,6 +89,16 @@ impl Host for EnvoyHost {
     }
 
     #[cfg(feature = "assign-cookie")]
+    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+        imports::response_header(name, false)
+    }
+
+    #[cfg(feature = "assign-cookie")]
+    fn response_trailer(&self, name: &str) -> Option<Vec<u8>> {
+        imports::response_header(name, true)
+    }
+
+    #[cfg(feature = "assign-cookie")]
     fn add_response_header(&self, name: &str, value: &str) {
         if let Err(status) = imports::add_response_header(name, value) {
             log::warn!("adding response header {name}: status {status}");

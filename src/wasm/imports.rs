@@ -28,6 +28,9 @@ const REQUEST_HEADERS: u32 = 0;
 /// `MapType::HttpResponseHeaders`.
 #[cfg(feature = "assign-cookie")]
 const RESPONSE_HEADERS: u32 = 2;
+/// `MapType::HttpResponseTrailers`.
+#[cfg(feature = "assign-cookie")]
+const RESPONSE_TRAILERS: u32 = 3;
 /// `BufferType::PluginConfiguration`.
 const PLUGIN_CONFIGURATION: u32 = 7;
 
@@ -246,6 +249,21 @@ pub fn request_header(name: &str) -> Option<Vec<u8>> {
             &mut size,
         )
     };
+    returned_buffer(status, data, size)
+}
+
+/// The first copy of a response header (`trailers`: of a response trailer).
+#[cfg(feature = "assign-cookie")]
+pub fn response_header(name: &str, trailers: bool) -> Option<Vec<u8>> {
+    let map = if trailers {
+        RESPONSE_TRAILERS
+    } else {
+        RESPONSE_HEADERS
+    };
+    let (mut data, mut size) = (null_mut(), 0);
+    // SAFETY: as in plugin_configuration.
+    let status =
+        unsafe { proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size) };
     returned_buffer(status, data, size)
 }
 

@@ -1,0 +1,139 @@
+"""gRPC through real Envoy with real gRPC clients and servers (grpcio): a version that answers
+UNAVAILABLE is ejected although every answer is HTTP 200, whether the status comes in the
+trailers (a server stream that sent a message first) or alone in the headers (a trailers-only
+unary answer); a version answering what a client provokes (INVALID_ARGUMENT) ejects nothing.
+Both filter builds: the native filter, and the wasm filter as meshsplit-cookie.wasm, the module
+that sees responses (meshsplit.wasm never reads a response, so it judges gRPC calls by their
+HTTP status only; docs/progressive-delivery.md)."""
+import time
+from concurrent import futures
+
+import grpc
+import pytest
+
+import harness
+from test_guard import plugin, stat
+
+UNARY = "/meshsplit.test.Echo/Call"
+STREAM = "/meshsplit.test.Echo/Stream"
+
+
+def grpc_server(name, failing=None):
+    """A gRPC server on loopback answering UNARY with its name and STREAM with three messages;
+    while `failing[0]` is a status code, calls end with it instead (a server stream after its
+    first message). Returns (server, port)."""
+    failing = failing if failing is not None else [None]
+
+    def call(request, context):
+        if failing[0] is not None:
+            context.abort(failing[0], f"{name} is failing")
+        return name.encode()
+
+    def stream(request, context):
+        yield name.encode()
+        if failing[0] is not None:
+            context.abort(failing[0], f"{name} is failing")
+        yield name.encode()
+        yield name.encode()
+
+    handler = grpc.method_handlers_generic_handler("meshsplit.test.Echo", {
+        "Call": grpc.unary_unary_rpc_method_handler(call),
+        "Stream": grpc.unary_stream_rpc_method_handler(stream),
+    })
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), handlers=[handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
+def http2_clusters(config):
+    """Every cluster of `config` speaks HTTP/2 to its upstream (gRPC)."""
+    for cluster in config["static_resources"]["clusters"]:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }}
+    return config
+
+
+def calls(channel, method, count):
+    """`count` calls of `method`; returns {status code name or upstream name: count}."""
+    seen = {}
+    unary = channel.unary_unary(method)
+    streaming = channel.unary_stream(method)
+    for _ in range(count):
+        try:
+            if method == UNARY:
+                key = unary(b"hi", timeout=5).decode()
+            else:
+                answers = [m.decode() for m in streaming(b"hi", timeout=5)]
+                key = answers[0] if len(answers) == 3 else f"short {answers}"
+        except grpc.RpcError as err:
+            key = err.code().name
+        seen[key] = seen.get(key, 0) + 1
+    return seen
+
+
+@pytest.fixture
+def module(build, monkeypatch):
+    """The wasm build loads the module that sees responses."""
+    if build == "wasm":
+        monkeypatch.setattr(harness, "WASM", harness.WASM_COOKIE)
+
+
+@pytest.mark.builds("wasm", "native")
+@pytest.mark.parametrize("method", [UNARY, STREAM], ids=["unary-trailers-only", "server-stream-trailers"])
+def test_a_grpc_version_answering_unavailable_is_ejected(build, wasm, module, tmp_path, method):
+    failing = [grpc.StatusCode.UNAVAILABLE]
+    v1, v1_port = grpc_server("v1")
+    v2, v2_port = grpc_server("v2", failing)
+    try:
+        config = http2_clusters(harness.bootstrap(
+            plugin({"v1": 50, "v2": 50}, min_requests=10, window_s=2, eject_s=30),
+            {"v1": v1_port, "v2": v2_port}, harness.free_port(), harness.free_port()))
+        with harness.Envoy(config, tmp_path) as envoy:
+            channel = grpc.insecure_channel(f"127.0.0.1:{envoy.port}",
+                                            options=[("grpc.default_authority", "svc")])
+            with channel:
+                # v2 fails half the calls until it is ejected: within the window and two ticks
+                # (3 s), well inside the 15 s given to a loaded machine.
+                deadline = time.monotonic() + 15
+                while not stat(envoy, "v2.ejected") and time.monotonic() < deadline:
+                    first = calls(channel, method, 20)
+                    assert set(first) <= {"v1", "UNAVAILABLE"}, first
+                assert stat(envoy, "v2.ejected") == 1, envoy.log()[-3000:]
+                # Every worker follows within a tick; then every call is v1's.
+                time.sleep(1)
+                after = calls(channel, method, 40)
+                assert after == {"v1": 40}, after
+            assert stat(envoy, "v2.ejections_total") == 1
+            assert stat(envoy, "v1.ejections_total") == 0
+    finally:
+        v1.stop(0)
+        v2.stop(0)
+    assert "guard: ejected svc/v2" in envoy.log()
+
+
+@pytest.mark.builds("wasm", "native")
+def test_grpc_statuses_a_client_provokes_eject_nothing(build, wasm, module, tmp_path):
+    """v2 answers every call INVALID_ARGUMENT (a bad request, the client's doing): 200 calls,
+    about 100 of them v2's, against min_requests 10 and error_rate 0.5: nothing is ejected."""
+    v1, v1_port = grpc_server("v1")
+    v2, v2_port = grpc_server("v2", [grpc.StatusCode.INVALID_ARGUMENT])
+    try:
+        config = http2_clusters(harness.bootstrap(
+            plugin({"v1": 50, "v2": 50}, min_requests=10, window_s=2, eject_s=30),
+            {"v1": v1_port, "v2": v2_port}, harness.free_port(), harness.free_port()))
+        with harness.Envoy(config, tmp_path) as envoy:
+            with grpc.insecure_channel(f"127.0.0.1:{envoy.port}",
+                                       options=[("grpc.default_authority", "svc")]) as channel:
+                seen = calls(channel, UNARY, 200)
+                assert seen.get("INVALID_ARGUMENT", 0) > 50, seen
+                # A window and a tick for any late decision.
+                time.sleep(3)
+                assert calls(channel, UNARY, 20).get("INVALID_ARGUMENT", 0) > 0
+            assert stat(envoy, "v2.ejections_total") == 0
+    finally:
+        v1.stop(0)
+        v2.stop(0)

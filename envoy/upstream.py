@@ -41,6 +41,13 @@ def make_handler(name):
             self.send_header("content-length", str(len(body)))
             self.send_header("x-upstream", name)
             self.end_headers()
+            # Seconds between the headers and the body (a streamed or slow body): the server's
+            # `stream_s`, which tests may set, or a function giving each answer's.
+            stream_s = self.server.stream_s
+            stream_s = stream_s() if callable(stream_s) else stream_s
+            if stream_s:
+                self.wfile.flush()
+                time.sleep(stream_s)
             self.wfile.write(body)
 
         do_POST = do_GET
@@ -57,6 +64,7 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 128
     status = 200
     delay = 0.0
+    stream_s = 0.0
 
 
 def serve(name, port=0, bind="127.0.0.1", delay=0.0):

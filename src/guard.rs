@@ -521,12 +521,16 @@ impl Guard {
     /// How this guard counts a stream that ended with `outcome` after `elapsed_ms` (`None`: not
     /// timed); `None` when it does not count at all.
     ///
+    /// A WebSocket (status 101) is never slow: its stream lasts as long as its session.
+    ///
     /// An abandoned request counts only once it waited long enough to say something about the
     /// upstream: as a failure from `abandoned_after_ms`, as slow (with a latency condition)
     /// above `threshold_ms`. A client that gives up sooner, as a quick client timeout does
     /// before a healthy answer, says nothing and counts for nothing.
     pub fn judge(&self, outcome: Outcome, elapsed_ms: Option<u64>) -> Option<Verdict> {
         let slow = match (&self.latency, elapsed_ms) {
+            // An upgrade (a WebSocket's 101) lasts as long as its session: never slow.
+            (_, _) if outcome == Outcome::Status(101) => false,
             (Some(latency), Some(ms)) => latency.slow(ms),
             _ => false,
         };

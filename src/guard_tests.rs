@@ -655,3 +655,25 @@ fn relative_latency_ejects_only_a_version_slower_than_the_rest() {
         [1]
     );
 }
+
+#[test]
+fn an_upgraded_stream_is_never_slow() {
+    let g = Guard {
+        latency: Some(Latency {
+            percentile_milli: 90_000,
+            threshold_ms: 250,
+        }),
+        ..guard()
+    };
+    assert_eq!(
+        g.judge(Outcome::Status(101), Some(60_000)),
+        Some(Verdict::default())
+    );
+    assert_eq!(
+        g.judge(Outcome::Status(200), Some(60_000)),
+        Some(Verdict {
+            failed: false,
+            slow: true
+        })
+    );
+}

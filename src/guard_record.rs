@@ -350,6 +350,33 @@ mod tests {
     }
 
     #[test]
+    fn a_record_matches_only_its_own_slices_and_upstreams_in_order() {
+        let record = sample();
+        assert!(record.matches(1000, &["v1", "v2"]));
+        // Another slice length: the windows cannot be added up.
+        assert!(!record.matches(2000, &["v1", "v2"]));
+        // The same upstreams in another order, fewer, more, or another name.
+        assert!(!record.matches(1000, &["v2", "v1"]));
+        assert!(!record.matches(1000, &["v1"]));
+        assert!(!record.matches(1000, &["v1", "v2", "v3"]));
+        assert!(!record.matches(1000, &["v1", "v3"]));
+        // Positions: in place when the layout is the same, by name otherwise.
+        assert_eq!(record.positions(&["v1", "v2"]), [Some(0), Some(1)]);
+        assert_eq!(record.positions(&["v2", "v1"]), [Some(1), Some(0)]);
+        assert_eq!(record.positions(&["v2", "v9"]), [Some(1), None]);
+    }
+
+    #[test]
+    fn an_unreadable_generation_is_never_taken_for_a_claim() {
+        // A value that decodes as generation 0 (cut short) must not be claimed as generation 0,
+        // even by a configuration whose fingerprint decodes the same (0).
+        let host = FakeHost::default();
+        assert!(create_shared(&host, "meshsplit/generation/1:p", b"\x01"));
+        assert_eq!(claim_generation(&host, "p", 0), Some(1));
+        assert_eq!(claim_generation(&host, "p", 0), Some(1));
+    }
+
+    #[test]
     fn every_worker_of_one_update_gets_one_generation_and_a_config_applied_again_is_newer() {
         let main = FakeHost::default();
         let worker = main.sibling(&[]);

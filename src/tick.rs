@@ -599,32 +599,7 @@ fn guard_tick<H: Host + ?Sized>(
         let slice_len = record.slice_ms.max(1);
         let slice = now.monotonic_ms / slice_len;
         let at = record.positions(&names);
-        // Stamped outcomes go to the slice they happened in, when it is of this length and still
-        // in the window; otherwise to the current one.
-        let same_slices = record.slice_ms == own_slice_ms;
-        let oldest = slice.saturating_sub(WINDOW_SLICES as u64 - 1);
-        for ((position, &counts), stamped) in at
-            .iter()
-            .zip(state.pending.iter())
-            .zip(state.stamped.iter())
-        {
-            let Some(upstream) = position.and_then(|i| record.upstreams.get_mut(i)) else {
-                continue;
-            };
-            if counts.requests > 0 {
-                upstream.add(slice, counts);
-                dirty = true;
-            }
-            for bucket in stamped.iter().filter(|b| b.counts.requests > 0) {
-                match (same_slices, bucket.slice) {
-                    (true, s) if s > slice => upstream.add(slice, bucket.counts),
-                    (true, s) if s >= oldest => upstream.add(s, bucket.counts),
-                    (true, _) => continue,
-                    (false, _) => upstream.add(slice, bucket.counts),
-                }
-                dirty = true;
-            }
-        }
+        dirty |= file_outcomes(&mut record, state, &at, own_slice_ms, slice);
         changes.clear();
         if deciding {
             let ejections = ejections_at(&record, &at);
@@ -698,12 +673,7 @@ fn guard_tick<H: Host + ?Sized>(
         }
     })?;
     // Written (or nothing to write): this VM's outcomes are in, and its changes landed.
-    for pending in state.pending.iter_mut() {
-        *pending = Counts::default();
-    }
-    for stamped in state.stamped.iter_mut() {
-        *stamped = [Bucket::default(); WINDOW_SLICES];
-    }
+    clear_pending(state);
     for change in &changes {
         report(guard, keys, service, host, change);
     }
@@ -711,6 +681,100 @@ fn guard_tick<H: Host + ?Sized>(
         ejections: ejections_at(&record, &record.positions(&names)),
         deciding,
     })
+}
+
+/// Adds a VM's pending outcomes of one service (`state`) to `record` (its upstreams at `at`),
+/// in slice `slice` of the record; stamped outcomes in the slice they happened in, when it is
+/// of this length (`own_slice_ms`) and still in the window, otherwise in `slice`. Returns
+/// whether anything was added.
+fn file_outcomes(
+    record: &mut Record,
+    state: &ServiceTick,
+    at: &[Option<usize>],
+    own_slice_ms: u64,
+    slice: u64,
+) -> bool {
+    let mut added = false;
+    let same_slices = record.slice_ms == own_slice_ms;
+    let oldest = slice.saturating_sub(WINDOW_SLICES as u64 - 1);
+    for ((position, &counts), stamped) in at
+        .iter()
+        .zip(state.pending.iter())
+        .zip(state.stamped.iter())
+    {
+        let Some(upstream) = position.and_then(|i| record.upstreams.get_mut(i)) else {
+            continue;
+        };
+        if counts.requests > 0 {
+            upstream.add(slice, counts);
+            added = true;
+        }
+        for bucket in stamped.iter().filter(|b| b.counts.requests > 0) {
+            match (same_slices, bucket.slice) {
+                (true, s) if s > slice => upstream.add(slice, bucket.counts),
+                (true, s) if s >= oldest => upstream.add(s, bucket.counts),
+                (true, _) => continue,
+                (false, _) => upstream.add(slice, bucket.counts),
+            }
+            added = true;
+        }
+    }
+    added
+}
+
+/// Forgets a service's pending outcomes, once they are in its record.
+fn clear_pending(state: &mut ServiceTick) {
+    for pending in state.pending.iter_mut() {
+        *pending = Counts::default();
+    }
+    for stamped in state.stamped.iter_mut() {
+        *stamped = [Bucket::default(); WINDOW_SLICES];
+    }
+}
+
+impl PlanTick {
+    /// Files this plan's pending outcomes into its services' records at `monotonic_ms` without
+    /// deciding anything: for a plan about to be dropped (its configuration is gone), so that
+    /// the outcomes it saw still count for the configuration in force.
+    pub fn flush<H: Host + ?Sized>(
+        &mut self,
+        plan: &Plan,
+        plugin: &str,
+        host: &H,
+        monotonic_ms: u64,
+    ) {
+        for (service, state) in plan.services.iter().zip(self.services.iter_mut()) {
+            let Some(guard) = &service.guard else {
+                continue;
+            };
+            let pending = state.pending.iter().any(|c| c.requests > 0)
+                || state
+                    .stamped
+                    .iter()
+                    .any(|r| r.iter().any(|b| b.counts.requests > 0));
+            if !pending {
+                continue;
+            }
+            let key = GuardKeys::new(plugin, service).record;
+            let names: Vec<&str> = service.upstreams.iter().map(|u| u.name.as_str()).collect();
+            let own_slice_ms = slice_ms(guard.window_s);
+            let filed = update_record(host, &key, |mut record| {
+                if record.slice_ms == 0 {
+                    return Err(record);
+                }
+                let slice = monotonic_ms / record.slice_ms.max(1);
+                let at = record.positions(&names);
+                if file_outcomes(&mut record, state, &at, own_slice_ms, slice) {
+                    Ok(record)
+                } else {
+                    Err(record)
+                }
+            });
+            if filed.is_some() {
+                clear_pending(state);
+            }
+        }
+    }
 }
 
 /// The ejection state at each of `positions` in `record` (not ejected when missing).

@@ -1089,3 +1089,27 @@ fn stamped_outcomes_count_in_the_window_of_their_moment() {
         assert_eq!(weights(&plan), expected, "{age_ms} ms old");
     }
 }
+
+/// A plan about to be dropped (its configuration gone) files its last outcomes without deciding:
+/// the configuration in force decides on them.
+#[test]
+fn a_dropped_plan_files_its_last_outcomes_for_the_configuration_in_force() {
+    let (old, new) = (plan(GUARD), plan(GUARD));
+    let host = FakeHost::default();
+    let mut new_tick = PlanTick::new(&new, Some(2));
+    new_tick.run(&new, "p", &host, at(NOW_MS));
+    let mut old_tick = PlanTick::new(&old, Some(1));
+    for _ in 0..20 {
+        old_tick.record_outcome_at(0, 0, status(false), 1, None, Some(NOW_MS + 100));
+        old_tick.record_outcome_at(0, 1, status(true), 1, None, Some(NOW_MS + 100));
+    }
+    old_tick.flush(&old, "p", &host, NOW_MS + 200);
+    // Filed, deciding nothing: no ejection yet, none by the old plan.
+    assert_eq!(host.counter("meshsplit.p.svc.v2.ejections_total"), 0);
+    assert_eq!(weights(&old), [50, 50]);
+    new_tick.run(&new, "p", &host, at(NOW_MS + 500));
+    assert_eq!(weights(&new), [50, 0]);
+    assert_eq!(host.counter("meshsplit.p.svc.v2.ejections_total"), 1);
+    // Flushed once: a second flush has nothing to file.
+    old_tick.flush(&old, "p", &host, NOW_MS + 600);
+}

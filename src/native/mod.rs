@@ -355,6 +355,10 @@ mod worker {
     struct WorkerPlan {
         alive: Weak<()>,
         plan: Rc<Plan>,
+        /// Its config's plugin name and shared-data namespace: to file its last outcomes when
+        /// the config is gone.
+        plugin: String,
+        namespace: String,
         /// `None` when no service has a rollout or a guard: nothing to tick, no clock to read.
         tick: Option<Ticking>,
     }
@@ -459,9 +463,22 @@ mod worker {
             if !worker.plans.contains_key(&source.id) {
                 // A config this thread has not served yet: forget the plans of configs that
                 // are gone, then build this one's.
-                worker
-                    .plans
-                    .retain(|_, entry| entry.alive.strong_count() > 0);
+                // Their outcomes not yet filed still count: filed first, deciding nothing.
+                worker.plans.retain(|_, entry| {
+                    let alive = entry.alive.strong_count() > 0;
+                    if let (false, Some(ticking)) = (alive, &mut entry.tick) {
+                        let store = StoreOnly {
+                            namespace: &entry.namespace,
+                        };
+                        ticking.tick.flush(
+                            &entry.plan,
+                            &entry.plugin,
+                            &store,
+                            crate::tick::process_monotonic_ms(),
+                        );
+                    }
+                    alive
+                });
                 let entry = compile(source)?;
                 worker.plans.insert(source.id, entry);
             }
@@ -504,6 +521,8 @@ mod worker {
         });
         Some(WorkerPlan {
             alive: Arc::downgrade(&source.alive),
+            plugin: source.plugin.clone(),
+            namespace: source.namespace.clone(),
             plan,
             tick,
         })

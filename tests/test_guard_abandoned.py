@@ -70,10 +70,11 @@ def test_a_version_that_hangs_is_ejected_when_clients_give_up_first(build, wasm,
             plugin({"v1": 50, "v2": 50}, min_requests=10, window_s=WINDOW_S, eject_s=30, **guard),
             ports, harness.free_port(), harness.free_port())
         with harness.Envoy(config, tmp_path) as envoy:
-            # Six clients for 6 s: about six abandoned requests to v2 a second against
-            # min_requests 10 in a 2 s window; the window plus ticks is under 3 s, so 6 s leaves
-            # 3 s for a loaded machine.
-            answers, abandoned = impatient_load(envoy.port, client_timeout, 6)
+            # Twelve clients for 8 s: each abandons about one request to v2 a second (it hangs
+            # for as long as the client waits, up to 1 s), about 24 in a 2 s window against
+            # min_requests 10, spread over two workers that file them every half second; the
+            # window plus ticks is under 3 s, so 8 s leaves 5 s for a loaded machine.
+            answers, abandoned = impatient_load(envoy.port, client_timeout, 8, connections=12)
             assert abandoned > 0 and answers.get("v2", 0) == 0, (answers, abandoned)
             assert stat(envoy, "v2.ejections_total") == 1, (answers, abandoned, envoy.log()[-3000:])
             assert stat(envoy, "v2.ejected") == 1

@@ -248,3 +248,46 @@ def test_a_live_update_owns_the_weight_gauges_and_zeroes_a_removed_upstream(buil
                 time.sleep(0.2)
             held.join(timeout=20)
             assert gauges() == [50, 50, 0]
+
+
+@pytest.mark.builds("wasm", "native")
+def test_watch_reads_the_configuration_again_after_a_live_update(build, cli, tmp_path):
+    """`status --watch` follows a live update: a service the update adds shows in the frames
+    after it with its weights from the configuration in force (read once, the watch would show
+    them from the gauges with their source unknown, `-`, until it exits)."""
+    from test_guard_updates import ecds_bootstrap_for, publish_for
+
+    old = {"services": [{"name": "svc", "upstreams": [
+        {"name": "v1", "cluster": "v1", "weight": 50},
+        {"name": "v2", "cluster": "v2", "weight": 50}]}]}
+    new = {"services": old["services"] + [{"name": "added", "hosts": ["added"], "upstreams": [
+        {"name": "a1", "cluster": "v1", "weight": 70},
+        {"name": "a2", "cluster": "v2", "weight": 30}]}]}
+    ecds = tmp_path / "ecds"
+    ecds.mkdir()
+    publish_for(build, ecds, 1, old)
+    with harness.upstreams("v1", "v2") as ports, \
+            harness.Envoy(ecds_bootstrap_for(build, ecds, ports, old), tmp_path) as envoy:
+        watch = subprocess.Popen(
+            [str(cli), "status", "--admin", f"http://127.0.0.1:{envoy.admin_port}", "--watch",
+             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            first = json.loads(watch.stdout.readline())
+            assert "added" not in json.dumps(first), first
+            publish_for(build, ecds, 2, new)
+            def added_weights(frame):
+                """The added service's upstreams: (weight, where it comes from)."""
+                return {u["upstream"]: (u["weight"], u["source"]) for p in frame["plugins"]
+                        for s in p["services"] if s["service"] == "added" for u in s["upstreams"]}
+
+            # Frames come every second; the update lands within one. Bounded: 15 frames.
+            for _ in range(15):
+                harness.send(envoy.port, 4, {"Host": "added"})
+                frame = json.loads(watch.stdout.readline())
+                if added_weights(frame) == {"a1": (70, "config"), "a2": (30, "config")}:
+                    break
+            else:
+                raise AssertionError(f"no frame shows the added service's weights: {frame}")
+        finally:
+            watch.terminate()
+            watch.wait(timeout=10)

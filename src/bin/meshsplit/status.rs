@@ -691,14 +691,18 @@ impl Source {
 
     /// The plugin configurations in force, where Envoy shows them (none from standard input).
     fn plans(&self) -> BTreeMap<String, Plan> {
+        self.try_plans().unwrap_or_default()
+    }
+
+    /// The plans in the Envoy's configuration dump; `None` when it cannot be read.
+    fn try_plans(&self) -> Option<BTreeMap<String, Plan>> {
         let Source::Admin(base) = self else {
-            return BTreeMap::new();
+            return None;
         };
         http_get(base, "/config_dump")
             .ok()
             .and_then(|text| serde_json::from_str::<Value>(&text).ok())
             .map(|dump| plans_in_dump(&dump))
-            .unwrap_or_default()
     }
 }
 
@@ -718,7 +722,7 @@ pub fn run(args: &Args) -> Status {
     if args.watch && matches!(source, Source::Stdin) {
         return Failure::usage("--watch needs --admin URL, not standard input").report();
     }
-    let plans = source.plans();
+    let mut plans = source.plans();
     let mut before = match source.snapshot() {
         Ok(snapshot) => (Instant::now(), snapshot),
         Err(e) => return Failure::usage(e).report(),
@@ -757,6 +761,11 @@ pub fn run(args: &Args) -> Status {
                 continue;
             }
         };
+        // The configuration can change under a watch (a live update, a restart): read it again
+        // every frame, keeping the last one read when the dump cannot be read.
+        if let Some(fresh) = source.try_plans() {
+            plans = fresh;
+        }
         let span = before.0.elapsed().as_secs_f64();
         if clear {
             crate::output::out(format_args!("\x1b[H\x1b[2J"));

@@ -89,6 +89,9 @@ pub struct PlanTick {
     /// Whether the weight gauges of services without a rollout or a guard were set: once, on
     /// the first tick of the plan (their weights never change for the life of the plan).
     published: bool,
+    /// Whether this plan's guard decisions leave ejections to others (it readmits, forgives
+    /// and sets gauges): a tick of a thread that sees no streams and cannot count ejections.
+    never_ejects: bool,
 }
 
 /// Whether the service has anything for the tick to do.
@@ -103,6 +106,7 @@ impl PlanTick {
             generation,
             gauge_generation: None,
             published: false,
+            never_ejects: false,
             services: plan
                 .services
                 .iter()
@@ -137,6 +141,11 @@ impl PlanTick {
             gauge_generation,
             ..self
         }
+    }
+
+    /// From now on this plan's ticks never eject (see `never_ejects`).
+    pub fn never_eject(&mut self) {
+        self.never_ejects = true;
     }
 
     /// Whether the outcome of a stream of `service` just routed to `upstream` is to be read,
@@ -284,7 +293,7 @@ impl PlanTick {
                     &weights,
                     host,
                     now,
-                    self.generation,
+                    (self.generation, self.never_ejects),
                 );
                 if let Some(t) = &ticked {
                     state.last_ejections.clone_from(&t.ejections);
@@ -578,7 +587,7 @@ fn guard_tick<H: Host + ?Sized>(
     rollout_weights: &[u32],
     host: &H,
     now: Now,
-    generation: Option<u64>,
+    (generation, never_ejects): (Option<u64>, bool),
 ) -> Option<Ticked> {
     let now_ms = now.monotonic_ms;
     let names: Vec<&str> = service.upstreams.iter().map(|u| u.name.as_str()).collect();
@@ -627,7 +636,8 @@ fn guard_tick<H: Host + ?Sized>(
                     }
                 })
                 .collect();
-            for change in guard.decide(now_ms, &seen) {
+            let decided = guard.decide(now_ms, &seen).into_iter();
+            for change in decided.filter(|c| !(never_ejects && matches!(c, Change::Eject { .. }))) {
                 let change = match change {
                     Change::Eject {
                         upstream,

@@ -66,3 +66,31 @@ def test_failures_count_in_the_window_of_their_moment_however_late_the_next_tick
                 assert stat(envoy, "v2.ejections_total") == 0, envoy.log()[-3000:]
                 return
     pytest.fail("every burst straddled a tick in five tries")
+
+
+@pytest.mark.builds("wasm", "native")
+def test_an_idle_envoy_readmits_on_time_and_its_gauges_say_so(build, tmp_path):
+    """v2 fails until it is ejected (eject_s 3), then all traffic stops. With no request at all,
+    the ejected gauge goes back to 0 and the weight gauge to v2's weight after 3 s, and the
+    readmission is logged: the wasm build ticks on Envoy's timer, the native build on its own
+    timer thread through the config's scheduler (Envoy's main thread). Margin: checked 3 s
+    after eject_s, six ticks."""
+    plugin = {"services": [dict(GUARDED["services"][0], guard={
+        "error_rate": 0.5, "min_requests": 10, "window_s": 2, "eject_s": 3})]}
+    with harness.upstream_servers("v1", "v2") as servers:
+        ports = {n: s.server_port for n, s in servers.items()}
+        servers["v2"].status = 503
+        config = harness.bootstrap(plugin, ports, harness.free_port(), harness.free_port())
+        with harness.Envoy(config, tmp_path) as envoy:
+            # Bounded: at most 40 bursts of 20 requests.
+            for _ in range(40):
+                harness.send(envoy.port, 20, {"Host": "svc"})
+                if stat(envoy, "v2.ejected") == 1:
+                    break
+            assert stat(envoy, "v2.ejected") == 1, envoy.log()[-3000:]
+            assert stat(envoy, "v2.weight") == 0
+            time.sleep(6)
+            assert stat(envoy, "v2.ejected") == 0, envoy.log()[-3000:]
+            assert stat(envoy, "v2.weight") == 50
+    # (Envoy writes its log file out when it stops.)
+    assert "guard: readmitted svc/v2 after 3 s" in envoy.log()

@@ -62,6 +62,16 @@ fn to_envoy<T>(config: Option<T>) -> *const c_void {
     }
 }
 
+/// A config that [`to_envoy`] handed to Envoy, borrowed (`None` for null).
+///
+/// # Safety
+/// `ptr` is null or came from `to_envoy::<T>` and has not been freed; the borrow ends before it
+/// is.
+unsafe fn from_envoy<'a, T>(ptr: *const c_void) -> Option<&'a T> {
+    // SAFETY: guaranteed by the caller.
+    unsafe { (ptr as *const T).as_ref() }
+}
+
 /// Frees a config that [`to_envoy`] handed to Envoy (null: nothing to free).
 ///
 /// # Safety
@@ -103,8 +113,33 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
         "envoy_dynamic_module_on_http_filter_config_destroy",
         (),
         || {
+            // SAFETY: Envoy passes back what on_http_filter_config_new returned; the config
+            // lives until the drop below.
+            if let Some(config) = unsafe { from_envoy::<filter::SharedConfig>(config_module_ptr) } {
+                filter::config_destroy(config);
+            }
             // SAFETY: Envoy passes back what on_http_filter_config_new returned, once.
             unsafe { drop_from_envoy::<filter::SharedConfig>(config_module_ptr) }
+        },
+    )
+}
+
+/// The config scheduler's event (the idle tick, `timer.rs`), on Envoy's main thread.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    config_envoy_ptr: *mut c_void,
+    config_module_ptr: *const c_void,
+    _event_id: u64,
+) {
+    guarded(
+        "envoy_dynamic_module_on_http_filter_config_scheduled",
+        (),
+        || {
+            // SAFETY: Envoy passes back what on_http_filter_config_new returned, alive until
+            // on_http_filter_config_destroy, which runs on this (main) thread too.
+            if let Some(config) = unsafe { from_envoy::<filter::SharedConfig>(config_module_ptr) } {
+                filter::config_scheduled(config, FilterConfig(config_envoy_ptr));
+            }
         },
     )
 }

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::host::{create_in, FilterHost, StoreOnly};
-use super::imports::{Filter, FilterConfig};
+use super::imports::{ConfigScheduler, Filter, FilterConfig};
 use super::{
     initial_weight_gauges, namespace, record_outcome, tick_stats, with_plan_timed, Counters, Source,
 };
@@ -86,12 +86,34 @@ pub fn config_new(envoy: FilterConfig, name: &[u8], bytes: &[u8]) -> Option<Shar
         "{}",
         config_summary(&plan, &config_fingerprint(bytes), &plugin)
     );
-    Some(Arc::new(
+    let source = Arc::new(
         Source::new(&plan, bytes, &plugin, gauges, tick_counters, counters)
             .with_generation(generation)
             .with_gauge_generation(gauge_generation)
             .with_stale_gauges(stale_gauges),
-    ))
+    );
+    // A config with a guard or a rollout ticks without traffic too (`timer.rs`).
+    let ticks = plan
+        .services
+        .iter()
+        .any(|s| s.guard.is_some() || s.rollout.is_some());
+    if ticks {
+        match ConfigScheduler::new(envoy) {
+            Some(scheduler) => super::timer::register(source.id(), scheduler),
+            None => log::warn!("no config scheduler: this config ticks at its requests only"),
+        }
+    }
+    Some(source)
+}
+
+/// The timer's event for `config` (`timer.rs`), on Envoy's main thread: its idle tick.
+pub fn config_scheduled(config: &SharedConfig, envoy: FilterConfig) {
+    super::tick_idle(config, envoy);
+}
+
+/// Envoy destroys `config`: its timer stops (streams may hold the config a while longer).
+pub fn config_destroy(config: &SharedConfig) {
+    super::timer::unregister(config.id());
 }
 
 /// The guard gauge names the last configuration of filter `plugin` had that `current` (the

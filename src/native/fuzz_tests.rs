@@ -238,6 +238,30 @@ extern "C" fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
     gauge(id, |g| *g = i64::try_from(value).unwrap_or(i64::MAX))
 }
 
+/// The fake's config schedulers: a non-null token (never dereferenced); commits are counted.
+static SCHEDULER_COMMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+    _config: *mut c_void,
+) -> *mut c_void {
+    std::ptr::NonNull::<u8>::dangling().as_ptr().cast()
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+    _scheduler: *mut c_void,
+    _event_id: u64,
+) {
+    SCHEDULER_COMMITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
+    _scheduler: *mut c_void,
+) {
+}
+
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_callback_cluster_specifier_config_define_gauge(
     _config: *mut c_void,

@@ -9,7 +9,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
-use super::imports::{Filter, Selection, SpecifierConfig};
+use super::imports::{Filter, FilterConfig, Selection, SpecifierConfig};
 use super::store;
 use crate::host::{Host, SharedWrite};
 
@@ -162,6 +162,40 @@ pub struct SpecifierTick<'a> {
 }
 
 impl Host for SpecifierTick<'_> {
+    fn request_header(&self, _: &str) -> Option<Vec<u8>> {
+        None
+    }
+    fn set_request_header(&self, _: &str, _: Option<&str>) {}
+    fn send_local_reply(&self, _: u32, _: &[(&str, &str)], _: &[u8]) -> bool {
+        false
+    }
+    fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.store.shared_data(key)
+    }
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> SharedWrite {
+        self.store.set_shared_data(key, value, cas)
+    }
+    fn create_shared_data(&self, key: &str, initial: &[u8]) -> bool {
+        self.store.create_shared_data(key, initial)
+    }
+    fn define_gauge(&self, name: &str) -> Option<u32> {
+        self.gauges.get(name).and_then(|&id| u32::try_from(id).ok())
+    }
+    fn set_gauge(&self, id: u32, value: u64) {
+        self.envoy.set_gauge(id as usize, value);
+    }
+}
+
+/// The tick of an idle HTTP filter config on Envoy's main thread (see `timer.rs`): shared data,
+/// and the gauges defined on the config, set through it. No counters: that tick never ejects.
+pub struct ConfigTick<'a> {
+    pub store: StoreOnly<'a>,
+    pub envoy: FilterConfig,
+    /// Gauge ids by name: the weight and guard gauges.
+    pub gauges: &'a HashMap<String, usize>,
+}
+
+impl Host for ConfigTick<'_> {
     fn request_header(&self, _: &str) -> Option<Vec<u8>> {
         None
     }

@@ -143,6 +143,16 @@ extern "C" {
         label_values_length: usize,
         value: u64,
     ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+        filter_config_envoy_ptr: *mut c_void,
+    ) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+        scheduler_module_ptr: *mut c_void,
+        event_id: u64,
+    );
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
+        scheduler_module_ptr: *mut c_void,
+    );
     fn envoy_dynamic_module_callback_http_filter_get_attribute_int(
         filter_envoy_ptr: *mut c_void,
         attribute_id: u32,
@@ -203,9 +213,43 @@ extern "C" {
 #[derive(Clone, Copy)]
 pub struct Filter(pub(super) *mut c_void);
 
-/// Envoy's HTTP filter config, valid during `envoy_dynamic_module_on_http_filter_config_new`.
+/// Envoy's HTTP filter config, valid during `envoy_dynamic_module_on_http_filter_config_new` and
+/// `envoy_dynamic_module_on_http_filter_config_scheduled`.
 #[derive(Clone, Copy)]
 pub struct FilterConfig(pub(super) *mut c_void);
+
+/// A filter config's scheduler: an event committed to it runs
+/// `envoy_dynamic_module_on_http_filter_config_scheduled` on Envoy's main thread. Created in
+/// `config_new`, deleted once, in `config_destroy`.
+pub struct ConfigScheduler(*mut c_void);
+
+// SAFETY: Envoy's ABI says committing to a config scheduler is safe from any thread (it posts
+// to the main thread's dispatcher through a weak pointer to the config, a no-op once the config
+// is gone); the pointer is only passed back to Envoy, and deleted once (`delete`), after which
+// no commit is made (the timer's registry holds it under a lock).
+unsafe impl Send for ConfigScheduler {}
+
+impl ConfigScheduler {
+    /// A scheduler of `config` (during `config_new`, on the main thread); `None` if Envoy gives
+    /// none.
+    pub fn new(config: FilterConfig) -> Option<Self> {
+        // SAFETY: the config pointer of the running config_new hook.
+        let ptr =
+            unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_new(config.0) };
+        (!ptr.is_null()).then_some(Self(ptr))
+    }
+
+    /// Runs the config's scheduled hook with `event` on the main thread, soon.
+    pub fn commit(&self, event: u64) {
+        // SAFETY: a live scheduler (not yet deleted: `delete` consumes it).
+        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.0, event) }
+    }
+
+    pub fn delete(self) {
+        // SAFETY: a live scheduler, deleted once (this consumes it).
+        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.0) }
+    }
+}
 
 /// One cluster selection, valid for the duration of `envoy_dynamic_module_on_cluster_specifier_select`.
 #[derive(Clone, Copy)]
@@ -522,7 +566,8 @@ impl FilterConfig {
         )
     }
 
-    /// Sets a gauge defined on this config, while Envoy creates it (no stream needed).
+    /// Sets a gauge defined on this config, while Envoy creates it or in its scheduled hook (no
+    /// stream needed).
     pub fn set_gauge(self, id: usize, value: u64) -> bool {
         // SAFETY: the config pointer of the running config_new hook; no labels (null, 0).
         let result = unsafe {

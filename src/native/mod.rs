@@ -26,6 +26,8 @@ mod imports;
 #[cfg(feature = "native")]
 mod specifier;
 mod store;
+#[cfg(feature = "native")]
+mod timer;
 
 #[cfg(feature = "native")]
 pub use worker::*;
@@ -247,7 +249,7 @@ mod worker {
     use rand_core::SeedableRng;
     use rand_xoshiro::Xoshiro256PlusPlus;
 
-    use super::host::StoreOnly;
+    use super::host::{ConfigTick, StoreOnly};
     use super::{clock, imports};
     use crate::host::Host;
     use crate::metrics::Counted;
@@ -463,22 +465,7 @@ mod worker {
             if !worker.plans.contains_key(&source.id) {
                 // A config this thread has not served yet: forget the plans of configs that
                 // are gone, then build this one's.
-                // Their outcomes not yet filed still count: filed first, deciding nothing.
-                worker.plans.retain(|_, entry| {
-                    let alive = entry.alive.strong_count() > 0;
-                    if let (false, Some(ticking)) = (alive, &mut entry.tick) {
-                        let store = StoreOnly {
-                            namespace: &entry.namespace,
-                        };
-                        ticking.tick.flush(
-                            &entry.plan,
-                            &entry.plugin,
-                            &store,
-                            crate::tick::process_monotonic_ms(),
-                        );
-                    }
-                    alive
-                });
+                forget_gone(&mut worker.plans);
                 let entry = compile(source)?;
                 worker.plans.insert(source.id, entry);
             }
@@ -491,6 +478,56 @@ mod worker {
             }
             Some(f(&entry.plan, &mut worker.rng, now))
         })
+    }
+
+    /// The tick of `source` on Envoy's main thread, from the timer (`timer.rs`), whose config
+    /// `envoy` is: with no traffic at all the weights in force, the gauges and readmissions
+    /// follow the clock. It never ejects (this thread sees no streams and can count no
+    /// ejection); the workers do, from their streams.
+    pub fn tick_idle(source: &Source, envoy: imports::FilterConfig) {
+        let host = ConfigTick {
+            store: source.store(),
+            envoy,
+            gauges: &source.gauges,
+        };
+        WORKER.with(|cell| {
+            let Ok(mut worker) = cell.try_borrow_mut() else {
+                return;
+            };
+            let worker = &mut *worker;
+            if !worker.plans.contains_key(&source.id) {
+                forget_gone(&mut worker.plans);
+                let Some(entry) = compile(source) else {
+                    return;
+                };
+                worker.plans.insert(source.id, entry);
+            }
+            let Some(entry) = worker.plans.get_mut(&source.id) else {
+                return;
+            };
+            if let Some(ticking) = &mut entry.tick {
+                ticking.tick.never_eject();
+                ticking.run_if_due(&entry.plan, &source.plugin, &host, Instant::now());
+            }
+        });
+    }
+
+    /// Forgets this thread's plans of configs that are gone. Their outcomes not yet filed
+    /// still count: filed first, deciding nothing.
+    fn forget_gone(plans: &mut HashMap<u64, WorkerPlan>) {
+        plans.retain(|_, entry| {
+            let alive = entry.alive.strong_count() > 0;
+            if let (false, Some(ticking)) = (alive, &mut entry.tick) {
+                let store = StoreOnly {
+                    namespace: &entry.namespace,
+                };
+                let now_ms = crate::tick::process_monotonic_ms();
+                ticking
+                    .tick
+                    .flush(&entry.plan, &entry.plugin, &store, now_ms);
+            }
+            alive
+        });
     }
 
     /// This thread's plan of `source`, with its metric ids.

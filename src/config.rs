@@ -406,10 +406,10 @@ pub struct RawGuard {
     pub abandoned_after_ms: Option<u64>,
     /// gRPC statuses that count as failures when a gRPC call is answered (HTTP 200 with a
     /// `grpc-status`), each 0 to 16 (`[]`: no gRPC status counts). The default is what says
-    /// the server is unhealthy or broken: UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE,
-    /// DATA_LOSS. Only with `error_rate`.
+    /// the server is unhealthy or broken: UNKNOWN, INTERNAL, UNAVAILABLE, DATA_LOSS (not
+    /// DEADLINE_EXCEEDED: a client sets its own deadline). Only with `error_rate`.
     #[serde(default)]
-    #[cfg_attr(feature = "schema", schemars(inner(range(max = 16)), extend("default" = [2, 4, 13, 14, 15])))]
+    #[cfg_attr(feature = "schema", schemars(inner(range(max = 16)), extend("default" = [2, 13, 14, 15])))]
     pub grpc_failure_codes: Option<Vec<u16>>,
 }
 

@@ -21,8 +21,9 @@
 //! nothing.
 //!
 //! A latency guard (`latency`) ejects the same way an upstream whose requests got slow: the
-//! `percentile`-th percentile of the time from a request's headers reaching meshsplit to the
-//! end of its stream, over the same window and `min_requests`, above `threshold_ms`. The
+//! `percentile`-th percentile of the time from a request's headers reaching meshsplit to its
+//! response headers (where the host shows them; to the end of its stream where it does not),
+//! over the same window and `min_requests`, above `threshold_ms`. The
 //! decision is exact without a histogram: the P-th percentile (nearest rank) of n durations is
 //! above T exactly when more than (100 - P) % of them are above T, so each slice counts the
 //! requests slower than the threshold beside the failures, and the guard compares that share
@@ -111,12 +112,13 @@ impl Guard {
     pub const DEFAULT_MAX_EJECTED_PERCENT: u64 = 50;
     pub const DEFAULT_ABANDONED_AFTER_MS: u64 = 500;
     /// gRPC statuses that count as failures unless `grpc_failure_codes` says otherwise: what
-    /// says the server is unhealthy or broken, UNKNOWN (2), DEADLINE_EXCEEDED (4), INTERNAL
-    /// (13), UNAVAILABLE (14) and DATA_LOSS (15); not what a client provokes at will
-    /// (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED, UNAUTHENTICATED,
-    /// FAILED_PRECONDITION, OUT_OF_RANGE) nor what a server answers by design (CANCELLED,
+    /// says the server is unhealthy or broken, UNKNOWN (2), INTERNAL (13), UNAVAILABLE (14)
+    /// and DATA_LOSS (15); not what a client provokes at will (INVALID_ARGUMENT, NOT_FOUND,
+    /// ALREADY_EXISTS, PERMISSION_DENIED, UNAUTHENTICATED, FAILED_PRECONDITION, OUT_OF_RANGE,
+    /// and DEADLINE_EXCEEDED: a client sets its deadline in `grpc-timeout`, and a server
+    /// answers a tiny one at once) nor what a server answers by design (CANCELLED,
     /// RESOURCE_EXHAUSTED, ABORTED, UNIMPLEMENTED).
-    pub const DEFAULT_GRPC_FAILURE_CODES: [u16; 5] = [2, 4, 13, 14, 15];
+    pub const DEFAULT_GRPC_FAILURE_CODES: [u16; 4] = [2, 13, 14, 15];
 }
 
 /// A window is counted in this many slices of `window_s / WINDOW_SLICES` each, so a tick reads
@@ -214,8 +216,11 @@ pub struct Bucket {
 
 impl Bucket {
     /// This bucket with `counts` of slice `slice` added (a bucket holding an older slice starts
-    /// afresh).
+    /// afresh; counts of a slice older than the bucket's are out of its window, and dropped).
     pub fn add(self, slice: u64, counts: Counts) -> Self {
+        if slice < self.slice {
+            return self;
+        }
         let base = if self.slice == slice {
             self.counts
         } else {

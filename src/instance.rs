@@ -644,7 +644,10 @@ impl Instance {
             });
             // One property read for a stream that got a response; the flags only without one.
             let status = host.response_code().filter(|&code| code > 0);
-            let flags = if guard::needs_flags(status) {
+            // A failed gRPC call may be Envoy's own answer (HTTP 200 with a grpc-status) to an
+            // upstream it could not reach: its flags tell.
+            let failed_grpc = status == Some(200) && stream.grpc_status.is_some_and(|g| g != 0);
+            let flags = if guard::needs_flags(status) || failed_grpc {
                 host.response_flags()
             } else {
                 None

@@ -137,3 +137,81 @@ def test_grpc_statuses_a_client_provokes_eject_nothing(build, wasm, module, tmp_
     finally:
         v1.stop(0)
         v2.stop(0)
+
+
+def watch_server(name):
+    """A gRPC server whose server stream WATCH sends one message, then holds the stream (3 s at
+    most) until the client cancels. Returns (server, port)."""
+    def watch(request, context):
+        yield name.encode()
+        deadline = time.monotonic() + 3
+        while context.is_active() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    handler = grpc.method_handlers_generic_handler("meshsplit.test.Echo", {
+        "Watch": grpc.unary_stream_rpc_method_handler(watch),
+        "Call": grpc.unary_unary_rpc_method_handler(lambda request, context: name.encode()),
+    })
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), handlers=[handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
+@pytest.mark.builds("wasm", "native")
+def test_healthy_grpc_calls_a_client_cuts_short_eject_nothing(build, wasm, module, tmp_path):
+    """Healthy versions. Clients cancel watch streams right after the first message (no
+    grpc-status ever comes), and call with deadlines of 5 ms, which a healthy server answers
+    DEADLINE_EXCEEDED: 120 of each, against min_requests 10 and error_rate 0.2. Nothing is
+    ejected: neither says anything about the server."""
+    v1, v1_port = watch_server("v1")
+    v2, v2_port = watch_server("v2")
+    try:
+        config = http2_clusters(harness.bootstrap(
+            plugin({"v1": 50, "v2": 50}, error_rate=0.2, min_requests=10, window_s=2, eject_s=30),
+            {"v1": v1_port, "v2": v2_port}, harness.free_port(), harness.free_port()))
+        with harness.Envoy(config, tmp_path) as envoy:
+            with grpc.insecure_channel(f"127.0.0.1:{envoy.port}",
+                                       options=[("grpc.default_authority", "svc")]) as channel:
+                watch = channel.unary_stream("/meshsplit.test.Echo/Watch")
+                call = channel.unary_unary("/meshsplit.test.Echo/Call")
+                codes = {}
+                for _ in range(120):
+                    stream = watch(b"hi", timeout=5)
+                    assert next(stream) in (b"v1", b"v2")
+                    stream.cancel()
+                    try:
+                        call(b"hi", timeout=0.005)
+                        code = "OK"
+                    except grpc.RpcError as err:
+                        code = err.code().name
+                    codes[code] = codes.get(code, 0) + 1
+                # A window and a tick for any late decision.
+                time.sleep(3)
+            assert stat(envoy, "v1.ejections_total") == 0 and stat(envoy, "v2.ejections_total") == 0, \
+                (codes, envoy.log()[-3000:])
+    finally:
+        v1.stop(0)
+        v2.stop(0)
+
+
+@pytest.mark.builds("wasm", "native")
+def test_a_grpc_upstream_envoy_cannot_reach_is_ejected_whatever_the_grpc_codes(build, wasm, module, tmp_path):
+    """Nothing listens on v2's port: Envoy answers its gRPC calls itself, HTTP 200 with
+    grpc-status 14 and flag UF. With grpc_failure_codes [] the flag alone counts: v2 is
+    ejected."""
+    v1, v1_port = grpc_server("v1")
+    try:
+        config = http2_clusters(harness.bootstrap(
+            plugin({"v1": 50, "v2": 50}, min_requests=10, window_s=2, eject_s=30,
+                   grpc_failure_codes=[]),
+            {"v1": v1_port, "v2": harness.free_port()}, harness.free_port(), harness.free_port()))
+        with harness.Envoy(config, tmp_path) as envoy:
+            with grpc.insecure_channel(f"127.0.0.1:{envoy.port}",
+                                       options=[("grpc.default_authority", "svc")]) as channel:
+                deadline = time.monotonic() + 15
+                while not stat(envoy, "v2.ejected") and time.monotonic() < deadline:
+                    calls(channel, UNARY, 20)
+                assert stat(envoy, "v2.ejected") == 1, envoy.log()[-3000:]
+    finally:
+        v1.stop(0)

@@ -302,10 +302,20 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
-    _filter_envoy_ptr: *mut c_void,
-    _filter_module_ptr: *const c_void,
+    filter_envoy_ptr: *mut c_void,
+    filter_module_ptr: *const c_void,
 ) -> u32 {
-    CONTINUE
+    guarded(
+        "envoy_dynamic_module_on_http_filter_response_trailers",
+        CONTINUE,
+        || {
+            // SAFETY: as in request_headers.
+            if let Some(stream) = unsafe { stream(filter_module_ptr) } {
+                filter::response_trailers(stream, Filter(filter_envoy_ptr));
+            }
+            CONTINUE
+        },
+    )
 }
 
 #[no_mangle]

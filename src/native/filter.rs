@@ -161,8 +161,10 @@ pub struct Stream {
     /// When its response headers came (time to first byte), if timed.
     first_byte: Option<std::time::Instant>,
     /// Whether it is a gRPC call (`content-type: application/grpc...`) of a guarded service:
-    /// its grpc-status is read when it ends.
+    /// its `grpc-status` is read from its response headers (trailers-only) or trailers.
     grpc: bool,
+    /// That `grpc-status`, when the response carried one.
+    grpc_status: Option<u64>,
 }
 
 struct Lease {
@@ -182,6 +184,7 @@ pub fn stream_new(config: &SharedConfig) -> Stream {
         started: None,
         first_byte: None,
         grpc: false,
+        grpc_status: None,
     }
 }
 
@@ -267,6 +270,9 @@ pub fn response_headers(stream: &mut Stream, filter: Filter) {
     if stream.started.is_some() && stream.first_byte.is_none() {
         stream.first_byte = Some(std::time::Instant::now());
     }
+    if stream.grpc {
+        stream.grpc_status = grpc_status(filter.response_header_values("grpc-status"));
+    }
     let Some((plan, service, id)) = stream.cookie.take() else {
         return;
     };
@@ -277,6 +283,21 @@ pub fn response_headers(stream: &mut Stream, filter: Filter) {
     {
         crate::cookie::on_response_headers(assign, &id, &stream.config.host(filter));
     }
+}
+
+/// The response trailers: a gRPC call's `grpc-status`.
+pub fn response_trailers(stream: &mut Stream, filter: Filter) {
+    if stream.grpc {
+        if let Some(code) = grpc_status(filter.response_trailer_values("grpc-status")) {
+            stream.grpc_status = Some(code);
+        }
+    }
+}
+
+/// The first copy of a `grpc-status` as a number.
+fn grpc_status(values: Vec<Vec<u8>>) -> Option<u64> {
+    let first = values.into_iter().next()?;
+    std::str::from_utf8(&first).ok()?.trim().parse().ok()
 }
 
 /// A request no plan decided (after a panic, or without a plan): it must not go where a
@@ -312,16 +333,12 @@ pub fn stream_complete(stream: &mut Stream, filter: Filter) {
     }
     if let Some((service, upstream)) = stream.observed.take() {
         let code = host.response_code();
-        // The flags matter only without a status or with a 5xx: skip that read otherwise.
-        let flags = if guard::needs_flags(code) {
+        // The flags matter only without a status or with a 5xx, or for a failed gRPC call (Envoy
+        // answers a gRPC call it cannot forward with HTTP 200 and a grpc-status): skip that
+        // read otherwise.
+        let grpc = stream.grpc_status.filter(|_| code == Some(200));
+        let flags = if guard::needs_flags(code) || grpc.is_some_and(|g| g != 0) {
             host.response_flags()
-        } else {
-            None
-        };
-        // A gRPC call answered with HTTP 200: its grpc-status (trailers, or the headers of a
-        // trailers-only response) decides.
-        let grpc = if stream.grpc && code == Some(200) {
-            filter.response_grpc_status()
         } else {
             None
         };

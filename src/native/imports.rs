@@ -51,13 +51,13 @@ pub(super) struct ModuleHttpHeader {
 pub(super) const REQUEST_HEADER: u32 = 0;
 /// `envoy_dynamic_module_type_http_header_type_ResponseHeader`.
 pub(super) const RESPONSE_HEADER: u32 = 2;
+/// `envoy_dynamic_module_type_http_header_type_ResponseTrailer`.
+pub(super) const RESPONSE_TRAILER: u32 = 3;
 /// `envoy_dynamic_module_type_attribute_id_{ResponseCode,ResponseFlags}` (`response.code`,
 /// `response.flags`: Envoy's response flags as a bit set, e.g. 0x20 for UF).
 pub(super) const ATTRIBUTE_RESPONSE_CODE: u32 = 15;
 pub(super) const ATTRIBUTE_RESPONSE_FLAGS: u32 = 17;
-/// `envoy_dynamic_module_type_attribute_id_ResponseGrpcStatus` (`response.grpc_status`: from the
-/// trailers, else the headers of a trailers-only response, else inferred from `:status`).
-pub(super) const ATTRIBUTE_RESPONSE_GRPC_STATUS: u32 = 18;
+
 /// `envoy_dynamic_module_type_metrics_result_Success`.
 pub(super) const METRICS_SUCCESS: u32 = 0;
 
@@ -481,6 +481,11 @@ impl Filter {
         self.header_values(RESPONSE_HEADER, name)
     }
 
+    /// Every copy of a response trailer, in order (in the response-trailers hook).
+    pub fn response_trailer_values(self, name: &str) -> Vec<Vec<u8>> {
+        self.header_values(RESPONSE_TRAILER, name)
+    }
+
     /// Adds a copy of a response header (in the response-headers hook).
     pub fn add_response_header(self, name: &str, value: &str) -> bool {
         // SAFETY: the filter pointer of the running hook; key and value live for the call and
@@ -503,12 +508,6 @@ impl Filter {
     /// The stream's response flags (`response.flags`), as the wasm build reads them.
     pub fn response_flags(self) -> Option<u64> {
         self.attribute_int(ATTRIBUTE_RESPONSE_FLAGS)
-    }
-
-    /// The stream's gRPC status (`response.grpc_status`), read at stream end of gRPC calls only:
-    /// for a response without `grpc-status` Envoy infers one from `:status`.
-    pub fn response_grpc_status(self) -> Option<u64> {
-        self.attribute_int(ATTRIBUTE_RESPONSE_GRPC_STATUS)
     }
 
     /// An integer attribute of the stream. Envoy 1.40 answers `response.code` and

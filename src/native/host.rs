@@ -152,16 +152,38 @@ impl Host for StoreOnly<'_> {
     }
 }
 
-/// The cluster specifier's tick (rollouts; it has no guard): shared data, and the gauges
-/// defined on the specifier's config, which its ABI lets any worker set.
-pub struct SpecifierTick<'a> {
+/// A config whose gauges can be set without a stream.
+pub trait ConfigGauges: Copy {
+    fn set_config_gauge(self, id: usize, value: u64);
+}
+
+impl ConfigGauges for SpecifierConfig {
+    fn set_config_gauge(self, id: usize, value: u64) {
+        self.set_gauge(id, value);
+    }
+}
+
+impl ConfigGauges for FilterConfig {
+    fn set_config_gauge(self, id: usize, value: u64) {
+        self.set_gauge(id, value);
+    }
+}
+
+/// A tick without a stream: shared data, and the gauges defined on a config, set through it.
+/// No counters. The cluster specifier's tick (rollouts; it has no guard; its ABI lets any
+/// worker set its config's gauges), and the tick of an idle HTTP filter config on Envoy's main
+/// thread (`timer.rs`; it never ejects).
+pub struct ConfigTick<'a, E> {
     pub store: StoreOnly<'a>,
-    pub envoy: SpecifierConfig,
-    /// Gauge ids by name: the weight gauges.
+    pub envoy: E,
+    /// Gauge ids by name: the weight gauges, and the guard's.
     pub gauges: &'a HashMap<String, usize>,
 }
 
-impl Host for SpecifierTick<'_> {
+/// The cluster specifier's tick.
+pub type SpecifierTick<'a> = ConfigTick<'a, SpecifierConfig>;
+
+impl<E: ConfigGauges> Host for ConfigTick<'_, E> {
     fn request_header(&self, _: &str) -> Option<Vec<u8>> {
         None
     }
@@ -182,41 +204,7 @@ impl Host for SpecifierTick<'_> {
         self.gauges.get(name).and_then(|&id| u32::try_from(id).ok())
     }
     fn set_gauge(&self, id: u32, value: u64) {
-        self.envoy.set_gauge(id as usize, value);
-    }
-}
-
-/// The tick of an idle HTTP filter config on Envoy's main thread (see `timer.rs`): shared data,
-/// and the gauges defined on the config, set through it. No counters: that tick never ejects.
-pub struct ConfigTick<'a> {
-    pub store: StoreOnly<'a>,
-    pub envoy: FilterConfig,
-    /// Gauge ids by name: the weight and guard gauges.
-    pub gauges: &'a HashMap<String, usize>,
-}
-
-impl Host for ConfigTick<'_> {
-    fn request_header(&self, _: &str) -> Option<Vec<u8>> {
-        None
-    }
-    fn set_request_header(&self, _: &str, _: Option<&str>) {}
-    fn send_local_reply(&self, _: u32, _: &[(&str, &str)], _: &[u8]) -> bool {
-        false
-    }
-    fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        self.store.shared_data(key)
-    }
-    fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> SharedWrite {
-        self.store.set_shared_data(key, value, cas)
-    }
-    fn create_shared_data(&self, key: &str, initial: &[u8]) -> bool {
-        self.store.create_shared_data(key, initial)
-    }
-    fn define_gauge(&self, name: &str) -> Option<u32> {
-        self.gauges.get(name).and_then(|&id| u32::try_from(id).ok())
-    }
-    fn set_gauge(&self, id: u32, value: u64) {
-        self.envoy.set_gauge(id as usize, value);
+        self.envoy.set_config_gauge(id as usize, value);
     }
 }
 

@@ -489,9 +489,17 @@ pub enum Outcome {
 }
 
 /// Whether a stream's flags must be read: without a status, or with a 5xx one (Envoy's own
-/// answers to upstream failures are 5xx); a 2xx-4xx needs no more property reads.
-pub fn needs_flags(status: Option<u64>) -> bool {
-    !matches!(status, Some(code) if (1..500).contains(&code))
+/// answers to upstream failures are 5xx), or for a failed gRPC call (`grpc_status` not OK in an
+/// HTTP 200: Envoy answers a gRPC call it cannot forward that way); any other 2xx-4xx needs no
+/// more property reads.
+pub fn needs_flags(status: Option<u64>, grpc_status: Option<u64>) -> bool {
+    let failed_grpc = status == Some(200) && grpc_status.is_some_and(|g| g != 0);
+    failed_grpc || !matches!(status, Some(code) if (1..500).contains(&code))
+}
+
+/// A `grpc-status` value (decimal), as a response header or trailer carries it.
+pub fn parse_grpc_status(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
 }
 
 /// What a finished stream says (`flags` read as [`needs_flags`] says).

@@ -280,8 +280,12 @@ fn by_default_only_statuses_of_upstream_health_fail() {
     assert!(!only_500.failed(Outcome::Status(503)));
     assert!(only_500.failed(Outcome::Status(500)));
     // Flags are read for 5xx and for no status only.
-    assert!(!needs_flags(Some(200)) && !needs_flags(Some(499)));
-    assert!(needs_flags(Some(500)) && needs_flags(None) && needs_flags(Some(0)));
+    assert!(!needs_flags(Some(200), None) && !needs_flags(Some(499), None));
+    assert!(needs_flags(Some(500), None) && needs_flags(None, None) && needs_flags(Some(0), None));
+    // And for a failed gRPC call answered HTTP 200, not for an OK one.
+    assert!(needs_flags(Some(200), Some(14)) && !needs_flags(Some(200), Some(0)));
+    assert_eq!(parse_grpc_status(b" 14"), Some(14));
+    assert_eq!(parse_grpc_status(b"x"), None);
 }
 
 #[test]

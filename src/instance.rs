@@ -538,7 +538,9 @@ impl Instance {
                         .and_then(|s| s.guard.as_ref())
                         .is_some_and(|g| g.error_rate.is_some());
                     if judges_failures {
-                        stream.grpc_status = grpc_status(host.response_header("grpc-status"));
+                        stream.grpc_status = host
+                            .response_header("grpc-status")
+                            .and_then(|v| guard::parse_grpc_status(&v));
                     }
                 }
             }
@@ -567,7 +569,8 @@ impl Instance {
         }
         if let Some(stream) = self.tracked.get_mut(&context) {
             if stream.observed > 0 {
-                if let Some(code) = grpc_status(host.response_trailer("grpc-status")) {
+                let trailer = host.response_trailer("grpc-status");
+                if let Some(code) = trailer.and_then(|v| guard::parse_grpc_status(&v)) {
                     stream.grpc_status = Some(code);
                 }
             }
@@ -644,10 +647,7 @@ impl Instance {
             });
             // One property read for a stream that got a response; the flags only without one.
             let status = host.response_code().filter(|&code| code > 0);
-            // A failed gRPC call may be Envoy's own answer (HTTP 200 with a grpc-status) to an
-            // upstream it could not reach: its flags tell.
-            let failed_grpc = status == Some(200) && stream.grpc_status.is_some_and(|g| g != 0);
-            let flags = if guard::needs_flags(status) || failed_grpc {
+            let flags = if guard::needs_flags(status, stream.grpc_status) {
                 host.response_flags()
             } else {
                 None
@@ -666,11 +666,6 @@ impl Instance {
         }
         false
     }
-}
-
-/// A `grpc-status` value: a decimal status.
-fn grpc_status(value: Option<Vec<u8>>) -> Option<u64> {
-    std::str::from_utf8(&value?).ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]

@@ -34,9 +34,14 @@ pub struct Now {
 /// Milliseconds since this process first asked: monotonic, and shared by its threads (the
 /// native build's workers).
 pub fn process_monotonic_ms() -> u64 {
+    process_monotonic_ms_at(std::time::Instant::now())
+}
+
+/// [`process_monotonic_ms`] at `at`, an instant read already.
+pub fn process_monotonic_ms_at(at: std::time::Instant) -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let start = START.get_or_init(std::time::Instant::now);
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    let start = START.get_or_init(|| at);
+    u64::try_from(at.saturating_duration_since(*start).as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Streams per upstream whose outcome a VM reads between two of its ticks before it samples:

@@ -271,7 +271,7 @@ pub fn response_headers(stream: &mut Stream, filter: Filter) {
         stream.first_byte = Some(std::time::Instant::now());
     }
     if stream.grpc {
-        stream.grpc_status = grpc_status(filter.response_header_values("grpc-status"));
+        stream.grpc_status = first_grpc_status(filter.response_header_values("grpc-status"));
     }
     let Some((plan, service, id)) = stream.cookie.take() else {
         return;
@@ -288,16 +288,15 @@ pub fn response_headers(stream: &mut Stream, filter: Filter) {
 /// The response trailers: a gRPC call's `grpc-status`.
 pub fn response_trailers(stream: &mut Stream, filter: Filter) {
     if stream.grpc {
-        if let Some(code) = grpc_status(filter.response_trailer_values("grpc-status")) {
+        if let Some(code) = first_grpc_status(filter.response_trailer_values("grpc-status")) {
             stream.grpc_status = Some(code);
         }
     }
 }
 
-/// The first copy of a `grpc-status` as a number.
-fn grpc_status(values: Vec<Vec<u8>>) -> Option<u64> {
-    let first = values.into_iter().next()?;
-    std::str::from_utf8(&first).ok()?.trim().parse().ok()
+/// The first copy of a `grpc-status`, as a number.
+fn first_grpc_status(values: Vec<Vec<u8>>) -> Option<u64> {
+    guard::parse_grpc_status(values.first()?)
 }
 
 /// A request no plan decided (after a panic, or without a plan): it must not go where a
@@ -333,11 +332,9 @@ pub fn stream_complete(stream: &mut Stream, filter: Filter) {
     }
     if let Some((service, upstream)) = stream.observed.take() {
         let code = host.response_code();
-        // The flags matter only without a status or with a 5xx, or for a failed gRPC call (Envoy
-        // answers a gRPC call it cannot forward with HTTP 200 and a grpc-status): skip that
-        // read otherwise.
-        let grpc = stream.grpc_status.filter(|_| code == Some(200));
-        let flags = if guard::needs_flags(code) || grpc.is_some_and(|g| g != 0) {
+        // The flags matter only without a status, with a 5xx or for a failed gRPC call: skip
+        // that read otherwise.
+        let flags = if guard::needs_flags(code, stream.grpc_status) {
             host.response_flags()
         } else {
             None
@@ -347,7 +344,7 @@ pub fn stream_complete(stream: &mut Stream, filter: Filter) {
             &host,
             service,
             upstream,
-            guard::grpc_outcome(code, flags, grpc),
+            guard::grpc_outcome(code, flags, stream.grpc_status),
             stream.started.map(|started| (started, stream.first_byte)),
         );
     }

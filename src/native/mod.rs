@@ -594,7 +594,7 @@ mod worker {
                 });
                 // Stamped with the moment it ended: it counts in that moment's window, however
                 // late this worker's next tick comes.
-                let at_ms = crate::tick::process_monotonic_ms();
+                let at_ms = crate::tick::process_monotonic_ms_at(now);
                 ticking.tick.record_outcome_at(
                     service,
                     upstream,

@@ -38,6 +38,14 @@ pub struct RawConfig {
         schemars(schema_with = "schema::cluster_header", extend("default" = "x-meshsplit-cluster"))
     )]
     pub cluster_header: Option<String>,
+    /// Request header the chosen upstream's `name` (a version label such as `"v2"`) is written
+    /// to, for routes that match a header value (an Istio VirtualService or HTTPRoute, an Envoy
+    /// Gateway HTTPRoute) rather than read a cluster name. The same rules as `cluster_header`
+    /// apply, and the two must differ. With `upstream_header` set and `cluster_header` left out,
+    /// only the upstream header is written; set both to have both.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "schema::cluster_header"))]
+    pub upstream_header: Option<String>,
     /// Where the service key comes from: `"authority"` (the `:authority`/`Host`),
     /// `{"header": NAME}` (a request header) or `{"query": NAME}` (a URL-decoded query parameter
     /// of `:path`, e.g. `/api?service=reviews`).

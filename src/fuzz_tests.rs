@@ -161,7 +161,7 @@ pub(crate) fn check_config(bytes: &[u8]) -> Result<(), TestCaseError> {
                 vm.stream_created(context, 1);
                 let verdict = vm.request_headers(context, &request);
                 prop_assert!(verdict == Verdict::Continue, "{host:?}: {verdict:?}");
-                let cluster = request.header(&plan.cluster_header);
+                let cluster = request.header(plan.headers.cluster.as_deref().unwrap_or_default());
                 prop_assert!(
                     service
                         .upstreams
@@ -449,7 +449,7 @@ fn check_routed(
     verdict: Verdict,
 ) -> Result<Option<Vec<u8>>, TestCaseError> {
     let after = host.headers.borrow().clone();
-    let clusters = values(&after, &plan.cluster_header);
+    let clusters = values(&after, plan.headers.cluster.as_deref().unwrap_or_default());
     let mut key = expected_key(plan, before);
     // What a 404 names: the bare host, or a malformed key as sent, lowercased.
     let shown: Option<String> = key.as_mut().map(|raw| {

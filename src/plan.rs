@@ -20,6 +20,9 @@ use crate::select::{sticky_hash, WeightedPicker};
 use serde_path_to_error::Segment;
 
 pub const DEFAULT_CLUSTER_HEADER: &str = "x-meshsplit-cluster";
+/// The upstream header the docs and `meshsplit render` use (`upstream_header` has no default:
+/// leaving it out writes no upstream header).
+pub const DEFAULT_UPSTREAM_HEADER: &str = "x-meshsplit-upstream";
 pub const MAX_WEIGHT: u64 = 1_000_000;
 
 /// Limits of a configuration, each refused with its JSON path. They bound what one
@@ -243,11 +246,29 @@ pub enum HeaderTest {
     Present,
 }
 
+/// The request headers a plan writes for a routed request and removes from any other: its
+/// cluster header, its upstream header, or both.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnedHeaders {
+    /// Gets the cluster (`cluster_header`); `None` when the config names only an
+    /// `upstream_header`.
+    pub cluster: Option<String>,
+    /// Gets the upstream's name (`upstream_header`).
+    pub upstream: Option<String>,
+}
+
+impl OwnedHeaders {
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.cluster.iter().chain(self.upstream.iter()).map(String::as_str)
+    }
+}
+
 /// The validated configuration. Built once per `on_configure`, read per request; the only
 /// state that changes afterwards is per VM: round-robin positions and gauge ids (in `Cell`s).
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub cluster_header: String,
+    /// The headers the chosen upstream is written to.
+    pub headers: OwnedHeaders,
     pub service_from: ServiceFrom,
     pub on_unknown_service: OnUnknownService,
     pub services: Vec<Service>,
@@ -284,13 +305,24 @@ impl Plan {
 
     /// Validates raw configuration and builds the lookup structures.
     pub fn compile(raw: RawConfig, plugin: &str) -> Result<Self, ConfigError> {
-        let cluster_header = match raw.cluster_header {
-            None => DEFAULT_CLUSTER_HEADER.to_owned(),
-            Some(name) => {
-                check_cluster_header(&name)?;
-                name
+        if let Some(name) = &raw.cluster_header {
+            check_owned_header("cluster_header", name)?;
+        }
+        if let Some(name) = &raw.upstream_header {
+            check_owned_header("upstream_header", name)?;
+            if raw.cluster_header.as_ref() == Some(name) {
+                return Err(ConfigError::new(
+                    "upstream_header",
+                    format!("must differ from cluster_header (both are {name:?})"),
+                ));
             }
+        }
+        let cluster_header = match (raw.cluster_header, &raw.upstream_header) {
+            (Some(name), _) => Some(name),
+            (None, None) => Some(DEFAULT_CLUSTER_HEADER.to_owned()),
+            (None, Some(_)) => None,
         };
+        let upstream_header = raw.upstream_header;
         let service_from = compile_service_from(raw.service_from)?;
         let on_unknown_service = match raw.on_unknown_service {
             None | Some(RawOnUnknown::Pass) => OnUnknownService::Pass,
@@ -360,8 +392,22 @@ impl Plan {
             .map(|(key, service, _)| (key, service))
             .collect();
         by_host.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if upstream_header.is_some() {
+            // The name is now a header value, which a route matches exactly.
+            for (s, service) in services.iter().enumerate() {
+                for (u, upstream) in service.upstreams.iter().enumerate() {
+                    check_header_value(
+                        &format!("services[{s}].upstreams[{u}].name"),
+                        &upstream.name,
+                    )?;
+                }
+            }
+        }
         Ok(Self {
-            cluster_header,
+            headers: OwnedHeaders {
+                cluster: cluster_header,
+                upstream: upstream_header,
+            },
             service_from,
             on_unknown_service,
             services,
@@ -378,6 +424,14 @@ impl Plan {
     /// What a valid plan may not use when meshsplit runs as a route cluster specifier (native
     /// build), which reads the request but cannot write headers or see the request end.
     pub fn check_cluster_specifier(&self) -> Result<(), ConfigError> {
+        if self.headers.upstream.is_some() {
+            return Err(ConfigError::new(
+                "upstream_header",
+                "a cluster specifier picks the cluster itself and writes no header; remove \
+                 upstream_header, or use meshsplit as an HTTP filter \
+                 (envoy.filters.http.dynamic_modules) for a route that matches the header",
+            ));
+        }
         for (s, service) in self.services.iter().enumerate() {
             if service.guard.is_some() {
                 return Err(ConfigError {
@@ -1177,27 +1231,34 @@ fn host_keys(path: &str, raw: &RawService) -> Result<Vec<(String, String)>, Conf
     Ok(keys)
 }
 
-/// A header name the filter may own: valid, and not one that carries request semantics.
-fn check_cluster_header(name: &str) -> Result<(), ConfigError> {
-    const PATH: &str = "cluster_header";
-    const ADVICE: &str = "the filter overwrites the cluster header on every request; \
-                          use a header of its own, such as \"x-meshsplit-cluster\"";
-    check_header_name(PATH, name)?;
+/// A header name the filter may own (`cluster_header`, `upstream_header`, named by `PATH`):
+/// valid, and not one that carries request semantics.
+fn check_owned_header(path: &str, name: &str) -> Result<(), ConfigError> {
+    let advice = format!(
+        "the filter overwrites the {} on every request; use a header of its own, such as {:?}",
+        path.replace('_', " "),
+        if path == "upstream_header" {
+            DEFAULT_UPSTREAM_HEADER
+        } else {
+            DEFAULT_CLUSTER_HEADER
+        }
+    );
+    check_header_name(path, name)?;
     if let Some((_, why)) = RESERVED_HEADERS
         .iter()
         .find(|(reserved, _)| *reserved == name)
     {
         return Err(ConfigError::new(
-            PATH,
-            format!("must not be {name:?}: {why}, and {ADVICE}"),
+            path,
+            format!("must not be {name:?}: {why}, and {advice}"),
         ));
     }
     if name.starts_with("x-envoy-") {
         // Envoy acts on some of these (x-envoy-original-dst-host picks an original-destination
         // endpoint, x-envoy-retry-on sets retries) and strips or rewrites others.
         return Err(ConfigError::new(
-            PATH,
-            format!("must not be {name:?}: headers starting with \"x-envoy-\" are Envoy's own, and {ADVICE}"),
+            path,
+            format!("must not be {name:?}: headers starting with \"x-envoy-\" are Envoy's own, and {advice}"),
         ));
     }
     Ok(())

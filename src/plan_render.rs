@@ -35,12 +35,17 @@ pub fn render(plan: &Plan) -> Value {
             render_service(service, &hosts)
         })
         .collect();
-    json!({
-        "cluster_header": plan.cluster_header,
-        "service_from": service_from,
-        "on_unknown_service": on_unknown,
-        "services": services,
-    })
+    let mut out = Map::new();
+    if let Some(name) = &plan.headers.cluster {
+        out.insert("cluster_header".into(), json!(name));
+    }
+    if let Some(name) = &plan.headers.upstream {
+        out.insert("upstream_header".into(), json!(name));
+    }
+    out.insert("service_from".into(), service_from);
+    out.insert("on_unknown_service".into(), json!(on_unknown));
+    out.insert("services".into(), json!(services));
+    Value::Object(out)
 }
 
 fn render_service(service: &Service, hosts: &[&str]) -> Value {

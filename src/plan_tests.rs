@@ -24,7 +24,8 @@ fn upstreams(list: &str) -> String {
 #[test]
 fn minimal_config_gets_defaults() {
     let p = plan(&one_service(""));
-    assert_eq!(p.cluster_header, "x-meshsplit-cluster");
+    assert_eq!(p.headers.cluster.as_deref(), Some("x-meshsplit-cluster"));
+    assert_eq!(p.headers.upstream, None);
     assert_eq!(p.service_from, ServiceFrom::Authority);
     assert_eq!(p.on_unknown_service, OnUnknownService::Pass);
     assert_eq!(p.services.len(), 1);
@@ -1068,7 +1069,7 @@ fn envoy_headers_cannot_be_the_cluster_header() {
 #[test]
 fn a_header_of_its_own_can_be_the_cluster_header() {
     for name in ["x-route-to", "x-envoyish", "x-cluster"] {
-        assert_eq!(with_cluster_header(name).unwrap().cluster_header, name);
+        assert_eq!(with_cluster_header(name).unwrap().headers.cluster.as_deref(), Some(name));
     }
 }
 
@@ -1190,4 +1191,46 @@ fn a_cluster_specifier_refuses_a_latency_only_guard_as_any_guard() {
     let err = p.check_cluster_specifier().unwrap_err();
     assert_eq!(err.path, "services[0].guard");
     assert!(err.message.contains("needs to see each response"), "{err}");
+}
+
+fn with_headers(fields: &str) -> Result<Plan, ConfigError> {
+    Plan::from_json(format!(r#"{{{fields}, {}"#, &one_service("")[1..]).as_bytes())
+}
+
+#[test]
+fn an_upstream_header_alone_replaces_the_cluster_header() {
+    let p = with_headers(r#""upstream_header": "x-meshsplit-upstream""#).unwrap();
+    assert_eq!(p.headers.cluster, None);
+    assert_eq!(p.headers.upstream.as_deref(), Some("x-meshsplit-upstream"));
+    let p = with_headers(r#""upstream_header": "x-v", "cluster_header": "x-c""#).unwrap();
+    assert_eq!(p.headers.cluster.as_deref(), Some("x-c"));
+    assert_eq!(p.headers.upstream.as_deref(), Some("x-v"));
+}
+
+#[test]
+fn the_upstream_header_follows_the_cluster_headers_rules() {
+    let e = with_headers(r#""upstream_header": "cookie""#).unwrap_err();
+    assert_eq!(e.path, "upstream_header");
+    assert!(e.message.contains("overwrites the upstream header"), "{e}");
+    let e = with_headers(r#""upstream_header": "x-envoy-upstream""#).unwrap_err();
+    assert_eq!(e.path, "upstream_header");
+    let e = with_headers(r#""upstream_header": "X-V""#).unwrap_err();
+    assert_eq!(e.path, "upstream_header");
+    let e = with_headers(r#""upstream_header": "x-same", "cluster_header": "x-same""#).unwrap_err();
+    assert_eq!(e.to_string(), r#"upstream_header: must differ from cluster_header (both are "x-same")"#);
+}
+
+#[test]
+fn with_an_upstream_header_names_must_be_header_values() {
+    let json = r#"{"upstream_header": "x-v", "services": [{"name": "reviews", "upstreams": [
+        {"name": "v1\u007f", "cluster": "c", "weight": 1}]}]}"#;
+    let e = Plan::from_json(json.as_bytes()).unwrap_err();
+    assert_eq!(e.path, "services[0].upstreams[0].name");
+}
+
+#[test]
+fn a_cluster_specifier_refuses_an_upstream_header() {
+    let p = with_headers(r#""upstream_header": "x-meshsplit-upstream""#).unwrap();
+    let e = p.check_cluster_specifier().unwrap_err();
+    assert_eq!(e.path, "upstream_header");
 }

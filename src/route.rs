@@ -11,7 +11,7 @@ use crate::host::Host;
 use crate::in_flight;
 use crate::metrics::Counted;
 use crate::plan::{
-    Condition, HashOn, HeaderTest, OnUnknownService, Plan, Service, ServiceFrom, Strategy,
+    Condition, HashOn, HeaderTest, OnUnknownService, OwnedHeaders, Plan, Service, ServiceFrom, Strategy,
 };
 use crate::request::{has_exact, has_prefix, host_key, query_param, RequestView};
 use crate::select::{least_request, rendezvous, smooth_round_robin};
@@ -77,8 +77,13 @@ where
         routed.counted = Counted::Nothing;
         return routed;
     };
-    // Always overwrite: a client-sent cluster header is never honoured.
-    host.set_request_header(&plan.cluster_header, Some(&upstream.cluster));
+    // Always overwrite: a client-sent cluster or upstream header is never honoured.
+    if let Some(name) = &plan.headers.cluster {
+        host.set_request_header(name, Some(&upstream.cluster));
+    }
+    if let Some(name) = &plan.headers.upstream {
+        host.set_request_header(name, Some(&upstream.name));
+    }
     if let Some(authority) = &upstream.authority {
         host.set_request_header(":authority", Some(authority));
     }
@@ -200,15 +205,16 @@ fn sticky_key<'a, 'v, H: Host + ?Sized>(
 
 fn unknown_service<H: Host + ?Sized>(plan: &Plan, key: Option<&[u8]>, host: &H) -> Verdict {
     let reject = plan.on_unknown_service == OnUnknownService::Reject;
-    unrouted(&plan.cluster_header, reject, key, host)
+    unrouted(&plan.headers, reject, key, host)
 }
 
 /// What a request that gets no upstream gets: an unknown service, or a request no plan could
 /// decide (an adapter's fallback after a bug, with `key` `None`). With `reject`, the 404 answer
 /// of an unknown service; otherwise, or if the host refuses the reply, the request goes on
-/// without any cluster header (a client-sent one is removed, so the client cannot pick).
+/// without any of the headers the filter owns, `owned` (a client-sent cluster or upstream
+/// header is removed, so the client cannot pick).
 pub fn unrouted<H: Host + ?Sized>(
-    cluster_header: &str,
+    owned: &OwnedHeaders,
     reject: bool,
     key: Option<&[u8]>,
     host: &H,
@@ -224,7 +230,9 @@ pub fn unrouted<H: Host + ?Sized>(
         }
         // The host refused the reply: let the request go on rather than hang it.
     }
-    host.set_request_header(cluster_header, None);
+    for name in owned.names() {
+        host.set_request_header(name, None);
+    }
     Verdict::Continue
 }
 

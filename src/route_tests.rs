@@ -579,3 +579,46 @@ fn rules_compare_bytes_not_lossy_text() {
         "c_beta"
     );
 }
+
+// ---- the upstream header (routes that match a version label) ----
+
+#[test]
+fn upstream_header_alone_writes_the_name_and_no_cluster_header() {
+    let plan = plan_with(r#""upstream_header": "x-meshsplit-upstream","#);
+    let host = FakeHost::with_headers(&[
+        (":authority", "ratings"),
+        ("x-meshsplit-upstream", "v1"),
+        ("x-meshsplit-cluster", "sent"),
+    ]);
+    assert_eq!(run(&plan, &host), Verdict::Continue);
+    // The client's value is overwritten; the cluster header is none of the filter's business.
+    assert_eq!(host.header("x-meshsplit-upstream").as_deref(), Some("v2"));
+    assert_eq!(host.header("x-meshsplit-cluster").as_deref(), Some("sent"));
+    assert_eq!(
+        *host.calls.borrow(),
+        vec!["get :authority", "set x-meshsplit-upstream"]
+    );
+}
+
+#[test]
+fn upstream_header_beside_the_cluster_header_writes_both() {
+    let plan = plan_with(
+        r#""cluster_header": "x-meshsplit-cluster", "upstream_header": "x-meshsplit-upstream","#,
+    );
+    let host = FakeHost::with_headers(&[(":authority", "ratings")]);
+    run(&plan, &host);
+    assert_eq!(host.header("x-meshsplit-upstream").as_deref(), Some("v2"));
+    assert_eq!(host.header("x-meshsplit-cluster").as_deref(), Some("ratings_v2"));
+}
+
+#[test]
+fn unknown_service_removes_the_upstream_header() {
+    let plan = plan_with(r#""upstream_header": "x-meshsplit-upstream","#);
+    let host = FakeHost::with_headers(&[(":authority", "other"), ("x-meshsplit-upstream", "v2")]);
+    assert_eq!(run(&plan, &host), Verdict::Continue);
+    assert_eq!(host.header("x-meshsplit-upstream"), None);
+    assert_eq!(
+        *host.calls.borrow(),
+        vec!["get :authority", "set x-meshsplit-upstream"]
+    );
+}

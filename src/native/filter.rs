@@ -305,7 +305,7 @@ fn first_grpc_status(values: Vec<Vec<u8>>) -> Option<u64> {
 /// `null`); with `pass` it goes on as an unknown service would.
 pub fn fail_closed(config: &Source, filter: Filter) -> Verdict {
     let host = config.host(filter);
-    let verdict = unrouted(&config.cluster_header, config.reject_unknown, None, &host);
+    let verdict = unrouted(&config.headers, config.reject_unknown, None, &host);
     if verdict == Verdict::Continue {
         filter.clear_route_cache();
     }

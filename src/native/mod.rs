@@ -264,9 +264,9 @@ mod worker {
         pub plugin: String,
         /// Where this config's shared data lives ([`super::namespace`]).
         pub namespace: String,
-        /// The plan's cluster header and what it does with an unknown service: what a request
-        /// gets when no plan decides it (a panic, or no plan on the worker).
-        pub cluster_header: String,
+        /// The plan's cluster and upstream headers and what it does with an unknown service:
+        /// what a request gets when no plan decides it (a panic, or no plan on the worker).
+        pub headers: crate::plan::OwnedHeaders,
         pub reject_unknown: bool,
         /// Gauge ids by name: least-request in-flight gauges, and the guard's and rollout's
         /// gauges ([`super::tick_stats`]).
@@ -303,7 +303,7 @@ mod worker {
                 bytes: bytes.to_vec(),
                 plugin: plugin.to_owned(),
                 namespace: super::namespace(plan),
-                cluster_header: plan.cluster_header.clone(),
+                headers: plan.headers.clone(),
                 reject_unknown: plan.on_unknown_service == OnUnknownService::Reject,
                 gauges,
                 tick_counters,

@@ -174,7 +174,11 @@ pub fn select(config: &SharedConfig, selection: Selection) -> bool {
         let host = SelectionHost {
             selection,
             namespace: &source.namespace,
-            cluster_header: &plan.cluster_header,
+            cluster_header: plan
+                .headers
+                .cluster
+                .as_deref()
+                .unwrap_or(crate::plan::DEFAULT_CLUSTER_HEADER),
             decision: RefCell::new(Decision::Pass),
             reads: RefCell::new(Vec::new()),
         };

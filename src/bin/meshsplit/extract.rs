@@ -34,7 +34,12 @@ const DYNAMIC_FILTER_TYPE: &str =
 const DYNAMIC_SPECIFIER_TYPE: &str =
     "envoy.extensions.router.cluster_specifiers.dynamic_modules.v3.DynamicModuleClusterSpecifier";
 /// Top-level fields of the plugin config (`meshsplit::config::RawConfig`) besides `services`.
-const PLUGIN_FIELDS: [&str; 3] = ["cluster_header", "service_from", "on_unknown_service"];
+const PLUGIN_FIELDS: [&str; 4] = [
+    "cluster_header",
+    "upstream_header",
+    "service_from",
+    "on_unknown_service",
+];
 
 /// One plugin config found in a file.
 #[derive(Debug)]

@@ -1029,10 +1029,19 @@ pub fn diff(old: Option<&Loaded>, new: &Loaded, only: Option<&str>, keys: u64) -
     let mut settings = Vec::new();
     if let Some(old) = old {
         let (a, b) = (&old.plan, &new.plan);
-        if a.cluster_header != b.cluster_header {
+        let shown = |h: &Option<String>| h.clone().unwrap_or_else(|| "(none)".to_owned());
+        if a.headers.cluster != b.headers.cluster {
             settings.push(format!(
                 "cluster_header {} → {}",
-                a.cluster_header, b.cluster_header
+                shown(&a.headers.cluster),
+                shown(&b.headers.cluster)
+            ));
+        }
+        if a.headers.upstream != b.headers.upstream {
+            settings.push(format!(
+                "upstream_header {} → {}",
+                shown(&a.headers.upstream),
+                shown(&b.headers.upstream)
             ));
         }
         if a.service_from != b.service_from {

@@ -142,9 +142,18 @@ impl SimHost {
     ) -> Outcome {
         self.headers.replace(request.headers.clone());
         let routed = on_request_headers(plan, rng, self, PROCESS_OWNER);
-        let cluster = self
-            .request_header(&plan.cluster_header)
-            .map(|v| String::from_utf8_lossy(&v).into_owned());
+        let cluster = match (&plan.headers.cluster, routed.counted) {
+            (Some(header), _) => self
+                .request_header(header)
+                .map(|v| String::from_utf8_lossy(&v).into_owned()),
+            // Only an upstream header: the cluster its route sends the upstream's name to.
+            (None, Counted::Upstream { service, upstream, .. }) => plan
+                .services
+                .get(service)
+                .and_then(|s| s.upstreams.get(upstream))
+                .map(|u| u.cluster.clone()),
+            (None, _) => None,
+        };
         Outcome {
             counted: routed.counted,
             cluster,

@@ -415,6 +415,15 @@ impl Plan {
         })
     }
 
+    /// The hosts of the `index`-th service, normalized (lowercase, without port), sorted.
+    pub fn hosts_of(&self, index: usize) -> Vec<String> {
+        self.by_host
+            .iter()
+            .filter(|(_, owner)| *owner == index)
+            .map(|(host, _)| host.clone())
+            .collect()
+    }
+
     /// The service whose hosts contain `key`, which must already be normalized by
     /// [`crate::request::host_key`].
     pub fn service_for(&self, key: &(impl AsRef<[u8]> + ?Sized)) -> Option<&Service> {

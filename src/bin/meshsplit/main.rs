@@ -14,6 +14,7 @@ mod extract;
 mod load;
 mod output;
 mod preview;
+mod render;
 mod replace;
 mod report;
 mod route_patches;
@@ -31,7 +32,8 @@ mod fuzz;
 mod fuzz_tests;
 
 /// Check, preview and apply meshsplit plugin configurations before Envoy or Istio gets them;
-/// show the split in force from Envoy's stats; print the configuration's JSON Schema.
+/// show the split in force from Envoy's stats; render the manifests that route it with Istio's or
+/// Envoy Gateway's own APIs; print the configuration's JSON Schema.
 #[derive(Debug, Parser)]
 #[command(name = "meshsplit", version)]
 struct Cli {
@@ -45,6 +47,7 @@ enum Command {
     Preview(preview::Args),
     Apply(apply::Args),
     Status(status::Args),
+    Render(render::Args),
     Schema(schema::Args),
 }
 
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Command::Apply(args) if args.watch => watch::run(args),
         Command::Apply(args) => apply::run(args),
         Command::Status(args) => status::run(args),
+        Command::Render(args) => render::run(args),
         Command::Schema(args) => schema::run(args),
     };
     ExitCode::from(status as u8)

@@ -1,0 +1,528 @@
+//! `meshsplit render`: from a plugin config, the manifests that route its split with a control
+//! plane's own, supported APIs, no EnvoyFilter: the filter writes the chosen upstream's name
+//! into the upstream header (`upstream_header`), and a VirtualService or an HTTPRoute matches
+//! it, one route per upstream, then a default route that is itself the weighted split (so a
+//! request the filter did not tag, from a pod without it or while its module is not loaded,
+//! still splits by the config's weights). Every route removes the header before the upstream.
+//!
+//! | target | module | routes | per version |
+//! |---|---|---|---|
+//! | `sidecar` | WasmPlugin, client side | VirtualService | DestinationRule subsets |
+//! | `sidecar-httproute` | WasmPlugin, client side | HTTPRoute, parent the Service (GAMMA) | a Service |
+//! | `ambient` | WasmPlugin on the waypoint (`targetRefs` the Service) | HTTPRoute, parent the Service | a Service |
+//! | `envoy-gateway` | EnvoyExtensionPolicy on the HTTPRoute | HTTPRoute, parent the Gateway | a Service |
+
+use std::path::PathBuf;
+
+use meshsplit::plan::{Plan, DEFAULT_UPSTREAM_HEADER};
+use serde_json::{json, Map, Value};
+
+use crate::load::{compile, find, pick, Failure};
+use crate::output::{say, say_err};
+use crate::Status;
+
+/// Print the Kubernetes manifests that route a config's split with Istio's or Envoy Gateway's
+/// own routing APIs (no EnvoyFilter): the module's resource with the config, and per service
+/// the routes that match the upstream header.
+///
+/// Examples:
+///   meshsplit render --target sidecar --module oci://REGISTRY/meshsplit:0.2.0 meshsplit.json
+///   meshsplit render --target envoy-gateway --gateway eg --module https://example.com/meshsplit.wasm --sha256 HEX meshsplit.json
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// The plugin config, or a file holding it; `-` reads standard input.
+    #[arg(value_name = "CONFIG")]
+    config: PathBuf,
+    /// Which control plane and mode the manifests are for.
+    #[arg(long, value_enum)]
+    target: Target,
+    /// The namespace of the services, and of the manifests.
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// The services' port.
+    #[arg(long, default_value_t = 9080)]
+    port: u16,
+    /// Where the control plane fetches the module: `oci://…`, `https://…` (give --sha256) or,
+    /// for Istio, `file://…`.
+    #[arg(long, value_name = "URL")]
+    module: String,
+    /// The sha256 the fetched module must have (for an `oci://` module, its image digest).
+    #[arg(long, value_name = "HEX")]
+    sha256: Option<String>,
+    /// envoy-gateway: the Gateway (in --namespace) the HTTPRoutes attach to.
+    #[arg(long, default_value = "eg")]
+    gateway: String,
+    /// The pod label that tells a service's versions apart; its value is the upstream's name.
+    #[arg(long, default_value = "version")]
+    version_label: String,
+    /// The pod label that names the service (per-version Services select on it too).
+    #[arg(long, default_value = "app")]
+    app_label: String,
+    /// Which config, when the file holds several (in the order `meshsplit check` lists them).
+    #[arg(long, value_name = "N")]
+    config_index: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// Istio sidecars: a WasmPlugin on the client side, a VirtualService and DestinationRule
+    /// subsets.
+    Sidecar,
+    /// Istio sidecars: a WasmPlugin on the client side, an HTTPRoute whose parent is the Service
+    /// (Gateway API for the mesh), one Service per version.
+    SidecarHttproute,
+    /// Istio ambient: a WasmPlugin attached to the service's waypoint, an HTTPRoute, one Service
+    /// per version.
+    Ambient,
+    /// Envoy Gateway: an EnvoyExtensionPolicy on the HTTPRoute, the HTTPRoute on the Gateway,
+    /// one Service per version.
+    EnvoyGateway,
+}
+
+pub fn run(args: &Args) -> Status {
+    match render(args) {
+        Ok((text, notes)) => {
+            for note in notes {
+                say_err!("note: {note}");
+            }
+            say!("{}", text.trim_end());
+            Status::Ok
+        }
+        Err(failure) => failure.report(),
+    }
+}
+
+/// One upstream as the routes see it.
+struct Version {
+    name: String,
+    weight: u32,
+}
+
+/// One service as the routes see it.
+struct Routed {
+    name: String,
+    hosts: Vec<String>,
+    versions: Vec<Version>,
+}
+
+/// The manifests, and notes on what render changed in the config.
+fn render(args: &Args) -> Result<(String, Vec<String>), Failure> {
+    let name = args.config.display().to_string();
+    let found = pick(&name, find(&args.config)?, args.config_index)?;
+    let loaded = compile(&name, &found)?;
+    let mut raw: Value = serde_json::from_str(&loaded.text)
+        .map_err(|e| Failure::usage(format!("{name}: {e}")))?;
+    check_name("--namespace", &args.namespace)?;
+    if args.target == Target::EnvoyGateway {
+        check_name("--gateway", &args.gateway)?;
+    }
+    let services = routed_services(&loaded.plan)?;
+    let header = loaded
+        .plan
+        .headers
+        .upstream
+        .clone()
+        .unwrap_or_else(|| DEFAULT_UPSTREAM_HEADER.to_owned());
+    let notes = plugin_config(&mut raw, args, &services, &header);
+    let mut docs = Vec::new();
+    docs.push(module_resource(args, &services, raw)?);
+    for service in &services {
+        match args.target {
+            Target::Sidecar => {
+                docs.push(destination_rule(args, service));
+                docs.push(virtual_service(args, service, &header));
+            }
+            Target::SidecarHttproute | Target::Ambient | Target::EnvoyGateway => {
+                for version in &service.versions {
+                    docs.push(version_service(args, service, version));
+                }
+                docs.push(http_route(args, service, &header));
+            }
+        }
+    }
+    let mut text = String::from(HEADER);
+    for doc in docs {
+        text.push_str("---\n");
+        text.push_str(
+            &serde_norway::to_string(&doc)
+                .map_err(|e| Failure::usage(format!("cannot write YAML: {e}")))?,
+        );
+    }
+    Ok((text, notes))
+}
+
+const HEADER: &str = "\
+# Generated by `meshsplit render`: the filter writes the chosen upstream's name into the upstream
+# header and these routes match it; untagged requests take the default route, which splits by the
+# config's weights. Every route removes the header before the upstream sees it.
+";
+
+/// The services with names Kubernetes takes (DNS labels: a Service is named after each
+/// service and version).
+fn routed_services(plan: &Plan) -> Result<Vec<Routed>, Failure> {
+    let mut out = Vec::new();
+    for (s, service) in plan.services.iter().enumerate() {
+        check_label(&format!("services[{s}].name"), &service.name)?;
+        let mut versions = Vec::new();
+        for (u, upstream) in service.upstreams.iter().enumerate() {
+            check_label(&format!("services[{s}].upstreams[{u}].name"), &upstream.name)?;
+            let combined = format!("{}-{}", service.name, upstream.name);
+            if combined.len() > 63 {
+                return Err(Failure::usage(format!(
+                    "services[{s}].upstreams[{u}].name: the version's Service would be named \
+                     {combined:?}, longer than Kubernetes' 63 characters; shorten the names"
+                )));
+            }
+            versions.push(Version {
+                name: upstream.name.clone(),
+                weight: upstream.weight,
+            });
+        }
+        out.push(Routed {
+            name: service.name.clone(),
+            hosts: plan.hosts_of(s),
+            versions,
+        });
+    }
+    Ok(out)
+}
+
+/// A DNS-1035 label, as Kubernetes requires of a Service name and Istio of a subset name.
+fn check_label(field: &str, name: &str) -> Result<(), Failure> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::usage(format!(
+            "{field}: {name:?} cannot name a Kubernetes Service or subset: use lowercase letters, \
+             digits and '-', starting with a letter, at most 63 characters"
+        )))
+    }
+}
+
+fn check_name(flag: &str, name: &str) -> Result<(), Failure> {
+    check_label(flag, name)
+}
+
+fn fqdn(args: &Args, name: &str) -> String {
+    format!("{name}.{}.svc.cluster.local", args.namespace)
+}
+
+/// The Envoy cluster the routes send `version` of `service` to, as the control plane names it:
+/// what `meshsplit status` and `check` look for.
+fn cluster(args: &Args, service: &Routed, index: usize, version: &Version) -> String {
+    let port = args.port;
+    match args.target {
+        // pilot/pkg/model/service.go BuildSubsetKey
+        Target::Sidecar => format!("outbound|{port}|{}|{}", version.name, fqdn(args, &service.name)),
+        Target::SidecarHttproute => format!(
+            "outbound|{port}||{}",
+            fqdn(args, &format!("{}-{}", service.name, version.name))
+        ),
+        // pilot/pkg/networking/core/waypoint.go getWaypointDestinationCluster
+        Target::Ambient => format!(
+            "inbound-vip|{port}|http|{}",
+            fqdn(args, &format!("{}-{}", service.name, version.name))
+        ),
+        // internal/xds/translator: one cluster per HTTPRoute rule, httproute/NS/NAME/rule/I
+        Target::EnvoyGateway => format!(
+            "httproute/{}/{}/rule/{index}",
+            args.namespace, service.name
+        ),
+    }
+}
+
+/// The plugin config the module gets: the upstream header instead of the cluster header (no
+/// route reads it, and it would reach the upstream), each upstream's `cluster` the one its
+/// route sends to, the names a sidecar or waypoint sees as hosts, and no `authority` rewrite
+/// (the filter would change the host before the route is matched again, so the request would
+/// leave the service's virtual host). Returns notes on what changed.
+fn plugin_config(raw: &mut Value, args: &Args, services: &[Routed], header: &str) -> Vec<String> {
+    let mut notes = Vec::new();
+    let Some(config) = raw.as_object_mut() else {
+        return notes;
+    };
+    config.remove("$schema");
+    if config.remove("cluster_header").is_some() {
+        notes.push("cluster_header left out: these routes match the upstream header".to_owned());
+    }
+    config.insert("upstream_header".into(), json!(header));
+    let Some(list) = config.get_mut("services").and_then(Value::as_array_mut) else {
+        return notes;
+    };
+    for (s, (raw_service, service)) in list.iter_mut().zip(services).enumerate() {
+        let Some(raw_service) = raw_service.as_object_mut() else {
+            continue;
+        };
+        if args.target != Target::EnvoyGateway {
+            // The names a sidecar's or a waypoint's virtual host answers to (without a port,
+            // which the filter ignores).
+            let mut hosts = service.hosts.clone();
+            let ns = &args.namespace;
+            for name in [
+                service.name.clone(),
+                format!("{}.{ns}", service.name),
+                format!("{}.{ns}.svc", service.name),
+                fqdn(args, &service.name),
+            ] {
+                if !hosts.contains(&name) {
+                    hosts.push(name);
+                }
+            }
+            raw_service.insert("hosts".into(), json!(hosts));
+        }
+        let Some(upstreams) = raw_service.get_mut("upstreams").and_then(Value::as_array_mut)
+        else {
+            continue;
+        };
+        for (u, (raw_upstream, version)) in upstreams.iter_mut().zip(&service.versions).enumerate()
+        {
+            let Some(raw_upstream) = raw_upstream.as_object_mut() else {
+                continue;
+            };
+            raw_upstream.insert("cluster".into(), json!(cluster(args, service, u, version)));
+            if raw_upstream.remove("authority").is_some() {
+                notes.push(format!(
+                    "services[{s}].upstreams[{u}].authority left out: a filter that rewrites the \
+                     host before the route is matched again sends the request out of the \
+                     service's routes; rewrite it in the route if the upstream needs it"
+                ));
+            }
+        }
+    }
+    notes
+}
+
+fn metadata(args: &Args, name: &str) -> Value {
+    json!({"name": name, "namespace": args.namespace})
+}
+
+/// The WasmPlugin (Istio) or EnvoyExtensionPolicy (Envoy Gateway) that runs the module with
+/// `config`.
+fn module_resource(args: &Args, services: &[Routed], config: Value) -> Result<Value, Failure> {
+    let https = args.module.starts_with("https://") || args.module.starts_with("http://");
+    if https && args.sha256.is_none() {
+        return Err(Failure::usage(
+            "--sha256 is required with an http(s) --module: the proxy checks what it fetched",
+        ));
+    }
+    if let Some(sha) = &args.sha256 {
+        if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Failure::usage(format!(
+                "--sha256 {sha:?}: expected 64 hexadecimal digits"
+            )));
+        }
+    }
+    if args.target == Target::EnvoyGateway {
+        let code = if let Some(image) = args.module.strip_prefix("oci://") {
+            let mut image = json!({"url": image});
+            if let Some(sha) = &args.sha256 {
+                image["sha256"] = json!(sha);
+            }
+            json!({"type": "Image", "image": image})
+        } else if https {
+            json!({"type": "HTTP", "http": {"url": args.module, "sha256": args.sha256}})
+        } else {
+            return Err(Failure::usage(format!(
+                "--module {:?}: Envoy Gateway fetches a module from oci:// or https://",
+                args.module
+            )));
+        };
+        let refs: Vec<Value> = services
+            .iter()
+            .map(|s| {
+                json!({"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": s.name})
+            })
+            .collect();
+        return Ok(json!({
+            "apiVersion": "gateway.envoyproxy.io/v1alpha1",
+            "kind": "EnvoyExtensionPolicy",
+            "metadata": metadata(args, "meshsplit"),
+            "spec": {
+                // The whole HTTPRoute: Envoy creates a filter that is disabled by default only
+                // when the route matched before the filter runs enables it, and that is the
+                // rule for untagged requests.
+                "targetRefs": refs,
+                "wasm": [{
+                    "name": "meshsplit",
+                    "rootID": "meshsplit",
+                    "code": code,
+                    "config": config,
+                    // A module that cannot run leaves requests to the default route's split.
+                    "failOpen": true,
+                }],
+            },
+        }));
+    }
+    if !(args.module.starts_with("oci://") || https || args.module.starts_with("file://")) {
+        return Err(Failure::usage(format!(
+            "--module {:?}: Istio fetches a module from oci://, https:// or file://",
+            args.module
+        )));
+    }
+    let mut spec = Map::new();
+    if args.target == Target::Ambient {
+        let refs: Vec<Value> = services
+            .iter()
+            .map(|s| json!({"group": "", "kind": "Service", "name": s.name}))
+            .collect();
+        spec.insert("targetRefs".into(), json!(refs));
+    } else {
+        spec.insert(
+            "match".into(),
+            json!([{"mode": "CLIENT", "ports": [{"number": args.port}]}]),
+        );
+    }
+    spec.insert("url".into(), json!(args.module));
+    if let Some(sha) = &args.sha256 {
+        spec.insert("sha256".into(), json!(sha));
+    }
+    spec.insert("pluginName".into(), json!("meshsplit"));
+    // A module that cannot be fetched or run leaves requests to the default route's split,
+    // instead of the agent's deny-all filter.
+    spec.insert("failStrategy".into(), json!("FAIL_OPEN"));
+    spec.insert("pluginConfig".into(), config);
+    Ok(json!({
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "WasmPlugin",
+        "metadata": metadata(args, "meshsplit"),
+        "spec": spec,
+    }))
+}
+
+fn destination_rule(args: &Args, service: &Routed) -> Value {
+    let subsets: Vec<Value> = service
+        .versions
+        .iter()
+        .map(|v| json!({"name": v.name, "labels": {&args.version_label: v.name}}))
+        .collect();
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": metadata(args, &service.name),
+        "spec": {"host": fqdn(args, &service.name), "subsets": subsets},
+    })
+}
+
+fn remove_header(header: &str) -> Value {
+    json!({"request": {"remove": [header]}})
+}
+
+fn virtual_service(args: &Args, service: &Routed, header: &str) -> Value {
+    let host = fqdn(args, &service.name);
+    let destination = |v: &Version| json!({"host": host, "subset": v.name, "port": {"number": args.port}});
+    let mut http: Vec<Value> = service
+        .versions
+        .iter()
+        .map(|v| {
+            json!({
+                "name": format!("meshsplit-{}", v.name),
+                "match": [{"headers": {header: {"exact": v.name}}}],
+                "route": [{"destination": destination(v)}],
+                "headers": remove_header(header),
+            })
+        })
+        .collect();
+    let weighted: Vec<Value> = service
+        .versions
+        .iter()
+        .map(|v| json!({"destination": destination(v), "weight": v.weight}))
+        .collect();
+    http.push(json!({
+        "name": "meshsplit-default",
+        "route": weighted,
+        "headers": remove_header(header),
+    }));
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": metadata(args, &service.name),
+        "spec": {"hosts": [host], "http": http},
+    })
+}
+
+fn version_service(args: &Args, service: &Routed, version: &Version) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(args, &format!("{}-{}", service.name, version.name)),
+        "spec": {
+            "selector": {&args.app_label: service.name, &args.version_label: version.name},
+            "ports": [{"name": "http", "port": args.port}],
+        },
+    })
+}
+
+fn http_route(args: &Args, service: &Routed, header: &str) -> Value {
+    let backend = |v: &Version| {
+        json!({"name": format!("{}-{}", service.name, v.name), "port": args.port})
+    };
+    let remove = json!([{"type": "RequestHeaderModifier", "requestHeaderModifier": {"remove": [header]}}]);
+    let mut rules: Vec<Value> = service
+        .versions
+        .iter()
+        .map(|v| {
+            json!({
+                "matches": [{"headers": [{"type": "Exact", "name": header, "value": v.name}]}],
+                "filters": remove,
+                "backendRefs": [backend(v)],
+            })
+        })
+        .collect();
+    let weighted: Vec<Value> = service
+        .versions
+        .iter()
+        .map(|v| {
+            let mut b = backend(v);
+            b["weight"] = json!(v.weight);
+            b
+        })
+        .collect();
+    rules.push(json!({"filters": remove, "backendRefs": weighted}));
+    let mut spec = Map::new();
+    if args.target == Target::EnvoyGateway {
+        spec.insert("parentRefs".into(), json!([{"name": args.gateway}]));
+        let hostnames: Vec<String> = service
+            .hosts
+            .iter()
+            .filter(|h| h.contains('.') && !h.parse::<std::net::Ipv4Addr>().is_ok())
+            .cloned()
+            .collect();
+        if !hostnames.is_empty() {
+            spec.insert("hostnames".into(), json!(hostnames));
+        }
+    } else {
+        spec.insert(
+            "parentRefs".into(),
+            json!([{"group": "", "kind": "Service", "name": service.name, "port": args.port}]),
+        );
+    }
+    spec.insert("rules".into(), json!(rules));
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": metadata(args, &service.name),
+        "spec": spec,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_kubernetes_takes() {
+        assert!(check_label("f", "v1").is_ok());
+        assert!(check_label("f", "reviews-canary").is_ok());
+        for bad in ["", "V1", "1v", "v_1", "v-", &"a".repeat(64)] {
+            assert!(check_label("f", bad).is_err(), "{bad}");
+        }
+    }
+}

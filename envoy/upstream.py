@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A tiny upstream for meshsplit demos and tests: answers every request with a JSON body naming
-itself, the Host it was asked for and the cluster header it received.
+itself, the Host it was asked for and the cluster and upstream headers it received.
 
     upstream.py NAME=PORT [NAME=PORT ...] [--bind ADDRESS] [--delay SECONDS]
 
@@ -31,6 +31,7 @@ def make_handler(name):
                 "upstream": name,
                 "host": self.headers.get("Host"),
                 "cluster_header": self.headers.get("x-meshsplit-cluster"),
+                "upstream_header": self.headers.get("x-meshsplit-upstream"),
                 "path": self.path,
             }).encode() + b"\n"
             # Tests make an upstream fail by setting its server's `status` (503, say), or a

@@ -59,6 +59,10 @@ pub struct Args {
     /// The pod label that names the service (per-version Services select on it too).
     #[arg(long, default_value = "app")]
     app_label: String,
+    /// ambient: the waypoint the per-version Services use (`istio.io/use-waypoint`), so that
+    /// the waypoint sends to them itself.
+    #[arg(long, default_value = "waypoint")]
+    waypoint: String,
     /// Which config, when the file holds several (in the order `meshsplit check` lists them).
     #[arg(long, value_name = "N")]
     config_index: Option<usize>,
@@ -117,6 +121,9 @@ fn render(args: &Args) -> Result<(String, Vec<String>), Failure> {
     if args.target == Target::EnvoyGateway {
         check_name("--gateway", &args.gateway)?;
     }
+    if args.target == Target::Ambient {
+        check_name("--waypoint", &args.waypoint)?;
+    }
     let services = routed_services(&loaded.plan)?;
     let header = loaded
         .plan
@@ -144,10 +151,7 @@ fn render(args: &Args) -> Result<(String, Vec<String>), Failure> {
     let mut text = String::from(HEADER);
     for doc in docs {
         text.push_str("---\n");
-        text.push_str(
-            &serde_norway::to_string(&doc)
-                .map_err(|e| Failure::usage(format!("cannot write YAML: {e}")))?,
-        );
+        yaml(&doc, 0, &mut text);
     }
     Ok((text, notes))
 }
@@ -249,11 +253,15 @@ fn plugin_config(raw: &mut Value, args: &Args, services: &[Routed], header: &str
     let Some(config) = raw.as_object_mut() else {
         return notes;
     };
-    config.remove("$schema");
-    if config.remove("cluster_header").is_some() {
+    config.shift_remove("$schema");
+    if config.shift_remove("cluster_header").is_some() {
         notes.push("cluster_header left out: these routes match the upstream header".to_owned());
     }
+    config.shift_remove("upstream_header");
+    // First, where a reader looks for what the routes match.
+    let rest = std::mem::take(config);
     config.insert("upstream_header".into(), json!(header));
+    config.extend(rest);
     let Some(list) = config.get_mut("services").and_then(Value::as_array_mut) else {
         return notes;
     };
@@ -288,7 +296,7 @@ fn plugin_config(raw: &mut Value, args: &Args, services: &[Routed], header: &str
                 continue;
             };
             raw_upstream.insert("cluster".into(), json!(cluster(args, service, u, version)));
-            if raw_upstream.remove("authority").is_some() {
+            if raw_upstream.shift_remove("authority").is_some() {
                 notes.push(format!(
                     "services[{s}].upstreams[{u}].authority left out: a filter that rewrites the \
                      host before the route is matched again sends the request out of the \
@@ -298,6 +306,95 @@ fn plugin_config(raw: &mut Value, args: &Args, services: &[Routed], header: &str
         }
     }
     notes
+}
+
+/// `value` as block YAML at `indent`. Every string a YAML parser could read as anything but that
+/// string (a number, a boolean, a date such as a rollout's `start`, or one with special
+/// characters) is written as a JSON string, which YAML reads as the same string.
+fn yaml(value: &Value, indent: usize, out: &mut String) {
+    let pad = " ".repeat(indent);
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (key, item) in map {
+                out.push_str(&pad);
+                out.push_str(&scalar_text(key));
+                out.push(':');
+                nested(item, indent, out);
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            for item in items {
+                out.push_str(&pad);
+                out.push('-');
+                match item {
+                    Value::Object(map) if !map.is_empty() => {
+                        // The first key on the dash's line, the rest under it.
+                        let mut inner = String::new();
+                        yaml(item, indent + 2, &mut inner);
+                        out.push(' ');
+                        out.push_str(inner.trim_start());
+                    }
+                    _ => nested(item, indent, out),
+                }
+            }
+        }
+        other => {
+            out.push_str(&pad);
+            out.push_str(&inline(other));
+            out.push('\n');
+        }
+    }
+}
+
+/// After a key or a dash: an empty collection or a scalar on the same line, else the block on
+/// the next lines (a list under a key at the key's indentation, as Kubernetes manifests do).
+fn nested(item: &Value, indent: usize, out: &mut String) {
+    match item {
+        Value::Object(map) if !map.is_empty() => {
+            out.push('\n');
+            yaml(item, indent + 2, out);
+        }
+        Value::Array(items) if !items.is_empty() => {
+            out.push('\n');
+            yaml(item, indent, out);
+        }
+        _ => {
+            out.push(' ');
+            out.push_str(&inline(item));
+            out.push('\n');
+        }
+    }
+}
+
+fn inline(value: &Value) -> String {
+    match value {
+        Value::String(text) => scalar_text(text),
+        Value::Object(_) => "{}".to_owned(),
+        Value::Array(_) => "[]".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// A string plain when YAML reads it back as this string, else JSON-quoted.
+fn scalar_text(text: &str) -> String {
+    const WORDS: [&str; 12] = [
+        "true", "false", "yes", "no", "on", "off", "y", "n", "null", "~", "=", "<<",
+    ];
+    let plain = text
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '/' || c == '_')
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./:|~-+@".contains(c))
+        && !text.ends_with(':')
+        && !text.contains(": ")
+        && !WORDS.contains(&text.to_ascii_lowercase().as_str());
+    if plain {
+        text.to_owned()
+    } else {
+        Value::String(text.to_owned()).to_string()
+    }
 }
 
 fn metadata(args: &Args, name: &str) -> Value {
@@ -381,6 +478,7 @@ fn module_resource(args: &Args, services: &[Routed], config: Value) -> Result<Va
         );
     }
     spec.insert("url".into(), json!(args.module));
+    spec.insert("type".into(), json!("HTTP"));
     if let Some(sha) = &args.sha256 {
         spec.insert("sha256".into(), json!(sha));
     }
@@ -449,10 +547,14 @@ fn virtual_service(args: &Args, service: &Routed, header: &str) -> Value {
 }
 
 fn version_service(args: &Args, service: &Routed, version: &Version) -> Value {
+    let mut meta = metadata(args, &format!("{}-{}", service.name, version.name));
+    if args.target == Target::Ambient {
+        meta["labels"] = json!({"istio.io/use-waypoint": args.waypoint});
+    }
     json!({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": metadata(args, &format!("{}-{}", service.name, version.name)),
+        "metadata": meta,
         "spec": {
             "selector": {&args.app_label: service.name, &args.version_label: version.name},
             "ports": [{"name": "http", "port": args.port}],
@@ -516,6 +618,36 @@ fn http_route(args: &Args, service: &Routed, header: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strings_yaml_would_read_otherwise_are_quoted() {
+        for (text, shown) in [
+            ("v1", "v1"),
+            ("outbound|9080|v1|reviews.default.svc.cluster.local", "outbound|9080|v1|reviews.default.svc.cluster.local"),
+            ("oci://registry.example/meshsplit:0.2.0", "oci://registry.example/meshsplit:0.2.0"),
+            ("true", "\"true\""),
+            ("No", "\"No\""),
+            ("2026-12-01T10:00:00Z", "\"2026-12-01T10:00:00Z\""),
+            ("80", "\"80\""),
+            ("", "\"\""),
+            ("*", "\"*\""),
+            ("a: b", "\"a: b\""),
+            ("", "\"\""),
+        ] {
+            assert_eq!(scalar_text(text), shown);
+        }
+    }
+
+    #[test]
+    fn block_yaml_of_nested_values() {
+        let mut out = String::new();
+        yaml(
+            &json!({"a": [{"b": 1, "c": ["x"]}, "z"], "d": {}, "e": {"f": null}}),
+            0,
+            &mut out,
+        );
+        assert_eq!(out, "a:\n- b: 1\n  c:\n  - x\n- z\nd: {}\ne:\n  f: null\n");
+    }
 
     #[test]
     fn labels_kubernetes_takes() {

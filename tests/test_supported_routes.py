@@ -1,0 +1,323 @@
+"""The split routed by the control planes' own APIs, no EnvoyFilter: `meshsplit render` writes
+the manifests, tests/control_planes.py turns them into the Envoy configuration each control plane
+generates (Istio sidecar with a VirtualService or an HTTPRoute, Istio ambient waypoint, Envoy
+Gateway), and real Envoy runs it with the module (wasm) or, on Envoy Gateway's plain Envoy, the
+native filter.
+
+What each shape must show: the split follows the weights (chi-square) while clients send their
+own `x-meshsplit-upstream`; no upstream sees that header; a rule pins to its version; requests
+the filter did not tag (a pod without it) take the weighted default route; the guard's ejection
+and a rollout step move traffic; and, for Envoy Gateway, a policy enabled on one rule only leaves
+the filter out of untagged requests (why the policy targets the whole HTTPRoute)."""
+import collections
+import concurrent.futures
+import datetime
+import json
+import struct
+import subprocess
+import time
+
+import pytest
+import yaml
+
+import control_planes
+import harness
+import stats
+from stats import chi_square
+
+CLI = harness.ROOT / "target" / "release" / "meshsplit"
+CRD_VALIDATE = harness.ROOT.parent / "shared" / "tools" / "crd-validate"
+HEADER = "x-meshsplit-upstream"
+VERSIONS = ("v1", "v2", "v3")
+WEIGHTS = (80, 15, 5)
+REQUESTS = 600
+MODULE = "oci://registry.example/meshsplit:0.2.0"
+
+PLUGIN = {
+    "upstream_header": HEADER,
+    "services": [{
+        "name": "reviews",
+        "hosts": ["reviews", "reviews.example.com"],
+        "upstreams": [{"name": v, "cluster": f"reviews_{v}", "weight": w}
+                      for v, w in zip(VERSIONS, WEIGHTS)],
+        "rules": [{"match": {"headers": [{"name": "x-canary", "exact": "true"}]}, "upstream": "v3"}],
+    }],
+}
+
+# shape: (render target, builder, the Host clients send, builds)
+SHAPES = {
+    "sidecar-virtualservice": ("sidecar", control_planes.sidecar_virtual_service, "reviews:9080"),
+    "sidecar-httproute": ("sidecar-httproute", control_planes.sidecar_http_route, "reviews"),
+    "waypoint": ("ambient", control_planes.waypoint_http_route, "reviews.default.svc.cluster.local:9080"),
+    "envoy-gateway": ("envoy-gateway", control_planes.envoy_gateway, "reviews.example.com"),
+}
+# (shape, variant): the native filter runs where the proxy is plain Envoy.
+CASES = [("sidecar-virtualservice", "wasm"), ("sidecar-httproute", "wasm"), ("waypoint", "wasm"),
+         ("envoy-gateway", "wasm"), ("envoy-gateway", "native")]
+
+
+@pytest.fixture(scope="session")
+def cli():
+    subprocess.run(["make", "--no-print-directory", "-s", "cli"], cwd=harness.ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
+    return CLI
+
+
+def render(cli, tmp_path, target, plugin=PLUGIN, *extra):
+    source = tmp_path / "plugin.json"
+    source.write_text(json.dumps(plugin))
+    out = subprocess.run([str(cli), "render", "--target", target, "--module", MODULE, *extra,
+                          str(source)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def module_for(build):
+    if build == "wasm":
+        return harness.build_wasm()
+    harness.build_native()
+    return None
+
+
+def build_config(cli, tmp_path, shape, variant, ports, plugin=PLUGIN, **options):
+    target, builder, _ = SHAPES[shape]
+    docs = render(cli, tmp_path, target, plugin)
+    if variant != "wasm":
+        options["build"] = variant
+    return builder(docs, module_for(variant), ports, **options)
+
+
+def send(port, count, headers, connections=4):
+    """Sends `count` GETs; returns [(status, body as JSON or text)]."""
+    def worker(n):
+        client = harness.Client(port)
+        answers = []
+        try:
+            for _ in range(n):
+                status, _, body = client.get("/", headers)
+                try:
+                    answers.append((status, json.loads(body)))
+                except ValueError:
+                    answers.append((status, body.decode(errors="replace")))
+        finally:
+            client.close()
+        return answers
+
+    shares = [count // connections + (1 if i < count % connections else 0) for i in range(connections)]
+    with concurrent.futures.ThreadPoolExecutor(connections) as pool:
+        return [a for answers in pool.map(worker, shares) for a in answers]
+
+
+def upstreams_of(answers):
+    return collections.Counter(body["upstream"] if status == 200 and isinstance(body, dict)
+                               else (status, str(body)) for status, body in answers)
+
+
+def assert_weighted(seen, weights=WEIGHTS):
+    assert set(seen) <= set(VERSIONS), seen
+    stat, p = chi_square([seen.get(v, 0) for v in VERSIONS], weights)
+    assert p > stats.P_MIN, (stat, seen)
+
+
+@pytest.mark.parametrize("shape,variant", CASES)
+def test_the_split_follows_the_weights_and_no_upstream_sees_the_header(cli, tmp_path, shape, variant):
+    host = SHAPES[shape][2]
+    with harness.upstreams(*VERSIONS, "other") as ports, \
+            harness.Envoy(build_config(cli, tmp_path, shape, variant, ports), tmp_path) as envoy:
+        # Every client claims v3: the filter overwrites the claim, so the weights still decide.
+        answers = send(envoy.port, REQUESTS, {"Host": host, HEADER: "v3"})
+        pinned = send(envoy.port, 60, {"Host": host, "x-canary": "true"})
+    assert len(answers) == REQUESTS
+    assert_weighted(upstreams_of(answers))
+    assert [body["upstream_header"] for _, body in answers + pinned] == [None] * (REQUESTS + 60)
+    # The canary rule pins to v3.
+    assert upstreams_of(pinned) == {"v3": 60}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_untagged_requests_take_the_weighted_default_route(cli, tmp_path, shape):
+    """A proxy without the filter (a pod without it, a module that failed open): the default
+    route splits by the config's weights on its own."""
+    host = SHAPES[shape][2]
+    with harness.upstreams(*VERSIONS, "other") as ports, \
+            harness.Envoy(build_config(cli, tmp_path, shape, "wasm", ports, with_filter=False)
+                          if shape != "envoy-gateway" else
+                          build_config(cli, tmp_path, shape, "wasm", ports, policy_rules=set()),
+                          tmp_path) as envoy:
+        answers = send(envoy.port, REQUESTS, {"Host": host})
+    assert_weighted(upstreams_of(answers))
+    assert [body["upstream_header"] for _, body in answers] == [None] * REQUESTS
+
+
+@pytest.mark.parametrize("shape,variant", CASES)
+def test_unknown_hosts_keep_the_proxys_own_routes(cli, tmp_path, shape, variant):
+    """`on_unknown_service: pass`: a host the config does not name gets what it got without the
+    filter: the sidecar's passthrough, Envoy Gateway's 404, and on reviews' waypoint chain (which
+    only reviews' traffic reaches) the weighted default."""
+    with harness.upstreams(*VERSIONS, "other") as ports, \
+            harness.Envoy(build_config(cli, tmp_path, shape, variant, ports), tmp_path) as envoy:
+        answers = send(envoy.port, 200, {"Host": "unknown.example.com", HEADER: "v3"}, connections=2)
+    seen = upstreams_of(answers)
+    if shape.startswith("sidecar"):
+        assert seen == {"other": 200}
+    elif shape == "envoy-gateway":
+        assert set(seen) == {(404, "")}, seen
+    else:
+        # The client's claim was removed: the default route's split, not v3.
+        assert_weighted(seen)
+
+
+def test_a_policy_on_one_rule_leaves_untagged_requests_without_the_filter(cli, tmp_path):
+    """Envoy Gateway adds the filter disabled and enables it per route; Envoy creates it only if
+    the route matched before it ran enables it. An untagged request first matches the default
+    rule: a policy that covers only the header rules never runs the filter, and the canary rule
+    does nothing. The rendered policy targets the whole HTTPRoute for this reason."""
+    with harness.upstreams(*VERSIONS, "other") as ports, \
+            harness.Envoy(build_config(cli, tmp_path, "envoy-gateway", "wasm", ports,
+                                       policy_rules={0, 1, 2}), tmp_path) as envoy:
+        answers = send(envoy.port, REQUESTS, {"Host": "reviews.example.com", "x-canary": "true"})
+    assert_weighted(upstreams_of(answers))
+
+
+def guarded_plugin(start):
+    plugin = json.loads(json.dumps(PLUGIN))
+    service = plugin["services"][0]
+    service["guard"] = {"error_rate": 0.2, "min_requests": 10, "window_s": 5, "eject_s": 600,
+                        "max_ejected_percent": 50}
+    service["rollout"] = {"start": start, "interpolate": False, "steps": [
+        {"at_s": 0, "weights": {"v1": 50, "v2": 50}},
+        {"at_s": ROLLOUT_STEP_S, "weights": {"v2": 50, "v3": 50}}]}
+    return plugin
+
+
+# The rollout's second step, seconds after the config is written: Envoy must be ready and the
+# first phase measured before it (Envoy is ready in about 1 s; 12 s leaves room on a busy machine).
+ROLLOUT_STEP_S = 12
+
+
+@pytest.mark.parametrize("shape,variant", CASES)
+def test_the_guard_and_a_rollout_step_move_tagged_traffic(cli, tmp_path, shape, variant):
+    """v2 fails every request: the guard ejects it, and the rollout's 50/50 between v1 and v2 goes
+    all to v1; the rollout's next step (v2/v3 50/50, v2 still ejected) sends everything to v3."""
+    host = SHAPES[shape][2]
+    start = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    plugin = guarded_plugin(start.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    step_at = start.timestamp() + ROLLOUT_STEP_S
+    with harness.upstream_servers(*VERSIONS, "other") as servers:
+        servers["v2"].status = 503
+        ports = {n: s.server_port for n, s in servers.items()}
+        with harness.Envoy(build_config(cli, tmp_path, shape, variant, ports, plugin=plugin),
+                           tmp_path) as envoy:
+            # Until the guard ejects v2 (its window needs 10 requests, 20 % failing; the tick
+            # runs every 500 ms), bounded by time.
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline:
+                if upstreams_of(send(envoy.port, 40, {"Host": host}, connections=2)) == {"v1": 40}:
+                    break
+            assert time.time() < step_at - 1, "too slow to see the first step (machine overloaded)"
+            before = upstreams_of(send(envoy.port, 100, {"Host": host}, connections=2))
+            time.sleep(max(0.0, step_at + 1.5 - time.time()))
+            after = upstreams_of(send(envoy.port, 100, {"Host": host}, connections=2))
+    assert before == {"v1": 100}
+    assert after == {"v3": 100}
+
+
+# --- The manifests ---------------------------------------------------------------------------------
+
+TARGETS = ("sidecar", "sidecar-httproute", "ambient", "envoy-gateway")
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_rendered_manifests_validate_against_their_crds(cli, tmp_path, target):
+    out = tmp_path / f"{target}.yaml"
+    extra = ["--sha256", "a" * 64] if target == "envoy-gateway" else []
+    docs = render(cli, tmp_path, target, PLUGIN, *extra)
+    out.write_text(yaml.safe_dump_all(docs))
+    result = subprocess.run([str(CRD_VALIDATE), str(out)], capture_output=True, text=True,
+                            timeout=120, env=harness.envoy_env() | {"PATH": f"{harness.ROOT / '.venv' / 'bin'}:/usr/bin:/bin"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 error(s)" in result.stdout + result.stderr
+    # Every route removes the header, and the default route carries the config's weights.
+    kinds = [d["kind"] for d in docs]
+    if target == "sidecar":
+        assert kinds == ["WasmPlugin", "DestinationRule", "VirtualService"]
+        http = docs[2]["spec"]["http"]
+        assert all(h["headers"] == {"request": {"remove": [HEADER]}} for h in http)
+        assert [d["weight"] for d in http[-1]["route"]] == list(WEIGHTS)
+    else:
+        first = "EnvoyExtensionPolicy" if target == "envoy-gateway" else "WasmPlugin"
+        assert kinds == [first, "Service", "Service", "Service", "HTTPRoute"]
+        rules = docs[-1]["spec"]["rules"]
+        assert all(r["filters"] == [{"type": "RequestHeaderModifier",
+                                     "requestHeaderModifier": {"remove": [HEADER]}}] for r in rules)
+        assert [b["weight"] for b in rules[-1]["backendRefs"]] == list(WEIGHTS)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--target", "envoy-gateway", "--module", "https://example.com/m.wasm"], "--sha256 is required"),
+    (["--target", "envoy-gateway", "--module", "file:///m.wasm"], "oci:// or https://"),
+    (["--target", "sidecar", "--module", "ftp://x"], "oci://, https:// or file://"),
+    (["--target", "sidecar", "--module", MODULE, "--namespace", "Prod"], "--namespace: \"Prod\""),
+])
+def test_render_refuses_what_the_control_plane_would(cli, tmp_path, args, message):
+    source = tmp_path / "plugin.json"
+    source.write_text(json.dumps(PLUGIN))
+    out = subprocess.run([str(cli), "render", *args, str(source)], capture_output=True, text=True)
+    assert out.returncode == 2, out
+    assert message in out.stderr, out.stderr
+
+
+def test_render_refuses_names_kubernetes_cannot_take(cli, tmp_path):
+    plugin = json.loads(json.dumps(PLUGIN))
+    plugin["services"][0]["upstreams"][1]["name"] = "V2_canary"
+    plugin["services"][0]["rules"] = []
+    source = tmp_path / "plugin.json"
+    source.write_text(json.dumps(plugin))
+    out = subprocess.run([str(cli), "render", "--target", "sidecar", "--module", MODULE, str(source)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "services[0].upstreams[1].name: \"V2_canary\" cannot name a Kubernetes Service" in out.stderr
+
+
+# --- The ABI the re-routing depends on -------------------------------------------------------------
+
+def wasm_exports(path):
+    """The names a wasm module exports (its export section)."""
+    data = path.read_bytes()
+    assert data[:4] == b"\0asm"
+
+    def leb(pos):
+        value = shift = 0
+        while True:
+            byte = data[pos]
+            pos += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return value, pos
+
+    pos, names = 8, []
+    while pos < len(data):
+        section, pos = data[pos], pos + 1
+        size, pos = leb(pos)
+        if section == 7:
+            count, at = leb(pos)
+            for _ in range(count):
+                length, at = leb(at)
+                names.append(data[at:at + length].decode())
+                at += length + 1  # the kind byte
+                _, at = leb(at)  # the index
+        pos += size
+    return names
+
+
+@pytest.mark.parametrize("module", [harness.WASM, harness.WASM_COOKIE])
+def test_the_modules_export_the_abi_for_which_envoy_re_routes(module):
+    """Envoy (1.33 and later) clears the route cache after a wasm filter changes request headers
+    only for modules of ABI 0.2.1 or older (`context.cc`, `onHeadersModified`): every route that
+    matches the header depends on it. A module that exported a newer ABI would keep the route
+    matched before it ran, and every request would take the default route. The re-routing itself
+    is proven through Envoy by the tests above."""
+    harness.build_wasm()
+    abi = [n for n in wasm_exports(module) if n.startswith("proxy_abi_version_")]
+    assert abi == ["proxy_abi_version_0_2_1"], abi

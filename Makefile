@@ -82,9 +82,19 @@ $(VENV)/.installed: requirements-dev.txt
 	@touch $@
 
 ## configs: copy the sample plugin config envoy/meshsplit.json into the Envoy and Istio configs
-##          that embed it (envoy/sync_configs.py; tests/test_bundle.py fails when a copy drifts)
-configs: venv
+##          that embed it (envoy/sync_configs.py; tests/test_bundle.py fails when a copy drifts),
+##          and render from it the manifests that route it with Istio's or Envoy Gateway's own
+##          APIs into envoy/supported/ (`meshsplit render`; tests/test_supported_routes.py fails
+##          when one drifts)
+RENDER_TARGETS := sidecar sidecar-httproute ambient envoy-gateway
+configs: venv cli
 	$(PYTHON) envoy/sync_configs.py
+	@mkdir -p envoy/supported
+	@for t in $(RENDER_TARGETS); do \
+	  echo "meshsplit render --target $$t > envoy/supported/$$t.yaml"; \
+	  target/release/meshsplit render --target $$t --module oci://REGISTRY/meshsplit:TAG \
+	    envoy/meshsplit.json > envoy/supported/$$t.yaml 2>/dev/null || exit 1; \
+	done
 
 ## cli: the `meshsplit` command (`meshsplit check FILE...`) at target/release/meshsplit
 cli:
@@ -92,7 +102,8 @@ cli:
 
 ## check-configs: `meshsplit check` every plugin config, Envoy config and Istio manifest shipped
 check-configs: cli
-	target/release/meshsplit check --skip-unrelated envoy/*.json envoy/*.yaml envoy/istio/*.yaml
+	target/release/meshsplit check --skip-unrelated envoy/*.json envoy/*.yaml envoy/istio/*.yaml \
+	  envoy/supported/*.yaml
 
 ## oci: target/meshsplit-oci.tar, the module as a Wasm OCI image for Istio (envoy/oci.py), and
 ##      target/meshsplit-cookie-oci.tar of meshsplit-cookie.wasm; prints

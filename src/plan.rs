@@ -259,7 +259,10 @@ pub struct OwnedHeaders {
 
 impl OwnedHeaders {
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.cluster.iter().chain(self.upstream.iter()).map(String::as_str)
+        self.cluster
+            .iter()
+            .chain(self.upstream.iter())
+            .map(String::as_str)
     }
 }
 

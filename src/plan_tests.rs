@@ -1069,7 +1069,14 @@ fn envoy_headers_cannot_be_the_cluster_header() {
 #[test]
 fn a_header_of_its_own_can_be_the_cluster_header() {
     for name in ["x-route-to", "x-envoyish", "x-cluster"] {
-        assert_eq!(with_cluster_header(name).unwrap().headers.cluster.as_deref(), Some(name));
+        assert_eq!(
+            with_cluster_header(name)
+                .unwrap()
+                .headers
+                .cluster
+                .as_deref(),
+            Some(name)
+        );
     }
 }
 
@@ -1217,7 +1224,10 @@ fn the_upstream_header_follows_the_cluster_headers_rules() {
     let e = with_headers(r#""upstream_header": "X-V""#).unwrap_err();
     assert_eq!(e.path, "upstream_header");
     let e = with_headers(r#""upstream_header": "x-same", "cluster_header": "x-same""#).unwrap_err();
-    assert_eq!(e.to_string(), r#"upstream_header: must differ from cluster_header (both are "x-same")"#);
+    assert_eq!(
+        e.to_string(),
+        r#"upstream_header: must differ from cluster_header (both are "x-same")"#
+    );
 }
 
 #[test]

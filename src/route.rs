@@ -11,7 +11,8 @@ use crate::host::Host;
 use crate::in_flight;
 use crate::metrics::Counted;
 use crate::plan::{
-    Condition, HashOn, HeaderTest, OnUnknownService, OwnedHeaders, Plan, Service, ServiceFrom, Strategy,
+    Condition, HashOn, HeaderTest, OnUnknownService, OwnedHeaders, Plan, Service, ServiceFrom,
+    Strategy,
 };
 use crate::request::{has_exact, has_prefix, host_key, query_param, RequestView};
 use crate::select::{least_request, rendezvous, smooth_round_robin};

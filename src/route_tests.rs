@@ -608,7 +608,10 @@ fn upstream_header_beside_the_cluster_header_writes_both() {
     let host = FakeHost::with_headers(&[(":authority", "ratings")]);
     run(&plan, &host);
     assert_eq!(host.header("x-meshsplit-upstream").as_deref(), Some("v2"));
-    assert_eq!(host.header("x-meshsplit-cluster").as_deref(), Some("ratings_v2"));
+    assert_eq!(
+        host.header("x-meshsplit-cluster").as_deref(),
+        Some("ratings_v2")
+    );
 }
 
 #[test]

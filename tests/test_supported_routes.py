@@ -234,7 +234,7 @@ def test_rendered_manifests_validate_against_their_crds(cli, tmp_path, target):
     docs = render(cli, tmp_path, target, PLUGIN, *extra)
     out.write_text(yaml.safe_dump_all(docs))
     result = subprocess.run([str(CRD_VALIDATE), str(out)], capture_output=True, text=True,
-                            timeout=120, env=harness.envoy_env() | {"PATH": f"{harness.ROOT / '.venv' / 'bin'}:/usr/bin:/bin"})
+                            timeout=120, env={"PATH": f"{harness.ROOT / '.venv' / 'bin'}:/usr/bin:/bin"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 error(s)" in result.stdout + result.stderr
     # Every route removes the header, and the default route carries the config's weights.
@@ -321,3 +321,94 @@ def test_the_modules_export_the_abi_for_which_envoy_re_routes(module):
     harness.build_wasm()
     abi = [n for n in wasm_exports(module) if n.startswith("proxy_abi_version_")]
     assert abi == ["proxy_abi_version_0_2_1"], abi
+
+
+# --- `meshsplit check` on the routes -----------------------------------------------------------
+
+def check(cli, *files):
+    return subprocess.run([str(cli), "check", "--strict", *map(str, files)], capture_output=True,
+                          text=True, timeout=60)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_check_passes_the_rendered_manifests_and_names_their_routes(cli, tmp_path, target):
+    out = tmp_path / "rendered.yaml"
+    extra = ["--sha256", "a" * 64] if target == "envoy-gateway" else []
+    out.write_text(yaml.safe_dump_all(render(cli, tmp_path, target, PLUGIN, *extra)))
+    result = check(cli, out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    kind = "VirtualService" if target == "sidecar" else "HTTPRoute"
+    assert f"{out}: {kind} default/reviews: ok: routes {HEADER} for services[0] (\"reviews\")" \
+        in result.stdout, result.stdout
+    assert "warning" not in result.stdout
+
+
+def test_check_warns_about_routes_that_do_not_follow_the_config(cli, tmp_path):
+    """The plugin config and the routes in two files, as they are usually kept: a missing
+    version route, a default route with other weights, a route that keeps the header."""
+    docs = render(cli, tmp_path, "sidecar", PLUGIN)
+    plugin_file, routes_file = tmp_path / "wasmplugin.yaml", tmp_path / "virtualservice.yaml"
+    plugin_file.write_text(yaml.safe_dump(docs[0]))
+    vs = docs[2]
+    http = vs["spec"]["http"]
+    del http[1]  # v2's route
+    del http[0]["headers"]  # v1's route no longer removes the header
+    http[-1]["route"][0]["weight"], http[-1]["route"][1]["weight"] = 90, 10
+    routes_file.write_text(yaml.safe_dump(vs))
+    result = check(cli, plugin_file, routes_file)
+    assert result.returncode == 1, result.stdout + result.stderr
+    warnings = [l for l in result.stdout.splitlines() if l.startswith("warning: ")]
+    at = f"warning: {routes_file}: VirtualService default/reviews: "
+    assert warnings == [
+        f"{at}no route matches {HEADER}: v2: the requests services[0] (\"reviews\") of "
+        f"{plugin_file}: WasmPlugin default/meshsplit sends to upstream \"v2\" take another route",
+        f"{at}the route for {HEADER}: v1 does not remove {HEADER}: the upstream sees it",
+        f"{at}the default route's weights (v1 90, v3 5, and 10 to backends no version's route names) "
+        f"are not the config's (v1 80, v3 5): "
+        f"requests without {HEADER} split differently from the filter's",
+    ], result.stdout
+    # Alone, the routes file routes no config's header: nothing meshsplit reads.
+    assert check(cli, routes_file).returncode == 2
+
+
+def test_check_warns_about_an_http_route_without_a_default_rule(cli, tmp_path):
+    docs = render(cli, tmp_path, "envoy-gateway", PLUGIN, "--sha256", "a" * 64)
+    docs[-1]["spec"]["rules"] = docs[-1]["spec"]["rules"][:3]
+    out = tmp_path / "eg.yaml"
+    out.write_text(yaml.safe_dump_all(docs))
+    result = check(cli, out)
+    assert result.returncode == 1
+    assert f"warning: {out}: HTTPRoute default/reviews: no default route: requests without {HEADER}" \
+        in result.stdout, result.stdout
+
+
+# --- The shipped manifests (envoy/supported/, `make configs`) --------------------------------------
+
+SHIPPED = harness.ENVOY_DIR / "supported"
+SHIPPED_SHAPES = {"sidecar": "sidecar-virtualservice", "sidecar-httproute": "sidecar-httproute",
+                  "ambient": "waypoint", "envoy-gateway": "envoy-gateway"}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_the_shipped_manifests_are_rendered_from_the_sample_config_and_split(cli, tmp_path, target):
+    shipped = SHIPPED / f"{target}.yaml"
+    fresh = subprocess.run([str(cli), "render", "--target", target, "--module",
+                            "oci://REGISTRY/meshsplit:TAG", str(harness.ENVOY_DIR / "meshsplit.json")],
+                           capture_output=True, text=True, timeout=60)
+    assert fresh.returncode == 0, fresh.stderr
+    assert shipped.read_text() == fresh.stdout, f"{shipped} is stale: run `make configs`"
+    result = subprocess.run([str(CRD_VALIDATE), str(shipped)], capture_output=True, text=True,
+                            timeout=120, env={"PATH": f"{harness.ROOT / '.venv' / 'bin'}:/usr/bin:/bin"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    # As a user would apply it: the control plane's Envoy configuration from these very files.
+    docs = [d for d in yaml.safe_load_all(shipped.read_text()) if d]
+    shape = SHIPPED_SHAPES[target]
+    host = SHAPES[shape][2]
+    if target == "envoy-gateway":
+        host = "reviews.default.svc.cluster.local"
+    with harness.upstreams(*VERSIONS, "other") as ports, \
+            harness.Envoy(SHAPES[shape][1](docs, harness.build_wasm(), ports), tmp_path) as envoy:
+        answers = send(envoy.port, REQUESTS, {"Host": host, HEADER: "v2"})
+        pinned = send(envoy.port, 30, {"Host": host, "x-canary": "true"}, connections=1)
+    assert_weighted(upstreams_of(answers))
+    assert upstreams_of(pinned) == {"v3": 30}

@@ -513,7 +513,14 @@ pub(crate) fn check_hooks(input: &[u8]) -> Result<(), TestCaseError> {
                 with_envoy(|e| (e.headers.clone(), e.route_cache_cleared, e.response.clone()));
             let written: Vec<&Vec<u8>> = headers
                 .iter()
-                .filter(|(k, _)| *k == plan.headers.cluster.as_deref().unwrap_or_default().as_bytes())
+                .filter(|(k, _)| {
+                    *k == plan
+                        .headers
+                        .cluster
+                        .as_deref()
+                        .unwrap_or_default()
+                        .as_bytes()
+                })
                 .map(|(_, v)| v)
                 .collect();
             match &allowed {

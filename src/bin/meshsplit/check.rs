@@ -12,7 +12,8 @@ use crate::extract::{extract, Clusters, Found};
 use crate::output::say_err;
 use crate::report::Line;
 use crate::route_patches;
-use crate::source::{decode, parse};
+use crate::source::{decode, parse, Document};
+use crate::split_routes;
 use crate::Status;
 
 /// Services named in a summary line; more are counted.
@@ -71,13 +72,28 @@ enum FileError {
 pub fn run(args: &Args) -> Status {
     let mut status = Status::Ok;
     let mut found_any = false;
-    let stdout = io::stdout();
-    let mut out = stdout.lock();
+    // Every file first: the routes of one file are checked against the configs of all.
+    let mut files = Vec::new();
+    let mut configs = Vec::new();
     for path in &args.files {
         let name = path.display().to_string();
         let result = read(path)
             .map_err(FileError::Unusable)
             .and_then(|t| check_text(&name, &t));
+        if let Ok(checked) = &result {
+            configs.extend(upstream_header_configs(&name, &checked.documents));
+        }
+        files.push((name, result));
+    }
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    for (name, result) in files {
+        // A file with configs of its own is a bundle: its routes are for those.
+        let result = result.and_then(|checked| {
+            let own = upstream_header_configs(&name, &checked.documents);
+            let configs = if own.is_empty() { &configs } else { &own };
+            finish(&name, checked, configs)
+        });
         // Write errors (a closed pipe) cannot be reported anywhere better; the status stands.
         match result {
             Ok(lines) => {
@@ -93,7 +109,7 @@ pub fn run(args: &Args) -> Status {
             Err(FileError::NoConfig) => {
                 status = Status::Error;
                 let _ = out.flush();
-                say_err!("error: {name}: no meshsplit config found (a plugin config has a \"services\" list; embedded ones are the StringValue configuration of a wasm HTTP filter, or a WasmPlugin's or TrafficExtension's pluginConfig)");
+                say_err!("error: {name}: no meshsplit config found (a plugin config has a \"services\" list; embedded ones are the StringValue configuration of a wasm HTTP filter, or a WasmPlugin's or TrafficExtension's pluginConfig, or an EnvoyExtensionPolicy's wasm config; a VirtualService or HTTPRoute counts when it routes the upstream header of a config checked with it)");
             }
             Err(FileError::Unusable(message)) => {
                 status = Status::Error;
@@ -110,6 +126,47 @@ pub fn run(args: &Args) -> Status {
     status
 }
 
+/// A file's lines with those of its routes checked against `configs`; no line at all: the file
+/// holds nothing meshsplit reads.
+fn finish(
+    name: &str,
+    checked: Checked,
+    configs: &[split_routes::Config],
+) -> Result<Vec<Line>, FileError> {
+    let mut lines = checked.lines;
+    lines.extend(split_routes::lines(name, &checked.documents, configs));
+    if lines.is_empty() {
+        Err(FileError::NoConfig)
+    } else {
+        Ok(lines)
+    }
+}
+
+/// One file checked on its own, as `run` checks it.
+#[cfg(test)]
+fn check_file(name: &str, text: &str) -> Result<Vec<Line>, FileError> {
+    let checked = check_text(name, text)?;
+    let configs = upstream_header_configs(name, &checked.documents);
+    finish(name, checked, &configs)
+}
+
+/// The valid configs of a file that write an upstream header, for `split_routes`.
+fn upstream_header_configs(name: &str, documents: &[Document]) -> Vec<split_routes::Config> {
+    extract(documents)
+        .iter()
+        .filter_map(|found| {
+            let plan = found.plan().ok()?;
+            plan.headers.upstream.as_ref()?;
+            let at = if found.place.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{name}: {}", found.place)
+            };
+            Some(split_routes::Config { at, plan })
+        })
+        .collect()
+}
+
 pub(crate) fn read(path: &PathBuf) -> Result<String, String> {
     let mut bytes = Vec::new();
     let result = if path.as_os_str() == "-" {
@@ -121,19 +178,21 @@ pub(crate) fn read(path: &PathBuf) -> Result<String, String> {
     decode(bytes)
 }
 
+/// One file's report (empty when it holds nothing meshsplit reads), and its documents.
+struct Checked {
+    lines: Vec<Line>,
+    documents: Vec<Document>,
+}
+
 /// The report for one file's text.
-fn check_text(name: &str, text: &str) -> Result<Vec<Line>, FileError> {
+fn check_text(name: &str, text: &str) -> Result<Checked, FileError> {
     let documents = parse(text).map_err(FileError::Unusable)?;
     let found = extract(&documents);
     let routes = route_patches::lines(name, &documents);
-    let ecds = ecds_lines(name, &documents);
-    if found.is_empty() && routes.is_empty() && ecds.is_empty() {
-        return Err(FileError::NoConfig);
-    }
-    let mut lines = ecds;
+    let mut lines = ecds_lines(name, &documents);
     lines.extend(found.iter().flat_map(|f| check_one(name, f)));
     lines.extend(routes);
-    Ok(lines)
+    Ok(Checked { lines, documents })
 }
 
 /// An invalid line for every reason Envoy would reject an ECDS file (a discovery response
@@ -174,7 +233,9 @@ pub(crate) fn check_one(name: &str, found: &Found) -> Vec<Line> {
         // The same words the filter logs: "invalid configuration: {err}".
         Err(err) => vec![Line::Invalid(format!("{at}: invalid configuration: {err}"))],
         Ok(plan) => {
-            if found.istio {
+            // With only an upstream header the routes match the upstream's name, and the
+            // cluster names no route (split_routes checks those routes).
+            if found.istio && plan.headers.cluster.is_some() {
                 let wrong = istio_cluster_lines(&at, &plan);
                 if !wrong.is_empty() {
                     return wrong;
@@ -440,7 +501,7 @@ mod tests {
     }
 
     fn report(text: &str) -> Vec<String> {
-        check_text("f", text)
+        check_file("f", text)
             .unwrap()
             .iter()
             .map(Line::to_string)
@@ -682,7 +743,7 @@ mod tests {
 
     #[test]
     fn cluster_missing_from_the_bootstrap_is_a_warning_with_its_path() {
-        let lines = check_text("f", &bootstrap(&two_upstreams(), &["reviews_v1"], false)).unwrap();
+        let lines = check_file("f", &bootstrap(&two_upstreams(), &["reviews_v1"], false)).unwrap();
         assert_eq!(lines[1].to_string(),
             "warning: f: listeners[0] meshsplit: services[0].upstreams[1].cluster: cluster \"reviews_v9\" \
              is not defined in this bootstrap's static_resources.clusters (requests routed there get 503 NC)");
@@ -693,7 +754,7 @@ mod tests {
 
     #[test]
     fn with_cds_a_missing_cluster_is_only_a_note() {
-        let lines = check_text("f", &bootstrap(&two_upstreams(), &["reviews_v1"], true)).unwrap();
+        let lines = check_file("f", &bootstrap(&two_upstreams(), &["reviews_v1"], true)).unwrap();
         assert_eq!(lines.len(), 2);
         let note = lines[1].to_string();
         assert!(
@@ -717,9 +778,9 @@ mod tests {
 
     #[test]
     fn files_without_configs_and_unparsable_files_are_file_errors() {
-        assert_eq!(check_text("f", "kind: Service\n"), Err(FileError::NoConfig));
+        assert_eq!(check_file("f", "kind: Service\n"), Err(FileError::NoConfig));
         assert!(
-            matches!(check_text("f", "{\"a\": [}"), Err(FileError::Unusable(m)) if m.starts_with("not valid JSON"))
+            matches!(check_file("f", "{\"a\": [}"), Err(FileError::Unusable(m)) if m.starts_with("not valid JSON"))
         );
     }
 }

@@ -207,6 +207,32 @@ fn from_manifest(value: &Value, out: &mut Vec<Found>) {
                 out.push(plugin_config_object(Some(wasm), place, plugin));
             }
         }
+        "EnvoyExtensionPolicy" => {
+            // Envoy Gateway: each wasm module's and dynamic module's `config`, passed to the
+            // module as JSON text; the ones that are meshsplit by name or by their `services`.
+            for (list, label) in [("wasm", "wasm"), ("dynamicModule", "dynamicModule")] {
+                for (i, module) in items(spec.and_then(|s| s.get(list))).enumerate() {
+                    let module_name = module
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    let config = module.get("config");
+                    let ours = module_name.contains("meshsplit")
+                        || config.is_some_and(|c| c.get("services").is_some());
+                    if !ours {
+                        continue;
+                    }
+                    let mut found = plugin_config_object(
+                        Some(module),
+                        format!("{place} {label}[{i}]"),
+                        module_name.to_owned(),
+                    );
+                    found.config = config.map(Value::to_string).unwrap_or_default();
+                    found.istio = false;
+                    out.push(found);
+                }
+            }
+        }
         _ => from_container(value, &place, true, None, out),
     }
 }

@@ -22,6 +22,7 @@ mod schedule;
 mod schema;
 mod simulate;
 mod source;
+mod split_routes;
 mod status;
 mod watch;
 

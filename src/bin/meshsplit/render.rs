@@ -115,8 +115,8 @@ fn render(args: &Args) -> Result<(String, Vec<String>), Failure> {
     let name = args.config.display().to_string();
     let found = pick(&name, find(&args.config)?, args.config_index)?;
     let loaded = compile(&name, &found)?;
-    let mut raw: Value = serde_json::from_str(&loaded.text)
-        .map_err(|e| Failure::usage(format!("{name}: {e}")))?;
+    let mut raw: Value =
+        serde_json::from_str(&loaded.text).map_err(|e| Failure::usage(format!("{name}: {e}")))?;
     check_name("--namespace", &args.namespace)?;
     if args.target == Target::EnvoyGateway {
         check_name("--gateway", &args.gateway)?;
@@ -170,7 +170,10 @@ fn routed_services(plan: &Plan) -> Result<Vec<Routed>, Failure> {
         check_label(&format!("services[{s}].name"), &service.name)?;
         let mut versions = Vec::new();
         for (u, upstream) in service.upstreams.iter().enumerate() {
-            check_label(&format!("services[{s}].upstreams[{u}].name"), &upstream.name)?;
+            check_label(
+                &format!("services[{s}].upstreams[{u}].name"),
+                &upstream.name,
+            )?;
             let combined = format!("{}-{}", service.name, upstream.name);
             if combined.len() > 63 {
                 return Err(Failure::usage(format!(
@@ -225,7 +228,11 @@ fn cluster(args: &Args, service: &Routed, index: usize, version: &Version) -> St
     let port = args.port;
     match args.target {
         // pilot/pkg/model/service.go BuildSubsetKey
-        Target::Sidecar => format!("outbound|{port}|{}|{}", version.name, fqdn(args, &service.name)),
+        Target::Sidecar => format!(
+            "outbound|{port}|{}|{}",
+            version.name,
+            fqdn(args, &service.name)
+        ),
         Target::SidecarHttproute => format!(
             "outbound|{port}||{}",
             fqdn(args, &format!("{}-{}", service.name, version.name))
@@ -236,10 +243,9 @@ fn cluster(args: &Args, service: &Routed, index: usize, version: &Version) -> St
             fqdn(args, &format!("{}-{}", service.name, version.name))
         ),
         // internal/xds/translator: one cluster per HTTPRoute rule, httproute/NS/NAME/rule/I
-        Target::EnvoyGateway => format!(
-            "httproute/{}/{}/rule/{index}",
-            args.namespace, service.name
-        ),
+        Target::EnvoyGateway => {
+            format!("httproute/{}/{}/rule/{index}", args.namespace, service.name)
+        }
     }
 }
 
@@ -286,7 +292,9 @@ fn plugin_config(raw: &mut Value, args: &Args, services: &[Routed], header: &str
             }
             raw_service.insert("hosts".into(), json!(hosts));
         }
-        let Some(upstreams) = raw_service.get_mut("upstreams").and_then(Value::as_array_mut)
+        let Some(upstreams) = raw_service
+            .get_mut("upstreams")
+            .and_then(Value::as_array_mut)
         else {
             continue;
         };
@@ -397,8 +405,11 @@ fn scalar_text(text: &str) -> String {
     }
 }
 
-fn metadata(args: &Args, name: &str) -> Value {
-    json!({"name": name, "namespace": args.namespace})
+fn metadata(args: &Args, name: &str) -> Map<String, Value> {
+    let mut meta = Map::new();
+    meta.insert("name".into(), json!(name));
+    meta.insert("namespace".into(), json!(args.namespace));
+    meta
 }
 
 /// The WasmPlugin (Istio) or EnvoyExtensionPolicy (Envoy Gateway) that runs the module with
@@ -418,10 +429,11 @@ fn module_resource(args: &Args, services: &[Routed], config: Value) -> Result<Va
         }
     }
     if args.target == Target::EnvoyGateway {
-        let code = if let Some(image) = args.module.strip_prefix("oci://") {
-            let mut image = json!({"url": image});
+        let code = if let Some(image_ref) = args.module.strip_prefix("oci://") {
+            let mut image = Map::new();
+            image.insert("url".into(), json!(image_ref));
             if let Some(sha) = &args.sha256 {
-                image["sha256"] = json!(sha);
+                image.insert("sha256".into(), json!(sha));
             }
             json!({"type": "Image", "image": image})
         } else if https {
@@ -515,7 +527,8 @@ fn remove_header(header: &str) -> Value {
 
 fn virtual_service(args: &Args, service: &Routed, header: &str) -> Value {
     let host = fqdn(args, &service.name);
-    let destination = |v: &Version| json!({"host": host, "subset": v.name, "port": {"number": args.port}});
+    let destination =
+        |v: &Version| json!({"host": host, "subset": v.name, "port": {"number": args.port}});
     let mut http: Vec<Value> = service
         .versions
         .iter()
@@ -549,7 +562,10 @@ fn virtual_service(args: &Args, service: &Routed, header: &str) -> Value {
 fn version_service(args: &Args, service: &Routed, version: &Version) -> Value {
     let mut meta = metadata(args, &format!("{}-{}", service.name, version.name));
     if args.target == Target::Ambient {
-        meta["labels"] = json!({"istio.io/use-waypoint": args.waypoint});
+        meta.insert(
+            "labels".into(),
+            json!({"istio.io/use-waypoint": args.waypoint}),
+        );
     }
     json!({
         "apiVersion": "v1",
@@ -563,10 +579,10 @@ fn version_service(args: &Args, service: &Routed, version: &Version) -> Value {
 }
 
 fn http_route(args: &Args, service: &Routed, header: &str) -> Value {
-    let backend = |v: &Version| {
-        json!({"name": format!("{}-{}", service.name, v.name), "port": args.port})
-    };
-    let remove = json!([{"type": "RequestHeaderModifier", "requestHeaderModifier": {"remove": [header]}}]);
+    let backend =
+        |v: &Version| json!({"name": format!("{}-{}", service.name, v.name), "port": args.port});
+    let remove =
+        json!([{"type": "RequestHeaderModifier", "requestHeaderModifier": {"remove": [header]}}]);
     let mut rules: Vec<Value> = service
         .versions
         .iter()
@@ -582,9 +598,11 @@ fn http_route(args: &Args, service: &Routed, header: &str) -> Value {
         .versions
         .iter()
         .map(|v| {
-            let mut b = backend(v);
-            b["weight"] = json!(v.weight);
-            b
+            json!({
+                "name": format!("{}-{}", service.name, v.name),
+                "port": args.port,
+                "weight": v.weight,
+            })
         })
         .collect();
     rules.push(json!({"filters": remove, "backendRefs": weighted}));
@@ -594,7 +612,7 @@ fn http_route(args: &Args, service: &Routed, header: &str) -> Value {
         let hostnames: Vec<String> = service
             .hosts
             .iter()
-            .filter(|h| h.contains('.') && !h.parse::<std::net::Ipv4Addr>().is_ok())
+            .filter(|h| h.contains('.') && h.parse::<std::net::Ipv4Addr>().is_err())
             .cloned()
             .collect();
         if !hostnames.is_empty() {
@@ -623,8 +641,14 @@ mod tests {
     fn strings_yaml_would_read_otherwise_are_quoted() {
         for (text, shown) in [
             ("v1", "v1"),
-            ("outbound|9080|v1|reviews.default.svc.cluster.local", "outbound|9080|v1|reviews.default.svc.cluster.local"),
-            ("oci://registry.example/meshsplit:0.2.0", "oci://registry.example/meshsplit:0.2.0"),
+            (
+                "outbound|9080|v1|reviews.default.svc.cluster.local",
+                "outbound|9080|v1|reviews.default.svc.cluster.local",
+            ),
+            (
+                "oci://registry.example/meshsplit:0.2.0",
+                "oci://registry.example/meshsplit:0.2.0",
+            ),
             ("true", "\"true\""),
             ("No", "\"No\""),
             ("2026-12-01T10:00:00Z", "\"2026-12-01T10:00:00Z\""),

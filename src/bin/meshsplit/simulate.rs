@@ -147,7 +147,12 @@ impl SimHost {
                 .request_header(header)
                 .map(|v| String::from_utf8_lossy(&v).into_owned()),
             // Only an upstream header: the cluster its route sends the upstream's name to.
-            (None, Counted::Upstream { service, upstream, .. }) => plan
+            (
+                None,
+                Counted::Upstream {
+                    service, upstream, ..
+                },
+            ) => plan
                 .services
                 .get(service)
                 .and_then(|s| s.upstreams.get(upstream))

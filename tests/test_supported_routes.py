@@ -13,6 +13,8 @@ import collections
 import concurrent.futures
 import datetime
 import json
+import re
+import shlex
 import struct
 import subprocess
 import time
@@ -412,3 +414,36 @@ def test_the_shipped_manifests_are_rendered_from_the_sample_config_and_split(cli
         pinned = send(envoy.port, 30, {"Host": host, "x-canary": "true"}, connections=1)
     assert_weighted(upstreams_of(answers))
     assert upstreams_of(pinned) == {"v3": 30}
+
+
+# --- The commands on the docs' pages ---------------------------------------------------------------
+
+DOC_PAGES = [harness.ROOT / "docs" / "istio.md", harness.ROOT / "docs" / "envoy-gateway.md"]
+
+
+def doc_commands(word):
+    for page in DOC_PAGES:
+        for block in re.findall(r"```sh\n(.*?)```", page.read_text(), re.S):
+            for line in block.splitlines():
+                if line.startswith(f"meshsplit {word} "):
+                    yield page.name, line
+
+
+@pytest.mark.parametrize("page,line", list(doc_commands("render")))
+def test_the_docs_render_commands_write_the_shipped_manifests(cli, page, line):
+    """Each `meshsplit render` line of the docs, run as written from the repository root, writes
+    exactly the file the page says it is (envoy/supported/TARGET.yaml)."""
+    args = shlex.split(line)[1:]
+    out = subprocess.run([str(cli), *args], cwd=harness.ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, (page, line, out.stderr)
+    target = args[args.index("--target") + 1]
+    assert out.stdout == (SHIPPED / f"{target}.yaml").read_text(), (page, line)
+
+
+def test_the_docs_check_commands_pass_on_the_shipped_manifests(cli):
+    for page in DOC_PAGES:
+        for path in re.findall(r"`meshsplit check --strict (envoy/supported/[a-z-]+\.yaml)`", page.read_text()):
+            out = subprocess.run([str(cli), "check", "--strict", path], cwd=harness.ROOT,
+                                 capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, (page.name, path, out.stdout, out.stderr)

@@ -279,6 +279,17 @@ impl Instance {
         }
     }
 
+    /// Sets gauge `name` (defined once per VM) to `value`.
+    pub fn set_gauge<H: Host + ?Sized>(&self, name: &str, value: u64, host: &H) {
+        let host = DefineOnce {
+            host,
+            ids: &self.metric_ids,
+        };
+        if let Some(id) = host.define_gauge(name) {
+            host.set_gauge(id, value);
+        }
+    }
+
     /// Parses and installs a plugin configuration for `root` of the filter instance (Envoy
     /// plugin) named `plugin`. On error nothing changes: the previous plan, if any, keeps serving.
     pub fn configure<H: Host + ?Sized>(

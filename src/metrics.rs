@@ -7,7 +7,9 @@
 //! - `meshsplit.<plugin>.<service>.rules.<index>.hits_total`: requests a rule claimed;
 //! - `meshsplit.<plugin>.unknown_service_total`: requests whose key matched no service;
 //! - `meshsplit.<plugin>.rejected_total`: of those, the ones answered 404 (`reject`);
-//! - `meshsplit.<plugin>.config_failures_total`: configurations refused (once per Envoy each).
+//! - `meshsplit.<plugin>.config_failures_total`: configurations refused (once per Envoy each);
+//! - `meshsplit.<plugin>.config_refused` (gauge): 1 while the plugin's latest configuration is
+//!   one the filter refused (the previous one keeps serving), 0 once it accepts one.
 
 use crate::host::Host;
 use crate::plan::{stat_segment, Plan};
@@ -156,6 +158,11 @@ impl PlanCounters {
         self.rejected
             .flush(host, || format!("meshsplit.{plugin}.rejected_total"));
     }
+}
+
+/// The name of the gauge that is 1 while `plugin`'s latest configuration was refused.
+pub fn config_refused_name(plugin: &str) -> String {
+    format!("meshsplit.{}.config_refused", stat_segment(plugin))
 }
 
 /// The name of the counter of refused configurations of `plugin`.

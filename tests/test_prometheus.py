@@ -234,7 +234,7 @@ def substituted(expr, service="svc"):
 SERVICES = ("svc", "ramp")
 # Panels that have data only after the event they count: a configuration refused by the wasm
 # filter (its counter is defined on the first refusal, and the native build has none).
-NEEDS_A_REFUSAL = {'panel "Refused configurations" A'}
+REFUSED_PANEL = 'panel "Envoys refusing their latest configuration" A'
 
 
 def test_every_dashboard_query_returns_data(setup):
@@ -270,13 +270,14 @@ def test_every_dashboard_query_returns_data(setup):
     # exists only for `ramp` (the service with a rollout), rule hits only for `svc`.
     empty = [(where, expr) for where, expr in queries
              if not any(data(substituted(expr, service)) for service in SERVICES)]
-    assert {where for where, _ in empty} == NEEDS_A_REFUSAL, empty
+    assert empty == [], empty
 
 
 @pytest.mark.builds("wasm")
 def test_a_refused_configuration_shows_on_the_dashboard_and_fires_its_alert(build, tmp_path):
     """A live update the wasm filter refuses (ECDS file with an invalid weight): the dashboard's
-    refused-configurations panel reads 1 and MeshsplitConfigRefused fires (it has no `for`)."""
+    refused-configurations panel reads 1 and MeshsplitConfigRefused fires (it has no `for`), and
+    stays while the configuration is refused; an accepted one clears both."""
     import test_reload
     binary = prometheus_bin()
     if not binary:
@@ -287,7 +288,7 @@ def test_a_refused_configuration_shows_on_the_dashboard_and_fires_its_alert(buil
     good = test_reload.plugin({"v1": 1, "v2": 0})
     test_reload.publish(ecds, 1, good)
     (where, expr), = [(w, e) for w, e in dashboard_module().queries(json.loads(DASHBOARD.read_text()))
-                      if w in NEEDS_A_REFUSAL]
+                      if w == REFUSED_PANEL]
     expr = substituted(expr)
     with harness.upstreams("v1", "v2") as ports, \
             harness.Envoy(test_reload.ecds_bootstrap(ecds, ports, good), envoy_dir) as envoy:
@@ -304,7 +305,16 @@ def test_a_refused_configuration_shows_on_the_dashboard_and_fires_its_alert(buil
             assert firing()[0]["labels"]["plugin"] == "meshsplit", firing()
             assert harness.wait_for(lambda: prometheus.query(expr, by="plugin") == {"meshsplit": 1.0},
                                     timeout=5), (where, expr, prometheus.query(expr, by="plugin"))
-            # The last good configuration still serves.
+            # The last good configuration still serves, and the alert stays while it is refused.
             assert harness.send(envoy.port, 10, {"Host": "svc"}) == {"v1": 10}
+            time.sleep(3)
+            assert firing(), prometheus.api("alerts")
+            # A configuration it accepts: the panel reads 0 and the alert resolves.
+            test_reload.publish(ecds, 3, test_reload.plugin({"v1": 0, "v2": 1}))
+            assert harness.wait_for(lambda: harness.send(envoy.port, 5, {"Host": "svc"}) == {"v2": 5},
+                                    timeout=10)
+            assert harness.wait_for(lambda: prometheus.query(expr, by="plugin") == {"meshsplit": 0.0}
+                                    and not prometheus.alerts("MeshsplitConfigRefused"),
+                                    timeout=ALERT_BOUND_S + 5), prometheus.api("alerts")
         finally:
             prometheus.stop()

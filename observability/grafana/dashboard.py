@@ -32,6 +32,12 @@ DATASOURCE = dash.DataSourceRef(type_val="prometheus", uid="${datasource}")
 # row; the plugin variable is a regex (several plugins, or all).
 SERVICE = 'plugin=~"$plugin", service=~"$service"'
 PLUGIN = 'plugin=~"$plugin"'
+# The fleet's shares of the row's service, over every plugin selected (the recording rules keep
+# plugins apart; a service under two plugin names, as during an Istio upgrade, is one split here).
+OBSERVED_SHARE = (f"sum by (upstream) (meshsplit:requests:rate1m{{{SERVICE}}}) / ignoring (upstream) "
+                  f"group_left sum (meshsplit:requests:rate1m{{{SERVICE}}})")
+WEIGHT_SHARE = (f"sum by (upstream) (meshsplit:weighted_requests:rate1m{{{SERVICE}}}) / ignoring (upstream) "
+                f"group_left sum (meshsplit:requests:rate1m{{{SERVICE}}})")
 
 
 def query(expr, legend, ref="A"):
@@ -55,13 +61,13 @@ def split_panel():
     return (ts_b.Panel().title("Split: observed share (stacked) and weight in force (dashed)")
             .description(
                 "Stacked areas: each upstream's share of the service's requests over the last "
-                "minute (meshsplit:observed_share:ratio_rate1m). Dashed lines: the share its "
-                "weight in force stands for (meshsplit:weight_share:ratio): the configured "
-                "weight, the rollout step's, or 0 while the guard has it ejected. Areas that "
-                "follow the lines: the split is the one in force. Requests routed by a rule count "
-                "in the observed share too.")
-            .with_target(query(f"meshsplit:observed_share:ratio_rate1m{{{SERVICE}}}", "{{upstream}}"))
-            .with_target(query(f"meshsplit:weight_share:ratio{{{SERVICE}}}", "{{upstream}} weight", "B"))
+                "minute, over every Envoy (meshsplit:requests:rate1m). Dashed lines: the share the "
+                "weights in force stand for (meshsplit:weighted_requests:rate1m): on each Envoy the "
+                "configured weight, the rollout step's, or 0 while its guard has the upstream "
+                "ejected, weighted by that Envoy's requests. Areas that follow the lines: the split "
+                "is the one in force. Requests routed by a rule count in the observed share too.")
+            .with_target(query(OBSERVED_SHARE, "{{upstream}}"))
+            .with_target(query(WEIGHT_SHARE, "{{upstream}} weight", "B"))
             .unit("percentunit").min(0).max(1).fill_opacity(40).line_width(1)
             .stacking(common_b.StackingConfig().mode(common.StackingMode.NORMAL))
             .legend(legend_table("lastNotNull"))
@@ -78,7 +84,7 @@ def weight_panel():
                 "The weight each upstream has now (meshsplit_weight, averaged over the Envoys): "
                 "the configured weight, the rollout step's, or 0 while ejected. A rollout shows as "
                 "steps; an ejection as a drop to 0 and back on readmission.")
-            .with_target(query(f"meshsplit:weight:avg{{{SERVICE}}}", "{{upstream}}"))
+            .with_target(query(f"avg by (upstream) (meshsplit:weight:avg{{{SERVICE}}})", "{{upstream}}"))
             .line_interpolation(common.LineInterpolation.STEP_AFTER).line_width(2).min(0)
             .legend(legend_table("lastNotNull"))
             .height(9).span(8))
@@ -89,7 +95,7 @@ def requests_panel():
             .description(
                 "Requests meshsplit routed to each upstream, by a rule or by the strategy, summed "
                 "over the Envoys (meshsplit:requests:rate1m).")
-            .with_target(query(f"meshsplit:requests:rate1m{{{SERVICE}}}", "{{upstream}}"))
+            .with_target(query(f"sum by (upstream) (meshsplit:requests:rate1m{{{SERVICE}}})", "{{upstream}}"))
             .unit("reqps").min(0).legend(legend_table("mean", "lastNotNull"))
             .height(8).span(8))
 
@@ -97,10 +103,11 @@ def requests_panel():
 def deviation_panel():
     return (ts_b.Panel().title("Observed share minus weight share")
             .description(
-                "How far each upstream's observed share is from its weight in force's share "
-                "(meshsplit:share_deviation:ratio_rate1m). Near 0 when the split follows the "
-                "weights; MeshsplitShareOffWeight fires when it stays beyond 0.1 for 10 minutes.")
-            .with_target(query(f"meshsplit:share_deviation:ratio_rate1m{{{SERVICE}}}", "{{upstream}}"))
+                "How far each upstream's observed share is from the share the weights in force "
+                "stand for, over the fleet (as meshsplit:share_deviation:ratio_rate1m). Near 0 when "
+                "the split follows the weights; MeshsplitShareOffWeight fires when an upstream "
+                "stays beyond 0.1 for 5 minutes.")
+            .with_target(query(f"({OBSERVED_SHARE}) - ({WEIGHT_SHARE})", "{{upstream}}"))
             .unit("percentunit").axis_soft_min(-0.1).axis_soft_max(0.1)
             .legend(legend_table("lastNotNull"))
             .height(8).span(8))
@@ -127,9 +134,14 @@ def ejections_panel():
     return (stat_b.Panel().title("Ejections in range")
             .description(
                 "How many times the guard ejected each upstream in the dashboard's time range, "
-                "summed over the Envoys (meshsplit_ejections_total).")
+                "summed over the Envoys (meshsplit_ejections_total). The wasm build creates the "
+                "counter at an Envoy's first ejection, at 1, which increase() cannot see: a "
+                "counter that appeared in the range counts with its whole value.")
             .with_target(query(
-                f"sum by (upstream) (increase(meshsplit_ejections_total{{{SERVICE}}}[$__range]))",
+                f"sum by (upstream) ((increase(meshsplit_ejections_total{{{SERVICE}}}[$__range]) "
+                f"and meshsplit_ejections_total{{{SERVICE}}} offset $__range) or "
+                f"(meshsplit_ejections_total{{{SERVICE}}} unless "
+                f"meshsplit_ejections_total{{{SERVICE}}} offset $__range))",
                 "{{upstream}}"))
             .decimals(0).no_value("0")
             .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]))
@@ -178,15 +190,14 @@ def alerts_panel():
 
 
 def refused_panel():
-    return (stat_b.Panel().title("Refused configurations")
+    return (stat_b.Panel().title("Envoys refusing their latest configuration")
             .description(
-                "Configurations the wasm filter refused, summed over the Envoys, each counted "
-                "since its Envoy started (meshsplit_config_failures_total: once per Envoy and "
-                "configuration). Envoy's log has the reason with the JSON path; "
-                "MeshsplitConfigRefused fires for 15 minutes after a refusal. The native build "
-                "refuses a configuration through Envoy's own config rejection (listener or ECDS "
-                "update stats), so this reads 0 there.")
-            .with_target(query(f"sum by (plugin) (meshsplit_config_failures_total{{{PLUGIN}}})",
+                "Envoys whose wasm filter refused the latest configuration of the plugin and keep "
+                "serving the previous one (meshsplit_config_refused); 0 once they accept one. "
+                "Envoy's log has the reason with the JSON path; MeshsplitConfigRefused fires "
+                "meanwhile. The native build refuses a configuration through Envoy's own config "
+                "rejection (listener or ECDS update stats), so this reads 0 there.")
+            .with_target(query(f"sum by (plugin) (meshsplit_config_refused{{{PLUGIN}}})",
                                "{{plugin}}"))
             .decimals(0).no_value("0")
             .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]))

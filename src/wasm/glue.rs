@@ -107,11 +107,7 @@ pub fn on_configure(root: u32) -> bool {
             if let Err(status) = imports::set_tick_period_milliseconds(TICK_MS) {
                 log::warn!("no housekeeping tick (status {status}): counters stay at 0");
             }
-            vm.set_gauge(
-                &crate::metrics::config_refused_name(&plugin),
-                0,
-                &EnvoyHost,
-            );
+            vm.set_gauge(&crate::metrics::config_refused_name(&plugin), 0, &EnvoyHost);
             if first_to_accept(&EnvoyHost, &plugin, &fingerprint, now_s) {
                 log::info!("{}", config_summary(&plan, &fingerprint, &plugin));
             }
@@ -129,11 +125,7 @@ pub fn on_configure(root: u32) -> bool {
         Err(err) => {
             // On a live update Envoy keeps serving with the previous plan.
             log::error!("invalid configuration: {err}");
-            vm.set_gauge(
-                &crate::metrics::config_refused_name(&plugin),
-                1,
-                &EnvoyHost,
-            );
+            vm.set_gauge(&crate::metrics::config_refused_name(&plugin), 1, &EnvoyHost);
             if first_to_refuse(&EnvoyHost, &plugin, &fingerprint, now_s) {
                 vm.count(
                     &crate::metrics::config_failures_name(&plugin),

@@ -11,6 +11,7 @@ mod apply;
 mod check;
 mod ecds;
 mod extract;
+mod fleet;
 mod load;
 mod output;
 mod preview;

@@ -34,14 +34,22 @@ use crate::Status;
 /// `kubectl exec POD -c istio-proxy -- pilot-agent request GET stats | meshsplit status
 /// --admin -`.
 ///
-/// Exit status: 0 shown; 2 the admin endpoint cannot be read or has no meshsplit stats.
+/// A fleet: repeat --admin, one per Envoy. The fleet's split comes first (requests added up;
+/// the weight share is each Envoy's, weighted by its requests), then each Envoy's table.
+///
+/// Examples:
+///   meshsplit status
+///   meshsplit status --admin http://127.0.0.1:15000 --service reviews --watch
+///   meshsplit status --admin http://10.0.0.7:15000 --admin http://10.0.0.8:15000
+///
+/// Exit status: 0 shown; 2 an admin endpoint cannot be read or has no meshsplit stats.
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
     /// Envoy's admin endpoint; `-` reads the output of its `/stats` (text, `?format=json` or
-    /// `/stats/prometheus`) from standard input instead.
+    /// `/stats/prometheus`) from standard input instead. Repeat for several Envoys.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9901")]
-    admin: String,
+    admin: Vec<String>,
     /// Refresh every second until Ctrl-C (with --json: one JSON document per line).
     #[arg(long)]
     watch: bool,
@@ -84,6 +92,8 @@ pub struct PluginStats {
     pub unknown_service: u64,
     pub rejected: u64,
     pub config_failures: u64,
+    /// 1 while the plugin's latest configuration is refused (wasm build's `config_refused`).
+    pub config_refused: Option<u64>,
 }
 
 /// Everything meshsplit-related in one read of Envoy's stats.
@@ -133,6 +143,7 @@ impl Snapshot {
             [plugin, "unknown_service_total"] => self.plugin(plugin).unknown_service += count,
             [plugin, "rejected_total"] => self.plugin(plugin).rejected += count,
             [plugin, "config_failures_total"] => self.plugin(plugin).config_failures += count,
+            [plugin, "config_refused"] => self.plugin(plugin).config_refused = Some(count),
             [plugin, service, "rollout_paused"] => {
                 self.service(plugin, service).rollout_paused = Some(count);
             }
@@ -402,9 +413,7 @@ pub fn report(
                 let then = earlier
                     .and_then(|s| s.upstreams.get(u))
                     .map_or(0, |s| s.requests);
-                stats
-                    .requests
-                    .saturating_sub(if before.is_some() { then } else { 0 })
+                since(stats.requests, before.map(|_| then))
             };
             let total: u64 = service
                 .upstreams
@@ -449,6 +458,7 @@ pub fn report(
         plugins.push(json!({
             "plugin": name,
             "config_failures": plugin.config_failures,
+            "config_refused": plugin.config_refused.map(|r| r == 1),
             "unknown_service": plugin.unknown_service,
             "rejected": plugin.rejected,
             "services": services,
@@ -458,8 +468,18 @@ pub fn report(
         "interval_s": before.map(|_| span_s),
         "plugins": plugins,
         "no_cluster": now.no_cluster,
+        "no_cluster_in_interval": since(now.no_cluster, before.map(|b| b.no_cluster)),
         "requests_without_plan": now.without_plan,
     })
+}
+
+/// What a counter counted since its earlier value `then` (`None`: since Envoy started). A value
+/// below `then` means the counter started again (an Envoy restart): all of it is new.
+fn since(now: u64, then: Option<u64>) -> u64 {
+    match then {
+        Some(then) if now >= then => now - then,
+        _ => now,
+    }
 }
 
 /// The report as a table a person reads at a glance.
@@ -479,13 +499,16 @@ pub fn render(report: &Value, source: &str) -> String {
         let failures = num(plugin, "config_failures");
         let unknown = num(plugin, "unknown_service");
         let rejected = num(plugin, "rejected");
+        // Flagged while the latest configuration is refused (the gauge), not for a refusal a
+        // later accepted configuration replaced.
+        let refused = plugin.get("config_refused") == Some(&Value::Bool(true));
         out.push_str(&format!(
             "\nplugin {name}: {failures} refused configuration{}, {unknown} unknown-service \
              request{} ({rejected} answered 404){}\n",
             plural(failures),
             plural(unknown),
-            if failures > 0 {
-                "  << REFUSED CONFIG"
+            if refused {
+                "  << REFUSED CONFIG (the latest; the previous one serves)"
             } else {
                 ""
             }
@@ -547,10 +570,12 @@ pub fn render(report: &Value, source: &str) -> String {
             }
         }
     }
+    // Flagged for requests in the interval shown (or, without one, since Envoy started).
+    let recent_no_cluster = num(report, "no_cluster_in_interval");
     out.push_str(&format!(
         "\n{no_cluster} request{} to a cluster Envoy does not have (http.*.no_cluster){}\n",
         plural(no_cluster),
-        if no_cluster > 0 {
+        if recent_no_cluster > 0 {
             "  << CHECK CLUSTERS"
         } else {
             ""
@@ -714,35 +739,52 @@ pub fn run(args: &Args) -> Status {
         ))
         .report();
     }
-    let source = if args.admin == "-" {
-        Source::Stdin
-    } else {
-        Source::Admin(args.admin.trim_end_matches('/').to_owned())
-    };
-    if args.watch && matches!(source, Source::Stdin) {
+    let sources: Vec<Source> = args
+        .admin
+        .iter()
+        .map(|admin| {
+            if admin == "-" {
+                Source::Stdin
+            } else {
+                Source::Admin(admin.trim_end_matches('/').to_owned())
+            }
+        })
+        .collect();
+    let stdin = sources.iter().any(|s| matches!(s, Source::Stdin));
+    if stdin && sources.len() > 1 {
+        return Failure::usage(
+            "--admin - reads one Envoy's stats; it cannot be combined with other --admin",
+        )
+        .report();
+    }
+    if args.watch && stdin {
         return Failure::usage("--watch needs --admin URL, not standard input").report();
     }
-    let mut plans = source.plans();
-    let mut before = match source.snapshot() {
-        Ok(snapshot) => (Instant::now(), snapshot),
-        Err(e) => return Failure::usage(e).report(),
-    };
+    let mut plans: Vec<BTreeMap<String, Plan>> = sources.iter().map(Source::plans).collect();
+    let mut before = Vec::new();
+    for source in &sources {
+        match source.snapshot() {
+            Ok(snapshot) => before.push((Instant::now(), snapshot)),
+            Err(e) => return Failure::usage(e).report(),
+        }
+    }
     let interval = Duration::from_secs_f64(args.interval);
     if !args.watch {
-        let (span, earlier) = if matches!(source, Source::Stdin) || interval.is_zero() {
-            (0.0, None)
+        let mut reads = Vec::new();
+        if stdin || interval.is_zero() {
+            reads.extend(before.iter().map(|(_, now)| Ok((now.clone(), None, 0.0))));
         } else {
             std::thread::sleep(interval);
-            match source.snapshot() {
-                Ok(now) => {
-                    let span = before.0.elapsed().as_secs_f64();
-                    let earlier = std::mem::replace(&mut before.1, now);
-                    (span, Some(earlier))
+            for (source, (at, earlier)) in sources.iter().zip(&before) {
+                match source.snapshot() {
+                    Ok(now) => {
+                        reads.push(Ok((now, Some(earlier.clone()), at.elapsed().as_secs_f64())))
+                    }
+                    Err(e) => return Failure::usage(e).report(),
                 }
-                Err(e) => return Failure::usage(e).report(),
             }
-        };
-        show(args, &source, &before.1, earlier.as_ref(), span, &plans);
+        }
+        show(args, &sources, &reads, &plans);
         return Status::Ok;
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -754,56 +796,109 @@ pub fn run(args: &Args) -> Status {
     let tick = Duration::from_secs(1);
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(tick);
-        let now = match source.snapshot() {
-            Ok(now) => now,
-            Err(e) => {
-                crate::output::say_err!("error: {e}");
-                continue;
+        let mut reads = Vec::new();
+        for (i, source) in sources.iter().enumerate() {
+            // The configuration can change under a watch (a live update, a restart): read it
+            // again every frame, keeping the last one read when the dump cannot be read.
+            if let (Some(fresh), Some(slot)) = (source.try_plans(), plans.get_mut(i)) {
+                *slot = fresh;
             }
-        };
-        // The configuration can change under a watch (a live update, a restart): read it again
-        // every frame, keeping the last one read when the dump cannot be read.
-        if let Some(fresh) = source.try_plans() {
-            plans = fresh;
+            let Some((at, earlier)) = before.get_mut(i) else {
+                continue;
+            };
+            match source.snapshot() {
+                Ok(now) => {
+                    let span = at.elapsed().as_secs_f64();
+                    let earlier = std::mem::replace(earlier, now.clone());
+                    *at = Instant::now();
+                    reads.push(Ok((now, Some(earlier), span)));
+                }
+                // Shown in the frame, instead of the last table; the next read is compared
+                // with the last good one.
+                Err(e) => reads.push(Err(format!(
+                    "{e} (last read {:.0} s ago)",
+                    at.elapsed().as_secs_f64()
+                ))),
+            }
         }
-        let span = before.0.elapsed().as_secs_f64();
         if clear {
             crate::output::out(format_args!("\x1b[H\x1b[2J"));
         }
-        show(args, &source, &now, Some(&before.1), span, &plans);
-        before = (Instant::now(), now);
+        show(args, &sources, &reads, &plans);
     }
     Status::Ok
 }
 
-fn show(
-    args: &Args,
-    source: &Source,
-    now: &Snapshot,
-    before: Option<&Snapshot>,
-    span_s: f64,
-    plans: &BTreeMap<String, Plan>,
-) {
-    let report = report(
-        now,
-        before,
-        span_s,
-        plans,
-        args.service.as_deref(),
-        now_ms(),
-    );
+/// One Envoy's read for a frame: (now, the read before, seconds between), or why it failed.
+type Read = Result<(Snapshot, Option<Snapshot>, f64), String>;
+
+fn show(args: &Args, sources: &[Source], reads: &[Read], plans: &[BTreeMap<String, Plan>]) {
+    let now = now_ms();
+    let empty = BTreeMap::new();
+    let reports: Vec<(String, Value)> = sources
+        .iter()
+        .zip(reads)
+        .enumerate()
+        .map(|(i, (source, read))| {
+            let report = match read {
+                Ok((snapshot, before, span)) => report(
+                    snapshot,
+                    before.as_ref(),
+                    *span,
+                    plans.get(i).unwrap_or(&empty),
+                    args.service.as_deref(),
+                    now,
+                ),
+                Err(e) => json!({"error": e}),
+            };
+            (source.name(), report)
+        })
+        .collect();
+    let document = match reports.as_slice() {
+        [(_, single)] => single.clone(),
+        _ => json!({
+            "fleet": crate::fleet::report(&reports),
+            "envoys": reports.iter().map(|(admin, r)| json!({"admin": admin, "report": r})).collect::<Vec<_>>(),
+        }),
+    };
     if args.json {
         if args.watch {
-            say!("{report}");
+            say!("{document}");
         } else {
             say!(
                 "{}",
-                serde_json::to_string_pretty(&report).unwrap_or_default()
+                serde_json::to_string_pretty(&document).unwrap_or_default()
             );
         }
-    } else {
-        crate::output::out(format_args!("{}", render(&report, &source.name())));
+        return;
     }
+    let mut text = String::new();
+    if reports.len() > 1 {
+        let over = reads.iter().find_map(|r| r.as_ref().ok()).map_or(
+            "observed since the Envoys started".to_owned(),
+            |(_, before, span)| {
+                if before.is_some() {
+                    format!("observed over the last {span:.1} s")
+                } else {
+                    "observed since the Envoys started".to_owned()
+                }
+            },
+        );
+        if let Some(fleet) = document.get("fleet") {
+            text.push_str(&crate::fleet::render(fleet, &over));
+        }
+        text.push('\n');
+    }
+    for (name, report) in &reports {
+        match report.get("error").and_then(Value::as_str) {
+            Some(e) => text.push_str(&format!("meshsplit status of {name}: error: {e}\n")),
+            None => text.push_str(&render(report, name)),
+        }
+        if reports.len() > 1 {
+            text.push('\n');
+        }
+    }
+    crate::output::out(format_args!("{text}"));
 }
 
 #[cfg(test)]

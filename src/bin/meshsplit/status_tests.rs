@@ -16,6 +16,7 @@ wasmcustom.meshsplit.meshsplit.reviews.rollout_paused: 1
 wasmcustom.meshsplit.meshsplit.unknown_service_total: 10
 wasmcustom.meshsplit.meshsplit.rejected_total: 4
 wasmcustom.meshsplit.meshsplit.config_failures_total: 1
+wasmcustom.meshsplit.meshsplit.config_refused: 1
 wasmcustom.meshsplit.requests_without_plan: 0
 wasmcustom.meshsplit.vm_memory_bytes: 1048576
 cluster.v1.upstream_rq_total: 5
@@ -227,7 +228,7 @@ fn the_table_names_every_problem_at_a_glance() {
         "{text}"
     );
     assert!(text.contains(
-        "plugin meshsplit: 1 refused configuration, 10 unknown-service requests (4 answered 404)  << REFUSED CONFIG"
+        "plugin meshsplit: 1 refused configuration, 10 unknown-service requests (4 answered 404)  << REFUSED CONFIG (the latest; the previous one serves)"
     ), "{text}");
     assert!(
         text.contains("  reviews  (rollout paused by the guard)"),
@@ -316,4 +317,44 @@ fn a_filter_from_extension_config_discovery_wins_over_its_default_config() {
             "name": "meshsplit", "configuration": {"value": one(3)}}}}]}]});
     let plans = plans_in_dump(&dump);
     assert_eq!(plans["meshsplit"].services[0].upstreams[0].weight, 7);
+}
+
+#[test]
+fn a_refusal_a_later_configuration_replaced_is_not_flagged() {
+    let text = TEXT.replace(
+        "wasmcustom.meshsplit.meshsplit.config_refused: 1",
+        "wasmcustom.meshsplit.meshsplit.config_refused: 0",
+    );
+    let s = parse_stats(&text);
+    let out = render(&report(&s, None, 0.0, &BTreeMap::new(), None, 0), "x");
+    assert!(out.contains("plugin meshsplit: 1 refused configuration, "), "{out}");
+    assert!(!out.contains("REFUSED CONFIG"), "{out}");
+}
+
+#[test]
+fn counters_that_started_again_count_from_zero() {
+    // An Envoy restarted between two reads: its counters are below the earlier read.
+    let before = parse_stats(TEXT);
+    let after = parse_stats(
+        "wasmcustom.meshsplit.meshsplit.reviews.v1.requests_total: 60\n\
+         wasmcustom.meshsplit.meshsplit.reviews.v2.requests_total: 20\n\
+         http.ingress.no_cluster: 0\n",
+    );
+    let r = report(&after, Some(&before), 1.0, &BTreeMap::new(), None, 0);
+    let ups = &r["plugins"][0]["services"][0]["upstreams"];
+    assert_eq!(ups[0]["requests_in_interval"], json!(60));
+    assert_eq!(ups[0]["observed_share"], json!(0.75));
+    assert_eq!(r["no_cluster_in_interval"], json!(0));
+    let out = render(&r, "x");
+    assert!(!out.contains("CHECK CLUSTERS"), "{out}");
+}
+
+#[test]
+fn no_cluster_is_flagged_for_requests_in_the_interval_only() {
+    let before = parse_stats(TEXT);
+    let r = report(&before, Some(&before), 1.0, &BTreeMap::new(), None, 0);
+    assert!(r["no_cluster"].as_u64().unwrap() > 0);
+    assert!(!render(&r, "x").contains("CHECK CLUSTERS"));
+    let r = report(&before, None, 0.0, &BTreeMap::new(), None, 0);
+    assert!(render(&r, "x").contains("CHECK CLUSTERS"));
 }

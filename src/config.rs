@@ -53,7 +53,8 @@ pub struct RawConfig {
     #[cfg_attr(feature = "schema", schemars(extend("default" = "authority")))]
     pub service_from: Option<RawServiceFrom>,
     /// What happens when the key matches no service (or is missing). `"pass"`: remove any
-    /// client-sent cluster header and let Envoy route as without the filter. `"reject"`: answer
+    /// client-sent cluster header and upstream header (the ones the config writes) and let
+    /// Envoy route as without the filter. `"reject"`: answer
     /// 404 with `{"error":"unknown service","service":"<key>"}` (`application/json`; the key as
     /// matched: lowercase, without port; `null` when the request had none).
     #[serde(default)]

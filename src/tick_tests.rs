@@ -1113,3 +1113,101 @@ fn a_dropped_plan_files_its_last_outcomes_for_the_configuration_in_force() {
     // Flushed once: a second flush has nothing to file.
     old_tick.flush(&old, "p", &host, NOW_MS + 600);
 }
+
+/// One pod of a fleet for `limit_s` seconds of the real tick path (one worker, 500 ms ticks):
+/// its share of the traffic, `per_s` requests per second to each upstream (Poisson-like: the
+/// whole part every tick plus one more at the fraction's odds), the canary (upstream 1) failing
+/// at `fails`. Returns when the pod first ejected the canary (ms), if it did.
+fn pod_ejects_canary_at(
+    guard: &str,
+    per_s: [f64; 2],
+    fails: f64,
+    sampled: bool,
+    seed: u64,
+    limit_s: u64,
+) -> Option<u64> {
+    use rand_core::{Rng, SeedableRng};
+    let json = format!(
+        r#"{{"services": [{{"name": "svc", "guard": {guard},
+            "upstreams": [{{"name": "v1", "cluster": "c1", "weight": 90}},
+                          {{"name": "v2", "cluster": "c2", "weight": 10}}]}}]}}"#
+    );
+    let plan = Plan::from_json(json.as_bytes()).unwrap();
+    let host = FakeHost::default();
+    let mut tick = PlanTick::new(&plan, None);
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed);
+    let mut uniform = move || (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    for n in 0..limit_s * 2 {
+        for (u, rate) in per_s.iter().enumerate() {
+            let per_tick = rate / 2.0;
+            let count = per_tick.floor() as u32 + u32::from(uniform() < per_tick.fract());
+            for _ in 0..count {
+                let failed = u == 1 && uniform() < fails;
+                let draw = (uniform() * f64::from(u32::MAX)) as u32;
+                let streams = if sampled {
+                    tick.observe(0, u, || draw)
+                } else {
+                    1
+                };
+                if streams > 0 {
+                    tick.record_outcome(0, u, status(failed), streams);
+                }
+            }
+        }
+        tick.run(&plan, "p", &host, at(NOW_MS + n * 500));
+        if host.counter("meshsplit.p.svc.v2.ejections_total") > 0 {
+            return Some(n * 500);
+        }
+    }
+    None
+}
+
+/// The guard at fleet scale: each pod judges only its own traffic, so with N pods at a fixed total
+/// rate each sees 1/N of the canary's requests. A canary taking 10 % of 40 requests/s and failing
+/// half its requests, N = 1, 4, 8 pods: when the last pod ejects it (seconds), with the shipped
+/// example's guard (min_requests 20, window 10 s) and with min_requests sized to a pod's share
+/// (min_requests 4, window 10 s: at most the canary's requests per pod and window). The numbers
+/// are the ones docs/observing-a-split.md gives ("The guard on a fleet").
+#[test]
+fn a_fleet_ejects_a_failing_canary_on_every_pod_when_min_requests_fits_a_pods_share() {
+    let total = [36.0, 4.0];
+    let example = r#"{"error_rate": 0.05, "min_requests": 20, "window_s": 10, "eject_s": 30}"#;
+    let sized = r#"{"error_rate": 0.05, "min_requests": 4, "window_s": 10, "eject_s": 30}"#;
+    let mut table = Vec::new();
+    for guard in [example, sized] {
+        for pods in [1u32, 4, 8] {
+            let per_pod = total.map(|r| r / f64::from(pods));
+            // The last pod of the fleet to eject (each pod its own seed), sampled as in wasm.
+            let times: Vec<Option<u64>> = (0..pods)
+                .map(|p| pod_ejects_canary_at(guard, per_pod, 0.5, true, 0xf1ee7 + u64::from(p), 600))
+                .collect();
+            let last = times
+                .iter()
+                .copied()
+                .try_fold(0u64, |max, t| t.map(|t| max.max(t)));
+            table.push((guard == sized, pods, last));
+        }
+    }
+    for (sized, pods, last) in &table {
+        println!(
+            "min_requests {}: {pods} pods: every pod ejected after {}",
+            if *sized { 4 } else { 20 },
+            last.map_or("never (10 minutes)".to_owned(), |ms| format!("{:.1} s", ms as f64 / 1000.0))
+        );
+    }
+    let at = |sized, pods| {
+        table
+            .iter()
+            .find(|(s, p, _)| *s == sized && *p == pods)
+            .and_then(|(_, _, t)| *t)
+    };
+    // One pod sees 40 canary requests per window: ejected within its window and a tick.
+    assert!(at(false, 1).is_some_and(|ms| ms <= 10_500), "{table:?}");
+    // Four and eight pods see 10 and 5 per window, under min_requests 20: never ejected.
+    assert_eq!(at(false, 4), None, "{table:?}");
+    assert_eq!(at(false, 8), None, "{table:?}");
+    // Sized to a pod's share, every pod ejects it within two windows.
+    for pods in [1, 4, 8] {
+        assert!(at(true, pods).is_some_and(|ms| ms <= 20_000), "{table:?}");
+    }
+}

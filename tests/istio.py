@@ -425,3 +425,40 @@ def insert_unphased(bootstrap, http_filter):
     config = copy.deepcopy(bootstrap)
     http_filters(config).insert(0, http_filter)
     return config
+
+
+# --- Istio's stats naming --------------------------------------------------------------------------
+
+# The stats_tags of Istio's bootstrap (`tools/packaging/common/envoy_bootstrap.json`, with
+# `use_all_default_tags: false`): Istio delimits its cluster names and connection-manager prefixes
+# with `;` (`util.DelimitedStatsPrefix`: `alt_stat_name: NAME;`, `stat_prefix: outbound_0.0.0.0_9080;`)
+# so that these regexes can cut them out.
+ISTIO_STATS_TAGS = [
+    {"tag_name": "cluster_name", "regex": r"^cluster(\.(.+);)"},
+    {"tag_name": "http_conn_manager_prefix",
+     "regex": r"^http\.(((?:[_.[:digit:]\w]*|[_\[\]aAbBcCdDeEfF[:digit:]\w\:]*));\.)"},
+    {"tag_name": "thread_name", "regex": r"^server(\.(.+))\.watchdog"},
+    {"tag_name": "tcp_prefix", "regex": r"^tcp\.((.*?)\.)\w+?$"},
+    {"tag_name": "response_code", "regex": r"_rq(_(\d{3}))$"},
+    {"tag_name": "response_code_class", "regex": r"_rq(_(\dxx))$"},
+    {"tag_name": "http_conn_manager_listener_prefix",
+     "regex": r"^listener(?=\.).*?\.http\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"},
+    {"tag_name": "listener_address",
+     "regex": r"^listener\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"},
+    {"tag_name": "cache", "regex": r"(cache\.(.+?)\.)"},
+    {"tag_name": "component", "regex": r"(component\.(.+?)\.)"},
+    {"tag_name": "tag", "regex": r"(tag\.(.+?);\.)"},
+    {"tag_name": "wasm_filter", "regex": r"(wasm_filter\.(.+?)\.)"},
+]
+# The inclusion prefixes every Istio bootstrap has (the template's and `pkg/bootstrap/config.go`'s).
+ISTIO_INCLUSION_PREFIXES = ["reporter=", "component", "istio", *REQUIRED_STATS_PREFIXES]
+
+
+def istio_stats_config(extra_tags=(), inclusion_regexps=()):
+    """An Istio sidecar's stats_config: Istio's tags, then `extra_tags` (a bootstrap patch's, which
+    a MERGE appends), and the inclusion list with a proxyStatsMatcher's regexps."""
+    patterns = [{"prefix": p} for p in ISTIO_INCLUSION_PREFIXES]
+    patterns += [{"safe_regex": {"regex": r}} for r in inclusion_regexps]
+    return {"use_all_default_tags": False,
+            "stats_tags": [*ISTIO_STATS_TAGS, *extra_tags],
+            "stats_matcher": {"inclusion_list": {"patterns": patterns}}}

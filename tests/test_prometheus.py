@@ -58,13 +58,15 @@ class Prometheus:
     """A Prometheus server on loopback with its own storage in `workdir`, scraping Envoy's admin
     /stats/prometheus every second and evaluating the shipped rules every second."""
 
-    def __init__(self, binary, admin_port, workdir):
+    def __init__(self, binary, admin_port, workdir, targets=None):
+        """Scrapes the admin endpoint on `admin_port`, or every one of `targets` (ports)."""
         self.port = harness.free_port()
+        ports = targets or [admin_port]
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(RULES)],
             "scrape_configs": [{"job_name": "envoy", "metrics_path": "/stats/prometheus",
-                                "static_configs": [{"targets": [f"127.0.0.1:{admin_port}"]}]}],
+                                "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in ports]}]}],
         }
         config_path = workdir / "prometheus.yml"
         config_path.write_text(json.dumps(config))  # JSON is YAML

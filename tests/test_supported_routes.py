@@ -39,7 +39,7 @@ PLUGIN = {
     "upstream_header": HEADER,
     "services": [{
         "name": "reviews",
-        "hosts": ["reviews", "reviews.example.com"],
+        "hosts": ["reviews"],
         "upstreams": [{"name": v, "cluster": f"reviews_{v}", "weight": w}
                       for v, w in zip(VERSIONS, WEIGHTS)],
         "rules": [{"match": {"headers": [{"name": "x-canary", "exact": "true"}]}, "upstream": "v3"}],
@@ -65,9 +65,20 @@ def cli():
     return CLI
 
 
+def for_target(target, plugin):
+    """The plugin config as each target names the service: a mesh by its Kubernetes Service
+    (render adds the Service's other names), Envoy Gateway by the hostname clients use."""
+    if target != "envoy-gateway":
+        return plugin
+    plugin = json.loads(json.dumps(plugin))
+    for service in plugin["services"]:
+        service["hosts"] = [f"{service['name']}.example.com"]
+    return plugin
+
+
 def render(cli, tmp_path, target, plugin=PLUGIN, *extra):
     source = tmp_path / "plugin.json"
-    source.write_text(json.dumps(plugin))
+    source.write_text(json.dumps(for_target(target, plugin)))
     out = subprocess.run([str(cli), "render", "--target", target, "--module", MODULE, *extra,
                           str(source)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -362,12 +373,11 @@ def test_check_warns_about_routes_that_do_not_follow_the_config(cli, tmp_path):
     warnings = [l for l in result.stdout.splitlines() if l.startswith("warning: ")]
     at = f"warning: {routes_file}: VirtualService default/reviews: "
     assert warnings == [
+        f"{at}route \"meshsplit-v1\" for {HEADER}: v1 does not remove {HEADER}: the upstream sees it",
         f"{at}no route matches {HEADER}: v2: the requests services[0] (\"reviews\") of "
         f"{plugin_file}: WasmPlugin default/meshsplit sends to upstream \"v2\" take another route",
-        f"{at}the route for {HEADER}: v1 does not remove {HEADER}: the upstream sees it",
         f"{at}the default route's weights (v1 90, v3 5, and 10 to backends no version's route names) "
-        f"are not the config's (v1 80, v3 5): "
-        f"requests without {HEADER} split differently from the filter's",
+        f"are not the config's (v1 80, v3 5): requests without {HEADER} split differently from the filter's",
     ], result.stdout
     # Alone, the routes file routes no config's header: nothing meshsplit reads.
     assert check(cli, routes_file).returncode == 2
@@ -447,3 +457,78 @@ def test_the_docs_check_commands_pass_on_the_shipped_manifests(cli):
             out = subprocess.run([str(cli), "check", "--strict", path], cwd=harness.ROOT,
                                  capture_output=True, text=True, timeout=60)
             assert out.returncode == 0, (page.name, path, out.stdout, out.stderr)
+
+
+def edited_virtual_service(cli, tmp_path, edit):
+    docs = render(cli, tmp_path, "sidecar", PLUGIN)
+    edit(docs[2]["spec"]["http"])
+    out = tmp_path / "edited.yaml"
+    out.write_text(yaml.safe_dump_all(docs))
+    result = check(cli, out)
+    assert result.returncode == 1, result.stdout + result.stderr
+    return [l.split("VirtualService default/reviews: ", 1)[1] for l in result.stdout.splitlines()
+            if l.startswith("warning: ")]
+
+
+def test_check_warns_about_a_catch_all_route_before_the_header_routes(cli, tmp_path):
+    """A VirtualService is matched in order: a default route moved first takes everything."""
+    warnings = edited_virtual_service(cli, tmp_path, lambda http: http.insert(0, http.pop()))
+    assert warnings == [f'route "meshsplit-{v}" for {HEADER}: {v} comes after the catch-all route '
+                        f'"meshsplit-default", which takes every request first' for v in VERSIONS]
+
+
+def test_check_warns_about_routes_that_send_a_version_elsewhere(cli, tmp_path):
+    def swap(http):
+        first, second = http[0]["route"][0]["destination"], http[1]["route"][0]["destination"]
+        first["subset"], second["subset"] = second["subset"], first["subset"]
+    warnings = edited_virtual_service(cli, tmp_path, swap)
+    assert warnings[:2] == [
+        f'route "meshsplit-v1" sends {HEADER}: v1 to reviews.default subset v2, but the config\'s '
+        f'cluster for upstream "v1" (outbound|9080|v1|reviews.default.svc.cluster.local) is '
+        f'reviews.default subset v1',
+        f'route "meshsplit-v2" sends {HEADER}: v2 to reviews.default subset v1, but the config\'s '
+        f'cluster for upstream "v2" (outbound|9080|v2|reviews.default.svc.cluster.local) is '
+        f'reviews.default subset v2',
+    ], warnings
+
+
+def test_check_warns_about_header_routes_with_other_conditions_or_inexact_matches(cli, tmp_path):
+    def edit(http):
+        http[0]["match"][0]["uri"] = {"prefix": "/admin"}
+        http[1]["match"][0]["headers"][HEADER] = {"prefix": "v"}
+    warnings = edited_virtual_service(cli, tmp_path, edit)
+    assert any(w.startswith(f'route "meshsplit-v1" matches {HEADER}: v1 together with other conditions')
+               for w in warnings), warnings
+    assert f'route "meshsplit-v2" matches {HEADER} by prefix, regex or presence: it may catch several ' \
+        f"upstreams' requests; match each name exactly" in warnings, warnings
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda p: p.update(service_from={"header": "x-svc"}), "service_from: render writes routes per host"),
+    (lambda p: p["services"][0].update(hosts=["reviews", "ratings"]),
+     'services[0].hosts: "ratings" is not a name of the Kubernetes Service "reviews"'),
+    (lambda p: p["services"][0]["upstreams"].extend(
+        {"name": f"x{i}", "cluster": f"x{i}", "weight": 1} for i in range(14)),
+     "an HTTPRoute holds at most 16 rules"),
+])
+def test_render_refuses_configs_its_routes_would_betray(cli, tmp_path, change, message):
+    plugin = json.loads(json.dumps(PLUGIN))
+    change(plugin)
+    source = tmp_path / "plugin.json"
+    source.write_text(json.dumps(plugin))
+    out = subprocess.run([str(cli), "render", "--target", "sidecar-httproute", "--module", MODULE,
+                          str(source)], capture_output=True, text=True)
+    assert out.returncode == 2, out
+    assert message in out.stderr, out.stderr
+
+
+def test_render_refuses_a_version_service_that_is_another_services_name(cli, tmp_path):
+    plugin = {"services": [
+        {"name": "reviews", "upstreams": [{"name": "canary", "cluster": "a", "weight": 1}]},
+        {"name": "reviews-canary", "upstreams": [{"name": "v1", "cluster": "b", "weight": 1}]}]}
+    source = tmp_path / "plugin.json"
+    source.write_text(json.dumps(plugin))
+    out = subprocess.run([str(cli), "render", "--target", "ambient", "--module", MODULE, str(source)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert 'the Service "reviews-canary" it needs is also the one of' in out.stderr, out.stderr

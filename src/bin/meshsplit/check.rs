@@ -81,7 +81,14 @@ pub fn run(args: &Args) -> Status {
             .map_err(FileError::Unusable)
             .and_then(|t| check_text(&name, &t));
         if let Ok(checked) = &result {
-            configs.extend(upstream_header_configs(&name, &checked.documents));
+            for config in upstream_header_configs(&name, &checked.documents) {
+                if !configs
+                    .iter()
+                    .any(|c: &split_routes::Config| c.text == config.text)
+                {
+                    configs.push(config);
+                }
+            }
         }
         files.push((name, result));
     }
@@ -162,7 +169,11 @@ fn upstream_header_configs(name: &str, documents: &[Document]) -> Vec<split_rout
             } else {
                 format!("{name}: {}", found.place)
             };
-            Some(split_routes::Config { at, plan })
+            Some(split_routes::Config {
+                at,
+                plan,
+                text: found.config.clone(),
+            })
         })
         .collect()
 }

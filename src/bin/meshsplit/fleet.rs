@@ -32,7 +32,11 @@ pub fn report(envoys: &[(String, Value)]) -> Value {
         };
         read += 1;
         for plugin in plugins {
-            let plugin_name = text(plugin, "plugin");
+            // Istio 1.30 translates a WasmPlugin NAME into NAME~istio-translated-wasmplugin:
+            // the same filter, as the Prometheus rules read it.
+            let plugin_name = text(plugin, "plugin")
+                .trim_end_matches("_istio-translated-wasmplugin")
+                .to_owned();
             for service in array(plugin, "services") {
                 let key = (plugin_name.clone(), text(service, "service"));
                 let total = service

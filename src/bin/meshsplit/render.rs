@@ -14,7 +14,7 @@
 
 use std::path::PathBuf;
 
-use meshsplit::plan::{Plan, DEFAULT_UPSTREAM_HEADER};
+use meshsplit::plan::{Plan, ServiceFrom, DEFAULT_UPSTREAM_HEADER};
 use serde_json::{json, Map, Value};
 
 use crate::load::{compile, find, pick, Failure};
@@ -124,7 +124,22 @@ fn render(args: &Args) -> Result<(String, Vec<String>), Failure> {
     if args.target == Target::Ambient {
         check_name("--waypoint", &args.waypoint)?;
     }
-    let services = routed_services(&loaded.plan)?;
+    if args.port == 0 {
+        return Err(Failure::usage(
+            "--port 0: expected the services' port, 1 to 65535",
+        ));
+    }
+    check_label_key("--version-label", &args.version_label)?;
+    check_label_key("--app-label", &args.app_label)?;
+    if loaded.plan.service_from != ServiceFrom::Authority {
+        // The routes match the host: with another key a client could name one service in the
+        // key and reach a version of another (names such as v2 repeat across services).
+        return Err(Failure::usage(
+            "service_from: render writes routes per host, so the service must be chosen by the \
+             host: use \"service_from\": \"authority\" (the default)",
+        ));
+    }
+    let services = routed_services(&loaded.plan, args)?;
     let header = loaded
         .plan
         .headers
@@ -132,6 +147,14 @@ fn render(args: &Args) -> Result<(String, Vec<String>), Failure> {
         .clone()
         .unwrap_or_else(|| DEFAULT_UPSTREAM_HEADER.to_owned());
     let notes = plugin_config(&mut raw, args, &services, &header);
+    // What the module will get must be a config it accepts (render adds hosts, which could be
+    // another service's).
+    if let Err(e) = Plan::from_json(raw.to_string().as_bytes()) {
+        return Err(Failure::usage(format!(
+            "the rendered plugin config is invalid: {e} (render adds the names of each \
+             service's Kubernetes Service to its hosts)"
+        )));
+    }
     let mut docs = Vec::new();
     docs.push(module_resource(args, &services, raw)?);
     for service in &services {
@@ -164,35 +187,117 @@ const HEADER: &str = "\
 
 /// The services with names Kubernetes takes (DNS labels: a Service is named after each
 /// service and version).
-fn routed_services(plan: &Plan) -> Result<Vec<Routed>, Failure> {
+fn routed_services(plan: &Plan, args: &Args) -> Result<Vec<Routed>, Failure> {
     let mut out = Vec::new();
+    let mut names: Vec<(String, String)> = Vec::new(); // (Kubernetes name, what it names)
+    let mesh = args.target != Target::EnvoyGateway;
     for (s, service) in plan.services.iter().enumerate() {
         check_label(&format!("services[{s}].name"), &service.name)?;
+        names.push((service.name.clone(), format!("services[{s}]")));
+        if args.target != Target::Sidecar && service.upstreams.len() + 1 > MAX_RULES {
+            return Err(Failure::usage(format!(
+                "services[{s}].upstreams: an HTTPRoute holds at most {MAX_RULES} rules, and \
+                 {} upstreams need {} (one per upstream and the default)",
+                service.upstreams.len(),
+                service.upstreams.len() + 1
+            )));
+        }
         let mut versions = Vec::new();
         for (u, upstream) in service.upstreams.iter().enumerate() {
-            check_label(
-                &format!("services[{s}].upstreams[{u}].name"),
-                &upstream.name,
-            )?;
+            let field = format!("services[{s}].upstreams[{u}].name");
+            check_label(&field, &upstream.name)?;
             let combined = format!("{}-{}", service.name, upstream.name);
             if combined.len() > 63 {
                 return Err(Failure::usage(format!(
-                    "services[{s}].upstreams[{u}].name: the version's Service would be named \
-                     {combined:?}, longer than Kubernetes' 63 characters; shorten the names"
+                    "{field}: the version's Service would be named {combined:?}, longer than \
+                     Kubernetes' 63 characters; shorten the names"
                 )));
+            }
+            if args.target != Target::Sidecar {
+                names.push((combined, field));
             }
             versions.push(Version {
                 name: upstream.name.clone(),
                 weight: upstream.weight,
             });
         }
+        let hosts = plan.hosts_of(s);
+        if mesh {
+            // The routes are the Kubernetes Service's named after the service: a host of
+            // another Service would be split by the filter and routed by that Service's routes.
+            let ns = &args.namespace;
+            let own = [
+                service.name.clone(),
+                format!("{}.{ns}", service.name),
+                format!("{}.{ns}.svc", service.name),
+                fqdn(args, &service.name),
+            ];
+            if let Some(other) = hosts
+                .iter()
+                .find(|h| !own.iter().any(|o| o == without_port(h)))
+            {
+                return Err(Failure::usage(format!(
+                    "services[{s}].hosts: {other:?} is not a name of the Kubernetes Service \
+                     {:?} in namespace {ns:?}, whose routes render writes (a service is \
+                     named after its Kubernetes Service)",
+                    service.name
+                )));
+            }
+        }
         out.push(Routed {
             name: service.name.clone(),
-            hosts: plan.hosts_of(s),
+            hosts,
             versions,
         });
     }
+    names.sort();
+    if let Some([(name, first), (_, second)]) = names
+        .windows(2)
+        .find(|w| w.first().map(|a| &a.0) == w.get(1).map(|b| &b.0))
+    {
+        return Err(Failure::usage(format!(
+            "{second}: the Service {name:?} it needs is also the one of {first}; rename one"
+        )));
+    }
     Ok(out)
+}
+
+/// A host without its `:port` (an IPv6 literal in brackets keeps its colons).
+fn without_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port))
+            if !name.is_empty()
+                && !name.contains(':')
+                && port.chars().all(|c| c.is_ascii_digit()) =>
+        {
+            name
+        }
+        _ => host,
+    }
+}
+
+/// The rules an HTTPRoute may have (the Gateway API's CRD).
+const MAX_RULES: usize = 16;
+
+/// A Kubernetes label key: an optional DNS-subdomain prefix and `/`, then a name of at most 63
+/// letters, digits, `-`, `_` and `.`, starting and ending with a letter or digit.
+fn check_label_key(flag: &str, key: &str) -> Result<(), Failure> {
+    let name = key.rsplit('/').next().unwrap_or_default();
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && key.matches('/').count() <= 1;
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::usage(format!(
+            "{flag} {key:?}: not a Kubernetes label key"
+        )))
+    }
 }
 
 /// A DNS-1035 label, as Kubernetes requires of a Service name and Istio of a subset name.
@@ -379,6 +484,18 @@ fn inline(value: &Value) -> String {
         Value::String(text) => scalar_text(text),
         Value::Object(_) => "{}".to_owned(),
         Value::Array(_) => "[]".to_owned(),
+        // Written out without an exponent, which YAML 1.1 parsers would read as a string.
+        Value::Number(n) if n.is_f64() => match n.as_f64() {
+            Some(f) if f.is_finite() => {
+                let text = format!("{f}");
+                if text.contains('.') {
+                    text
+                } else {
+                    format!("{text}.0")
+                }
+            }
+            _ => n.to_string(),
+        },
         other => other.to_string(),
     }
 }
@@ -535,7 +652,7 @@ fn virtual_service(args: &Args, service: &Routed, header: &str) -> Value {
         .map(|v| {
             json!({
                 "name": format!("meshsplit-{}", v.name),
-                "match": [{"headers": {header: {"exact": v.name}}}],
+                "match": [{"port": args.port, "headers": {header: {"exact": v.name}}}],
                 "route": [{"destination": destination(v)}],
                 "headers": remove_header(header),
             })
@@ -548,6 +665,8 @@ fn virtual_service(args: &Args, service: &Routed, header: &str) -> Value {
         .collect();
     http.push(json!({
         "name": "meshsplit-default",
+        // The service's other ports keep Istio's own routes: the filter runs on this one only.
+        "match": [{"port": args.port}],
         "route": weighted,
         "headers": remove_header(header),
     }));
@@ -609,12 +728,19 @@ fn http_route(args: &Args, service: &Routed, header: &str) -> Value {
     let mut spec = Map::new();
     if args.target == Target::EnvoyGateway {
         spec.insert("parentRefs".into(), json!([{"name": args.gateway}]));
-        let hostnames: Vec<String> = service
-            .hosts
-            .iter()
-            .filter(|h| h.contains('.') && h.parse::<std::net::Ipv4Addr>().is_err())
-            .cloned()
-            .collect();
+        // The Gateway API's hostnames: DNS names without a port (an IP is no hostname there).
+        let mut hostnames: Vec<String> = Vec::new();
+        for host in &service.hosts {
+            let bare = without_port(host);
+            let valid = bare.contains('.')
+                && bare.parse::<std::net::Ipv4Addr>().is_err()
+                && bare.split('.').all(|l| {
+                    !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
+            if valid && !hostnames.iter().any(|h| h == bare) {
+                hostnames.push(bare.to_owned());
+            }
+        }
         if !hostnames.is_empty() {
             spec.insert("hostnames".into(), json!(hostnames));
         }

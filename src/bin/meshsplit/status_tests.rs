@@ -327,7 +327,10 @@ fn a_refusal_a_later_configuration_replaced_is_not_flagged() {
     );
     let s = parse_stats(&text);
     let out = render(&report(&s, None, 0.0, &BTreeMap::new(), None, 0), "x");
-    assert!(out.contains("plugin meshsplit: 1 refused configuration, "), "{out}");
+    assert!(
+        out.contains("plugin meshsplit: 1 refused configuration, "),
+        "{out}"
+    );
     assert!(!out.contains("REFUSED CONFIG"), "{out}");
 }
 

@@ -291,3 +291,77 @@ def test_watch_reads_the_configuration_again_after_a_live_update(build, cli, tmp
         finally:
             watch.terminate()
             watch.wait(timeout=10)
+
+
+@pytest.mark.builds("wasm")
+def test_a_refused_config_is_flagged_only_until_a_good_one_is_in_force(build, cli, tmp_path):
+    """REFUSED CONFIG follows the latest configuration: flagged while it is refused, not once a
+    configuration the filter accepts replaced it (the lifetime counter still says 1)."""
+    from test_guard_updates import ecds_bootstrap_for, publish_for
+
+    good = {"services": [{"name": "svc", "upstreams": [
+        {"name": "v1", "cluster": "v1", "weight": 50}, {"name": "v2", "cluster": "v2", "weight": 50}]}]}
+    bad = {"services": [{"name": "svc", "upstreams": [{"name": "v1", "cluster": "v1", "weight": -1}]}]}
+    ecds = tmp_path / "ecds"
+    ecds.mkdir()
+    publish_for(build, ecds, 1, good)
+    with harness.upstreams("v1", "v2") as ports, \
+            harness.Envoy(ecds_bootstrap_for(build, ecds, ports, good), tmp_path) as envoy:
+        def text():
+            out = subprocess.run([str(cli), "status", "--admin", f"http://127.0.0.1:{envoy.admin_port}",
+                                  "--interval", "0"], capture_output=True, text=True, timeout=30)
+            assert out.returncode == 0, out.stderr
+            return out.stdout
+
+        assert "REFUSED CONFIG" not in text()
+        publish_for(build, ecds, 2, bad)
+        assert harness.wait_for(lambda: "<< REFUSED CONFIG" in text(), timeout=10), text()
+        # A corrected configuration (one identical to the one in force is no update to Envoy,
+        # so the filter never hears of it: docs/observing-a-split.md says so).
+        fixed = json.loads(json.dumps(good))
+        fixed["services"][0]["upstreams"][0]["weight"] = 60
+        publish_for(build, ecds, 3, fixed)
+        assert harness.wait_for(lambda: "REFUSED CONFIG" not in text(), timeout=10), text()
+        assert "1 refused configuration," in text()
+
+
+@pytest.mark.builds("wasm", "native")
+def test_watch_across_a_restart_shows_the_failed_read_then_the_traffic_since(build, cli, tmp_path):
+    """An Envoy restarted under `status --watch`: while it is down a frame says the read failed
+    (not the last table again); the first frame after it shows the requests counted since the
+    restart (its counters started again from 0), not an interval without traffic."""
+    with harness.upstreams("v1", "v2") as ports:
+        plugin = {"services": [{"name": "svc", "upstreams": [
+            {"name": "v1", "cluster": "v1", "weight": 50}, {"name": "v2", "cluster": "v2", "weight": 50}]}]}
+        config = harness.bootstrap(plugin, ports, harness.free_port(), harness.free_port(), build=build)
+        envoy = harness.Envoy(config, tmp_path).start()
+        watch = subprocess.Popen(
+            [str(cli), "status", "--admin", f"http://127.0.0.1:{envoy.admin_port}", "--watch",
+             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            harness.send(envoy.port, 200, {"Host": "svc"})
+            json.loads(watch.stdout.readline())
+            envoy.stop()
+            # Bounded: 10 frames, one a second.
+            for _ in range(10):
+                frame = json.loads(watch.stdout.readline())
+                if "error" in frame:
+                    break
+            else:
+                raise AssertionError("no frame said the read failed")
+            assert "cannot reach Envoy's admin endpoint" in frame["error"], frame
+            envoy.start()
+            harness.send(envoy.port, 40, {"Host": "svc"})
+            for _ in range(10):
+                frame = json.loads(watch.stdout.readline())
+                if "plugins" in frame:
+                    break
+            (service,) = [s for p in frame["plugins"] for s in p["services"]]
+            # Fewer than the 200 before the restart: its counters started again. Every request
+            # since the restart counts in this first interval.
+            assert service["requests_in_interval"] == 40, frame
+            assert sum(u["observed_share"] for u in service["upstreams"]) == pytest.approx(1)
+        finally:
+            watch.terminate()
+            watch.wait(timeout=10)
+            envoy.stop()

@@ -306,6 +306,28 @@ pub struct RawAssignCookie {
     #[serde(default)]
     #[cfg_attr(feature = "schema", schemars(extend("default" = "Lax")))]
     pub same_site: Option<RawSameSite>,
+    /// What a response that sets the cookie tells caches. `"private"`: its `Cache-Control`
+    /// becomes private (`public` and `s-maxage` dropped, `private` added; `no-store` is left
+    /// as it is), so a shared cache (a CDN, Envoy's cache filter) never hands one visitor's id
+    /// to the next visitors. `"unchanged"`: the application's `Cache-Control` stays, for pages
+    /// no shared cache stores anyway.
+    #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(extend("default" = "private")))]
+    pub cache_control: Option<RawCacheControl>,
+}
+
+/// `assign_cookie.cache_control`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawCacheControl {
+    Private,
+    Unchanged,
+}
+
+impl RawCacheControl {
+    const ONE_OF: OneOf<Self> = OneOf {
+        choices: &[("private", Self::Private), ("unchanged", Self::Unchanged)],
+        expecting: r#"one of "private", "unchanged""#,
+    };
 }
 
 /// The cookie's `SameSite` attribute, spelled as in `Set-Cookie`.
@@ -329,6 +351,12 @@ impl RawSameSite {
 }
 
 impl<'de> Deserialize<'de> for RawSameSite {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(Self::ONE_OF)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawCacheControl {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_any(Self::ONE_OF)
     }
@@ -751,6 +779,16 @@ mod schema {
 
         fn json_schema(_: &mut SchemaGenerator) -> Schema {
             one_of(&RawSameSite::ONE_OF)
+        }
+    }
+
+    impl JsonSchema for RawCacheControl {
+        fn schema_name() -> Cow<'static, str> {
+            "cache_control".into()
+        }
+
+        fn json_schema(_: &mut SchemaGenerator) -> Schema {
+            one_of(&RawCacheControl::ONE_OF)
         }
     }
 

@@ -11,7 +11,7 @@
 
 use rand_core::Rng;
 
-use crate::config::{RawAssignCookie, RawSameSite};
+use crate::config::{RawAssignCookie, RawCacheControl, RawSameSite};
 use crate::config_error::ConfigError;
 use crate::host::Host;
 
@@ -73,6 +73,11 @@ impl CookieId {
 pub struct AssignCookie {
     pub name: String,
     pub attributes: String,
+    /// The cookie's `Path`: only requests inside it are assigned an id (a request outside it
+    /// does not carry the cookie, and a new id would replace the visitor's).
+    pub path: String,
+    /// Whether a response that sets the cookie is made private to shared caches.
+    pub private: bool,
 }
 
 impl AssignCookie {
@@ -147,6 +152,8 @@ pub fn compile(path: &str, name: &str, raw: &RawAssignCookie) -> Result<AssignCo
     Ok(AssignCookie {
         name: name.to_owned(),
         attributes,
+        path: cookie_path.to_owned(),
+        private: raw.cache_control.unwrap_or(RawCacheControl::Private) == RawCacheControl::Private,
     })
 }
 
@@ -169,14 +176,75 @@ pub fn sets(value: &[u8], name: &[u8]) -> bool {
 }
 
 /// At the response headers of a stream that was assigned `id`: sets the cookie, unless the
-/// response already sets a cookie of that name (the application took over, and its value wins).
-/// Two host calls: one read of every `set-cookie` header, one header added.
+/// response already sets a cookie of that name (the application took over, and its value wins),
+/// and, with `cache_control: "private"`, makes the response private to shared caches. Two host
+/// calls (one read of every `set-cookie` header, one header added), and with `private` two more
+/// (the first `cache-control` read, and written when it must change).
 pub fn on_response_headers<H: Host + ?Sized>(assign: &AssignCookie, id: &CookieId, host: &H) {
     let existing = host.response_header_values(SET_COOKIE);
     if existing.iter().any(|v| sets(v, assign.name.as_bytes())) {
         return;
     }
     host.add_response_header(SET_COOKIE, &assign.header_value(id));
+    if assign.private {
+        let current = host.response_header(CACHE_CONTROL);
+        if let Some(value) = private_cache_control(current.as_deref()) {
+            host.set_response_header(CACHE_CONTROL, &value);
+        }
+    }
+}
+
+/// The response header that tells caches what they may store.
+pub const CACHE_CONTROL: &str = "cache-control";
+
+/// The `Cache-Control` a response carrying a per-visitor `Set-Cookie` gets, from the one it has
+/// (`None`: none); `None` when it needs no change (already `private` or `no-store`, without
+/// `public` or `s-maxage`). `public` and `s-maxage` go (they let a shared cache store it),
+/// `private` comes first, every other directive stays as written (`max-age` still lets the
+/// visitor's own browser cache the page).
+pub fn private_cache_control(current: Option<&[u8]>) -> Option<String> {
+    let text = String::from_utf8_lossy(current.unwrap_or_default());
+    let directives: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    let name = |d: &str| {
+        d.split('=')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase()
+    };
+    let shared = |d: &&str| matches!(name(d).as_str(), "public" | "s-maxage");
+    let already = directives
+        .iter()
+        .any(|d| matches!(name(d).as_str(), "private" | "no-store"));
+    if already && !directives.iter().any(shared) {
+        return None;
+    }
+    let mut out = vec!["private"];
+    out.extend(
+        directives
+            .iter()
+            .filter(|d| !shared(d) && name(d) != "private"),
+    );
+    Some(out.join(", "))
+}
+
+/// Whether a request for `request_path` (`:path`, its query ignored) is inside cookie path
+/// `cookie_path` (RFC 6265 5.1.4): the same path, or below it at a `/`.
+pub fn path_matches(request_path: &[u8], cookie_path: &str) -> bool {
+    let end = request_path
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(request_path.len());
+    let path = request_path.get(..end).unwrap_or_default();
+    let cookie = cookie_path.as_bytes();
+    match path.strip_prefix(cookie) {
+        Some(rest) => rest.is_empty() || cookie.ends_with(b"/") || rest.starts_with(b"/"),
+        None => false,
+    }
 }
 
 #[cfg(test)]

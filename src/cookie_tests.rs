@@ -125,8 +125,33 @@ fn cookie_names_that_can_be_set_are_tokens() {
 }
 
 #[test]
-fn the_response_gets_the_cookie_in_two_host_calls() {
+fn the_response_gets_the_cookie_and_its_cache_control_in_four_host_calls() {
     let assign = compiled("{}");
+    let id = CookieId::from_bytes([0; 16]);
+    let host = FakeHost::default();
+    host.response_headers
+        .borrow_mut()
+        .push(("cache-control".to_owned(), b"public, max-age=3600".to_vec()));
+    on_response_headers(&assign, &id, &host);
+    assert_eq!(
+        *host.calls.borrow(),
+        [
+            "get all response set-cookie",
+            "add response set-cookie",
+            "get response cache-control",
+            "set response cache-control"
+        ]
+    );
+    let headers = host.response_headers.borrow();
+    assert!(headers.contains(&(
+        "cache-control".to_owned(),
+        b"private, max-age=3600".to_vec()
+    )));
+}
+
+#[test]
+fn with_cache_control_unchanged_the_response_gets_the_cookie_in_two_host_calls() {
+    let assign = compiled(r#"{"cache_control": "unchanged"}"#);
     let id = CookieId::from_bytes([0; 16]);
     let host = FakeHost::default();
     host.response_headers
@@ -404,4 +429,50 @@ fn a_sticky_service_that_does_not_assign_leaves_every_response_alone() {
     let before = host.call_count();
     vm.response_headers(10, &host);
     assert_eq!(host.call_count(), before);
+}
+
+#[test]
+fn a_response_that_sets_the_cookie_is_made_private_to_shared_caches() {
+    let cases: [(Option<&str>, Option<&str>); 8] = [
+        (None, Some("private")),
+        (Some("public, max-age=3600"), Some("private, max-age=3600")),
+        (
+            Some("max-age=60, s-maxage=600"),
+            Some("private, max-age=60"),
+        ),
+        (Some("Public,MAX-AGE=5"), Some("private, MAX-AGE=5")),
+        (Some("private, max-age=60"), None),
+        (Some("no-store"), None),
+        (Some("private, public"), Some("private")),
+        (Some("no-cache"), Some("private, no-cache")),
+    ];
+    for (current, expected) in cases {
+        assert_eq!(
+            private_cache_control(current.map(str::as_bytes)).as_deref(),
+            expected,
+            "{current:?}"
+        );
+    }
+}
+
+#[test]
+fn only_requests_inside_the_cookie_path_are_in_it() {
+    for (path, cookie, inside) in [
+        ("/shop", "/shop", true),
+        ("/shop/", "/shop", true),
+        ("/shop/cart?x=1", "/shop", true),
+        ("/shop?x=1", "/shop", true),
+        ("/shopping", "/shop", false),
+        ("/static/app.js", "/shop", false),
+        ("/", "/shop", false),
+        ("/shop/a", "/shop/", true),
+        ("/shop", "/shop/", false),
+        ("/anything", "/", true),
+    ] {
+        assert_eq!(
+            path_matches(path.as_bytes(), cookie),
+            inside,
+            "{path} in {cookie}"
+        );
+    }
 }

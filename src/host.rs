@@ -75,6 +75,9 @@ pub trait Host {
     /// At a stream's response headers: adds a copy of a response header. Hosts that never see
     /// responses ignore it.
     fn add_response_header(&self, _name: &str, _value: &str) {}
+    /// At a stream's response headers: replaces every copy of a response header with one.
+    /// Hosts that never see responses ignore it.
+    fn set_response_header(&self, _name: &str, _value: &str) {}
 }
 
 /// Creates shared-data `key` holding `initial` if it does not exist yet, so that every later
@@ -176,6 +179,9 @@ impl<H: Host + ?Sized> Host for DefineOnce<'_, H> {
     }
     fn add_response_header(&self, name: &str, value: &str) {
         self.host.add_response_header(name, value);
+    }
+    fn set_response_header(&self, name: &str, value: &str) {
+        self.host.set_response_header(name, value);
     }
 }
 
@@ -501,6 +507,13 @@ mod fake {
             self.response_headers
                 .borrow_mut()
                 .push((name.to_owned(), value.as_bytes().to_vec()));
+        }
+
+        fn set_response_header(&self, name: &str, value: &str) {
+            self.calls.borrow_mut().push(format!("set response {name}"));
+            let mut headers = self.response_headers.borrow_mut();
+            headers.retain(|(k, _)| k != name);
+            headers.push((name.to_owned(), value.as_bytes().to_vec()));
         }
 
         fn increment_counter(&self, id: u32, delta: u64) {

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use rand_core::Rng;
 
-use crate::cookie::CookieId;
+use crate::cookie::{path_matches, CookieId};
 use crate::host::Host;
 use crate::in_flight;
 use crate::metrics::Counted;
@@ -125,8 +125,14 @@ where
         .position(|rule| rule.conditions.iter().all(|c| holds(c, &mut request)));
     let ruled = rule.and_then(|r| service.rules.get(r)).map(|r| r.upstream);
     let cookie = match (&service.assign_cookie, &service.strategy) {
-        (Some(_), Strategy::Sticky { hash_on, .. })
-            if sticky_key(hash_on, &mut request).is_none() =>
+        (Some(assign), Strategy::Sticky { hash_on, .. })
+            if sticky_key(hash_on, &mut request).is_none()
+                // Outside the cookie's path the browser sends no cookie: an id set there would
+                // replace the visitor's (`/` holds every path; no read for it).
+                && (assign.path == "/"
+                    || request
+                        .header(":path")
+                        .is_some_and(|p| path_matches(p, &assign.path))) =>
         {
             Some(CookieId::random(rng))
         }

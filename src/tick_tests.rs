@@ -1179,7 +1179,9 @@ fn a_fleet_ejects_a_failing_canary_on_every_pod_when_min_requests_fits_a_pods_sh
             let per_pod = total.map(|r| r / f64::from(pods));
             // The last pod of the fleet to eject (each pod its own seed), sampled as in wasm.
             let times: Vec<Option<u64>> = (0..pods)
-                .map(|p| pod_ejects_canary_at(guard, per_pod, 0.5, true, 0xf1ee7 + u64::from(p), 600))
+                .map(|p| {
+                    pod_ejects_canary_at(guard, per_pod, 0.5, true, 0xf1ee7 + u64::from(p), 600)
+                })
                 .collect();
             let last = times
                 .iter()
@@ -1192,7 +1194,10 @@ fn a_fleet_ejects_a_failing_canary_on_every_pod_when_min_requests_fits_a_pods_sh
         println!(
             "min_requests {}: {pods} pods: every pod ejected after {}",
             if *sized { 4 } else { 20 },
-            last.map_or("never (10 minutes)".to_owned(), |ms| format!("{:.1} s", ms as f64 / 1000.0))
+            last.map_or("never (10 minutes)".to_owned(), |ms| format!(
+                "{:.1} s",
+                ms as f64 / 1000.0
+            ))
         );
     }
     let at = |sized, pods| {

@@ -69,8 +69,8 @@ class Visitor:
 class Connection(harness.Client):
     """One keep-alive connection to Envoy whose answers must come from an upstream."""
 
-    def send(self, headers):
-        response = self.response("/", headers)
+    def send(self, headers, path="/"):
+        response = self.response(path, headers)
         assert response.status == 200, (response.status, response.body)
         return response
 
@@ -193,14 +193,14 @@ def test_the_cookie_has_exactly_the_attributes_configured(deploy):
     envoy = deploy(plugin, ["a"])
     connection = Connection(envoy.port)
     try:
-        response = connection.send({"Host": "web"})
+        response = connection.send({"Host": "web"}, "/shop/cart")
         (value,) = response.msg.get_all("set-cookie")
         name_id, attributes = value.split(";", 1)
         name, id_ = name_id.split("=")
         assert name == COOKIE and len(id_) == 22
         assert attributes == " Max-Age=600; Path=/shop; Secure; SameSite=None"
         # With the cookie, nothing is set.
-        again = connection.send({"Host": "web", "Cookie": f"{COOKIE}={id_}"})
+        again = connection.send({"Host": "web", "Cookie": f"{COOKIE}={id_}"}, "/shop/cart")
         assert again.msg.get_all("set-cookie") is None
     finally:
         connection.close()
@@ -245,3 +245,93 @@ def test_the_module_without_the_response_callback_refuses_assign_cookie(build, t
     assert ("invalid configuration: services[0].assign_cookie: this module does not export the "
             "response-headers callback") in log
     assert "load meshsplit-cookie.wasm" in log
+
+
+def cdn(meshsplit_port):
+    """An Envoy with the HTTP cache filter in front of the meshsplit Envoy: a CDN."""
+    cache = {"name": "envoy.filters.http.cache", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cache.v3.CacheConfig",
+        "typed_config": {"@type": "type.googleapis.com/"
+                         "envoy.extensions.http.cache.simple_http_cache.v3.SimpleHttpCacheConfig"}}}
+    listener = harness.http_listener("cdn", harness.free_port(), [
+        {"match": {"prefix": "/"}, "route": {"cluster": "site"}}], [cache])
+    return {"admin": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                     "port_value": harness.free_port()}}},
+            "static_resources": {"listeners": [listener],
+                                 "clusters": [harness.static_cluster("site", meshsplit_port)]}}
+
+
+def cacheable_site(ports, **assign):
+    """The meshsplit Envoy, whose application marks its page `public, max-age=3600`."""
+    config = harness.bootstrap(site({"a": 1, "b": 1}, **assign), ports, harness.free_port(),
+                               harness.free_port())
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
+        route["response_headers_to_add"] = [{
+            "header": {"key": "cache-control", "value": "public, max-age=3600"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+    return config
+
+
+@pytest.mark.parametrize("cache_control", ["private", "unchanged"])
+def test_a_shared_cache_never_hands_one_visitors_id_to_the_next(build, tmp_path, cache_control):
+    """Ten new visitors, one after the other, through a CDN (Envoy's cache filter): each gets an
+    id of its own, because the response that sets it is made private; with
+    `cache_control: "unchanged"` (the application's `public` stays) the CDN hands the first
+    visitor's id to every later one, which is why "private" is the default."""
+    with harness.upstreams("a", "b") as ports, \
+            harness.Envoy(cacheable_site(ports, cache_control=cache_control), tmp_path / "site"
+                          if (tmp_path / "site").mkdir() is None else None) as site_envoy, \
+            harness.Envoy(cdn(site_envoy.port), tmp_path) as front:
+        ids, controls = [], []
+        for _ in range(10):
+            connection = Connection(front.port)
+            try:
+                response = connection.send({"Host": "web"})
+            finally:
+                connection.close()
+            (value,) = response.msg.get_all("set-cookie")
+            ids.append(value.split(";")[0])
+            controls.append(response.getheader("cache-control"))
+    if cache_control == "private":
+        assert len(set(ids)) == 10, ids
+        assert set(controls) == {"private, max-age=3600"}, controls
+    else:
+        assert len(set(ids)) == 1, ids
+
+
+def test_requests_outside_the_cookie_path_keep_the_visitors_id(build, tmp_path):
+    """`path: /shop` and a real cookie jar: `/shop/`, then `/static/app.js` (the browser sends
+    no cookie there), then `/shop/` again: the request outside the path gets no new id, and the
+    visitor keeps its id and its upstream."""
+    with harness.upstreams("a", "b") as ports:
+        config = harness.bootstrap(site({"a": 1, "b": 1}, path="/shop"), ports,
+                                   harness.free_port(), harness.free_port())
+        with harness.Envoy(config, tmp_path) as envoy:
+            connection = Connection(envoy.port)
+            changed = outside_cookies = 0
+            try:
+                for _ in range(100):
+                    jar = http.cookiejar.CookieJar()
+
+                    def visit(path):
+                        request = urllib.request.Request(f"http://web{path}")
+                        jar.add_cookie_header(request)
+                        headers = {"Host": "web"}
+                        if request.get_header("Cookie"):
+                            headers["Cookie"] = request.get_header("Cookie")
+                        response = connection.send(headers, path)
+                        jar.extract_cookies(response, request)
+                        return json.loads(response.body)["upstream"], response
+
+                    first, _ = visit("/shop/")
+                    (before,) = [c.value for c in jar if c.name == COOKIE]
+                    _, outside = visit("/static/app.js")
+                    outside_cookies += len(outside.msg.get_all("set-cookie") or [])
+                    again, _ = visit("/shop/")
+                    (after,) = [c.value for c in jar if c.name == COOKIE]
+                    changed += (before != after) or (first != again)
+            finally:
+                connection.close()
+    assert outside_cookies == 0
+    assert changed == 0

@@ -96,9 +96,19 @@ impl Host for FilterHost<'_> {
         self.filter.response_header_values(name)
     }
 
+    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.filter.response_header_values(name).into_iter().next()
+    }
+
     fn add_response_header(&self, name: &str, value: &str) {
         if !self.filter.add_response_header(name, value) {
             log::warn!("adding response header {name} failed");
+        }
+    }
+
+    fn set_response_header(&self, name: &str, value: &str) {
+        if !self.filter.set_response_header(name, value) {
+            log::warn!("setting response header {name} failed");
         }
     }
 }

@@ -377,6 +377,19 @@ impl Filter {
         })
     }
 
+    /// Replaces every copy of a response header with one (in the response-headers hook).
+    pub fn set_response_header(self, name: &str, value: &str) -> bool {
+        // SAFETY: as in request_header; Envoy copies key and value.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_header(
+                self.0,
+                RESPONSE_HEADER,
+                ModuleBuffer::of(name.as_bytes()),
+                ModuleBuffer::of(value.as_bytes()),
+            )
+        }
+    }
+
     /// Replaces every copy of a request header (`Some`) or removes them all (`None`).
     pub fn set_request_header(self, name: &str, value: Option<&str>) -> bool {
         let value = match value {

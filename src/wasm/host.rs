@@ -104,4 +104,11 @@ impl Host for EnvoyHost {
             log::warn!("adding response header {name}: status {status}");
         }
     }
+
+    #[cfg(feature = "assign-cookie")]
+    fn set_response_header(&self, name: &str, value: &str) {
+        if let Err(status) = imports::set_response_header(name, value) {
+            log::warn!("setting response header {name}: status {status}");
+        }
+    }
 }

@@ -320,6 +320,21 @@ fn decode_pairs(bytes: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
     Some(pairs)
 }
 
+/// Replaces every copy of a response header with one.
+#[cfg(feature = "assign-cookie")]
+pub fn set_response_header(name: &str, value: &str) -> Result<(), u32> {
+    // SAFETY: pointers and lengths describe live strings for the duration of the call.
+    checked(unsafe {
+        proxy_replace_header_map_value(
+            RESPONSE_HEADERS,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    })
+}
+
 /// Replaces every copy of a request header (`Some`) or removes them all (`None`).
 pub fn set_request_header(name: &str, value: Option<&str>) -> Result<(), u32> {
     // SAFETY: pointers and lengths describe live strings for the duration of the call.

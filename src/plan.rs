@@ -153,12 +153,15 @@ impl Service {
     /// Puts `weights` (one per upstream) in force; the configured ones when they equal them.
     /// Returns whether anything changed. Weights that sum to 0 change nothing.
     ///
-    /// Whenever the weights in force change (a rollout step, an ejection, a readmission),
-    /// round robin starts its order afresh: its scores were earned under the old weights, and
-    /// kept they would be paid back under the new ones (after 1 000 000/1, a step to 1/1 would
-    /// send about 500 000 requests in a row to one upstream). So the documented bound holds
-    /// from every change on, counted from the change.
+    /// Whenever the weights in force change (a rollout step, an interpolating rollout's tick,
+    /// an ejection, a readmission), round robin keeps its place in the rotation: each score is
+    /// rescaled to the new total and clamped into the bounds the new weights allow
+    /// ([`crate::select::rebase_round_robin`]). Kept as they were, scores earned under
+    /// 1 000 000/1 would be paid back under 1/1 in a burst of about 500 000 requests; reset,
+    /// every change would hand the next request to the heaviest upstream, and an interpolating
+    /// ramp changes the weights on almost every tick (a quiet canary would get nothing).
     pub fn set_weights(&self, weights: &[u32]) -> bool {
+        let old_total: u64 = self.weights().iter().map(|&w| u64::from(w)).sum();
         if *self.weights() == *weights {
             return false;
         }
@@ -174,7 +177,7 @@ impl Service {
             }
         }
         if let Strategy::RoundRobin(scores) = &self.strategy {
-            scores.iter().for_each(|score| score.set(0));
+            crate::select::rebase_round_robin(scores, old_total, weights);
         }
         true
     }

@@ -218,7 +218,7 @@ fn round_robin_interleaves_through_the_request_path() {
 /// The README's bound for two upstreams: within half a request of the share either way,
 /// counted from the last change of the weights.
 #[test]
-fn round_robin_starts_afresh_when_the_weights_in_force_change() {
+fn round_robin_pays_no_burst_back_when_the_weights_in_force_change() {
     let plan = service_plan(
         r#""strategy": "round_robin","#,
         &[("a", 1_000_000), ("b", 1)],
@@ -243,8 +243,8 @@ fn round_robin_starts_afresh_when_the_weights_in_force_change() {
                 _ => counts[1] += 1,
             }
             for (count, &w) in counts.iter().zip(&weights) {
-                // |count - n·w/W| <= 1/2, scaled by 2W.
-                let off = 2 * (count * total - n * i64::from(w));
+                // |count - n·w/W| <= k - 1 = 1 pick, counted from the change, scaled by W.
+                let off = count * total - n * i64::from(w);
                 assert!(off.abs() <= total, "{name}: {counts:?} after {n}");
             }
         }
@@ -624,4 +624,39 @@ fn unknown_service_removes_the_upstream_header() {
         *host.calls.borrow(),
         vec!["get :authority", "set x-meshsplit-upstream"]
     );
+}
+
+/// An interpolating rollout changes the weights on almost every tick; a quiet service picks
+/// about once per change. Round robin keeps its place across the changes, so the lighter
+/// upstream gets its share over the ramp (reset at every change, it got nothing: the heavier one
+/// wins every first pick).
+#[test]
+fn round_robin_gives_each_upstream_its_share_over_an_interpolating_ramp() {
+    let plan = service_plan(
+        r#""strategy": "round_robin","#,
+        &[("a", 600_000), ("b", 400_000)],
+    );
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+    let service = &plan.services[0];
+    for (picks_per_change, changes) in [(1u32, 3000u32), (2, 1500), (3, 1000)] {
+        let mut b = 0u64;
+        let mut expected = 0f64;
+        for step in 0..changes {
+            // 600 000/400 000 to 400 000/600 000 in even steps.
+            let shift = 200_000 * step / changes;
+            let weights = [600_000 - shift, 400_000 + shift];
+            service.set_weights(&weights);
+            for _ in 0..picks_per_change {
+                expected += f64::from(weights[1]) / 1_000_000.0;
+                if route_with(&plan, &mut rng, &[]) == "c_b" {
+                    b += 1;
+                }
+            }
+            // Within k - 1 = 1 pick of its share, all along the ramp.
+            assert!(
+                (b as f64 - expected).abs() <= 1.0 + 1e-9,
+                "{picks_per_change} per change: b {b}, share {expected} after change {step}"
+            );
+        }
+    }
 }

@@ -90,6 +90,54 @@ pub fn smooth_round_robin(weights: &[u32], current: &[std::cell::Cell<i64>]) -> 
     Some(index)
 }
 
+/// Carries a round-robin state over to new weights `weights` from weights that summed to
+/// `old_total`: each score is rescaled to the new total (a score is a debt in units of the
+/// total: the same fraction of a pick), zero-weight entries are set to 0, every score is clamped
+/// into `[-(k-1)·W/k, (k-1)²·W/k]` (`k` entries of positive weight, total `W`: the bounds
+/// [`smooth_round_robin`] keeps), and the sum is brought back to 0 within those bounds. From
+/// then on the rotation goes on where it was: counted from the change, an entry's picks stay
+/// within `k - 1` picks of its share either way (the state starts inside the bounds instead of
+/// at 0).
+pub fn rebase_round_robin(current: &[std::cell::Cell<i64>], old_total: u64, weights: &[u32]) {
+    let total: i128 = weights.iter().map(|&w| i128::from(w)).sum();
+    let k = weights.iter().filter(|&&w| w > 0).count() as i128;
+    if total == 0 || k == 0 {
+        current.iter().for_each(|c| c.set(0));
+        return;
+    }
+    let low = -((k - 1) * total) / k;
+    let high = ((k - 1) * (k - 1) * total) / k;
+    let old = i128::from(old_total.max(1));
+    let mut sum = 0i128;
+    for (cell, &weight) in current.iter().zip(weights) {
+        let score = if weight == 0 {
+            0
+        } else {
+            (i128::from(cell.get()) * total / old).clamp(low, high)
+        };
+        sum += score;
+        cell.set(i64::try_from(score).unwrap_or(0));
+    }
+    // Back to a sum of 0: take the excess from (or give the shortfall to) positive-weight
+    // entries, each within its bounds; the bounds of k entries contain 0, so this ends.
+    for (cell, &weight) in current.iter().zip(weights) {
+        if sum == 0 {
+            break;
+        }
+        if weight == 0 {
+            continue;
+        }
+        let score = i128::from(cell.get());
+        let moved = if sum > 0 {
+            (score - low).min(sum)
+        } else {
+            (score - high).max(sum)
+        };
+        sum -= moved;
+        cell.set(i64::try_from(score - moved).unwrap_or(0));
+    }
+}
+
 /// Least request relative to weight, with a band of one request: the candidates are the
 /// upstreams whose load `in_flight / weight` is at most the lowest load any upstream would have
 /// with this request added, `min_j (in_flight_j + 1) / weight_j`, and one of them is picked at

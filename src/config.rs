@@ -704,7 +704,8 @@ mod schema {
     use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 
     use super::{
-        RawHashOn, RawOnUnknown, RawSameSite, RawServiceFrom, RawStepWeights, RawStrategy,
+        RawCacheControl, RawHashOn, RawOnUnknown, RawSameSite, RawServiceFrom, RawStepWeights,
+        RawStrategy,
     };
 
     /// A lowercase header name, as `plan::check_header_name` accepts it (HTTP token characters).

@@ -534,6 +534,7 @@ impl Plan {
 /// inside the offending value: a missing value, a variant written as a plain string, two variant
 /// keys in one object. Configure-time code only; the request path does not change.
 fn parse(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
+    refuse_positional(bytes)?;
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let raw: RawConfig = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
         let path = json_path(e.path());
@@ -547,6 +548,106 @@ fn parse(bytes: &[u8]) -> Result<RawConfig, ConfigError> {
         .end()
         .map_err(|e| ConfigError::new("", crate::serde_words::reword(&e.to_string())))?;
     Ok(raw)
+}
+
+/// Objects the configuration reads by field name. serde would also take a JSON list for each, by
+/// position (`"guard": [0.1]` as `error_rate 0.1`), which no reader can check by its keys; such
+/// lists are refused here, with their path, before the configuration is read.
+fn refuse_positional(bytes: &[u8]) -> Result<(), ConfigError> {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        // Not JSON: the reader says where.
+        return Ok(());
+    };
+    let list = |path: &str, what: &str| {
+        Err(ConfigError::new(
+            path,
+            format!(
+                "expected an object, got a list: {what} is read by field name, never by \
+                 position"
+            ),
+        ))
+    };
+    let object = |value: &serde_json::Value, path: &str, what: &str| -> Result<(), ConfigError> {
+        if value.is_array() {
+            return list(path, what);
+        }
+        Ok(())
+    };
+    let each = |value: Option<&serde_json::Value>,
+                path: &str,
+                what: &str,
+                check: &dyn Fn(&serde_json::Value, &str) -> Result<(), ConfigError>|
+     -> Result<(), ConfigError> {
+        if let Some(items) = value.and_then(serde_json::Value::as_array) {
+            for (i, item) in items.iter().enumerate() {
+                let at = format!("{path}[{i}]");
+                if item.is_array() {
+                    return list(&at, what);
+                }
+                check(item, &at)?;
+            }
+        }
+        Ok(())
+    };
+    let none = |_: &serde_json::Value, _: &str| Ok(());
+    object(&value, "", "the configuration")?;
+    each(
+        value.get("services"),
+        "services",
+        "a service",
+        &|service, at| {
+            each(
+                service.get("upstreams"),
+                &format!("{at}.upstreams"),
+                "an upstream",
+                &none,
+            )?;
+            each(
+                service.get("rules"),
+                &format!("{at}.rules"),
+                "a rule",
+                &|rule, at| {
+                    let Some(matcher) = rule.get("match") else {
+                        return Ok(());
+                    };
+                    let at = format!("{at}.match");
+                    object(matcher, &at, "a match")?;
+                    for key in ["headers", "cookies", "query"] {
+                        each(
+                            matcher.get(key),
+                            &format!("{at}.{key}"),
+                            "a condition",
+                            &none,
+                        )?;
+                    }
+                    Ok(())
+                },
+            )?;
+            if let Some(guard) = service.get("guard") {
+                object(guard, &format!("{at}.guard"), "a guard")?;
+                if let Some(latency) = guard.get("latency") {
+                    object(
+                        latency,
+                        &format!("{at}.guard.latency"),
+                        "a latency condition",
+                    )?;
+                }
+            }
+            if let Some(rollout) = service.get("rollout") {
+                object(rollout, &format!("{at}.rollout"), "a rollout")?;
+                each(
+                    rollout.get("steps"),
+                    &format!("{at}.rollout.steps"),
+                    "a step",
+                    &none,
+                )?;
+            }
+            if let Some(assign) = service.get("assign_cookie") {
+                object(assign, &format!("{at}.assign_cookie"), "assign_cookie")?;
+            }
+            Ok(())
+        },
+    )
 }
 
 /// `services[0].upstreams[1].weight`. An enum's variant reads like a field

@@ -1244,3 +1244,35 @@ fn a_cluster_specifier_refuses_an_upstream_header() {
     let e = p.check_cluster_specifier().unwrap_err();
     assert_eq!(e.path, "upstream_header");
 }
+
+#[test]
+fn objects_written_as_lists_are_refused_with_their_path() {
+    let cases = [
+        (
+            r#"{"services": [{"name": "s", "upstreams": [{"name": "a", "cluster": "c", "weight": 1}],
+                "guard": [0.1, 20, 10, 30]}]}"#,
+            "services[0].guard",
+        ),
+        (
+            r#"{"services": [{"name": "s", "upstreams": [["a", "c", null, 1]]}]}"#,
+            "services[0].upstreams[0]",
+        ),
+        (r#"{"services": [["s", null]]}"#, "services[0]"),
+        (r#"[null, null, null, [{"name": "s"}]]"#, ""),
+        (
+            r#"{"services": [{"name": "s", "upstreams": [{"name": "a", "cluster": "c", "weight": 1}],
+                "rules": [{"match": [[], [], []], "upstream": "a"}]}]}"#,
+            "services[0].rules[0].match",
+        ),
+        (
+            r#"{"services": [{"name": "s", "upstreams": [{"name": "a", "cluster": "c", "weight": 1}],
+                "rollout": {"start": "2026-01-01T00:00:00Z", "steps": [[0, {"a": 1}]]}}]}"#,
+            "services[0].rollout.steps[0]",
+        ),
+    ];
+    for (json, path) in cases {
+        let e = Plan::from_json(json.as_bytes()).unwrap_err();
+        assert_eq!(e.path, path, "{json}: {e}");
+        assert!(e.message.contains("got a list"), "{e}");
+    }
+}

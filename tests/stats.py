@@ -3,14 +3,14 @@ import math
 
 # The suite's false-failure budget: a correct build may fail a `make test` run by chance at most
 # once in 10 000 runs. Every chi-square check fails below P_MIN, and the checks of one run add up
-# (a union bound): at 1e-6 each, up to 100 checks fit the budget. About ninety run per `make test`
+# (a union bound): at 4e-7 each, up to 250 checks fit the budget. About 120 run per `make test`
 # (per build, some in loops); conftest.py counts them (CHECKS) and fails the run when their sum
 # exceeds the budget, so adding checks cannot silently spend it. Power stays: a deliberately wrong
 # split of the size the split tests send (90/10 served as 85/15 over 4000 requests) gives a
-# statistic near 111 against a critical value of 23.9 (p = 1e-6, one degree of freedom), and
+# statistic near 111 against a critical value of 25.7 (p = 4e-7, one degree of freedom), and
 # tests/test_stats.py checks that such a split fails every time in 1000 simulated runs.
 FALSE_FAILURE_BUDGET = 1e-4
-P_MIN = 1e-6
+P_MIN = 4e-7
 # Statistical checks made so far in this process (each may fail a correct build with chance at
 # most P_MIN): every chi-square check, and the checks with a tolerance of their own that call
 # count_check (a 5-sigma binomial bound fails by chance with about 5.7e-7).

@@ -35,5 +35,5 @@ def test_a_ten_point_error_fails_every_time_at_the_split_tests_size():
     assert (wrong, right) == (1000, 0), (wrong, right)
 
 
-def test_the_threshold_fits_the_budget_for_a_hundred_checks():
-    assert 100 * stats.P_MIN <= stats.FALSE_FAILURE_BUDGET
+def test_the_threshold_fits_the_budget_for_two_hundred_and_fifty_checks():
+    assert 250 * stats.P_MIN <= stats.FALSE_FAILURE_BUDGET

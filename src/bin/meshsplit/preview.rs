@@ -15,7 +15,8 @@ use crate::schedule::{
     moment, now_ms, put_in_force, rfc3339, signed, timeline, At, Moment, Row, State,
 };
 use crate::simulate::{
-    cycle_length, expected_shares, generator, key, movement, simulate, Movement, Request, SimHost,
+    cycle_length, envoy_name, expected_shares, generator, key, movement, simulate, Movement,
+    Request, SimHost,
 };
 use crate::Status;
 
@@ -814,8 +815,19 @@ impl RequestOptions {
                 }
             }
         }
-        for (name, value) in &self.headers {
-            request.set(name, value);
+        // A name's first --header replaces what the request has (the service key, Envoy's
+        // own headers); a repeated one is another copy, as a client sending it twice.
+        for (index, (name, value)) in self.headers.iter().enumerate() {
+            let repeated = self
+                .headers
+                .iter()
+                .take(index)
+                .any(|(earlier, _)| envoy_name(earlier) == envoy_name(name));
+            if repeated && !name.starts_with(':') && envoy_name(name) != ":authority" {
+                request.append(name, value);
+            } else {
+                request.set(name, value);
+            }
         }
         // An HTTP/1.1 request has no `:scheme`: Envoy takes it from `x-forwarded-proto` when
         // that is `http` or `https`, else from the connection (plain here).
@@ -827,8 +839,19 @@ impl RequestOptions {
                 request.set(":scheme", &scheme);
             }
         }
-        for (name, value) in &self.cookies {
-            request.add_cookie(name, value);
+        // The --cookie values are one `cookie` header of their own, beside any --header cookie
+        // (a client may send several; a condition holds if any copy's cookie does).
+        if !self.cookies.is_empty() {
+            let joined: Vec<String> = self
+                .cookies
+                .iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect();
+            if self.headers.iter().any(|(name, _)| name == "cookie") {
+                request.append("cookie", &joined.join("; "));
+            } else {
+                request.set("cookie", &joined.join("; "));
+            }
         }
         request
     }

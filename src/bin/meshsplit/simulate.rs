@@ -66,6 +66,13 @@ impl Request {
         request
     }
 
+    /// Adds a copy of header `name` after the others, as a client that sends it twice does
+    /// (`host` is `:authority`).
+    pub fn append(&mut self, name: &str, value: &str) {
+        self.headers
+            .push((envoy_name(name).to_owned(), value.as_bytes().to_vec()));
+    }
+
     /// Replaces every copy of header `name` (`host` is `:authority`).
     pub fn set(&mut self, name: &str, value: &str) {
         let name = envoy_name(name);
@@ -168,6 +175,17 @@ impl SimHost {
 }
 
 impl Host for SimHost {
+    /// Every copy, in order, as Envoy holds a header sent several times.
+    fn request_header_values(&self, name: &str) -> Vec<Vec<u8>> {
+        let name = envoy_name(name);
+        self.headers
+            .borrow()
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
     fn request_header(&self, name: &str) -> Option<Vec<u8>> {
         // As in Envoy, `host` reads `:authority`.
         let name = envoy_name(name);

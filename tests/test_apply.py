@@ -326,3 +326,52 @@ def test_an_empty_ecds_file_or_one_without_a_resource_gets_one_with_module(cli, 
     assert ecds_config(bare) == (all_to("a"), "1")
     resource = json.loads(bare.read_text())["resources"][0]
     assert resource["typed_config"]["config"]["vm_config"]["code"] == {"local": {"filename": "/m.wasm"}}
+
+
+COOKIE_PLUGIN = {"services": [{"name": "web", "strategy": "sticky", "hash_on": {"cookie": "mesh-web"},
+                               "assign_cookie": {}, "upstreams": [
+                                   {"name": "a", "cluster": "a", "weight": 1}]}]}
+
+
+def test_apply_never_reports_success_for_a_cookie_config_the_module_in_force_refuses(cli, wasm, tmp_path):  # noqa: F811
+    """An ECDS file whose resource runs meshsplit.wasm (no response callback): a config with
+    assign_cookie is refused by apply (exit 1, file untouched), as Envoy's filter would refuse
+    it; with meshsplit-cookie.wasm it is applied."""
+    ecds = tmp_path / "ecds"
+    ecds.mkdir()
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps(all_to("a")))
+    target = ecds / "meshsplit.json"
+    for module, applied in ((harness.WASM, False), (harness.WASM_COOKIE, True)):
+        target.unlink(missing_ok=True)
+        assert meshsplit(cli, "apply", split, "--to", target, "--module", module).returncode == 0
+        before = target.read_bytes()
+        cookie = tmp_path / "cookie.json"
+        cookie.write_text(json.dumps(COOKIE_PLUGIN))
+        result = meshsplit(cli, "apply", cookie, "--to", target)
+        if applied:
+            assert result.returncode == 0, result.stdout + result.stderr
+        else:
+            assert result.returncode == 1, result.stdout + result.stderr
+            assert "the module this resource runs would refuse the configuration" in result.stdout
+            assert "meshsplit-cookie.wasm" in result.stdout
+            assert target.read_bytes() == before
+
+
+def test_check_sees_the_module_a_versioned_or_remote_name_stands_for(cli, tmp_path):  # noqa: F811
+    """The lean module under the names the install page and `make oci` give it (a version, an
+    OCI image, an https URL) refuses assign_cookie; the cookie module's names do not."""
+    for url, refused in (("oci://REGISTRY/meshsplit:TAG", True),
+                         ("https://example.com/meshsplit-0.2.0.wasm", True),
+                         ("file:///var/local/lib/wasm/meshsplit-0.2.0.wasm", True),
+                         ("oci://REGISTRY/meshsplit-cookie:TAG", False)):
+        manifest = {"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+                    "metadata": {"name": "m", "namespace": "default"},
+                    "spec": {"url": url, "pluginConfig": json.loads(json.dumps(COOKIE_PLUGIN))}}
+        manifest["spec"]["pluginConfig"]["services"][0]["upstreams"][0]["cluster"] = \
+            "outbound|9080|a|web.default.svc.cluster.local"
+        path = tmp_path / "wasmplugin.json"
+        path.write_text(json.dumps(manifest))
+        result = check(cli, path)
+        assert result.returncode == (1 if refused else 0), (url, result.stdout)
+        assert ("services[0].assign_cookie" in result.stdout) == refused, (url, result.stdout)

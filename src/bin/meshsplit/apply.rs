@@ -206,6 +206,24 @@ pub fn apply(args: &Args, new: &Loaded) -> Result<Applied, Failure> {
             version: old_version.unwrap_or_default(),
         });
     }
+    // The module the resource runs must accept the configuration (meshsplit.wasm refuses
+    // assign_cookie): never report success for a configuration Envoy's filter will refuse.
+    let document = crate::source::Document {
+        value: response.clone(),
+        text: None,
+    };
+    for found in crate::extract::extract(std::slice::from_ref(&document)) {
+        if let Err(e) = found.plan() {
+            return Err(Failure {
+                status: Status::Invalid,
+                message: format!(
+                    "{at}: {}: the module this resource runs would refuse the configuration, \
+                     nothing written: {e}",
+                    found.place
+                ),
+            });
+        }
+    }
     let version = next_version(response.get("version_info"));
     if let Some(map) = response.as_object_mut() {
         map.insert("version_info".to_owned(), Value::String(version.clone()));

@@ -229,6 +229,14 @@ fn from_manifest(value: &Value, out: &mut Vec<Found>) {
                     );
                     found.config = config.map(Value::to_string).unwrap_or_default();
                     found.istio = false;
+                    let code = module.get("code");
+                    let url = ["http", "image"]
+                        .iter()
+                        .find_map(|k| code.and_then(|c| c.get(*k)).and_then(|c| c.get("url")))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    found.no_responses =
+                        list == "wasm" && module_sees_responses(url) == Some(false);
                     out.push(found);
                 }
             }
@@ -244,13 +252,18 @@ fn plugin_config_object(holder: Option<&Value>, place: String, plugin: String) -
         .and_then(|h| h.get("pluginConfig"))
         .map(Value::to_string)
         .unwrap_or_default();
+    // The module Istio fetches: `url` (oci://, https://, file://).
+    let url = holder
+        .and_then(|h| h.get("url"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     Found {
         place,
         plugin,
         config,
         clusters: None,
         specifier: false,
-        no_responses: false,
+        no_responses: module_sees_responses(url) == Some(false),
         broken: None,
         istio: true,
     }
@@ -497,8 +510,8 @@ fn string_configuration<'a>(config: &'a Value, holder: Option<&str>) -> Option<E
     })
 }
 
-/// Whether a wasm filter's `PluginConfig` loads `meshsplit.wasm` (a local file or URL of that
-/// name), the module without the response-headers callback.
+/// Whether a wasm filter's `PluginConfig` loads a module without the response-headers callback
+/// (`meshsplit.wasm`), as far as its source tells ([`module_sees_responses`]).
 fn module_is_lean(config: &Value) -> bool {
     let code = config.get("vm_config").and_then(|v| v.get("code"));
     let source = code
@@ -511,7 +524,86 @@ fn module_is_lean(config: &Value) -> bool {
         })
         .and_then(Value::as_str)
         .unwrap_or_default();
-    source == "meshsplit.wasm" || source.ends_with("/meshsplit.wasm")
+    module_sees_responses(source) == Some(false)
+}
+
+/// Whether the module at `source` (a file path, `file://`, `https://` or `oci://` URL) exports
+/// the response-headers callback that `assign_cookie` needs. A module file that can be read is
+/// judged by its exports (`proxy_on_response_headers`); otherwise by its name as meshsplit
+/// ships it: `meshsplit-cookie…` has it; `meshsplit.wasm`, `meshsplit-VERSION.wasm` and an OCI
+/// image named `meshsplit` have not. `None`: the source does not tell.
+pub fn module_sees_responses(source: &str) -> Option<bool> {
+    let local = source.strip_prefix("file://").unwrap_or(source);
+    if !local.contains("://") && !local.is_empty() {
+        if let Ok(bytes) = std::fs::read(local) {
+            if let Some(exports) = wasm_exports(&bytes) {
+                return Some(exports.iter().any(|e| e == "proxy_on_response_headers"));
+            }
+        }
+    }
+    let path = source
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('/');
+    let last = path.rsplit('/').next().unwrap_or_default();
+    // An image reference's tag or digest is not part of its name.
+    let name = last
+        .split(['@', ':'])
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches(".wasm");
+    if name.starts_with("meshsplit-cookie") {
+        return Some(true);
+    }
+    let version = name
+        .strip_prefix("meshsplit")
+        .map(|rest| rest.trim_start_matches('-'));
+    match version {
+        Some(rest) if rest.chars().all(|c| c.is_ascii_digit() || c == '.') => Some(false),
+        _ => None,
+    }
+}
+
+/// The names a wasm module exports (its export section); `None` if it is not a wasm module.
+fn wasm_exports(bytes: &[u8]) -> Option<Vec<String>> {
+    fn leb(bytes: &[u8], pos: &mut usize) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *bytes.get(*pos)?;
+            *pos += 1;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Some(value);
+            }
+        }
+        None
+    }
+    if bytes.get(..4)? != b"\0asm" {
+        return None;
+    }
+    let mut pos = 8;
+    while pos < bytes.len() {
+        let section = *bytes.get(pos)?;
+        pos += 1;
+        let size = usize::try_from(leb(bytes, &mut pos)?).ok()?;
+        let end = pos.checked_add(size)?;
+        if section == 7 {
+            let mut at = pos;
+            let count = leb(bytes, &mut at)?;
+            let mut names = Vec::new();
+            for _ in 0..count {
+                let length = usize::try_from(leb(bytes, &mut at)?).ok()?;
+                let name = bytes.get(at..at.checked_add(length)?)?;
+                names.push(String::from_utf8_lossy(name).into_owned());
+                at += length + 1; // the kind byte
+                leb(bytes, &mut at)?; // the index
+            }
+            return Some(names);
+        }
+        pos = end;
+    }
+    Some(Vec::new())
 }
 
 /// The elements of `value` if it is a list.
@@ -939,5 +1031,64 @@ mod tests {
     fn documents_without_configs_give_nothing() {
         assert!(found("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {host: r}\n").is_empty());
         assert!(found("{\"admin\": {}}").is_empty());
+    }
+}
+
+#[cfg(test)]
+mod module_tests {
+    use super::module_sees_responses;
+
+    #[test]
+    fn a_modules_name_tells_whether_it_sees_responses() {
+        for (source, sees) in [
+            ("/etc/envoy/meshsplit.wasm", Some(false)),
+            ("meshsplit-0.2.0.wasm", Some(false)),
+            ("oci://REGISTRY/meshsplit:TAG", Some(false)),
+            (
+                "oci://registry.example/team/meshsplit@sha256:abc",
+                Some(false),
+            ),
+            (
+                "https://example.com/meshsplit/0.2.0/meshsplit.wasm?x=1",
+                Some(false),
+            ),
+            (
+                "file:///var/local/lib/wasm/meshsplit-cookie.wasm",
+                Some(true),
+            ),
+            ("meshsplit-cookie-0.2.0.wasm", Some(true)),
+            ("oci://REGISTRY/meshsplit-cookie:TAG", Some(true)),
+            ("oci://REGISTRY/splitter:TAG", None),
+            ("", None),
+        ] {
+            assert_eq!(module_sees_responses(source), sees, "{source}");
+        }
+    }
+
+    #[test]
+    fn a_module_file_is_judged_by_its_exports() {
+        let dir = std::env::temp_dir().join(format!("meshsplit-exports-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A module whose name says nothing: an export section with one function export each.
+        let module = |export: &str| {
+            let mut bytes = b"\0asm\x01\0\0\0".to_vec();
+            let mut section = vec![1u8, export.len() as u8];
+            section.extend_from_slice(export.as_bytes());
+            section.extend_from_slice(&[0, 0]);
+            bytes.push(7);
+            bytes.push(section.len() as u8);
+            bytes.extend(section);
+            bytes
+        };
+        let with = dir.join("custom-a.wasm");
+        let without = dir.join("custom-b.wasm");
+        std::fs::write(&with, module("proxy_on_response_headers")).unwrap();
+        std::fs::write(&without, module("proxy_on_request_headers")).unwrap();
+        assert_eq!(module_sees_responses(with.to_str().unwrap()), Some(true));
+        assert_eq!(
+            module_sees_responses(&format!("file://{}", without.display())),
+            Some(false)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -137,6 +137,27 @@ pub fn compile(path: &str, name: &str, raw: &RawAssignCookie) -> Result<AssignCo
                 .to_owned(),
         ));
     }
+    // Browsers drop a cookie whose name claims a prefix its attributes do not honour
+    // (RFC 6265bis, case-insensitively): no visitor would keep it.
+    let lower = name.to_ascii_lowercase();
+    if (lower.starts_with("__secure-") || lower.starts_with("__host-")) && !secure {
+        return Err(error(
+            "secure",
+            format!(
+                "{name:?} starts with a __Secure- or __Host- prefix, which browsers accept only \
+                 with Secure: set \"secure\": true (or rename the cookie)"
+            ),
+        ));
+    }
+    if lower.starts_with("__host-") && cookie_path != "/" {
+        return Err(error(
+            "path",
+            format!(
+                "{name:?} starts with __Host-, which browsers accept only with Path=/: remove \
+                 \"path\" or rename the cookie"
+            ),
+        ));
+    }
     let mut attributes = format!("; Max-Age={max_age}; Path={cookie_path}");
     if secure {
         attributes.push_str("; Secure");
@@ -204,8 +225,22 @@ pub const CACHE_CONTROL: &str = "cache-control";
 /// visitor's own browser cache the page).
 pub fn private_cache_control(current: Option<&[u8]>) -> Option<String> {
     let text = String::from_utf8_lossy(current.unwrap_or_default());
-    let directives: Vec<&str> = text
-        .split(',')
+    // Directives are separated by commas outside quoted strings (`no-cache="a, b"` is one).
+    let mut pieces: Vec<&str> = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                pieces.extend(text.get(start..i));
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    pieces.extend(text.get(start..));
+    let directives: Vec<&str> = pieces
+        .into_iter()
         .map(str::trim)
         .filter(|d| !d.is_empty())
         .collect();
@@ -217,9 +252,10 @@ pub fn private_cache_control(current: Option<&[u8]>) -> Option<String> {
             .to_ascii_lowercase()
     };
     let shared = |d: &&str| matches!(name(d).as_str(), "public" | "s-maxage");
+    // A qualified `private="X-Foo"` keeps only that field from a shared cache: not private.
     let already = directives
         .iter()
-        .any(|d| matches!(name(d).as_str(), "private" | "no-store"));
+        .any(|d| d.eq_ignore_ascii_case("private") || name(d) == "no-store");
     if already && !directives.iter().any(shared) {
         return None;
     }

@@ -433,7 +433,15 @@ fn a_sticky_service_that_does_not_assign_leaves_every_response_alone() {
 
 #[test]
 fn a_response_that_sets_the_cookie_is_made_private_to_shared_caches() {
-    let cases: [(Option<&str>, Option<&str>); 8] = [
+    let cases: [(Option<&str>, Option<&str>); 10] = [
+        (
+            Some("private=\"X-Foo\", max-age=600"),
+            Some("private, max-age=600"),
+        ),
+        (
+            Some("no-cache=\"a,private,b\", max-age=600"),
+            Some("private, no-cache=\"a,private,b\", max-age=600"),
+        ),
         (None, Some("private")),
         (Some("public, max-age=3600"), Some("private, max-age=3600")),
         (
@@ -475,4 +483,18 @@ fn only_requests_inside_the_cookie_path_are_in_it() {
             "{path} in {cookie}"
         );
     }
+}
+
+#[test]
+fn prefixed_cookie_names_need_the_attributes_browsers_require() {
+    let compile_named =
+        |name: &str, json: &str| compile("services[0].assign_cookie", name, &raw(json)).map(|_| ());
+    let e = compile_named("__Secure-web", "{}").unwrap_err();
+    assert_eq!(e.path, "services[0].assign_cookie.secure");
+    let e = compile_named("__host-web", "{}").unwrap_err();
+    assert_eq!(e.path, "services[0].assign_cookie.secure");
+    let e = compile_named("__Host-web", r#"{"secure": true, "path": "/shop"}"#).unwrap_err();
+    assert_eq!(e.path, "services[0].assign_cookie.path");
+    assert!(compile_named("__Host-web", r#"{"secure": true}"#).is_ok());
+    assert!(compile_named("__Secure-web", r#"{"secure": true, "path": "/shop"}"#).is_ok());
 }

@@ -432,6 +432,7 @@ fn sticky_key(service: &Service, headers: &[(String, Vec<u8>)]) -> Option<Vec<u8
         HashOn::Cookie(name) => headers
             .iter()
             .filter(|(k, _)| k == "cookie")
+            // The first non-empty cookie of that name, in any `cookie` header.
             .find_map(|(_, c)| cookie_value(c, name.as_bytes()))
             .map(<[u8]>::to_vec),
         HashOn::Query(name) => first(headers, ":path")

@@ -173,6 +173,14 @@ impl Pairs {
             .map(|(_, v)| v)
     }
 
+    /// The value of the first non-empty pair called `name`, in the order sent.
+    pub fn first_non_empty(&self, name: &[u8]) -> Option<&[u8]> {
+        (0..self.in_order.len())
+            .map(|i| self.pair(i))
+            .find(|(n, v)| *n == name && !v.is_empty())
+            .map(|(_, v)| v)
+    }
+
     /// How many pairs were parsed.
     pub fn len(&self) -> usize {
         self.in_order.len()
@@ -183,51 +191,30 @@ impl Pairs {
     }
 }
 
-/// The cookies of a `cookie` header (`a=1; b="x; y"`) as (name, value) in order: names and
-/// values trimmed of white space, a value in double quotes without them. A `;` inside a quoted
-/// value does not end the cookie. Entries without `=` are skipped.
+/// The cookies of a `cookie` header (`a=1; b="x"`) as (name, value) in order, as browsers and
+/// Envoy read it: split on every `;` first, then each piece at its first `=`; names and values
+/// trimmed of white space, a value in double quotes without them. Pieces without `=` are
+/// skipped. (A `"` never joins pieces: an unrelated cookie whose value starts with an unmatched
+/// quote cannot hide the cookies after it.)
 pub fn cookie_pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    let mut rest = header;
-    std::iter::from_fn(move || loop {
-        if rest.is_empty() {
-            return None;
-        }
-        let stop = rest.iter().position(|&b| b == b'=' || b == b';');
-        let Some(eq) = stop.filter(|&i| rest.get(i) == Some(&b'=')) else {
-            // No `=` before the next `;` (or at all): skip this entry.
-            rest = stop.and_then(|i| rest.get(i + 1..)).unwrap_or(&[]);
-            continue;
+    header.split(|&b| b == b';').filter_map(|piece| {
+        let eq = piece.iter().position(|&b| b == b'=')?;
+        let name = piece.get(..eq)?.trim_ascii();
+        let value = piece.get(eq + 1..)?.trim_ascii();
+        let value = match value {
+            [b'"', inner @ .., b'"'] => inner,
+            other => other,
         };
-        let name = rest.get(..eq).unwrap_or(&[]).trim_ascii();
-        let after = rest.get(eq + 1..).unwrap_or(&[]).trim_ascii_start();
-        // A quoted value runs to its closing quote; anything else to the next `;`.
-        let quoted = after
-            .strip_prefix(b"\"")
-            .and_then(|q| q.iter().position(|&b| b == b'"').map(|close| (q, close)));
-        let (value, tail) = match quoted {
-            Some((q, close)) => (
-                q.get(..close).unwrap_or(&[]),
-                q.get(close + 1..).unwrap_or(&[]),
-            ),
-            None => (after, after),
-        };
-        let end = tail.iter().position(|&b| b == b';');
-        let value = match quoted {
-            Some(_) => value,
-            None => value
-                .get(..end.unwrap_or(value.len()))
-                .unwrap_or(&[])
-                .trim_ascii(),
-        };
-        rest = end.and_then(|i| tail.get(i + 1..)).unwrap_or(&[]);
-        return Some((name, value));
+        Some((name, value))
     })
 }
 
-/// The value of the first cookie called `name` in a `cookie` header (see [`cookie_pairs`]).
+/// The value of the first non-empty cookie called `name` in a `cookie` header (see
+/// [`cookie_pairs`]): an empty copy before it (`mesh-web=; mesh-web=ID`, which a browser sends
+/// when an application cleared the cookie on a more specific path) does not hide it.
 pub fn cookie_value<'h>(header: &'h [u8], name: &[u8]) -> Option<&'h [u8]> {
     cookie_pairs(header)
-        .find(|(key, _)| *key == name)
+        .find(|(key, value)| *key == name && !value.is_empty())
         .map(|(_, value)| value)
 }
 
@@ -499,7 +486,11 @@ mod tests {
         assert_eq!(cookie("alphabeta=1; beta=2", "beta"), Some(&b"2"[..]));
         assert_eq!(cookie("a=1", "beta"), None);
         assert_eq!(cookie("beta", "beta"), None);
-        assert_eq!(cookie("beta=", "beta"), Some(&b""[..]));
+        assert_eq!(cookie("beta=", "beta"), None);
+        // An empty copy first (a cleared cookie) does not hide the real one.
+        assert_eq!(cookie("beta=; beta=2", "beta"), Some(&b"2"[..]));
+        // A quote never joins pieces: split on `;` first, as browsers and Envoy.
+        assert_eq!(cookie(r#"x="a; beta=ID; y="b""#, "beta"), Some(&b"ID"[..]));
     }
 
     #[test]

@@ -204,7 +204,11 @@ fn sticky_key<'a, 'v, H: Host + ?Sized>(
     // The first copy, the first cookie or the first parameter of the name, in the order sent.
     let key = match hash_on {
         HashOn::Header(name) => request.header(name).map(Cow::Borrowed),
-        HashOn::Cookie(name) => request.cookies().first(name.as_bytes()).map(Cow::Borrowed),
+        // The first non-empty cookie: `mesh-web=; mesh-web=ID` (a cleared copy first) is ID.
+        HashOn::Cookie(name) => request
+            .cookies()
+            .first_non_empty(name.as_bytes())
+            .map(Cow::Borrowed),
         HashOn::Query(name) => request.query().first(name.as_bytes()).map(Cow::Borrowed),
     };
     key.filter(|k| !k.is_empty())

@@ -335,3 +335,24 @@ def test_requests_outside_the_cookie_path_keep_the_visitors_id(build, tmp_path):
                 connection.close()
     assert outside_cookies == 0
     assert changed == 0
+
+
+def test_a_visitors_id_is_read_past_an_empty_copy_and_an_unmatched_quote(deploy):
+    """What browsers send: a cleared copy of the cookie before the real one (an application
+    cleared it on a more specific path), and an unrelated cookie whose value starts with an
+    unmatched quote. Either way the visitor's id is read: no new id is set, and every request
+    lands on the id's upstream."""
+    envoy = deploy(site({"a": 1, "b": 1}), ["a", "b", "probe"])
+    connection = Connection(envoy.port)
+    try:
+        first = connection.send({"Host": "web"})
+        (value,) = first.msg.get_all("set-cookie")
+        id_ = value.split(";")[0].split("=", 1)[1]
+        home = json.loads(first.body)["upstream"]
+        for cookie in (f"{COOKIE}=; {COOKIE}={id_}", f'x="a; {COOKIE}={id_}; y="b"'):
+            for _ in range(20):
+                response = connection.send({"Host": "web", "Cookie": cookie})
+                assert response.msg.get_all("set-cookie") is None, cookie
+                assert json.loads(response.body)["upstream"] == home, cookie
+    finally:
+        connection.close()

@@ -229,7 +229,7 @@ def test_every_dashboard_query_has_the_fleets_data_and_the_split_adds_up(fleet):
     model = json.loads(DASHBOARD.read_text())
     end = time.time()
     for where, expr in dashboard_module().queries(model):
-        expr = substituted(expr).replace('plugin=~"meshsplit"', 'plugin=~".*"')
+        expr = substituted(expr.replace("$plugin", PLUGIN_LABEL))
         if expr.startswith("label_values("):
             continue
         result = prometheus.api("query", query=expr, time=end)["result"]
@@ -250,10 +250,14 @@ def test_status_reads_the_fleet(fleet):
     args = [str(cli), "status", "--json", "--interval", "3"]
     for pod in pods:
         args += ["--admin", f"http://127.0.0.1:{pod.admin_port}"]
+    # A ninth Envoy that cannot be read: the fleet is shown with it as an error.
+    args += ["--admin", f"http://127.0.0.1:{harness.free_port()}"]
     out = subprocess.run(args, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert report["fleet"]["envoys"] == len(PODS) and report["fleet"]["envoys_read"] == len(PODS)
+    assert report["fleet"]["envoys"] == len(PODS) + 1, report["fleet"]
+    assert report["fleet"]["envoys_read"] == len(PODS), report["fleet"]
+    assert "cannot reach Envoy's admin endpoint" in report["envoys"][-1]["report"]["error"]
     svc = [s for s in report["fleet"]["services"] if s["service"] == "svc"]
     expected = expected_share()
     for service in svc:
@@ -263,4 +267,4 @@ def test_status_reads_the_fleet(fleet):
     ejected = sum(u["ejected_on"] for s in svc for u in s["upstreams"] if u["upstream"] == "v2")
     assert ejected == 2, svc
     text = subprocess.run(args[:2] + args[5:], capture_output=True, text=True, timeout=60).stdout
-    assert text.startswith(f"fleet of {len(PODS)} Envoys, {len(PODS)} read"), text
+    assert text.startswith(f"fleet of {len(PODS) + 1} Envoys, {len(PODS)} read"), text

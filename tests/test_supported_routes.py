@@ -193,29 +193,34 @@ def test_a_policy_on_one_rule_leaves_untagged_requests_without_the_filter(cli, t
 
 
 def guarded_plugin(start):
+    """v1/v2 50/50 as configured until `start`, when the rollout's one step puts v2/v3 50/50."""
     plugin = json.loads(json.dumps(PLUGIN))
     service = plugin["services"][0]
+    for upstream, weight in zip(service["upstreams"], (50, 50, 0)):
+        upstream["weight"] = weight
     service["guard"] = {"error_rate": 0.2, "min_requests": 10, "window_s": 5, "eject_s": 600,
                         "max_ejected_percent": 50}
     service["rollout"] = {"start": start, "interpolate": False, "steps": [
-        {"at_s": 0, "weights": {"v1": 50, "v2": 50}},
-        {"at_s": ROLLOUT_STEP_S, "weights": {"v2": 50, "v3": 50}}]}
+        {"at_s": 0, "weights": {"v2": 50, "v3": 50}}]}
     return plugin
 
 
-# The rollout's second step, seconds after the config is written: Envoy must be ready and the
-# first phase measured before it (Envoy is ready in about 1 s; 12 s leaves room on a busy machine).
-ROLLOUT_STEP_S = 12
+# When the rollout starts, seconds after the config is written: Envoy must be ready, the guard
+# must have ejected v2 and the first phase be measured before it. Envoy is ready in about 1 s and
+# the ejection takes about 2 s; on a machine busy with the rest of the suite the two took up to
+# 12 s, so 25 s leaves twice that.
+ROLLOUT_START_S = 25
 
 
 @pytest.mark.parametrize("shape,variant", CASES)
 def test_the_guard_and_a_rollout_step_move_tagged_traffic(cli, tmp_path, shape, variant):
-    """v2 fails every request: the guard ejects it, and the rollout's 50/50 between v1 and v2 goes
-    all to v1; the rollout's next step (v2/v3 50/50, v2 still ejected) sends everything to v3."""
+    """v2 fails every request: the guard ejects it, and the configured 50/50 between v1 and v2
+    goes all to v1; the rollout's step (v2/v3 50/50, v2 still ejected) sends everything to v3."""
     host = SHAPES[shape][2]
-    start = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    start = (datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+             + datetime.timedelta(seconds=ROLLOUT_START_S))
     plugin = guarded_plugin(start.strftime("%Y-%m-%dT%H:%M:%SZ"))
-    step_at = start.timestamp() + ROLLOUT_STEP_S
+    step_at = start.timestamp()
     with harness.upstream_servers(*VERSIONS, "other") as servers:
         servers["v2"].status = 503
         ports = {n: s.server_port for n, s in servers.items()}
@@ -223,11 +228,11 @@ def test_the_guard_and_a_rollout_step_move_tagged_traffic(cli, tmp_path, shape, 
                            tmp_path) as envoy:
             # Until the guard ejects v2 (its window needs 10 requests, 20 % failing; the tick
             # runs every 500 ms), bounded by time.
-            deadline = time.monotonic() + 8
+            deadline = time.monotonic() + 15
             while time.monotonic() < deadline:
                 if upstreams_of(send(envoy.port, 40, {"Host": host}, connections=2)) == {"v1": 40}:
                     break
-            assert time.time() < step_at - 1, "too slow to see the first step (machine overloaded)"
+            assert time.time() < step_at - 1, "too slow to see the first phase (machine overloaded)"
             before = upstreams_of(send(envoy.port, 100, {"Host": host}, connections=2))
             time.sleep(max(0.0, step_at + 1.5 - time.time()))
             after = upstreams_of(send(envoy.port, 100, {"Host": host}, connections=2))

@@ -32,6 +32,10 @@ DATASOURCE = dash.DataSourceRef(type_val="prometheus", uid="${datasource}")
 # row; the plugin variable is a regex (several plugins, or all).
 SERVICE = 'plugin=~"$plugin", service=~"$service"'
 PLUGIN = 'plugin=~"$plugin"'
+# The same on the raw series, whose plugin label may still carry Istio 1.30's translated name
+# (the recording rules read it as the 1.29 name, which the plugin variable lists).
+RAW_PLUGIN = 'plugin=~"($plugin)(_istio-translated-wasmplugin)?"'
+RAW_SERVICE = f'{RAW_PLUGIN}, service=~"$service"'
 # The fleet's shares of the row's service, over every plugin selected (the recording rules keep
 # plugins apart; a service under two plugin names, as during an Istio upgrade, is one split here).
 OBSERVED_SHARE = (f"sum by (upstream) (meshsplit:requests:rate1m{{{SERVICE}}}) / ignoring (upstream) "
@@ -123,8 +127,8 @@ def ejected_panel():
                 "Per upstream, whether the guard has it ejected in any Envoy (max of "
                 "meshsplit_ejected), and whether the service's rollout is paused by the guard "
                 "(meshsplit_rollout_paused). Services without a guard show nothing here.")
-            .with_target(query(f"max by (upstream) (meshsplit_ejected{{{SERVICE}}})", "{{upstream}}"))
-            .with_target(query(f"max by (service) (meshsplit_rollout_paused{{{SERVICE}}})",
+            .with_target(query(f"max by (upstream) (meshsplit_ejected{{{RAW_SERVICE}}})", "{{upstream}}"))
+            .with_target(query(f"max by (service) (meshsplit_rollout_paused{{{RAW_SERVICE}}})",
                                "rollout paused", "B"))
             .mappings(mappings).show_value(common.VisibilityMode.NEVER)
             .height(8).span(8))
@@ -138,10 +142,10 @@ def ejections_panel():
                 "counter at an Envoy's first ejection, at 1, which increase() cannot see: a "
                 "counter that appeared in the range counts with its whole value.")
             .with_target(query(
-                f"sum by (upstream) ((increase(meshsplit_ejections_total{{{SERVICE}}}[$__range]) "
-                f"and meshsplit_ejections_total{{{SERVICE}}} offset $__range) or "
-                f"(meshsplit_ejections_total{{{SERVICE}}} unless "
-                f"meshsplit_ejections_total{{{SERVICE}}} offset $__range))",
+                f"sum by (upstream) ((increase(meshsplit_ejections_total{{{RAW_SERVICE}}}[$__range]) "
+                f"and meshsplit_ejections_total{{{RAW_SERVICE}}} offset $__range) or "
+                f"(meshsplit_ejections_total{{{RAW_SERVICE}}} unless "
+                f"meshsplit_ejections_total{{{RAW_SERVICE}}} offset $__range))",
                 "{{upstream}}"))
             .decimals(0).no_value("0")
             .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]))
@@ -155,7 +159,7 @@ def rule_hits_panel():
                 "`rules` (meshsplit_rules_hits_total), and the share of the service's requests "
                 "rules claimed (meshsplit:rule_share:ratio_rate1m, right axis).")
             .with_target(query(
-                f"sum by (rule) (rate(meshsplit_rules_hits_total{{{SERVICE}}}[$__rate_interval]))",
+                f"sum by (rule) (rate(meshsplit_rules_hits_total{{{RAW_SERVICE}}}[$__rate_interval]))",
                 "rule {{rule}}"))
             .with_target(query(f"meshsplit:rule_share:ratio_rate1m{{{SERVICE}}}", "share of requests", "B"))
             .unit("reqps").min(0).no_value("no rule hits")
@@ -197,7 +201,7 @@ def refused_panel():
                 "Envoy's log has the reason with the JSON path; MeshsplitConfigRefused fires "
                 "meanwhile. The native build refuses a configuration through Envoy's own config "
                 "rejection (listener or ECDS update stats), so this reads 0 there.")
-            .with_target(query(f"sum by (plugin) (meshsplit_config_refused{{{PLUGIN}}})",
+            .with_target(query(f"sum by (plugin) (meshsplit_config_refused{{{RAW_PLUGIN}}})",
                                "{{plugin}}"))
             .decimals(0).no_value("0")
             .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]))
@@ -231,17 +235,17 @@ def no_cluster_panel():
 def variables():
     datasource = (dash_b.DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
     plugin = (dash_b.QueryVariable("plugin").label("Plugin").datasource(DATASOURCE)
-              .query("label_values(meshsplit_requests_total, plugin)")
+              .query("label_values(meshsplit:requests:rate1m, plugin)")
               .refresh(dash.VariableRefresh.ON_TIME_RANGE_CHANGED)
               .sort(dash.VariableSort.ALPHABETICAL_ASC).multi(True).include_all(True)
               .all_value(".*"))
     service = (dash_b.QueryVariable("service").label("Service").datasource(DATASOURCE)
-               .query('label_values(meshsplit_requests_total{plugin=~"$plugin"}, service)')
+               .query('label_values(meshsplit:requests:rate1m{plugin=~"$plugin"}, service)')
                .refresh(dash.VariableRefresh.ON_TIME_RANGE_CHANGED)
                .sort(dash.VariableSort.ALPHABETICAL_ASC).multi(True).include_all(True)
                .all_value(".*"))
     cluster = (dash_b.QueryVariable("cluster").label("Cluster (errors)").datasource(DATASOURCE)
-               .query("label_values(envoy_cluster_upstream_rq_xx, envoy_cluster_name)")
+               .query("label_values(meshsplit:cluster_responses:rate1m, envoy_cluster_name)")
                .refresh(dash.VariableRefresh.ON_TIME_RANGE_CHANGED)
                .sort(dash.VariableSort.ALPHABETICAL_ASC).multi(True).include_all(True)
                .all_value(".*"))
@@ -254,10 +258,10 @@ def annotations():
     # A region for as long as the series is there: while the upstream is ejected in any Envoy.
     ejection = (dash_b.AnnotationQuery().name("Ejected").datasource(DATASOURCE).enable(True)
                 .icon_color("red")
-                .expr(f'max by (service, upstream) (meshsplit_ejected{{{SERVICE}}}) == 1'))
+                .expr(f'max by (service, upstream) (meshsplit_ejected{{{RAW_SERVICE}}}) == 1'))
     weight = (dash_b.AnnotationQuery().name("Weight changes").datasource(DATASOURCE).enable(True)
               .icon_color("blue")
-              .expr(f'changes(meshsplit_weight{{{SERVICE}}}[1m]) > 0'))
+              .expr(f'changes(meshsplit_weight{{{RAW_SERVICE}}}[1m]) > 0'))
     return [ejection, weight]
 
 

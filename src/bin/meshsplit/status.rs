@@ -399,6 +399,10 @@ pub fn report(
     only: Option<&str>,
     now_ms: u64,
 ) -> Value {
+    // An Envoy that restarted between the reads: any counter below its earlier value means they
+    // all started again, so everything they hold is the interval's (a per-counter test would
+    // miss one that already passed its old value).
+    let before = before.filter(|b| !restarted(now, b));
     let mut plugins = Vec::new();
     for (name, plugin) in &now.plugins {
         let earlier = before.and_then(|b| b.plugins.get(name));
@@ -470,6 +474,29 @@ pub fn report(
         "no_cluster": now.no_cluster,
         "no_cluster_in_interval": since(now.no_cluster, before.map(|b| b.no_cluster)),
         "requests_without_plan": now.without_plan,
+    })
+}
+
+/// Whether any counter of `now` is below its value in `before`: the Envoy restarted.
+fn restarted(now: &Snapshot, before: &Snapshot) -> bool {
+    if now.no_cluster < before.no_cluster {
+        return true;
+    }
+    before.plugins.iter().any(|(name, then)| {
+        let Some(current) = now.plugins.get(name) else {
+            return false;
+        };
+        current.unknown_service < then.unknown_service
+            || then.services.iter().any(|(service, then)| {
+                current.services.get(service).is_some_and(|current| {
+                    then.upstreams.iter().any(|(upstream, then)| {
+                        current
+                            .upstreams
+                            .get(upstream)
+                            .is_some_and(|current| current.requests < then.requests)
+                    })
+                })
+            })
     })
 }
 
@@ -761,27 +788,36 @@ pub fn run(args: &Args) -> Status {
         return Failure::usage("--watch needs --admin URL, not standard input").report();
     }
     let mut plans: Vec<BTreeMap<String, Plan>> = sources.iter().map(Source::plans).collect();
-    let mut before = Vec::new();
-    for source in &sources {
-        match source.snapshot() {
-            Ok(snapshot) => before.push((Instant::now(), snapshot)),
-            Err(e) => return Failure::usage(e).report(),
-        }
+    // A fleet shows the Envoys it can read, each one it cannot as an error; one Envoy that
+    // cannot be read (or all of them) is exit status 2.
+    let mut before: Vec<Result<(Instant, Snapshot), String>> = sources
+        .iter()
+        .map(|source| source.snapshot().map(|s| (Instant::now(), s)))
+        .collect();
+    let fatal = sources.len() == 1 || before.iter().all(Result::is_err);
+    if let (true, Some(Err(e))) = (fatal, before.iter().find(|b| b.is_err())) {
+        return Failure::usage(e.clone()).report();
     }
     let interval = Duration::from_secs_f64(args.interval);
     if !args.watch {
         let mut reads = Vec::new();
         if stdin || interval.is_zero() {
-            reads.extend(before.iter().map(|(_, now)| Ok((now.clone(), None, 0.0))));
+            reads.extend(before.iter().map(|b| {
+                b.as_ref()
+                    .map(|(_, now)| (now.clone(), None, 0.0))
+                    .map_err(Clone::clone)
+            }));
         } else {
             std::thread::sleep(interval);
-            for (source, (at, earlier)) in sources.iter().zip(&before) {
-                match source.snapshot() {
-                    Ok(now) => {
-                        reads.push(Ok((now, Some(earlier.clone()), at.elapsed().as_secs_f64())))
+            for (source, earlier) in sources.iter().zip(&before) {
+                reads.push(match (source.snapshot(), earlier) {
+                    (Ok(now), Ok((at, earlier))) => {
+                        Ok((now, Some(earlier.clone()), at.elapsed().as_secs_f64()))
                     }
-                    Err(e) => return Failure::usage(e).report(),
-                }
+                    (Ok(now), Err(_)) => Ok((now, None, 0.0)),
+                    (Err(e), _) if sources.len() == 1 => return Failure::usage(e).report(),
+                    (Err(e), _) => Err(e),
+                });
             }
         }
         show(args, &sources, &reads, &plans);
@@ -803,22 +839,28 @@ pub fn run(args: &Args) -> Status {
             if let (Some(fresh), Some(slot)) = (source.try_plans(), plans.get_mut(i)) {
                 *slot = fresh;
             }
-            let Some((at, earlier)) = before.get_mut(i) else {
+            let Some(slot) = before.get_mut(i) else {
                 continue;
             };
-            match source.snapshot() {
-                Ok(now) => {
+            match (source.snapshot(), slot.as_mut()) {
+                (Ok(now), Ok((at, earlier))) => {
                     let span = at.elapsed().as_secs_f64();
                     let earlier = std::mem::replace(earlier, now.clone());
                     *at = Instant::now();
                     reads.push(Ok((now, Some(earlier), span)));
                 }
+                // An Envoy read for the first time: its counts since it started.
+                (Ok(now), Err(_)) => {
+                    *slot = Ok((Instant::now(), now.clone()));
+                    reads.push(Ok((now, None, 0.0)));
+                }
                 // Shown in the frame, instead of the last table; the next read is compared
                 // with the last good one.
-                Err(e) => reads.push(Err(format!(
+                (Err(e), Ok((at, _))) => reads.push(Err(format!(
                     "{e} (last read {:.0} s ago)",
                     at.elapsed().as_secs_f64()
                 ))),
+                (Err(e), Err(_)) => reads.push(Err(e)),
             }
         }
         if clear {

@@ -361,3 +361,20 @@ fn no_cluster_is_flagged_for_requests_in_the_interval_only() {
     let r = report(&before, None, 0.0, &BTreeMap::new(), None, 0);
     assert!(render(&r, "x").contains("CHECK CLUSTERS"));
 }
+
+#[test]
+fn a_restart_is_seen_even_where_a_counter_already_passed_its_old_value() {
+    let before = parse_stats(
+        "wasmcustom.meshsplit.meshsplit.reviews.v1.requests_total: 1000\n\
+         wasmcustom.meshsplit.meshsplit.reviews.v2.requests_total: 5\n",
+    );
+    let after = parse_stats(
+        "wasmcustom.meshsplit.meshsplit.reviews.v1.requests_total: 90\n\
+         wasmcustom.meshsplit.meshsplit.reviews.v2.requests_total: 10\n",
+    );
+    let r = report(&after, Some(&before), 1.0, &BTreeMap::new(), None, 0);
+    let ups = &r["plugins"][0]["services"][0]["upstreams"];
+    assert_eq!(ups[0]["requests_in_interval"], json!(90));
+    assert_eq!(ups[1]["requests_in_interval"], json!(10));
+    assert_eq!(ups[1]["observed_share"], json!(0.1));
+}

@@ -97,7 +97,7 @@ RULED = {"on_unknown_service": "reject", "services": [
     {"name": "ruled", "upstreams": ups("ruled", [("stable", 1), ("canary", 0)]), "rules": [
         {"match": {"headers": [{"name": "x-canary", "exact": "true"}]}, "upstream": "canary"},
         {"match": {"cookies": [{"name": "beta", "exact": "1"}]}, "upstream": "canary"},
-        {"match": {"cookies": [{"name": "q", "exact": "x; y"}]}, "upstream": "canary"},
+        {"match": {"cookies": [{"name": "q", "exact": "x"}]}, "upstream": "canary"},
         {"match": {"query": [{"name": "v", "exact": "2"}]}, "upstream": "canary"},
     ]},
 ]}
@@ -128,13 +128,15 @@ def raw_request(port, head):
     (b"GET / HTTP/1.1\r\nHost: ruled\r\nx-canary: false\r\nx-canary: no\r\n", "ruled_stable"),
     (b"GET / HTTP/1.1\r\nHost: ruled\r\ncookie: beta=0; beta=1\r\n", "ruled_canary"),
     (b"GET / HTTP/1.1\r\nHost: ruled\r\ncookie: a=1\r\ncookie: beta=1\r\n", "ruled_canary"),
-    (b'GET / HTTP/1.1\r\nHost: ruled\r\ncookie: q="x; y"; z=1\r\n', "ruled_canary"),
-    (b'GET / HTTP/1.1\r\nHost: ruled\r\ncookie: a="x; beta=1"\r\n', "ruled_stable"),
+    # Split on every `;` first, as browsers and Envoy: a quoted value loses its quotes, and an
+    # unrelated cookie whose value starts with an unmatched quote hides nothing after it.
+    (b'GET / HTTP/1.1\r\nHost: ruled\r\ncookie: q="x"; z=1\r\n', "ruled_canary"),
+    (b'GET / HTTP/1.1\r\nHost: ruled\r\ncookie: a="x; beta=1; c="y"\r\n', "ruled_canary"),
     (b"GET /?v=1&v=2 HTTP/1.1\r\nHost: ruled\r\n", "ruled_canary"),
     (b"GET /?v=2&v=1 HTTP/1.1\r\nHost: ruled\r\n", "ruled_canary"),
     (b"GET /?v=1&v=3 HTTP/1.1\r\nHost: ruled\r\n", "ruled_stable"),
 ], ids=["header-false-true", "header-true-false", "header-neither", "cookie-dup", "cookie-two-headers",
-        "cookie-quoted-semicolon", "cookie-inside-quotes", "query-dup", "query-dup-first", "query-neither"])
+        "cookie-quoted", "cookie-after-an-unmatched-quote", "query-dup", "query-dup-first", "query-neither"])
 def test_a_condition_holds_when_any_copy_cookie_or_parameter_satisfies_it(deploy, head, expected):
     envoy = deploy(RULED, clusters(*RULED["services"]))
     assert raw_request(envoy.port, head) == (200, expected)

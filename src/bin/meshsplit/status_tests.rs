@@ -283,9 +283,18 @@ fn a_served_stats_page_is_read_over_http() {
     let port = listener.local_addr().unwrap().port();
     let server = std::thread::spawn(move || {
         let (mut conn, _) = listener.accept().unwrap();
+        // The whole request head, however many writes it came in, before answering: a server
+        // that answers and closes after a partial read makes the client's next write fail.
+        let mut head = Vec::new();
         let mut buf = [0u8; 1024];
-        let n = conn.read(&mut buf).unwrap();
-        let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = conn.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        let request = String::from_utf8_lossy(&head).into_owned();
         let body = "wasmcustom.meshsplit.p.s.u.weight: 4\n";
         write!(
             conn,

@@ -117,12 +117,12 @@ fn render(args: &Args) -> Result<(String, Vec<String>), Failure> {
     let loaded = compile(&name, &found)?;
     let mut raw: Value =
         serde_json::from_str(&loaded.text).map_err(|e| Failure::usage(format!("{name}: {e}")))?;
-    check_name("--namespace", &args.namespace)?;
+    check_label("--namespace", &args.namespace)?;
     if args.target == Target::EnvoyGateway {
-        check_name("--gateway", &args.gateway)?;
+        check_label("--gateway", &args.gateway)?;
     }
     if args.target == Target::Ambient {
-        check_name("--waypoint", &args.waypoint)?;
+        check_label("--waypoint", &args.waypoint)?;
     }
     if args.port == 0 {
         return Err(Failure::usage(
@@ -317,10 +317,6 @@ fn check_label(field: &str, name: &str) -> Result<(), Failure> {
              digits and '-', starting with a letter, at most 63 characters"
         )))
     }
-}
-
-fn check_name(flag: &str, name: &str) -> Result<(), Failure> {
-    check_label(flag, name)
 }
 
 fn fqdn(args: &Args, name: &str) -> String {

@@ -115,9 +115,15 @@ def test_status_shows_exact_counters_and_shares_over_the_interval(build, split, 
     harness.send(envoy.port, 20, {"Host": "nope"})
     expected = (seen["v1"], seen["v2"] + 40)
 
+    # Each worker adds its counts on its own housekeeping tick: wait for every counter.
+    expected = (*expected, 20, 20)
+
     def counted():
-        fixed = upstreams(services(status(cli, envoy, "--interval", "0"))["fixed"])
-        return (fixed["v1"]["requests"], fixed["v2"]["requests"])
+        report = status(cli, envoy, "--interval", "0")
+        fixed = upstreams(services(report)["fixed"])
+        plugin = report["plugins"][0]
+        return (fixed["v1"]["requests"], fixed["v2"]["requests"],
+                plugin["unknown_service"], plugin["rejected"])
     assert harness.wait_for(lambda: counted() == expected, timeout=5.0), (counted(), expected)
     report = status(cli, envoy, "--interval", "0", "--service", "fixed")
     fixed = services(report)["fixed"]

@@ -4,6 +4,7 @@ or makes it panic; never shipped), and the cluster specifier under route refresh
 import copy
 import json
 import re
+import subprocess
 import time
 
 import pytest
@@ -157,11 +158,71 @@ def test_a_route_refresh_does_not_count_a_request_again(build, tmp_path, strateg
     assert counted == served, (counted, served)
 
 
-def counts(envoy):
+def counts(envoy, metric="requests_total"):
     prefix = f"{harness.stats_prefix()}.meshsplit.meshsplit.svc."
     stats = envoy.stats(prefix)
     return {m.group(1): v for name, v in stats.items()
-            if (m := re.fullmatch(re.escape(prefix) + r"(\w+)\.requests_total", name)) and v}
+            if (m := re.fullmatch(re.escape(prefix) + r"(\w+)\." + metric, name)) and v}
+
+
+def lua_then_clear_route_cache(body):
+    """A Lua filter that runs `body` on each request, then clears the route cache."""
+    return {"name": "envoy.filters.http.lua", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+        "default_source_code": {"inline_string": (
+            "function envoy_on_request(request_handle)\n"
+            f"{body}\n"
+            "  request_handle:clearRouteCache()\n"
+            "end\n")}}}
+
+
+# Lua supplies the sticky key (as an auth filter would, from a token): the first selection has
+# none and picks by weight; the refresh picks by the key.
+STICKY_KEY_FROM_LUA = (
+    {"hash_on": {"header": "x-user"}, "strategy": "sticky"},
+    '  request_handle:headers():replace("x-user", tostring(math.random(1, 1000000)))')
+# Lua adds a rule's header to about half the requests: the rule sends those to b.
+RULE_HEADER_FROM_LUA = (
+    {"rules": [{"match": {"headers": [{"name": "x-canary", "exact": "true"}]}, "upstream": "b"}]},
+    '  if math.random() < 0.5 then request_handle:headers():add("x-canary", "true") end')
+
+
+@pytest.mark.builds("specifier")
+@pytest.mark.parametrize("service, lua", [STICKY_KEY_FROM_LUA, RULE_HEADER_FROM_LUA],
+                         ids=["sticky-key", "rule-header"])
+def test_a_refresh_after_a_filter_changed_a_header_counts_what_each_upstream_was_sent(
+        build, tmp_path, service, lua):
+    """The decision is taken again with the new header, and when it differs the first one is
+    counted as superseded: requests_total - superseded_total equals what each upstream served,
+    in Envoy's stats and in `meshsplit status`."""
+    plugin = two_upstreams("pass")
+    plugin["services"][0].update(service)
+    with harness.upstreams("a", "b") as ports:
+        config = harness.bootstrap(plugin, ports, harness.free_port(), harness.free_port())
+        hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        hcm["typed_config"]["http_filters"].insert(0, lua_then_clear_route_cache(lua))
+        with harness.Envoy(config, tmp_path) as envoy:
+            answers = harness.send(envoy.port, 400, {"Host": "svc"})
+
+            def net():
+                decided, superseded = counts(envoy), counts(envoy, "superseded_total")
+                return {k: v - superseded.get(k, 0) for k, v in decided.items()
+                        if v - superseded.get(k, 0)}
+            assert harness.wait_for(lambda: sum(net().values()) == 400, timeout=5), net()
+            superseded = counts(envoy, "superseded_total")
+            status = subprocess.run(
+                [str(harness.ROOT / "target/release/meshsplit"), "status", "--admin",
+                 f"http://127.0.0.1:{envoy.admin_port}", "--json", "--interval", "0"],
+                capture_output=True, text=True, timeout=60)
+            assert status.returncode == 0, status.stderr
+            counted = net()
+    assert sum(answers.values()) == 400 and set(answers) == {"a", "b"}, answers
+    assert counted == dict(answers), (counted, answers)
+    # The refreshes did supersede decisions (else this test proves nothing).
+    assert sum(superseded.values()) >= 50, superseded
+    (plugin_report,) = json.loads(status.stdout)["plugins"]
+    (svc,) = plugin_report["services"]
+    assert {u["upstream"]: u["requests"] for u in svc["upstreams"]} == dict(answers)
 
 
 def guarded_svc(v2_cluster):

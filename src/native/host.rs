@@ -10,6 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use super::imports::{Filter, FilterConfig, Selection, SpecifierConfig};
+use super::memory::{Kind, Names, Reads};
 use super::store;
 use crate::host::{Host, SharedWrite};
 
@@ -218,40 +219,42 @@ impl<E: ConfigGauges> Host for ConfigTick<'_, E> {
     }
 }
 
-/// What the core asked a selection to do, since a cluster specifier cannot write headers.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// No decision yet (or the cluster header was removed: an unknown service with `pass`).
-    #[default]
-    Pass,
-    Cluster(String),
-    /// An unknown service with `reject`.
-    Reject,
-}
-
-/// Host calls of one cluster selection. Writing the cluster header records the cluster; a local
-/// reply records a rejection. (A config that rewrites `:authority` is refused in this mode.)
+/// Host calls of one cluster selection. Writing the cluster header records the cluster (in
+/// `cluster`, a buffer the worker reuses); a local reply records a rejection. (A config that
+/// rewrites `:authority` is refused in this mode.) Every request header read is recorded in
+/// `reads`, so that a refresh of the route can tell whether the decision still holds.
 pub struct SelectionHost<'a> {
     pub selection: Selection,
     /// The config's shared-data namespace.
     pub namespace: &'a str,
     pub cluster_header: &'a str,
-    pub decision: RefCell<Decision>,
-    /// Every request header the decision read, with all its copies.
-    pub reads: RefCell<Vec<(String, Vec<Vec<u8>>)>>,
+    pub kind: Cell<Kind>,
+    pub cluster: RefCell<String>,
+    pub reads: RefCell<Reads>,
+    pub names: &'a RefCell<Names>,
+}
+
+impl SelectionHost<'_> {
+    fn record<'v>(&self, name: &str, all: bool, values: impl IntoIterator<Item = &'v [u8]>) {
+        if let (Ok(mut reads), Ok(mut names)) =
+            (self.reads.try_borrow_mut(), self.names.try_borrow_mut())
+        {
+            reads.record(&mut names, name, all, values);
+        }
+    }
 }
 
 impl Host for SelectionHost<'_> {
+    /// The first copy only: one ABI call.
     fn request_header(&self, name: &str) -> Option<Vec<u8>> {
-        self.request_header_values(name).into_iter().next()
+        let value = self.selection.request_header(name);
+        self.record(name, false, value.as_deref());
+        value
     }
 
-    /// Records every copy it read, so that a refresh can tell whether any changed.
     fn request_header_values(&self, name: &str) -> Vec<Vec<u8>> {
         let values = self.selection.request_header_values(name);
-        self.reads
-            .borrow_mut()
-            .push((name.to_owned(), values.clone()));
+        self.record(name, true, values.iter().map(Vec::as_slice));
         values
     }
 
@@ -260,16 +263,21 @@ impl Host for SelectionHost<'_> {
             log::warn!("the cluster specifier cannot write request header {name}");
             return;
         }
-        let mut decision = self.decision.borrow_mut();
         match value {
-            Some(cluster) => *decision = Decision::Cluster(cluster.to_owned()),
-            None if *decision == Decision::Reject => {}
-            None => *decision = Decision::Pass,
+            Some(cluster) => {
+                if let Ok(mut buffer) = self.cluster.try_borrow_mut() {
+                    buffer.clear();
+                    buffer.push_str(cluster);
+                    self.kind.set(Kind::Cluster);
+                }
+            }
+            None if self.kind.get() == Kind::Reject => {}
+            None => self.kind.set(Kind::Pass),
         }
     }
 
     fn send_local_reply(&self, _status: u32, _headers: &[(&str, &str)], _body: &[u8]) -> bool {
-        *self.decision.borrow_mut() = Decision::Reject;
+        self.kind.set(Kind::Reject);
         true
     }
 

@@ -590,6 +590,27 @@ impl FilterConfig {
 }
 
 impl Selection {
+    /// The first copy of a request header: one ABI call.
+    pub fn request_header(self, name: &str) -> Option<Vec<u8>> {
+        let mut result = EnvoyBuffer {
+            ptr: null(),
+            length: 0,
+        };
+        let mut count = 0usize;
+        // SAFETY: the context pointer of the running select hook; the key lives for the call;
+        // `result` and `count` are local out-parameters.
+        let found = unsafe {
+            envoy_dynamic_module_callback_cluster_specifier_get_request_header_value(
+                self.0,
+                ModuleBuffer::of(name.as_bytes()),
+                &mut result,
+                0,
+                &mut count,
+            )
+        };
+        found.then(|| copied(result)).flatten()
+    }
+
     /// Every copy of a request header, in order.
     pub fn request_header_values(self, name: &str) -> Vec<Vec<u8>> {
         header_copies(|index, result, count| {

@@ -23,6 +23,8 @@ mod hooks;
 mod host;
 #[cfg(feature = "native")]
 mod imports;
+#[cfg(any(feature = "native", test))]
+mod memory;
 #[cfg(feature = "native")]
 mod specifier;
 mod store;
@@ -618,6 +620,9 @@ mod worker {
         rules: Vec<Vec<Option<usize>>>,
         unknown: Option<usize>,
         rejected: Option<usize>,
+        /// `superseded[service][upstream]`: the cluster specifier's decisions that a later one
+        /// of the same request replaced (empty for the HTTP filter, which decides once).
+        superseded: Vec<Vec<Option<usize>>>,
     }
 
     impl Counters {
@@ -662,6 +667,49 @@ mod worker {
                 rules,
                 unknown: define(&format!("meshsplit.{plugin}.unknown_service_total")),
                 rejected: define(&format!("meshsplit.{plugin}.rejected_total")),
+                superseded: Vec::new(),
+            }
+        }
+
+        /// Also defines `<service>.<upstream>.superseded_total` (the cluster specifier's).
+        pub fn with_superseded(
+            mut self,
+            plan: &Plan,
+            plugin: &str,
+            mut define: impl FnMut(&str) -> Option<usize>,
+        ) -> Self {
+            let plugin = stat_segment(plugin);
+            self.superseded = plan
+                .services
+                .iter()
+                .map(|s| {
+                    let service = stat_segment(&s.name);
+                    s.upstreams
+                        .iter()
+                        .map(|u| {
+                            let upstream = stat_segment(&u.name);
+                            define(&format!(
+                                "meshsplit.{plugin}.{service}.{upstream}.superseded_total"
+                            ))
+                        })
+                        .collect()
+                })
+                .collect();
+            self
+        }
+
+        /// The counter a superseded decision adds 1 to: its upstream's `superseded_total`.
+        pub fn superseded_of(&self, counted: Counted) -> Option<usize> {
+            match counted {
+                Counted::Upstream {
+                    service, upstream, ..
+                } => self
+                    .superseded
+                    .get(service)
+                    .and_then(|row| row.get(upstream))
+                    .copied()
+                    .flatten(),
+                Counted::Unknown { .. } | Counted::Nothing => None,
             }
         }
 

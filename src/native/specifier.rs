@@ -24,24 +24,29 @@
 //! There is no JSON body in this mode.
 //!
 //! Envoy asks again for the same request whenever a filter clears the route cache (Lua's
-//! `clearRouteCache()`, ext_authz, header mutation). Each worker remembers the last
-//! [`REMEMBERED`] selections by config and by Envoy's random value of the request (its stream id,
-//! the same for every selection of one request), with the request headers the decision read:
+//! `clearRouteCache()`, ext_authz, header mutation). Each worker remembers its latest selections
+//! (`memory.rs`) by config and by Envoy's random value of the request (its stream id, the same
+//! for every selection of one request), with a hash of the request headers the decision read:
 //! asked again with those headers unchanged, it answers the same decision and counts nothing, so
-//! counters equal requests and a weighted or round-robin pick does not change under the request.
-//! If a filter changed a header the decision read, the request is decided (and counted) again.
+//! a weighted or round-robin pick does not change under the request. If a filter changed a
+//! header the decision read, the request is decided again; if the decision differs, it is counted
+//! and the first one is counted as superseded (`<service>.<upstream>.superseded_total`), so that
+//! `requests_total` − `superseded_total` is what each upstream was sent. (Rule hits and unknown
+//! services count decisions.)
 //!
 //! A client-sent cluster header: this mode never reads it (the cluster goes straight to the
 //! route), but it cannot remove it either (the cluster specifier ABI of Envoy 1.40 reads request
 //! headers only), so the header would reach the upstream as the client sent it. The route
 //! removes it: `request_headers_to_remove` on the route (envoy/envoy-native.yaml).
-use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::mem::take;
 use std::sync::Arc;
 
 use super::filter::plugin_name;
-use super::host::{Decision, SelectionHost, SpecifierTick, StoreOnly};
+use super::host::{SelectionHost, SpecifierTick, StoreOnly};
 use super::imports::{Selection, SpecifierConfig};
+use super::memory::{hash_of, Kind, Memory, Names, Reads, Recall};
 use super::{initial_weight_gauges, namespace, with_plan, Counters, Source};
 use crate::in_flight::PROCESS_OWNER;
 use crate::instance::{config_fingerprint, config_summary};
@@ -67,7 +72,8 @@ pub fn config_new(envoy: SpecifierConfig, name: &[u8], bytes: &[u8]) -> Option<S
             return None;
         }
     };
-    let counters = Counters::define(&plan, &plugin, |name| envoy.define_counter(name));
+    let counters = Counters::define(&plan, &plugin, |name| envoy.define_counter(name))
+        .with_superseded(&plan, &plugin, |name| envoy.define_counter(name));
     let namespace = namespace(&plan);
     let gauge_generation = crate::tick::claim_gauges(
         &StoreOnly {
@@ -95,126 +101,136 @@ pub fn config_new(envoy: SpecifierConfig, name: &[u8], bytes: &[u8]) -> Option<S
     }))
 }
 
-/// How many selections a worker remembers (about 100 bytes each), so that a refresh of the
-/// route finds its request's decision. Enough for the requests a worker has between a request's
-/// first selection and a refresh (a filter that waits on a call, such as ext_authz, lets others
-/// in); a request that was pushed out is decided and counted again.
-const REMEMBERED: usize = 1024;
-
-/// A decision, and the request headers it read with their values.
-struct Selected {
-    reads: Vec<(String, Vec<Vec<u8>>)>,
-    decision: Decision,
-}
-
-/// A worker's last selections, by config id and random value.
-#[derive(Default)]
-struct Selections {
-    by_request: HashMap<(u64, u64), Selected>,
-    order: VecDeque<(u64, u64)>,
-}
-
-impl Selections {
-    /// The decision of `request` if it was selected before and the headers its decision read
-    /// are unchanged; forgets it if they changed.
-    fn again(&mut self, request: (u64, u64), selection: Selection) -> Option<Decision> {
-        let selected = self.by_request.get(&request)?;
-        let unchanged = selected
-            .reads
-            .iter()
-            .all(|(name, values)| selection.request_header_values(name) == *values);
-        if unchanged {
-            return Some(selected.decision.clone());
-        }
-        self.by_request.remove(&request);
-        None
-    }
-
-    fn remember(&mut self, request: (u64, u64), selected: Selected) {
-        if self.by_request.insert(request, selected).is_none() {
-            self.order.push_back(request);
-        }
-        while self.order.len() > REMEMBERED {
-            if let Some(oldest) = self.order.pop_front() {
-                self.by_request.remove(&oldest);
-            }
-        }
-    }
-}
-
 thread_local! {
-    static SELECTIONS: RefCell<Selections> = RefCell::new(Selections::default());
+    /// This worker's latest selections (`memory.rs`).
+    static MEMORY: RefCell<Memory> = RefCell::new(Memory::default());
+    /// The request header names this worker's decisions read.
+    static NAMES: RefCell<Names> = RefCell::new(Names::default());
+    /// The cluster buffer of the next decision (a slot's old one, reused).
+    static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 /// Picks the cluster of one request. Returns whether a decision was made.
 pub fn select(config: &SharedConfig, selection: Selection) -> bool {
     #[cfg(feature = "test-hooks")]
-    super::hooks::run(|name| selection.request_header_values(name).into_iter().next());
-    // 0: Envoy gave no random value, so no way to know a refresh.
-    let request = Some(selection.random_value())
-        .filter(|&random| random != 0)
-        .map(|random| (config.source.id(), random));
-    if let Some(request) = request {
-        let again = SELECTIONS.with(|cell| {
-            cell.try_borrow_mut()
-                .ok()
-                .and_then(|mut selections| selections.again(request, selection))
-        });
-        if let Some(decision) = again {
-            return apply(selection, decision);
-        }
-    }
+    super::hooks::run(|name| selection.request_header(name));
+    let id = config.source.id();
+    // 0: Envoy gave no random value, so no way to know a refresh (never remembered).
+    let random = selection.random_value();
+    let recalled = NAMES.with(|names| {
+        let names = names.try_borrow().ok()?;
+        MEMORY.with(|memory| {
+            let mut memory = memory.try_borrow_mut().ok()?;
+            Some(memory.recall(
+                &names,
+                id,
+                random,
+                |name, all, index| {
+                    if all {
+                        let values = selection.request_header_values(name);
+                        hash_of(index, true, values.iter().map(Vec::as_slice))
+                    } else {
+                        hash_of(index, false, selection.request_header(name).as_deref())
+                    }
+                },
+                |kind, cluster| apply(selection, kind, cluster),
+            ))
+        })
+    });
+    let earlier = match recalled.unwrap_or(Recall::Unknown) {
+        Recall::Same(applied) => return applied,
+        Recall::Changed(counted) => Some(counted),
+        Recall::Unknown => None,
+    };
     let source = &config.source;
     let tick_host = SpecifierTick {
         store: source.store(),
         envoy: config.envoy,
         gauges: &source.gauges,
     };
-    let decided = with_plan(source, &tick_host, |plan, rng| {
-        let host = SelectionHost {
-            selection,
-            namespace: &source.namespace,
-            cluster_header: plan
-                .headers
-                .cluster
-                .as_deref()
-                .unwrap_or(crate::plan::DEFAULT_CLUSTER_HEADER),
-            decision: RefCell::new(Decision::Pass),
-            reads: RefCell::new(Vec::new()),
-        };
-        let routed = on_request_headers(plan, rng, &host, PROCESS_OWNER);
-        (
-            routed.counted,
-            host.decision.into_inner(),
-            host.reads.into_inner(),
-        )
+    let scratch = SCRATCH.with(|cell| cell.try_borrow_mut().map(|mut s| take(&mut *s)));
+    let decided = NAMES.with(|names| {
+        with_plan(source, &tick_host, |plan, rng| {
+            let host = SelectionHost {
+                selection,
+                namespace: &source.namespace,
+                cluster_header: plan
+                    .headers
+                    .cluster
+                    .as_deref()
+                    .unwrap_or(crate::plan::DEFAULT_CLUSTER_HEADER),
+                kind: Cell::new(Kind::Pass),
+                cluster: RefCell::new(scratch.unwrap_or_default()),
+                reads: RefCell::new(
+                    names
+                        .try_borrow()
+                        .map_or_else(|_| Reads::incomplete(), |names| Reads::new(&names)),
+                ),
+                names,
+            };
+            let routed = on_request_headers(plan, rng, &host, PROCESS_OWNER);
+            (
+                routed.counted,
+                host.kind.get(),
+                host.cluster.into_inner(),
+                host.reads.into_inner(),
+            )
+        })
     });
-    let Some((counted, decision, reads)) = decided else {
+    let Some((counted, kind, mut cluster, reads)) = decided else {
         log::error!("no plan to select a cluster with; failing closed");
         return fail_closed(config, selection);
     };
-    for id in source.counters.of(counted).into_iter().flatten() {
-        config.envoy.increment_counter(id, 1);
-    }
-    if let Some(request) = request {
-        SELECTIONS.with(|cell| {
-            if let Ok(mut selections) = cell.try_borrow_mut() {
-                let decision = decision.clone();
-                selections.remember(request, Selected { reads, decision });
+    // Counted once per request: a decision that supersedes a different one counts, and the
+    // earlier one is counted as superseded; the same decision again counts nothing.
+    match earlier {
+        Some(Some(before)) if before == counted => {}
+        _ => {
+            for id in source.counters.of(counted).into_iter().flatten() {
+                config.envoy.increment_counter(id, 1);
             }
-        });
+            if let Some(id) = earlier
+                .flatten()
+                .and_then(|c| source.counters.superseded_of(c))
+            {
+                config.envoy.increment_counter(id, 1);
+            }
+        }
     }
-    apply(selection, decision)
+    let remembered = NAMES.with(|names| {
+        let names = names.try_borrow().ok()?;
+        MEMORY.with(|memory| {
+            let mut memory = memory.try_borrow_mut().ok()?;
+            Some(memory.remember(
+                &names,
+                id,
+                random,
+                reads,
+                counted,
+                kind,
+                &mut cluster,
+                |kind, cluster| apply(selection, kind, cluster),
+            ))
+        })
+    });
+    let applied = remembered.unwrap_or_else(|| apply(selection, kind, &cluster));
+    // What is left in `cluster` (the slot's old buffer) is the next decision's.
+    SCRATCH.with(|cell| {
+        if let Ok(mut scratch) = cell.try_borrow_mut() {
+            *scratch = cluster;
+        }
+    });
+    applied
 }
 
-fn apply(selection: Selection, decision: Decision) -> bool {
-    match decision {
-        Decision::Cluster(cluster) => {
-            selection.set_cluster(&cluster);
+fn apply(selection: Selection, kind: Kind, cluster: &str) -> bool {
+    match kind {
+        Kind::Cluster => {
+            selection.set_cluster(cluster);
             true
         }
-        Decision::Reject => selection.set_cluster_not_found_response_code(404),
-        Decision::Pass => false,
+        Kind::Reject => selection.set_cluster_not_found_response_code(404),
+        Kind::Pass => false,
     }
 }
 

@@ -70,7 +70,10 @@ pub struct Args {
 /// One upstream's stats.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UpstreamStats {
+    /// Requests sent to the upstream: `requests_total` less the cluster specifier's
+    /// `superseded_total` (decisions a later one of the same request replaced).
     pub requests: u64,
+    pub superseded: u64,
     pub weight: Option<u64>,
     pub in_flight: Option<i64>,
     pub ejected: Option<u64>,
@@ -128,6 +131,17 @@ impl Snapshot {
         self.plugins.entry(plugin.to_owned()).or_default()
     }
 
+    /// Takes each upstream's superseded decisions out of its requests, once every stat is read.
+    fn net_of_superseded(&mut self) {
+        let services = self
+            .plugins
+            .values_mut()
+            .flat_map(|p| p.services.values_mut());
+        for stats in services.flat_map(|s| s.upstreams.values_mut()) {
+            stats.requests = stats.requests.saturating_sub(stats.superseded);
+        }
+    }
+
     /// Files one stat: `parts` are the name parts after `meshsplit.`.
     fn add(&mut self, parts: &[&str], value: f64) {
         let count = if value.is_finite() && value > 0.0 {
@@ -160,6 +174,7 @@ impl Snapshot {
                 let stats = self.upstream(plugin, service, upstream);
                 match *metric {
                     "requests_total" => stats.requests += count,
+                    "superseded_total" => stats.superseded += count,
                     "weight" => stats.weight = Some(count),
                     "in_flight" => stats.in_flight = Some(value.round() as i64),
                     "ejected" => stats.ejected = Some(count),
@@ -232,6 +247,7 @@ pub fn parse_stats(text: &str) -> Snapshot {
                 }
             }
         }
+        snapshot.net_of_superseded();
         return snapshot;
     }
     for line in text.lines() {
@@ -258,6 +274,7 @@ pub fn parse_stats(text: &str) -> Snapshot {
             }
         }
     }
+    snapshot.net_of_superseded();
     snapshot
 }
 

@@ -51,6 +51,7 @@ fn envoy_stats_text_is_read_per_plugin_service_and_upstream() {
             in_flight: None,
             ejected: Some(1),
             ejections: Some(1),
+            ..UpstreamStats::default()
         }
     );
     assert_eq!(service.upstreams["v1"].weight, Some(90));
@@ -93,6 +94,34 @@ envoy_http_no_cluster{envoy_http_conn_manager_prefix=\"ingress\"} 1
         BTreeMap::from([(2, 9)])
     );
     assert_eq!(rules.plugins["f"].unknown_service, 4);
+}
+
+#[test]
+fn superseded_decisions_are_taken_out_of_the_requests_in_every_format() {
+    let text = "dynamicmodulescustom.meshsplit.f.svc.v1.requests_total: 606\n\
+                dynamicmodulescustom.meshsplit.f.svc.v1.superseded_total: 206\n\
+                dynamicmodulescustom.meshsplit.f.svc.v2.requests_total: 194\n\
+                dynamicmodulescustom.meshsplit.f.svc.v2.superseded_total: 194\n";
+    let json = r#"{"stats": [
+        {"name": "dynamicmodulescustom.meshsplit.f.svc.v1.superseded_total", "value": 206},
+        {"name": "dynamicmodulescustom.meshsplit.f.svc.v1.requests_total", "value": 606},
+        {"name": "dynamicmodulescustom.meshsplit.f.svc.v2.requests_total", "value": 194},
+        {"name": "dynamicmodulescustom.meshsplit.f.svc.v2.superseded_total", "value": 194}]}"#;
+    let prometheus = "\
+meshsplit_superseded_total{plugin=\"f\",service=\"svc\",upstream=\"v1\"} 206
+meshsplit_requests_total{plugin=\"f\",service=\"svc\",upstream=\"v1\"} 606
+meshsplit_requests_total{plugin=\"f\",service=\"svc\",upstream=\"v2\"} 194
+meshsplit_superseded_total{plugin=\"f\",service=\"svc\",upstream=\"v2\"} 194
+";
+    for input in [text, json, prometheus] {
+        let s = parse_stats(input);
+        let svc = &s.plugins["f"].services["svc"];
+        assert_eq!(
+            (svc.upstreams["v1"].requests, svc.upstreams["v2"].requests),
+            (400, 0),
+            "{input}"
+        );
+    }
 }
 
 #[test]

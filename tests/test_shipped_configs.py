@@ -209,6 +209,40 @@ def test_every_shipped_envoy_config_has_a_case():
     assert bootstraps - {"upstream-compose.yaml"} == {c for c in CASES if c.endswith(".yaml")}
 
 
+# Every yaml block of the README and the manual, and every json block that is no plugin
+# configuration (tests/test_docs.py checks those), by page and first line: started above, or
+# started elsewhere, or no Envoy config at all. A new block fails until it is listed here.
+DOC_BLOCKS = {
+    ("README.md", "route_config:"): "README.md:route_config",
+    ("docs/deploying.md", "routes:"): "deploying.md:routes",
+    ("docs/deploying.md", "- name: envoy.filters.http.wasm"): "deploying.md:filter",
+    ("docs/operating.md", "http_filters:"): "operating.md:ecds",
+    ("docs/operating.md", '{"version_info"'): "operating.md:ecds",
+    ("docs/install.md", "vm_config:"): "tests/test_install.py, on make dist's module",
+    ("docs/observing-a-split.md", "proxyStatsMatcher:"): "Istio's mesh config, not Envoy's",
+    ("docs/observing-a-split.md", "rule_files:"): "Prometheus's config, not Envoy's",
+    ("docs/observing-a-split.md", "apiVersion: monitoring.coreos.com/v1"): "a PrometheusRule",
+}
+
+
+def test_every_envoy_config_in_the_docs_is_started():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    seen = set()
+    for path in pages:
+        text = path.read_text()
+        for lang, body in re.findall(r"^ *```(yaml|json)\n(.*?)^ *```", text, re.S | re.M):
+            body = textwrap.dedent(body)
+            if lang == "json" and ('"services"' in body or '"upstreams"' in body):
+                continue
+            first = next(l for l in body.splitlines() if l.strip() and not l.startswith("#"))
+            page = path.relative_to(ROOT).as_posix()
+            keys = [k for k in DOC_BLOCKS if k[0] == page and first.startswith(k[1])]
+            assert keys, f"{page}: a block starting {first!r} is neither started nor listed in DOC_BLOCKS"
+            seen.update(keys)
+    assert seen == set(DOC_BLOCKS), set(DOC_BLOCKS) - seen
+    assert {c for c in DOC_BLOCKS.values() if c in CASES} == {c for c in CASES if ".md:" in c}
+
+
 @pytest.fixture(scope="module")
 def modules(wasm):
     harness.build_native()

@@ -32,7 +32,7 @@ ifneq ($(WASM_OPT),)
 	$(call optimize,$(WASM))
 	$(call optimize,$(WASM_COOKIE))
 else
-	@echo "note: wasm-opt not found (package binaryen); the modules are left unoptimized"
+	@echo "note: wasm-opt not found (package binaryen); the modules are left unoptimized (about a fifth larger)"
 endif
 	@ls -l $(WASM) $(WASM_COOKIE)
 
@@ -228,7 +228,9 @@ endif
 	$(PYTHON) bench/run.py $(BENCH_ARGS)
 
 ## dist: the release files in dist/, each named with the crate's version: the wasm modules, the
-##       native module and the `meshsplit` CLI for the build machine's platform (linux-x86_64), the OCI archive, and SHA256SUMS
+##       native module and the `meshsplit` CLI for the build machine's platform (linux-x86_64), the
+##       OCI archives; beside them envoy-native.yaml (the native module's Envoy config) and
+##       meshsplit.schema.json (the plugin configuration's JSON Schema), and SHA256SUMS
 ##       (check with `cd dist && sha256sum -c SHA256SUMS`); docs/install.md says how to use each
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 DIST := dist
@@ -241,6 +243,8 @@ dist: build native cli oci
 	cp target/release/meshsplit $(DIST)/meshsplit-$(VERSION)-$(PLATFORM)
 	cp target/meshsplit-oci.tar $(DIST)/meshsplit-$(VERSION)-oci.tar
 	cp target/meshsplit-cookie-oci.tar $(DIST)/meshsplit-cookie-$(VERSION)-oci.tar
+	cp envoy/envoy-native.yaml $(DIST)/envoy-native.yaml
+	cp docs/meshsplit.schema.json $(DIST)/meshsplit.schema.json
 	# dist/ holds exactly the files copied above (it was emptied first): sum them all.
 	cd $(DIST) && files=$$(ls) && sha256sum -- $$files > SHA256SUMS && sha256sum -c --quiet SHA256SUMS
 	@ls -l $(DIST)

@@ -226,6 +226,42 @@ def bootstrap(plugin, clusters, listener_port, admin_port, template=ENVOY_DIR / 
     return config
 
 
+def shipped(config, upstream_ports, wasm=WASM):
+    """A shipped Envoy config made runnable in a test, changing only what must change and nothing
+    else: the admin and every listener on a free port on 127.0.0.1, every wasm module path
+    (`vm_config.code.local.filename`, wherever it is) to `wasm`, and every endpoint of each
+    cluster to 127.0.0.1 at `upstream_ports[cluster name]` (the test's upstream of that name;
+    hostnames and cluster types stay). Edits `config` in place; returns {listener name: port}."""
+    def loopback(address, port):
+        address["socket_address"].update(address="127.0.0.1", port_value=port)
+
+    loopback(config["admin"]["address"], free_port())
+    listeners = {}
+    for listener in config["static_resources"]["listeners"]:
+        listeners[listener["name"]] = free_port()
+        loopback(listener["address"], listeners[listener["name"]])
+    for cluster in config["static_resources"]["clusters"]:
+        for group in cluster["load_assignment"]["endpoints"]:
+            for endpoint in group["lb_endpoints"]:
+                loopback(endpoint["endpoint"]["address"], upstream_ports[cluster["name"]])
+
+    use_module(config, wasm)
+    return listeners
+
+
+def use_module(node, wasm=WASM):
+    """Points every wasm module path in `node` (any `vm_config.code.local.filename` in it, as in a
+    bootstrap or an ECDS resource) at `wasm`."""
+    if isinstance(node, dict):
+        if "vm_config" in node:
+            node["vm_config"]["code"]["local"]["filename"] = str(wasm)
+        for value in node.values():
+            use_module(value, wasm)
+    elif isinstance(node, list):
+        for value in node:
+            use_module(value, wasm)
+
+
 DYNAMIC_FILTER_TYPE = ("type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3"
                        ".DynamicModuleFilter")
 SPECIFIER_TYPE = ("type.googleapis.com/envoy.extensions.router.cluster_specifiers.dynamic_modules"

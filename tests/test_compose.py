@@ -21,6 +21,7 @@ import harness
 import stats
 from stats import chi_square
 from test_bundle import require_tool
+from test_shipped_configs import FALLBACK
 
 COMPOSE_FILE = harness.ENVOY_DIR / "docker-compose.yaml"
 REQUESTS = 4000
@@ -188,3 +189,7 @@ def test_docker_compose_splits_traffic_by_the_weights_of_meshsplit_json(compose_
     (target,) = [u["cluster"] for u in service["upstreams"] if u["name"] == rule["upstream"]]
     canary = harness.send(port, CANARY_REQUESTS, headers={"Host": "reviews", "x-canary": "true"})
     assert canary == {target: CANARY_REQUESTS}
+
+    # An unknown host gets the fallback route's 404, as envoy.yaml's (docs/deploying.md).
+    status, _, body = harness.Client(port).get("/", {"Host": "unknown.example"})
+    assert (status, body.decode()) == FALLBACK, (status, body)

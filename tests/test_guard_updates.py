@@ -1,8 +1,10 @@
 """The guard across live updates and at the largest size the limits allow, through real Envoy:
 only the newest configuration decides, gauges follow it, metric definitions do not pile up, and
 a tick's cost does not grow with the window."""
+import contextlib
 import http.client
 import json
+import os
 import threading
 import time
 import urllib.request
@@ -200,26 +202,43 @@ def test_two_hundred_updates_leave_envoys_memory_flat(wasm, tmp_path):
             assert after - before < 1_000_000, (before, after)
 
 
-def request_latencies(build, plugin, tmp_path, count=2000):
-    """(seconds to ready, sorted latencies of `count` sequential requests) of one Envoy with one
-    worker running `plugin`."""
+def same_core():
+    """`taskset` pinning a process to one core this process may run on: two Envoys started
+    with it share that core, and so whatever else loads it."""
+    return ["taskset", "-c", str(min(os.sched_getaffinity(0)))]
+
+
+def side_by_side_latencies(build, plugins, tmp_path, count=2000):
+    """Starts one Envoy per plugin (one worker each, all pinned to the same core, started
+    together) and sends `count` sequential requests to each, alternating between them, so
+    they run under the same load. Returns, per Envoy, (seconds to ready, sorted latencies)."""
     with harness.upstreams("c") as ports:
-        config = harness.bootstrap(plugin, ports, harness.free_port(), harness.free_port(), build=build)
-        envoy = harness.Envoy(config, tmp_path, concurrency=1)
-        started = time.monotonic()
-        with envoy:
-            ready_s = time.monotonic() - started
-            client = harness.Client(envoy.port)
-            latencies = []
-            try:
-                for i in range(count):
+        envoys = []
+        for plugin in plugins:
+            config = harness.bootstrap(plugin, ports, harness.free_port(), harness.free_port(),
+                                       build=build)
+            envoys.append(harness.Envoy(config, tmp_path, concurrency=1, prefix=same_core()))
+        with contextlib.ExitStack() as stack:
+            started = time.monotonic()
+            for envoy in envoys:
+                stack.callback(envoy.stop)
+                envoy.start(wait=False)
+            ready = []
+            for envoy in envoys:
+                envoy.wait_ready()
+                ready.append(time.monotonic() - started)
+            clients = [stack.enter_context(contextlib.closing(harness.Client(e.port)))
+                       for e in envoys]
+            latencies = [[] for _ in envoys]
+            for i in range(count):
+                # Each Envoy goes first every other round: neither always follows the other.
+                order = range(len(envoys)) if i % 2 == 0 else reversed(range(len(envoys)))
+                for e in order:
                     t0 = time.perf_counter()
-                    status, _, _ = client.get("/", {"Host": f"svc{i % 4}"})
-                    latencies.append(time.perf_counter() - t0)
+                    status, _, _ = clients[e].get("/", {"Host": f"svc{i % 4}"})
+                    latencies[e].append(time.perf_counter() - t0)
                     assert status == 200
-            finally:
-                client.close()
-    return ready_s, sorted(latencies)
+    return [(r, sorted(lat)) for r, lat in zip(ready, latencies)]
 
 
 @pytest.mark.builds("wasm", "native")
@@ -239,17 +258,23 @@ def test_the_largest_guarded_configuration_keeps_requests_fast_and_starts_quickl
             services.append(service)
         return {"services": services}
 
-    _, control = request_latencies(build, plugin(False), tmp_path)
-    ready_s, guarded_ = request_latencies(build, plugin(True), tmp_path)
+    (control_ready_s, control), (ready_s, guarded_) = side_by_side_latencies(
+        build, [plugin(False), plugin(True)], tmp_path)
 
     def p99(latencies):
         return latencies[int(len(latencies) * 0.99)]
 
-    print(f"\nlargest guarded configuration ({build}): ready in {ready_s:.2f} s; p99 "
+    print(f"\nlargest guarded configuration ({build}): ready in {ready_s:.2f} s "
+          f"(unguarded {control_ready_s:.2f} s); p99 "
           f"{p99(guarded_) * 1000:.2f} ms (unguarded {p99(control) * 1000:.2f} ms), worst "
           f"{guarded_[-1] * 1000:.2f} ms (unguarded {control[-1] * 1000:.2f} ms)")
-    assert ready_s < 10, ready_s
-    # Under 5 ms at the 99th percentile; latencies on a busy machine carry noise of their own, so
-    # never more than twice the unguarded control's either. No request waits for a long tick.
-    assert p99(guarded_) < max(0.005, 2 * p99(control)), (p99(guarded_), p99(control))
-    assert guarded_[-1] < 0.1, guarded_[-1]
+    # Both Envoys start together and run side by side on one core, taking turns, so the
+    # machine's load slows both alike. The limits sit far above its noise (on a 2-core machine
+    # with both cores busy: up to 9 s to ready for both, 10 ms at the 99th percentile, a few
+    # tens of ms for the worst request) and far below the defect's cost: about a second per
+    # tick per service, with a tick every 500 ms (wasm) or on the first request after it is due
+    # (native), so every request, or the one that runs the tick, waits a second or more; and
+    # Envoy was not ready in 30 s.
+    assert ready_s < control_ready_s + 10, (ready_s, control_ready_s)
+    assert p99(guarded_) < p99(control) + 0.05, (p99(guarded_), p99(control))
+    assert guarded_[-1] < control[-1] + 0.5, (guarded_[-1], control[-1])

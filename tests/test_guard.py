@@ -14,8 +14,12 @@ from stats import chi_square
 from test_metrics import prometheus_series
 
 WINDOW_S, EJECT_S = 2, 6
-# How long the other workers may take to follow a decision: the tick runs twice a second.
-PROPAGATION_S = 0.6
+# How long the other workers may take to follow a decision: the tick runs twice a second, so
+# 0.5 s, and as much again for a tick that a busy machine delays.
+PROPAGATION_S = 1.0
+# How long a wait for the guard's decision may last: a wait returns as soon as the decision
+# shows, so its bound only has to outlast a busy machine.
+DECISION_S = 15
 
 
 def plugin(weights, **guard):
@@ -68,13 +72,13 @@ def load_for(port, seconds):
 
 def answers_after_ejection(envoy, upstream, timeout):
     """Under steady traffic, waits until `upstream` is ejected, then counts what answered during
-    the next 1.5 s, from the moment every worker has followed."""
+    the next second, from the moment every worker has followed."""
     load = Load(envoy.port)
     try:
         assert harness.wait_for(lambda: stat(envoy, f"{upstream}.ejected") == 1,
                                 timeout=timeout), f"{upstream} not ejected in time"
         ejected_at = time.monotonic()
-        time.sleep(1.5)
+        time.sleep(PROPAGATION_S + 1.0)
         return load.since(ejected_at + PROPAGATION_S)
     finally:
         load.close()
@@ -121,9 +125,9 @@ def test_a_failing_upstream_is_ejected_and_readmitted_when_it_recovers(build, wa
             assert set(healthy) == {"v1", "v2"}, healthy
             servers["v2"].status = 503
             failing_at = time.monotonic()
-            # Within the window (+ 2 s for the ticks), v2 is ejected.
+            # Within the window (plus the ticks, and a busy machine's delays), v2 is ejected.
             assert harness.wait_for(lambda: stat(envoy, "v2.ejections_total") == 1,
-                                    timeout=WINDOW_S + 2), "v2 not ejected in time"
+                                    timeout=DECISION_S), "v2 not ejected in time"
             ejected_at = time.monotonic()
             time.sleep(EJECT_S - 2)
             # While ejected: only v1 answers, and the gauge and the labelled series say so.
@@ -179,7 +183,7 @@ def test_above_the_read_budget_the_guard_still_tells_a_rate_below_error_rate_fro
             # Three quarters fail: ejected within the window, on sampled outcomes all the same.
             servers["v2"].status = failing((3, 4))
             assert harness.wait_for(lambda: stat(envoy, "v2.ejections_total") == 1,
-                                    timeout=WINDOW_S + 2), "v2 not ejected in time"
+                                    timeout=DECISION_S), "v2 not ejected in time"
         finally:
             load.close()
 
@@ -191,32 +195,57 @@ def test_caps_hold_when_every_upstream_fails(build, wasm, tmp_path, cap, ejected
     with guarded_envoy(tmp_path, max_ejected_percent=cap) as (servers, envoy):
         for server in servers.values():
             server.status = 503
-        load_for(envoy.port, WINDOW_S + 2.5)
-        total = sum(stat(envoy, f"{u}.ejections_total") for u in ("v1", "v2"))
-        now = sum(stat(envoy, f"{u}.ejected") for u in ("v1", "v2"))
-        assert (total, now) == (ejected, ejected)
+        assert_ejections_settle(envoy, Load(envoy.port), ejected)
+
+
+def assert_ejections_settle(envoy, load, ejected):
+    """Under `load` (closed here), v1 and v2 failing: `ejected` of them are ejected, and no more
+    once a further window and tick have passed."""
+    def counts():
+        return (sum(stat(envoy, f"{u}.ejections_total") for u in ("v1", "v2")),
+                sum(stat(envoy, f"{u}.ejected") for u in ("v1", "v2")))
+    try:
+        if ejected:
+            # The first ejection, however long a busy machine makes it take; then a window and
+            # a tick more, in which a second one would come.
+            harness.wait_for(lambda: counts()[0] >= ejected, timeout=DECISION_S)
+            time.sleep(WINDOW_S + 1)
+        else:
+            time.sleep(WINDOW_S + 2.5)
+    finally:
+        load.close()
+    assert counts() == (ejected, ejected)
 
 
 @pytest.mark.builds("wasm", "native")
 def test_an_ejection_lasts_eject_s_to_the_tick(build, wasm, tmp_path):
-    """eject_s 3: under steady traffic the ejected gauge is 1 for 3 s, measured from the moment
-    the gauge shows the ejection to the moment it shows the readmission (polled every 20 ms).
-    Both are set by ticks (every 500 ms), so the measure is 3 s minus up to one poll, plus up
-    to a tick and a poll; a loaded machine may delay a tick further, so the upper bound is loose
-    (4.5 s). Ejection times kept in whole seconds made it up to a second shorter."""
+    """eject_s 3: under steady traffic the ejected gauge is 1 for 3 s, from the tick that ejects
+    to the tick that readmits (every 500 ms). The gauge is polled, and each change is known to
+    lie between the last poll that read the old value and the first that read the new one, so
+    the time it was 1 lies between two bounds that do not depend on how long a poll takes: the
+    longest it can have lasted is at least 3 s (less 50 ms: the ejecting tick reads the clock a
+    little before it sets the gauge), the shortest at most 6 s (3 s, a tick, and what a loaded
+    machine adds). Ejection times kept in whole seconds made it up to a second shorter."""
+    def poll_until(value, deadline):
+        """(monotonic time before the last poll that read another value, after the first that
+        read `value`)."""
+        before = time.monotonic()
+        while time.monotonic() < deadline:
+            asked = time.monotonic()
+            if stat(envoy, "v2.ejected") == value:
+                return before, time.monotonic()
+            before = asked
+            time.sleep(0.02)
+        raise AssertionError(f"the ejected gauge did not read {value} in time")
+
     with guarded_envoy(tmp_path, eject_s=3) as (servers, envoy):
         load = Load(envoy.port)
         try:
             servers["v2"].status = 503
-            deadline = time.monotonic() + WINDOW_S + 10
-            while stat(envoy, "v2.ejected") != 1 and time.monotonic() < deadline:
-                time.sleep(0.02)
-            ejected_at = time.monotonic()
-            assert stat(envoy, "v2.ejected") == 1, "v2 not ejected in time"
+            ejected = poll_until(1, time.monotonic() + DECISION_S)
             servers["v2"].status = 200
-            while stat(envoy, "v2.ejected") != 0 and time.monotonic() < ejected_at + 10:
-                time.sleep(0.02)
-            lasted = time.monotonic() - ejected_at
+            readmitted = poll_until(0, time.monotonic() + DECISION_S)
         finally:
             load.close()
-    assert 2.95 <= lasted <= 4.5, lasted
+    longest, shortest = readmitted[1] - ejected[0], readmitted[0] - ejected[1]
+    assert longest >= 2.95 and shortest <= 6.0, (shortest, longest)

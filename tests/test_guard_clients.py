@@ -7,7 +7,7 @@ import threading
 import pytest
 
 import harness
-from test_guard import answers_after_ejection, load_for, plugin, stat
+from test_guard import DECISION_S, answers_after_ejection, load_for, plugin, stat
 
 WINDOW_S = 2
 
@@ -87,6 +87,6 @@ def test_a_canary_that_answers_500_to_normal_requests_is_ejected(build, wasm, tm
         config = harness.bootstrap(plugin({"v1": 70, "v2": 30}, **extra), ports,
                                    harness.free_port(), harness.free_port())
         with harness.Envoy(config, tmp_path) as envoy:
-            after = answers_after_ejection(envoy, "v2", WINDOW_S + 3)
+            after = answers_after_ejection(envoy, "v2", DECISION_S)
             assert after and set(after) == {"v1"}, after
             assert ejections(envoy) == {"v1": 0, "v2": 1}

@@ -88,11 +88,13 @@ def test_a_version_that_hangs_is_ejected_when_clients_give_up_first(build, wasm,
 
 @pytest.mark.builds("wasm", "native")
 def test_clients_that_reset_quickly_before_a_healthy_answer_eject_nothing(build, wasm, tmp_path):
-    """Both versions answer in 150 ms; clients give up after 20 ms on three requests of four
+    """Both versions answer in 100 ms; clients give up after 20 ms on three requests of four
     (the fourth waits). The abandoned requests waited far less than the latency threshold
-    (200 ms) and abandoned_after_ms (500 ms): they say nothing, and nothing is ejected."""
-    guard = {"error_rate": 0.2, "latency": {"percentile": 90, "threshold_ms": 200}}
-    with harness.upstream_servers("v1", "v2", delay=0.15) as servers:
+    (400 ms) and abandoned_after_ms (500 ms): they say nothing, and nothing is ejected. The
+    answers that are waited for stay 300 ms under the threshold, and the resets as much, however
+    late a loaded machine lets a client close."""
+    guard = {"error_rate": 0.2, "latency": {"percentile": 90, "threshold_ms": 400}}
+    with harness.upstream_servers("v1", "v2", delay=0.1) as servers:
         ports = {n: s.server_port for n, s in servers.items()}
         config = harness.bootstrap(
             plugin({"v1": 50, "v2": 50}, min_requests=10, window_s=WINDOW_S, eject_s=30, **guard),

@@ -238,7 +238,7 @@ def test_extension_manifests_split_and_label_their_stats(name, version, label, w
 
         def series():
             return prometheus_series(envoy, "meshsplit_requests_total")
-        harness.wait_for(lambda: series() == expected, timeout=3.0)
+        harness.wait_for(lambda: series() == expected, timeout=15)
         assert series() == expected, plugin
         # The raw stat names carry the plugin name the module saw, as a stat segment.
         names = envoy.stats(f"wasmcustom.meshsplit.{label}.reviews.")

@@ -253,7 +253,7 @@ def test_soak_keeps_counts_exact_and_memory_flat(build, tmp_path):
                     per_service[match.group(1)] = per_service.get(match.group(1), 0) + value
             return per_service
         received = envoy_requests(envoy)
-        harness.wait_for(lambda: sum(totals().values()) == received, timeout=5)
+        harness.wait_for(lambda: sum(totals().values()) == received, timeout=15)
         counted = totals()
         assert sum(counted.values()) == received, (counted, received)
         assert received >= REQUESTS

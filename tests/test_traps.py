@@ -9,7 +9,9 @@ import harness
 PLUGIN = {"services": [{"name": "svc", "upstreams": [
     {"name": "v1", "cluster": "t_v1", "weight": 1}, {"name": "v2", "cluster": "t_v2", "weight": 1}]}]}
 TRAP_MODULE = harness.ROOT / "target" / "test-hooks" / "meshsplit.wasm"
-FLUSH_S = 1.5  # the tick is every 500 ms
+# The tick is every 500 ms; the waits return once the counts are in, so their bound only has to
+# outlast a busy machine.
+FLUSH_S = 15.0
 
 
 def total(envoy):
@@ -31,16 +33,20 @@ def test_a_trap_loses_at_most_the_counts_since_the_vms_last_tick(tmp_path):
             client = harness.Client(envoy.port)
             try:
                 flushed = sum(client.get("/", {"Host": "svc"})[0] == 200 for _ in range(60))
-                time.sleep(FLUSH_S)
+                assert harness.wait_for(lambda: total(envoy) == 60, timeout=FLUSH_S)
                 assert total(envoy) == flushed == 60
                 pending = sum(client.get("/", {"Host": "svc"})[0] == 200 for _ in range(20))
                 status, _, _ = client.get("/", {"Host": "svc", "x-meshsplit-test-hook": "panic"})
                 assert status == 503
-                time.sleep(1.0)  # FAIL_RELOAD recreates the VM after 0.2 s
-                after = sum(client.get("/", {"Host": "svc"})[0] == 200 for _ in range(10))
+                # FAIL_RELOAD recreates the VM after 0.2 s (later on a busy machine): the first
+                # request it answers counts among those after the trap.
+                assert harness.wait_for(
+                    lambda: client.get("/", {"Host": "svc"})[0] == 200, timeout=FLUSH_S)
+                after = 1 + sum(client.get("/", {"Host": "svc"})[0] == 200 for _ in range(9))
             finally:
                 client.close()
-            time.sleep(FLUSH_S)
+            harness.wait_for(lambda: total(envoy) >= flushed + after, timeout=FLUSH_S)
+            time.sleep(1.0)  # two more ticks: nothing more is counted
             counted = total(envoy)
     lost = flushed + pending + after - counted
     print(f"\na trap lost {lost} of the {pending} counts gathered since the VM's last tick")

@@ -44,7 +44,7 @@ def seconds_to_eject(envoy, servers, step_ms):
                 "/", {"Host": "svc", harness.TEST_HOOK: f"clock-offset-ms={step_ms}"})
             assert status == 200
             assert harness.wait_for(
-                lambda: f"test hook: wall clock moved by {step_ms} ms" in envoy.log(), timeout=5)
+                lambda: f"test hook: wall clock moved by {step_ms} ms" in envoy.log(), timeout=15)
         servers["v2"].status = 503
         failing_at = time.monotonic()
         if not harness.wait_for(lambda: stat(envoy, "v2.ejections_total") == 1, timeout=15):
@@ -57,7 +57,9 @@ def seconds_to_eject(envoy, servers, step_ms):
 @pytest.mark.builds("native")
 def test_a_backward_wall_clock_step_does_not_delay_an_ejection(build, test_hooks, tmp_path):
     """The issue saw no ejection within 20 s after a 60 s step back (ticks were scheduled on the
-    wall clock), against 2 s without it. Both are measured here, on the same machine."""
+    wall clock), against 2 s without it. Both are measured here, on the same machine, one after
+    the other, so a busy stretch may slow either: the bound is 6 s more than without the step,
+    far above that noise (a second or two) and far below the defect (20 s and more)."""
     timings = {}
     for step_ms in (0, -60_000):
         with harness.upstream_servers("v1", "v2") as servers:
@@ -67,8 +69,9 @@ def test_a_backward_wall_clock_step_does_not_delay_an_ejection(build, test_hooks
                 timings[step_ms] = seconds_to_eject(envoy, servers, step_ms)
     assert timings[0] is not None, timings
     assert timings[-60_000] is not None, f"not ejected within 15 s after the step: {timings}"
-    # Within the window plus a tick or two of the time without the step.
-    assert timings[-60_000] <= max(timings[0], WINDOW_S) + 1.5, timings
+    # Within the window plus a tick or two of the time without the step, and a busy machine's
+    # noise.
+    assert timings[-60_000] <= max(timings[0], WINDOW_S) + 6, timings
 
 
 def two_upstreams(on_unknown):
@@ -98,7 +101,7 @@ def test_after_a_panic_a_client_sent_cluster_header_picks_nothing(build, test_ho
             status, _, body = client.get("/", {"Host": "svc", "x-meshsplit-cluster": "b"})
             client.close()
             assert status == 200 and json.loads(body)["upstream"] in ("a", "b")
-            assert harness.wait_for(lambda: "panicked; failing closed" in envoy.log(), timeout=5)
+            assert harness.wait_for(lambda: "panicked; failing closed" in envoy.log(), timeout=15)
     for status, _, body in answers:
         assert status == 404, (status, body)
         if build == "native" and on_unknown == "reject":
@@ -147,7 +150,7 @@ def test_a_route_refresh_does_not_count_a_request_again(build, tmp_path, strateg
         with harness.Envoy(config, tmp_path) as envoy:
             answers = harness.send(envoy.port, 200, {"Host": "svc"})
             assert harness.wait_for(
-                lambda: sum(counts(envoy).values()) >= len(answers), timeout=5)
+                lambda: sum(counts(envoy).values()) >= sum(answers.values()), timeout=15)
             time.sleep(0.5)
             counted = counts(envoy)
     served = {}
@@ -208,7 +211,7 @@ def test_a_refresh_after_a_filter_changed_a_header_counts_what_each_upstream_was
                 decided, superseded = counts(envoy), counts(envoy, "superseded_total")
                 return {k: v - superseded.get(k, 0) for k, v in decided.items()
                         if v - superseded.get(k, 0)}
-            assert harness.wait_for(lambda: sum(net().values()) == 400, timeout=5), net()
+            assert harness.wait_for(lambda: sum(net().values()) == 400, timeout=15), net()
             superseded = counts(envoy, "superseded_total")
             status = subprocess.run(
                 [str(harness.ROOT / "target/release/meshsplit"), "status", "--admin",
@@ -257,7 +260,7 @@ def test_two_configs_with_one_filter_name_keep_their_guards_apart(build, tmp_pat
             load = Load(envoy.port)
             try:
                 assert harness.wait_for(lambda: "guard: ejected svc/v2" in envoy.log(),
-                                        timeout=WINDOW_S + 8), "the first listener's v2 not ejected"
+                                        timeout=WINDOW_S + 18), "the first listener's v2 not ejected"
             finally:
                 load.close()
             answers = harness.send(second_port, 100, {"Host": "svc"})

@@ -112,7 +112,7 @@ def test_an_older_configuration_kept_alive_by_a_stream_never_ejects(build, tmp_p
             time.sleep(0.5)
             publish_for(build, ecds, 2, new)
             reload = "extension_config_discovery.http_filter.meshsplit.config_reload"
-            assert harness.wait_for(lambda: (envoy.stats(reload).get(reload) or 0) >= 1, timeout=5)
+            assert harness.wait_for(lambda: (envoy.stats(reload).get(reload) or 0) >= 1, timeout=15)
             servers["v2"].status = 503
             load = Load(envoy.port, connections=4, limit_s=20)
             try:
@@ -145,10 +145,10 @@ def test_an_update_without_the_guard_sets_the_ejected_gauge_back_to_zero(build, 
 
             servers["v2"].status = 503
             harness.send(envoy.port, 200, {"Host": "svc"})
-            assert harness.wait_for(lambda: gauge_with_traffic(1), timeout=5)
+            assert harness.wait_for(lambda: gauge_with_traffic(1), timeout=15)
             servers["v2"].status = 200
             publish_for(build, ecds, 2, unguarded())
-            assert harness.wait_for(lambda: gauge_with_traffic(0), timeout=5)
+            assert harness.wait_for(lambda: gauge_with_traffic(0), timeout=15)
             seen = harness.send(envoy.port, 400, {"Host": "svc"})
             _, p = chi_square([seen["v1"], seen["v2"]], [1, 1])
             assert p > P_MIN, seen

@@ -99,12 +99,12 @@ def test_watch_applies_each_line_by_line_yaml_save_once_with_its_final_content(c
                     mark = len(watch.lines)
                     write_line_by_line(split, text, rng.randrange(3, 15))
                     watch.wait_for_line(rf"^{TIMESTAMP} applied .* \(version {i + 1} → {i + 2}\)",
-                                        after=mark, timeout=5.0)
+                                        after=mark, timeout=15)
                     # The ECDS file holds the whole save, and Envoy serves it.
                     config, version = ecds_config(ecds / "meshsplit.json")
                     assert (config, version) == (yaml.safe_load(text), str(i + 2))
                     assert harness.wait_for(
-                        lambda: harness.send(envoy.port, 8, {"Host": "svc"}) == {target: 8}, 3.0)
+                        lambda: harness.send(envoy.port, 8, {"Host": "svc"}) == {target: 8}, 15)
             applied = [line for line in watch.lines if " applied " in line]
             others = [line for line in watch.lines if " refused: " in line or " error: " in line]
             assert (len(applied), others) == (SAVES, []), watch.lines

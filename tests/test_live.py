@@ -79,9 +79,11 @@ def test_make_live_shows_the_split_move_after_an_edit(wasm, tmp_path):
     config = tmp_path / "meshsplit.json"
     config.write_text(json.dumps(PLUGIN))
     proc = subprocess.Popen([sys.executable, str(harness.ENVOY_DIR / "live.py"), "--config", str(config),
-                             "--seconds", "9", "--rate", "150", "--window", "2"],
+                             "--seconds", "12", "--rate", "150", "--window", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
+        # Saved 4 s in; the last table (2 s) starts 10 s in or later: 6 s for the save to be
+        # applied, and 12 s for Envoy to be ready at all, on a busy machine.
         time.sleep(4)
         moved = json.loads(json.dumps(PLUGIN))
         for u in moved["services"][0]["upstreams"]:

@@ -110,6 +110,13 @@ pub struct Names {
 }
 
 impl Names {
+    pub const fn new() -> Self {
+        Self {
+            names: Vec::new(),
+            generation: 0,
+        }
+    }
+
     /// The index of `name`, kept now if new; `None` when the table was full (it is then emptied,
     /// so that later decisions are remembered again, and its generation moves on).
     fn index(&mut self, name: &str) -> Option<u32> {
@@ -184,6 +191,13 @@ pub struct Memory {
 }
 
 impl Memory {
+    pub const fn new() -> Self {
+        Self {
+            slots: Vec::new(),
+            older: Vec::new(),
+        }
+    }
+
     fn set(random: u64) -> usize {
         // The low bits of a random value; `SETS` is a power of two.
         (random as usize) & (SETS - 1)

@@ -103,9 +103,9 @@ pub fn config_new(envoy: SpecifierConfig, name: &[u8], bytes: &[u8]) -> Option<S
 
 thread_local! {
     /// This worker's latest selections (`memory.rs`).
-    static MEMORY: RefCell<Memory> = RefCell::new(Memory::default());
+    static MEMORY: RefCell<Memory> = const { RefCell::new(Memory::new()) };
     /// The request header names this worker's decisions read.
-    static NAMES: RefCell<Names> = RefCell::new(Names::default());
+    static NAMES: RefCell<Names> = const { RefCell::new(Names::new()) };
     /// The cluster buffer of the next decision (a slot's old one, reused).
     static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
 }

@@ -1,9 +1,9 @@
 """The manual as a reader sees it: the site MkDocs builds, served on loopback and opened in headless
 Chromium (Debian package `chromium`) at 1280x800, driven over the DevTools protocol. On every page
 of the nav: the table of contents has entries, no code block is wider than its box (but the few
-listed in WIDE_BLOCKS, whose lines cannot be wrapped without changing what they show), and no
-inline code in a table cell breaks across lines. Screenshots of three pages are written to
-target/docs-browser/ (the test prints the path)."""
+listed in WIDE_BLOCKS, whose lines cannot be wrapped without changing what they show), no inline
+code in a table cell breaks across lines, and no table scrolls. Screenshots of three pages are
+written to target/docs-browser/ (the test prints the path)."""
 import base64
 import contextlib
 import functools
@@ -186,12 +186,14 @@ MEASURE = """(() => {
     scroll: code.scrollWidth, client: code.clientWidth}));
   const cells = [...document.querySelectorAll('td code, th code')].map(code => ({
     text: code.innerText, rects: code.getClientRects().length}));
+  const tables = [...document.querySelectorAll('.md-typeset table')].map(table => ({
+    first: table.innerText.split('\\n')[0], scroll: table.scrollWidth, client: table.clientWidth}));
   return {
     toc: toc.map(a => a.textContent.trim()),
     tocShown: !!sidebar && sidebar.getBoundingClientRect().width > 0
       && getComputedStyle(sidebar).display !== 'none',
     content: document.querySelector('.md-content').getBoundingClientRect().width,
-    blocks, cells};
+    blocks, cells, tables};
 })()"""
 
 
@@ -238,6 +240,14 @@ def test_no_identifier_in_a_table_breaks(measured):
     broken = [f"{page}: {cell['text']!r}" for page, m in measured.items() for cell in m["cells"]
               if cell["rects"] > 1]
     assert not broken, "inline code in table cells broken across lines:\n" + "\n".join(broken)
+
+
+def test_no_table_is_wider_than_its_box(measured):
+    """Identifiers that never wrap must not push a table past the column (it would scroll)."""
+    wide = [f"{page}: {table['scroll']} px in {table['client']} px: {table['first'][:60]!r}"
+            for page, m in measured.items() for table in m["tables"]
+            if table["scroll"] > table["client"] + 1]
+    assert not wide, "tables that scroll at %d px:\n%s" % (WIDTH, "\n".join(wide))
 
 
 def test_screenshots_are_kept(measured):

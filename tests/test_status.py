@@ -323,7 +323,7 @@ def test_a_refused_config_is_flagged_only_until_a_good_one_is_in_force(build, cl
         publish_for(build, ecds, 2, bad)
         assert harness.wait_for(lambda: "<< REFUSED CONFIG" in text(), timeout=10), text()
         # A corrected configuration (one identical to the one in force is no update to Envoy,
-        # so the filter never hears of it: docs/observing-a-split.md says so).
+        # so the filter never hears of it: docs/alerts.md says so).
         fixed = json.loads(json.dumps(good))
         fixed["services"][0]["upstreams"][0]["weight"] = 60
         publish_for(build, ecds, 3, fixed)

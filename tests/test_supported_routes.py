@@ -439,7 +439,8 @@ DOC_PAGES = [harness.ROOT / "docs" / "istio.md", harness.ROOT / "docs" / "envoy-
 def doc_commands(word):
     for page in DOC_PAGES:
         for block in re.findall(r"```sh\n(.*?)```", page.read_text(), re.S):
-            for line in block.splitlines():
+            # A command continued over lines (a trailing backslash) is one line.
+            for line in re.sub(r"\\\n\s*", " ", block).splitlines():
                 if line.startswith(f"meshsplit {word} "):
                     yield page.name, line
 

@@ -1522,7 +1522,10 @@ mod tests {
         // Each sampled key is either unchanged, renamed or moved, and every moved key changed
         // cluster.
         for m in keys["moves"].as_array().into_iter().flatten() {
-            assert_ne!((m["from"].as_str(), m["to"].as_str()), (Some("v1"), Some("stable")));
+            assert_ne!(
+                (m["from"].as_str(), m["to"].as_str()),
+                (Some("v1"), Some("stable"))
+            );
         }
         assert!(moved + renamed <= 2_000);
     }

@@ -327,6 +327,28 @@ mod tests {
 
     const CONFIG: u64 = 7;
 
+    /// Remembers a decision for cluster `buffer` that counted an unknown service.
+    fn keep(
+        memory: &mut Memory,
+        names: &Names,
+        random: u64,
+        reads: Reads,
+        buffer: &mut String,
+        apply: impl FnOnce(Kind, &str) -> bool,
+    ) -> bool {
+        let counted = Counted::Unknown { rejected: false };
+        memory.remember(
+            names,
+            CONFIG,
+            random,
+            reads,
+            counted,
+            Kind::Cluster,
+            buffer,
+            apply,
+        )
+    }
+
     /// A request's headers, read as the specifier reads them.
     fn read_all<'h>(
         headers: &'h HashMap<&'static str, Vec<&'static [u8]>>,
@@ -428,16 +450,7 @@ mod tests {
         reads.record(&mut names, "x-canary", true, [&b"false"[..], b"true"]);
         let mut buffer = String::from("a");
         let counted = Counted::Unknown { rejected: false };
-        memory.remember(
-            &names,
-            CONFIG,
-            5,
-            reads,
-            counted,
-            Kind::Cluster,
-            &mut buffer,
-            |_, _| true,
-        );
+        keep(&mut memory, &names, 5, reads, &mut buffer, |_, _| true);
         let same = HashMap::from([("x-canary", vec![&b"false"[..], b"true"])]);
         let fewer = HashMap::from([("x-canary", vec![&b"false"[..]])]);
         assert_eq!(recall(&mut memory, &names, 5, &same).0, Recall::Same(true));
@@ -476,20 +489,10 @@ mod tests {
         let mut scratch = String::with_capacity(64);
         let reads = Reads::new(&names);
         scratch.push_str("second");
-        let counted = Counted::Unknown { rejected: false };
-        memory.remember(
-            &names,
-            CONFIG,
-            1,
-            reads,
-            counted,
-            Kind::Cluster,
-            &mut scratch,
-            |_, c| {
-                assert_eq!(c, "second");
-                true
-            },
-        );
+        keep(&mut memory, &names, 1, reads, &mut scratch, |_, c| {
+            assert_eq!(c, "second");
+            true
+        });
         // The slot's old buffer came back.
         assert_eq!(scratch, "first-cluster");
     }
@@ -523,17 +526,7 @@ mod tests {
         let mut reads = Reads::new(&names);
         reads.complete = false;
         let mut buffer = String::from("b");
-        let counted = Counted::Unknown { rejected: false };
-        let applied = memory.remember(
-            &names,
-            CONFIG,
-            11,
-            reads,
-            counted,
-            Kind::Cluster,
-            &mut buffer,
-            |_, c| c == "b",
-        );
+        let applied = keep(&mut memory, &names, 11, reads, &mut buffer, |_, c| c == "b");
         assert!(applied);
         assert_eq!(recall(&mut memory, &names, 11, &headers).0, Recall::Unknown);
     }

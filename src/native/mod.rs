@@ -648,29 +648,38 @@ mod worker {
         superseded: Vec<Vec<Option<usize>>>,
     }
 
+    /// `meshsplit.<plugin>.<service>.<upstream>.<metric>` of every upstream, defined:
+    /// `[service][upstream]`.
+    fn per_upstream(
+        plan: &Plan,
+        plugin: &str,
+        metric: &str,
+        define: &mut impl FnMut(&str) -> Option<usize>,
+    ) -> Vec<Vec<Option<usize>>> {
+        let plugin = stat_segment(plugin);
+        plan.services
+            .iter()
+            .map(|s| {
+                let service = stat_segment(&s.name);
+                s.upstreams
+                    .iter()
+                    .map(|u| {
+                        let upstream = stat_segment(&u.name);
+                        define(&format!("meshsplit.{plugin}.{service}.{upstream}.{metric}"))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
     impl Counters {
         pub fn define(
             plan: &Plan,
             plugin: &str,
             mut define: impl FnMut(&str) -> Option<usize>,
         ) -> Self {
+            let routed = per_upstream(plan, plugin, "requests_total", &mut define);
             let plugin = stat_segment(plugin);
-            let routed = plan
-                .services
-                .iter()
-                .map(|s| {
-                    let service = stat_segment(&s.name);
-                    s.upstreams
-                        .iter()
-                        .map(|u| {
-                            let upstream = stat_segment(&u.name);
-                            define(&format!(
-                                "meshsplit.{plugin}.{service}.{upstream}.requests_total"
-                            ))
-                        })
-                        .collect()
-                })
-                .collect();
             let rules = plan
                 .services
                 .iter()
@@ -701,23 +710,7 @@ mod worker {
             plugin: &str,
             mut define: impl FnMut(&str) -> Option<usize>,
         ) -> Self {
-            let plugin = stat_segment(plugin);
-            self.superseded = plan
-                .services
-                .iter()
-                .map(|s| {
-                    let service = stat_segment(&s.name);
-                    s.upstreams
-                        .iter()
-                        .map(|u| {
-                            let upstream = stat_segment(&u.name);
-                            define(&format!(
-                                "meshsplit.{plugin}.{service}.{upstream}.superseded_total"
-                            ))
-                        })
-                        .collect()
-                })
-                .collect();
+            self.superseded = per_upstream(plan, plugin, "superseded_total", &mut define);
             self
         }
 

@@ -882,6 +882,16 @@ services:
              before this item"
         );
         assert_eq!(lines[0].status(false), Status::Error);
+        // Read as the filter reads it: a comma after the last item is called what it is.
+        let trailing = block.replace("\"wieght\": 1}", "\"weight\": 1,}");
+        let lines = report_of("f.yaml", &bootstrap(&trailing));
+        assert!(
+            lines[0].ends_with(
+                "(line 15 of the file); JSON allows no comma after the last item of an object \
+                 or a list: remove it"
+            ),
+            "{lines:?}"
+        );
         // One quoted line: the file's line is the string's.
         let quoted = format!(
             "'{}'",

@@ -50,7 +50,7 @@ const CYCLE_SHOWN: usize = 64;
 /// --config-index.
 ///
 /// Exit status: 0 previewed; 1 a config is invalid (the line `check` prints); 2 usage or input
-/// error.
+/// error, a config that is not valid JSON or YAML (a syntax error) included.
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {

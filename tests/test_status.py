@@ -13,22 +13,14 @@ import stats
 from stats import chi_square
 from test_guard import answers_after_ejection
 from test_metrics import prometheus_series
+from test_cli import cli  # noqa: F401  (the session fixture that builds the command)
 
-CLI = harness.ROOT / "target" / "release" / "meshsplit"
 BUILDS = pytest.mark.builds("wasm", "native", "specifier")
 # The rollout's second step comes this long after its start.
 STEP_S = 2
 # Requests sent during the observed interval; a chi-square p-value below P_MIN fails.
 SAMPLE = 1000
 P_MIN = stats.P_MIN
-
-
-@pytest.fixture(scope="session")
-def cli():
-    """The release build of the command, built (or found up to date) once per session."""
-    subprocess.run(["make", "--no-print-directory", "-s", "cli"], cwd=harness.ROOT, check=True,
-                   stdout=subprocess.DEVNULL)
-    return CLI
 
 
 def rfc3339(unix_s):

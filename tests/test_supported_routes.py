@@ -26,8 +26,8 @@ import control_planes
 import harness
 import stats
 from stats import chi_square
+from test_cli import cli  # noqa: F401  (the session fixture that builds the command)
 
-CLI = harness.ROOT / "target" / "release" / "meshsplit"
 CRD_VALIDATE = harness.ROOT.parent / "shared" / "tools" / "crd-validate"
 HEADER = "x-meshsplit-upstream"
 VERSIONS = ("v1", "v2", "v3")
@@ -56,13 +56,6 @@ SHAPES = {
 # (shape, variant): the native filter runs where the proxy is plain Envoy.
 CASES = [("sidecar-virtualservice", "wasm"), ("sidecar-httproute", "wasm"), ("waypoint", "wasm"),
          ("envoy-gateway", "wasm"), ("envoy-gateway", "native")]
-
-
-@pytest.fixture(scope="session")
-def cli():
-    subprocess.run(["make", "--no-print-directory", "-s", "cli"], cwd=harness.ROOT, check=True,
-                   stdout=subprocess.DEVNULL)
-    return CLI
 
 
 def for_target(target, plugin):

@@ -197,21 +197,17 @@ pub fn select(config: &SharedConfig, selection: Selection) -> bool {
             }
         }
     }
-    let remembered = NAMES.with(|names| {
-        let names = names.try_borrow().ok()?;
-        MEMORY.with(|memory| {
-            let mut memory = memory.try_borrow_mut().ok()?;
-            Some(memory.remember(
-                &names,
-                id,
-                random,
-                reads,
-                counted,
-                kind,
-                &mut cluster,
-                |kind, cluster| apply(selection, kind, cluster),
-            ))
-        })
+    let remembered = MEMORY.with(|memory| {
+        let mut memory = memory.try_borrow_mut().ok()?;
+        Some(memory.remember(
+            id,
+            random,
+            reads,
+            counted,
+            kind,
+            &mut cluster,
+            |kind, cluster| apply(selection, kind, cluster),
+        ))
     });
     let applied = remembered.unwrap_or_else(|| apply(selection, kind, &cluster));
     // What is left in `cluster` (the slot's old buffer) is the next decision's.

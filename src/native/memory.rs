@@ -303,10 +303,12 @@ impl Memory {
     /// Remembers the decision of `(config, random)`: `kind`, with its cluster in `cluster`, which
     /// becomes the slot's buffer (the slot's old buffer is left in `cluster`, to be reused).
     /// Then `apply(kind, cluster)` is called with it. Reads that cannot be checked are kept too:
-    /// a refresh then decides again, but knows what the first decision counted.
+    /// a refresh then decides again, but knows what the first decision counted. `known`: whether
+    /// [`Self::recall`] found the request (when it did not, its slot is not looked for again).
     #[allow(clippy::too_many_arguments)]
     pub fn remember(
         &mut self,
+        known: bool,
         config: u64,
         random: u64,
         reads: Reads,
@@ -320,7 +322,7 @@ impl Memory {
         }
         self.ensure();
         let set = Self::set(random);
-        let i = match self.find(config, random) {
+        let i = match self.find(config, random).filter(|_| known) {
             Some(i) => i,
             None => {
                 let way = self.next.get(set).copied().unwrap_or(0);
@@ -365,7 +367,16 @@ mod tests {
         apply: impl FnOnce(Kind, &str) -> bool,
     ) -> bool {
         let counted = Counted::Unknown { rejected: false };
-        memory.remember(CONFIG, random, reads, counted, Kind::Cluster, buffer, apply)
+        memory.remember(
+            true,
+            CONFIG,
+            random,
+            reads,
+            counted,
+            Kind::Cluster,
+            buffer,
+            apply,
+        )
     }
 
     /// A request's headers, read as the specifier reads them.
@@ -400,6 +411,7 @@ mod tests {
             rule: None,
         };
         memory.remember(
+            true,
             CONFIG,
             random,
             reads,

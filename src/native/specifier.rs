@@ -200,6 +200,7 @@ pub fn select(config: &SharedConfig, selection: Selection) -> bool {
     let remembered = MEMORY.with(|memory| {
         let mut memory = memory.try_borrow_mut().ok()?;
         Some(memory.remember(
+            earlier.is_some(),
             id,
             random,
             reads,

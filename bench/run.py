@@ -983,7 +983,7 @@ def main():
                                     upstream.port, workdir, args.warmup, args.requests)
                 data["callgrind_s"] = time.monotonic() - t0
                 data["breakdown"] = {}
-                for key in ("A", "D", "N"):
+                for key in ("A", "D", "N", "K"):
                     if key in cg:
                         groups, top = breakdown(cg[key]["dump"], cg[key]["requests"])
                         data["breakdown"][key] = {"groups": groups, "top": top}

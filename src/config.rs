@@ -210,8 +210,24 @@ impl<'de, T: Copy> Visitor<'de> for OneOf<T> {
         rename = "service",
         extend("allOf" = [
             {
-                "if": {"properties": {"hash_on": {"type": "object"}}, "required": ["hash_on"]},
-                "then": {"properties": {"strategy": {"const": "sticky"}}, "required": ["strategy"]}
+                "if": {"properties": {"strategy": {"const": "sticky"}}, "required": ["strategy"]},
+                "then": {
+                    "properties": {
+                        "hash_on": {
+                            "type": "object",
+                            "errorMessage": "required with strategy \"sticky\": {\"header\": NAME}, {\"cookie\": NAME} or {\"query\": NAME}"
+                        }
+                    },
+                    "required": ["hash_on"]
+                },
+                "else": {
+                    "properties": {
+                        "hash_on": {
+                            "type": "null",
+                            "errorMessage": "only allowed with strategy \"sticky\""
+                        }
+                    }
+                }
             },
             {
                 "if": {"properties": {"assign_cookie": {"type": "object"}}, "required": ["assign_cookie"]},

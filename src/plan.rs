@@ -1247,6 +1247,16 @@ fn compile_rule(path: &str, raw: &RawRule, upstreams: &[Upstream]) -> Result<Rul
     }
     for (index, c) in m.cookies.iter().enumerate() {
         check_cookie_name(&format!("{path}.match.cookies[{index}].name"), &c.name)?;
+        // A cookie's value ends at the first `;` of the header (browsers and Envoy split there).
+        if c.exact.contains(';') {
+            return Err(ConfigError::new(
+                format!("{path}.match.cookies[{index}].exact"),
+                format!(
+                    "{:?} holds a ';', which ends a cookie's value: no cookie could match it",
+                    c.exact
+                ),
+            ));
+        }
         conditions.push(Condition::Cookie {
             name: c.name.clone(),
             value: c.exact.clone(),

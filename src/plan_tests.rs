@@ -872,6 +872,25 @@ fn service_stat_name_collision_is_an_error() {
 }
 
 #[test]
+fn a_cookie_value_with_a_semicolon_is_an_error() {
+    let e = error(&one_service(
+        r#""rules": [{"match": {"cookies": [{"name": "beta", "exact": "a;b"}]}, "upstream": "v1"}],"#,
+    ));
+    assert_eq!(
+        e,
+        r#"services[0].rules[0].match.cookies[0].exact: "a;b" holds a ';', which ends a cookie's value: no cookie could match it"#
+    );
+    // A query value may hold one.
+    assert!(crate::plan::Plan::from_json(
+        one_service(
+            r#""rules": [{"match": {"query": [{"name": "q", "exact": "a;b"}]}, "upstream": "v1"}],"#
+        )
+        .as_bytes()
+    )
+    .is_ok());
+}
+
+#[test]
 fn cookie_names_with_equals_or_semicolon_are_errors() {
     for (name, bad) in [("a=b", "'='"), ("a;b", "';'")] {
         let e = error(&one_service(&format!(

@@ -186,6 +186,19 @@ proptest! {
     }
 
     #[test]
+    fn host_key_reads_names_as_the_multi_pass_parser_did(
+        raw in prop_oneof![
+            vec(any::<u8>(), 0..24),
+            "[a-zA-Z0-9._:-]{0,16}".prop_map(String::into_bytes),
+            "[a-z.]{0,6}(:[0-9]{0,6})?".prop_map(String::into_bytes),
+        ]
+    ) {
+        let mut fast = raw.clone();
+        let got = host_key(&mut fast).map(|k| (k.bare.to_vec(), k.with_port.map(<[u8]>::to_vec)));
+        prop_assert_eq!(got, host_key_multi_pass(raw));
+    }
+
+    #[test]
     fn host_key_never_panics_and_is_idempotent(raw in vec(any::<u8>(), 0..64)) {
         let mut once = raw.clone();
         if let Some(key) = host_key(&mut once) {
@@ -659,4 +672,37 @@ mod round_trip {
             ]
         );
     }
+}
+
+/// The authority parser before it read a name in one pass (`request::scan_name`): lowercase,
+/// count the colons, find the first, check the labels, each in a pass of its own.
+#[allow(clippy::type_complexity)]
+fn host_key_multi_pass(mut raw: Vec<u8>) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+    raw.make_ascii_lowercase();
+    if raw.first() == Some(&b'[') || raw.iter().filter(|&&b| b == b':').count() >= 2 {
+        return host_key(&mut raw).map(|k| (k.bare.to_vec(), k.with_port.map(<[u8]>::to_vec)));
+    }
+    let name_end = raw.iter().position(|&b| b == b':').unwrap_or(raw.len());
+    let has_port = name_end < raw.len();
+    if has_port {
+        let digits = raw.get(name_end + 1..)?;
+        let value: u32 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+        if digits.is_empty()
+            || digits.len() > 5
+            || !digits.iter().all(u8::is_ascii_digit)
+            || value > 65_535
+        {
+            return None;
+        }
+    }
+    let dotted = raw.get(..name_end)?.ends_with(b".");
+    let name_len = name_end - usize::from(dotted);
+    if !crate::request::valid_name(raw.get(..name_len)?) {
+        return None;
+    }
+    if dotted {
+        raw.remove(name_len);
+    }
+    let bare = raw.get(..name_len)?.to_vec();
+    Some((bare, has_port.then_some(raw)))
 }

@@ -263,8 +263,8 @@ pub struct HostKey<'a> {
 /// canonical form, so `[0:0::1]` and `[::1]` are one host); allocates only if a canonical
 /// IPv6 literal is longer than the one written (`1::2:3:4:5:6:7` is `1:0:2:3:4:5:6:7`).
 pub fn host_key(raw: &mut Vec<u8>) -> Option<HostKey<'_>> {
-    raw.make_ascii_lowercase();
     if raw.first() == Some(&b'[') {
+        raw.make_ascii_lowercase();
         let close = raw.iter().position(|&b| b == b']')?;
         let address = ipv6(raw.get(1..close)?)?;
         let port = port_digits(raw.get(close + 1..)?)?;
@@ -280,8 +280,8 @@ pub fn host_key(raw: &mut Vec<u8>) -> Option<HostKey<'_>> {
             with_port: port.and(Some(raw.as_slice())),
         });
     }
-    let colons = raw.iter().filter(|&&b| b == b':').count();
-    if colons >= 2 {
+    let name = scan_name(raw);
+    if name.colons >= 2 {
         let address = ipv6(raw)?;
         raw.clear();
         write_ipv6(raw, address, false)?;
@@ -290,18 +290,16 @@ pub fn host_key(raw: &mut Vec<u8>) -> Option<HostKey<'_>> {
             with_port: None,
         });
     }
-    let name_end = raw.iter().position(|&b| b == b':').unwrap_or(raw.len());
+    let name_end = name.end;
     let has_port = name_end < raw.len();
     if has_port {
         port_digits(raw.get(name_end..)?)?;
     }
-    let name = raw.get(..name_end)?;
-    let dotted = name.ends_with(b".");
-    let name_len = name_end - usize::from(dotted);
-    if !valid_name(raw.get(..name_len)?) {
+    if !name.valid {
         return None;
     }
-    if dotted {
+    let name_len = name_end - usize::from(name.dotted);
+    if name.dotted {
         raw.remove(name_len);
     }
     Some(HostKey {
@@ -310,9 +308,62 @@ pub fn host_key(raw: &mut Vec<u8>) -> Option<HostKey<'_>> {
     })
 }
 
+/// What one pass over an authority (not starting with `[`) finds; it lowercases it on the way.
+struct NameScan {
+    /// How many `:` it has (two or more: an IPv6 literal).
+    colons: usize,
+    /// Where the name ends: at the first `:`, or the end.
+    end: usize,
+    /// Whether the name ends with a `.` (one trailing dot is allowed and dropped).
+    dotted: bool,
+    /// Whether the name, without one trailing dot, is [`valid_name`].
+    valid: bool,
+}
+
+/// Lowercases `raw` and reads it once (the request path's [`host_key`] runs on every request).
+fn scan_name(raw: &mut [u8]) -> NameScan {
+    let mut scan = NameScan {
+        colons: 0,
+        end: raw.len(),
+        dotted: false,
+        valid: true,
+    };
+    let mut label_len = 0usize;
+    let mut in_name = true;
+    for (i, byte) in raw.iter_mut().enumerate() {
+        byte.make_ascii_lowercase();
+        let b = *byte;
+        if b == b':' {
+            scan.colons += 1;
+            if in_name {
+                in_name = false;
+                scan.end = i;
+            }
+            continue;
+        }
+        if !in_name {
+            continue;
+        }
+        if b == b'.' {
+            // An empty label (`..`, a leading `.`) is invalid; a trailing `.` is the one allowed.
+            scan.valid &= label_len > 0;
+            scan.dotted = true;
+            label_len = 0;
+        } else {
+            scan.valid &= b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+            scan.dotted = false;
+            label_len += 1;
+        }
+    }
+    // Non-empty, and its last label non-empty unless a trailing dot follows a non-empty one.
+    scan.valid &= label_len > 0 || scan.dotted;
+    scan
+}
+
 /// A DNS name or IPv4 literal (without trailing dot): non-empty labels of letters, digits,
 /// `-` and `_`.
-fn valid_name(name: &[u8]) -> bool {
+#[cfg(test)]
+pub(crate) fn valid_name(name: &[u8]) -> bool {
     !name.is_empty()
         && name.split(|&b| b == b'.').all(|label| {
             !label.is_empty()

@@ -1167,7 +1167,7 @@ fn pod_ejects_canary_at(
 /// half its requests, N = 1, 4, 8 pods: when the last pod ejects it (seconds), with the shipped
 /// example's guard (min_requests 20, window 10 s) and with min_requests sized to a pod's share
 /// (min_requests 4, window 10 s: at most the canary's requests per pod and window). The numbers
-/// are the ones docs/observing-a-split.md gives ("The guard on a fleet").
+/// are the ones docs/alerts.md gives ("The guard on a fleet").
 #[test]
 fn a_fleet_ejects_a_failing_canary_on_every_pod_when_min_requests_fits_a_pods_share() {
     let total = [36.0, 4.0];

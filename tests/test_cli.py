@@ -1,6 +1,7 @@
 """`meshsplit check`, the operator's command: it finds plugin configs in the files operators edit
 and reports exactly what the filter in Envoy would."""
 import json
+import pathlib
 import re
 import subprocess
 
@@ -75,8 +76,16 @@ def test_check_prints_the_error_envoy_logs_for_every_bad_config_of_the_suite(cli
     for path, where in ((plain, ""), (bootstrap, ": listeners[0] meshsplit"),
                         (ecds / "meshsplit.json", ": resources[0] meshsplit")):
         result = check(cli, path)
-        assert (result.returncode, result.stdout) == (1, f"{path}{where}: {INVALID}{expected}\n"), \
-            result.stderr
+        assert result.returncode == 1, result.stderr
+        line = f"{path}{where}: {INVALID}{expected}"
+        assert result.stdout.startswith(line), (result.stdout, line)
+        # A position in a config embedded as a string is said to be inside it, with the file's line.
+        rest = result.stdout[len(line):]
+        if path == plain or " at line " not in expected:
+            assert rest == "\n"
+        else:
+            assert re.fullmatch(r" inside the embedded JSON string \((line \d+ of the file|the string "
+                                r"starts at line \d+ of the file)\)\n", rest), rest
 
 
 def test_misspelt_cluster_in_a_bootstrap_is_a_warning_envoy_does_not_give(cli, wasm, tmp_path):
@@ -217,3 +226,100 @@ def test_usage_errors_are_exit_2_and_every_command_has_help(cli):
     for args in ([], ["check"]):
         result = subprocess.run([str(cli), *args, "--help"], capture_output=True, text=True)
         assert result.returncode == 0 and "Usage: meshsplit" in result.stdout
+
+
+def line_of(path, number):
+    return pathlib.Path(path).read_text().splitlines()[number - 1]
+
+
+def test_an_error_in_a_yaml_config_is_placed_at_the_files_line(cli, tmp_path):
+    config = write(tmp_path / "meshsplit.yaml", """\
+# The reviews split: 90 % to v1.
+services:
+- name: reviews
+  upstreams:
+  - name: v1
+    cluster: reviews_v1
+    weight: 90
+  - name: v2
+    cluster: reviews_v2
+    wieght: 10
+""")
+    result = check(cli, config)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.endswith(" at line 10 column 5\n"), result.stdout
+    assert "services[0].upstreams[1].wieght: unknown field" in result.stdout
+    # The shipped WasmPlugin, with a typo on its line 70.
+    shipped = (harness.ENVOY_DIR / "istio" / "wasmplugin.yaml").read_text().splitlines(keepends=True)
+    assert '"weight": 15' in shipped[69]
+    shipped[69] = shipped[69].replace('"weight"', '"wieght"')
+    manifest = write(tmp_path / "wasmplugin.yaml", "".join(shipped))
+    result = check(cli, manifest)
+    assert result.returncode == 1, result.stderr
+    found = re.search(r" at line (\d+) column (\d+)$", result.stdout.rstrip("\n"))
+    assert found and found.group(1) == "70", result.stdout
+    assert line_of(manifest, 70)[int(found.group(2)) - 1:].startswith('"wieght"'), result.stdout
+
+
+def test_an_error_in_an_embedded_config_gives_the_strings_line_and_the_files(cli, tmp_path):
+    shipped = (harness.ENVOY_DIR / "envoy.yaml").read_text().splitlines(keepends=True)
+    number = next(i for i, line in enumerate(shipped, 1) if '"name": "v2"' in line)
+    shipped[number - 1] = shipped[number - 1].replace('"weight"', '"wieght"')
+    path = write(tmp_path / "envoy.yaml", "".join(shipped))
+    result = check(cli, path)
+    assert result.returncode == 1, result.stderr
+    first = next(i for i, line in enumerate(shipped, 1) if line.rstrip().endswith("value: |"))
+    assert result.stdout.endswith(
+        f" at line {number - first} column 56 inside the embedded JSON string "
+        f"(line {number} of the file)\n"), result.stdout
+
+
+GOOD = '{"services": [{"name": "a", "upstreams": [{"name": "v1", "cluster": "c", "weight": 1}]}]}'
+
+# JSON mistakes, each with the hint it gets: every one is a syntax error, exit 2.
+MISTAKES = {
+    "comment": (GOOD.replace('{"services"', '{\n  # the split\n  "services"'),
+                "JSON has no comments: remove the # comment"),
+    "slash comment": (GOOD.replace('"weight": 1', '"weight": 1 // v1 only'),
+                      "JSON has no comments: remove the // or /* */ comment"),
+    "single quotes": (GOOD.replace('"name": "a"', "'name': 'a'"), "not single quotes"),
+    "unquoted key": (GOOD.replace('"services"', "services"), "JSON keys need double quotes"),
+    "unquoted string": (GOOD.replace('"c"', "c"), "JSON strings need double quotes"),
+    "trailing comma": (GOOD.replace('"weight": 1}', '"weight": 1,}'),
+                       "JSON allows no comma after the last item"),
+    "missing comma": (GOOD.replace('"cluster": "c",', '"cluster": "c"'),
+                      "a comma is missing before this item"),
+}
+
+
+@pytest.mark.parametrize("mistake", MISTAKES)
+def test_every_json_syntax_error_is_exit_2_with_a_hint(cli, tmp_path, mistake):
+    text, hint = MISTAKES[mistake]
+    path = write(tmp_path / "meshsplit.json", text)
+    result = check(cli, path)
+    assert (result.returncode, result.stdout) == (2, ""), result.stderr
+    assert result.stderr.startswith(f"error: {path}: not valid JSON: "), result.stderr
+    assert hint in result.stderr, result.stderr
+    # The same mistake in the plugin config embedded in a bootstrap: the same status and hint.
+    shipped = (harness.ENVOY_DIR / "envoy.yaml").read_text()
+    plugin = json.loads(GOOD)
+    block = "\n".join(" " * 20 + line for line in text.splitlines())
+    embedded = re.sub(r"value: \|\n(?: {20}.*\n)+", lambda m: f"value: |\n{block}\n", shipped, count=1)
+    assert embedded != shipped and plugin
+    bootstrap = write(tmp_path / "envoy.yaml", embedded)
+    result = check(cli, bootstrap)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{bootstrap}: listeners[0] meshsplit: not valid JSON: " in result.stdout, result.stdout
+    assert "inside the embedded JSON string (line " in result.stdout
+    assert hint in result.stdout, result.stdout
+
+
+def test_a_yaml_file_in_flow_style_is_read_as_yaml(cli, tmp_path):
+    text = "{services: [{name: a, upstreams: [{name: v1, cluster: c, weight: 1}]}]}  # flow style\n"
+    result = check(cli, write(tmp_path / "meshsplit.yaml", text))
+    assert (result.returncode, result.stdout) == (
+        0, f"{tmp_path / 'meshsplit.yaml'}: ok: 1 service (a: weighted, 1 upstream)\n"), result.stderr
+    result = check(cli, write(tmp_path / "meshsplit.json", text))
+    assert result.returncode == 2
+    assert "JSON keys need double quotes" in result.stderr
+    assert "a file named .yaml or .yml is read as YAML" in result.stderr

@@ -4,7 +4,7 @@ trailers (a server stream that sent a message first) or alone in the headers (a 
 unary answer); a version answering what a client provokes (INVALID_ARGUMENT) ejects nothing.
 Both filter builds: the native filter, and the wasm filter as meshsplit-cookie.wasm, the module
 that sees responses (meshsplit.wasm never reads a response, so it judges gRPC calls by their
-HTTP status only; docs/progressive-delivery.md)."""
+HTTP status only; docs/guard.md)."""
 import time
 from concurrent import futures
 

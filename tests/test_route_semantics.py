@@ -33,14 +33,29 @@ LR = {"name": "lr", "strategy": "least_request", "upstreams": ups("lr", [("a", 9
 
 
 @pytest.mark.builds("wasm", "native")
-@pytest.mark.parametrize("connections,count", [(1, 600), (4, 1200), (32, 2000)])
+@pytest.mark.parametrize("connections,count", [(1, 600), (32, 2000)])
 def test_least_request_follows_the_weights_at_low_and_equal_load(deploy, connections, count):
-    # Both upstreams answer after the same 5 ms, so requests overlap in flight at 4 and 32.
+    # Both upstreams answer after the same 5 ms, so requests overlap in flight at 32.
     envoy = deploy({"services": [LR]}, clusters(LR), delay=0.005)
     seen = harness.send(envoy.port, count, {"Host": "lr"}, connections=connections)
     assert sum(seen.values()) == count and set(seen) <= {"lr_a", "lr_b"}, seen
     stat, p = chi_square([seen["lr_a"], seen["lr_b"]], [90, 10])
     assert p > P_MIN, (seen, stat, p)
+
+
+@pytest.mark.builds("wasm", "native")
+def test_least_request_at_four_clients_keeps_the_small_upstream_near_its_weight(deploy):
+    """docs/strategies-and-rules.md: at 4 clients the 10 % upstream gets 7-9 % (it is a
+    candidate only while it has fewer requests in flight relative to its weight, and how the
+    requests overlap varies from run to run: 7.2 to 8.9 % in runs of 2 000). The band
+    [5, 11] % holds 3 standard deviations (0.6 points at 2 000) beyond those runs; a
+    least_request that ignored the weights (50 %) or starved the small upstream fails it."""
+    envoy = deploy({"services": [LR]}, clusters(LR), delay=0.005)
+    seen = harness.send(envoy.port, 2000, {"Host": "lr"}, connections=4)
+    assert sum(seen.values()) == 2000 and set(seen) <= {"lr_a", "lr_b"}, seen
+    share = seen["lr_b"] / 2000
+    print(f"\nleast_request at 4 clients: the 10 % upstream got {share:.1%} of 2000")
+    assert 0.05 <= share <= 0.11, seen
 
 
 # ---- round robin starts afresh when the weights change (issue 23, point 2) --------------------

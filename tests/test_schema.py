@@ -120,6 +120,41 @@ def test_the_schema_agrees_with_the_plan_on_each_malformed_configuration(validat
                             f"schema refuses it: {[e.message for e in errors]}; mark it \"refuses\"")
 
 
+def plan_path(error):
+    """A schema error's place in the plan's words: `services[0].hash_on`."""
+    path = ""
+    for part in error.absolute_path:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else part)
+    return path
+
+
+# The strategy's requirements (src/plan.rs, compile_strategy): `hash_on` with "sticky" and only
+# there, whether the strategy is missing, null or another one, and `hash_on` null counting as none.
+STRATEGY_CASES = [c for c in TABLE["cases"]
+                  if c["path"].endswith(".hash_on") and "with strategy" in c["message"]]
+
+
+@pytest.mark.parametrize("case", STRATEGY_CASES, ids=[c["what"] for c in STRATEGY_CASES])
+def test_the_schema_refuses_what_the_strategy_forbids_where_and_as_the_plan_does(validator, case):
+    errors = list(validator.iter_errors(json.loads(damaged(TABLE, case))))
+    assert errors, case["what"]
+    placed = [e for e in errors if plan_path(e) == case["path"]]
+    missing = [e for e in errors if e.validator == "required"
+               and f"{plan_path(e)}.hash_on" == case["path"] and "'hash_on'" in e.message]
+    assert placed or missing, [(plan_path(e), e.message) for e in errors]
+    # Where the schema points at the field, editors show the plan's own words (`errorMessage`,
+    # which the VS Code and YAML language servers show for a type mismatch).
+    for error in placed:
+        assert error.schema.get("errorMessage", "").startswith(case["message"]), error.schema
+
+
+def test_the_table_covers_every_strategy_requirement():
+    assert {c["message"] for c in STRATEGY_CASES} == {
+        'only allowed with strategy "sticky"',
+        'required with strategy "sticky": {"header": NAME}, {"cookie": NAME} or {"query": NAME}'}
+    assert len(STRATEGY_CASES) >= 6, [c["what"] for c in STRATEGY_CASES]
+
+
 def test_most_of_the_table_is_expressed_in_the_schema():
     verdicts = [c["schema"] for c in TABLE["cases"]]
     refused = sum(v == "refuses" for v in verdicts)

@@ -220,8 +220,8 @@ DOC_BLOCKS = {
     ("docs/operating.md", '{"version_info"'): "operating.md:ecds",
     ("docs/install.md", "vm_config:"): "tests/test_install.py, on make dist's module",
     ("docs/observing-a-split.md", "proxyStatsMatcher:"): "Istio's mesh config, not Envoy's",
-    ("docs/observing-a-split.md", "rule_files:"): "Prometheus's config, not Envoy's",
-    ("docs/observing-a-split.md", "apiVersion: monitoring.coreos.com/v1"): "a PrometheusRule",
+    ("docs/alerts.md", "rule_files:"): "Prometheus's config, not Envoy's",
+    ("docs/dashboard.md", "apiVersion: monitoring.coreos.com/v1"): "a PrometheusRule",
 }
 
 

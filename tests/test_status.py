@@ -13,22 +13,14 @@ import stats
 from stats import chi_square
 from test_guard import DECISION_S, answers_after_ejection
 from test_metrics import prometheus_series
+from test_cli import cli  # noqa: F401  (the session fixture that builds the command)
 
-CLI = harness.ROOT / "target" / "release" / "meshsplit"
 BUILDS = pytest.mark.builds("wasm", "native", "specifier")
 # The rollout's second step comes this long after its start.
 STEP_S = 3
 # Requests sent during the observed interval; a chi-square p-value below P_MIN fails.
 SAMPLE = 1000
 P_MIN = stats.P_MIN
-
-
-@pytest.fixture(scope="session")
-def cli():
-    """The release build of the command, built (or found up to date) once per session."""
-    subprocess.run(["make", "--no-print-directory", "-s", "cli"], cwd=harness.ROOT, check=True,
-                   stdout=subprocess.DEVNULL)
-    return CLI
 
 
 def rfc3339(unix_s):
@@ -327,7 +319,7 @@ def test_a_refused_config_is_flagged_only_until_a_good_one_is_in_force(build, cl
         publish_for(build, ecds, 2, bad)
         assert harness.wait_for(lambda: "<< REFUSED CONFIG" in text(), timeout=30), text()
         # A corrected configuration (one identical to the one in force is no update to Envoy,
-        # so the filter never hears of it: docs/observing-a-split.md says so).
+        # so the filter never hears of it: docs/alerts.md says so).
         fixed = json.loads(json.dumps(good))
         fixed["services"][0]["upstreams"][0]["weight"] = 60
         publish_for(build, ecds, 3, fixed)

@@ -27,8 +27,8 @@ import control_planes
 import harness
 import stats
 from stats import chi_square
+from test_cli import cli  # noqa: F401  (the session fixture that builds the command)
 
-CLI = harness.ROOT / "target" / "release" / "meshsplit"
 CRD_VALIDATE = harness.ROOT.parent / "shared" / "tools" / "crd-validate"
 HEADER = "x-meshsplit-upstream"
 VERSIONS = ("v1", "v2", "v3")
@@ -57,13 +57,6 @@ SHAPES = {
 # (shape, variant): the native filter runs where the proxy is plain Envoy.
 CASES = [("sidecar-virtualservice", "wasm"), ("sidecar-httproute", "wasm"), ("waypoint", "wasm"),
          ("envoy-gateway", "wasm"), ("envoy-gateway", "native")]
-
-
-@pytest.fixture(scope="session")
-def cli():
-    subprocess.run(["make", "--no-print-directory", "-s", "cli"], cwd=harness.ROOT, check=True,
-                   stdout=subprocess.DEVNULL)
-    return CLI
 
 
 def for_target(target, plugin):
@@ -450,7 +443,8 @@ DOC_PAGES = [harness.ROOT / "docs" / "istio.md", harness.ROOT / "docs" / "envoy-
 def doc_commands(word):
     for page in DOC_PAGES:
         for block in re.findall(r"```sh\n(.*?)```", page.read_text(), re.S):
-            for line in block.splitlines():
+            # A command continued over lines (a trailing backslash) is one line.
+            for line in re.sub(r"\\\n\s*", " ", block).splitlines():
                 if line.startswith(f"meshsplit {word} "):
                     yield page.name, line
 

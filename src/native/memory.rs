@@ -6,27 +6,63 @@
 //! first decision is counted as superseded (`superseded_total`).
 //!
 //! The table is set-associative: [`SETS`] sets of [`WAYS`] slots, the set chosen by the low bits
-//! of the random value (Envoy's stream id), the older way replaced. No allocation per request: a
-//! slot keeps its cluster buffer, and swaps it with the caller's scratch buffer when it takes a
-//! new decision. Header names are kept once per worker ([`Names`]): a decision records which
-//! names it read as bits, so a slot holds no strings of its own but the cluster's.
+//! of the random value (Envoy's stream id), the oldest slot of the set replaced: a request is
+//! found again while fewer than about `SETS * WAYS / 2` other selections came between its first
+//! and its refresh (an authorization call that lets other requests in). The random values of a
+//! set are kept together, so a lookup compares them without touching the slots. No allocation
+//! per request: a slot keeps its cluster buffer, and swaps it with the caller's scratch buffer
+//! when it takes a new decision. Header names are kept once per worker ([`Names`]): a decision
+//! records which names it read as bits, so a slot holds no strings of its own but the cluster's.
 //!
-//! What is not remembered is decided again and counted again: a request whose slot another
-//! request took in between (more than [`WAYS`] requests of its set between a request's first
-//! selection and its refresh), or a decision that read more distinct header names than a worker
-//! keeps ([`MAX_NAMES`]).
+//! A slot whose reads cannot be checked again (the decision read a name the worker could not
+//! keep: more than [`MAX_NAMES`] distinct names over its configs) still counts right: a refresh
+//! of it is decided again, and the first decision counted as superseded if the new one differs.
+//! A request whose slot another request took in between is decided and counted again.
 // Used by the native cluster specifier; without the `native` feature only the tests use it.
 #![cfg_attr(not(feature = "native"), allow(dead_code))]
 
 use crate::metrics::Counted;
 
 /// Sets of the table (a power of two).
-pub const SETS: usize = 512;
+pub const SETS: usize = 64;
 /// Slots per set.
-pub const WAYS: usize = 2;
-/// Distinct request header names a worker keeps (the bits of a `u64`). When a decision reads
-/// one more, the names and every slot are forgotten and the names start again.
-pub const MAX_NAMES: usize = 64;
+pub const WAYS: usize = 16;
+/// Distinct request header names a worker keeps (bits of [`Bits`]). When a decision reads one
+/// more, the names start again (a new generation): slots of the old one can no longer be
+/// checked, and are decided again when refreshed.
+pub const MAX_NAMES: usize = 256;
+
+/// A set of name indexes below [`MAX_NAMES`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Bits([u64; MAX_NAMES / 64]);
+
+impl Bits {
+    /// Sets bit `index`; returns whether it was set before.
+    fn insert(&mut self, index: u32) -> bool {
+        let (word, bit) = ((index / 64) as usize, 1u64 << (index % 64));
+        match self.0.get_mut(word) {
+            Some(w) => {
+                let was = *w & bit != 0;
+                *w |= bit;
+                was
+            }
+            None => true,
+        }
+    }
+
+    fn iter(self) -> impl Iterator<Item = u32> {
+        self.0.into_iter().enumerate().flat_map(|(word, mut bits)| {
+            std::iter::from_fn(move || {
+                if bits == 0 {
+                    return None;
+                }
+                let bit = bits.trailing_zeros();
+                bits &= bits - 1;
+                Some(word as u32 * 64 + bit)
+            })
+        })
+    }
+}
 
 /// What a decision asks Envoy to do.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +80,8 @@ pub enum Kind {
 /// first copy or every copy of each, and one hash of what it read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reads {
-    first: u64,
-    all: u64,
+    first: Bits,
+    all: Bits,
     hash: u64,
     /// The [`Names`] generation the bits refer to.
     generation: u32,
@@ -56,19 +92,19 @@ pub struct Reads {
 impl Reads {
     pub fn new(names: &Names) -> Self {
         Self {
-            first: 0,
-            all: 0,
+            first: Bits::default(),
+            all: Bits::default(),
             hash: 0,
             generation: names.generation,
             complete: true,
         }
     }
 
-    /// Reads that cannot be remembered (the worker's names were busy).
+    /// Reads that cannot be checked again (the worker's names were busy).
     pub fn incomplete() -> Self {
         Self {
-            first: 0,
-            all: 0,
+            first: Bits::default(),
+            all: Bits::default(),
             hash: 0,
             generation: 0,
             complete: false,
@@ -83,6 +119,9 @@ impl Reads {
         all: bool,
         values: impl IntoIterator<Item = &'v [u8]>,
     ) {
+        if !self.complete {
+            return;
+        }
         let Some(index) = names.index(name) else {
             self.complete = false;
             return;
@@ -91,14 +130,16 @@ impl Reads {
             self.complete = false;
             return;
         }
-        let bit = 1u64 << index;
         let seen = if all { &mut self.all } else { &mut self.first };
-        if *seen & bit != 0 {
+        if seen.insert(index) {
             // Read before in this decision: the same values (nothing changes them in between).
             return;
         }
-        *seen |= bit;
         self.hash ^= values_hash(index, all, values);
+    }
+
+    fn checkable(&self, names: &Names) -> bool {
+        self.complete && self.generation == names.generation
     }
 }
 
@@ -110,8 +151,15 @@ pub struct Names {
 }
 
 impl Names {
+    pub const fn new() -> Self {
+        Self {
+            names: Vec::new(),
+            generation: 0,
+        }
+    }
+
     /// The index of `name`, kept now if new; `None` when the table was full (it is then emptied,
-    /// so that later decisions are remembered again, and its generation moves on).
+    /// so that later decisions can be checked again, and its generation moves on).
     fn index(&mut self, name: &str) -> Option<u32> {
         if let Some(index) = self.names.iter().position(|n| n == name) {
             return u32::try_from(index).ok();
@@ -152,12 +200,10 @@ fn values_hash<'v>(index: u32, all: bool, values: impl IntoIterator<Item = &'v [
     z ^ (z >> 31)
 }
 
-/// One remembered selection. `random` 0 is an empty slot (Envoy gives 0 when it has no random
-/// value, and such selections are not remembered).
+/// One remembered selection (its random value is in [`Memory::randoms`]).
 #[derive(Debug, Default)]
 struct Slot {
     config: u64,
-    random: u64,
     reads: Option<Reads>,
     counted: Option<Counted>,
     kind: Kind,
@@ -169,7 +215,8 @@ struct Slot {
 pub enum Recall {
     /// Decided before with the same headers: `apply` was given the decision.
     Same(bool),
-    /// Decided before, but a header the decision read changed: decide again; this was counted.
+    /// Decided before, but a header the decision read changed (or cannot be checked): decide
+    /// again; this was counted.
     Changed(Option<Counted>),
     /// Not remembered: decide and count.
     Unknown,
@@ -178,12 +225,23 @@ pub enum Recall {
 /// A worker's memory (see the module's documentation).
 #[derive(Debug, Default)]
 pub struct Memory {
+    /// The random value of each slot, a set's together; 0 is an empty slot (Envoy gives 0 when
+    /// it has no random value, and such selections are not remembered).
+    randoms: Vec<u64>,
     slots: Vec<Slot>,
-    /// Per set, the way to replace next (the older one).
-    older: Vec<u8>,
+    /// Per set, the slot to replace next (the oldest).
+    next: Vec<u8>,
 }
 
 impl Memory {
+    pub const fn new() -> Self {
+        Self {
+            randoms: Vec::new(),
+            slots: Vec::new(),
+            next: Vec::new(),
+        }
+    }
+
     fn set(random: u64) -> usize {
         // The low bits of a random value; `SETS` is a power of two.
         (random as usize) & (SETS - 1)
@@ -191,23 +249,24 @@ impl Memory {
 
     fn ensure(&mut self) {
         if self.slots.is_empty() {
+            self.randoms.resize(SETS * WAYS, 0);
             self.slots.resize_with(SETS * WAYS, Slot::default);
-            self.older.resize(SETS, 0);
+            self.next.resize(SETS, 0);
         }
     }
 
     fn find(&self, config: u64, random: u64) -> Option<usize> {
         let start = Self::set(random) * WAYS;
-        (start..start + WAYS).find(|&i| {
-            self.slots
-                .get(i)
-                .is_some_and(|s| s.random == random && s.config == config)
-        })
+        let randoms = self.randoms.get(start..start + WAYS)?;
+        let way = randoms.iter().position(|&r| r == random)?;
+        let i = start + way;
+        self.slots.get(i).filter(|s| s.config == config)?;
+        Some(i)
     }
 
-    /// Looks `(config, random)` up. If it was decided before, `read(name, all)` gives the hash of
-    /// what the request's header `name` holds now (its first copy, or every copy when `all`),
-    /// through [`hash_of`]; unchanged, `apply(kind, cluster)` is called with the decision.
+    /// Looks `(config, random)` up. If it was decided before, `read(name, all, index)` gives the
+    /// hash of what the request's header `name` holds now (its first copy, or every copy when
+    /// `all`), through [`hash_of`]; unchanged, `apply(kind, cluster)` is called with the decision.
     pub fn recall(
         &mut self,
         names: &Names,
@@ -219,28 +278,18 @@ impl Memory {
         if random == 0 {
             return Recall::Unknown;
         }
-        let Some(i) = self.find(config, random) else {
+        let Some(slot) = self.find(config, random).and_then(|i| self.slots.get(i)) else {
             return Recall::Unknown;
         };
-        let Some(slot) = self.slots.get_mut(i) else {
-            return Recall::Unknown;
-        };
-        let Some(reads) = slot
-            .reads
-            .filter(|r| r.complete && r.generation == names.generation)
-        else {
-            slot.random = 0;
-            return Recall::Unknown;
+        let Some(reads) = slot.reads.filter(|r| r.checkable(names)) else {
+            // Remembered, but its reads cannot be checked: decided again, counted right.
+            return Recall::Changed(slot.counted);
         };
         let mut hash = 0;
         for (bits, all) in [(reads.first, false), (reads.all, true)] {
-            let mut bits = bits;
-            while bits != 0 {
-                let index = bits.trailing_zeros();
-                bits &= bits - 1;
+            for index in bits.iter() {
                 let Some(name) = names.name(index) else {
-                    slot.random = 0;
-                    return Recall::Unknown;
+                    return Recall::Changed(slot.counted);
                 };
                 hash ^= read(name, all, index);
             }
@@ -253,12 +302,13 @@ impl Memory {
 
     /// Remembers the decision of `(config, random)`: `kind`, with its cluster in `cluster`, which
     /// becomes the slot's buffer (the slot's old buffer is left in `cluster`, to be reused).
-    /// Then `apply(kind, cluster)` is called with it. A decision whose reads are incomplete is
-    /// not remembered (and a slot of the same request is emptied).
+    /// Then `apply(kind, cluster)` is called with it. Reads that cannot be checked are kept too:
+    /// a refresh then decides again, but knows what the first decision counted. `known`: whether
+    /// [`Self::recall`] found the request (when it did not, its slot is not looked for again).
     #[allow(clippy::too_many_arguments)]
     pub fn remember(
         &mut self,
-        names: &Names,
+        known: bool,
         config: u64,
         random: u64,
         reads: Reads,
@@ -267,32 +317,26 @@ impl Memory {
         cluster: &mut String,
         apply: impl FnOnce(Kind, &str) -> bool,
     ) -> bool {
-        let current = reads.complete && reads.generation == names.generation;
-        if random == 0 || !current {
-            if let Some(i) = self.find(config, random) {
-                if let Some(slot) = self.slots.get_mut(i) {
-                    slot.random = 0;
-                }
-            }
+        if random == 0 {
             return apply(kind, cluster);
         }
         self.ensure();
         let set = Self::set(random);
-        let i = match self.find(config, random) {
+        let i = match self.find(config, random).filter(|_| known) {
             Some(i) => i,
             None => {
-                let way = self.older.get(set).copied().unwrap_or(0);
-                if let Some(older) = self.older.get_mut(set) {
-                    *older = (way + 1) % WAYS as u8;
+                let way = self.next.get(set).copied().unwrap_or(0);
+                if let Some(next) = self.next.get_mut(set) {
+                    *next = (way + 1) % WAYS as u8;
                 }
                 set * WAYS + usize::from(way)
             }
         };
-        let Some(slot) = self.slots.get_mut(i) else {
+        let (Some(key), Some(slot)) = (self.randoms.get_mut(i), self.slots.get_mut(i)) else {
             return apply(kind, cluster);
         };
+        *key = random;
         slot.config = config;
-        slot.random = random;
         slot.reads = Some(reads);
         slot.counted = Some(counted);
         slot.kind = kind;
@@ -312,6 +356,28 @@ mod tests {
     use std::collections::HashMap;
 
     const CONFIG: u64 = 7;
+
+    /// Remembers a decision for cluster `buffer` that counted an unknown service.
+    fn keep(
+        memory: &mut Memory,
+        _names: &Names,
+        random: u64,
+        reads: Reads,
+        buffer: &mut String,
+        apply: impl FnOnce(Kind, &str) -> bool,
+    ) -> bool {
+        let counted = Counted::Unknown { rejected: false };
+        memory.remember(
+            true,
+            CONFIG,
+            random,
+            reads,
+            counted,
+            Kind::Cluster,
+            buffer,
+            apply,
+        )
+    }
 
     /// A request's headers, read as the specifier reads them.
     fn read_all<'h>(
@@ -345,7 +411,7 @@ mod tests {
             rule: None,
         };
         memory.remember(
-            names,
+            true,
             CONFIG,
             random,
             reads,
@@ -414,16 +480,7 @@ mod tests {
         reads.record(&mut names, "x-canary", true, [&b"false"[..], b"true"]);
         let mut buffer = String::from("a");
         let counted = Counted::Unknown { rejected: false };
-        memory.remember(
-            &names,
-            CONFIG,
-            5,
-            reads,
-            counted,
-            Kind::Cluster,
-            &mut buffer,
-            |_, _| true,
-        );
+        keep(&mut memory, &names, 5, reads, &mut buffer, |_, _| true);
         let same = HashMap::from([("x-canary", vec![&b"false"[..], b"true"])]);
         let fewer = HashMap::from([("x-canary", vec![&b"false"[..]])]);
         assert_eq!(recall(&mut memory, &names, 5, &same).0, Recall::Same(true));
@@ -462,26 +519,16 @@ mod tests {
         let mut scratch = String::with_capacity(64);
         let reads = Reads::new(&names);
         scratch.push_str("second");
-        let counted = Counted::Unknown { rejected: false };
-        memory.remember(
-            &names,
-            CONFIG,
-            1,
-            reads,
-            counted,
-            Kind::Cluster,
-            &mut scratch,
-            |_, c| {
-                assert_eq!(c, "second");
-                true
-            },
-        );
+        keep(&mut memory, &names, 1, reads, &mut scratch, |_, c| {
+            assert_eq!(c, "second");
+            true
+        });
         // The slot's old buffer came back.
         assert_eq!(scratch, "first-cluster");
     }
 
     #[test]
-    fn too_many_names_forget_everything_and_start_again() {
+    fn too_many_names_start_the_names_again_and_old_slots_are_decided_again() {
         let (mut memory, mut names) = (Memory::default(), Names::default());
         let headers = HashMap::from([(":authority", vec![&b"svc"[..]])]);
         decide(&mut memory, &mut names, 9, &headers, "a");
@@ -491,9 +538,18 @@ mod tests {
             reads.record(&mut names, name, false, [&b"1"[..]]);
         }
         assert!(!reads.complete, "{reads:?}");
-        // The earlier slot's names are gone with the generation: decided again.
-        assert_eq!(recall(&mut memory, &names, 9, &headers).0, Recall::Unknown);
-        // And the names start again: a new decision is remembered.
+        // The earlier slot's names are gone with the generation: decided again, and what it
+        // counted is known (to count it as superseded if the new decision differs).
+        let first = Counted::Upstream {
+            service: 0,
+            upstream: 0,
+            rule: None,
+        };
+        assert_eq!(
+            recall(&mut memory, &names, 9, &headers).0,
+            Recall::Changed(Some(first))
+        );
+        // And the names start again: a new decision is checked again.
         decide(&mut memory, &mut names, 10, &headers, "a");
         assert_eq!(
             recall(&mut memory, &names, 10, &headers).0,
@@ -502,25 +558,37 @@ mod tests {
     }
 
     #[test]
-    fn an_incomplete_decision_is_not_remembered() {
+    fn names_of_many_rules_are_all_kept() {
+        let (mut memory, mut names) = (Memory::default(), Names::default());
+        let headers: HashMap<&'static str, Vec<&'static [u8]>> = (0..200)
+            .map(|i| {
+                (
+                    &*Box::leak(format!("x-r-{i}").into_boxed_str()),
+                    vec![&b"1"[..]],
+                )
+            })
+            .collect();
+        decide(&mut memory, &mut names, 12, &headers, "a");
+        assert_eq!(
+            recall(&mut memory, &names, 12, &headers).0,
+            Recall::Same(true)
+        );
+    }
+
+    #[test]
+    fn an_unchecked_decision_is_remembered_to_be_superseded() {
         let (mut memory, mut names) = (Memory::default(), Names::default());
         let headers = HashMap::from([(":authority", vec![&b"svc"[..]])]);
         decide(&mut memory, &mut names, 11, &headers, "a");
         let mut reads = Reads::new(&names);
         reads.complete = false;
         let mut buffer = String::from("b");
-        let counted = Counted::Unknown { rejected: false };
-        let applied = memory.remember(
-            &names,
-            CONFIG,
-            11,
-            reads,
-            counted,
-            Kind::Cluster,
-            &mut buffer,
-            |_, c| c == "b",
-        );
+        let applied = keep(&mut memory, &names, 11, reads, &mut buffer, |_, c| c == "b");
         assert!(applied);
-        assert_eq!(recall(&mut memory, &names, 11, &headers).0, Recall::Unknown);
+        let unknown = Counted::Unknown { rejected: false };
+        assert_eq!(
+            recall(&mut memory, &names, 11, &headers).0,
+            Recall::Changed(Some(unknown))
+        );
     }
 }

@@ -103,9 +103,9 @@ pub fn config_new(envoy: SpecifierConfig, name: &[u8], bytes: &[u8]) -> Option<S
 
 thread_local! {
     /// This worker's latest selections (`memory.rs`).
-    static MEMORY: RefCell<Memory> = RefCell::new(Memory::default());
+    static MEMORY: RefCell<Memory> = const { RefCell::new(Memory::new()) };
     /// The request header names this worker's decisions read.
-    static NAMES: RefCell<Names> = RefCell::new(Names::default());
+    static NAMES: RefCell<Names> = const { RefCell::new(Names::new()) };
     /// The cluster buffer of the next decision (a slot's old one, reused).
     static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
 }
@@ -197,21 +197,18 @@ pub fn select(config: &SharedConfig, selection: Selection) -> bool {
             }
         }
     }
-    let remembered = NAMES.with(|names| {
-        let names = names.try_borrow().ok()?;
-        MEMORY.with(|memory| {
-            let mut memory = memory.try_borrow_mut().ok()?;
-            Some(memory.remember(
-                &names,
-                id,
-                random,
-                reads,
-                counted,
-                kind,
-                &mut cluster,
-                |kind, cluster| apply(selection, kind, cluster),
-            ))
-        })
+    let remembered = MEMORY.with(|memory| {
+        let mut memory = memory.try_borrow_mut().ok()?;
+        Some(memory.remember(
+            earlier.is_some(),
+            id,
+            random,
+            reads,
+            counted,
+            kind,
+            &mut cluster,
+            |kind, cluster| apply(selection, kind, cluster),
+        ))
     });
     let applied = remembered.unwrap_or_else(|| apply(selection, kind, &cluster));
     // What is left in `cluster` (the slot's old buffer) is the next decision's.

@@ -44,7 +44,8 @@ const STRING_VALUE_TYPE: &str = "type.googleapis.com/google.protobuf.StringValue
 /// config keeps serving. Ctrl-C (or SIGTERM) ends it with exit status 0.
 ///
 /// Exit status: 0 applied (or nothing to change); 1 the config is invalid, or Envoy would
-/// reject ECDS_FILE; 2 usage or I/O error.
+/// reject ECDS_FILE; 2 usage or I/O error, or CONFIG is not valid JSON or YAML (a syntax
+/// error, as `check` reports it).
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -208,10 +209,7 @@ pub fn apply(args: &Args, new: &Loaded) -> Result<Applied, Failure> {
     }
     // The module the resource runs must accept the configuration (meshsplit.wasm refuses
     // assign_cookie): never report success for a configuration Envoy's filter will refuse.
-    let document = crate::source::Document {
-        value: response.clone(),
-        text: None,
-    };
+    let document = crate::source::Document::detached(response.clone());
     for found in crate::extract::extract(std::slice::from_ref(&document)) {
         if let Err(e) = found.plan() {
             return Err(Failure {

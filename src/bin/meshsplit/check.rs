@@ -12,7 +12,7 @@ use crate::extract::{extract, Clusters, Found};
 use crate::output::say_err;
 use crate::report::Line;
 use crate::route_patches;
-use crate::source::{decode, parse, Document};
+use crate::source::{decode, json_hint, parse_file, Document};
 use crate::split_routes;
 use crate::Status;
 
@@ -35,8 +35,17 @@ const LISTED_SERVICES: usize = 5;
 /// where it depends on a route name or a portNumber, or sends requests without the header to
 /// the header's cluster.
 ///
+/// A file named .yaml or .yml is read as YAML, even in flow style ({a: 1}); any other file
+/// that starts with { or [ is read as JSON. A JSON syntax error gets a hint for the common
+/// mistakes: comments, single quotes, keys without quotes, a comma after the last item.
+///
+/// Positions are the file's. For a config written in YAML (a YAML file, a WasmPlugin's
+/// pluginConfig), an error is placed at the line and column of the field it names; for one
+/// embedded as a string, at its line and column inside the string, then the file's line.
+///
 /// Exit status: 0 all valid; 1 a config is invalid (or a warning, with --strict); 2 usage or
-/// input error: unreadable file, not JSON or YAML, no meshsplit config in it.
+/// input error: unreadable file, not valid JSON or YAML (any syntax error, in the file or in a
+/// config embedded in it as a string), no meshsplit config in it.
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -55,7 +64,7 @@ pub struct Args {
 impl std::fmt::Display for Line {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Line::Valid(text) | Line::Invalid(text) => f.write_str(text),
+            Line::Valid(text) | Line::Invalid(text) | Line::Syntax(text) => f.write_str(text),
             Line::Warning(text) => write!(f, "warning: {text}"),
             Line::Note(text) => write!(f, "note: {text}"),
         }
@@ -197,7 +206,7 @@ struct Checked {
 
 /// The report for one file's text.
 fn check_text(name: &str, text: &str) -> Result<Checked, FileError> {
-    let documents = parse(text).map_err(FileError::Unusable)?;
+    let documents = parse_file(name, text).map_err(FileError::Unusable)?;
     let found = extract(&documents);
     let routes = route_patches::lines(name, &documents);
     let mut lines = ecds_lines(name, &documents);
@@ -240,9 +249,16 @@ pub(crate) fn check_one(name: &str, found: &Found) -> Vec<Line> {
             "{at}: broken meshsplit config, cannot be read: {why}"
         ))];
     }
+    if let Some(line) = syntax_line(&at, found) {
+        return vec![line];
+    }
     match found.plan() {
-        // The same words the filter logs: "invalid configuration: {err}".
-        Err(err) => vec![Line::Invalid(format!("{at}: invalid configuration: {err}"))],
+        // The same words the filter logs: "invalid configuration: {err}", with positions in the
+        // file's terms.
+        Err(err) => vec![Line::Invalid(format!(
+            "{at}: invalid configuration: {}",
+            found.origin.describe(&err)
+        ))],
         Ok(plan) => {
             // With only an upstream header the routes match the upstream's name, and the
             // cluster names no route (split_routes checks those routes).
@@ -259,6 +275,25 @@ pub(crate) fn check_one(name: &str, found: &Found) -> Vec<Line> {
             lines
         }
     }
+}
+
+/// The line for a config that is not valid JSON (text embedded in a string; a file's own text
+/// was parsed already): the same input error as a file that is not, with where it is and a hint.
+fn syntax_line(at: &str, found: &Found) -> Option<Line> {
+    let error = serde_json::from_str::<serde_json::Value>(&found.config).err()?;
+    if !(error.is_syntax() || error.is_eof()) || found.config.trim().is_empty() {
+        return None;
+    }
+    let message = error.to_string();
+    let (words, mark) = crate::position::split_position(&message)?;
+    let mut line = format!(
+        "{at}: not valid JSON: {words} at {}",
+        found.origin.place(mark)
+    );
+    if let Some(hint) = json_hint(&found.config, &error) {
+        line.push_str(&format!("; {}", hint.words));
+    }
+    Some(Line::Syntax(line))
 }
 
 /// An invalid line for every upstream cluster of a config in an Istio manifest that is not a
@@ -512,7 +547,11 @@ mod tests {
     }
 
     fn report(text: &str) -> Vec<String> {
-        check_file("f", text)
+        report_of("f", text)
+    }
+
+    fn report_of(name: &str, text: &str) -> Vec<String> {
+        check_file(name, text)
             .unwrap()
             .iter()
             .map(Line::to_string)
@@ -734,9 +773,135 @@ mod tests {
     }
 
     #[test]
-    fn plugin_config_that_only_yaml_accepts_is_rejected_as_the_filter_would() {
-        let config = r#"{"services": [{"name": "a", "upstreams": [{"name": "v1", "cluster": "c", "weight": 1}]}],}"#;
-        assert_rejected_as_by_the_filter(config);
+    fn a_json_file_with_a_syntax_error_is_an_input_error_with_a_hint() {
+        // Whatever the mistake, as for any file that is not JSON: exit 2.
+        for (text, hint) in [
+            (
+                r#"{"services": [{"name": "a", "upstreams": [{"name": "v1", "cluster": "c", "weight": 1}]}],}"#,
+                "no comma after the last item",
+            ),
+            (
+                "{\n  # split\n  \"services\": []\n}",
+                "JSON has no comments",
+            ),
+            ("{'services': []}", "not single quotes"),
+            ("{services: []}", "JSON keys need double quotes"),
+            ("{\"services\": [] \"x\": 1}", "a comma is missing"),
+        ] {
+            let Err(FileError::Unusable(message)) = check_file("f.json", text) else {
+                panic!("{text:?} is not a file error");
+            };
+            assert!(message.starts_with("not valid JSON: "), "{message}");
+            assert!(message.contains(hint), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_yaml_file_in_flow_style_is_read_as_yaml() {
+        let text = "{services: [{name: a, upstreams: [{name: v1, cluster: c, weight: 1}]}]}\n";
+        assert_eq!(
+            check_file("f.yaml", text).unwrap()[0].to_string(),
+            "f.yaml: ok: 1 service (a: weighted, 1 upstream)"
+        );
+    }
+
+    const YAML_CONFIG: &str = "\
+# reviews: 90/10
+services:
+- name: reviews
+  upstreams:
+  - name: v1
+    cluster: reviews_v1
+    weight: 90
+  - name: v2
+    cluster: reviews_v2
+    wieght: 10
+";
+
+    #[test]
+    fn errors_in_yaml_give_the_files_line() {
+        assert_eq!(
+            report_of("f.yaml", YAML_CONFIG),
+            [
+                "f.yaml: invalid configuration: services[0].upstreams[1].wieght: unknown field \
+              \"wieght\", expected one of \"name\", \"cluster\", \"authority\", \"weight\" at line \
+              10 column 5"
+            ]
+        );
+        // The same config as a WasmPlugin's pluginConfig, after two other documents.
+        let plugin = YAML_CONFIG
+            .lines()
+            .skip(1)
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+            .replace("cluster: reviews_v", "cluster: outbound|9080|v")
+            .replace("v1\n", "v1|reviews.default.svc.cluster.local\n");
+        let manifests = format!(
+            "kind: Service\n---\n---\napiVersion: extensions.istio.io/v1alpha1\n\
+             kind: WasmPlugin\nmetadata: {{name: m, namespace: default}}\nspec:\n  \
+             pluginConfig:\n{plugin}"
+        );
+        let lines = report_of("f.yaml", &manifests);
+        assert!(
+            lines[0].ends_with("\"weight\" at line 17 column 9"),
+            "{lines:?}\n{manifests}"
+        );
+        assert_eq!(manifests.lines().nth(16), Some("        wieght: 10"));
+    }
+
+    #[test]
+    fn errors_in_an_embedded_string_give_its_line_and_the_files() {
+        let bootstrap = |value: &str| {
+            format!(
+                "static_resources:\n  listeners:\n  - filter_chains:\n    - filters:\n      \
+                 - typed_config:\n          http_filters:\n          - name: envoy.filters.http.wasm\n            \
+                 typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n              \
+                 config:\n                configuration:\n                  \
+                 \"@type\": type.googleapis.com/google.protobuf.StringValue\n                  \
+                 value: {value}\n"
+            )
+        };
+        let block = "|\n                    {\"services\": [\n                      \
+                     {\"name\": \"a\", \"upstreams\": [{\"name\": \"v1\", \"cluster\": \"c\", \"wieght\": 1}]}]}";
+        let text = bootstrap(block);
+        assert!(text.lines().nth(14).unwrap().contains("wieght"), "{text}");
+        let lines = report_of("f.yaml", &text);
+        assert!(
+            lines[0].ends_with(
+                "at line 2 column 69 inside the embedded JSON string (line 15 of the file)"
+            ),
+            "{lines:?}"
+        );
+        // A syntax error in the string: an input error, as in a file.
+        let broken = block.replace("\"v1\",", "\"v1\"");
+        let lines = check_file("f.yaml", &bootstrap(&broken)).unwrap();
+        assert_eq!(
+            lines[0].to_string(),
+            "f.yaml: listeners[0]: not valid JSON: expected `,` or `}` at line 2 \
+             column 45 inside the embedded JSON string (line 15 of the file); a comma is missing \
+             before this item"
+        );
+        assert_eq!(lines[0].status(false), Status::Error);
+        // Read as the filter reads it: a comma after the last item is called what it is.
+        let trailing = block.replace("\"wieght\": 1}", "\"weight\": 1,}");
+        let lines = report_of("f.yaml", &bootstrap(&trailing));
+        assert!(
+            lines[0].ends_with(
+                "(line 15 of the file); JSON allows no comma after the last item of an object \
+                 or a list: remove it"
+            ),
+            "{lines:?}"
+        );
+        // One quoted line: the file's line is the string's.
+        let quoted = format!(
+            "'{}'",
+            r#"{"services": [{"name": "a", "upstreams": [], "x": 1}]}"#
+        );
+        let lines = report_of("f.yaml", &bootstrap(&quoted));
+        assert!(
+            lines[0].ends_with("inside the embedded JSON string (line 13 of the file)"),
+            "{lines:?}"
+        );
     }
 
     #[test]

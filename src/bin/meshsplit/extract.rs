@@ -25,6 +25,7 @@ use std::rc::Rc;
 use meshsplit::plan::{ConfigError, Plan};
 use serde_json::{Map, Value};
 
+use crate::position::{Key, Node, Origin};
 use crate::source::Document;
 
 const WASM_TYPE: &str = "envoy.extensions.filters.http.wasm.v3.Wasm";
@@ -67,6 +68,8 @@ pub struct Found {
     /// It sits in an Istio manifest (EnvoyFilter, WasmPlugin, TrafficExtension): its clusters
     /// are a sidecar's, named `outbound|PORT|SUBSET|FQDN`.
     pub istio: bool,
+    /// How `config` relates to the file, to place an error's position in it.
+    pub origin: Origin,
 }
 
 impl Found {
@@ -116,14 +119,17 @@ pub fn extract(documents: &[Document]) -> Vec<Found> {
 
 fn from_document(document: &Document, place: &str, out: &mut Vec<Found>) {
     let value = &document.value;
+    let node = &document.node;
     if is_manifest(value) {
-        from_manifest(value, out);
+        from_manifest(value, node, out);
     } else if value.get("static_resources").is_some() || value.get("dynamic_resources").is_some() {
-        from_bootstrap(value, place, out);
+        from_bootstrap(value, node, place, out);
     } else if let Some(resources) = value.get("resources").and_then(Value::as_array) {
+        let node = node.field("resources");
         for (i, resource) in resources.iter().enumerate() {
             from_container(
                 resource,
+                &node.index(i),
                 &join(place, &format!("resources[{i}]")),
                 false,
                 None,
@@ -131,18 +137,23 @@ fn from_document(document: &Document, place: &str, out: &mut Vec<Found>) {
             );
         }
     } else if is_plugin_config(value) {
+        let (config, origin) = match &document.text {
+            Some(text) => (text.clone(), Origin::Text),
+            None => (value.to_string(), Origin::Node(node.clone())),
+        };
         out.push(Found {
             place: place.to_owned(),
             plugin: "meshsplit".to_owned(),
-            config: document.text.clone().unwrap_or_else(|| value.to_string()),
+            config,
             clusters: None,
             specifier: false,
             no_responses: false,
             broken: None,
             istio: false,
+            origin,
         });
     } else {
-        from_container(value, place, true, None, out);
+        from_container(value, node, place, true, None, out);
     }
 }
 
@@ -156,7 +167,7 @@ fn is_manifest(value: &Value) -> bool {
         && value.get("kind").is_some_and(Value::is_string)
 }
 
-fn from_manifest(value: &Value, out: &mut Vec<Found>) {
+fn from_manifest(value: &Value, node: &Node, out: &mut Vec<Found>) {
     let kind = value
         .get("kind")
         .and_then(Value::as_str)
@@ -181,30 +192,34 @@ fn from_manifest(value: &Value, out: &mut Vec<Found>) {
         format!("{namespace}.{name}")
     };
     let spec = value.get("spec");
+    let spec_node = node.field("spec");
     match kind {
         "List" => {
-            for item in items(value.get("items")) {
+            let list = node.field("items");
+            for (i, item) in items(value.get("items")).enumerate() {
                 if is_manifest(item) {
-                    from_manifest(item, out);
+                    from_manifest(item, &list.index(i), out);
                 }
             }
         }
         "EnvoyFilter" => {
             let first = out.len();
             let patches = spec.and_then(|s| s.get("configPatches"));
+            let patches_node = spec_node.field("configPatches");
             for (i, patch) in items(patches).enumerate() {
                 let place = format!("{place} configPatches[{i}]");
-                from_container(patch, &place, false, None, out);
+                from_container(patch, &patches_node.index(i), &place, false, None, out);
             }
             for found in out.iter_mut().skip(first) {
                 found.istio = true;
             }
         }
-        "WasmPlugin" => out.push(plugin_config_object(spec, place, plugin)),
+        "WasmPlugin" => out.push(plugin_config_object(spec, &spec_node, place, plugin)),
         "TrafficExtension" => {
             // Exactly one of `wasm` and `lua`; only wasm extensions have a plugin config.
             if let Some(wasm) = spec.and_then(|s| s.get("wasm")) {
-                out.push(plugin_config_object(Some(wasm), place, plugin));
+                let wasm_node = spec_node.field("wasm");
+                out.push(plugin_config_object(Some(wasm), &wasm_node, place, plugin));
             }
         }
         "EnvoyExtensionPolicy" => {
@@ -222,12 +237,15 @@ fn from_manifest(value: &Value, out: &mut Vec<Found>) {
                     if !ours {
                         continue;
                     }
+                    let module_node = spec_node.field(list).index(i);
                     let mut found = plugin_config_object(
                         Some(module),
+                        &module_node,
                         format!("{place} {label}[{i}]"),
                         module_name.to_owned(),
                     );
                     found.config = config.map(Value::to_string).unwrap_or_default();
+                    found.origin = Origin::Node(module_node.field("config"));
                     found.istio = false;
                     let code = module.get("code");
                     let url = ["http", "image"]
@@ -241,13 +259,18 @@ fn from_manifest(value: &Value, out: &mut Vec<Found>) {
                 }
             }
         }
-        _ => from_container(value, &place, true, None, out),
+        _ => from_container(value, node, &place, true, None, out),
     }
 }
 
 /// The `pluginConfig` object of an Istio wasm extension as JSON text; absent, the filter gets
 /// an empty configuration.
-fn plugin_config_object(holder: Option<&Value>, place: String, plugin: String) -> Found {
+fn plugin_config_object(
+    holder: Option<&Value>,
+    holder_node: &Node,
+    place: String,
+    plugin: String,
+) -> Found {
     let config = holder
         .and_then(|h| h.get("pluginConfig"))
         .map(Value::to_string)
@@ -266,10 +289,11 @@ fn plugin_config_object(holder: Option<&Value>, place: String, plugin: String) -
         no_responses: module_sees_responses(url) == Some(false),
         broken: None,
         istio: true,
+        origin: Origin::Node(holder_node.field("pluginConfig")),
     }
 }
 
-fn from_bootstrap(value: &Value, place: &str, out: &mut Vec<Found>) {
+fn from_bootstrap(value: &Value, node: &Node, place: &str, out: &mut Vec<Found>) {
     let statics = value.get("static_resources");
     let names = items(statics.and_then(|s| s.get("clusters")))
         .filter_map(|c| c.get("name").and_then(Value::as_str))
@@ -281,9 +305,11 @@ fn from_bootstrap(value: &Value, place: &str, out: &mut Vec<Found>) {
         .is_some();
     let clusters = Rc::new(Clusters { names, cds });
     let listeners = statics.and_then(|s| s.get("listeners"));
+    let listeners_node = node.field("static_resources").field("listeners");
     for (i, listener) in items(listeners).enumerate() {
         let place = join(place, &format!("listeners[{i}]"));
-        from_container(listener, &place, false, Some(&clusters), out);
+        let node = listeners_node.index(i);
+        from_container(listener, &node, &place, false, Some(&clusters), out);
     }
 }
 
@@ -292,17 +318,19 @@ fn from_bootstrap(value: &Value, place: &str, out: &mut Vec<Found>) {
 /// several, then by its plugin name.
 fn from_container(
     container: &Value,
+    node: &Node,
     place: &str,
     always_path: bool,
     clusters: Option<&Rc<Clusters>>,
     out: &mut Vec<Found>,
 ) {
     let mut configs = Vec::new();
-    find_filters(container, String::new(), None, &mut configs);
+    find_filters(container, node.clone(), String::new(), None, &mut configs);
     let with_path = always_path || configs.len() > 1;
     for (
         path,
         Embedded {
+            at,
             plugin,
             config,
             specifier,
@@ -328,12 +356,15 @@ fn from_container(
             no_responses,
             broken,
             istio: false,
+            origin: Origin::Embedded(at),
         });
     }
 }
 
 /// A plugin config embedded in an Envoy typed config.
 struct Embedded<'a> {
+    /// The node of the configuration's text (a `StringValue`'s `value`).
+    at: Node,
     plugin: &'a str,
     config: &'a str,
     specifier: bool,
@@ -349,6 +380,7 @@ struct Embedded<'a> {
 /// filter entry's name).
 fn find_filters<'a>(
     value: &'a Value,
+    node: Node,
     path: String,
     holder: Option<&str>,
     out: &mut Vec<(String, Embedded<'a>)>,
@@ -356,8 +388,8 @@ fn find_filters<'a>(
     match value {
         Value::Object(map) => {
             let embedded = match plugin_config_of(map) {
-                Some(wasm) => Some(string_configuration(wasm, holder)),
-                None => native_configuration(map),
+                Some((wasm, keys)) => Some(string_configuration(wasm, &node.join(&keys), holder)),
+                None => native_configuration(map, &node),
             };
             if let Some(embedded) = embedded {
                 let holder = path
@@ -369,12 +401,12 @@ fn find_filters<'a>(
             }
             let name = map.get("name").and_then(Value::as_str);
             for (key, child) in map {
-                find_filters(child, join_path(&path, key), name, out);
+                find_filters(child, node.field(key), join_path(&path, key), name, out);
             }
         }
         Value::Array(items) => {
             for (i, child) in items.iter().enumerate() {
-                find_filters(child, format!("{path}[{i}]"), None, out);
+                find_filters(child, node.index(i), format!("{path}[{i}]"), None, out);
             }
         }
         _ => {}
@@ -384,7 +416,10 @@ fn find_filters<'a>(
 /// The native build's typed configs: `DynamicModuleFilter` (`filter_name`, `filter_config`)
 /// and `DynamicModuleClusterSpecifier` (`specifier_name`, `specifier_config`) for module
 /// `meshsplit`; one whose configuration cannot be read is returned `broken`.
-fn native_configuration(map: &Map<String, Value>) -> Option<Option<Embedded<'_>>> {
+fn native_configuration<'a>(
+    map: &'a Map<String, Value>,
+    node: &Node,
+) -> Option<Option<Embedded<'a>>> {
     let type_url = map.get("@type").and_then(Value::as_str).unwrap_or_default();
     let (name_key, config_key, specifier) = if type_url.ends_with(DYNAMIC_FILTER_TYPE) {
         ("filter_name", "filter_config", false)
@@ -406,6 +441,7 @@ fn native_configuration(map: &Map<String, Value>) -> Option<Option<Embedded<'_>>
         Err(why) => ("", Some(format!("{config_key}: {why}"))),
     };
     Some(Some(Embedded {
+        at: node.field(config_key).field("value"),
         plugin: map
             .get(name_key)
             .and_then(Value::as_str)
@@ -478,13 +514,18 @@ fn looks_like_meshsplit(config: &Value, holder: Option<&str>) -> bool {
 
 /// The `config` (a `PluginConfig`) of the `envoy.extensions.filters.http.wasm.v3.Wasm` message
 /// `map` is, directly or as a `TypedStruct`.
-fn plugin_config_of(map: &Map<String, Value>) -> Option<&Value> {
+/// With it, the keys that lead to it from `map`.
+fn plugin_config_of(map: &Map<String, Value>) -> Option<(&Value, Vec<Key>)> {
     let type_url = |key| map.get(key).and_then(Value::as_str).unwrap_or_default();
+    let field = |name: &str| Key::Field(name.to_owned());
     if type_url("@type").ends_with(WASM_TYPE) {
-        return map.get("config");
+        return map.get("config").map(|c| (c, vec![field("config")]));
     }
     if type_url("@type").ends_with("TypedStruct") && type_url("type_url").ends_with(WASM_TYPE) {
-        return map.get("value").and_then(|v| v.get("config"));
+        return map
+            .get("value")
+            .and_then(|v| v.get("config"))
+            .map(|c| (c, vec![field("value"), field("config")]));
     }
     None
 }
@@ -492,13 +533,18 @@ fn plugin_config_of(map: &Map<String, Value>) -> Option<&Value> {
 /// The plugin name and configuration text of a wasm filter's `PluginConfig`, if its
 /// configuration is a `StringValue`; a filter that looks like meshsplit (`looks_like_meshsplit`)
 /// without one is broken. Other wasm filters without one are someone else's: skipped.
-fn string_configuration<'a>(config: &'a Value, holder: Option<&str>) -> Option<Embedded<'a>> {
+fn string_configuration<'a>(
+    config: &'a Value,
+    node: &Node,
+    holder: Option<&str>,
+) -> Option<Embedded<'a>> {
     let (text, broken) = match string_value(config.get("configuration")) {
         Ok(text) => (text, None),
         Err(_) if !looks_like_meshsplit(config, holder) => return None,
         Err(why) => ("", Some(format!("configuration: {why}"))),
     };
     Some(Embedded {
+        at: node.field("configuration").field("value"),
         plugin: config
             .get("name")
             .and_then(Value::as_str)
@@ -849,6 +895,7 @@ mod tests {
             no_responses: false,
             broken: None,
             istio: false,
+            origin: Origin::Text,
         };
         assert!(f.plan().is_ok());
         f.specifier = true;
@@ -869,10 +916,7 @@ mod tests {
                                              "value": plugin}}}})
         };
         let found = |module: &str| {
-            let document = Document {
-                value: json!({"http_filters": [filter(module)]}),
-                text: None,
-            };
+            let document = Document::detached(json!({"http_filters": [filter(module)]}));
             extract(std::slice::from_ref(&document)).remove(0)
         };
         let err = found("/etc/envoy/meshsplit.wasm").plan().unwrap_err();

@@ -10,16 +10,19 @@ use crate::load::{compile, found_in};
 /// Never panics; each config found gets a report line.
 pub(crate) fn check_file(bytes: &[u8]) -> Result<(), TestCaseError> {
     let text = String::from_utf8_lossy(bytes);
-    let Ok(found) = found_in("fuzz.yaml", &text) else {
-        return Ok(());
-    };
-    for config in &found {
-        let lines = check_one("fuzz.yaml", config);
-        proptest::prop_assert!(!lines.is_empty(), "no report for {}", config.place);
-        for line in &lines {
-            let _ = line.to_string();
+    // A `.yaml` file is always YAML; any other is JSON when it starts like JSON.
+    for name in ["fuzz.yaml", "fuzz.json"] {
+        let Ok(found) = found_in(name, &text) else {
+            continue;
+        };
+        for config in &found {
+            let lines = check_one(name, config);
+            proptest::prop_assert!(!lines.is_empty(), "no report for {}", config.place);
+            for line in &lines {
+                let _ = line.to_string();
+            }
+            let _ = compile(name, config);
         }
-        let _ = compile("fuzz.yaml", config);
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use crate::check::{check_one, read};
 use crate::extract::{extract, Found};
 use crate::output::{say, say_err};
 use crate::report::Line;
-use crate::source::parse;
+use crate::source::parse_file;
 use crate::Status;
 
 /// A valid plugin config and where it came from.
@@ -78,7 +78,7 @@ pub fn find(path: &PathBuf) -> Result<Vec<Found>, Failure> {
 
 /// Every plugin config in `text`, the content of file `name`.
 pub fn found_in(name: &str, text: &str) -> Result<Vec<Found>, Failure> {
-    let documents = parse(text).map_err(|e| Failure::usage(format!("{name}: {e}")))?;
+    let documents = parse_file(name, text).map_err(|e| Failure::usage(format!("{name}: {e}")))?;
     let found = extract(&documents);
     if found.is_empty() {
         return Err(Failure::usage(format!("{name}: no meshsplit config found")));
@@ -107,10 +107,15 @@ pub fn pick(name: &str, mut found: Vec<Found>, index: Option<usize>) -> Result<F
 /// Compiles one found config; an invalid one fails with the line `check` prints for it.
 pub fn compile(name: &str, found: &Found) -> Result<Loaded, Failure> {
     let invalid = |lines: Vec<Line>| Failure {
-        status: Status::Invalid,
+        status: lines
+            .iter()
+            .map(|l| l.status(true))
+            .max()
+            .unwrap_or(Status::Invalid)
+            .max(Status::Invalid),
         message: lines
             .iter()
-            .filter(|l| matches!(l, Line::Invalid(_)))
+            .filter(|l| matches!(l, Line::Invalid(_) | Line::Syntax(_)))
             .map(Line::to_string)
             .collect::<Vec<_>>()
             .join("\n"),
@@ -197,8 +202,9 @@ mod tests {
 
     #[test]
     fn several_configs_need_an_index() {
+        // A stream of two JSON documents is YAML: a `.yaml` file.
         let two = format!("{CONFIG}\n---\n{CONFIG}\n");
-        let found = || found_in("f", &two).unwrap();
+        let found = || found_in("f.yaml", &two).unwrap();
         assert_eq!(
             pick("f", found(), None).err().unwrap().status,
             Status::Error

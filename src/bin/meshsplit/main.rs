@@ -14,6 +14,7 @@ mod extract;
 mod fleet;
 mod load;
 mod output;
+mod position;
 mod preview;
 mod render;
 mod replace;
@@ -61,7 +62,8 @@ pub enum Status {
     Ok = 0,
     /// A configuration is invalid (or, with `--strict`, drew a warning).
     Invalid = 1,
-    /// Usage or input problem: unreadable file, not JSON or YAML, no configuration in it.
+    /// Usage or input problem: unreadable file, not valid JSON or YAML (a syntax error, in a
+    /// file or in a configuration embedded in one as a string), no configuration in it.
     Error = 2,
 }
 

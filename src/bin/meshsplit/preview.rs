@@ -50,7 +50,7 @@ const CYCLE_SHOWN: usize = 64;
 /// --config-index.
 ///
 /// Exit status: 0 previewed; 1 a config is invalid (the line `check` prints); 2 usage or input
-/// error.
+/// error, a config that is not valid JSON or YAML (a syntax error) included.
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -1317,6 +1317,9 @@ impl ServiceDiff {
                 "moved": m.moved, "fraction": fraction(m.moved),
                 "moves": m.flows.iter().map(|(from, to, n)| json!({
                     "from": from, "to": to, "keys": n, "fraction": fraction(*n)})).collect::<Vec<_>>(),
+                "renamed": m.renamed, "renamed_fraction": fraction(m.renamed),
+                "renames": m.renames.iter().map(|(from, to, n)| json!({
+                    "from": from, "to": to, "keys": n, "fraction": fraction(*n)})).collect::<Vec<_>>(),
             })
         });
         json!({
@@ -1347,18 +1350,31 @@ fn movement_text(m: &Movement) -> String {
     } else {
         ("key", "sample keys")
     };
+    let flows = |flows: &[(String, String, u64)]| {
+        flows
+            .iter()
+            .map(|(from, to, n)| format!("{from} → {to} {}", share(*n)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // Keys on a renamed upstream with the same cluster do not move: their requests go where
+    // they went.
+    let renamed = if m.renamed == 0 {
+        String::new()
+    } else {
+        format!(
+            "; {} keep their cluster under another name: {}",
+            share(m.renamed),
+            flows(&m.renames)
+        )
+    };
     if m.moved == 0 {
-        return format!("no {what} moves ({} {sample})", m.keys);
+        return format!("no {what} moves{renamed} ({} {sample})", m.keys);
     }
-    let flows: Vec<String> = m
-        .flows
-        .iter()
-        .map(|(from, to, n)| format!("{from} → {to} {}", share(*n)))
-        .collect();
     format!(
-        "{} of {what}s move: {} ({} {sample})",
+        "{} of {what}s move: {}{renamed} ({} {sample})",
         share(m.moved),
-        flows.join(", "),
+        flows(&m.flows),
         m.keys
     )
 }
@@ -1477,6 +1493,41 @@ mod tests {
         assert!(lines[1].contains(" of keys move: v1 → v2 "), "{text}");
         assert!(lines[1].ends_with("(2000 sample keys)"), "{text}");
         assert_eq!(lines.len(), 2);
+    }
+
+    #[test]
+    fn a_renamed_upstream_on_the_same_cluster_moves_no_key_to_it() {
+        let named = |a: &str| {
+            json!({"name": "reviews", "strategy": "sticky", "hash_on": {"header": "x-user-id"},
+                   "upstreams": [{"name": a, "cluster": "reviews-v1", "weight": 50},
+                                 {"name": "v2", "cluster": "reviews-v2", "weight": 50}]})
+        };
+        let old = config(json!([named("v1")]));
+        let new = config(json!([named("stable")]));
+        let d = diff(Some(&old), &new, None, 2_000);
+        let json = d.json();
+        let keys = &json["services"][0]["keys"];
+        let (moved, renamed) = (keys["moved"].as_u64(), keys["renamed"].as_u64());
+        // The new name hashes differently, so keys change upstream name; the ones that stay
+        // on reviews-v1 are renamed, not moved, and only keys between the clusters move.
+        let (moved, renamed) = (moved.unwrap_or(0), renamed.unwrap_or(0));
+        assert!(renamed > 500, "{json:#}");
+        let moves = keys["moves"].as_array().map(Vec::len).unwrap_or(0);
+        assert!(moves <= 2, "{json:#}");
+        let text = d.text();
+        assert!(
+            text.contains("keep their cluster under another name: v1 → stable"),
+            "{text}"
+        );
+        // Each sampled key is either unchanged, renamed or moved, and every moved key changed
+        // cluster.
+        for m in keys["moves"].as_array().into_iter().flatten() {
+            assert_ne!(
+                (m["from"].as_str(), m["to"].as_str()),
+                (Some("v1"), Some("stable"))
+            );
+        }
+        assert!(moved + renamed <= 2_000);
     }
 
     #[test]

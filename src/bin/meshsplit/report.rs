@@ -8,6 +8,9 @@ use crate::Status;
 pub(crate) enum Line {
     Valid(String),
     Invalid(String),
+    /// A config that is not valid JSON (a syntax error), like a file that is not: an input
+    /// error, whatever the file around it holds.
+    Syntax(String),
     Warning(String),
     Note(String),
 }
@@ -18,6 +21,7 @@ impl Line {
             Line::Valid(_) | Line::Note(_) => Status::Ok,
             Line::Warning(_) if !strict => Status::Ok,
             Line::Warning(_) | Line::Invalid(_) => Status::Invalid,
+            Line::Syntax(_) => Status::Error,
         }
     }
 }

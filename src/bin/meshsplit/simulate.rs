@@ -346,10 +346,15 @@ pub struct Movement {
     pub keys: u64,
     /// Whether the keys were visitor ids as `assign_cookie` assigns them (else `user-N`).
     pub assigned: bool,
-    /// Keys whose upstream changed.
+    /// Keys whose cluster changed: their requests go somewhere else.
     pub moved: u64,
-    /// `(from, to, keys)` by upstream name, most keys first.
+    /// `(from, to, keys)` by upstream name, most keys first, of the keys that moved.
     pub flows: Vec<(String, String, u64)>,
+    /// Keys whose upstream has another name but the same cluster (an upstream renamed, or two
+    /// upstreams sharing a cluster): nothing changes for them.
+    pub renamed: u64,
+    /// `(from, to, keys)` of those, most keys first.
+    pub renames: Vec<(String, String, u64)>,
 }
 
 /// Sample visitor `i`'s id as `assign_cookie` would assign it: 128 bits from a generator seeded
@@ -374,15 +379,18 @@ pub fn movement(old: (&Plan, usize, &str), new: (&Plan, usize, &str), keys: u64)
             request.set_key(hash_on, key);
         }
         match host.route(plan, rng, &request).counted {
-            Counted::Upstream { upstream, .. } => {
-                svc.upstreams.get(upstream).map(|u| u.name.clone())
-            }
+            Counted::Upstream { upstream, .. } => svc
+                .upstreams
+                .get(upstream)
+                .map(|u| (u.name.clone(), u.cluster.clone())),
             _ => None,
         }
     };
     let mut rng = generator(0);
     let mut flows: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut renames: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut moved = 0;
+    let mut renamed = 0;
     let assigned = new
         .0
         .services
@@ -392,20 +400,34 @@ pub fn movement(old: (&Plan, usize, &str), new: (&Plan, usize, &str), keys: u64)
         let key = if assigned { visitor_id(i) } else { key(i) };
         let before = owner(old, &mut rng, &key);
         let after = owner(new, &mut rng, &key);
-        if before != after {
+        if before == after {
+            continue;
+        }
+        let cluster = |o: &Option<(String, String)>| o.as_ref().map(|(_, c)| c.clone());
+        let same_cluster = cluster(&before) == cluster(&after);
+        let name = |o: Option<(String, String)>| o.map_or_else(|| "(none)".to_owned(), |(n, _)| n);
+        let pair = (name(before), name(after));
+        if same_cluster {
+            renamed += 1;
+            *renames.entry(pair).or_default() += 1;
+        } else {
             moved += 1;
-            let name = |o: Option<String>| o.unwrap_or_else(|| "(none)".to_owned());
-            *flows.entry((name(before), name(after))).or_default() += 1;
+            *flows.entry(pair).or_default() += 1;
         }
     }
-    let mut flows: Vec<(String, String, u64)> =
-        flows.into_iter().map(|((f, t), n)| (f, t, n)).collect();
-    flows.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| (&a.0, &a.1).cmp(&(&b.0, &b.1))));
+    let sorted = |flows: BTreeMap<(String, String), u64>| {
+        let mut flows: Vec<(String, String, u64)> =
+            flows.into_iter().map(|((f, t), n)| (f, t, n)).collect();
+        flows.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| (&a.0, &a.1).cmp(&(&b.0, &b.1))));
+        flows
+    };
     Movement {
         keys,
         assigned,
         moved,
-        flows,
+        flows: sorted(flows),
+        renamed,
+        renames: sorted(renames),
     }
 }
 

@@ -70,14 +70,22 @@ pub struct Args {
 /// One upstream's stats.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UpstreamStats {
-    /// Requests sent to the upstream: `requests_total` less the cluster specifier's
-    /// `superseded_total` (decisions a later one of the same request replaced).
+    /// `requests_total`: decisions for the upstream.
     pub requests: u64,
+    /// The cluster specifier's `superseded_total`: of those, the ones a later decision of the same
+    /// request replaced. Kept apart, as both counters only grow (a restart shows in either).
     pub superseded: u64,
     pub weight: Option<u64>,
     pub in_flight: Option<i64>,
     pub ejected: Option<u64>,
     pub ejections: Option<u64>,
+}
+
+impl UpstreamStats {
+    /// Requests sent to the upstream: its decisions less the superseded ones.
+    pub fn sent(&self) -> u64 {
+        self.requests.saturating_sub(self.superseded)
+    }
 }
 
 /// One service's stats.
@@ -129,17 +137,6 @@ impl Snapshot {
     fn plugin(&mut self, plugin: &str) -> &mut PluginStats {
         self.found = true;
         self.plugins.entry(plugin.to_owned()).or_default()
-    }
-
-    /// Takes each upstream's superseded decisions out of its requests, once every stat is read.
-    fn net_of_superseded(&mut self) {
-        let services = self
-            .plugins
-            .values_mut()
-            .flat_map(|p| p.services.values_mut());
-        for stats in services.flat_map(|s| s.upstreams.values_mut()) {
-            stats.requests = stats.requests.saturating_sub(stats.superseded);
-        }
     }
 
     /// Files one stat: `parts` are the name parts after `meshsplit.`.
@@ -247,7 +244,6 @@ pub fn parse_stats(text: &str) -> Snapshot {
                 }
             }
         }
-        snapshot.net_of_superseded();
         return snapshot;
     }
     for line in text.lines() {
@@ -274,7 +270,6 @@ pub fn parse_stats(text: &str) -> Snapshot {
             }
         }
     }
-    snapshot.net_of_superseded();
     snapshot
 }
 
@@ -430,11 +425,18 @@ pub fn report(
                 continue;
             }
             let earlier = earlier.and_then(|p| p.services.get(service_name));
+            // Requests sent: decisions less superseded ones, each counter's own delta.
             let delta = |u: &str, stats: &UpstreamStats| {
-                let then = earlier
-                    .and_then(|s| s.upstreams.get(u))
-                    .map_or(0, |s| s.requests);
-                since(stats.requests, before.map(|_| then))
+                let then = earlier.and_then(|s| s.upstreams.get(u));
+                let decided = since(
+                    stats.requests,
+                    before.map(|_| then.map_or(0, |t| t.requests)),
+                );
+                let superseded = since(
+                    stats.superseded,
+                    before.map(|_| then.map_or(0, |t| t.superseded)),
+                );
+                decided.saturating_sub(superseded)
             };
             let total: u64 = service
                 .upstreams
@@ -456,7 +458,7 @@ pub fn report(
                         "source": weight_source(plan, service_name, u, stats, paused, now_ms),
                         "observed_share": (total > 0).then(|| recent as f64 / total as f64),
                         "requests_in_interval": recent,
-                        "requests": stats.requests,
+                        "requests": stats.sent(),
                         "in_flight": stats.in_flight,
                         "ejected": stats.ejected.map(|e| e == 1),
                         "ejections": stats.ejections,
@@ -507,10 +509,9 @@ fn restarted(now: &Snapshot, before: &Snapshot) -> bool {
             || then.services.iter().any(|(service, then)| {
                 current.services.get(service).is_some_and(|current| {
                     then.upstreams.iter().any(|(upstream, then)| {
-                        current
-                            .upstreams
-                            .get(upstream)
-                            .is_some_and(|current| current.requests < then.requests)
+                        current.upstreams.get(upstream).is_some_and(|current| {
+                            current.requests < then.requests || current.superseded < then.superseded
+                        })
                     })
                 })
             })

@@ -117,11 +117,37 @@ meshsplit_superseded_total{plugin=\"f\",service=\"svc\",upstream=\"v2\"} 194
         let s = parse_stats(input);
         let svc = &s.plugins["f"].services["svc"];
         assert_eq!(
-            (svc.upstreams["v1"].requests, svc.upstreams["v2"].requests),
+            (svc.upstreams["v1"].sent(), svc.upstreams["v2"].sent()),
             (400, 0),
             "{input}"
         );
     }
+}
+
+#[test]
+fn a_decision_superseded_after_the_first_read_is_no_restart_and_no_negative_interval() {
+    let then = parse_stats(
+        "dynamicmodulescustom.meshsplit.f.svc.v1.requests_total: 100\n\
+         dynamicmodulescustom.meshsplit.f.svc.v2.requests_total: 50\n",
+    );
+    // Between the reads: one of v1's decisions, counted before the first read, superseded by a
+    // decision for v2. v1's net count went down by one: no restart, and no negative interval.
+    let now = parse_stats(
+        "dynamicmodulescustom.meshsplit.f.svc.v1.requests_total: 100\n\
+         dynamicmodulescustom.meshsplit.f.svc.v1.superseded_total: 1\n\
+         dynamicmodulescustom.meshsplit.f.svc.v2.requests_total: 51\n",
+    );
+    let report = report(&now, Some(&then), 5.0, &BTreeMap::new(), None, 0);
+    let upstreams = &report["plugins"][0]["services"][0]["upstreams"];
+    let interval: Vec<u64> = (0..2)
+        .map(|i| {
+            upstreams[i]["requests_in_interval"]
+                .as_u64()
+                .unwrap_or(u64::MAX)
+        })
+        .collect();
+    assert_eq!(interval, [0, 1], "{report:#}");
+    assert_eq!(upstreams[0]["requests"], 99);
 }
 
 #[test]

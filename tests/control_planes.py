@@ -401,6 +401,9 @@ def waypoint_http_route(docs, module, ports, with_filter=True):
                                             "routes": routes}]},
         "http_filters": filters,
         "use_remote_address": False,
+        # The waypoint's chain is built by `buildHTTPConnectionManager` too (istio.sidecar).
+        "upgrade_configs": [{"upgrade_type": "websocket"}],
+        "stream_idle_timeout": "0s",
         "normalize_path": True,
         "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
     }

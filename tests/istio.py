@@ -16,7 +16,9 @@ What istiod generates for a client of `reviews` (namespace `default`, port 9080)
 - without a VirtualService, one route named `default` to `outbound|9080||FQDN` with `timeout: 0s`,
   `max_grpc_timeout: 0s` and the default retry policy; with one, the VirtualService's routes,
   named after `http[].name` (no name when unnamed);
-- subset clusters `outbound|9080|SUBSET|FQDN` for the DestinationRule's subsets.
+- subset clusters `outbound|9080|SUBSET|FQDN` for the DestinationRule's subsets;
+- on the connection manager (`listener_builder.go`, `buildHTTPConnectionManager`), WebSocket
+  upgrades allowed and `stream_idle_timeout: 0s`.
 
 Left out because upstream Envoy does not have them: Istio's own HTTP filters (`istio.alpn`,
 `istio.metadata_exchange`, `istio.stats`), mTLS and the cluster IP listener address. The HTTP
@@ -152,6 +154,10 @@ def sidecar(upstream_ports, virtual_service=None, sniffed=False):
         "route_config": route_configuration(virtual_service, sniffed),
         "http_filters": copy.deepcopy(SIDECAR_HTTP_FILTERS),
         "use_remote_address": False,
+        # `buildHTTPConnectionManager` on every HTTP connection manager: "Allow websocket
+        # upgrades", and no stream idle timeout.
+        "upgrade_configs": [{"upgrade_type": "websocket"}],
+        "stream_idle_timeout": "0s",
         "normalize_path": True,
         "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
     }

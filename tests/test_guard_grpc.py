@@ -12,67 +12,8 @@ import grpc
 import pytest
 
 import harness
+from protocols import STREAM, UNARY, calls, grpc_server, http2_clusters
 from test_guard import plugin, stat
-
-UNARY = "/meshsplit.test.Echo/Call"
-STREAM = "/meshsplit.test.Echo/Stream"
-
-
-def grpc_server(name, failing=None):
-    """A gRPC server on loopback answering UNARY with its name and STREAM with three messages;
-    while `failing[0]` is a status code, calls end with it instead (a server stream after its
-    first message). Returns (server, port)."""
-    failing = failing if failing is not None else [None]
-
-    def call(request, context):
-        if failing[0] is not None:
-            context.abort(failing[0], f"{name} is failing")
-        return name.encode()
-
-    def stream(request, context):
-        yield name.encode()
-        if failing[0] is not None:
-            context.abort(failing[0], f"{name} is failing")
-        yield name.encode()
-        yield name.encode()
-
-    handler = grpc.method_handlers_generic_handler("meshsplit.test.Echo", {
-        "Call": grpc.unary_unary_rpc_method_handler(call),
-        "Stream": grpc.unary_stream_rpc_method_handler(stream),
-    })
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), handlers=[handler])
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    return server, port
-
-
-def http2_clusters(config):
-    """Every cluster of `config` speaks HTTP/2 to its upstream (gRPC)."""
-    for cluster in config["static_resources"]["clusters"]:
-        cluster["typed_extension_protocol_options"] = {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http2_protocol_options": {}},
-            }}
-    return config
-
-
-def calls(channel, method, count):
-    """`count` calls of `method`; returns {status code name or upstream name: count}."""
-    seen = {}
-    unary = channel.unary_unary(method)
-    streaming = channel.unary_stream(method)
-    for _ in range(count):
-        try:
-            if method == UNARY:
-                key = unary(b"hi", timeout=5).decode()
-            else:
-                answers = [m.decode() for m in streaming(b"hi", timeout=5)]
-                key = answers[0] if len(answers) == 3 else f"short {answers}"
-        except grpc.RpcError as err:
-            key = err.code().name
-        seen[key] = seen.get(key, 0) + 1
-    return seen
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import time
 import pytest
 
 import harness
+from protocols import websocket_server
 from test_guard import Load, stat
 
 WINDOW_S = 2
@@ -90,21 +91,6 @@ def test_a_streamed_body_is_not_slow_where_the_response_headers_are_seen(build, 
             assert seen["v2"] > 20 and seen["v1"] > 20, seen
             assert stat(envoy, "v2.ejections_total") == 0, envoy.log()[-3000:]
             assert stat(envoy, "v1.ejections_total") == 0
-
-
-def websocket_server(name, hold_s):
-    """A WebSocket server on loopback: each session sends the server's name, holds `hold_s`
-    seconds, then closes. Returns (server, port); `server.shutdown()` stops it."""
-    from websockets.sync.server import serve
-
-    def session(ws):
-        ws.send(name)
-        time.sleep(hold_s)
-        ws.close()
-
-    server = serve(session, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, server.socket.getsockname()[1]
 
 
 @pytest.mark.builds("wasm", "native")

@@ -81,7 +81,8 @@ def render(cli, tmp_path, target, plugin=PLUGIN, *extra):
 
 @functools.cache
 def module_for(build):
-    """The module `build` loads (None for the native builds), built once per session."""
+    """The module of `build`, built (or found up to date) once per test session: `make build`
+    optimizes both modules again each time it runs."""
     if build == "wasm":
         return harness.build_wasm()
     harness.build_native()
@@ -340,7 +341,7 @@ def test_the_modules_export_the_abi_for_which_envoy_re_routes(module):
     matches the header depends on it. A module that exported a newer ABI would keep the route
     matched before it ran, and every request would take the default route. The re-routing itself
     is proven through Envoy by the tests above."""
-    harness.build_wasm()
+    module_for("wasm")
     abi = [n for n in wasm_exports(module) if n.startswith("proxy_abi_version_")]
     assert abi == ["proxy_abi_version_0_2_1"], abi
 
@@ -428,7 +429,7 @@ def test_the_shipped_manifests_are_rendered_from_the_sample_config_and_split(cli
     if target == "envoy-gateway":
         host = "reviews.default.svc.cluster.local"
     with harness.upstreams(*VERSIONS, "other") as ports, \
-            harness.Envoy(SHAPES[shape][1](docs, harness.build_wasm(), ports), tmp_path) as envoy:
+            harness.Envoy(SHAPES[shape][1](docs, module_for("wasm"), ports), tmp_path) as envoy:
         answers = send(envoy.port, REQUESTS, {"Host": host, HEADER: "v2"})
         pinned = send(envoy.port, 30, {"Host": host, "x-canary": "true"}, connections=1)
     assert_weighted(upstreams_of(answers))

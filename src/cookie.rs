@@ -199,11 +199,21 @@ pub fn sets(value: &[u8], name: &[u8]) -> bool {
 /// At the response headers of a stream that was assigned `id`: sets the cookie, unless the
 /// response already sets a cookie of that name (the application took over, and its value wins),
 /// and, with `cache_control: "private"`, makes the response private to shared caches. Two host
-/// calls (one read of every `set-cookie` header, one header added), and with `private` two more
-/// (the first `cache-control` read, and written when it must change).
+/// calls (the first `set-cookie` header read, which finds nothing in a response that sets no
+/// cookie, and one header added; every `set-cookie` header is read only when the first sets
+/// another cookie), and with `private` two more (the first `cache-control` read, and written
+/// when it must change).
 pub fn on_response_headers<H: Host + ?Sized>(assign: &AssignCookie, id: &CookieId, host: &H) {
-    let existing = host.response_header_values(SET_COOKIE);
-    if existing.iter().any(|v| sets(v, assign.name.as_bytes())) {
+    let name = assign.name.as_bytes();
+    let taken = match host.response_header(SET_COOKIE) {
+        None => false,
+        Some(first) if sets(&first, name) => true,
+        Some(_) => host
+            .response_header_values(SET_COOKIE)
+            .iter()
+            .any(|v| sets(v, name)),
+    };
+    if taken {
         return;
     }
     host.add_response_header(SET_COOKIE, &assign.header_value(id));

@@ -84,6 +84,10 @@ pub struct Service {
     pub rollout: Option<Rollout>,
     /// The cookie a sticky service on a cookie gives requests without one (`cookie.rs`).
     pub assign_cookie: Option<AssignCookie>,
+    /// Whether its requests are read in one call for every header (where the host hands them
+    /// over at once, proxy-wasm) rather than one read per header its rules and sticky key
+    /// name: decided here from how many headers they name ([`WHOLE_MAP_FROM`]).
+    pub reads_all_headers: bool,
     /// The weights as configured, with their picker.
     configured: Weights,
     /// The weights in force when a rollout or the guard changed them (set on the housekeeping
@@ -759,6 +763,7 @@ fn compile_service(path: &str, raw: &RawService, plugin: &str) -> Result<Service
         .map(|r| compile_rollout(&format!("{path}.rollout"), r, &upstreams))
         .transpose()?;
     let assign_cookie = compile_assign_cookie(path, raw)?;
+    let reads_all_headers = headers_named(&rules, &strategy) >= WHOLE_MAP_FROM;
     Ok(Service {
         name: raw.name.clone(),
         upstreams,
@@ -767,9 +772,59 @@ fn compile_service(path: &str, raw: &RawService, plugin: &str) -> Result<Service
         guard,
         rollout,
         assign_cookie,
+        reads_all_headers,
         configured,
         live: RefCell::new(None),
     })
+}
+
+/// From how many distinct headers named by a service's rules and sticky key (cookies count as
+/// `cookie`, query parameters as `:path`) its requests are read in one call for every header
+/// rather than one read per header. In proxy-wasm a read that returns a value costs about
+/// 10.5 k instructions and one that finds nothing about 1.8 k, the whole map about the same
+/// as one value for a request of ordinary size (bench/README.md, "Reading a request"); with
+/// this many headers named, some are usually present, and the one read is the cheaper.
+pub const WHOLE_MAP_FROM: usize = 4;
+
+/// How many distinct headers `rules` and `strategy` read.
+fn headers_named(rules: &[Rule], strategy: &Strategy) -> usize {
+    let mut names: Vec<&str> = Vec::new();
+    let add = |name: &'static str, names: &mut Vec<&str>| {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    };
+    for condition in rules.iter().flat_map(|r| r.conditions.iter()) {
+        match condition {
+            Condition::Header { name, .. } => {
+                if !names.contains(&name.as_str()) {
+                    names.push(name);
+                }
+            }
+            Condition::Cookie { .. } => add("cookie", &mut names),
+            Condition::Query { .. } => add(":path", &mut names),
+        }
+    }
+    match strategy {
+        Strategy::Sticky {
+            hash_on: HashOn::Header(name),
+            ..
+        } => {
+            if !names.contains(&name.as_str()) {
+                names.push(name);
+            }
+        }
+        Strategy::Sticky {
+            hash_on: HashOn::Cookie(_),
+            ..
+        } => add("cookie", &mut names),
+        Strategy::Sticky {
+            hash_on: HashOn::Query(_),
+            ..
+        } => add(":path", &mut names),
+        _ => {}
+    }
+    names.len()
 }
 
 fn compile_guard(path: &str, raw: &RawGuard) -> Result<Guard, ConfigError> {

@@ -14,7 +14,7 @@ use crate::plan::{
     Condition, HashOn, HeaderTest, OnUnknownService, OwnedHeaders, Plan, Service, ServiceFrom,
     Strategy,
 };
-use crate::request::{has_exact, has_prefix, host_key, query_param, RequestView};
+use crate::request::{host_key, query_param, RequestView, ValueTest};
 use crate::select::{least_request, rendezvous, smooth_round_robin};
 
 /// What the stream should do after its request headers were handled.
@@ -118,7 +118,7 @@ where
     H: Host + ?Sized,
     R: Rng + ?Sized,
 {
-    let mut request = RequestView::new(host);
+    let mut request = RequestView::with_plan(host, service.reads_all_headers);
     let rule = service
         .rules
         .iter()
@@ -181,16 +181,14 @@ where
 fn holds<'a, H: Host + ?Sized>(condition: &'a Condition, request: &mut RequestView<'a, H>) -> bool {
     match condition {
         Condition::Header { name, test } => {
-            let copies = request.header_copies(name);
-            match test {
-                HeaderTest::Exact(expected) => has_exact(copies, expected.as_bytes()),
-                HeaderTest::Prefix(prefix) => has_prefix(copies, prefix.as_bytes()),
-                HeaderTest::Present => !copies.is_empty(),
-            }
+            let test = match test {
+                HeaderTest::Exact(expected) => ValueTest::Exact(expected.as_bytes()),
+                HeaderTest::Prefix(prefix) => ValueTest::Prefix(prefix.as_bytes()),
+                HeaderTest::Present => ValueTest::Present,
+            };
+            request.header_holds(name, test)
         }
-        Condition::Cookie { name, value } => {
-            request.cookies().has(name.as_bytes(), value.as_bytes())
-        }
+        Condition::Cookie { name, value } => request.cookie_is(name.as_bytes(), value.as_bytes()),
         Condition::Query { name, value } => request.query().has(name.as_bytes(), value.as_bytes()),
     }
 }
@@ -205,10 +203,7 @@ fn sticky_key<'a, 'v, H: Host + ?Sized>(
     let key = match hash_on {
         HashOn::Header(name) => request.header(name).map(Cow::Borrowed),
         // The first non-empty cookie: `mesh-web=; mesh-web=ID` (a cleared copy first) is ID.
-        HashOn::Cookie(name) => request
-            .cookies()
-            .first_non_empty(name.as_bytes())
-            .map(Cow::Borrowed),
+        HashOn::Cookie(name) => request.first_cookie(name.as_bytes()).map(Cow::Borrowed),
         HashOn::Query(name) => request.query().first(name.as_bytes()).map(Cow::Borrowed),
     };
     key.filter(|k| !k.is_empty())

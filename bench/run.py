@@ -340,6 +340,21 @@ def meshsplit_sticky():
     return [wasm_filter(harness.WASM, meshsplit_config([service]))], cluster_header_routes()
 
 
+# D with the requests of S and U2: what Envoy itself pays for the headers those requests carry
+# (parsing them, keeping them, sending them on), which S − D and U2 − D include; S − DH and
+# U2 − DU are what meshsplit adds for them.
+@scenario("DH", "D, S's request", "D with S's request (x-user-id)", headers=["x-user-id: user-42"])
+def meshsplit_sticky_request():
+    return meshsplit()
+
+
+@scenario("DU", "D, U2's request", "D with U2's request (x-canary, a cookie header, a query string)",
+          headers=["x-canary: false", "cookie: session=abc123; theme=dark"])
+def meshsplit_rules_request():
+    PATHS["DU"] = "/?page=2&sort=asc"
+    return meshsplit()
+
+
 # assign_cookie: the module that can assign cookies (meshsplit-cookie.wasm) exports
 # proxy_on_response_headers, which Envoy calls on every stream: DK is D on that module (what
 # services that assign no cookie would pay if it were the only module), SK a service assigning a
@@ -937,6 +952,10 @@ PAIRS = (("A'", "A", "control: A measured twice; noise floor"),
          ("SC", "S", "sticky on an assigned cookie sent back over sticky on a header"),
          ("U", "D", "three rules over weighted"),
          ("U2", "D", "three rules over weighted, the request carrying a value for each"),
+         ("DH", "D", "Envoy's own cost of S's extra request header"),
+         ("DU", "D", "Envoy's own cost of U2's extra request headers and query"),
+         ("S", "DH", "sticky over weighted, the same request"),
+         ("U2", "DU", "three rules over weighted, the same request"),
          ("G", "D", "round robin over weighted"),
          ("RO", "D", "a rollout in force"),
          ("F", "D", "10 000 services over 1"),

@@ -514,3 +514,25 @@ fn prefixed_cookie_names_need_the_attributes_browsers_require() {
     assert!(compile_named("__Host-web", r#"{"secure": true}"#).is_ok());
     assert!(compile_named("__Secure-web", r#"{"secure": true, "path": "/shop"}"#).is_ok());
 }
+
+#[test]
+fn the_value_written_in_place_is_the_allocated_one() {
+    let id = CookieId::from_bytes([7; 16]);
+    for config in [
+        "{}",
+        r#"{"path": "/shop", "secure": true, "same_site": "Strict"}"#,
+    ] {
+        let assign = compiled(config);
+        let mut buffer = [0u8; INLINE_VALUE];
+        let value = assign.header_value_in(&id, &mut buffer);
+        assert!(matches!(value, std::borrow::Cow::Borrowed(_)));
+        assert_eq!(value, assign.header_value(&id));
+    }
+    let long = format!(r#"{{"path": "/{}"}}"#, "a".repeat(300));
+    let assign = compiled(&long);
+    let mut buffer = [0u8; INLINE_VALUE];
+    assert_eq!(
+        assign.header_value_in(&id, &mut buffer),
+        assign.header_value(&id)
+    );
+}

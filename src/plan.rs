@@ -86,7 +86,7 @@ pub struct Service {
     pub assign_cookie: Option<AssignCookie>,
     /// Whether its requests are read in one call for every header (where the host hands them
     /// over at once, proxy-wasm) rather than one read per header its rules and sticky key
-    /// name: decided here from how many headers they name ([`WHOLE_MAP_FROM`]).
+    /// name: decided once, from the headers they name ([`reads_all_headers`]).
     pub reads_all_headers: bool,
     /// The weights as configured, with their picker.
     configured: Weights,
@@ -284,6 +284,10 @@ pub struct Plan {
     pub services: Vec<Service>,
     /// (normalized host (see [`crate::request::host_key`]), index in `services`), sorted by host.
     by_host: Vec<(String, usize)>,
+    /// Every service reads its requests in one call for every header
+    /// ([`Service::reads_all_headers`]): then that one call answers the service key too, and
+    /// the key costs no read of its own.
+    pub reads_all_headers: bool,
 }
 
 impl Plan {
@@ -413,6 +417,8 @@ impl Plan {
                 }
             }
         }
+        let reads_all_headers =
+            !services.is_empty() && services.iter().all(|s| s.reads_all_headers);
         Ok(Self {
             headers: OwnedHeaders {
                 cluster: cluster_header,
@@ -422,6 +428,7 @@ impl Plan {
             on_unknown_service,
             services,
             by_host,
+            reads_all_headers,
         })
     }
 
@@ -763,7 +770,7 @@ fn compile_service(path: &str, raw: &RawService, plugin: &str) -> Result<Service
         .map(|r| compile_rollout(&format!("{path}.rollout"), r, &upstreams))
         .transpose()?;
     let assign_cookie = compile_assign_cookie(path, raw)?;
-    let reads_all_headers = headers_named(&rules, &strategy) >= WHOLE_MAP_FROM;
+    let reads_all_headers = reads_all_headers(&rules, &strategy);
     Ok(Service {
         name: raw.name.clone(),
         upstreams,
@@ -778,54 +785,48 @@ fn compile_service(path: &str, raw: &RawService, plugin: &str) -> Result<Service
     })
 }
 
-/// From how many distinct headers named by a service's rules and sticky key (cookies count as
-/// `cookie`, query parameters as `:path`) its requests are read in one call for every header
-/// rather than one read per header. In proxy-wasm a read that returns a value costs about
-/// 10.5 k instructions and one that finds nothing about 1.8 k, the whole map about the same
-/// as one value for a request of ordinary size (bench/README.md, "Reading a request"); with
-/// this many headers named, some are usually present, and the one read is the cheaper.
-pub const WHOLE_MAP_FROM: usize = 4;
-
-/// How many distinct headers `rules` and `strategy` read.
-fn headers_named(rules: &[Rule], strategy: &Strategy) -> usize {
+/// Whether a service's requests are read in one call for every header (where the host hands
+/// them over at once, proxy-wasm) rather than one read per header its rules and sticky key
+/// name (cookies count as the `cookie` header, query parameters as `:path`). Measured in
+/// proxy-wasm (bench/README.md, "Reading a request"): a read that returns a value costs about
+/// 10.4 k instructions, one that finds nothing 1.9 k, and the whole map of an ordinary request
+/// 11.3 k, barely more than one value. So the whole map is the cheaper read as soon as two
+/// headers are named and one of them is sure to be there (`:path` always is: a value, and any
+/// second read costs more than the difference), or when so many are named
+/// ([`WHOLE_MAP_FROM`]) that even all of them absent cost more. Otherwise (one header, or a few
+/// that requests mostly lack, such as a canary pin) reading by name is cheaper: an absent header
+/// is the not-found answer, and the map is read only when a present first copy fails a
+/// condition another copy could pass.
+fn reads_all_headers(rules: &[Rule], strategy: &Strategy) -> bool {
     let mut names: Vec<&str> = Vec::new();
-    let add = |name: &'static str, names: &mut Vec<&str>| {
+    let named = rules
+        .iter()
+        .flat_map(|r| r.conditions.iter())
+        .map(|condition| match condition {
+            Condition::Header { name, .. } => name.as_str(),
+            Condition::Cookie { .. } => "cookie",
+            Condition::Query { .. } => ":path",
+        })
+        .chain(match strategy {
+            Strategy::Sticky { hash_on, .. } => Some(match hash_on {
+                HashOn::Header(name) => name.as_str(),
+                HashOn::Cookie(_) => "cookie",
+                HashOn::Query(_) => ":path",
+            }),
+            _ => None,
+        });
+    for name in named {
         if !names.contains(&name) {
             names.push(name);
         }
-    };
-    for condition in rules.iter().flat_map(|r| r.conditions.iter()) {
-        match condition {
-            Condition::Header { name, .. } => {
-                if !names.contains(&name.as_str()) {
-                    names.push(name);
-                }
-            }
-            Condition::Cookie { .. } => add("cookie", &mut names),
-            Condition::Query { .. } => add(":path", &mut names),
-        }
     }
-    match strategy {
-        Strategy::Sticky {
-            hash_on: HashOn::Header(name),
-            ..
-        } => {
-            if !names.contains(&name.as_str()) {
-                names.push(name);
-            }
-        }
-        Strategy::Sticky {
-            hash_on: HashOn::Cookie(_),
-            ..
-        } => add("cookie", &mut names),
-        Strategy::Sticky {
-            hash_on: HashOn::Query(_),
-            ..
-        } => add(":path", &mut names),
-        _ => {}
-    }
-    names.len()
+    let path = names.contains(&":path");
+    (path && names.len() >= 2) || names.len() >= WHOLE_MAP_FROM
 }
+
+/// How many headers named make the whole map the cheaper read even when every one of them is
+/// absent (7 not-found reads, about 13 k instructions, against the map's 11.3 k).
+pub const WHOLE_MAP_FROM: usize = 7;
 
 fn compile_guard(path: &str, raw: &RawGuard) -> Result<Guard, ConfigError> {
     if raw.error_rate.is_none() && raw.latency.is_none() {

@@ -36,6 +36,14 @@ impl HeaderList {
             .map(|&[ns, ne, vs, ve]| (self.range(ns, ne), self.range(vs, ve)))
     }
 
+    /// Where the first copy of header `name` lies, for [`HeaderList::slice`].
+    fn first_range(&self, name: &[u8]) -> Option<(usize, usize)> {
+        self.entries
+            .iter()
+            .find(|&&[ns, ne, _, _]| self.range(ns, ne) == name)
+            .map(|&[_, _, vs, ve]| (vs, ve))
+    }
+
     /// Every copy of header `name`, in order.
     pub fn values<'s>(&'s self, name: &'s [u8]) -> impl Iterator<Item = &'s [u8]> {
         self.iter().filter(move |(n, _)| *n == name).map(|(_, v)| v)
@@ -84,6 +92,9 @@ pub struct RequestView<'a, H: Host + ?Sized> {
     host: &'a H,
     /// The first copy of each header read by name.
     read: Vec<(&'a str, Option<Vec<u8>>)>,
+    /// Where the first copy of each header asked for lies in the whole map, once it is read:
+    /// a rule set asks for the same few headers thousands of times.
+    found: Vec<(&'a str, Option<(usize, usize)>)>,
     /// Every copy of each header asked for, values sorted, by name (hosts reading every copy
     /// by name).
     copies: Vec<(&'a str, Vec<Vec<u8>>)>,
@@ -105,6 +116,7 @@ impl<'a, H: Host + ?Sized> RequestView<'a, H> {
         Self {
             host,
             read: Vec::new(),
+            found: Vec::new(),
             copies: Vec::new(),
             all: None,
             cookies: None,
@@ -135,11 +147,16 @@ impl<'a, H: Host + ?Sized> RequestView<'a, H> {
         if self.eager {
             self.load_all();
         }
-        if self.all.is_some() {
-            return self
-                .all
-                .as_ref()
-                .and_then(|all| all.values(name.as_bytes()).next());
+        if let Some(all) = &self.all {
+            let range = match self.found.iter().find(|(n, _)| *n == name) {
+                Some(&(_, range)) => range,
+                None => {
+                    let range = all.first_range(name.as_bytes());
+                    self.found.push((name, range));
+                    range
+                }
+            };
+            return range.map(|(start, end)| all.range(start, end));
         }
         let index = match self.read.iter().position(|(n, _)| *n == name) {
             Some(index) => index,

@@ -62,7 +62,14 @@ where
     H: Host + ?Sized,
     R: Rng + ?Sized,
 {
-    let mut raw_key = read_service_key(plan, host);
+    // A plan whose every service reads the whole map reads it first (where the host hands it
+    // over at once): it holds the key too.
+    let all_first = plan.reads_all_headers && host.first_copy_only();
+    let mut early = all_first.then(|| RequestView::with_plan(host, true));
+    let mut raw_key = match early.as_mut() {
+        Some(view) => view_service_key(plan, view),
+        None => read_service_key(plan, host),
+    };
     let parsed = raw_key.as_mut().map(host_key);
     let (key, found) = match parsed {
         Some(Some(parsed)) => (Some(parsed.bare), plan.lookup_host(parsed)),
@@ -72,7 +79,8 @@ where
     let Some((service_index, service)) = found else {
         return Routed::unknown(unknown_service(plan, key, host));
     };
-    let (upstream_index, leased, rule, cookie) = choose_upstream(service, rng, host, owner);
+    let view = early.unwrap_or_else(|| RequestView::with_plan(host, service.reads_all_headers));
+    let (upstream_index, leased, rule, cookie) = choose_upstream(service, rng, host, owner, view);
     let Some(upstream) = service.upstreams.get(upstream_index) else {
         let mut routed = Routed::unknown(unknown_service(plan, key, host));
         routed.counted = Counted::Nothing;
@@ -108,17 +116,17 @@ where
 /// this request, the id decides every later one no rule claims, so the visitor is on one
 /// upstream from its next request on, whichever request came first (without an id it would be
 /// assigned one by its first request that no rule claims, one request later at best).
-fn choose_upstream<H, R>(
-    service: &Service,
+fn choose_upstream<'a, H, R>(
+    service: &'a Service,
     rng: &mut R,
-    host: &H,
+    host: &'a H,
     owner: u32,
+    mut request: RequestView<'a, H>,
 ) -> (usize, bool, Option<usize>, Option<CookieId>)
 where
     H: Host + ?Sized,
     R: Rng + ?Sized,
 {
-    let mut request = RequestView::with_plan(host, service.reads_all_headers);
     let rule = service
         .rules
         .iter()
@@ -266,6 +274,20 @@ fn unknown_service_body(key: Option<&[u8]>) -> String {
     }
     body.push('}');
     body
+}
+
+/// [`read_service_key`] from a view that holds every header.
+fn view_service_key<'a, H: Host + ?Sized>(
+    plan: &'a Plan,
+    view: &mut RequestView<'a, H>,
+) -> Option<Vec<u8>> {
+    match &plan.service_from {
+        ServiceFrom::Authority => view.header(":authority").map(<[u8]>::to_vec),
+        ServiceFrom::Header(name) => view.header(name).map(<[u8]>::to_vec),
+        ServiceFrom::Query(param) => {
+            query_param(view.header(":path")?, param.as_bytes()).map(Cow::into_owned)
+        }
+    }
 }
 
 fn read_service_key<H: Host + ?Sized>(plan: &Plan, host: &H) -> Option<Vec<u8>> {

@@ -702,9 +702,13 @@ const THREE_RULES: &str = r#"
     {"match": {"cookies": [{"name": "beta", "exact": "1"}]}, "upstream": "b"},
     {"match": {"query": [{"name": "version", "exact": "v2"}]}, "upstream": "b"}"#;
 
+const TWO_RULES: &str = r#"
+    {"match": {"headers": [{"name": "x-canary", "exact": "true"}]}, "upstream": "b"},
+    {"match": {"cookies": [{"name": "beta", "exact": "1"}]}, "upstream": "b"}"#;
+
 #[test]
 fn reading_the_first_copy_by_name_absent_headers_are_one_read_each() {
-    let (cluster, calls) = ruled_first_only(THREE_RULES, &[(":path", "/")]);
+    let (cluster, calls) = ruled_first_only(TWO_RULES, &[(":path", "/")]);
     assert_eq!(cluster, "c_a");
     assert_eq!(
         calls,
@@ -712,7 +716,6 @@ fn reading_the_first_copy_by_name_absent_headers_are_one_read_each() {
             "get :authority",
             "get x-canary",
             "get cookie",
-            "get :path",
             "set x-meshsplit-cluster"
         ]
     );
@@ -720,12 +723,8 @@ fn reading_the_first_copy_by_name_absent_headers_are_one_read_each() {
 
 #[test]
 fn reading_the_first_copy_by_name_a_value_that_fails_reads_the_whole_map_once() {
-    let headers = [
-        ("x-canary", "false"),
-        ("cookie", "session=abc"),
-        (":path", "/?page=2"),
-    ];
-    let (cluster, calls) = ruled_first_only(THREE_RULES, &headers);
+    let headers = [("x-canary", "false"), ("cookie", "session=abc")];
+    let (cluster, calls) = ruled_first_only(TWO_RULES, &headers);
     assert_eq!(cluster, "c_a");
     assert_eq!(
         calls,
@@ -737,10 +736,25 @@ fn reading_the_first_copy_by_name_a_value_that_fails_reads_the_whole_map_once() 
         ]
     );
     // A value that decides the rule needs nothing more.
-    let (cluster, calls) = ruled_first_only(THREE_RULES, &[("x-canary", "true")]);
+    let (cluster, calls) = ruled_first_only(TWO_RULES, &[("x-canary", "true")]);
     assert_eq!(cluster, "c_b");
     assert_eq!(
         calls,
         vec!["get :authority", "get x-canary", "set x-meshsplit-cluster"]
     );
+}
+
+#[test]
+fn rules_naming_the_path_and_another_header_read_the_whole_map_once() {
+    for headers in [
+        &[(":path", "/")][..],
+        &[("x-canary", "false"), (":path", "/?a=1")],
+    ] {
+        let (cluster, calls) = ruled_first_only(THREE_RULES, headers);
+        assert_eq!(cluster, "c_a");
+        // Every service of the plan reads the map: it holds the service key too.
+        assert_eq!(calls, vec!["get map", "set x-meshsplit-cluster"]);
+    }
+    let (cluster, _) = ruled_first_only(THREE_RULES, &[(":path", "/?version=v2")]);
+    assert_eq!(cluster, "c_b");
 }

@@ -58,7 +58,7 @@ WEIGHTS = {"reviews_v1": 90, "reviews_v2": 10}
 
 SCENARIOS = {}
 # Scenarios that send everything to one cluster on purpose: no split to check.
-NO_SPLIT = {"A", "A'", "W", "R", "L", "S", "U", "SC"}  # and the crossing floors (FLOORS)
+NO_SPLIT = {"A", "A'", "W", "R", "L", "S", "U", "U2", "SC"}  # and the crossing floors (FLOORS)
 # The controls: identical copies of A and D, measured as scenarios of their own.
 CONTROLS = {"A'": "A", "D'": "D"}
 # Scenarios that cost milliseconds per request: few requests under callgrind.
@@ -195,6 +195,8 @@ FLOORS = (
      "floor_headers_only.wasm", "get-missing"),
     ("H2", "+value read", "floor H0 + read :authority (the host allocates the copy in the VM)",
      "floor_headers_only.wasm", "get"),
+    ("HP", "+map read", "floor H0 + read every request header in one call (proxy_get_header_map_pairs)",
+     "floor_headers_only.wasm", "get-pairs"),
     ("H3", "+2 writes", "floor H2 + write the cluster header and :authority",
      "floor_headers_only.wasm", "get-set"),
     ("HC", "+create", "floor H3 + proxy_on_context_create exported", "floor_create.wasm", "get-set"),
@@ -338,6 +340,21 @@ def meshsplit_sticky():
     return [wasm_filter(harness.WASM, meshsplit_config([service]))], cluster_header_routes()
 
 
+# D with the requests of S and U2: what Envoy itself pays for the headers those requests carry
+# (parsing them, keeping them, sending them on), which S − D and U2 − D include; S − DH and
+# U2 − DU are what meshsplit adds for them.
+@scenario("DH", "D, S's request", "D with S's request (x-user-id)", headers=["x-user-id: user-42"])
+def meshsplit_sticky_request():
+    return meshsplit()
+
+
+@scenario("DU", "D, U2's request", "D with U2's request (x-canary, a cookie header, a query string)",
+          headers=["x-canary: false", "cookie: session=abc123; theme=dark"])
+def meshsplit_rules_request():
+    PATHS["DU"] = "/?page=2&sort=asc"
+    return meshsplit()
+
+
 # assign_cookie: the module that can assign cookies (meshsplit-cookie.wasm) exports
 # proxy_on_response_headers, which Envoy calls on every stream: DK is D on that module (what
 # services that assign no cookie would pay if it were the only module), SK a service assigning a
@@ -372,6 +389,18 @@ def meshsplit_rules():
         {"match": {"query": [{"name": "version", "exact": "v2"}]}, "upstream": "v2"},
     ])
     return [wasm_filter(harness.WASM, meshsplit_config([service]))], cluster_header_routes()
+
+
+# U2: the same three rules against a request that carries what they name (an `x-canary`
+# header, a `cookie` header and a query string), none of it matching: three present values.
+
+
+@scenario("U2", "rules, values present", "meshsplit weighted + the 3 rules of U, the request carrying x-canary, "
+          "a cookie header and a query string that match none",
+          headers=["x-canary: false", "cookie: session=abc123; theme=dark"])
+def meshsplit_rules_present():
+    PATHS["U2"] = "/?page=2&sort=asc"
+    return meshsplit_rules()
 
 
 # The worst request for rules within the limits: a path and a cookie header that fill Envoy's
@@ -922,6 +951,11 @@ PAIRS = (("A'", "A", "control: A measured twice; noise floor"),
          ("SK", "S", "assigning a cookie (id, Set-Cookie) over sticky on a header"),
          ("SC", "S", "sticky on an assigned cookie sent back over sticky on a header"),
          ("U", "D", "three rules over weighted"),
+         ("U2", "D", "three rules over weighted, the request carrying a value for each"),
+         ("DH", "D", "Envoy's own cost of S's extra request header"),
+         ("DU", "D", "Envoy's own cost of U2's extra request headers and query"),
+         ("S", "DH", "sticky over weighted, the same request"),
+         ("U2", "DU", "three rules over weighted, the same request"),
          ("G", "D", "round robin over weighted"),
          ("RO", "D", "a rollout in force"),
          ("F", "D", "10 000 services over 1"),
@@ -983,7 +1017,7 @@ def main():
                                     upstream.port, workdir, args.warmup, args.requests)
                 data["callgrind_s"] = time.monotonic() - t0
                 data["breakdown"] = {}
-                for key in ("A", "D", "N", "K"):
+                for key in ("A", "D", "N", "K", "S", "SK", "SC", "U", "U2"):
                     if key in cg:
                         groups, top = breakdown(cg[key]["dump"], cg[key]["requests"])
                         data["breakdown"][key] = {"groups": groups, "top": top}
@@ -1178,6 +1212,7 @@ def report(data):
     steps = (("H0", "A", "the wasm filter, one exported per-stream callback (`proxy_on_request_headers`), no host call"),
              ("H1", "H0", "a host call that returns nothing (a header the request lacks)"),
              ("H2", "H0", "a host call that returns a value (`:authority`): Envoy re-enters the VM to allocate it"),
+             ("HP", "H0", "the whole request header map in one call (`proxy_get_header_map_pairs`), the way the rules read it before"),
              ("H3", "H2", "two header writes (cluster header, `:authority`), so the route is matched again"),
              ("HC", "H3", "`proxy_on_context_create` exported"),
              ("R", "HC", "`proxy_on_delete` exported: the raw floor, meshsplit's exports and calls"),

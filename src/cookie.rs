@@ -92,6 +92,41 @@ impl AssignCookie {
     }
 }
 
+/// The longest `Set-Cookie` value written without allocating (name, id and attributes).
+const INLINE_VALUE: usize = 256;
+
+impl AssignCookie {
+    /// [`AssignCookie::header_value`] written into `buffer` when it fits, as it does for every
+    /// cookie path of ordinary length: the response path allocates nothing for it.
+    fn header_value_in<'b>(
+        &self,
+        id: &CookieId,
+        buffer: &'b mut [u8; INLINE_VALUE],
+    ) -> std::borrow::Cow<'b, str> {
+        let parts = [
+            self.name.as_bytes(),
+            b"=",
+            id.as_bytes(),
+            self.attributes.as_bytes(),
+        ];
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let Some(out) = buffer.get_mut(..len) else {
+            return self.header_value(id).into();
+        };
+        let mut at = 0;
+        for part in parts {
+            if let Some(slot) = out.get_mut(at..at + part.len()) {
+                slot.copy_from_slice(part);
+            }
+            at += part.len();
+        }
+        match std::str::from_utf8(out) {
+            Ok(value) => value.into(),
+            Err(_) => self.header_value(id).into(),
+        }
+    }
+}
+
 /// Validates `assign_cookie` (at JSON path `path`) for the cookie `name` the service hashes.
 ///
 /// Defaults: `max_age_s` 2 592 000 (30 days), `path` `/`, `secure` false (a cookie marked
@@ -199,14 +234,25 @@ pub fn sets(value: &[u8], name: &[u8]) -> bool {
 /// At the response headers of a stream that was assigned `id`: sets the cookie, unless the
 /// response already sets a cookie of that name (the application took over, and its value wins),
 /// and, with `cache_control: "private"`, makes the response private to shared caches. Two host
-/// calls (one read of every `set-cookie` header, one header added), and with `private` two more
-/// (the first `cache-control` read, and written when it must change).
+/// calls (the first `set-cookie` header read, which finds nothing in a response that sets no
+/// cookie, and one header added; every `set-cookie` header is read only when the first sets
+/// another cookie), and with `private` two more (the first `cache-control` read, and written
+/// when it must change).
 pub fn on_response_headers<H: Host + ?Sized>(assign: &AssignCookie, id: &CookieId, host: &H) {
-    let existing = host.response_header_values(SET_COOKIE);
-    if existing.iter().any(|v| sets(v, assign.name.as_bytes())) {
+    let name = assign.name.as_bytes();
+    let taken = match host.response_header(SET_COOKIE) {
+        None => false,
+        Some(first) if sets(&first, name) => true,
+        Some(_) => host
+            .response_header_values(SET_COOKIE)
+            .iter()
+            .any(|v| sets(v, name)),
+    };
+    if taken {
         return;
     }
-    host.add_response_header(SET_COOKIE, &assign.header_value(id));
+    let mut buffer = [0u8; INLINE_VALUE];
+    host.add_response_header(SET_COOKIE, &assign.header_value_in(id, &mut buffer));
     if assign.private {
         let current = host.response_header(CACHE_CONTROL);
         if let Some(value) = private_cache_control(current.as_deref()) {

@@ -136,7 +136,7 @@ fn the_response_gets_the_cookie_and_its_cache_control_in_four_host_calls() {
     assert_eq!(
         *host.calls.borrow(),
         [
-            "get all response set-cookie",
+            "get response set-cookie",
             "add response set-cookie",
             "get response cache-control",
             "set response cache-control"
@@ -154,13 +154,29 @@ fn with_cache_control_unchanged_the_response_gets_the_cookie_in_two_host_calls()
     let assign = compiled(r#"{"cache_control": "unchanged"}"#);
     let id = CookieId::from_bytes([0; 16]);
     let host = FakeHost::default();
+    on_response_headers(&assign, &id, &host);
+    assert_eq!(
+        *host.calls.borrow(),
+        ["get response set-cookie", "add response set-cookie"]
+    );
+}
+
+#[test]
+fn a_response_setting_another_cookie_first_is_read_in_full() {
+    let assign = compiled(r#"{"cache_control": "unchanged"}"#);
+    let id = CookieId::from_bytes([0; 16]);
+    let host = FakeHost::default();
     host.response_headers
         .borrow_mut()
         .push(("set-cookie".to_owned(), b"theme=dark".to_vec()));
     on_response_headers(&assign, &id, &host);
     assert_eq!(
         *host.calls.borrow(),
-        ["get all response set-cookie", "add response set-cookie"]
+        [
+            "get response set-cookie",
+            "get all response set-cookie",
+            "add response set-cookie"
+        ]
     );
     let headers = host.response_headers.borrow();
     assert_eq!(headers.len(), 2);
@@ -176,7 +192,7 @@ fn a_response_that_sets_the_same_cookie_is_left_alone() {
         b"mesh-web=chosen-by-the-app".to_vec(),
     ));
     on_response_headers(&assign, &CookieId::from_bytes([0; 16]), &host);
-    assert_eq!(*host.calls.borrow(), ["get all response set-cookie"]);
+    assert_eq!(*host.calls.borrow(), ["get response set-cookie"]);
     assert_eq!(host.response_headers.borrow().len(), 1);
 }
 
@@ -269,7 +285,7 @@ fn a_response_that_already_sets_the_cookie_is_untouched() {
     vm.response_headers(10, &host);
     assert_eq!(
         host.calls.borrow().last().unwrap(),
-        "get all response set-cookie"
+        "get response set-cookie"
     );
     assert_eq!(host.response_headers.borrow().len(), 1);
 }
@@ -497,4 +513,26 @@ fn prefixed_cookie_names_need_the_attributes_browsers_require() {
     assert_eq!(e.path, "services[0].assign_cookie.path");
     assert!(compile_named("__Host-web", r#"{"secure": true}"#).is_ok());
     assert!(compile_named("__Secure-web", r#"{"secure": true, "path": "/shop"}"#).is_ok());
+}
+
+#[test]
+fn the_value_written_in_place_is_the_allocated_one() {
+    let id = CookieId::from_bytes([7; 16]);
+    for config in [
+        "{}",
+        r#"{"path": "/shop", "secure": true, "same_site": "Strict"}"#,
+    ] {
+        let assign = compiled(config);
+        let mut buffer = [0u8; INLINE_VALUE];
+        let value = assign.header_value_in(&id, &mut buffer);
+        assert!(matches!(value, std::borrow::Cow::Borrowed(_)));
+        assert_eq!(value, assign.header_value(&id));
+    }
+    let long = format!(r#"{{"path": "/{}"}}"#, "a".repeat(300));
+    let assign = compiled(&long);
+    let mut buffer = [0u8; INLINE_VALUE];
+    assert_eq!(
+        assign.header_value_in(&id, &mut buffer),
+        assign.header_value(&id)
+    );
 }

@@ -12,9 +12,15 @@ pub trait Host {
     fn request_header_values(&self, name: &str) -> Vec<Vec<u8>> {
         self.request_header(name).into_iter().collect()
     }
-    /// Every request header, as (name, value) pairs, where the host hands them all over in one
-    /// call (proxy-wasm); `None` (the default) where headers are read by name.
-    fn request_headers(&self) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    /// Whether [`Host::request_header`] answers the first copy only and every copy needs
+    /// [`Host::request_header_map`] (proxy-wasm); `false` (the default) where
+    /// [`Host::request_header_values`] reads every copy by name.
+    fn first_copy_only(&self) -> bool {
+        false
+    }
+    /// Every request header in one call, where the host hands them all over at once
+    /// (proxy-wasm); `None` (the default) where headers are read by name.
+    fn request_header_map(&self) -> Option<crate::request::HeaderList> {
         None
     }
     /// `Some` replaces every copy of the header, `None` removes them all.
@@ -129,8 +135,11 @@ impl<H: Host + ?Sized> Host for DefineOnce<'_, H> {
     fn request_header_values(&self, name: &str) -> Vec<Vec<u8>> {
         self.host.request_header_values(name)
     }
-    fn request_headers(&self) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.host.request_headers()
+    fn first_copy_only(&self) -> bool {
+        self.host.first_copy_only()
+    }
+    fn request_header_map(&self) -> Option<crate::request::HeaderList> {
+        self.host.request_header_map()
     }
     fn set_request_header(&self, name: &str, value: Option<&str>) {
         self.host.set_request_header(name, value);
@@ -239,6 +248,9 @@ mod fake {
         pub response_headers: RefCell<Vec<(String, Vec<u8>)>>,
         /// The response trailers `response_trailer` reads.
         pub response_trailers: RefCell<Vec<(String, Vec<u8>)>>,
+        /// Reads by name answer the first copy only, every copy comes with the whole map, as
+        /// in proxy-wasm.
+        pub first_only: Cell<bool>,
     }
 
     impl FakeHost {
@@ -335,6 +347,27 @@ mod fake {
     }
 
     impl super::Host for FakeHost {
+        fn first_copy_only(&self) -> bool {
+            self.first_only.get()
+        }
+
+        fn request_header_map(&self) -> Option<crate::request::HeaderList> {
+            if !self.first_only.get() {
+                return None;
+            }
+            self.calls.borrow_mut().push("get map".to_owned());
+            let mut bytes = Vec::new();
+            let mut entries = Vec::new();
+            for (name, value) in self.headers.borrow().iter() {
+                let start = bytes.len();
+                bytes.extend_from_slice(name.as_bytes());
+                let name_end = bytes.len();
+                bytes.extend_from_slice(value);
+                entries.push([start, name_end, name_end, bytes.len()]);
+            }
+            Some(crate::request::HeaderList::new(bytes, entries))
+        }
+
         fn request_header(&self, name: &str) -> Option<Vec<u8>> {
             self.calls.borrow_mut().push(format!("get {name}"));
             self.headers

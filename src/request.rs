@@ -5,28 +5,109 @@
 //! sequence to U+FFFD). Sticky keys are hashed, and rules compared, byte for byte.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use crate::host::Host;
 
-/// Header values by name, each list sorted.
-type Copies = BTreeMap<Vec<u8>, Vec<Vec<u8>>>;
+/// Every header of a request at once, for hosts that hand them over in one call (proxy-wasm):
+/// the host's buffer as it came, and where each name and value lies in it. One allocation for
+/// the buffer and one for the ranges, none per header.
+#[derive(Debug, Default)]
+pub struct HeaderList {
+    bytes: Vec<u8>,
+    /// (name start, name end, value start, value end), in the order the host holds them.
+    entries: Vec<[usize; 4]>,
+}
+
+impl HeaderList {
+    /// A list over `bytes`; each entry is the ranges of a name and its value in `bytes`
+    /// (entries out of bounds read as empty).
+    pub fn new(bytes: Vec<u8>, entries: Vec<[usize; 4]>) -> Self {
+        Self { bytes, entries }
+    }
+
+    fn range(&self, start: usize, end: usize) -> &[u8] {
+        self.bytes.get(start..end).unwrap_or_default()
+    }
+
+    /// Every (name, value), in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.entries
+            .iter()
+            .map(|&[ns, ne, vs, ve]| (self.range(ns, ne), self.range(vs, ve)))
+    }
+
+    /// Where the first copy of header `name` lies, for [`HeaderList::slice`].
+    fn first_range(&self, name: &[u8]) -> Option<(usize, usize)> {
+        self.entries
+            .iter()
+            .find(|&&[ns, ne, _, _]| self.range(ns, ne) == name)
+            .map(|&[_, _, vs, ve]| (vs, ve))
+    }
+
+    /// Every copy of header `name`, in order.
+    pub fn values<'s>(&'s self, name: &'s [u8]) -> impl Iterator<Item = &'s [u8]> {
+        self.iter().filter(move |(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// How many headers it holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// A header test on the copies of one header: exact value, prefix, or present.
+#[derive(Debug, Clone, Copy)]
+pub enum ValueTest<'t> {
+    Exact(&'t [u8]),
+    Prefix(&'t [u8]),
+    Present,
+}
+
+impl ValueTest<'_> {
+    fn holds(self, value: &[u8]) -> bool {
+        match self {
+            ValueTest::Exact(expected) => value == expected,
+            ValueTest::Prefix(prefix) => value.starts_with(prefix),
+            ValueTest::Present => true,
+        }
+    }
+}
 
 /// What one request's routing reads, each read from the host and parsed at most once per
 /// request, however many rules test it: the first copy of a header (sticky keys), every copy
 /// of a header (rule conditions), and the cookie and query pairs (parsed once into [`Pairs`]).
-/// Condition checks are binary searches, so their cost does not grow with the number of
-/// copies, cookies or parameters.
+///
+/// Hosts that read every copy of a header by name (the native build) are asked by name. Hosts
+/// whose read by name answers the first copy only (proxy-wasm, [`Host::first_copy_only`]) are
+/// asked for the first copy of each header a condition names (an absent header is the cheap
+/// not-found answer); only when a condition does not hold on a present first copy, and another
+/// copy could hold it, is the whole map read, once, and every later read answered from it. A
+/// plan that names many headers reads the whole map at once instead
+/// ([`crate::plan::Service::reads_all_headers`]).
 pub struct RequestView<'a, H: Host + ?Sized> {
     host: &'a H,
+    /// The first copy of each header read by name.
     read: Vec<(&'a str, Option<Vec<u8>>)>,
-    /// Every copy of each header asked for, values sorted, by name.
-    copies: BTreeMap<&'a str, Vec<Vec<u8>>>,
-    /// Every request header at once, by name, values sorted: for hosts that hand them over in
-    /// one call (`None` inside: the host reads by name). Not asked yet: `None`.
-    all: Option<Option<Copies>>,
-    cookies: Option<Pairs>,
+    /// Where the first copy of each header asked for lies in the whole map, once it is read:
+    /// a rule set asks for the same few headers thousands of times.
+    found: Vec<(&'a str, Option<(usize, usize)>)>,
+    /// Every copy of each header asked for, values sorted, by name (hosts reading every copy
+    /// by name).
+    copies: Vec<(&'a str, Vec<Vec<u8>>)>,
+    /// Every request header (hosts that answer the first copy by name); `None`: not read.
+    all: Option<HeaderList>,
+    /// The cookies, and whether they are every cookie of the request (else those of the first
+    /// `cookie` header only).
+    cookies: Option<(Pairs, bool)>,
     query: Option<Pairs>,
+    /// Whether the host answers the first copy only by name.
+    first_only: bool,
+    /// Read the whole map at the first read (a plan naming many headers).
+    eager: bool,
 }
 
 impl<'a, H: Host + ?Sized> RequestView<'a, H> {
@@ -35,15 +116,48 @@ impl<'a, H: Host + ?Sized> RequestView<'a, H> {
         Self {
             host,
             read: Vec::new(),
-            copies: BTreeMap::new(),
+            found: Vec::new(),
+            copies: Vec::new(),
             all: None,
             cookies: None,
             query: None,
+            first_only: host.first_copy_only(),
+            eager: false,
         }
+    }
+
+    /// Like [`RequestView::new`], reading every header in one call at the first read when
+    /// `all_at_once` and the host can (the plan's choice, made at configuration).
+    pub fn with_plan(host: &'a H, all_at_once: bool) -> Self {
+        let mut view = Self::new(host);
+        view.eager = all_at_once && view.first_only;
+        view
+    }
+
+    /// Reads the whole map, once; whether it is there.
+    fn load_all(&mut self) -> bool {
+        if self.all.is_none() {
+            self.all = self.host.request_header_map();
+        }
+        self.all.is_some()
     }
 
     /// The first copy of a header.
     pub fn header(&mut self, name: &'a str) -> Option<&[u8]> {
+        if self.eager {
+            self.load_all();
+        }
+        if let Some(all) = &self.all {
+            let range = match self.found.iter().find(|(n, _)| *n == name) {
+                Some(&(_, range)) => range,
+                None => {
+                    let range = all.first_range(name.as_bytes());
+                    self.found.push((name, range));
+                    range
+                }
+            };
+            return range.map(|(start, end)| all.range(start, end));
+        }
         let index = match self.read.iter().position(|(n, _)| *n == name) {
             Some(index) => index,
             None => {
@@ -54,44 +168,109 @@ impl<'a, H: Host + ?Sized> RequestView<'a, H> {
         self.read.get(index).and_then(|(_, value)| value.as_deref())
     }
 
-    /// Every copy of a header, sorted (empty when absent).
-    pub fn header_copies(&mut self, name: &'a str) -> &[Vec<u8>] {
-        let host = self.host;
-        let all = self.all.get_or_insert_with(|| {
-            host.request_headers().map(|pairs| {
-                let mut by_name = Copies::new();
-                for (key, value) in pairs {
-                    by_name.entry(key).or_default().push(value);
-                }
-                by_name
-                    .values_mut()
-                    .for_each(|values| values.sort_unstable());
-                by_name
-            })
-        });
-        if let Some(all) = all {
-            return all.get(name.as_bytes()).map_or(&[], Vec::as_slice);
+    /// Whether some copy of header `name` passes `test`.
+    pub fn header_holds(&mut self, name: &'a str, test: ValueTest<'_>) -> bool {
+        if !self.first_only {
+            let copies = self.header_copies(name);
+            return match test {
+                ValueTest::Exact(expected) => has_exact(copies, expected),
+                ValueTest::Prefix(prefix) => has_prefix(copies, prefix),
+                ValueTest::Present => !copies.is_empty(),
+            };
         }
-        self.copies.entry(name).or_insert_with(|| {
-            let mut values = host.request_header_values(name);
-            values.sort_unstable();
-            values
-        })
-    }
-
-    /// The cookies of every `cookie` header, in the order sent, parsed once.
-    pub fn cookies(&mut self) -> &Pairs {
-        let host = self.host;
-        self.cookies.get_or_insert_with(|| {
-            let mut pairs = Pairs::default();
-            for header in host.request_header_values("cookie") {
-                for (name, value) in cookie_pairs(&header) {
-                    pairs.push(name, value);
+        let first = self.header(name).map(|first| test.holds(first));
+        match first {
+            None => return false,
+            Some(true) => return true,
+            // Pseudo-headers come once; the whole map, when read, is what was tested.
+            Some(false) if name.starts_with(':') => return false,
+            Some(false) => {
+                if self.all.is_none() {
+                    self.load_all();
                 }
             }
+        }
+        match &self.all {
+            Some(all) => all.values(name.as_bytes()).any(|v| test.holds(v)),
+            None => false,
+        }
+    }
+
+    /// Every copy of a header, sorted (empty when absent), from a host that reads every copy
+    /// by name.
+    fn header_copies(&mut self, name: &'a str) -> &[Vec<u8>] {
+        let index = match self.copies.iter().position(|(n, _)| *n == name) {
+            Some(index) => index,
+            None => {
+                let mut values = self.host.request_header_values(name);
+                values.sort_unstable();
+                self.copies.push((name, values));
+                self.copies.len() - 1
+            }
+        };
+        self.copies.get(index).map_or(&[], |(_, v)| v.as_slice())
+    }
+
+    /// The cookies: of every `cookie` header when `every`, else at least of the first one.
+    fn cookies_of(&mut self, every: bool) -> &Pairs {
+        let stale = match &self.cookies {
+            None => true,
+            Some((_, complete)) => every && !complete,
+        };
+        if stale {
+            if every && self.first_only {
+                self.load_all();
+            }
+            let mut pairs = Pairs::default();
+            let complete = if let Some(all) = self.all.as_ref().filter(|_| self.first_only) {
+                for header in all.values(b"cookie") {
+                    pairs.push_cookies(header);
+                }
+                true
+            } else if self.first_only {
+                // The first `cookie` header; none at all: every cookie there is.
+                match self.header("cookie") {
+                    Some(header) => {
+                        pairs.push_cookies(header);
+                        false
+                    }
+                    None => true,
+                }
+            } else {
+                for header in self.host.request_header_values("cookie") {
+                    pairs.push_cookies(&header);
+                }
+                true
+            };
             pairs.sort();
-            pairs
-        })
+            self.cookies = Some((pairs, complete));
+        }
+        match &self.cookies {
+            Some((pairs, _)) => pairs,
+            None => Pairs::empty(),
+        }
+    }
+
+    /// Whether some cookie (of any `cookie` header) is exactly (`name`, `value`).
+    pub fn cookie_is(&mut self, name: &[u8], value: &[u8]) -> bool {
+        if self.cookies_of(false).has(name, value) {
+            return true;
+        }
+        let complete = matches!(self.cookies, Some((_, true)));
+        !complete && self.cookies_of(true).has(name, value)
+    }
+
+    /// The first non-empty cookie called `name`, in the order sent (of every `cookie` header).
+    pub fn first_cookie(&mut self, name: &[u8]) -> Option<&[u8]> {
+        // Found among the first header's cookies, it is the first of all.
+        let complete = self.cookies_of(false).first_non_empty(name).is_some()
+            || matches!(self.cookies, Some((_, true)));
+        self.cookies_of(!complete).first_non_empty(name)
+    }
+
+    /// Every cookie of every `cookie` header, in the order sent, parsed once.
+    pub fn cookies(&mut self) -> &Pairs {
+        self.cookies_of(true)
     }
 
     /// The query parameters of `:path`, percent-decoded, in order, parsed once.
@@ -134,6 +313,22 @@ pub struct Pairs {
 }
 
 impl Pairs {
+    fn empty() -> &'static Pairs {
+        static EMPTY: Pairs = Pairs {
+            bytes: Vec::new(),
+            in_order: Vec::new(),
+            sorted: Vec::new(),
+        };
+        &EMPTY
+    }
+
+    /// Adds the cookies of one `cookie` header.
+    fn push_cookies(&mut self, header: &[u8]) {
+        for (name, value) in cookie_pairs(header) {
+            self.push(name, value);
+        }
+    }
+
     fn push(&mut self, name: &[u8], value: &[u8]) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(name);

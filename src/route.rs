@@ -14,7 +14,7 @@ use crate::plan::{
     Condition, HashOn, HeaderTest, OnUnknownService, OwnedHeaders, Plan, Service, ServiceFrom,
     Strategy,
 };
-use crate::request::{has_exact, has_prefix, host_key, query_param, RequestView};
+use crate::request::{host_key, query_param, RequestView, ValueTest};
 use crate::select::{least_request, rendezvous, smooth_round_robin};
 
 /// What the stream should do after its request headers were handled.
@@ -62,7 +62,14 @@ where
     H: Host + ?Sized,
     R: Rng + ?Sized,
 {
-    let mut raw_key = read_service_key(plan, host);
+    // A plan whose every service reads the whole map reads it first (where the host hands it
+    // over at once): it holds the key too.
+    let all_first = plan.reads_all_headers && host.first_copy_only();
+    let mut early = all_first.then(|| RequestView::with_plan(host, true));
+    let mut raw_key = match early.as_mut() {
+        Some(view) => view_service_key(plan, view),
+        None => read_service_key(plan, host),
+    };
     let parsed = raw_key.as_mut().map(host_key);
     let (key, found) = match parsed {
         Some(Some(parsed)) => (Some(parsed.bare), plan.lookup_host(parsed)),
@@ -72,7 +79,8 @@ where
     let Some((service_index, service)) = found else {
         return Routed::unknown(unknown_service(plan, key, host));
     };
-    let (upstream_index, leased, rule, cookie) = choose_upstream(service, rng, host, owner);
+    let view = early.unwrap_or_else(|| RequestView::with_plan(host, service.reads_all_headers));
+    let (upstream_index, leased, rule, cookie) = choose_upstream(service, rng, host, owner, view);
     let Some(upstream) = service.upstreams.get(upstream_index) else {
         let mut routed = Routed::unknown(unknown_service(plan, key, host));
         routed.counted = Counted::Nothing;
@@ -108,17 +116,17 @@ where
 /// this request, the id decides every later one no rule claims, so the visitor is on one
 /// upstream from its next request on, whichever request came first (without an id it would be
 /// assigned one by its first request that no rule claims, one request later at best).
-fn choose_upstream<H, R>(
-    service: &Service,
+fn choose_upstream<'a, H, R>(
+    service: &'a Service,
     rng: &mut R,
-    host: &H,
+    host: &'a H,
     owner: u32,
+    mut request: RequestView<'a, H>,
 ) -> (usize, bool, Option<usize>, Option<CookieId>)
 where
     H: Host + ?Sized,
     R: Rng + ?Sized,
 {
-    let mut request = RequestView::new(host);
     let rule = service
         .rules
         .iter()
@@ -181,16 +189,14 @@ where
 fn holds<'a, H: Host + ?Sized>(condition: &'a Condition, request: &mut RequestView<'a, H>) -> bool {
     match condition {
         Condition::Header { name, test } => {
-            let copies = request.header_copies(name);
-            match test {
-                HeaderTest::Exact(expected) => has_exact(copies, expected.as_bytes()),
-                HeaderTest::Prefix(prefix) => has_prefix(copies, prefix.as_bytes()),
-                HeaderTest::Present => !copies.is_empty(),
-            }
+            let test = match test {
+                HeaderTest::Exact(expected) => ValueTest::Exact(expected.as_bytes()),
+                HeaderTest::Prefix(prefix) => ValueTest::Prefix(prefix.as_bytes()),
+                HeaderTest::Present => ValueTest::Present,
+            };
+            request.header_holds(name, test)
         }
-        Condition::Cookie { name, value } => {
-            request.cookies().has(name.as_bytes(), value.as_bytes())
-        }
+        Condition::Cookie { name, value } => request.cookie_is(name.as_bytes(), value.as_bytes()),
         Condition::Query { name, value } => request.query().has(name.as_bytes(), value.as_bytes()),
     }
 }
@@ -205,10 +211,7 @@ fn sticky_key<'a, 'v, H: Host + ?Sized>(
     let key = match hash_on {
         HashOn::Header(name) => request.header(name).map(Cow::Borrowed),
         // The first non-empty cookie: `mesh-web=; mesh-web=ID` (a cleared copy first) is ID.
-        HashOn::Cookie(name) => request
-            .cookies()
-            .first_non_empty(name.as_bytes())
-            .map(Cow::Borrowed),
+        HashOn::Cookie(name) => request.first_cookie(name.as_bytes()).map(Cow::Borrowed),
         HashOn::Query(name) => request.query().first(name.as_bytes()).map(Cow::Borrowed),
     };
     key.filter(|k| !k.is_empty())
@@ -271,6 +274,20 @@ fn unknown_service_body(key: Option<&[u8]>) -> String {
     }
     body.push('}');
     body
+}
+
+/// [`read_service_key`] from a view that holds every header.
+fn view_service_key<'a, H: Host + ?Sized>(
+    plan: &'a Plan,
+    view: &mut RequestView<'a, H>,
+) -> Option<Vec<u8>> {
+    match &plan.service_from {
+        ServiceFrom::Authority => view.header(":authority").map(<[u8]>::to_vec),
+        ServiceFrom::Header(name) => view.header(name).map(<[u8]>::to_vec),
+        ServiceFrom::Query(param) => {
+            query_param(view.header(":path")?, param.as_bytes()).map(Cow::into_owned)
+        }
+    }
 }
 
 fn read_service_key<H: Host + ?Sized>(plan: &Plan, host: &H) -> Option<Vec<u8>> {

@@ -660,3 +660,101 @@ fn round_robin_gives_each_upstream_its_share_over_an_interpolating_ramp() {
         }
     }
 }
+
+/// [`ruled`] through a host whose reads by name answer the first copy only (proxy-wasm), with
+/// the host calls it made.
+fn ruled_first_only(rules: &str, headers: &[(&str, &str)]) -> (String, Vec<String>) {
+    let plan = service_plan(&format!(r#""rules": [{rules}],"#), &[("a", 1), ("b", 0)]);
+    let mut all = vec![(":authority", "svc")];
+    all.extend_from_slice(headers);
+    let host = FakeHost::with_headers(&all);
+    host.first_only.set(true);
+    run(&plan, &host);
+    let cluster = host.header("x-meshsplit-cluster").unwrap_or_default();
+    let calls = host.calls.borrow().clone();
+    (cluster, calls)
+}
+
+#[test]
+fn reading_the_first_copy_by_name_every_copy_still_counts() {
+    let exact =
+        r#"{"match": {"headers": [{"name": "x-canary", "exact": "true"}]}, "upstream": "b"}"#;
+    for (headers, expected) in [
+        (&[("x-canary", "false"), ("x-canary", "true")][..], "c_b"),
+        (&[("x-canary", "true"), ("x-canary", "false")][..], "c_b"),
+        (&[("x-canary", "false"), ("x-canary", "no")][..], "c_a"),
+    ] {
+        assert_eq!(ruled_first_only(exact, headers).0, expected, "{headers:?}");
+    }
+    let cookie = r#"{"match": {"cookies": [{"name": "beta", "exact": "1"}]}, "upstream": "b"}"#;
+    assert_eq!(
+        ruled_first_only(cookie, &[("cookie", "a=2"), ("cookie", "beta=1")]).0,
+        "c_b"
+    );
+    assert_eq!(
+        ruled_first_only(cookie, &[("cookie", "beta=0"), ("cookie", "a=1")]).0,
+        "c_a"
+    );
+}
+
+const THREE_RULES: &str = r#"
+    {"match": {"headers": [{"name": "x-canary", "exact": "true"}]}, "upstream": "b"},
+    {"match": {"cookies": [{"name": "beta", "exact": "1"}]}, "upstream": "b"},
+    {"match": {"query": [{"name": "version", "exact": "v2"}]}, "upstream": "b"}"#;
+
+const TWO_RULES: &str = r#"
+    {"match": {"headers": [{"name": "x-canary", "exact": "true"}]}, "upstream": "b"},
+    {"match": {"cookies": [{"name": "beta", "exact": "1"}]}, "upstream": "b"}"#;
+
+#[test]
+fn reading_the_first_copy_by_name_absent_headers_are_one_read_each() {
+    let (cluster, calls) = ruled_first_only(TWO_RULES, &[(":path", "/")]);
+    assert_eq!(cluster, "c_a");
+    assert_eq!(
+        calls,
+        vec![
+            "get :authority",
+            "get x-canary",
+            "get cookie",
+            "set x-meshsplit-cluster"
+        ]
+    );
+}
+
+#[test]
+fn reading_the_first_copy_by_name_a_value_that_fails_reads_the_whole_map_once() {
+    let headers = [("x-canary", "false"), ("cookie", "session=abc")];
+    let (cluster, calls) = ruled_first_only(TWO_RULES, &headers);
+    assert_eq!(cluster, "c_a");
+    assert_eq!(
+        calls,
+        vec![
+            "get :authority",
+            "get x-canary",
+            "get map",
+            "set x-meshsplit-cluster"
+        ]
+    );
+    // A value that decides the rule needs nothing more.
+    let (cluster, calls) = ruled_first_only(TWO_RULES, &[("x-canary", "true")]);
+    assert_eq!(cluster, "c_b");
+    assert_eq!(
+        calls,
+        vec!["get :authority", "get x-canary", "set x-meshsplit-cluster"]
+    );
+}
+
+#[test]
+fn rules_naming_the_path_and_another_header_read_the_whole_map_once() {
+    for headers in [
+        &[(":path", "/")][..],
+        &[("x-canary", "false"), (":path", "/?a=1")],
+    ] {
+        let (cluster, calls) = ruled_first_only(THREE_RULES, headers);
+        assert_eq!(cluster, "c_a");
+        // Every service of the plan reads the map: it holds the service key too.
+        assert_eq!(calls, vec!["get map", "set x-meshsplit-cluster"]);
+    }
+    let (cluster, _) = ruled_first_only(THREE_RULES, &[(":path", "/?version=v2")]);
+    assert_eq!(cluster, "c_b");
+}

@@ -7,6 +7,7 @@
 //! - `none`: no host call;
 //! - `get-missing`: read a header the request does not have (a host call that allocates nothing);
 //! - `get`: read `:authority` (the host calls back into the VM to allocate the value);
+//! - `get-pairs`: read the whole request header map in one call (one value, every header);
 //! - `get-set` (the default, what meshsplit does): read `:authority`, write the cluster header
 //!   and `:authority`;
 //! - `get-set-code`: `get-set`, and read the `response.code` property when the stream ends;
@@ -27,6 +28,7 @@ extern "C" {
         value: *mut *mut u8,
         value_len: *mut usize,
     ) -> u32;
+    fn proxy_get_header_map_pairs(map: u32, value: *mut *mut u8, value_len: *mut usize) -> u32;
     fn proxy_replace_header_map_value(
         map: u32,
         key: *const u8,
@@ -90,6 +92,7 @@ const GET: u8 = 2;
 const GET_SET: u8 = 3;
 const GET_SET_CODE: u8 = 4;
 const GET_SET_STATUS: u8 = 5;
+const GET_PAIRS: u8 = 6;
 
 static MODE: AtomicU8 = AtomicU8::new(GET_SET);
 
@@ -126,6 +129,7 @@ pub fn configure() {
             b"get" => GET,
             b"get-set-code" => GET_SET_CODE,
             b"get-set-status" => GET_SET_STATUS,
+            b"get-pairs" => GET_PAIRS,
             _ => GET_SET,
         };
         free(ptr, len);
@@ -167,6 +171,13 @@ pub fn request_headers() {
         }
         GET => {
             get(REQUEST_HEADERS, ":authority");
+        }
+        GET_PAIRS => {
+            let mut ptr: *mut u8 = std::ptr::null_mut();
+            let mut len: usize = 0;
+            // SAFETY: out-pointers to locals; the host fills them with a buffer from `allocate`.
+            unsafe { proxy_get_header_map_pairs(REQUEST_HEADERS, &mut ptr, &mut len) };
+            free(ptr, len);
         }
         _ => {
             if get(REQUEST_HEADERS, ":authority") {

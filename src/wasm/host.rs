@@ -2,6 +2,7 @@
 //! callback is running.
 use super::imports;
 use crate::host::{Host, SharedWrite};
+use crate::request::HeaderList;
 
 /// Host calls of the stream whose callback is running.
 pub struct EnvoyHost;
@@ -15,14 +16,15 @@ impl Host for EnvoyHost {
     /// whole map (one call).
     fn request_header_values(&self, name: &str) -> Vec<Vec<u8>> {
         imports::request_headers()
+            .map(|all| all.values(name.as_bytes()).map(<[u8]>::to_vec).collect())
             .unwrap_or_default()
-            .into_iter()
-            .filter(|(key, _)| key == name.as_bytes())
-            .map(|(_, value)| value)
-            .collect()
     }
 
-    fn request_headers(&self) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn first_copy_only(&self) -> bool {
+        true
+    }
+
+    fn request_header_map(&self) -> Option<HeaderList> {
         imports::request_headers()
     }
 
@@ -81,11 +83,8 @@ impl Host for EnvoyHost {
     #[cfg(feature = "assign-cookie")]
     fn response_header_values(&self, name: &str) -> Vec<Vec<u8>> {
         imports::response_headers()
+            .map(|all| all.values(name.as_bytes()).map(<[u8]>::to_vec).collect())
             .unwrap_or_default()
-            .into_iter()
-            .filter(|(key, _)| key == name.as_bytes())
-            .map(|(_, value)| value)
-            .collect()
     }
 
     #[cfg(feature = "assign-cookie")]

@@ -16,6 +16,7 @@
 use std::ptr::{null, null_mut};
 
 use crate::host::SharedWrite;
+use crate::request::HeaderList;
 
 /// proxy-wasm status codes used here.
 const STATUS_OK: u32 = 0;
@@ -267,21 +268,22 @@ pub fn response_header(name: &str, trailers: bool) -> Option<Vec<u8>> {
     returned_buffer(status, data, size)
 }
 
-/// Every request header, in order, as (name, value): one host call for the whole map.
-pub fn request_headers() -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+/// Every request header, in order: one host call for the whole map, kept in the buffer the
+/// host filled (no copy per header).
+pub fn request_headers() -> Option<HeaderList> {
     let (mut data, mut size) = (null_mut(), 0);
     // SAFETY: as in plugin_configuration.
     let status = unsafe { proxy_get_header_map_pairs(REQUEST_HEADERS, &mut data, &mut size) };
-    returned_buffer(status, data, size).and_then(|bytes| decode_pairs(&bytes))
+    returned_buffer(status, data, size).and_then(decode_pairs)
 }
 
-/// Every response header, in order, as (name, value): one host call for the whole map.
+/// Every response header, in order: one host call for the whole map.
 #[cfg(feature = "assign-cookie")]
-pub fn response_headers() -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+pub fn response_headers() -> Option<HeaderList> {
     let (mut data, mut size) = (null_mut(), 0);
     // SAFETY: as in plugin_configuration.
     let status = unsafe { proxy_get_header_map_pairs(RESPONSE_HEADERS, &mut data, &mut size) };
-    returned_buffer(status, data, size).and_then(|bytes| decode_pairs(&bytes))
+    returned_buffer(status, data, size).and_then(decode_pairs)
 }
 
 /// Adds a copy of a response header.
@@ -300,24 +302,28 @@ pub fn add_response_header(name: &str, value: &str) -> Result<(), u32> {
 }
 
 /// proxy-wasm's serialized header map: a u32 count, then a (name size, value size) u32 pair per
-/// header, then each name and value followed by a NUL byte; all little-endian.
-fn decode_pairs(bytes: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+/// header, then each name and value followed by a NUL byte; all little-endian. Read in place:
+/// the list keeps the buffer and the ranges of each name and value.
+fn decode_pairs(bytes: Vec<u8>) -> Option<HeaderList> {
     let word = |at: usize| -> Option<usize> {
-        let b = bytes.get(at..at + 4)?;
+        let b = bytes.get(at..at.checked_add(4)?)?;
         Some(u32::from_le_bytes([*b.first()?, *b.get(1)?, *b.get(2)?, *b.get(3)?]) as usize)
     };
     let count = word(0)?;
     let mut data = 4usize.checked_add(count.checked_mul(8)?)?;
-    let mut pairs = Vec::with_capacity(count.min(bytes.len() / 8));
+    let mut entries = Vec::with_capacity(count.min(bytes.len() / 8));
     for i in 0..count {
         let (name_len, value_len) = (word(4 + 8 * i)?, word(8 + 8 * i)?);
-        let name = bytes.get(data..data.checked_add(name_len)?)?.to_vec();
-        data = data.checked_add(name_len + 1)?;
-        let value = bytes.get(data..data.checked_add(value_len)?)?.to_vec();
-        data = data.checked_add(value_len + 1)?;
-        pairs.push((name, value));
+        let name_end = data.checked_add(name_len)?;
+        let value_start = name_end.checked_add(1)?;
+        let value_end = value_start.checked_add(value_len)?;
+        if value_end > bytes.len() {
+            return None;
+        }
+        entries.push([data, name_end, value_start, value_end]);
+        data = value_end.checked_add(1)?;
     }
-    Some(pairs)
+    Some(HeaderList::new(bytes, entries))
 }
 
 /// Replaces every copy of a response header with one.

@@ -36,7 +36,7 @@ impl HeaderList {
             .map(|&[ns, ne, vs, ve]| (self.range(ns, ne), self.range(vs, ve)))
     }
 
-    /// Where the first copy of header `name` lies, for [`HeaderList::slice`].
+    /// Where the first copy of header `name` lies, for [`HeaderList::range`].
     fn first_range(&self, name: &[u8]) -> Option<(usize, usize)> {
         self.entries
             .iter()

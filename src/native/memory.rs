@@ -255,13 +255,17 @@ impl Memory {
         }
     }
 
+    /// The slot of `(config, random)`. One request can have slots under several configs (a
+    /// refresh onto a route of another config), so every slot with its random value is looked at.
     fn find(&self, config: u64, random: u64) -> Option<usize> {
         let start = Self::set(random) * WAYS;
         let randoms = self.randoms.get(start..start + WAYS)?;
-        let way = randoms.iter().position(|&r| r == random)?;
-        let i = start + way;
-        self.slots.get(i).filter(|s| s.config == config)?;
-        Some(i)
+        randoms
+            .iter()
+            .enumerate()
+            .filter(|&(_, &r)| r == random)
+            .map(|(way, _)| start + way)
+            .find(|&i| self.slots.get(i).is_some_and(|s| s.config == config))
     }
 
     /// Looks `(config, random)` up. If it was decided before, `read(name, all, index)` gives the
@@ -509,6 +513,34 @@ mod tests {
                 Recall::Same(true)
             );
         }
+    }
+
+    #[test]
+    fn one_request_under_two_configs_has_a_slot_for_each() {
+        let (mut memory, mut names) = (Memory::default(), Names::default());
+        let headers = HashMap::from([(":authority", vec![&b"svc"[..]])]);
+        let mut reads = Reads::new(&names);
+        reads.record(&mut names, ":authority", false, [&b"svc"[..]]);
+        let mut other = String::from("x");
+        let counted = Counted::Unknown { rejected: false };
+        // The same request first under config 8, then under CONFIG.
+        memory.remember(
+            false,
+            8,
+            42,
+            reads,
+            counted,
+            Kind::Cluster,
+            &mut other,
+            |_, _| true,
+        );
+        decide(&mut memory, &mut names, 42, &headers, "a");
+        assert_eq!(
+            recall(&mut memory, &names, 42, &headers),
+            (Recall::Same(true), Some("a".into()))
+        );
+        let found = memory.recall(&names, 8, 42, read_all(&headers), |_, c| c == "x");
+        assert_eq!(found, Recall::Same(true));
     }
 
     #[test]

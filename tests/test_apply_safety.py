@@ -363,7 +363,9 @@ def test_a_byte_order_mark_changes_no_verdict_and_no_output(cli, tmp_path):  # n
         plain.write_text(text)
         marked.write_text(BOM + text)
         results = [check(cli, p) for p in (plain, marked)]
-        assert results[0].returncode == results[1].returncode == (0 if text == config else 1)
+        # A trailing comma is a JSON syntax error: an input error, exit 2.
+        assert results[0].returncode == results[1].returncode == (0 if text == config else 2)
+        assert results[1].stderr == results[0].stderr.replace(str(plain), str(marked))
         assert results[1].stdout == results[0].stdout.replace(str(plain), str(marked))
         previews = [meshsplit(cli, "preview", p, "--requests", "100") for p in (plain, marked)]
         assert previews[1].returncode == previews[0].returncode
@@ -371,7 +373,7 @@ def test_a_byte_order_mark_changes_no_verdict_and_no_output(cli, tmp_path):  # n
         ecds = [tmp_path / f"ecds-{name}.json" for name in ("plain", "marked")]
         applies = [meshsplit(cli, "apply", p, "--to", e, "--module", "/m.wasm")
                    for p, e in zip((plain, marked), ecds)]
-        assert applies[0].returncode == applies[1].returncode == (0 if text == config else 1)
+        assert applies[0].returncode == applies[1].returncode == (0 if text == config else 2)
         if text == config:
             # The file's text, as without the mark.
             assert ecds[0].read_bytes() == ecds[1].read_bytes()

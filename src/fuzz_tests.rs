@@ -32,18 +32,30 @@ fn set_clock(ms: u64) {
     NOW_MS.with(|now| now.set(ms));
 }
 
-/// A fake host for one request, sharing shared data and metrics with `base`.
+/// A fake host for one request, sharing shared data and metrics with `base`. Half the requests
+/// (an odd number of headers) are read as proxy-wasm reads them: a read by name gives the first
+/// copy only, every copy comes with the whole map; the others as the native build reads them.
+/// Envoy holds a pseudo-header once (the request path relies on it in proxy-wasm mode), so a
+/// request repeating one is read the native way.
 fn request_host(base: &FakeHost, headers: &[(String, Vec<u8>)]) -> FakeHost {
     let raw: Vec<(&str, &[u8])> = headers
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_slice()))
         .collect();
-    FakeHost {
+    let host = FakeHost {
         shared: Rc::clone(&base.shared),
         gauges: Rc::clone(&base.gauges),
         counters: Rc::clone(&base.counters),
         ..FakeHost::with_raw_headers(&raw)
-    }
+    };
+    let pseudo = headers.iter().filter(|(k, _)| k.starts_with(':'));
+    let repeats_pseudo = pseudo
+        .clone()
+        .enumerate()
+        .any(|(i, (k, _))| pseudo.clone().skip(i + 1).any(|(other, _)| other == k));
+    host.first_only
+        .set(headers.len() % 2 == 1 && !repeats_pseudo);
+    host
 }
 
 fn values<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Vec<&'a [u8]> {

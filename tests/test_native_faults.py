@@ -11,6 +11,7 @@ import pytest
 
 import harness
 from test_guard import Load, stat
+from test_metrics import prometheus_series
 
 # Log lines are waited on: Envoy writes its log file every 10 s unless told otherwise.
 FLUSH = ["--file-flush-interval-msec", "100"]
@@ -227,6 +228,8 @@ def test_a_refresh_after_a_filter_changed_a_header_counts_what_each_upstream_was
                 capture_output=True, text=True, timeout=60)
             assert status.returncode == 0, status.stderr
             counted = net()
+            # envoy-native.yaml's stats_tags label the new counter as the rules read it.
+            series = prometheus_series(envoy, "meshsplit_superseded_total")
     assert sum(answers.values()) == 400 and set(answers) == {"a", "b"}, answers
     assert counted == dict(answers), (counted, answers)
     # The refreshes did supersede decisions (else this test proves nothing).
@@ -234,6 +237,8 @@ def test_a_refresh_after_a_filter_changed_a_header_counts_what_each_upstream_was
     (plugin_report,) = json.loads(status.stdout)["plugins"]
     (svc,) = plugin_report["services"]
     assert {u["upstream"]: u["requests"] for u in svc["upstreams"]} == dict(answers)
+    assert {dict(labels)["upstream"]: v for labels, v in series.items()
+            if dict(labels).get("service") == "svc"} == {u: superseded.get(u, 0) for u in "ab"}
 
 
 def guarded_svc(v2_cluster):

@@ -1,12 +1,21 @@
 //! The few host calls the filter makes, behind a trait: each build's adapter talks to Envoy
 //! (`wasm/host.rs`), the test fake records what the filter did.
 
+use std::borrow::Cow;
+
 /// Request-path host calls. Implementations never panic; failures are logged and ignored
 /// (a failed header write leaves the request as Envoy would route it without the filter).
 pub trait Host {
     /// A request header's value as the client sent it: bytes, which need not be UTF-8 (Envoy
     /// passes obs-text through).
     fn request_header(&self, name: &str) -> Option<Vec<u8>>;
+    /// [`Host::request_header`] handed to `f`: borrowed for the call by a host that can lend
+    /// the value without a copy (the native builds: Envoy's own bytes, valid until the header
+    /// map changes, so `f` makes no host call), owned by the default, which reads it with
+    /// [`Host::request_header`] (so `f` keeps it at no cost).
+    fn with_request_header<T>(&self, name: &str, f: impl FnOnce(Option<Cow<'_, [u8]>>) -> T) -> T {
+        f(self.request_header(name).map(Cow::Owned))
+    }
     /// Every copy of a request header, in the order Envoy holds them (a header sent several
     /// times is several entries). The default reads the first copy only.
     fn request_header_values(&self, name: &str) -> Vec<Vec<u8>> {
@@ -131,6 +140,9 @@ pub struct DefineOnce<'a, H: Host + ?Sized> {
 impl<H: Host + ?Sized> Host for DefineOnce<'_, H> {
     fn request_header(&self, name: &str) -> Option<Vec<u8>> {
         self.host.request_header(name)
+    }
+    fn with_request_header<T>(&self, name: &str, f: impl FnOnce(Option<Cow<'_, [u8]>>) -> T) -> T {
+        self.host.with_request_header(name, f)
     }
     fn request_header_values(&self, name: &str) -> Vec<Vec<u8>> {
         self.host.request_header_values(name)

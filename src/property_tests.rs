@@ -199,6 +199,34 @@ proptest! {
     }
 
     #[test]
+    fn a_key_found_as_sent_is_the_service_its_parsed_key_finds(
+        raw in prop_oneof![
+            prop::sample::select(vec![
+                "reviews", "reviews:9080", "reviews.", "REVIEWS", "reviews:09080", "ratings:80",
+                "ratings", "ratings:81", "10.0.0.1", "10.0.0.1:8080", "[::1]", "::1", "[::1]:80",
+                "[0:0::1]:80", "api.example.com", "api.example.com.", "x_y", "",
+            ]).prop_map(|s| s.as_bytes().to_vec()),
+            "[a-zA-Z0-9.:\\[\\]_-]{0,16}".prop_map(String::into_bytes),
+        ]
+    ) {
+        // Hosts with and without ports, an address, an IPv6 literal, a dotted name: a key the
+        // request sends exactly as configured is looked up as sent (the request path's shortcut);
+        // it must be the service the parsed key finds.
+        let plan = crate::plan::Plan::from_json(br#"{"services": [
+            {"name": "reviews", "hosts": ["reviews", "ratings:80"],
+             "upstreams": [{"name": "a", "cluster": "a", "weight": 1}]},
+            {"name": "ratings", "hosts": ["ratings", "10.0.0.1:8080", "[::1]:80"],
+             "upstreams": [{"name": "b", "cluster": "b", "weight": 1}]},
+            {"name": "api", "hosts": ["api.example.com.", "x_y", "::1"],
+             "upstreams": [{"name": "c", "cluster": "c", "weight": 1}]}
+        ]}"#).unwrap();
+        if let Some((direct, _)) = plan.lookup(&raw) {
+            let parsed = plan.find(&mut raw.clone()).map(|(index, _)| index);
+            prop_assert_eq!(Some(direct), parsed, "{:?}", String::from_utf8_lossy(&raw));
+        }
+    }
+
+    #[test]
     fn host_key_never_panics_and_is_idempotent(raw in vec(any::<u8>(), 0..64)) {
         let mut once = raw.clone();
         if let Some(key) = host_key(&mut once) {

@@ -66,15 +66,18 @@ where
     // over at once): it holds the key too.
     let all_first = plan.reads_all_headers && host.first_copy_only();
     let mut early = all_first.then(|| RequestView::with_plan(host, true));
-    let mut raw_key = match early.as_mut() {
-        Some(view) => view_service_key(plan, view),
+    let (mut raw_key, direct) = match early.as_mut() {
+        Some(view) => (view_service_key(plan, view), None),
         None => read_service_key(plan, host),
     };
-    let parsed = raw_key.as_mut().map(host_key);
-    let (key, found) = match parsed {
-        Some(Some(parsed)) => (Some(parsed.bare), plan.lookup_host(parsed)),
-        // No key, or a malformed one (named in a 404 as sent, lowercased).
-        _ => (raw_key.as_deref(), None),
+    let (key, found) = match direct {
+        // The key as sent is a configured host: `host_key` would give it back unchanged.
+        Some(found) => (None, Some(found)),
+        None => match raw_key.as_mut().map(host_key) {
+            Some(Some(parsed)) => (Some(parsed.bare), plan.lookup_host(parsed)),
+            // No key, or a malformed one (named in a 404 as sent, lowercased).
+            _ => (raw_key.as_deref(), None),
+        },
     };
     let Some((service_index, service)) = found else {
         return Routed::unknown(unknown_service(plan, key, host));
@@ -290,14 +293,30 @@ fn view_service_key<'a, H: Host + ?Sized>(
     }
 }
 
-fn read_service_key<H: Host + ?Sized>(plan: &Plan, host: &H) -> Option<Vec<u8>> {
+/// The request's service key, read with one header read. A key that is, as sent, one of the
+/// plan's hosts (the usual request: `Host: reviews`) is looked up as it is, without a copy where
+/// the host lends the value: a configured host is its own [`host_key`], so the answer is the
+/// one the parsed key would get. Otherwise the key is copied, for [`host_key`] to normalize.
+fn read_service_key<'p, H: Host + ?Sized>(
+    plan: &'p Plan,
+    host: &H,
+) -> (Option<Vec<u8>>, Option<(usize, &'p Service)>) {
+    let direct = |value: Cow<'_, [u8]>| match plan.lookup(&value) {
+        Some(found) => (None, Some(found)),
+        None => (Some(value.into_owned()), None),
+    };
     match &plan.service_from {
-        ServiceFrom::Authority => host.request_header(":authority"),
-        ServiceFrom::Header(name) => host.request_header(name),
-        ServiceFrom::Query(param) => {
-            let path = host.request_header(":path")?;
-            query_param(&path, param.as_bytes()).map(Cow::into_owned)
+        ServiceFrom::Authority => {
+            host.with_request_header(":authority", |v| v.map_or((None, None), direct))
         }
+        ServiceFrom::Header(name) => {
+            host.with_request_header(name, |v| v.map_or((None, None), direct))
+        }
+        ServiceFrom::Query(param) => host.with_request_header(":path", |path| {
+            path.as_deref()
+                .and_then(|path| query_param(path, param.as_bytes()))
+                .map_or((None, None), direct)
+        }),
     }
 }
 

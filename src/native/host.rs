@@ -6,6 +6,7 @@
 //! Every key goes under its config's namespace ([`super::Source::namespace`]): two configs that
 //! share a `filter_name` but send the same upstream names to different clusters do not share
 //! counts or ejections, as two wasm VMs with their own `vm_id` would not.
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
@@ -30,6 +31,11 @@ pub struct FilterHost<'a> {
 impl Host for FilterHost<'_> {
     fn request_header(&self, name: &str) -> Option<Vec<u8>> {
         self.filter.request_header(name)
+    }
+
+    fn with_request_header<T>(&self, name: &str, f: impl FnOnce(Option<Cow<'_, [u8]>>) -> T) -> T {
+        self.filter
+            .with_request_header(name, |value| f(value.map(Cow::Borrowed)))
     }
 
     fn request_header_values(&self, name: &str) -> Vec<Vec<u8>> {
@@ -250,6 +256,13 @@ impl Host for SelectionHost<'_> {
         let value = self.selection.request_header(name);
         self.record(name, false, value.as_deref());
         value
+    }
+
+    fn with_request_header<T>(&self, name: &str, f: impl FnOnce(Option<Cow<'_, [u8]>>) -> T) -> T {
+        self.selection.with_request_header(name, |value| {
+            self.record(name, false, value);
+            f(value.map(Cow::Borrowed))
+        })
     }
 
     fn request_header_values(&self, name: &str) -> Vec<Vec<u8>> {

@@ -305,6 +305,19 @@ pub(super) fn copied(buffer: EnvoyBuffer) -> Option<Vec<u8>> {
     Some(unsafe { std::slice::from_raw_parts(buffer.ptr, buffer.length) }.to_vec())
 }
 
+/// A header value Envoy returned (`found`, `buffer`), lent to `f` for its call, without a copy.
+fn lent<T>(found: bool, buffer: EnvoyBuffer, f: impl FnOnce(Option<&[u8]>) -> T) -> T {
+    if !found || buffer.ptr.is_null() {
+        return f(None);
+    }
+    // SAFETY: Envoy returned a pointer to `length` bytes of a header value, valid until the
+    // header map changes. Callers pass an `f` that writes no header (and makes no other call
+    // that could): the slice is borrowed for `f`'s call only and cannot outlive it.
+    f(Some(unsafe {
+        std::slice::from_raw_parts(buffer.ptr, buffer.length)
+    }))
+}
+
 /// Every copy of a header, in order, through `get(index, result, count)`: one ABI call per copy,
 /// which also tells how many copies there are.
 pub(super) fn header_copies(
@@ -352,6 +365,27 @@ impl Filter {
         } else {
             None
         }
+    }
+
+    /// The first value of a request header, lent to `f` without a copy (`f` must write no
+    /// header).
+    pub fn with_request_header<T>(self, name: &str, f: impl FnOnce(Option<&[u8]>) -> T) -> T {
+        let mut result = EnvoyBuffer {
+            ptr: null(),
+            length: 0,
+        };
+        // SAFETY: as in request_header.
+        let found = unsafe {
+            envoy_dynamic_module_callback_http_get_header(
+                self.0,
+                REQUEST_HEADER,
+                ModuleBuffer::of(name.as_bytes()),
+                &mut result,
+                0,
+                null_mut(),
+            )
+        };
+        lent(found, result, f)
     }
 
     /// Every copy of a request header, in order.
@@ -609,6 +643,27 @@ impl Selection {
             )
         };
         found.then(|| copied(result)).flatten()
+    }
+
+    /// The first copy of a request header, lent to `f` without a copy: one ABI call (`f` must
+    /// set no cluster).
+    pub fn with_request_header<T>(self, name: &str, f: impl FnOnce(Option<&[u8]>) -> T) -> T {
+        let mut result = EnvoyBuffer {
+            ptr: null(),
+            length: 0,
+        };
+        let mut count = 0usize;
+        // SAFETY: as in request_header.
+        let found = unsafe {
+            envoy_dynamic_module_callback_cluster_specifier_get_request_header_value(
+                self.0,
+                ModuleBuffer::of(name.as_bytes()),
+                &mut result,
+                0,
+                &mut count,
+            )
+        };
+        lent(found, result, f)
     }
 
     /// Every copy of a request header, in order.

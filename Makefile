@@ -211,7 +211,7 @@ live: build cli venv
 	$(PYTHON) envoy/live.py $(LIVE_ARGS)
 
 ## bench: cost per request of every scenario over a direct route, in instructions (callgrind)
-##        and worker CPU time, with A/A controls (bench/README.md); about 20 minutes
+##        and worker CPU time, with A/A controls (bench/README.md); about 25 minutes
 UNCOUNTED_DIR := target/uncounted
 SAMPLED_DIR := target/sampled
 bench: build native venv

@@ -650,3 +650,115 @@ fn native_hook_seeds_pass() {
         check_hooks(&seed).unwrap();
     }
 }
+
+/// A refresh of the route asks the cluster specifier again with the same random value: the
+/// service key read without a copy (lent by Envoy) is recorded as a copied read was, so a
+/// changed `:authority` is decided again (the first decision counted as superseded if the new
+/// one differs) and an unchanged or equivalent one keeps the decision.
+#[test]
+fn a_refresh_sees_a_changed_authority() {
+    const CONFIG: &[u8] = br#"{"services": [
+      {"name": "a", "hosts": ["a", "a:80"], "upstreams": [{"name": "u", "cluster": "ca", "weight": 1}]},
+      {"name": "b", "hosts": ["b"], "upstreams": [{"name": "u", "cluster": "cb", "weight": 1}]},
+      {"name": "c", "hosts": ["[::1]:80", "c.example"], "upstreams": [{"name": "u", "cluster": "cc", "weight": 1}]}
+    ]}"#;
+    let superseded = || {
+        with_envoy(|e| {
+            e.metrics
+                .iter()
+                .zip(&e.gauges)
+                .filter(|(name, _)| name.ends_with("superseded_total"))
+                .map(|(_, value)| *value)
+                .sum::<i64>()
+        })
+    };
+    let select = |shared, authority: &[u8]| {
+        with_envoy(|e| {
+            e.headers = vec![(b":authority".to_vec(), authority.to_vec())];
+            e.cluster = None;
+        });
+        envoy_dynamic_module_on_cluster_specifier_select(shared, envoy_object());
+        with_envoy(|e| e.cluster.clone()).unwrap_or_default()
+    };
+    with_envoy(|e| *e = Envoy::default());
+    let shared = envoy_dynamic_module_on_cluster_specifier_config_new(
+        envoy_object(),
+        buffer(b"meshsplit"),
+        buffer(CONFIG),
+    );
+    assert!(!shared.is_null());
+    /// First `:authority`, the one on the refresh, the cluster after it, superseded added.
+    type Refresh = (&'static [u8], &'static [u8], &'static [u8], i64);
+    let cases: &[Refresh] = &[
+        (b"a", b"b", b"cb", 1),
+        (b"a", b"A", b"ca", 0),
+        (b"A.", b"b", b"cb", 1),
+        (b"a:80", b"a:81", b"ca", 0),
+        (b"a:81", b"[::1]:80", b"cc", 1),
+        (b"[0::1]:80", b"[::1]:80", b"cc", 0),
+        (b"c.example", b"zzz", b"", 1),
+        (b"zzz", b"b", b"cb", 0),
+        (b"b", b"b", b"cb", 0),
+    ];
+    for (i, &(first, again, want, added)) in cases.iter().enumerate() {
+        with_envoy(|e| e.random_value = 0x5eed_0000 + i as u64);
+        let before = superseded();
+        select(shared, first);
+        let got = select(shared, again);
+        assert_eq!(
+            (got.as_slice(), superseded() - before),
+            (want, added),
+            "case {i}: {:?} then {:?}",
+            String::from_utf8_lossy(first),
+            String::from_utf8_lossy(again),
+        );
+        no_panic_nor_violation().unwrap();
+    }
+    envoy_dynamic_module_on_cluster_specifier_config_destroy(shared);
+}
+
+/// While a request header value is lent (Envoy's own bytes), what would change the request's
+/// header map is refused, so the value cannot be freed under the borrower.
+#[test]
+fn the_filter_host_refuses_header_writes_while_a_value_is_lent() {
+    use std::borrow::Cow;
+    use std::cell::Cell;
+    use std::collections::HashMap;
+
+    use crate::host::Host;
+    use crate::native::host::FilterHost;
+    use crate::native::imports::Filter;
+
+    with_envoy(|e| *e = Envoy::default());
+    with_envoy(|e| e.headers = vec![(b":authority".to_vec(), b"reviews.example.com".to_vec())]);
+    let (gauges, counters) = (HashMap::new(), HashMap::new());
+    let host = FilterHost {
+        filter: Filter(envoy_object()),
+        namespace: "test/",
+        gauges: &gauges,
+        counters: &counters,
+        wrote: Cell::new(false),
+    };
+    let (read, replied) = host.with_request_header(":authority", |value| {
+        host.set_request_header(":authority", Some("replaced.example.com"));
+        let replied = host.send_local_reply(404, &[], b"");
+        (value.map(Cow::into_owned), replied)
+    });
+    assert_eq!(read.as_deref(), Some(&b"reviews.example.com"[..]));
+    assert!(!replied);
+    with_envoy(|e| {
+        assert_eq!(e.headers[0].1, b"reviews.example.com".to_vec());
+        assert!(e.response.is_none());
+    });
+    // Given back: writes go through again.
+    host.set_request_header(":authority", Some("replaced.example.com"));
+    with_envoy(|e| assert_eq!(e.headers[0].1, b"replaced.example.com".to_vec()));
+    // A borrower that panics gives the value back too: failing closed can still reply.
+    let filter = Filter(envoy_object());
+    let unwound = std::panic::catch_unwind(|| {
+        filter.with_request_header(":authority", |_| -> () { panic!("borrower") })
+    });
+    assert!(unwound.is_err());
+    assert!(filter.send_response(503, &[], b""));
+    with_envoy(|e| assert_eq!(e.response.as_ref().map(|r| r.0), Some(503)));
+}

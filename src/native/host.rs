@@ -50,8 +50,7 @@ impl Host for FilterHost<'_> {
     }
 
     fn send_local_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
-        self.filter.send_response(status, headers, body);
-        true
+        self.filter.send_response(status, headers, body)
     }
 
     fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {

@@ -10,6 +10,7 @@
 //! Every exported hook catches panics: none may unwind into Envoy.
 #![allow(unsafe_code)]
 
+use std::cell::Cell;
 use std::ffi::c_void;
 use std::ptr::{null, null_mut};
 
@@ -305,14 +306,48 @@ pub(super) fn copied(buffer: EnvoyBuffer) -> Option<Vec<u8>> {
     Some(unsafe { std::slice::from_raw_parts(buffer.ptr, buffer.length) }.to_vec())
 }
 
+thread_local! {
+    /// Whether a request header value of the hook running on this thread is lent
+    /// ([`Filter::with_request_header`]): request header writes and local replies, which could
+    /// free it, are refused meanwhile.
+    static LENT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// [`LENT`] set while it lives, then put back as it was (also when the borrower panics, so
+/// that failing closed can still reply).
+struct Lending(bool);
+
+impl Lending {
+    fn start() -> Self {
+        Self(LENT.with(|lent| lent.replace(true)))
+    }
+}
+
+impl Drop for Lending {
+    fn drop(&mut self) {
+        LENT.with(|lent| lent.set(self.0));
+    }
+}
+
+/// Whether a call that could change the request's header map must be refused now (a value is
+/// lent); logged when it is.
+fn refused_while_lent(what: &str) -> bool {
+    let lent = LENT.with(Cell::get);
+    if lent {
+        log::error!("{what} refused: a request header value is lent");
+    }
+    lent
+}
+
 /// A header value Envoy returned (`found`, `buffer`), lent to `f` for its call, without a copy.
 fn lent<T>(found: bool, buffer: EnvoyBuffer, f: impl FnOnce(Option<&[u8]>) -> T) -> T {
     if !found || buffer.ptr.is_null() {
         return f(None);
     }
     // SAFETY: Envoy returned a pointer to `length` bytes of a header value, valid until the
-    // header map changes. Callers pass an `f` that writes no header (and makes no other call
-    // that could): the slice is borrowed for `f`'s call only and cannot outlive it.
+    // header map changes, which cannot happen until `f` returns: the cluster specifier's ABI has
+    // no call that changes request headers, and the filter's refuses them while a value is lent
+    // (`LENT`). The slice is borrowed for `f`'s call only and cannot outlive it.
     f(Some(unsafe {
         std::slice::from_raw_parts(buffer.ptr, buffer.length)
     }))
@@ -367,8 +402,9 @@ impl Filter {
         }
     }
 
-    /// The first value of a request header, lent to `f` without a copy (`f` must write no
-    /// header).
+    /// The first value of a request header, lent to `f` without a copy. The value is Envoy's
+    /// own, freed when the header map changes: until `f` returns, this thread's request header
+    /// writes and local replies are refused ([`LENT`]).
     pub fn with_request_header<T>(self, name: &str, f: impl FnOnce(Option<&[u8]>) -> T) -> T {
         let mut result = EnvoyBuffer {
             ptr: null(),
@@ -385,6 +421,7 @@ impl Filter {
                 null_mut(),
             )
         };
+        let _lending = Lending::start();
         lent(found, result, f)
     }
 
@@ -426,6 +463,9 @@ impl Filter {
 
     /// Replaces every copy of a request header (`Some`) or removes them all (`None`).
     pub fn set_request_header(self, name: &str, value: Option<&str>) -> bool {
+        if refused_while_lent("writing a request header") {
+            return false;
+        }
         let value = match value {
             Some(v) => ModuleBuffer::of(v.as_bytes()),
             // A null value removes the header.
@@ -451,7 +491,11 @@ impl Filter {
         unsafe { envoy_dynamic_module_callback_http_clear_route_cache(self.0) }
     }
 
-    pub fn send_response(self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+    /// Sends a local reply; `false` when it was refused (a request header value is lent).
+    pub fn send_response(self, status: u32, headers: &[(&str, &str)], body: &[u8]) -> bool {
+        if refused_while_lent("a local reply") {
+            return false;
+        }
         let headers: Vec<ModuleHttpHeader> = headers
             .iter()
             .map(|(k, v)| ModuleHttpHeader {
@@ -474,6 +518,7 @@ impl Filter {
                 ModuleBuffer::of(details),
             )
         }
+        true
     }
 
     pub fn increment_counter(self, id: usize, value: u64) -> bool {

@@ -379,27 +379,7 @@ pub(super) fn header_copies(
 impl Filter {
     /// The first value of a request header, as bytes.
     pub fn request_header(self, name: &str) -> Option<Vec<u8>> {
-        let mut result = EnvoyBuffer {
-            ptr: null(),
-            length: 0,
-        };
-        // SAFETY: the filter pointer is the one Envoy passed to the running hook; the key lives
-        // for the call; `result` is a local out-parameter; the count is optional (null).
-        let found = unsafe {
-            envoy_dynamic_module_callback_http_get_header(
-                self.0,
-                REQUEST_HEADER,
-                ModuleBuffer::of(name.as_bytes()),
-                &mut result,
-                0,
-                null_mut(),
-            )
-        };
-        if found {
-            copied(result)
-        } else {
-            None
-        }
+        self.with_request_header(name, |value| value.map(<[u8]>::to_vec))
     }
 
     /// The first value of a request header, lent to `f` without a copy. The value is Envoy's
@@ -410,7 +390,8 @@ impl Filter {
             ptr: null(),
             length: 0,
         };
-        // SAFETY: as in request_header.
+        // SAFETY: the filter pointer is the one Envoy passed to the running hook; the key lives
+        // for the call; `result` is a local out-parameter; the count is optional (null).
         let found = unsafe {
             envoy_dynamic_module_callback_http_get_header(
                 self.0,
@@ -433,7 +414,7 @@ impl Filter {
     /// Every copy of a header of the map `header_type` (request or response), in order.
     fn header_values(self, header_type: u32, name: &str) -> Vec<Vec<u8>> {
         header_copies(|index, result, count| {
-            // SAFETY: as in request_header; `count` is a local out-parameter for the number of
+            // SAFETY: as in with_request_header; `count` is a local out-parameter for the number of
             // copies, and the response map is only asked for in the response-headers hook.
             unsafe {
                 envoy_dynamic_module_callback_http_get_header(
@@ -450,7 +431,7 @@ impl Filter {
 
     /// Replaces every copy of a response header with one (in the response-headers hook).
     pub fn set_response_header(self, name: &str, value: &str) -> bool {
-        // SAFETY: as in request_header; Envoy copies key and value.
+        // SAFETY: as in with_request_header; Envoy copies key and value.
         unsafe {
             envoy_dynamic_module_callback_http_set_header(
                 self.0,
@@ -474,7 +455,7 @@ impl Filter {
                 length: 0,
             },
         };
-        // SAFETY: as in request_header; Envoy copies key and value.
+        // SAFETY: as in with_request_header; Envoy copies key and value.
         unsafe {
             envoy_dynamic_module_callback_http_set_header(
                 self.0,
@@ -671,6 +652,12 @@ impl FilterConfig {
 impl Selection {
     /// The first copy of a request header: one ABI call.
     pub fn request_header(self, name: &str) -> Option<Vec<u8>> {
+        self.with_request_header(name, |value| value.map(<[u8]>::to_vec))
+    }
+
+    /// The first copy of a request header, lent to `f` without a copy: one ABI call (this ABI
+    /// has no call that changes request headers, so the value stays valid).
+    pub fn with_request_header<T>(self, name: &str, f: impl FnOnce(Option<&[u8]>) -> T) -> T {
         let mut result = EnvoyBuffer {
             ptr: null(),
             length: 0,
@@ -687,34 +674,13 @@ impl Selection {
                 &mut count,
             )
         };
-        found.then(|| copied(result)).flatten()
-    }
-
-    /// The first copy of a request header, lent to `f` without a copy: one ABI call (`f` must
-    /// set no cluster).
-    pub fn with_request_header<T>(self, name: &str, f: impl FnOnce(Option<&[u8]>) -> T) -> T {
-        let mut result = EnvoyBuffer {
-            ptr: null(),
-            length: 0,
-        };
-        let mut count = 0usize;
-        // SAFETY: as in request_header.
-        let found = unsafe {
-            envoy_dynamic_module_callback_cluster_specifier_get_request_header_value(
-                self.0,
-                ModuleBuffer::of(name.as_bytes()),
-                &mut result,
-                0,
-                &mut count,
-            )
-        };
         lent(found, result, f)
     }
 
     /// Every copy of a request header, in order.
     pub fn request_header_values(self, name: &str) -> Vec<Vec<u8>> {
         header_copies(|index, result, count| {
-            // SAFETY: as in request_header; `count` is a local out-parameter for the number of
+            // SAFETY: as in with_request_header; `count` is a local out-parameter for the number of
             // copies.
             unsafe {
                 envoy_dynamic_module_callback_cluster_specifier_get_request_header_value(

@@ -252,9 +252,7 @@ impl SelectionHost<'_> {
 impl Host for SelectionHost<'_> {
     /// The first copy only: one ABI call.
     fn request_header(&self, name: &str) -> Option<Vec<u8>> {
-        let value = self.selection.request_header(name);
-        self.record(name, false, value.as_deref());
-        value
+        self.with_request_header(name, |value| value.map(Cow::into_owned))
     }
 
     fn with_request_header<T>(&self, name: &str, f: impl FnOnce(Option<Cow<'_, [u8]>>) -> T) -> T {

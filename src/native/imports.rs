@@ -650,11 +650,6 @@ impl FilterConfig {
 }
 
 impl Selection {
-    /// The first copy of a request header: one ABI call.
-    pub fn request_header(self, name: &str) -> Option<Vec<u8>> {
-        self.with_request_header(name, |value| value.map(<[u8]>::to_vec))
-    }
-
     /// The first copy of a request header, lent to `f` without a copy: one ABI call (this ABI
     /// has no call that changes request headers, so the value stays valid).
     pub fn with_request_header<T>(self, name: &str, f: impl FnOnce(Option<&[u8]>) -> T) -> T {

@@ -113,7 +113,7 @@ thread_local! {
 /// Picks the cluster of one request. Returns whether a decision was made.
 pub fn select(config: &SharedConfig, selection: Selection) -> bool {
     #[cfg(feature = "test-hooks")]
-    super::hooks::run(|name| selection.request_header(name));
+    super::hooks::run(|name| selection.with_request_header(name, |v| v.map(<[u8]>::to_vec)));
     let id = config.source.id();
     // 0: Envoy gave no random value, so no way to know a refresh (never remembered).
     let random = selection.random_value();
@@ -130,7 +130,7 @@ pub fn select(config: &SharedConfig, selection: Selection) -> bool {
                         let values = selection.request_header_values(name);
                         hash_of(index, true, values.iter().map(Vec::as_slice))
                     } else {
-                        hash_of(index, false, selection.request_header(name).as_deref())
+                        selection.with_request_header(name, |value| hash_of(index, false, value))
                     }
                 },
                 |kind, cluster| apply(selection, kind, cluster),

@@ -1215,4 +1215,24 @@ fn a_fleet_ejects_a_failing_canary_on_every_pod_when_min_requests_fits_a_pods_sh
     for pods in [1, 4, 8] {
         assert!(at(true, pods).is_some_and(|ms| ms <= 20_000), "{table:?}");
     }
+    // The seeds are fixed, so the times are exact: docs/alerts.md ("The guard on a fleet") quotes
+    // them row by row and must say what this simulation gives.
+    let shown = |ms: Option<u64>| {
+        ms.map_or("never".to_owned(), |ms| {
+            format!("{:.1} s", ms as f64 / 1000.0)
+        })
+    };
+    let page = include_str!("../docs/alerts.md");
+    for pods in [1u32, 4, 8] {
+        let row = format!(
+            "| {pods} | {} | {} | {} |",
+            40 / pods,
+            shown(at(false, pods)),
+            shown(at(true, pods))
+        );
+        assert!(
+            page.lines().any(|line| line == row),
+            "docs/alerts.md lacks the row {row}"
+        );
+    }
 }

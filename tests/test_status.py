@@ -370,3 +370,51 @@ def test_watch_across_a_restart_shows_the_failed_read_then_the_traffic_since(bui
             watch.terminate()
             watch.wait(timeout=10)
             envoy.stop()
+
+
+@BUILDS
+def test_check_clusters_flags_only_requests_to_a_missing_cluster_in_the_interval(build, cli, tmp_path):
+    """`<< CHECK CLUSTERS` marks requests that found no cluster during the interval, not the
+    lifetime count: a frame after the misrouted requests stopped shows the total unflagged."""
+    plugin = {"services": [
+        {"name": "svc", "upstreams": [{"name": "v1", "cluster": "v1", "weight": 100}]},
+        {"name": "gone", "upstreams": [{"name": "v9", "cluster": "v9", "weight": 100}]}]}
+    with harness.upstreams("v1") as ports:
+        config = harness.bootstrap(plugin, ports, harness.free_port(), harness.free_port(), build=build)
+        with harness.Envoy(config, tmp_path) as envoy:
+            admin = f"http://127.0.0.1:{envoy.admin_port}"
+
+            def text(*args):
+                out = subprocess.run([str(cli), "status", "--admin", admin, *args],
+                                     capture_output=True, text=True, timeout=60)
+                assert out.returncode == 0, out.stderr
+                return out.stdout
+
+            def no_cluster_line(out):
+                lines = [line for line in out.splitlines() if "cluster Envoy does not have" in line]
+                assert len(lines) == 1, out
+                return lines[0]
+
+            answered = harness.send(envoy.port, 10, {"Host": "gone"})
+            assert sum(answered.values()) == 10 and not answered["v1"], answered
+            assert harness.wait_for(
+                lambda: no_cluster_line(text("--interval", "0")).startswith("10 requests"), timeout=15)
+            # An interval with traffic to a configured cluster only: the 10 are history.
+            run = subprocess.Popen([str(cli), "status", "--admin", admin, "--interval", "3"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            time.sleep(1.0)
+            assert harness.send(envoy.port, 20, {"Host": "svc"})["v1"] == 20
+            out, err = run.communicate(timeout=30)
+            assert run.returncode == 0, err
+            line = no_cluster_line(out)
+            assert line.startswith("10 requests") and "CHECK CLUSTERS" not in line, out
+            # An interval in which a request finds no cluster: flagged. The command has 1 s to take
+            # its first reading and the requests 3 s to reach Envoy's stats (a few ms when idle).
+            run = subprocess.Popen([str(cli), "status", "--admin", admin, "--interval", "5"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            time.sleep(1.0)
+            harness.send(envoy.port, 5, {"Host": "gone"})
+            out, err = run.communicate(timeout=30)
+            assert run.returncode == 0, err
+            line = no_cluster_line(out)
+            assert line.startswith("15 requests") and line.endswith("<< CHECK CLUSTERS"), out

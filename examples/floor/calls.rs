@@ -10,6 +10,9 @@
 //! - `get-pairs`: read the whole request header map in one call (one value, every header);
 //! - `get-set` (the default, what meshsplit does): read `:authority`, write the cluster header
 //!   and `:authority`;
+//! - `get-set-clear`: `get-set`, then call the `clear_route_cache` foreign function (Envoy ≥ 1.33)
+//!   as a module of a newer ABI would have to; if Envoy lacks it, the cluster header names no
+//!   cluster, so the benchmark's sanity check (every answer 200) fails;
 //! - `get-set-code`: `get-set`, and read the `response.code` property when the stream ends;
 //! - `get-set-status`: `get-set`, and read the `:status` response header when the stream ends.
 #![allow(unsafe_code)]
@@ -48,6 +51,14 @@ extern "C" {
         path_len: usize,
         value: *mut *mut u8,
         value_len: *mut usize,
+    ) -> u32;
+    fn proxy_call_foreign_function(
+        name: *const u8,
+        name_len: usize,
+        arguments: *const u8,
+        arguments_len: usize,
+        results: *mut *mut u8,
+        results_len: *mut usize,
     ) -> u32;
 }
 
@@ -93,6 +104,7 @@ const GET_SET: u8 = 3;
 const GET_SET_CODE: u8 = 4;
 const GET_SET_STATUS: u8 = 5;
 const GET_PAIRS: u8 = 6;
+const GET_SET_CLEAR: u8 = 7;
 
 static MODE: AtomicU8 = AtomicU8::new(GET_SET);
 
@@ -130,6 +142,7 @@ pub fn configure() {
             b"get-set-code" => GET_SET_CODE,
             b"get-set-status" => GET_SET_STATUS,
             b"get-pairs" => GET_PAIRS,
+            b"get-set-clear" => GET_SET_CLEAR,
             _ => GET_SET,
         };
         free(ptr, len);
@@ -178,6 +191,30 @@ pub fn request_headers() {
             // SAFETY: out-pointers to locals; the host fills them with a buffer from `allocate`.
             unsafe { proxy_get_header_map_pairs(REQUEST_HEADERS, &mut ptr, &mut len) };
             free(ptr, len);
+        }
+        GET_SET_CLEAR => {
+            if get(REQUEST_HEADERS, ":authority") {
+                set("x-meshsplit-cluster", "reviews_v1");
+                set(":authority", "reviews-v1.internal");
+                let name = "clear_route_cache";
+                let mut ptr: *mut u8 = std::ptr::null_mut();
+                let mut len: usize = 0;
+                // SAFETY: a live name, no arguments, out-pointers to locals.
+                let status = unsafe {
+                    proxy_call_foreign_function(
+                        name.as_ptr(),
+                        name.len(),
+                        std::ptr::null(),
+                        0,
+                        &mut ptr,
+                        &mut len,
+                    )
+                };
+                free(ptr, len);
+                if status != 0 {
+                    set("x-meshsplit-cluster", "no-clear-route-cache");
+                }
+            }
         }
         _ => {
             if get(REQUEST_HEADERS, ":authority") {

@@ -222,6 +222,13 @@ DOC_BLOCKS = {
     ("docs/observing-a-split.md", "proxyStatsMatcher:"): "Istio's mesh config, not Envoy's",
     ("docs/alerts.md", "rule_files:"): "Prometheus's config, not Envoy's",
     ("docs/dashboard.md", "apiVersion: monitoring.coreos.com/v1"): "a PrometheusRule",
+    # The rendered manifests, included from envoy/supported/ as shipped: tests/test_supported_routes.py
+    # renders them again, validates them against their CRDs and starts each as its control plane
+    # would shape it.
+    ("docs/istio.md", '--8<-- "envoy/supported/sidecar.yaml"'): "tests/test_supported_routes.py",
+    ("docs/istio.md", '--8<-- "envoy/supported/sidecar-httproute.yaml"'): "tests/test_supported_routes.py",
+    ("docs/istio.md", '--8<-- "envoy/supported/ambient.yaml"'): "tests/test_supported_routes.py",
+    ("docs/envoy-gateway.md", '--8<-- "envoy/supported/envoy-gateway.yaml"'): "tests/test_supported_routes.py",
 }
 
 

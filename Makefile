@@ -93,7 +93,7 @@ configs: venv cli
 	@for t in $(RENDER_TARGETS); do \
 	  echo "meshsplit render --target $$t > envoy/supported/$$t.yaml"; \
 	  target/release/meshsplit render --target $$t --module oci://REGISTRY/meshsplit:TAG \
-	    envoy/meshsplit.json > envoy/supported/$$t.yaml 2>/dev/null || exit 1; \
+	    envoy/meshsplit.json > envoy/supported/$$t.yaml || exit 1; \
 	done
 
 ## cli: the `meshsplit` command (`meshsplit check FILE...`) at target/release/meshsplit

@@ -42,6 +42,24 @@ OBSERVED_SHARE = (f"sum by (upstream) (meshsplit:requests:rate1m{{{SERVICE}}}) /
                   f"group_left sum (meshsplit:requests:rate1m{{{SERVICE}}})")
 WEIGHT_SHARE = (f"sum by (upstream) (meshsplit:weighted_requests:rate1m{{{SERVICE}}}) / ignoring (upstream) "
                 f"group_left sum (meshsplit:requests:rate1m{{{SERVICE}}})")
+# Each Envoy's weight share (what its weights in force give each upstream, 0..1), which needs no
+# traffic: the lowest over the Envoys serving the service (0 for an upstream some of them lack, as
+# in a rolling update that adds one) and the highest.
+POD_SHARE = f"meshsplit:pod_weight_share:ratio{{{SERVICE}}}"
+POD_SHARE_MIN = (f"(min by (upstream) ({POD_SHARE}) unless on (upstream) "
+                 f"(count by (upstream) ({POD_SHARE}) < on () group_left () "
+                 f"count (sum without (upstream) ({POD_SHARE})))) "
+                 f"or 0 * count by (upstream) ({POD_SHARE})")
+POD_SHARE_MAX = f"max by (upstream) ({POD_SHARE})"
+
+
+def merged_plugin(expr):
+    """A raw per-Envoy gauge under the plugin's one name, as the rules read it: Istio 1.30's
+    translated name (`NAME_istio-translated-wasmplugin`) as NAME, and an Envoy that exports both
+    (an upgrade in place) once, with the larger value."""
+    return ('max without (meshsplit_plugin) (label_replace(max without (plugin) (label_replace('
+            f'{expr}, "meshsplit_plugin", "$1", "plugin", "(.+?)(_istio-translated-wasmplugin)?")), '
+            '"plugin", "$1", "meshsplit_plugin", "(.*)"))')
 
 
 def query(expr, legend, ref="A"):
@@ -82,14 +100,29 @@ def split_panel():
 
 
 def weight_panel():
-    """The weights in force as numbers, stepped: rollout steps and ejections show as steps."""
-    return (ts_b.Panel().title("Weight in force")
+    """The weights in force as the fleet's share, stepped: rollout steps and ejections show as
+    steps. Beside it, the lowest and highest share an Envoy gives: the skew of a rolling update or
+    of ejections some Envoys made."""
+    thin = override(custom__lineWidth=1, custom__lineStyle={"fill": "dot", "dash": [0, 10]})
+    return (ts_b.Panel().title("Weight in force (fleet share)")
             .description(
-                "The weight each upstream has now (meshsplit_weight, averaged over the Envoys): "
-                "the configured weight, the rollout step's, or 0 while ejected. A rollout shows as "
-                "steps; an ejection as a drop to 0 and back on readmission.")
-            .with_target(query(f"avg by (upstream) (meshsplit:weight:avg{{{SERVICE}}})", "{{upstream}}"))
-            .line_interpolation(common.LineInterpolation.STEP_AFTER).line_width(2).min(0)
+                "The share of the service's requests each upstream's weight in force stands for "
+                "over the fleet (meshsplit:weighted_requests:rate1m over meshsplit:requests:rate1m, "
+                "as meshsplit:weight_share:ratio): on each Envoy the configured weight, the rollout "
+                "step's, or 0 while its guard has the upstream ejected, as a share of that Envoy's "
+                "weights, weighted by that Envoy's requests. What the observed share should be; it "
+                "needs traffic. A rollout shows as steps; an ejection as a drop and back on "
+                "readmission, as deep as the part of the traffic the ejecting Envoys route. "
+                "Dotted: the lowest and highest share one Envoy gives the upstream "
+                "(meshsplit:pod_weight_share:ratio, with or without traffic; the lowest is 0 when "
+                "an Envoy serving the service lacks the upstream). Apart while Envoys differ: a "
+                "rolling update, or an ejection some of them made.")
+            .with_target(query(WEIGHT_SHARE, "{{upstream}} fleet share"))
+            .with_target(query(POD_SHARE_MIN, "{{upstream}} lowest on an Envoy", "B"))
+            .with_target(query(POD_SHARE_MAX, "{{upstream}} highest on an Envoy", "C"))
+            .unit("percentunit").min(0).max(1)
+            .line_interpolation(common.LineInterpolation.STEP_AFTER).line_width(2)
+            .override_by_query("B", thin).override_by_query("C", thin)
             .legend(legend_table("lastNotNull"))
             .height(9).span(8))
 
@@ -109,8 +142,9 @@ def deviation_panel():
             .description(
                 "How far each upstream's observed share is from the share the weights in force "
                 "stand for, over the fleet (as meshsplit:share_deviation:ratio_rate1m). Near 0 when "
-                "the split follows the weights; MeshsplitShareOffWeight fires when an upstream "
-                "stays beyond 0.1 for 5 minutes.")
+                "the split follows the weights. MeshsplitShareOffWeight fires when an upstream "
+                "stays more than 0.1 off for 5 minutes, on a service with at least 5 requests/s "
+                "whose rules claim at most 5 % of its requests.")
             .with_target(query(f"({OBSERVED_SHARE}) - ({WEIGHT_SHARE})", "{{upstream}}"))
             .unit("percentunit").axis_soft_min(-0.1).axis_soft_max(0.1)
             .legend(legend_table("lastNotNull"))
@@ -126,7 +160,11 @@ def ejected_panel():
             .description(
                 "Per upstream, whether the guard has it ejected in any Envoy (max of "
                 "meshsplit_ejected), and whether the service's rollout is paused by the guard "
-                "(meshsplit_rollout_paused). Services without a guard show nothing here.")
+                "(meshsplit_rollout_paused). An ejection by one Envoy shows here; the Weight in "
+                "force panel shows how much of the traffic it takes. Services without a guard "
+                "show nothing here. MeshsplitUpstreamEjected fires once an upstream has stayed "
+                "ejected (or been ejected again at each readmission) for 5 minutes. "
+                "MeshsplitRolloutPaused fires once a rollout has stayed paused for 2 minutes.")
             .with_target(query(f"max by (upstream) (meshsplit_ejected{{{RAW_SERVICE}}})", "{{upstream}}"))
             .with_target(query(f"max by (service) (meshsplit_rollout_paused{{{RAW_SERVICE}}})",
                                "rollout paused", "B"))
@@ -157,11 +195,14 @@ def rule_hits_panel():
             .description(
                 "Requests each match rule of the service routed, by the rule's index in "
                 "`rules` (meshsplit_rules_hits_total), and the share of the service's requests "
-                "rules claimed (meshsplit:rule_share:ratio_rate1m, right axis).")
+                "rules claimed over the last minute, over every plugin selected (as "
+                "meshsplit:rule_share:ratio_rate1m; right axis).")
             .with_target(query(
                 f"sum by (rule) (rate(meshsplit_rules_hits_total{{{RAW_SERVICE}}}[$__rate_interval]))",
                 "rule {{rule}}"))
-            .with_target(query(f"meshsplit:rule_share:ratio_rate1m{{{SERVICE}}}", "share of requests", "B"))
+            .with_target(query(
+                f"sum (rate(meshsplit_rules_hits_total{{{RAW_SERVICE}}}[1m])) / "
+                f"sum (meshsplit:requests:rate1m{{{SERVICE}}})", "share of requests", "B"))
             .unit("reqps").min(0).no_value("no rule hits")
             .override_by_query("B", override(unit="percentunit", custom__axisPlacement="right"))
             .height(8).span(8))
@@ -196,13 +237,16 @@ def alerts_panel():
 def refused_panel():
     return (stat_b.Panel().title("Envoys refusing their latest configuration")
             .description(
-                "Envoys whose wasm filter refused the latest configuration of the plugin and keep "
-                "serving the previous one (meshsplit_config_refused); 0 once they accept one. "
-                "Envoy's log has the reason with the JSON path; MeshsplitConfigRefused fires "
-                "meanwhile. The native build refuses a configuration through Envoy's own config "
-                "rejection (listener or ECDS update stats), so this reads 0 there.")
-            .with_target(query(f"sum by (plugin) (meshsplit_config_refused{{{RAW_PLUGIN}}})",
-                               "{{plugin}}"))
+                "How many Envoys' wasm filter refused the latest configuration of the plugin and "
+                "keep serving the previous one (meshsplit_config_refused), per plugin; 0 once they "
+                "accept one. The plugin's Istio 1.30 name (NAME_istio-translated-wasmplugin) counts "
+                "as its 1.29 one, and an Envoy exporting both once, as MeshsplitConfigRefused "
+                "reads them. Envoy's log has the reason with the JSON path. MeshsplitConfigRefused "
+                "fires meanwhile. The native build refuses a configuration through Envoy's own "
+                "config rejection (listener or ECDS update stats), so this reads 0 there.")
+            .with_target(query(
+                f"sum by (plugin) ({merged_plugin(f'meshsplit_config_refused{{{RAW_PLUGIN}}}')})",
+                "{{plugin}}"))
             .decimals(0).no_value("0")
             .reduce_options(common_b.ReduceDataOptions().calcs(["lastNotNull"]))
             .height(6).span(8))
@@ -214,7 +258,8 @@ def unknown_panel():
                 "Requests whose service key matched no service (meshsplit:unknown_service:rate5m): "
                 "routed as without the filter (`on_unknown_service: pass`) or answered 404 "
                 "(`reject`). A rise after a deploy usually means a host name missing from a "
-                "service's `hosts`.")
+                "service's `hosts`. MeshsplitUnknownServiceRequests fires when a plugin's rate "
+                "stays above 1 request/s for 5 minutes.")
             .with_target(query(f"meshsplit:unknown_service:rate5m{{{PLUGIN}}}", "{{plugin}}"))
             .unit("reqps").min(0)
             .height(6).span(8))
@@ -254,14 +299,15 @@ def variables():
 
 def annotations():
     """Ejections (a region while ejected) and weight changes (rollout steps, live updates,
-    ejections, readmissions) as marks on every time series panel."""
+    ejections, readmissions) as marks on every time series panel, once per service and upstream
+    however many Envoys see them."""
     # A region for as long as the series is there: while the upstream is ejected in any Envoy.
     ejection = (dash_b.AnnotationQuery().name("Ejected").datasource(DATASOURCE).enable(True)
                 .icon_color("red")
                 .expr(f'max by (service, upstream) (meshsplit_ejected{{{RAW_SERVICE}}}) == 1'))
     weight = (dash_b.AnnotationQuery().name("Weight changes").datasource(DATASOURCE).enable(True)
               .icon_color("blue")
-              .expr(f'changes(meshsplit_weight{{{RAW_SERVICE}}}[1m]) > 0'))
+              .expr(f'max by (service, upstream) (changes(meshsplit_weight{{{RAW_SERVICE}}}[1m])) > 0'))
     return [ejection, weight]
 
 

@@ -6,9 +6,10 @@ native filter.
 
 What each shape must show: the split follows the weights (chi-square) while clients send their
 own `x-meshsplit-upstream`; no upstream sees that header; a rule pins to its version; requests
-the filter did not tag (a pod without it) take the weighted default route; the guard's ejection
-and a rollout step move traffic; and, for Envoy Gateway, a policy enabled on one rule only leaves
-the filter out of untagged requests (why the policy targets the whole HTTPRoute)."""
+the filter did not tag (a pod without it, a name of the service the config does not list) take
+the weighted default route; the guard's ejection and a rollout step move traffic; and, for Envoy
+Gateway, a policy enabled on one rule only leaves the filter out of untagged requests (why the
+policy targets the whole HTTPRoute)."""
 import collections
 import concurrent.futures
 import datetime
@@ -25,6 +26,7 @@ import yaml
 
 import control_planes
 import harness
+import istio
 import stats
 from stats import chi_square
 from test_cli import cli  # noqa: F401  (the session fixture that builds the command)
@@ -175,6 +177,27 @@ def test_unknown_hosts_keep_the_proxys_own_routes(cli, tmp_path, shape, variant)
     else:
         # The client's claim was removed: the default route's split, not v3.
         assert_weighted(seen)
+
+
+@pytest.mark.parametrize("shape", ["sidecar-virtualservice", "sidecar-httproute"])
+def test_hosts_the_filter_does_not_know_but_the_routes_do_take_the_weighted_default(
+        cli, tmp_path, shape):
+    """A name of reviews that the config does not list but the sidecar's virtual host for reviews
+    does: the cluster IP with the port, as clients that resolved the Service send it (istiod puts
+    the cluster IP in the domains; the port is ignored in host matching). The filter passes the
+    request (`on_unknown_service: pass`) but still removes the client's claim, so the header
+    routes do not take it: the default route splits by the weights, and no upstream sees the
+    header."""
+    host = f"{istio.CLUSTER_IP}:{istio.PORT}"
+    with harness.upstreams(*VERSIONS, "other") as ports, \
+            harness.Envoy(build_config(cli, tmp_path, shape, "wasm", ports), tmp_path) as envoy:
+        answers = send(envoy.port, REQUESTS, {"Host": host, HEADER: "v3"})
+        # The same name with the canary header: the rule is the config's, the host is not.
+        canary = send(envoy.port, 60, {"Host": host, "x-canary": "true"}, connections=2)
+    assert len(answers) == REQUESTS
+    assert_weighted(upstreams_of(answers))
+    assert [body["upstream_header"] for _, body in answers + canary] == [None] * (REQUESTS + 60)
+    assert upstreams_of(canary) != {"v3": 60}  # the canary rule is not pinned: not a known host
 
 
 def test_a_policy_on_one_rule_leaves_untagged_requests_without_the_filter(cli, tmp_path):

@@ -360,13 +360,46 @@ def wasm_exports(path):
 @pytest.mark.parametrize("module", [harness.WASM, harness.WASM_COOKIE])
 def test_the_modules_export_the_abi_for_which_envoy_re_routes(module):
     """Envoy (1.33 and later) clears the route cache after a wasm filter changes request headers
-    only for modules of ABI 0.2.1 or older (`context.cc`, `onHeadersModified`): every route that
-    matches the header depends on it. A module that exported a newer ABI would keep the route
-    matched before it ran, and every request would take the default route. The re-routing itself
-    is proven through Envoy by the tests above."""
+    only for modules of ABI 0.2.1 or older (`context.cc`, `onHeadersModified`; its changelog: "The
+    route cache will not be cleared by default if the wasm extension modified the request headers
+    and the ABI version of wasm extension is larger then 0.2.1"): every route that matches the
+    header depends on it. A module that exported a newer ABI would keep the route matched before
+    it ran, and every request would take the default route.
+
+    No such module can be run through Envoy 1.40 to show it: Envoy 1.40 knows no proxy-wasm ABI
+    above 0.2.1 and refuses a module that exports only a newer one at load (the next test). So this
+    test pins the export, the next one shows that the Envoy the tests run on leaves no other
+    choice, and the behaviour itself is guarded by the tests above whose clients all claim
+    `x-meshsplit-upstream: v3` and must still split by the weights (the route of the header the
+    filter wrote, not the client's)."""
     module_for("wasm")
     abi = [n for n in wasm_exports(module) if n.startswith("proxy_abi_version_")]
     assert abi == ["proxy_abi_version_0_2_1"], abi
+
+
+ABI_EXPORT = b"proxy_abi_version_0_2_1"
+
+
+@pytest.mark.parametrize("abi", ["0_2_2", "0_3_0"])
+def test_envoy_refuses_a_module_of_a_newer_abi_at_load(tmp_path, abi):
+    """The module with its ABI export renamed to a newer version (the same length, so the rest of
+    the module is unchanged) does not load: Envoy 1.40 fails the plugin with "Missing or unknown
+    Proxy-Wasm ABI version" and does not start. A dependency upgrade that bumped the exported ABI
+    would fail every test instead of shipping a module Envoy no longer re-routes for. If this test
+    fails after an Envoy upgrade, that Envoy knows the newer ABI: check whether it clears the
+    route cache for it before the module may export it."""
+    original = module_for("wasm").read_bytes()
+    assert original.count(ABI_EXPORT) == 1
+    newer = tmp_path / f"meshsplit-abi-{abi}.wasm"
+    newer.write_bytes(original.replace(ABI_EXPORT, f"proxy_abi_version_{abi}".encode()))
+    assert [n for n in wasm_exports(newer) if n.startswith("proxy_abi_version_")] == \
+        [f"proxy_abi_version_{abi}"]
+    plugin = json.loads(json.dumps(PLUGIN))
+    config = harness.bootstrap(plugin, {f"reviews_{v}": harness.free_port() for v in VERSIONS},
+                               harness.free_port(), harness.free_port(), build="wasm")
+    harness.use_module(config, newer)
+    with pytest.raises(RuntimeError, match="Missing or unknown Proxy-Wasm ABI version"):
+        harness.Envoy(config, tmp_path).start()
 
 
 # --- `meshsplit check` on the routes -----------------------------------------------------------

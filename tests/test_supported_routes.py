@@ -422,29 +422,54 @@ def test_check_passes_the_rendered_manifests_and_names_their_routes(cli, tmp_pat
     assert "warning" not in result.stdout
 
 
-def test_check_warns_about_routes_that_do_not_follow_the_config(cli, tmp_path):
+def render_for_check(cli, tmp_path, target):
+    extra = ["--sha256", "a" * 64] if target == "envoy-gateway" else []
+    return render(cli, tmp_path, target, PLUGIN, *extra)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_check_warns_about_routes_that_do_not_follow_the_config(cli, tmp_path, target):
     """The plugin config and the routes in two files, as they are usually kept: a missing
-    version route, a default route with other weights, a route that keeps the header."""
-    docs = render(cli, tmp_path, "sidecar", PLUGIN)
-    plugin_file, routes_file = tmp_path / "wasmplugin.yaml", tmp_path / "virtualservice.yaml"
+    version route, a default route with other weights, a route that keeps the header; the same
+    edits on a VirtualService and on each shape's HTTPRoute."""
+    docs = render_for_check(cli, tmp_path, target)
+    plugin_file, routes_file = tmp_path / "plugin.yaml", tmp_path / "routes.yaml"
     plugin_file.write_text(yaml.safe_dump(docs[0]))
-    vs = docs[2]
-    http = vs["spec"]["http"]
-    del http[1]  # v2's route
-    del http[0]["headers"]  # v1's route no longer removes the header
-    http[-1]["route"][0]["weight"], http[-1]["route"][1]["weight"] = 90, 10
-    routes_file.write_text(yaml.safe_dump(vs))
+    routes = docs[-1]
+    if target == "sidecar":
+        http = routes["spec"]["http"]
+        del http[1]  # v2's route
+        del http[0]["headers"]  # v1's route no longer removes the header
+        http[-1]["route"][0]["weight"], http[-1]["route"][1]["weight"] = 90, 10
+        kind, v1_route = "VirtualService", 'route "meshsplit-v1"'
+        plugin_at = f"{plugin_file}: WasmPlugin default/meshsplit"
+    else:
+        rules = routes["spec"]["rules"]
+        del rules[1]  # v2's rule
+        del rules[0]["filters"]  # v1's rule no longer removes the header
+        rules[-1]["backendRefs"][0]["weight"], rules[-1]["backendRefs"][1]["weight"] = 90, 10
+        kind, v1_route = "HTTPRoute", "rule 0"
+        plugin_at = f"{plugin_file}: " + ("EnvoyExtensionPolicy default/meshsplit wasm[0]"
+                                          if target == "envoy-gateway" else "WasmPlugin default/meshsplit")
+    routes_file.write_text(yaml.safe_dump(routes))
     result = check(cli, plugin_file, routes_file)
     assert result.returncode == 1, result.stdout + result.stderr
     warnings = [l for l in result.stdout.splitlines() if l.startswith("warning: ")]
-    at = f"warning: {routes_file}: VirtualService default/reviews: "
-    assert warnings == [
-        f"{at}route \"meshsplit-v1\" for {HEADER}: v1 does not remove {HEADER}: the upstream sees it",
+    at = f"warning: {routes_file}: {kind} default/reviews: "
+    expected = [
+        f"{at}{v1_route} for {HEADER}: v1 does not remove {HEADER}: the upstream sees it",
         f"{at}no route matches {HEADER}: v2: the requests services[0] (\"reviews\") of "
-        f"{plugin_file}: WasmPlugin default/meshsplit sends to upstream \"v2\" take another route",
+        f"{plugin_at} sends to upstream \"v2\" take another route",
         f"{at}the default route's weights (v1 90, v3 5, and 10 to backends no version's route names) "
         f"are not the config's (v1 80, v3 5): requests without {HEADER} split differently from the filter's",
-    ], result.stdout
+    ]
+    if target == "envoy-gateway":
+        # Envoy Gateway names a rule's cluster by its index: v3's rule moved up one, so the
+        # cluster the config names for v3 is no longer the one its rule sends to.
+        expected.insert(2, f"{at}rule 1 sends {HEADER}: v3 to reviews-v3.default, but the config's "
+                           f"cluster for upstream \"v3\" (httproute/default/reviews/rule/2) is rule 2 "
+                           f"of HTTPRoute reviews")
+    assert warnings == expected, result.stdout
     # Alone, the routes file routes no config's header: nothing meshsplit reads.
     assert check(cli, routes_file).returncode == 2
 

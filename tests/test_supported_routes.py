@@ -2,7 +2,8 @@
 the manifests, tests/control_planes.py turns them into the Envoy configuration each control plane
 generates (Istio sidecar with a VirtualService or an HTTPRoute, Istio ambient waypoint, Envoy
 Gateway), and real Envoy runs it with the module (wasm) or, on Envoy Gateway's plain Envoy, the
-native filter.
+native filter (rendered with `--native`: the policy's `dynamicModule` and the EnvoyProxy that
+registers the library, from the proxy's filesystem or fetched by Envoy over http(s)).
 
 What each shape must show: the split follows the weights (chi-square) while clients send their
 own `x-meshsplit-upstream`; no upstream sees that header; a rule pins to its version; requests
@@ -14,11 +15,14 @@ import collections
 import concurrent.futures
 import datetime
 import functools
+import hashlib
+import http.server
 import json
 import re
 import shlex
 import struct
 import subprocess
+import threading
 import time
 
 import pytest
@@ -73,9 +77,12 @@ def for_target(target, plugin):
 
 
 def render(cli, tmp_path, target, plugin=PLUGIN, *extra):
+    """The rendered documents; `extra` options after the target (a `--module` of their own
+    replaces MODULE)."""
     source = tmp_path / "plugin.json"
     source.write_text(json.dumps(for_target(target, plugin)))
-    out = subprocess.run([str(cli), "render", "--target", target, "--module", MODULE, *extra,
+    module = [] if "--module" in extra else ["--module", MODULE]
+    out = subprocess.run([str(cli), "render", "--target", target, *module, *extra,
                           str(source)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]
@@ -91,9 +98,14 @@ def module_for(build):
     return None
 
 
+# The native build on Envoy Gateway: the dynamic module policy and the EnvoyProxy registering
+# the library, here the release build on the proxy's (this machine's) filesystem.
+NATIVE_RENDER = ["--native", "--module", f"file://{harness.NATIVE}"]
+
+
 def build_config(cli, tmp_path, shape, variant, ports, plugin=PLUGIN, **options):
     target, builder, _ = SHAPES[shape]
-    docs = render(cli, tmp_path, target, plugin)
+    docs = render(cli, tmp_path, target, plugin, *(NATIVE_RENDER if variant == "native" else ()))
     if variant != "wasm":
         options["build"] = variant
     return builder(docs, module_for(variant), ports, **options)
@@ -212,6 +224,65 @@ def test_a_policy_on_one_rule_leaves_untagged_requests_without_the_filter(cli, t
     assert_weighted(upstreams_of(answers))
 
 
+class ModuleServer(http.server.ThreadingHTTPServer):
+    """Serves one file at /NAME over HTTP on loopback; `fetched` counts the GETs."""
+
+    def __init__(self, path):
+        self.file, self.fetched = path, 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path != f"/{server.file.name}":
+                    self.send_error(404)
+                    return
+                server.fetched += 1
+                data = server.file.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def url(self):
+        return f"http://127.0.0.1:{self.server_port}/{self.file.name}"
+
+
+def test_the_native_module_envoy_fetches_splits_the_same(cli, tmp_path, monkeypatch):
+    """Rendered with an http(s) `--module` and its `--sha256`, the EnvoyProxy registers a remote
+    source: Envoy Gateway hands Envoy the URL, the digest and a cluster for the URL's host, and
+    Envoy fetches the library and checks it before it loads it (here over plain HTTP from
+    loopback, which Envoy Gateway accepts too). The filter then splits, pins and removes the
+    header as the library on the proxy's filesystem does."""
+    # Envoy keeps what it fetched as $TMPDIR/envoy_dynamic_module_SHA256.so and loads that file
+    # instead while it exists: a fresh directory, so that this Envoy fetches.
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    module = harness.build_native()
+    digest = hashlib.sha256(module.read_bytes()).hexdigest()
+    server = ModuleServer(module)
+    try:
+        docs = render(cli, tmp_path, "envoy-gateway", PLUGIN, "--native", "--module", server.url(),
+                      "--sha256", digest)
+        with harness.upstreams(*VERSIONS, "other") as ports, \
+                harness.Envoy(control_planes.envoy_gateway(docs, None, ports, build="native"),
+                              tmp_path) as envoy:
+            answers = send(envoy.port, REQUESTS, {"Host": "reviews.example.com", HEADER: "v3"})
+            pinned = send(envoy.port, 60, {"Host": "reviews.example.com", "x-canary": "true"})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert server.fetched >= 1
+    assert (tmp_path / f"envoy_dynamic_module_{digest}.so").read_bytes() == module.read_bytes()
+    assert_weighted(upstreams_of(answers))
+    assert upstreams_of(pinned) == {"v3": 60}
+    assert [body["upstream_header"] for _, body in answers + pinned] == [None] * (REQUESTS + 60)
+
+
 def guarded_plugin(start):
     """v1/v2 50/50 as configured until `start`, when the rollout's one step puts v2/v3 50/50."""
     plugin = json.loads(json.dumps(PLUGIN))
@@ -271,12 +342,22 @@ def test_the_guard_and_a_rollout_step_move_tagged_traffic(cli, tmp_path, shape, 
 # --- The manifests ---------------------------------------------------------------------------------
 
 TARGETS = ("sidecar", "sidecar-httproute", "ambient", "envoy-gateway")
+# rendering: (target, render options); the native build on Envoy Gateway from the proxy's
+# filesystem and from https.
+RENDERINGS = {
+    **{t: (t, ["--sha256", "a" * 64] if t == "envoy-gateway" else []) for t in TARGETS},
+    "envoy-gateway-native": ("envoy-gateway",
+                             ["--native", "--module", "file:///usr/lib/envoy/libmeshsplit.so"]),
+    "envoy-gateway-native-https": ("envoy-gateway",
+                                   ["--native", "--module", "https://example.com/libmeshsplit.so",
+                                    "--sha256", "a" * 64]),
+}
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_rendered_manifests_validate_against_their_crds(cli, tmp_path, target):
-    out = tmp_path / f"{target}.yaml"
-    extra = ["--sha256", "a" * 64] if target == "envoy-gateway" else []
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_rendered_manifests_validate_against_their_crds(cli, tmp_path, rendering):
+    target, extra = RENDERINGS[rendering]
+    out = tmp_path / f"{rendering}.yaml"
     docs = render(cli, tmp_path, target, PLUGIN, *extra)
     out.write_text(yaml.safe_dump_all(docs))
     result = subprocess.run([str(CRD_VALIDATE), str(out)], capture_output=True, text=True,
@@ -291,8 +372,14 @@ def test_rendered_manifests_validate_against_their_crds(cli, tmp_path, target):
         assert all(h["headers"] == {"request": {"remove": [HEADER]}} for h in http)
         assert [d["weight"] for d in http[-1]["route"]] == list(WEIGHTS)
     else:
-        first = "EnvoyExtensionPolicy" if target == "envoy-gateway" else "WasmPlugin"
-        assert kinds == [first, "Service", "Service", "Service", "HTTPRoute"]
+        first = ["EnvoyExtensionPolicy"] if target == "envoy-gateway" else ["WasmPlugin"]
+        if "--native" in extra:
+            # The policy's module is the one the EnvoyProxy registers.
+            first.append("EnvoyProxy")
+            assert [m["name"] for m in docs[0]["spec"]["dynamicModule"]] == \
+                [m["name"] for m in docs[1]["spec"]["dynamicModules"]]
+            assert "wasm" not in docs[0]["spec"]
+        assert kinds == [*first, "Service", "Service", "Service", "HTTPRoute"]
         rules = docs[-1]["spec"]["rules"]
         assert all(r["filters"] == [{"type": "RequestHeaderModifier",
                                      "requestHeaderModifier": {"remove": [HEADER]}}] for r in rules)
@@ -304,6 +391,13 @@ def test_rendered_manifests_validate_against_their_crds(cli, tmp_path, target):
     (["--target", "envoy-gateway", "--module", "file:///m.wasm"], "oci:// or https://"),
     (["--target", "sidecar", "--module", "ftp://x"], "oci://, https:// or file://"),
     (["--target", "sidecar", "--module", MODULE, "--namespace", "Prod"], "--namespace: \"Prod\""),
+    (["--target", "ambient", "--native", "--module", "file:///l.so"], "only Envoy Gateway loads"),
+    (["--target", "envoy-gateway", "--native", "--module", MODULE], "file:///PATH) or from https://"),
+    (["--target", "envoy-gateway", "--native", "--module", "file://l.so"], "an absolute path"),
+    (["--target", "envoy-gateway", "--native", "--module", "file:///l.so", "--sha256", "a" * 64],
+     "checks no digest of a dynamic module on the proxy's filesystem"),
+    (["--target", "envoy-gateway", "--native", "--module", "https://example.com/l.so"],
+     "--sha256 is required"),
 ])
 def test_render_refuses_what_the_control_plane_would(cli, tmp_path, args, message):
     source = tmp_path / "plugin.json"
@@ -409,10 +503,10 @@ def check(cli, *files):
                           text=True, timeout=60)
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_check_passes_the_rendered_manifests_and_names_their_routes(cli, tmp_path, target):
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_check_passes_the_rendered_manifests_and_names_their_routes(cli, tmp_path, rendering):
+    target, extra = RENDERINGS[rendering]
     out = tmp_path / "rendered.yaml"
-    extra = ["--sha256", "a" * 64] if target == "envoy-gateway" else []
     out.write_text(yaml.safe_dump_all(render(cli, tmp_path, target, PLUGIN, *extra)))
     result = check(cli, out)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -423,8 +517,7 @@ def test_check_passes_the_rendered_manifests_and_names_their_routes(cli, tmp_pat
 
 
 def render_for_check(cli, tmp_path, target):
-    extra = ["--sha256", "a" * 64] if target == "envoy-gateway" else []
-    return render(cli, tmp_path, target, PLUGIN, *extra)
+    return render(cli, tmp_path, target, PLUGIN, *RENDERINGS[target][1])
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -534,12 +627,13 @@ def doc_commands(word):
 @pytest.mark.parametrize("page,line", list(doc_commands("render")))
 def test_the_docs_render_commands_write_the_shipped_manifests(cli, page, line):
     """Each `meshsplit render` line of the docs, run as written from the repository root, writes
-    exactly the file the page says it is (envoy/supported/TARGET.yaml)."""
+    exactly the file the page says it is (envoy/supported/TARGET.yaml, TARGET-native.yaml with
+    `--native`)."""
     args = shlex.split(line)[1:]
     out = subprocess.run([str(cli), *args], cwd=harness.ROOT, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, (page, line, out.stderr)
-    target = args[args.index("--target") + 1]
+    target = args[args.index("--target") + 1] + ("-native" if "--native" in args else "")
     assert out.stdout == (SHIPPED / f"{target}.yaml").read_text(), (page, line)
 
 

@@ -8,13 +8,16 @@ manifests run in real Envoy as the proxies would get them.
   (`pilot/pkg/config/kube/gateway/conversion.go`, then the same route translation).
 - Istio ambient waypoint, HTTPRoute: `waypoint_http_route` (`listener_waypoint.go`).
 - Envoy Gateway, HTTPRoute with an EnvoyExtensionPolicy: `envoy_gateway`
-  (envoyproxy/gateway `internal/xds/translator`).
+  (envoyproxy/gateway `internal/xds/translator`), the wasm module or (`render --native`) the
+  native build as a dynamic module that an EnvoyProxy registers.
 
-Each function takes the rendered documents, the module (or native build) and {upstream server
-name: port} where the servers are named after the versions (v1, v2, ...), and returns a
-bootstrap whose first listener is the one clients send to."""
+Each function takes the rendered documents, the wasm module (None for the native build, whose
+library the rendered EnvoyProxy names) and {upstream server name: port} where the servers are
+named after the versions (v1, v2, ...), and returns a bootstrap whose first listener is the one
+clients send to."""
 import copy
 import json
+import urllib.parse
 
 import harness
 import istio
@@ -38,18 +41,16 @@ def plugin_json(docs):
         if doc and doc.get("kind") == "WasmPlugin":
             return json.dumps(doc["spec"]["pluginConfig"])
         if doc and doc.get("kind") == "EnvoyExtensionPolicy":
-            return json.dumps(doc["spec"]["wasm"][0]["config"])
+            spec = doc["spec"]
+            return json.dumps((spec.get("wasm") or spec["dynamicModule"])[0]["config"])
     raise AssertionError("no WasmPlugin or EnvoyExtensionPolicy")
 
 
-def native_filter(name, plugin, disabled=False):
-    """The native build as an HTTP filter: the dynamic module filter with the same plugin JSON."""
-    entry = {"name": name, "typed_config": {
-        "@type": harness.DYNAMIC_FILTER_TYPE, "dynamic_module_config": {"name": "meshsplit"},
-        "filter_name": "meshsplit", "filter_config": {"@type": harness.STRING_VALUE, "value": plugin}}}
-    if disabled:
-        entry["disabled"] = True
-    return entry
+def k8s_json(value):
+    """A manifest's free-form JSON field (`apiextensionsv1.JSON`) as a controller reads it back
+    from the API server, `Raw`: compact, keys sorted (the server stores custom resources as
+    unstructured maps, which Go's encoding/json writes sorted)."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 def base_bootstrap(listener_name, hcm, clusters, stats_config=None):
@@ -92,8 +93,22 @@ def with_native_stats(config, build):
 # - the wasm filter: `envoy.filters.http.wasm/envoyextensionpolicy/NS/POLICY/wasm/I`
 #   (`perRouteFilterName`, `irConfigNameForWasm`), `disabled: true` in the HCM (`patchHCM`),
 #   config `name` the spec's `name`, `vm_id` the IR name, the plugin config a StringValue of the
-#   JSON, `fail_open` when set; sorted before the router (`httpfilters.go`: wasm 200+i, router
-#   310); the router with `suppress_envoy_headers: true`;
+#   JSON (`wasm.go`: `string(wasm.Config.Raw)`), `fail_open` when set; sorted before the router
+#   (`httpfilters.go`: wasm 200+i, router 310); the router with `suppress_envoy_headers: true`;
+# - the dynamic module filter (`internal/xds/translator/dynamicmodule.go`; the IR from
+#   `internal/gatewayapi/envoyextensionpolicy.go`, `buildDynamicModules`, which takes the source
+#   from the EnvoyProxy's `dynamicModules` entry the policy's `name` references):
+#   `envoy.filters.http.dynamic_modules/envoyextensionpolicy/NS/POLICY/dynamic-module/I`
+#   (`dynamicModuleFilterName`: `perRouteFilterName` of `irConfigNameForDynamicModule`),
+#   `disabled: true` in the HCM (`buildHCMDynamicModuleFilter`), typed config
+#   `DynamicModuleFilter` (`dynamicModuleConfig`): `dynamic_module_config` with `module` the
+#   source (`dynamicModuleSource`: a local `filename`, or `remote` with `http_uri` {uri, the URL's
+#   cluster, timeout 10 s} and `sha256`) and the entry's `do_not_close`/`load_globally` (false
+#   by default, so absent), `filter_name` the policy's `filterName`, `filter_config` a StringValue
+#   of the config JSON (`dm.Config.Raw`), `terminal_filter` false; sorted at 250+i, after wasm and
+#   before the router; enabled per route like wasm (`patchRoute`); a remote source adds a
+#   cluster named `HOST_PORT` for the URL (`patchResources`, `addClusterFromURL`, `url2Cluster`:
+#   dots as `_`, static for an IP address);
 # - each route the policy covers enables the filter with `typed_per_filter_config` {FILTER:
 #   FilterConfig {config: {}}} (`patchRoute`, `enableFilterOnRoute`): a policy on an HTTPRoute
 #   covers every rule of it;
@@ -110,9 +125,16 @@ def with_native_stats(config, build):
 EG_LISTENER = "default/eg/http"
 
 
-def eg_filter_name(policy, index=0):
+# The filter type of each EnvoyExtensionPolicy list and the IR name's kind (`irConfigNameForWasm`,
+# `irConfigNameForDynamicModule`).
+EG_FILTERS = {"wasm": ("envoy.filters.http.wasm", "wasm"),
+              "dynamicModule": ("envoy.filters.http.dynamic_modules", "dynamic-module")}
+
+
+def eg_filter_name(policy, index=0, kind="wasm"):
     meta = policy["metadata"]
-    return f"envoy.filters.http.wasm/envoyextensionpolicy/{meta['namespace']}/{meta['name']}/wasm/{index}"
+    filter_type, ir_kind = EG_FILTERS[kind]
+    return f"{filter_type}/envoyextensionpolicy/{meta['namespace']}/{meta['name']}/{ir_kind}/{index}"
 
 
 def eg_wasm_filter(policy, module):
@@ -123,7 +145,7 @@ def eg_wasm_filter(policy, module):
         "vm_config": {"vm_id": name.split("/", 1)[1], "runtime": "envoy.wasm.runtime.v8",
                       # Envoy Gateway serves the module from its cache over HTTPS; here, the file.
                       "code": {"local": {"filename": str(module)}}},
-        "configuration": {"@type": harness.STRING_VALUE, "value": json.dumps(wasm["config"])},
+        "configuration": {"@type": harness.STRING_VALUE, "value": k8s_json(wasm["config"])},
     }
     if wasm.get("rootID"):
         config["root_id"] = wasm["rootID"]
@@ -133,12 +155,54 @@ def eg_wasm_filter(policy, module):
             "typed_config": {"@type": harness.WASM_TYPE, "config": config}}
 
 
-def eg_cluster(name, ports_by_weight):
-    """An Envoy Gateway rule cluster: one locality per backend, each weighted."""
+def url_cluster_name(url):
+    """`url2Cluster`: the cluster Envoy Gateway adds for a URL it fetches from, and its port."""
+    parsed = urllib.parse.urlsplit(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return f"{parsed.hostname.replace('.', '_')}_{port}", port
+
+
+def eg_dynamic_module_filter(policy, docs):
+    """The dynamic module filter for the policy's first `dynamicModule`, its source from the
+    EnvoyProxy entry of that name; and the clusters a remote source adds."""
+    entry = policy["spec"]["dynamicModule"][0]
+    proxies = [p for p in docs_of("EnvoyProxy", docs)
+               for m in p["spec"].get("dynamicModules", []) if m["name"] == entry["name"]]
+    assert len(proxies) == 1, "the module must be registered by one EnvoyProxy"
+    registered = next(m for m in proxies[0]["spec"]["dynamicModules"] if m["name"] == entry["name"])
+    source = registered["source"]
+    clusters = []
+    if source.get("type", "Local") == "Remote":
+        url = source["remote"]["url"]
+        cluster, port = url_cluster_name(url)
+        assert urllib.parse.urlsplit(url).hostname == "127.0.0.1", "the test serves it on loopback"
+        clusters.append(eg_cluster(cluster, [(port, 1)], backend_names=[f"{cluster}/backend/-1"]))
+        module = {"remote": {"http_uri": {"uri": url, "cluster": cluster, "timeout": "10s"},
+                             "sha256": source["remote"]["sha256"]}}
+    else:
+        module = {"local": {"filename": source["local"]["path"]}}
+    module_config = {"module": module}
+    for field, flag in (("doNotClose", "do_not_close"), ("loadGlobally", "load_globally")):
+        if registered.get(field):
+            module_config[flag] = True
+    typed = {"@type": harness.DYNAMIC_FILTER_TYPE, "dynamic_module_config": module_config}
+    if entry.get("filterName"):
+        typed["filter_name"] = entry["filterName"]
+    if "config" in entry:
+        typed["filter_config"] = {"@type": harness.STRING_VALUE, "value": k8s_json(entry["config"])}
+    if entry.get("terminalFilter"):
+        typed["terminal_filter"] = True
+    return {"name": eg_filter_name(policy, 0, "dynamicModule"), "disabled": True,
+            "typed_config": typed}, clusters
+
+
+def eg_cluster(name, ports_by_weight, backend_names=None):
+    """An Envoy Gateway cluster: one locality per backend (a rule's `NAME/backend/I`), each
+    weighted."""
     endpoints = []
     for index, (port, weight) in enumerate(ports_by_weight):
         endpoints.append({
-            "locality": {"region": f"{name}/backend/{index}"},
+            "locality": {"region": backend_names[index] if backend_names else f"{name}/backend/{index}"},
             "load_balancing_weight": weight,
             "lb_endpoints": [{"endpoint": {"address": {"socket_address": {
                 "address": "127.0.0.1", "port_value": port}}}, "load_balancing_weight": 1}],
@@ -161,17 +225,22 @@ def eg_cluster(name, ports_by_weight):
 
 
 def envoy_gateway(docs, module, ports, build="wasm", policy_rules=None):
-    """The Gateway's Envoy for the rendered HTTPRoutes and EnvoyExtensionPolicy. `policy_rules`:
-    the rule indexes whose routes enable the filter (default: every rule, as a policy on the
-    HTTPRoute does); a narrower set shows what a policy on one rule's section does."""
+    """The Gateway's Envoy for the rendered HTTPRoutes and EnvoyExtensionPolicy: its `wasm`
+    module, or for the native build (rendered with `--native`) its `dynamicModule` as the
+    rendered EnvoyProxy registers it. `policy_rules`: the rule indexes whose routes enable the
+    filter (default: every rule, as a policy on the HTTPRoute does); a narrower set shows what a
+    policy on one rule's section does."""
     policy = one("EnvoyExtensionPolicy", docs)
-    wasm_filter = eg_wasm_filter(policy, module)
-    name = wasm_filter["name"]
-    if build != "wasm":
-        wasm_filter = native_filter(name, wasm_filter["typed_config"]["config"]["configuration"]["value"],
-                                    disabled=True)
+    clusters = []
+    if build == "wasm":
+        assert "dynamicModule" not in policy["spec"], "a wasm build runs the policy's wasm"
+        module_filter = eg_wasm_filter(policy, module)
+    else:
+        assert "wasm" not in policy["spec"], "render --native for the native build"
+        module_filter, clusters = eg_dynamic_module_filter(policy, docs)
+    name = module_filter["name"]
     targets = {r["name"] for r in policy["spec"]["targetRefs"] if r["kind"] == "HTTPRoute"}
-    virtual_hosts, clusters = [], []
+    virtual_hosts = []
     for route in docs_of("HTTPRoute", docs):
         meta = route["metadata"]
         prefix = f"httproute/{meta['namespace']}/{meta['name']}"
@@ -215,7 +284,7 @@ def envoy_gateway(docs, module, ports, build="wasm", policy_rules=None):
         "stat_prefix": "http-10080",
         "route_config": {"name": EG_LISTENER, "virtual_hosts": virtual_hosts,
                          "ignore_port_in_host_matching": True},
-        "http_filters": [wasm_filter, {
+        "http_filters": [module_filter, {
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
                              "suppress_envoy_headers": True}}],

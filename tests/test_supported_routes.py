@@ -2,22 +2,27 @@
 the manifests, tests/control_planes.py turns them into the Envoy configuration each control plane
 generates (Istio sidecar with a VirtualService or an HTTPRoute, Istio ambient waypoint, Envoy
 Gateway), and real Envoy runs it with the module (wasm) or, on Envoy Gateway's plain Envoy, the
-native filter.
+native filter (rendered with `--native`: the policy's `dynamicModule` and the EnvoyProxy that
+registers the library, from the proxy's filesystem or fetched by Envoy over http(s)).
 
 What each shape must show: the split follows the weights (chi-square) while clients send their
 own `x-meshsplit-upstream`; no upstream sees that header; a rule pins to its version; requests
-the filter did not tag (a pod without it) take the weighted default route; the guard's ejection
-and a rollout step move traffic; and, for Envoy Gateway, a policy enabled on one rule only leaves
-the filter out of untagged requests (why the policy targets the whole HTTPRoute)."""
+the filter did not tag (a pod without it, a name of the service the config does not list) take
+the weighted default route; the guard's ejection and a rollout step move traffic; and, for Envoy
+Gateway, a policy enabled on one rule only leaves the filter out of untagged requests (why the
+policy targets the whole HTTPRoute)."""
 import collections
 import concurrent.futures
 import datetime
 import functools
+import hashlib
+import http.server
 import json
 import re
 import shlex
 import struct
 import subprocess
+import threading
 import time
 
 import pytest
@@ -25,6 +30,7 @@ import yaml
 
 import control_planes
 import harness
+import istio
 import stats
 from stats import chi_square
 from test_cli import cli  # noqa: F401  (the session fixture that builds the command)
@@ -71,9 +77,12 @@ def for_target(target, plugin):
 
 
 def render(cli, tmp_path, target, plugin=PLUGIN, *extra):
+    """The rendered documents; `extra` options after the target (a `--module` of their own
+    replaces MODULE)."""
     source = tmp_path / "plugin.json"
     source.write_text(json.dumps(for_target(target, plugin)))
-    out = subprocess.run([str(cli), "render", "--target", target, "--module", MODULE, *extra,
+    module = [] if "--module" in extra else ["--module", MODULE]
+    out = subprocess.run([str(cli), "render", "--target", target, *module, *extra,
                           str(source)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]
@@ -89,9 +98,14 @@ def module_for(build):
     return None
 
 
+# The native build on Envoy Gateway: the dynamic module policy and the EnvoyProxy registering
+# the library, here the release build on the proxy's (this machine's) filesystem.
+NATIVE_RENDER = ["--native", "--module", f"file://{harness.NATIVE}"]
+
+
 def build_config(cli, tmp_path, shape, variant, ports, plugin=PLUGIN, **options):
     target, builder, _ = SHAPES[shape]
-    docs = render(cli, tmp_path, target, plugin)
+    docs = render(cli, tmp_path, target, plugin, *(NATIVE_RENDER if variant == "native" else ()))
     if variant != "wasm":
         options["build"] = variant
     return builder(docs, module_for(variant), ports, **options)
@@ -177,6 +191,27 @@ def test_unknown_hosts_keep_the_proxys_own_routes(cli, tmp_path, shape, variant)
         assert_weighted(seen)
 
 
+@pytest.mark.parametrize("shape", ["sidecar-virtualservice", "sidecar-httproute"])
+def test_hosts_the_filter_does_not_know_but_the_routes_do_take_the_weighted_default(
+        cli, tmp_path, shape):
+    """A name of reviews that the config does not list but the sidecar's virtual host for reviews
+    does: the cluster IP with the port, as clients that resolved the Service send it (istiod puts
+    the cluster IP in the domains; the port is ignored in host matching). The filter passes the
+    request (`on_unknown_service: pass`) but still removes the client's claim, so the header
+    routes do not take it: the default route splits by the weights, and no upstream sees the
+    header."""
+    host = f"{istio.CLUSTER_IP}:{istio.PORT}"
+    with harness.upstreams(*VERSIONS, "other") as ports, \
+            harness.Envoy(build_config(cli, tmp_path, shape, "wasm", ports), tmp_path) as envoy:
+        answers = send(envoy.port, REQUESTS, {"Host": host, HEADER: "v3"})
+        # The same name with the canary header: the rule is the config's, the host is not.
+        canary = send(envoy.port, 60, {"Host": host, "x-canary": "true"}, connections=2)
+    assert len(answers) == REQUESTS
+    assert_weighted(upstreams_of(answers))
+    assert [body["upstream_header"] for _, body in answers + canary] == [None] * (REQUESTS + 60)
+    assert upstreams_of(canary) != {"v3": 60}  # the canary rule is not pinned: not a known host
+
+
 def test_a_policy_on_one_rule_leaves_untagged_requests_without_the_filter(cli, tmp_path):
     """Envoy Gateway adds the filter disabled and enables it per route; Envoy creates it only if
     the route matched before it ran enables it. An untagged request first matches the default
@@ -187,6 +222,65 @@ def test_a_policy_on_one_rule_leaves_untagged_requests_without_the_filter(cli, t
                                        policy_rules={0, 1, 2}), tmp_path) as envoy:
         answers = send(envoy.port, REQUESTS, {"Host": "reviews.example.com", "x-canary": "true"})
     assert_weighted(upstreams_of(answers))
+
+
+class ModuleServer(http.server.ThreadingHTTPServer):
+    """Serves one file at /NAME over HTTP on loopback; `fetched` counts the GETs."""
+
+    def __init__(self, path):
+        self.file, self.fetched = path, 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path != f"/{server.file.name}":
+                    self.send_error(404)
+                    return
+                server.fetched += 1
+                data = server.file.read_bytes()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def url(self):
+        return f"http://127.0.0.1:{self.server_port}/{self.file.name}"
+
+
+def test_the_native_module_envoy_fetches_splits_the_same(cli, tmp_path, monkeypatch):
+    """Rendered with an http(s) `--module` and its `--sha256`, the EnvoyProxy registers a remote
+    source: Envoy Gateway hands Envoy the URL, the digest and a cluster for the URL's host, and
+    Envoy fetches the library and checks it before it loads it (here over plain HTTP from
+    loopback, which Envoy Gateway accepts too). The filter then splits, pins and removes the
+    header as the library on the proxy's filesystem does."""
+    # Envoy keeps what it fetched as $TMPDIR/envoy_dynamic_module_SHA256.so and loads that file
+    # instead while it exists: a fresh directory, so that this Envoy fetches.
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    module = harness.build_native()
+    digest = hashlib.sha256(module.read_bytes()).hexdigest()
+    server = ModuleServer(module)
+    try:
+        docs = render(cli, tmp_path, "envoy-gateway", PLUGIN, "--native", "--module", server.url(),
+                      "--sha256", digest)
+        with harness.upstreams(*VERSIONS, "other") as ports, \
+                harness.Envoy(control_planes.envoy_gateway(docs, None, ports, build="native"),
+                              tmp_path) as envoy:
+            answers = send(envoy.port, REQUESTS, {"Host": "reviews.example.com", HEADER: "v3"})
+            pinned = send(envoy.port, 60, {"Host": "reviews.example.com", "x-canary": "true"})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert server.fetched >= 1
+    assert (tmp_path / f"envoy_dynamic_module_{digest}.so").read_bytes() == module.read_bytes()
+    assert_weighted(upstreams_of(answers))
+    assert upstreams_of(pinned) == {"v3": 60}
+    assert [body["upstream_header"] for _, body in answers + pinned] == [None] * (REQUESTS + 60)
 
 
 def guarded_plugin(start):
@@ -248,12 +342,22 @@ def test_the_guard_and_a_rollout_step_move_tagged_traffic(cli, tmp_path, shape, 
 # --- The manifests ---------------------------------------------------------------------------------
 
 TARGETS = ("sidecar", "sidecar-httproute", "ambient", "envoy-gateway")
+# rendering: (target, render options); the native build on Envoy Gateway from the proxy's
+# filesystem and from https.
+RENDERINGS = {
+    **{t: (t, ["--sha256", "a" * 64] if t == "envoy-gateway" else []) for t in TARGETS},
+    "envoy-gateway-native": ("envoy-gateway",
+                             ["--native", "--module", "file:///usr/lib/envoy/libmeshsplit.so"]),
+    "envoy-gateway-native-https": ("envoy-gateway",
+                                   ["--native", "--module", "https://example.com/libmeshsplit.so",
+                                    "--sha256", "a" * 64]),
+}
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_rendered_manifests_validate_against_their_crds(cli, tmp_path, target):
-    out = tmp_path / f"{target}.yaml"
-    extra = ["--sha256", "a" * 64] if target == "envoy-gateway" else []
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_rendered_manifests_validate_against_their_crds(cli, tmp_path, rendering):
+    target, extra = RENDERINGS[rendering]
+    out = tmp_path / f"{rendering}.yaml"
     docs = render(cli, tmp_path, target, PLUGIN, *extra)
     out.write_text(yaml.safe_dump_all(docs))
     result = subprocess.run([str(CRD_VALIDATE), str(out)], capture_output=True, text=True,
@@ -268,8 +372,14 @@ def test_rendered_manifests_validate_against_their_crds(cli, tmp_path, target):
         assert all(h["headers"] == {"request": {"remove": [HEADER]}} for h in http)
         assert [d["weight"] for d in http[-1]["route"]] == list(WEIGHTS)
     else:
-        first = "EnvoyExtensionPolicy" if target == "envoy-gateway" else "WasmPlugin"
-        assert kinds == [first, "Service", "Service", "Service", "HTTPRoute"]
+        first = ["EnvoyExtensionPolicy"] if target == "envoy-gateway" else ["WasmPlugin"]
+        if "--native" in extra:
+            # The policy's module is the one the EnvoyProxy registers.
+            first.append("EnvoyProxy")
+            assert [m["name"] for m in docs[0]["spec"]["dynamicModule"]] == \
+                [m["name"] for m in docs[1]["spec"]["dynamicModules"]]
+            assert "wasm" not in docs[0]["spec"]
+        assert kinds == [*first, "Service", "Service", "Service", "HTTPRoute"]
         rules = docs[-1]["spec"]["rules"]
         assert all(r["filters"] == [{"type": "RequestHeaderModifier",
                                      "requestHeaderModifier": {"remove": [HEADER]}}] for r in rules)
@@ -281,6 +391,13 @@ def test_rendered_manifests_validate_against_their_crds(cli, tmp_path, target):
     (["--target", "envoy-gateway", "--module", "file:///m.wasm"], "oci:// or https://"),
     (["--target", "sidecar", "--module", "ftp://x"], "oci://, https:// or file://"),
     (["--target", "sidecar", "--module", MODULE, "--namespace", "Prod"], "--namespace: \"Prod\""),
+    (["--target", "ambient", "--native", "--module", "file:///l.so"], "only Envoy Gateway loads"),
+    (["--target", "envoy-gateway", "--native", "--module", MODULE], "file:///PATH) or from https://"),
+    (["--target", "envoy-gateway", "--native", "--module", "file://l.so"], "an absolute path"),
+    (["--target", "envoy-gateway", "--native", "--module", "file:///l.so", "--sha256", "a" * 64],
+     "checks no digest of a dynamic module on the proxy's filesystem"),
+    (["--target", "envoy-gateway", "--native", "--module", "https://example.com/l.so"],
+     "--sha256 is required"),
 ])
 def test_render_refuses_what_the_control_plane_would(cli, tmp_path, args, message):
     source = tmp_path / "plugin.json"
@@ -337,13 +454,46 @@ def wasm_exports(path):
 @pytest.mark.parametrize("module", [harness.WASM, harness.WASM_COOKIE])
 def test_the_modules_export_the_abi_for_which_envoy_re_routes(module):
     """Envoy (1.33 and later) clears the route cache after a wasm filter changes request headers
-    only for modules of ABI 0.2.1 or older (`context.cc`, `onHeadersModified`): every route that
-    matches the header depends on it. A module that exported a newer ABI would keep the route
-    matched before it ran, and every request would take the default route. The re-routing itself
-    is proven through Envoy by the tests above."""
+    only for modules of ABI 0.2.1 or older (`context.cc`, `onHeadersModified`; its changelog: "The
+    route cache will not be cleared by default if the wasm extension modified the request headers
+    and the ABI version of wasm extension is larger then 0.2.1"): every route that matches the
+    header depends on it. A module that exported a newer ABI would keep the route matched before
+    it ran, and every request would take the default route.
+
+    No such module can be run through Envoy 1.40 to show it: Envoy 1.40 knows no proxy-wasm ABI
+    above 0.2.1 and refuses a module that exports only a newer one at load (the next test). So this
+    test pins the export, the next one shows that the Envoy the tests run on leaves no other
+    choice, and the behaviour itself is guarded by the tests above whose clients all claim
+    `x-meshsplit-upstream: v3` and must still split by the weights (the route of the header the
+    filter wrote, not the client's)."""
     module_for("wasm")
     abi = [n for n in wasm_exports(module) if n.startswith("proxy_abi_version_")]
     assert abi == ["proxy_abi_version_0_2_1"], abi
+
+
+ABI_EXPORT = b"proxy_abi_version_0_2_1"
+
+
+@pytest.mark.parametrize("abi", ["0_2_2", "0_3_0"])
+def test_envoy_refuses_a_module_of_a_newer_abi_at_load(tmp_path, abi):
+    """The module with its ABI export renamed to a newer version (the same length, so the rest of
+    the module is unchanged) does not load: Envoy 1.40 fails the plugin with "Missing or unknown
+    Proxy-Wasm ABI version" and does not start. A dependency upgrade that bumped the exported ABI
+    would fail every test instead of shipping a module Envoy no longer re-routes for. If this test
+    fails after an Envoy upgrade, that Envoy knows the newer ABI: check whether it clears the
+    route cache for it before the module may export it."""
+    original = module_for("wasm").read_bytes()
+    assert original.count(ABI_EXPORT) == 1
+    newer = tmp_path / f"meshsplit-abi-{abi}.wasm"
+    newer.write_bytes(original.replace(ABI_EXPORT, f"proxy_abi_version_{abi}".encode()))
+    assert [n for n in wasm_exports(newer) if n.startswith("proxy_abi_version_")] == \
+        [f"proxy_abi_version_{abi}"]
+    plugin = json.loads(json.dumps(PLUGIN))
+    config = harness.bootstrap(plugin, {f"reviews_{v}": harness.free_port() for v in VERSIONS},
+                               harness.free_port(), harness.free_port(), build="wasm")
+    harness.use_module(config, newer)
+    with pytest.raises(RuntimeError, match="Missing or unknown Proxy-Wasm ABI version"):
+        harness.Envoy(config, tmp_path).start()
 
 
 # --- `meshsplit check` on the routes -----------------------------------------------------------
@@ -353,10 +503,10 @@ def check(cli, *files):
                           text=True, timeout=60)
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_check_passes_the_rendered_manifests_and_names_their_routes(cli, tmp_path, target):
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_check_passes_the_rendered_manifests_and_names_their_routes(cli, tmp_path, rendering):
+    target, extra = RENDERINGS[rendering]
     out = tmp_path / "rendered.yaml"
-    extra = ["--sha256", "a" * 64] if target == "envoy-gateway" else []
     out.write_text(yaml.safe_dump_all(render(cli, tmp_path, target, PLUGIN, *extra)))
     result = check(cli, out)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -366,29 +516,53 @@ def test_check_passes_the_rendered_manifests_and_names_their_routes(cli, tmp_pat
     assert "warning" not in result.stdout
 
 
-def test_check_warns_about_routes_that_do_not_follow_the_config(cli, tmp_path):
+def render_for_check(cli, tmp_path, target):
+    return render(cli, tmp_path, target, PLUGIN, *RENDERINGS[target][1])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_check_warns_about_routes_that_do_not_follow_the_config(cli, tmp_path, target):
     """The plugin config and the routes in two files, as they are usually kept: a missing
-    version route, a default route with other weights, a route that keeps the header."""
-    docs = render(cli, tmp_path, "sidecar", PLUGIN)
-    plugin_file, routes_file = tmp_path / "wasmplugin.yaml", tmp_path / "virtualservice.yaml"
+    version route, a default route with other weights, a route that keeps the header; the same
+    edits on a VirtualService and on each shape's HTTPRoute."""
+    docs = render_for_check(cli, tmp_path, target)
+    plugin_file, routes_file = tmp_path / "plugin.yaml", tmp_path / "routes.yaml"
     plugin_file.write_text(yaml.safe_dump(docs[0]))
-    vs = docs[2]
-    http = vs["spec"]["http"]
-    del http[1]  # v2's route
-    del http[0]["headers"]  # v1's route no longer removes the header
-    http[-1]["route"][0]["weight"], http[-1]["route"][1]["weight"] = 90, 10
-    routes_file.write_text(yaml.safe_dump(vs))
+    routes = docs[-1]
+    if target == "sidecar":
+        http = routes["spec"]["http"]
+        del http[1]  # v2's route
+        del http[0]["headers"]  # v1's route no longer removes the header
+        http[-1]["route"][0]["weight"], http[-1]["route"][1]["weight"] = 90, 10
+        kind, v1_route = "VirtualService", 'route "meshsplit-v1"'
+        plugin_at = f"{plugin_file}: WasmPlugin default/meshsplit"
+    else:
+        rules = routes["spec"]["rules"]
+        del rules[1]  # v2's rule
+        del rules[0]["filters"]  # v1's rule no longer removes the header
+        rules[-1]["backendRefs"][0]["weight"], rules[-1]["backendRefs"][1]["weight"] = 90, 10
+        kind, v1_route = "HTTPRoute", "rule 0"
+        plugin_at = f"{plugin_file}: " + ("EnvoyExtensionPolicy default/meshsplit wasm[0]"
+                                          if target == "envoy-gateway" else "WasmPlugin default/meshsplit")
+    routes_file.write_text(yaml.safe_dump(routes))
     result = check(cli, plugin_file, routes_file)
     assert result.returncode == 1, result.stdout + result.stderr
     warnings = [l for l in result.stdout.splitlines() if l.startswith("warning: ")]
-    at = f"warning: {routes_file}: VirtualService default/reviews: "
-    assert warnings == [
-        f"{at}route \"meshsplit-v1\" for {HEADER}: v1 does not remove {HEADER}: the upstream sees it",
+    at = f"warning: {routes_file}: {kind} default/reviews: "
+    expected = [
+        f"{at}{v1_route} for {HEADER}: v1 does not remove {HEADER}: the upstream sees it",
         f"{at}no route matches {HEADER}: v2: the requests services[0] (\"reviews\") of "
-        f"{plugin_file}: WasmPlugin default/meshsplit sends to upstream \"v2\" take another route",
+        f"{plugin_at} sends to upstream \"v2\" take another route",
         f"{at}the default route's weights (v1 90, v3 5, and 10 to backends no version's route names) "
         f"are not the config's (v1 80, v3 5): requests without {HEADER} split differently from the filter's",
-    ], result.stdout
+    ]
+    if target == "envoy-gateway":
+        # Envoy Gateway names a rule's cluster by its index: v3's rule moved up one, so the
+        # cluster the config names for v3 is no longer the one its rule sends to.
+        expected.insert(2, f"{at}rule 1 sends {HEADER}: v3 to reviews-v3.default, but the config's "
+                           f"cluster for upstream \"v3\" (httproute/default/reviews/rule/2) is rule 2 "
+                           f"of HTTPRoute reviews")
+    assert warnings == expected, result.stdout
     # Alone, the routes file routes no config's header: nothing meshsplit reads.
     assert check(cli, routes_file).returncode == 2
 
@@ -453,12 +627,13 @@ def doc_commands(word):
 @pytest.mark.parametrize("page,line", list(doc_commands("render")))
 def test_the_docs_render_commands_write_the_shipped_manifests(cli, page, line):
     """Each `meshsplit render` line of the docs, run as written from the repository root, writes
-    exactly the file the page says it is (envoy/supported/TARGET.yaml)."""
+    exactly the file the page says it is (envoy/supported/TARGET.yaml, TARGET-native.yaml with
+    `--native`)."""
     args = shlex.split(line)[1:]
     out = subprocess.run([str(cli), *args], cwd=harness.ROOT, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, (page, line, out.stderr)
-    target = args[args.index("--target") + 1]
+    target = args[args.index("--target") + 1] + ("-native" if "--native" in args else "")
     assert out.stdout == (SHIPPED / f"{target}.yaml").read_text(), (page, line)
 
 

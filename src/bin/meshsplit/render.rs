@@ -11,6 +11,11 @@
 //! | `sidecar-httproute` | WasmPlugin, client side | HTTPRoute, parent the Service (GAMMA) | a Service |
 //! | `ambient` | WasmPlugin on the waypoint (`targetRefs` the Service) | HTTPRoute, parent the Service | a Service |
 //! | `envoy-gateway` | EnvoyExtensionPolicy on the HTTPRoute | HTTPRoute, parent the Gateway | a Service |
+//!
+//! With `--native` (Envoy Gateway only), the module is the native build, an Envoy dynamic
+//! module: the EnvoyExtensionPolicy's `dynamicModule` entry instead of `wasm`, and an
+//! EnvoyProxy that registers the module, since Envoy Gateway loads only the modules an
+//! EnvoyProxy names (`internal/gatewayapi/envoyextensionpolicy.go`, `buildDynamicModules`).
 
 use std::path::PathBuf;
 
@@ -28,6 +33,7 @@ use crate::Status;
 /// Examples:
 ///   meshsplit render --target sidecar --module oci://REGISTRY/meshsplit:0.2.0 meshsplit.json
 ///   meshsplit render --target envoy-gateway --gateway eg --module https://example.com/meshsplit.wasm --sha256 HEX meshsplit.json
+///   meshsplit render --target envoy-gateway --native --module file:///usr/lib/envoy/libmeshsplit.so meshsplit.json
 #[derive(Debug, clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -44,7 +50,8 @@ pub struct Args {
     #[arg(long, default_value_t = 9080)]
     port: u16,
     /// Where the control plane fetches the module: `oci://…`, `https://…` (give --sha256) or,
-    /// for Istio, `file://…`.
+    /// for Istio, `file://…`. With --native: the library on the proxy's filesystem,
+    /// `file:///PATH`, or `https://…` with --sha256, which Envoy fetches.
     #[arg(long, value_name = "URL")]
     module: String,
     /// The sha256 the fetched module must have (for an `oci://` module, its image digest).
@@ -66,6 +73,11 @@ pub struct Args {
     /// Which config, when the file holds several (in the order `meshsplit check` lists them).
     #[arg(long, value_name = "N")]
     config_index: Option<usize>,
+    /// envoy-gateway: run the native build (the Envoy dynamic module libmeshsplit.so) instead of
+    /// the wasm module: the EnvoyExtensionPolicy's `dynamicModule`, and an EnvoyProxy that
+    /// registers the module, to be attached to the Gateway.
+    #[arg(long)]
+    native: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -124,6 +136,12 @@ fn render(args: &Args) -> Result<(String, Vec<String>), Failure> {
     if args.target == Target::Ambient {
         check_label("--waypoint", &args.waypoint)?;
     }
+    if args.native && args.target != Target::EnvoyGateway {
+        return Err(Failure::usage(
+            "--native: only Envoy Gateway loads a dynamic module from its own API \
+             (EnvoyExtensionPolicy dynamicModule); Istio's WasmPlugin runs wasm modules",
+        ));
+    }
     if args.port == 0 {
         return Err(Failure::usage(
             "--port 0: expected the services' port, 1 to 65535",
@@ -155,25 +173,30 @@ fn render(args: &Args) -> Result<(String, Vec<String>), Failure> {
              service's Kubernetes Service to its hosts)"
         )));
     }
-    let mut docs = Vec::new();
-    docs.push(module_resource(args, &services, raw)?);
+    // (a comment above the document, the document)
+    let mut docs: Vec<(String, Value)> = Vec::new();
+    docs.push((String::new(), module_resource(args, &services, raw)?));
+    if args.native {
+        docs.push(envoy_proxy(args)?);
+    }
     for service in &services {
         match args.target {
             Target::Sidecar => {
-                docs.push(destination_rule(args, service));
-                docs.push(virtual_service(args, service, &header));
+                docs.push((String::new(), destination_rule(args, service)));
+                docs.push((String::new(), virtual_service(args, service, &header)));
             }
             Target::SidecarHttproute | Target::Ambient | Target::EnvoyGateway => {
                 for version in &service.versions {
-                    docs.push(version_service(args, service, version));
+                    docs.push((String::new(), version_service(args, service, version)));
                 }
-                docs.push(http_route(args, service, &header));
+                docs.push((String::new(), http_route(args, service, &header)));
             }
         }
     }
     let mut text = String::from(HEADER);
-    for doc in docs {
+    for (comment, doc) in docs {
         text.push_str("---\n");
+        text.push_str(&comment);
         yaml(&doc, 0, &mut text);
     }
     Ok((text, notes))
@@ -542,6 +565,32 @@ fn module_resource(args: &Args, services: &[Routed], config: Value) -> Result<Va
         }
     }
     if args.target == Target::EnvoyGateway {
+        let refs: Vec<Value> = services
+            .iter()
+            .map(|s| {
+                json!({"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": s.name})
+            })
+            .collect();
+        if args.native {
+            // The module itself is the EnvoyProxy's (`envoy_proxy`): the policy names it.
+            native_source(args)?;
+            return Ok(json!({
+                "apiVersion": "gateway.envoyproxy.io/v1alpha1",
+                "kind": "EnvoyExtensionPolicy",
+                "metadata": metadata(args, "meshsplit"),
+                "spec": {
+                    // The whole HTTPRoute, as for wasm: the filter is disabled by default and
+                    // enabled per route (`internal/xds/translator/dynamicmodule.go`).
+                    "targetRefs": refs,
+                    "dynamicModule": [{
+                        "name": NATIVE_MODULE,
+                        // The filter's name names its stats, as the wasm module's `name` does.
+                        "filterName": "meshsplit",
+                        "config": config,
+                    }],
+                },
+            }));
+        }
         let code = if let Some(image_ref) = args.module.strip_prefix("oci://") {
             let mut image = Map::new();
             image.insert("url".into(), json!(image_ref));
@@ -557,12 +606,6 @@ fn module_resource(args: &Args, services: &[Routed], config: Value) -> Result<Va
                 args.module
             )));
         };
-        let refs: Vec<Value> = services
-            .iter()
-            .map(|s| {
-                json!({"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": s.name})
-            })
-            .collect();
         return Ok(json!({
             "apiVersion": "gateway.envoyproxy.io/v1alpha1",
             "kind": "EnvoyExtensionPolicy",
@@ -618,6 +661,71 @@ fn module_resource(args: &Args, services: &[Routed], config: Value) -> Result<Va
         "metadata": metadata(args, "meshsplit"),
         "spec": spec,
     }))
+}
+
+/// The name the EnvoyProxy registers the native module under, which the policy references.
+const NATIVE_MODULE: &str = "meshsplit";
+
+/// The native module's `source` in an EnvoyProxy `dynamicModules` entry: a library on the
+/// proxy's filesystem (`file:///PATH`), or one Envoy fetches over http(s) and checks against
+/// --sha256 (`api/v1alpha1/dynamic_module_types.go`).
+fn native_source(args: &Args) -> Result<Value, Failure> {
+    if let Some(path) = args.module.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err(Failure::usage(format!(
+                "--module {:?}: a dynamic module on the proxy's filesystem is file:///PATH, an \
+                 absolute path",
+                args.module
+            )));
+        }
+        if args.sha256.is_some() {
+            return Err(Failure::usage(
+                "--sha256: Envoy Gateway checks no digest of a dynamic module on the proxy's \
+                 filesystem; give it with an https:// --module, which Envoy fetches",
+            ));
+        }
+        return Ok(json!({"type": "Local", "local": {"path": path}}));
+    }
+    if args.module.starts_with("https://") || args.module.starts_with("http://") {
+        let Some(sha) = &args.sha256 else {
+            return Err(Failure::usage(
+                "--sha256 is required with an http(s) --module: the proxy checks what it fetched",
+            ));
+        };
+        // The CRD takes lowercase hex only (module_resource checked it is 64 hex digits).
+        let sha = sha.to_ascii_lowercase();
+        return Ok(json!({"type": "Remote", "remote": {"url": args.module, "sha256": sha}}));
+    }
+    Err(Failure::usage(format!(
+        "--module {:?}: Envoy Gateway loads a dynamic module from the proxy's filesystem \
+         (file:///PATH) or from https:// (with --sha256)",
+        args.module
+    )))
+}
+
+/// The EnvoyProxy that registers the native module, with the comment that says how the
+/// Gateway takes it.
+fn envoy_proxy(args: &Args) -> Result<(String, Value), Failure> {
+    let comment = format!(
+        "\
+# Envoy Gateway loads only the dynamic modules an EnvoyProxy registers. Attach this one to the
+# Gateway {ns}/{gateway}: spec.infrastructure.parametersRef {{group: gateway.envoyproxy.io, kind:
+# EnvoyProxy, name: meshsplit}}; StrategicMerge keeps the GatewayClass's EnvoyProxy settings. If
+# the Gateway already references an EnvoyProxy, add this dynamicModules entry to that one.
+",
+        ns = args.namespace,
+        gateway = args.gateway
+    );
+    let doc = json!({
+        "apiVersion": "gateway.envoyproxy.io/v1alpha1",
+        "kind": "EnvoyProxy",
+        "metadata": metadata(args, "meshsplit"),
+        "spec": {
+            "mergeType": "StrategicMerge",
+            "dynamicModules": [{"name": NATIVE_MODULE, "source": native_source(args)?}],
+        },
+    });
+    Ok((comment, doc))
 }
 
 fn destination_rule(args: &Args, service: &Routed) -> Value {
@@ -793,6 +901,59 @@ mod tests {
             &mut out,
         );
         assert_eq!(out, "a:\n- b: 1\n  c:\n  - x\n- z\nd: {}\ne:\n  f: null\n");
+    }
+
+    fn native_args(module: &str, sha256: Option<&str>) -> Args {
+        Args {
+            config: PathBuf::from("-"),
+            target: Target::EnvoyGateway,
+            namespace: "default".into(),
+            port: 9080,
+            module: module.into(),
+            sha256: sha256.map(str::to_owned),
+            gateway: "eg".into(),
+            version_label: "version".into(),
+            app_label: "app".into(),
+            waypoint: "waypoint".into(),
+            config_index: None,
+            native: true,
+        }
+    }
+
+    #[test]
+    fn native_sources_envoy_gateway_registers() {
+        let sha = "AB".repeat(32);
+        assert_eq!(
+            native_source(&native_args("file:///usr/lib/envoy/libmeshsplit.so", None)).ok(),
+            Some(json!({"type": "Local", "local": {"path": "/usr/lib/envoy/libmeshsplit.so"}}))
+        );
+        assert_eq!(
+            native_source(&native_args(
+                "https://example.com/libmeshsplit.so",
+                Some(&sha)
+            ))
+            .ok(),
+            Some(json!({"type": "Remote", "remote": {
+                "url": "https://example.com/libmeshsplit.so", "sha256": "ab".repeat(32)}}))
+        );
+        for (module, sha256) in [
+            ("file://libmeshsplit.so", None),
+            ("file:///libmeshsplit.so", Some(sha.as_str())),
+            ("oci://registry.example/meshsplit:0.2.0", None),
+            ("https://example.com/libmeshsplit.so", None),
+        ] {
+            assert!(
+                native_source(&native_args(module, sha256)).is_err(),
+                "{module}"
+            );
+        }
+        let (comment, proxy) = envoy_proxy(&native_args("file:///l.so", None)).unwrap_or_default();
+        assert!(comment.lines().all(|l| l.starts_with("# ")), "{comment}");
+        assert!(comment.contains("Gateway default/eg"), "{comment}");
+        assert_eq!(
+            proxy["spec"]["dynamicModules"][0]["name"],
+            json!(NATIVE_MODULE)
+        );
     }
 
     #[test]

@@ -95,6 +95,10 @@ configs: venv cli
 	  target/release/meshsplit render --target $$t --module oci://REGISTRY/meshsplit:TAG \
 	    envoy/meshsplit.json > envoy/supported/$$t.yaml || exit 1; \
 	done
+	@echo "meshsplit render --target envoy-gateway --native > envoy/supported/envoy-gateway-native.yaml"
+	@target/release/meshsplit render --target envoy-gateway --native \
+	  --module file:///usr/lib/envoy/libmeshsplit.so envoy/meshsplit.json \
+	  > envoy/supported/envoy-gateway-native.yaml
 
 ## cli: the `meshsplit` command (`meshsplit check FILE...`) at target/release/meshsplit
 cli:

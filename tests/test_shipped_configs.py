@@ -229,6 +229,7 @@ DOC_BLOCKS = {
     ("docs/istio.md", '--8<-- "envoy/supported/sidecar-httproute.yaml"'): "tests/test_supported_routes.py",
     ("docs/istio.md", '--8<-- "envoy/supported/ambient.yaml"'): "tests/test_supported_routes.py",
     ("docs/envoy-gateway.md", '--8<-- "envoy/supported/envoy-gateway.yaml"'): "tests/test_supported_routes.py",
+    ("docs/envoy-gateway.md", '--8<-- "envoy/supported/envoy-gateway-native.yaml"'): "tests/test_supported_routes.py",
 }
 
 

@@ -582,28 +582,42 @@ def test_check_warns_about_an_http_route_without_a_default_rule(cli, tmp_path):
 
 SHIPPED = harness.ENVOY_DIR / "supported"
 SHIPPED_SHAPES = {"sidecar": "sidecar-virtualservice", "sidecar-httproute": "sidecar-httproute",
-                  "ambient": "waypoint", "envoy-gateway": "envoy-gateway"}
+                  "ambient": "waypoint", "envoy-gateway": "envoy-gateway",
+                  "envoy-gateway-native": "envoy-gateway"}
+# The native manifest's module, as `make configs` renders it: the library on the proxy's disk.
+SHIPPED_NATIVE_MODULE = "/usr/lib/envoy/libmeshsplit.so"
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", [*TARGETS, "envoy-gateway-native"])
 def test_the_shipped_manifests_are_rendered_from_the_sample_config_and_split(cli, tmp_path, target):
     shipped = SHIPPED / f"{target}.yaml"
-    fresh = subprocess.run([str(cli), "render", "--target", target, "--module",
-                            "oci://REGISTRY/meshsplit:TAG", str(harness.ENVOY_DIR / "meshsplit.json")],
+    native = target.endswith("-native")
+    module = ["--native", "--module", f"file://{SHIPPED_NATIVE_MODULE}"] if native else \
+        ["--module", "oci://REGISTRY/meshsplit:TAG"]
+    fresh = subprocess.run([str(cli), "render", "--target", target.removesuffix("-native"), *module,
+                            str(harness.ENVOY_DIR / "meshsplit.json")],
                            capture_output=True, text=True, timeout=60)
     assert fresh.returncode == 0, fresh.stderr
     assert shipped.read_text() == fresh.stdout, f"{shipped} is stale: run `make configs`"
     result = subprocess.run([str(CRD_VALIDATE), str(shipped)], capture_output=True, text=True,
                             timeout=120, env={"PATH": f"{harness.ROOT / '.venv' / 'bin'}:/usr/bin:/bin"})
     assert result.returncode == 0, result.stdout + result.stderr
-    # As a user would apply it: the control plane's Envoy configuration from these very files.
-    docs = [d for d in yaml.safe_load_all(shipped.read_text()) if d]
+    # As a user would apply it: the control plane's Envoy configuration from these very files
+    # (for the native one, the library where this machine has it instead of /usr/lib/envoy).
+    text = shipped.read_text()
+    if native:
+        assert text.count(SHIPPED_NATIVE_MODULE) == 1, text
+        module_for("native")
+        text = text.replace(SHIPPED_NATIVE_MODULE, str(harness.NATIVE))
+    docs = [d for d in yaml.safe_load_all(text) if d]
     shape = SHIPPED_SHAPES[target]
     host = SHAPES[shape][2]
-    if target == "envoy-gateway":
+    if target.startswith("envoy-gateway"):
         host = "reviews.default.svc.cluster.local"
+    options = {"build": "native"} if native else {}
     with harness.upstreams(*VERSIONS, "other") as ports, \
-            harness.Envoy(SHAPES[shape][1](docs, module_for("wasm"), ports), tmp_path) as envoy:
+            harness.Envoy(SHAPES[shape][1](docs, None if native else module_for("wasm"), ports,
+                                           **options), tmp_path) as envoy:
         answers = send(envoy.port, REQUESTS, {"Host": host, HEADER: "v2"})
         pinned = send(envoy.port, 30, {"Host": host, "x-canary": "true"}, connections=1)
     assert_weighted(upstreams_of(answers))
@@ -718,3 +732,20 @@ def test_render_refuses_a_version_service_that_is_another_services_name(cli, tmp
                          capture_output=True, text=True)
     assert out.returncode == 2
     assert 'the Service "reviews-canary" it needs is also the one of' in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("shape,variant", CASES)
+def test_check_finds_the_filter_in_the_envoy_config_each_control_plane_generates(
+        cli, tmp_path, shape, variant):
+    """`meshsplit check` on the Envoy configuration the control plane generates (what
+    `/config_dump` shows, and what `status` reads): it finds meshsplit's filter, the wasm module
+    or, on Envoy Gateway, the dynamic module Envoy Gateway loads by its `module` source (no
+    `name`), and the config passes."""
+    ports = {name: harness.free_port() for name in (*VERSIONS, "other")}
+    config = build_config(cli, tmp_path, shape, variant, ports)
+    path = tmp_path / "envoy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run([str(cli), "check", str(path)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ": ok" in result.stdout and "services[0]" not in result.stderr, result.stdout

@@ -125,7 +125,7 @@ pub fn run(args: &Args) -> Status {
             Err(FileError::NoConfig) => {
                 status = Status::Error;
                 let _ = out.flush();
-                say_err!("error: {name}: no meshsplit config found (a plugin config has a \"services\" list; embedded ones are the StringValue configuration of a wasm HTTP filter, or a WasmPlugin's or TrafficExtension's pluginConfig, or an EnvoyExtensionPolicy's wasm config; a VirtualService or HTTPRoute counts when it routes the upstream header of a config checked with it)");
+                say_err!("error: {name}: no meshsplit config found (a plugin config has a \"services\" list; embedded ones are the StringValue configuration of a wasm HTTP filter or of meshsplit's dynamic module (filter or cluster specifier), or a WasmPlugin's or TrafficExtension's pluginConfig, or an EnvoyExtensionPolicy's wasm or dynamicModule config; a VirtualService or HTTPRoute counts when it routes the upstream header of a config checked with it)");
             }
             Err(FileError::Unusable(message)) => {
                 status = Status::Error;

@@ -428,11 +428,10 @@ fn native_configuration<'a>(
     } else {
         return None;
     };
-    let module = map
+    if !map
         .get("dynamic_module_config")
-        .and_then(|c| c.get("name"))
-        .and_then(Value::as_str);
-    if module != Some("meshsplit") {
+        .is_some_and(is_meshsplit_module)
+    {
         return None;
     }
     // Module `meshsplit` is this filter: a config it cannot read is broken, not unrelated.
@@ -451,6 +450,33 @@ fn native_configuration<'a>(
         no_responses: false,
         broken,
     }))
+}
+
+/// Whether a `DynamicModuleConfig` loads meshsplit: by `name` (`meshsplit`, found as
+/// `libmeshsplit.so` on Envoy's search path), or by `module`, a local `filename` or a remote
+/// `http_uri` (as Envoy Gateway writes it) whose file name has `meshsplit` in it
+/// (`libmeshsplit.so`, `libmeshsplit-0.2.0-linux-x86_64.so`).
+fn is_meshsplit_module(config: &Value) -> bool {
+    if config.get("name").and_then(Value::as_str) == Some("meshsplit") {
+        return true;
+    }
+    let Some(module) = config.get("module") else {
+        return false;
+    };
+    let path = module
+        .get("local")
+        .and_then(|l| l.get("filename"))
+        .or_else(|| {
+            module
+                .get("remote")
+                .and_then(|r| r.get("http_uri"))
+                .and_then(|h| h.get("uri"))
+        })
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let file = path.rsplit('/').next().unwrap_or_default();
+    file.contains("meshsplit") && file.ends_with(".so")
 }
 
 /// The text of a `google.protobuf.StringValue` (empty without `value`), or why there is none.

@@ -428,16 +428,20 @@ fn native_configuration<'a>(
     } else {
         return None;
     };
-    if !map
-        .get("dynamic_module_config")
-        .is_some_and(is_meshsplit_module)
-    {
-        return None;
-    }
-    // Module `meshsplit` is this filter: a config it cannot read is broken, not unrelated.
-    let (config, broken) = match string_value(map.get(config_key)) {
-        Ok(config) => (config, None),
-        Err(why) => ("", Some(format!("{config_key}: {why}"))),
+    let (config, broken) = match map.get("dynamic_module_config").map(module_is_meshsplit) {
+        // Module `meshsplit` is this filter: a config it cannot read is broken, not unrelated.
+        Some(Some(true)) => match string_value(map.get(config_key)) {
+            Ok(config) => (config, None),
+            Err(why) => ("", Some(format!("{config_key}: {why}"))),
+        },
+        Some(Some(false)) | None => return None,
+        // A library the path does not name (Envoy Gateway loads whatever path or URL its
+        // EnvoyProxy registers): meshsplit's if its configuration is one, a JSON object with a
+        // `services` list.
+        Some(None) => match string_value(map.get(config_key)) {
+            Ok(config) if is_plugin_config_text(config) => (config, None),
+            _ => return None,
+        },
     };
     Some(Some(Embedded {
         at: node.field(config_key).field("value"),
@@ -452,16 +456,15 @@ fn native_configuration<'a>(
     }))
 }
 
-/// Whether a `DynamicModuleConfig` loads meshsplit: by `name` (`meshsplit`, found as
-/// `libmeshsplit.so` on Envoy's search path), or by `module`, a local `filename` or a remote
-/// `http_uri` (as Envoy Gateway writes it) whose file name has `meshsplit` in it
-/// (`libmeshsplit.so`, `libmeshsplit-0.2.0-linux-x86_64.so`).
-fn is_meshsplit_module(config: &Value) -> bool {
-    if config.get("name").and_then(Value::as_str) == Some("meshsplit") {
-        return true;
-    }
+/// Whether a `DynamicModuleConfig` loads meshsplit, as Envoy picks the library: `module` (a
+/// local `filename`, or a remote `http_uri`, as Envoy Gateway writes it) before `name`
+/// (`meshsplit`, found as `libmeshsplit.so` on Envoy's search path). `Some(true)` for
+/// `name: meshsplit` or a library file named `libmeshsplit.so` or `libmeshsplit-VERSION-….so`;
+/// `Some(false)` for another `name` or another library of those forms; `None` when a `module`'s
+/// file name does not say (`/etc/envoy/modules/split.so`).
+fn module_is_meshsplit(config: &Value) -> Option<bool> {
     let Some(module) = config.get("module") else {
-        return false;
+        return Some(config.get("name").and_then(Value::as_str) == Some("meshsplit"));
     };
     let path = module
         .get("local")
@@ -476,7 +479,18 @@ fn is_meshsplit_module(config: &Value) -> bool {
         .unwrap_or_default();
     let path = path.split(['?', '#']).next().unwrap_or_default();
     let file = path.rsplit('/').next().unwrap_or_default();
-    file.contains("meshsplit") && file.ends_with(".so")
+    let stem = file.strip_suffix(".so")?;
+    let versioned = stem
+        .strip_prefix("libmeshsplit-")
+        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()));
+    (stem == "libmeshsplit" || versioned).then_some(true)
+}
+
+/// Whether a filter's configuration text is a plugin config: a JSON object with a `services`
+/// list.
+fn is_plugin_config_text(text: &str) -> bool {
+    serde_json::from_str::<Value>(text)
+        .is_ok_and(|v| v.get("services").is_some_and(Value::is_array))
 }
 
 /// The text of a `google.protobuf.StringValue` (empty without `value`), or why there is none.
@@ -906,6 +920,60 @@ mod tests {
         assert_eq!(found.len(), 2);
         assert!(!found[0].specifier && found[1].specifier);
         assert!(found.iter().all(|f| f.config == r#"{"services": []}"#));
+    }
+
+    #[test]
+    fn a_dynamic_module_is_meshsplit_by_its_library_or_else_by_its_config() {
+        let filter = |module: Value, config: &str| {
+            json!({"static_resources": {"listeners": [listener(json!([{"name": "f",
+                "typed_config": {"@type": format!("type.googleapis.com/{DYNAMIC_FILTER_TYPE}"),
+                    "dynamic_module_config": module, "filter_name": "meshsplit",
+                    "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                      "value": config}}}]))]}})
+            .to_string()
+        };
+        let plugin = r#"{"services": []}"#;
+        let other = r#"{"rules": []}"#;
+        let local = |path: &str| json!({"module": {"local": {"filename": path}}});
+        let remote = |uri: &str| json!({"module": {"remote": {"http_uri": {"uri": uri}}}});
+        // Named by its library: found, and a config it cannot read is broken.
+        for module in [
+            json!({"name": "meshsplit"}),
+            local("/usr/lib/envoy/libmeshsplit.so"),
+            local("/dist/libmeshsplit-0.2.0-linux-x86_64.so"),
+            remote("https://example.com/m/libmeshsplit.so?v=2"),
+        ] {
+            assert_eq!(found(&filter(module.clone(), plugin)).len(), 1, "{module}");
+            let broken = found(&filter(module.clone(), "not json"));
+            assert_eq!(broken.len(), 1, "{module}");
+        }
+        // A library whose name does not say: found by a plugin config only.
+        for module in [
+            local("/etc/envoy/modules/split.so"),
+            remote("https://x/download?f=1"),
+        ] {
+            assert_eq!(found(&filter(module.clone(), plugin)).len(), 1, "{module}");
+            assert!(found(&filter(module.clone(), other)).is_empty(), "{module}");
+            assert!(
+                found(&filter(module.clone(), "not json")).is_empty(),
+                "{module}"
+            );
+        }
+        // Another module by name: not meshsplit, whatever its config.
+        assert!(found(&filter(json!({"name": "composer"}), plugin)).is_empty());
+        // `module` is what Envoy loads, whatever `name` says; a library whose name only has
+        // meshsplit in it (`libmeshsplit-authz.so`) does not say either: another config is
+        // another module's.
+        for module in [
+            json!({"name": "meshsplit", "module": {"local": {"filename": "/x/libcomposer.so"}}}),
+            local("/opt/libmeshsplit-authz.so"),
+        ] {
+            assert!(found(&filter(module.clone(), other)).is_empty(), "{module}");
+            assert!(
+                found(&filter(module.clone(), "not json")).is_empty(),
+                "{module}"
+            );
+        }
     }
 
     #[test]

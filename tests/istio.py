@@ -435,10 +435,17 @@ def insert_unphased(bootstrap, http_filter):
 
 # --- Istio's stats naming --------------------------------------------------------------------------
 
-# The stats_tags of Istio's bootstrap (`tools/packaging/common/envoy_bootstrap.json`, with
-# `use_all_default_tags: false`): Istio delimits its cluster names and connection-manager prefixes
-# with `;` (`util.DelimitedStatsPrefix`: `alt_stat_name: NAME;`, `stat_prefix: outbound_0.0.0.0_9080;`)
-# so that these regexes can cut them out.
+# Istio's bootstrap template, `tools/packaging/common/envoy_bootstrap.json` at istio/istio commit
+# 86c9f01fd735fb01d8192f5bcaf0d424afb7f14c (2026-08-22; the file last changed in cb9728f9), which
+# sets `use_all_default_tags: false` and these stats_tags, in this order. Istio delimits its
+# cluster names and connection-manager prefixes with `;` (`util.DelimitedStatsPrefix`:
+# `alt_stat_name: NAME;`, `stat_prefix: outbound_0.0.0.0_9080;`) so that these regexes can cut them
+# out. Every static tag is here. Left out: the template's `{{- range .extraStatTags }}` entries
+# (between mongo_prefix and cache), one `{"regex": "(TAG=\\.=(.*?);\\.;)", "tag_name": TAG}` per
+# tag of the proxy config's `extraStatTags` and the `sidecar.istio.io/extraStatTags` annotation
+# (`pkg/bootstrap/config.go`, getStatsOptions): Istio adds none by default, and they match only the
+# `TAG=.=VALUE;.;` segments Istio's own stats filter writes, which neither meshsplit's nor Envoy's
+# names contain.
 ISTIO_STATS_TAGS = [
     {"tag_name": "cluster_name", "regex": r"^cluster(\.(.+);)"},
     {"tag_name": "http_conn_manager_prefix",
@@ -451,20 +458,29 @@ ISTIO_STATS_TAGS = [
      "regex": r"^listener(?=\.).*?\.http\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"},
     {"tag_name": "listener_address",
      "regex": r"^listener\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"},
+    {"tag_name": "mongo_prefix", "regex": r"^mongo\.(.+?)\.(collection|cmd|cx_|op_|delays_|decoding_)(.*?)$"},
     {"tag_name": "cache", "regex": r"(cache\.(.+?)\.)"},
     {"tag_name": "component", "regex": r"(component\.(.+?)\.)"},
     {"tag_name": "tag", "regex": r"(tag\.(.+?);\.)"},
     {"tag_name": "wasm_filter", "regex": r"(wasm_filter\.(.+?)\.)"},
+    {"tag_name": "authz_enforce_result", "regex": r"rbac(\.(allowed|denied))"},
+    {"tag_name": "authz_dry_run_action", "regex": r"(\.istio_dry_run_(allow|deny)_)"},
+    {"tag_name": "authz_dry_run_result", "regex": r"(\.shadow_(allowed|denied))"},
 ]
-# The inclusion prefixes every Istio bootstrap has (the template's and `pkg/bootstrap/config.go`'s).
+# The stats_matcher inclusion list of the same template with `pkg/bootstrap/config.go`'s required
+# entries (requiredEnvoyStatsMatcherInclusionPrefixes, rbacEnvoyStatsMatcherInclusionSuffix,
+# requiredEnvoyStatsMatcherInclusionRegexes), for a sidecar without stats annotations.
 ISTIO_INCLUSION_PREFIXES = ["reporter=", "component", "istio", *REQUIRED_STATS_PREFIXES]
+ISTIO_INCLUSION_SUFFIXES = ["rbac.allowed", "rbac.denied", "shadow_allowed", "shadow_denied"]
+ISTIO_INCLUSION_REGEXPS = [r"vhost\..*\.route\..*"]
 
 
 def istio_stats_config(extra_tags=(), inclusion_regexps=()):
     """An Istio sidecar's stats_config: Istio's tags, then `extra_tags` (a bootstrap patch's, which
     a MERGE appends), and the inclusion list with a proxyStatsMatcher's regexps."""
     patterns = [{"prefix": p} for p in ISTIO_INCLUSION_PREFIXES]
-    patterns += [{"safe_regex": {"regex": r}} for r in inclusion_regexps]
+    patterns += [{"suffix": s} for s in ISTIO_INCLUSION_SUFFIXES]
+    patterns += [{"safe_regex": {"regex": r}} for r in [*inclusion_regexps, *ISTIO_INCLUSION_REGEXPS]]
     return {"use_all_default_tags": False,
             "stats_tags": [*ISTIO_STATS_TAGS, *extra_tags],
             "stats_matcher": {"inclusion_list": {"patterns": patterns}}}

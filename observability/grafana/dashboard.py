@@ -38,10 +38,12 @@ RAW_PLUGIN = 'plugin=~"($plugin)(_istio-translated-wasmplugin)?"'
 RAW_SERVICE = f'{RAW_PLUGIN}, service=~"$service"'
 # The fleet's shares of the row's service, over every plugin selected (the recording rules keep
 # plugins apart; a service under two plugin names, as during an Istio upgrade, is one split here).
+# A service without traffic has no shares (no data, rather than 0/0).
+SERVICE_REQUESTS = f"(sum (meshsplit:requests:rate1m{{{SERVICE}}}) > 0)"
 OBSERVED_SHARE = (f"sum by (upstream) (meshsplit:requests:rate1m{{{SERVICE}}}) / ignoring (upstream) "
-                  f"group_left sum (meshsplit:requests:rate1m{{{SERVICE}}})")
+                  f"group_left () {SERVICE_REQUESTS}")
 WEIGHT_SHARE = (f"sum by (upstream) (meshsplit:weighted_requests:rate1m{{{SERVICE}}}) / ignoring (upstream) "
-                f"group_left sum (meshsplit:requests:rate1m{{{SERVICE}}})")
+                f"group_left () (sum (meshsplit:weighted_requests:rate1m{{{SERVICE}}}) > 0)")
 # Each Envoy's weight share (what its weights in force give each upstream, 0..1), which needs no
 # traffic: the lowest over the Envoys serving the service (0 for an upstream some of them lack, as
 # in a rolling update that adds one) and the highest.
@@ -201,8 +203,8 @@ def rule_hits_panel():
                 f"sum by (rule) (rate(meshsplit_rules_hits_total{{{RAW_SERVICE}}}[$__rate_interval]))",
                 "rule {{rule}}"))
             .with_target(query(
-                f"sum (rate(meshsplit_rules_hits_total{{{RAW_SERVICE}}}[1m])) / "
-                f"sum (meshsplit:requests:rate1m{{{SERVICE}}})", "share of requests", "B"))
+                f"clamp_max(sum (rate(meshsplit_rules_hits_total{{{RAW_SERVICE}}}[1m])) / "
+                f"{SERVICE_REQUESTS}, 1)", "share of requests", "B"))
             .unit("reqps").min(0).no_value("no rule hits")
             .override_by_query("B", override(unit="percentunit", custom__axisPlacement="right"))
             .height(8).span(8))
@@ -307,7 +309,7 @@ def annotations():
                 .expr(f'max by (service, upstream) (meshsplit_ejected{{{RAW_SERVICE}}}) == 1'))
     weight = (dash_b.AnnotationQuery().name("Weight changes").datasource(DATASOURCE).enable(True)
               .icon_color("blue")
-              .expr(f'max by (service, upstream) (changes(meshsplit_weight{{{RAW_SERVICE}}}[1m])) > 0'))
+              .expr(f'max by (service, upstream) (changes({POD_SHARE}[1m])) > 0'))
     return [ejection, weight]
 
 

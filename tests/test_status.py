@@ -400,19 +400,19 @@ def test_check_clusters_flags_only_requests_to_a_missing_cluster_in_the_interval
             assert harness.wait_for(
                 lambda: no_cluster_line(text("--interval", "0")).startswith("10 requests"), timeout=15)
             # An interval with traffic to a configured cluster only: the 10 are history.
-            run = subprocess.Popen([str(cli), "status", "--admin", admin, "--interval", "3"],
+            run = subprocess.Popen([str(cli), "status", "--admin", admin, "--interval", "5"],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            time.sleep(1.0)
+            time.sleep(2.0)
             assert harness.send(envoy.port, 20, {"Host": "svc"})["v1"] == 20
             out, err = run.communicate(timeout=30)
             assert run.returncode == 0, err
             line = no_cluster_line(out)
             assert line.startswith("10 requests") and "CHECK CLUSTERS" not in line, out
-            # An interval in which a request finds no cluster: flagged. The command has 1 s to take
-            # its first reading and the requests 3 s to reach Envoy's stats (a few ms when idle).
-            run = subprocess.Popen([str(cli), "status", "--admin", admin, "--interval", "5"],
+            # An interval in which a request finds no cluster: flagged. The command has 2 s to take
+            # its first reading (a few ms when idle) and the requests 4 s to reach Envoy's stats.
+            run = subprocess.Popen([str(cli), "status", "--admin", admin, "--interval", "6"],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            time.sleep(1.0)
+            time.sleep(2.0)
             harness.send(envoy.port, 5, {"Host": "gone"})
             out, err = run.communicate(timeout=30)
             assert run.returncode == 0, err

@@ -692,6 +692,7 @@ fn native_source(args: &Args) -> Result<Value, Failure> {
                 "--sha256 is required with an http(s) --module: the proxy checks what it fetched",
             ));
         };
+        check_module_url(&args.module)?;
         // The CRD takes lowercase hex only (module_resource checked it is 64 hex digits).
         let sha = sha.to_ascii_lowercase();
         return Ok(json!({"type": "Remote", "remote": {"url": args.module, "sha256": sha}}));
@@ -703,6 +704,35 @@ fn native_source(args: &Args) -> Result<Value, Failure> {
     )))
 }
 
+/// An http(s) module URL Envoy can fetch: a host (the CRD's `^https?://[^/?#]+`), and a port, if
+/// given, that is one (Envoy Gateway makes it a cluster's port).
+fn check_module_url(url: &str) -> Result<(), Failure> {
+    let bad = |why: &str| Err(Failure::usage(format!("--module {url:?}: {why}")));
+    let rest = url.split_once("://").map_or("", |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() {
+        return bad("the URL has no host");
+    }
+    // An IPv6 literal's colons are inside its brackets.
+    let port = match authority.rsplit_once(']') {
+        Some((_, after)) => after.strip_prefix(':'),
+        None => authority.rsplit_once(':').map(|(_, port)| port),
+    };
+    if let Some(port) = port {
+        if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+            return bad("the URL's port is not one from 1 to 65535");
+        }
+    }
+    if authority
+        .split_once(':')
+        .map_or(authority, |(host, _)| host)
+        .is_empty()
+    {
+        return bad("the URL has no host");
+    }
+    Ok(())
+}
+
 /// The EnvoyProxy that registers the native module, with the comment that says how the
 /// Gateway takes it.
 fn envoy_proxy(args: &Args) -> Result<(String, Value), Failure> {
@@ -710,8 +740,9 @@ fn envoy_proxy(args: &Args) -> Result<(String, Value), Failure> {
         "\
 # Envoy Gateway loads only the dynamic modules an EnvoyProxy registers. Attach this one to the
 # Gateway {ns}/{gateway}: spec.infrastructure.parametersRef {{group: gateway.envoyproxy.io, kind:
-# EnvoyProxy, name: meshsplit}}; StrategicMerge keeps the GatewayClass's EnvoyProxy settings. If
-# the Gateway already references an EnvoyProxy, add this dynamicModules entry to that one.
+# EnvoyProxy, name: meshsplit}}; StrategicMerge keeps the GatewayClass's EnvoyProxy settings, but
+# not its dynamicModules: this list replaces that one, so copy the GatewayClass's entries here.
+# If the Gateway already references an EnvoyProxy, add this dynamicModules entry to that one.
 ",
         ns = args.namespace,
         gateway = args.gateway
@@ -941,9 +972,26 @@ mod tests {
             ("file:///libmeshsplit.so", Some(sha.as_str())),
             ("oci://registry.example/meshsplit:0.2.0", None),
             ("https://example.com/libmeshsplit.so", None),
+            ("https://", Some(sha.as_str())),
+            ("https://?x", Some(sha.as_str())),
+            ("https://:443/libmeshsplit.so", Some(sha.as_str())),
+            (
+                "http://example.com:99999/libmeshsplit.so",
+                Some(sha.as_str()),
+            ),
+            ("http://example.com:0/libmeshsplit.so", Some(sha.as_str())),
         ] {
             assert!(
                 native_source(&native_args(module, sha256)).is_err(),
+                "{module}"
+            );
+        }
+        for module in [
+            "http://127.0.0.1:8000/libmeshsplit.so",
+            "https://[::1]:8443/m/libmeshsplit.so?v=1",
+        ] {
+            assert!(
+                native_source(&native_args(module, Some(&sha))).is_ok(),
                 "{module}"
             );
         }

@@ -109,7 +109,7 @@ def weight_panel():
     return (ts_b.Panel().title("Weight in force (fleet share)")
             .description(
                 "The share of the service's requests each upstream's weight in force stands for "
-                "over the fleet (meshsplit:weighted_requests:rate1m over meshsplit:requests:rate1m, "
+                "over the fleet (meshsplit:weighted_requests:rate1m over its sum for the service, "
                 "as meshsplit:weight_share:ratio): on each Envoy the configured weight, the rollout "
                 "step's, or 0 while its guard has the upstream ejected, as a share of that Envoy's "
                 "weights, weighted by that Envoy's requests. What the observed share should be; it "

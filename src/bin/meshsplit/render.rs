@@ -571,25 +571,30 @@ fn module_resource(args: &Args, services: &[Routed], config: Value) -> Result<Va
                 json!({"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": s.name})
             })
             .collect();
-        if args.native {
-            // The module itself is the EnvoyProxy's (`envoy_proxy`): the policy names it.
-            native_source(args)?;
-            return Ok(json!({
+        // The policy targets the whole HTTPRoute: Envoy creates a filter that is disabled by
+        // default only when the route matched before the filter runs enables it, and that is
+        // the rule for untagged requests (for wasm and dynamic modules alike,
+        // `internal/xds/translator/wasm.go`, `dynamicmodule.go`).
+        let policy = |list: &str, module: Value| {
+            json!({
                 "apiVersion": "gateway.envoyproxy.io/v1alpha1",
                 "kind": "EnvoyExtensionPolicy",
                 "metadata": metadata(args, "meshsplit"),
-                "spec": {
-                    // The whole HTTPRoute, as for wasm: the filter is disabled by default and
-                    // enabled per route (`internal/xds/translator/dynamicmodule.go`).
-                    "targetRefs": refs,
-                    "dynamicModule": [{
-                        "name": NATIVE_MODULE,
-                        // The filter's name names its stats, as the wasm module's `name` does.
-                        "filterName": "meshsplit",
-                        "config": config,
-                    }],
-                },
-            }));
+                "spec": {"targetRefs": refs, list: [module]},
+            })
+        };
+        if args.native {
+            // The module itself is the EnvoyProxy's (`envoy_proxy`): the policy names it.
+            native_source(args)?;
+            return Ok(policy(
+                "dynamicModule",
+                json!({
+                    "name": NATIVE_MODULE,
+                    // The filter's name names its stats, as the wasm module's `name` does.
+                    "filterName": "meshsplit",
+                    "config": config,
+                }),
+            ));
         }
         let code = if let Some(image_ref) = args.module.strip_prefix("oci://") {
             let mut image = Map::new();
@@ -606,25 +611,17 @@ fn module_resource(args: &Args, services: &[Routed], config: Value) -> Result<Va
                 args.module
             )));
         };
-        return Ok(json!({
-            "apiVersion": "gateway.envoyproxy.io/v1alpha1",
-            "kind": "EnvoyExtensionPolicy",
-            "metadata": metadata(args, "meshsplit"),
-            "spec": {
-                // The whole HTTPRoute: Envoy creates a filter that is disabled by default only
-                // when the route matched before the filter runs enables it, and that is the
-                // rule for untagged requests.
-                "targetRefs": refs,
-                "wasm": [{
-                    "name": "meshsplit",
-                    "rootID": "meshsplit",
-                    "code": code,
-                    "config": config,
-                    // A module that cannot run leaves requests to the default route's split.
-                    "failOpen": true,
-                }],
-            },
-        }));
+        return Ok(policy(
+            "wasm",
+            json!({
+                "name": "meshsplit",
+                "rootID": "meshsplit",
+                "code": code,
+                "config": config,
+                // A module that cannot run leaves requests to the default route's split.
+                "failOpen": true,
+            }),
+        ));
     }
     if !(args.module.starts_with("oci://") || https || args.module.starts_with("file://")) {
         return Err(Failure::usage(format!(

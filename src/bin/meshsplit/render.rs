@@ -177,7 +177,7 @@ fn render(args: &Args) -> Result<(String, Vec<String>), Failure> {
     let mut docs: Vec<(String, Value)> = Vec::new();
     docs.push((String::new(), module_resource(args, &services, raw)?));
     if args.native {
-        docs.push(envoy_proxy(args)?);
+        docs.push(envoy_proxy(args, native_source(args)?));
     }
     for service in &services {
         match args.target {
@@ -585,7 +585,6 @@ fn module_resource(args: &Args, services: &[Routed], config: Value) -> Result<Va
         };
         if args.native {
             // The module itself is the EnvoyProxy's (`envoy_proxy`): the policy names it.
-            native_source(args)?;
             return Ok(policy(
                 "dynamicModule",
                 json!({
@@ -707,32 +706,26 @@ fn check_module_url(url: &str) -> Result<(), Failure> {
     let bad = |why: &str| Err(Failure::usage(format!("--module {url:?}: {why}")));
     let rest = url.split_once("://").map_or("", |(_, rest)| rest);
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if authority.is_empty() {
-        return bad("the URL has no host");
-    }
     // An IPv6 literal's colons are inside its brackets.
-    let port = match authority.rsplit_once(']') {
-        Some((_, after)) => after.strip_prefix(':'),
-        None => authority.rsplit_once(':').map(|(_, port)| port),
+    let (host, port) = match authority.rsplit_once(']') {
+        Some((host, after)) => (host, after.strip_prefix(':')),
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
     };
-    if let Some(port) = port {
-        if !port.parse::<u16>().is_ok_and(|p| p > 0) {
-            return bad("the URL's port is not one from 1 to 65535");
-        }
-    }
-    if authority
-        .split_once(':')
-        .map_or(authority, |(host, _)| host)
-        .is_empty()
-    {
+    if host.is_empty() {
         return bad("the URL has no host");
+    }
+    if port.is_some_and(|port| !port.parse::<u16>().is_ok_and(|p| p > 0)) {
+        return bad("the URL's port is not one from 1 to 65535");
     }
     Ok(())
 }
 
 /// The EnvoyProxy that registers the native module, with the comment that says how the
 /// Gateway takes it.
-fn envoy_proxy(args: &Args) -> Result<(String, Value), Failure> {
+fn envoy_proxy(args: &Args, source: Value) -> (String, Value) {
     let comment = format!(
         "\
 # Envoy Gateway loads only the dynamic modules an EnvoyProxy registers. Attach this one to the
@@ -750,10 +743,10 @@ fn envoy_proxy(args: &Args) -> Result<(String, Value), Failure> {
         "metadata": metadata(args, "meshsplit"),
         "spec": {
             "mergeType": "StrategicMerge",
-            "dynamicModules": [{"name": NATIVE_MODULE, "source": native_source(args)?}],
+            "dynamicModules": [{"name": NATIVE_MODULE, "source": source}],
         },
     });
-    Ok((comment, doc))
+    (comment, doc)
 }
 
 fn destination_rule(args: &Args, service: &Routed) -> Value {
@@ -992,7 +985,8 @@ mod tests {
                 "{module}"
             );
         }
-        let (comment, proxy) = envoy_proxy(&native_args("file:///l.so", None)).unwrap_or_default();
+        let args = native_args("file:///l.so", None);
+        let (comment, proxy) = envoy_proxy(&args, native_source(&args).unwrap_or_default());
         assert!(comment.lines().all(|l| l.starts_with("# ")), "{comment}");
         assert!(comment.contains("Gateway default/eg"), "{comment}");
         assert_eq!(

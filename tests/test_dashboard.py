@@ -35,7 +35,7 @@ def test_the_committed_dashboard_is_what_the_code_generates():
 def test_the_dashboard_is_importable():
     model = json.loads(COMMITTED.read_text())
     assert model["uid"] and model["title"]
-    panels = [p for row in model["panels"] for p in [row, *row.get("panels", [])]]
+    panels = list(panels_of(model))
     ids = [p["id"] for p in panels]
     assert len(ids) == len(set(ids)) and all(isinstance(i, int) and i > 0 for i in ids), ids
     variables = {v["name"] for v in model["templating"]["list"]}
@@ -183,6 +183,7 @@ def test_the_fleet_panels_under_promtool(tmp_path):
     each query on the shipped rules)."""
     import shutil
     from test_bundle import require_tool
+    from test_prometheus import substituted
     promtool = shutil.which("promtool")
     require_tool(promtool, "promtool (Debian package `prometheus`): the fleet panel test")
     series = list(FLEET_EXTRA)
@@ -194,15 +195,11 @@ def test_the_fleet_panels_under_promtool(tmp_path):
             series.append({"series": f"meshsplit_weight{{{up}}}", "values": f"{weight}x40"})
             if rate is not None:
                 series.append({"series": f"meshsplit_requests_total{{{up}}}", "values": f"0+{rate * 15}x40"})
-    variables = {"$plugin": FLEET_PLUGIN, "$service": "svc", "$cluster": ".*",
-                 "$__rate_interval": "1m", "$__range": "5m"}
     queries = dict(dashboard_module().queries(json.loads(COMMITTED.read_text())))
     assert set(FLEET_EXPECTED) <= set(queries), set(FLEET_EXPECTED) - set(queries)
     tests = []
     for where, expected in FLEET_EXPECTED.items():
-        expr = queries[where]
-        for name, value in variables.items():
-            expr = expr.replace(name, value)
+        expr = substituted(queries[where], "svc", plugin=FLEET_PLUGIN)
         label = "plugin" if "refusing" in where else "upstream"
         tests.append({"expr": expr, "eval_time": "5m", "exp_samples": [
             {"labels": f'{{{label}="{key}"}}', "value": value} for key, value in expected.items()]})

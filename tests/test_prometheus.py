@@ -242,10 +242,10 @@ def test_an_ejection_by_the_guard_makes_the_ejection_alert_pending(setup):
 VARIABLES = {"$plugin": "meshsplit", "$cluster": ".*", "$__rate_interval": "1m", "$__range": "10m"}
 
 
-def substituted(expr, service="svc"):
-    """A dashboard query as Grafana sends it for `service`: every variable replaced (a
-    label_replace's `$1`, a regexp group, is no variable: Grafana leaves it to Prometheus)."""
-    for name, value in {**VARIABLES, "$service": service}.items():
+def substituted(expr, service="svc", plugin=VARIABLES["$plugin"]):
+    """A dashboard query as Grafana sends it for `service` (and `plugin`): every variable replaced
+    (a label_replace's `$1`, a regexp group, is no variable: Grafana leaves it to Prometheus)."""
+    for name, value in {**VARIABLES, "$plugin": plugin, "$service": service}.items():
         expr = expr.replace(name, value)
     assert not re.search(r"\$(?!\d)", expr), expr
     return expr

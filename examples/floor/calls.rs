@@ -193,9 +193,7 @@ pub fn request_headers() {
             free(ptr, len);
         }
         GET_SET_CLEAR => {
-            if get(REQUEST_HEADERS, ":authority") {
-                set("x-meshsplit-cluster", "reviews_v1");
-                set(":authority", "reviews-v1.internal");
+            if get_set() {
                 let name = "clear_route_cache";
                 let mut ptr: *mut u8 = std::ptr::null_mut();
                 let mut len: usize = 0;
@@ -217,12 +215,21 @@ pub fn request_headers() {
             }
         }
         _ => {
-            if get(REQUEST_HEADERS, ":authority") {
-                set("x-meshsplit-cluster", "reviews_v1");
-                set(":authority", "reviews-v1.internal");
-            }
+            get_set();
         }
     }
+}
+
+/// What meshsplit does: read `:authority`, then write the cluster header and `:authority`.
+/// Whether the request had an `:authority`.
+#[inline(always)]
+fn get_set() -> bool {
+    let found = get(REQUEST_HEADERS, ":authority");
+    if found {
+        set("x-meshsplit-cluster", "reviews_v1");
+        set(":authority", "reviews-v1.internal");
+    }
+    found
 }
 
 pub fn stream_end() {
